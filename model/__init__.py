@@ -1,0 +1,27 @@
+"""The produce recognizer: training, ONNX export, runtime and enrollment gallery.
+
+Exception tree::
+
+    ModelError              root of everything this package raises
+     +-- ModelFileError     the model file or its metadata is missing or corrupt
+     +-- ImageError         an image that cannot be read (the message names the file)
+     +-- GalleryError       an enrollment gallery that cannot be read or written
+"""
+
+from __future__ import annotations
+
+
+class ModelError(Exception):
+    """Root of all model errors."""
+
+
+class ModelFileError(ModelError):
+    """The model file or its metadata is missing or corrupt."""
+
+
+class ImageError(ModelError):
+    """An image that cannot be decoded."""
+
+
+class GalleryError(ModelError):
+    """An enrollment gallery that cannot be read or written."""
