@@ -8,6 +8,9 @@ Exception tree::
      +-- TraceCodeError         a trace code that is malformed or fails its check digit
      +-- JournalError           the durable sale journal cannot be written or read
      +-- PrinterError           the receipt printer failed (the sale is kept)
+     +-- IntegrityError         a sale or signing key fails the hash chain / signature rules
+     +-- CatalogueError         an unknown PLU or an invalid catalogue item
+     +-- ReceiptError           a sale file that cannot be read or rendered as a receipt
 """
 
 from __future__ import annotations
@@ -35,3 +38,15 @@ class JournalError(EdgeError):
 
 class PrinterError(EdgeError):
     """The receipt printer failed; the sale stays journaled."""
+
+
+class IntegrityError(EdgeError):
+    """A sale or a signing key that breaks the hash-chain / signature rules."""
+
+
+class CatalogueError(EdgeError):
+    """An unknown PLU or an invalid catalogue item."""
+
+
+class ReceiptError(EdgeError):
+    """A sale file that cannot be read or rendered as a receipt."""
