@@ -1,9 +1,38 @@
-"""Subcommands of this package (see edge.cli)."""
+"""``wetmarket stall``: one stall's edge process."""
 
 from __future__ import annotations
 
 import argparse
+import signal
+import threading
+from types import FrameType
+
+
+def _run(args: argparse.Namespace) -> int:
+    from edge.config import load_config
+    from edge.stall import StallApp
+
+    cfg = load_config(args.config)
+    app = StallApp(cfg)
+    done = threading.Event()
+
+    def _stop(_sig: int, _frame: FrameType | None) -> None:
+        done.set()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    app.start()
+    try:
+        while not done.wait(0.5):
+            pass
+    finally:
+        app.stop()
+    return 0
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    """Add this package's subcommands; none are built yet."""
+    p = sub.add_parser("stall", help="run one stall's edge process",
+                       description="Run one stall: scale link, recognizer, pricing, receipts, "
+                                   "journal and upload to the market server.")
+    p.add_argument("--config", required=True, help="stall config file (TOML)")
+    p.set_defaults(run=_run)

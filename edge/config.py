@@ -1,0 +1,93 @@
+"""Stall configuration: a TOML file validated by pydantic (``extra="forbid"``, so a typo
+is an error that names the field)."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from edge import ConfigError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class MarketConfig(_Strict):
+    name: str = Field("平顺菜市场", title="Market name printed on receipts")
+    region: str = Field("310106", pattern=r"^[0-9]{6}$", title="GB/T 2260 region code")
+    number: int = Field(1, ge=1, le=999, title="Market number in the trace code")
+    rounding: Literal["half-up", "down-jiao"] = Field("half-up", title="Rounding rule")
+    timezone: str = Field("Asia/Shanghai", title="Time zone of receipts")
+
+
+class ScaleConfig(_Strict):
+    port: str = Field("sim", title="Serial port or pyserial URL; 'sim' starts a built-in simulator")
+    protocol: str = Field("cas", title="Weighing-module protocol name")
+    max_g: int = Field(15000, gt=0, title="Max capacity (g)")
+    e_g: int = Field(5, gt=0, title="Verification interval e (g)")
+    freshness_s: float = Field(1.0, gt=0, title="Older readings are never shown as current")
+
+
+class CameraConfig(_Strict):
+    source: str | None = Field(None, title="Device index, stream URL, video file or image folder")
+    roi: tuple[float, float, float, float] | None = Field(None, title="Plate region (x, y, w, h), 0..1")
+    auto_confirm: float = Field(0.90, ge=0, le=1, title="Score above which the top guess is taken")
+
+
+class ServerLink(_Strict):
+    url: str = Field("http://127.0.0.1:8000", title="Market server base URL")
+    token: str = Field("", title="This stall's bearer token")
+    public_url: str | None = Field(None, title="Base URL of trace pages in the receipt QR")
+
+
+class PrinterConfig(_Strict):
+    type: Literal["file", "dummy", "serial", "network", "usb"] = "file"
+    path: str | None = Field(None, title="File printer: folder (one .bin per receipt) or file")
+    url: str | None = Field(None, title="Serial printer: device or pyserial URL")
+    host: str | None = None
+    port: int | None = None
+    usb_vendor: int | None = None
+    usb_product: int | None = None
+    width: Literal[58, 80] = 58
+    encoding: Literal["gb18030", "gbk"] = "gb18030"
+
+
+class StallConfig(_Strict):
+    stall_id: str = Field(pattern=r"^S[0-9]{1,3}$", title="Stall id, e.g. S01")
+    name: str = Field(title="Stall name")
+    vendor: str = Field("", title="Vendor's name printed on receipts")
+    data_dir: Path = Field(Path("var/stall"), title="Journal, key, receipts and gallery live here")
+    first_receipt_no: int = Field(1, ge=1, title="Receipt number of the stall's first sale")
+    market: MarketConfig = MarketConfig()  # type: ignore[call-arg]
+    scale: ScaleConfig = ScaleConfig()  # type: ignore[call-arg]
+    camera: CameraConfig = CameraConfig()  # type: ignore[call-arg]
+    server: ServerLink = ServerLink()  # type: ignore[call-arg]
+    printer: PrinterConfig = PrinterConfig()
+    catalogue: list[dict[str, Any]] = Field(default_factory=list, title="The stall's items (PLU)")
+    simulate_vendor: bool = Field(False, title="Demo: a simulated vendor sells by itself")
+    seed: int | None = Field(None, title="Demo: random seed of the simulated vendor")
+
+
+def load_config(path: Path | str) -> StallConfig:
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise ConfigError(f"stall config {path} does not exist") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read stall config {path}: {exc}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"stall config {path} is not valid TOML: {exc}") from exc
+    try:
+        cfg = StallConfig.model_validate(raw)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"])
+        raise ConfigError(f"stall config {path}: {where}: {err['msg']}") from exc
+    if not cfg.data_dir.is_absolute():
+        cfg = cfg.model_copy(update={"data_dir": (path.parent / cfg.data_dir).resolve()})
+    return cfg

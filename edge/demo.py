@@ -1,0 +1,178 @@
+"""``wetmarket demo``: the market server and three simulated stalls, sales flowing.
+
+Each part runs as its own process, as in a real market: the server, and one
+``wetmarket stall`` per stall (each with a weighing-module simulator on a
+pseudo-terminal, read through pyserial).  The children run in their own
+process group, so Ctrl-C reaches only us and we stop them in order: stalls
+first (their outbox drains), then the server.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+
+from edge import EdgeError
+from edge.demo_data import STALLS, catalogue
+
+logger = logging.getLogger(__name__)
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def find_dataset() -> Path | None:
+    """The grocery-store photos, when present (``$WETMARKET_DATASET`` or ``../shared``)."""
+    env = os.environ.get("WETMARKET_DATASET")
+    for cand in ([Path(env)] if env else []) + [REPO.parent / "shared/data/grocery-store"]:
+        if (cand / "val").is_dir():
+            return cand
+    return None
+
+
+def _toml_str(s: str) -> str:
+    return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def write_stall_config(path: Path, stall_id: str, name: str, vendor: str, server: str, token: str,
+                       camera: Path | None, seed: int) -> None:
+    day = dt.date.today().strftime("%Y%m%d")
+    lines = [
+        f"stall_id = {_toml_str(stall_id)}",
+        f"name = {_toml_str(name)}",
+        f"vendor = {_toml_str(vendor)}",
+        'data_dir = "."',
+        "simulate_vendor = true",
+        f"seed = {seed}",
+        "",
+        "[server]",
+        f"url = {_toml_str(server)}",
+        f"token = {_toml_str(token)}",
+        "",
+        "[scale]",
+        'port = "sim"',
+        'protocol = "cas"',
+        "",
+        "[camera]",
+    ]
+    if camera is not None:
+        lines.append(f"source = {_toml_str(str(camera))}")
+    lines += ["", "[printer]", 'type = "file"', ""]
+    for item in catalogue(stall_id, day):
+        lines.append("[[catalogue]]")
+        lines += [f"{k} = {_toml_str(v) if isinstance(v, str) else v}"
+                  for k, v in item.items() if v is not None]
+        lines.append("")
+    path.write_text("\n".join(lines), encoding="utf-8")
+
+
+class Demo:
+    def __init__(self, port: int, data_dir: Path, duration: float | None) -> None:
+        self.port = port
+        self.data_dir = data_dir.resolve()
+        self.duration = duration
+        self.base = f"http://127.0.0.1:{port}"
+        self.procs: list[tuple[str, subprocess.Popen[bytes]]] = []
+        self.stop = threading.Event()
+
+    def _spawn(self, name: str, args: list[str], env: dict[str, str] | None = None) -> None:
+        log = open(self.data_dir / f"{name}.log", "wb")  # noqa: SIM115 - lives as long as the child
+        proc = subprocess.Popen([sys.executable, "-m", "edge.cli", *args], stdout=log,
+                                stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
+                                start_new_session=True)
+        self.procs.append((name, proc))
+
+    def _wait_healthy(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            name, proc = self.procs[0]
+            if proc.poll() is not None:
+                log = (self.data_dir / "server.log").read_text(errors="replace").strip()
+                raise EdgeError(f"market server exited: {log.splitlines()[-1] if log else '?'}")
+            try:
+                if httpx.get(f"{self.base}/healthz", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise EdgeError(f"market server did not answer on {self.base} within {timeout:.0f} s")
+
+    def run(self) -> int:
+        from server.cli import check_port_free
+
+        check_port_free("127.0.0.1", self.port)
+        if self.data_dir.exists():
+            shutil.rmtree(self.data_dir)
+        self.data_dir.mkdir(parents=True)
+        admin = os.urandom(18).hex()
+        self._spawn("server", ["server", "--db", f"sqlite:///{self.data_dir / 'market.db'}",
+                               "--port", str(self.port)], {"WETMARKET_ADMIN_TOKEN": admin})
+        try:
+            self._wait_healthy()
+            dataset = find_dataset()
+            camera = dataset / "val" if dataset else None
+            with httpx.Client(base_url=self.base, headers={"Authorization": f"Bearer {admin}"}) as c:
+                for i, (sid, name, vendor) in enumerate(STALLS):
+                    r = c.post("/api/v1/stalls", json={"stall_id": sid, "name": name})
+                    r.raise_for_status()
+                    sdir = self.data_dir / sid
+                    sdir.mkdir()
+                    write_stall_config(sdir / "stall.toml", sid, name, vendor, self.base,
+                                       r.json()["token"], camera, seed=1000 + i)
+                    self._spawn(sid, ["stall", "--config", str(sdir / "stall.toml")])
+            print(f"big screen:   {self.base}/display", flush=True)
+            print(f"today (JSON): {self.base}/api/v1/stats/today", flush=True)
+            print(f"API docs:     {self.base}/docs", flush=True)
+            print(f"admin token:  {admin}", flush=True)
+            print(f"camera:       {camera or 'off (no photos found): vendors choose items by hand'}",
+                  flush=True)
+            print(f"data, logs and receipts: {self.data_dir}", flush=True)
+            self._watch()
+        finally:
+            self.shutdown()
+        return 0
+
+    def _watch(self) -> None:
+        start = time.monotonic()
+        last_print = 0.0
+        while not self.stop.is_set():
+            if self.duration is not None and time.monotonic() - start >= self.duration:
+                return
+            for name, proc in self.procs:
+                if proc.poll() is not None:
+                    raise EdgeError(f"{name} exited with code {proc.returncode}; "
+                                    f"see {self.data_dir / (name + '.log')}")
+            if time.monotonic() - last_print >= 5:
+                last_print = time.monotonic()
+                try:
+                    d = httpx.get(f"{self.base}/api/v1/stats/today", timeout=2).json()
+                    print(f"{time.strftime('%H:%M:%S')}  sales {d['sales']:4d}  "
+                          f"total ￥{d['total_fen'] / 100:,.2f}", flush=True)
+                except (httpx.HTTPError, ValueError, KeyError):
+                    pass
+            self.stop.wait(0.25)
+
+    def shutdown(self) -> None:
+        """Stalls first (so their last sales reach the server), then the server."""
+        for group in ([p for p in self.procs if p[0] != "server"],
+                      [p for p in self.procs if p[0] == "server"]):
+            for _name, proc in group:
+                if proc.poll() is None:
+                    proc.send_signal(signal.SIGTERM)
+            for name, proc in group:
+                try:
+                    proc.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    logger.warning("%s did not stop in time; killing it", name)
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait()
+        self.procs.clear()

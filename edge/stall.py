@@ -1,0 +1,162 @@
+"""One stall's edge process: the parts started in order, stopped in reverse.
+
+    journal -> signing key -> scale (simulator) -> link -> session -> recognizer
+    -> printer -> outbox -> simulated vendor (demo)
+
+All workers share one stop event.  A sale is journaled before its receipt
+prints and before upload; a failed print or upload never loses it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import zoneinfo
+from collections.abc import Callable
+from typing import Any
+
+from edge import EdgeError
+from edge.camera import Camera, ImageFolderCamera, OpenCVCamera
+from edge.config import StallConfig
+from edge.integrity import load_or_create_key, public_key_b64
+from edge.journal import Journal
+from edge.outbox import Outbox
+from edge.sale import Sale
+from edge.session import Item, Session, StallInfo
+from edge.weighing import ScaleSpec, Weigher
+
+logger = logging.getLogger(__name__)
+
+
+class StallApp:
+    def __init__(self, cfg: StallConfig) -> None:
+        self.cfg = cfg
+        self.stop_event = threading.Event()
+        self._stops: list[Callable[[], None]] = []
+        self.sim: Any = None
+        self.link: Any = None
+        self.camera: Camera | None = None
+        self.recognizer: Any = None
+        self.printer: Any = None
+        self.outbox: Outbox | None = None
+        self.session: Session | None = None
+        self.journal: Journal | None = None
+        self.sales_done = 0
+
+    # -- start steps, in order --------------------------------------------------------
+    def _start_journal(self) -> None:
+        self.journal = Journal(self.cfg.data_dir / "journal.sqlite3", self.cfg.first_receipt_no)
+        self._stops.append(self.journal.close)
+
+    def _start_key(self) -> None:
+        self.key = load_or_create_key(self.cfg.data_dir / "stall.key")
+        self.public_key = public_key_b64(self.key)
+
+    def _start_scale(self) -> None:
+        from firmware_bridge.link import Link
+
+        port = self.cfg.scale.port
+        if port == "sim":
+            from firmware_bridge.sim import Simulator
+
+            self.sim = Simulator(protocol=self.cfg.scale.protocol, capacity_g=self.cfg.scale.max_g,
+                                 e_g=self.cfg.scale.e_g, seed=self.cfg.seed)
+            self.sim.start()
+            self._stops.append(self.sim.stop)
+            port = self.sim.port
+        spec = ScaleSpec(max_g=self.cfg.scale.max_g, e_g=self.cfg.scale.e_g)
+        info = StallInfo(stall_id=self.cfg.stall_id, region=self.cfg.market.region,
+                         market_no=self.cfg.market.number, rounding=self.cfg.market.rounding,
+                         tz=zoneinfo.ZoneInfo(self.cfg.market.timezone), vendor=self.cfg.vendor)
+        catalogue = [Item.from_dict(d) for d in self.cfg.catalogue]
+        assert self.journal is not None
+        self.session = Session(info, Weigher(spec), catalogue, self.journal, self.key)
+        self.link = Link(port, protocol=self.cfg.scale.protocol, on_reading=self.session.on_reading,
+                         freshness_s=self.cfg.scale.freshness_s)
+        self.link.start()
+        self._stops.append(self.link.stop)
+
+    def _start_camera(self) -> None:
+        src = self.cfg.camera.source
+        if src is None:
+            return
+        from pathlib import Path
+
+        if Path(src).is_dir():
+            self.camera = ImageFolderCamera(src, seed=self.cfg.seed)
+        else:
+            self.camera = OpenCVCamera(int(src) if src.isdigit() else src)
+        self._stops.append(self.camera.close)
+        try:
+            from model.recognizer import Recognizer
+
+            self.recognizer = Recognizer.load(gallery_dir=self.cfg.data_dir / "gallery")
+            if self.cfg.camera.roi:
+                self.recognizer.set_roi(self.cfg.camera.roi)
+        except Exception as exc:  # noqa: BLE001 - a stall without recognition still sells
+            logger.warning("recognizer unavailable, items are chosen by hand: %s", exc)
+            self.recognizer = None
+
+    def _start_printer(self) -> None:
+        from edge.printing import make_printer
+
+        pc = self.cfg.printer.model_dump()
+        if pc["type"] == "file" and not pc.get("path"):
+            pc["path"] = str(self.cfg.data_dir / "receipts")
+        self.printer = make_printer(pc)
+
+    def _start_outbox(self) -> None:
+        if not self.cfg.server.token:
+            logger.warning("no server token: sales stay in the journal until one is configured")
+            return
+        assert self.journal is not None
+        self.outbox = Outbox(self.journal, self.cfg.server.url, self.cfg.server.token,
+                             stall_id=self.cfg.stall_id, public_key=self.public_key)
+        self.outbox.start()
+        self._stops.append(self.outbox.stop)
+
+    def _start_vendor(self) -> None:
+        if not self.cfg.simulate_vendor:
+            return
+        from edge.demo_vendor import SimulatedVendor
+
+        if self.sim is None:
+            raise EdgeError("simulate_vendor needs scale.port = 'sim'")
+        vendor = SimulatedVendor(self, seed=self.cfg.seed)
+        vendor.start()
+        self._stops.append(vendor.stop)
+
+    def start(self) -> None:
+        self.cfg.data_dir.mkdir(parents=True, exist_ok=True)
+        for step in (self._start_journal, self._start_key, self._start_scale, self._start_camera,
+                     self._start_printer, self._start_outbox, self._start_vendor):
+            try:
+                step()
+            except BaseException:
+                self.stop()
+                raise
+        logger.info("stall %s started", self.cfg.stall_id)
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        while self._stops:
+            fn = self._stops.pop()
+            try:
+                fn()
+            except Exception:  # noqa: BLE001 - keep stopping the rest
+                logger.exception("error while stopping %s", fn)
+
+    # -- the vendor's "print" button ---------------------------------------------------------
+    def checkout(self) -> Sale:
+        """Journal the basket, then print and upload; print/upload failures keep the sale."""
+        assert self.session is not None
+        sale = self.session.checkout()
+        self.sales_done += 1
+        if self.printer is not None:
+            try:
+                self.printer.print_sale(sale)
+            except EdgeError as exc:
+                logger.error("receipt %d not printed, queued for reprint: %s", sale.receipt_no, exc)
+        if self.outbox is not None:
+            self.outbox.notify()
+        return sale

@@ -1,0 +1,53 @@
+"""The FastAPI application, built per settings (so tests get an app per database)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
+
+from server.db import init_db, make_engine
+from server.events import Broker
+from server.routes import pages, sales, stalls, stats
+from server.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+STATIC = Path(__file__).resolve().parent / "static"
+
+
+def create_app(settings: Settings) -> FastAPI:
+    path = settings.sqlite_path()
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    engine = make_engine(settings.db_url)
+    sessionmaker = init_db(engine)
+    broker = Broker()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        broker.bind(asyncio.get_running_loop())
+        yield
+        engine.dispose()
+
+    app = FastAPI(title="wetmarket market server", version="0.1.0", lifespan=lifespan)
+    app.state.settings = settings
+    app.state.engine = engine
+    app.state.sessionmaker = sessionmaker
+    app.state.broker = broker
+    app.state.write_lock = threading.Lock() if engine.dialect.name == "sqlite" else None
+    for module in (stalls, sales, stats, pages):
+        app.include_router(module.router)
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @app.get("/healthz", tags=["health"])
+    def healthz() -> dict[str, str]:
+        return {"status": "ok", "db": engine.dialect.name}
+
+    return app

@@ -1,0 +1,48 @@
+"""Bearer tokens: the admin's from settings, each stall's stored as a SHA-256."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Request, status
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from server import db
+
+_bearer = HTTPBearer(auto_error=False)
+Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+
+
+def new_token() -> str:
+    return secrets.token_urlsafe(32)
+
+
+def token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def _unauthorized(msg: str) -> HTTPException:
+    return HTTPException(status.HTTP_401_UNAUTHORIZED, msg, headers={"WWW-Authenticate": "Bearer"})
+
+
+def require_admin(request: Request, cred: Credentials) -> None:
+    if cred is None:
+        raise _unauthorized("admin bearer token required")
+    if not hmac.compare_digest(cred.credentials, request.app.state.settings.admin_token):
+        raise _unauthorized("bad admin token")
+
+
+def stall_for_token(session: Session, cred: HTTPAuthorizationCredentials | None) -> db.Stall:
+    if cred is None:
+        raise _unauthorized("stall bearer token required")
+    stall = session.execute(
+        select(db.Stall).where(db.Stall.token_sha256 == token_hash(cred.credentials))
+    ).scalar_one_or_none()
+    if stall is None:
+        raise _unauthorized("unknown stall token")
+    return stall

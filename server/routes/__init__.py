@@ -1,0 +1,1 @@
+"""HTTP routes, one module per resource, gathered in ``server.app``."""

@@ -1,0 +1,66 @@
+"""Sale upload from the stalls (idempotent by sale_id) and sale look-up."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, HTTPException, Request, status
+from pydantic import BaseModel, ConfigDict, Field
+
+from server import db, stats
+from server.auth import Credentials, stall_for_token
+from server.deps import AdminDep, BrokerDep, SessionDep, SettingsDep, write_lock
+from server.ingest import ingest_one
+
+router = APIRouter(prefix="/api/v1/sales", tags=["sales"])
+
+MAX_BATCH = 500
+
+
+class SalesBatch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    # Each sale is validated on its own so one bad sale never sinks the batch.
+    sales: list[Any] = Field(min_length=1, max_length=MAX_BATCH)
+
+
+class SaleResult(BaseModel):
+    sale_id: str | None
+    status: str
+    reason: str | None
+    flags: list[str]
+
+
+class BatchResult(BaseModel):
+    accepted: int
+    duplicates: int
+    refused: int
+    results: list[SaleResult]
+
+
+@router.post("", response_model=BatchResult)
+def upload_sales(body: SalesBatch, session: SessionDep, cred: Credentials, settings: SettingsDep,
+                 broker: BrokerDep, request: Request) -> BatchResult:
+    with write_lock(request):
+        stall = stall_for_token(session, cred)
+        results = [ingest_one(session, stall, raw, settings.tz) for raw in body.sales]
+        session.commit()
+    accepted = [r for r in results if r.status == "accepted"]
+    if accepted:
+        figures = stats.today(session, settings.tz)
+        broker.publish({"type": "sales", "stall_id": stall.stall_id, "new": len(accepted),
+                        "today": figures, "recent": stats.recent_sales(session)})
+    return BatchResult(
+        accepted=len(accepted),
+        duplicates=sum(r.status == "duplicate" for r in results),
+        refused=sum(r.status == "refused" for r in results),
+        results=[SaleResult(**r.to_json()) for r in results],
+    )
+
+
+@router.get("/{sale_id}")
+def get_sale(sale_id: str, session: SessionDep, _: AdminDep) -> dict[str, Any]:
+    row = session.get(db.Sale, sale_id)
+    if row is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no sale {sale_id}")
+    return {"sale": row.raw, "verified": row.verified, "flags": row.flags,
+            "received_at": row.received_at.isoformat()}

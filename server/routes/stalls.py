@@ -1,0 +1,90 @@
+"""Stalls: registration by the manager, key registration by the stall."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime as dt
+
+from fastapi import APIRouter, HTTPException, Request, status
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from sqlalchemy import select
+
+from server import db
+from server.auth import Credentials, new_token, stall_for_token, token_hash
+from server.deps import AdminDep, SessionDep, write_lock
+
+router = APIRouter(prefix="/api/v1/stalls", tags=["stalls"])
+
+
+def _check_key(v: str | None) -> str | None:
+    if v is None:
+        return v
+    try:
+        raw = base64.urlsafe_b64decode(v + "=" * (-len(v) % 4))
+    except (binascii.Error, ValueError) as exc:
+        raise ValueError("public_key is not urlsafe base64") from exc
+    if len(raw) != 32:
+        raise ValueError("public_key must be a raw 32-byte Ed25519 key")
+    return v
+
+
+class StallCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    stall_id: str = Field(pattern=r"^[A-Za-z0-9_-]{1,16}$")
+    name: str = Field(min_length=1, max_length=64)
+    public_key: str | None = Field(None, description="urlsafe base64 Ed25519 public key")
+
+    _key = field_validator("public_key")(_check_key)
+
+
+class StallToken(BaseModel):
+    stall_id: str
+    token: str
+
+
+class StallPublic(BaseModel):
+    stall_id: str
+    name: str
+    has_key: bool
+
+
+class StallKey(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    public_key: str
+
+    _key = field_validator("public_key")(_check_key)
+
+
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=StallToken)
+def create_stall(body: StallCreate, session: SessionDep, _: AdminDep, request: Request) -> StallToken:
+    token = new_token()
+    with write_lock(request):
+        if session.get(db.Stall, body.stall_id) is not None:
+            raise HTTPException(status.HTTP_409_CONFLICT, f"stall {body.stall_id} already exists")
+        session.add(db.Stall(stall_id=body.stall_id, name=body.name, token_sha256=token_hash(token),
+                             public_key=body.public_key, created_at=dt.datetime.now(dt.UTC)))
+        session.commit()
+    return StallToken(stall_id=body.stall_id, token=token)
+
+
+@router.get("", response_model=list[StallPublic])
+def list_stalls(session: SessionDep) -> list[StallPublic]:
+    rows = session.execute(select(db.Stall).order_by(db.Stall.stall_id)).scalars()
+    return [StallPublic(stall_id=s.stall_id, name=s.name, has_key=bool(s.public_key)) for s in rows]
+
+
+@router.put("/{stall_id}/key", response_model=StallPublic)
+def set_key(stall_id: str, body: StallKey, session: SessionDep, cred: Credentials,
+            request: Request) -> StallPublic:
+    """A stall registers its receipt-signing key once; changing it needs the manager."""
+    with write_lock(request):
+        stall = stall_for_token(session, cred)
+        if stall.stall_id != stall_id:
+            raise HTTPException(status.HTTP_403_FORBIDDEN, "a stall may only set its own key")
+        if stall.public_key and stall.public_key != body.public_key:
+            raise HTTPException(status.HTTP_409_CONFLICT,
+                                "stall already has a different key; ask the market manager")
+        stall.public_key = body.public_key
+        session.commit()
+    return StallPublic(stall_id=stall.stall_id, name=stall.name, has_key=True)

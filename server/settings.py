@@ -1,0 +1,50 @@
+"""Server settings, taken inside ``create_app`` so tests can build an app per database."""
+
+from __future__ import annotations
+
+import secrets
+import zoneinfo
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+DEFAULT_DB = "sqlite:///var/market.db"
+
+
+class Settings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    db_url: str = Field(DEFAULT_DB, title="Database URL", description="sqlite:///FILE or postgresql://...")
+    admin_token: str = Field(
+        default_factory=lambda: secrets.token_urlsafe(24),
+        title="Admin token",
+        description="bearer token of the market manager (WETMARKET_ADMIN_TOKEN)",
+    )
+    market_name: str = Field("平顺菜市场", title="Market name")
+    timezone: str = Field("Asia/Shanghai", title="Market time zone", description="defines the local day")
+    public_url: str = Field("http://127.0.0.1:8000", title="Public base URL of trace pages")
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, v: str) -> str:
+        try:
+            zoneinfo.ZoneInfo(v)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown time zone {v!r}") from exc
+        return v
+
+    @field_validator("db_url")
+    @classmethod
+    def _supported_db(cls, v: str) -> str:
+        if not v.startswith(("sqlite://", "postgresql://", "postgresql+psycopg://")):
+            raise ValueError(f"unsupported database URL {v!r}: use sqlite:///FILE or postgresql://...")
+        return v
+
+    @property
+    def tz(self) -> zoneinfo.ZoneInfo:
+        return zoneinfo.ZoneInfo(self.timezone)
+
+    def sqlite_path(self) -> Path | None:
+        if self.db_url.startswith("sqlite:///"):
+            return Path(self.db_url.removeprefix("sqlite:///"))
+        return None

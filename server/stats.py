@@ -1,0 +1,73 @@
+"""Figures for the big screen, read from the rollups only."""
+
+from __future__ import annotations
+
+import datetime as dt
+import zoneinfo
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from server import db
+
+
+def local_today(tz: zoneinfo.ZoneInfo, now: dt.datetime | None = None) -> dt.date:
+    return (now or dt.datetime.now(dt.UTC)).astimezone(tz).date()
+
+
+def today(session: Session, tz: zoneinfo.ZoneInfo, day: dt.date | None = None) -> dict[str, Any]:
+    day = day or local_today(tz)
+    sh = db.StallHour
+    ranking_rows = session.execute(
+        select(sh.stall_id, db.Stall.name, func.sum(sh.sales), func.sum(sh.total_fen))
+        .join(db.Stall, db.Stall.stall_id == sh.stall_id)
+        .where(sh.local_day == day)
+        .group_by(sh.stall_id, db.Stall.name)
+        .order_by(func.sum(sh.total_fen).desc(), sh.stall_id)
+    ).all()
+    ranking = [
+        {"stall_id": sid, "name": name, "sales": int(n), "total_fen": int(total)}
+        for sid, name, n, total in ranking_rows
+    ]
+    hours = session.execute(
+        select(sh.hour, func.sum(sh.sales), func.sum(sh.total_fen))
+        .where(sh.local_day == day)
+        .group_by(sh.hour)
+        .order_by(sh.hour)
+    ).all()
+    items = session.execute(
+        select(db.ItemDay)
+        .where(db.ItemDay.local_day == day)
+        .order_by(db.ItemDay.amount_fen.desc())
+        .limit(10)
+    ).scalars().all()
+    return {
+        "day": day.isoformat(),
+        "sales": sum(r["sales"] for r in ranking),
+        "total_fen": sum(r["total_fen"] for r in ranking),
+        "ranking": ranking,
+        "hours": [{"hour": h, "sales": int(n), "total_fen": int(t)} for h, n, t in hours],
+        "items": [
+            {"plu": it.plu, "name": it.name, "lines": it.lines, "weight_g": it.weight_g,
+             "amount_fen": it.amount_fen}
+            for it in items
+        ],
+    }
+
+
+def recent_sales(session: Session, limit: int = 10) -> list[dict[str, Any]]:
+    rows = session.execute(
+        select(db.Sale).order_by(db.Sale.received_at.desc(), db.Sale.sale_id).limit(limit)
+    ).scalars().all()
+    return [
+        {
+            "stall_id": s.stall_id,
+            "trace_code": s.trace_code,
+            "sold_at": s.sold_at.isoformat(),
+            "total_fen": s.total_fen,
+            "items": [ln.name for ln in s.lines],
+            "verified": s.verified,
+        }
+        for s in rows
+    ]

@@ -1,0 +1,88 @@
+from __future__ import annotations
+
+import datetime as dt
+import os
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from sqlalchemy import create_engine, text
+
+from edge.integrity import GENESIS_HASH, public_key_b64, sale_digest, sign_sale
+from edge.pricing import line_amount_fen
+from edge.tracecode import make_trace_code, stall_number
+from server.app import create_app
+from server.settings import Settings
+from tests.conftest import POSTGRES_URL, LiveServer, postgres_available
+
+ADMIN = "test-admin-token"
+SHANGHAI = dt.timezone(dt.timedelta(hours=8))
+
+
+def _reset_postgres() -> None:
+    engine = create_engine(POSTGRES_URL.replace("postgresql://", "postgresql+psycopg://"))
+    with engine.begin() as conn:
+        conn.execute(text("DROP SCHEMA public CASCADE"))
+        conn.execute(text("CREATE SCHEMA public"))
+    engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def db_url(request: pytest.FixtureRequest, tmp_path) -> str:  # type: ignore[no-untyped-def]
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'market.db'}"
+    if not postgres_available():
+        if os.environ.get("WETMARKET_SKIP_POSTGRES") == "1":
+            pytest.skip("WETMARKET_SKIP_POSTGRES=1 and no PostgreSQL on 127.0.0.1:5432")
+        pytest.fail("PostgreSQL is not running on 127.0.0.1:5432 (set WETMARKET_SKIP_POSTGRES=1 "
+                    "to skip these tests knowingly)")
+    _reset_postgres()
+    return POSTGRES_URL
+
+
+@pytest.fixture
+def server(db_url: str) -> Iterator[LiveServer]:
+    app = create_app(Settings(db_url=db_url, admin_token=ADMIN))
+    with LiveServer(app) as srv:
+        yield srv
+
+
+class StallSim:
+    """Builds signed, chained sales the way a stall does."""
+
+    def __init__(self, stall_id: str = "S01") -> None:
+        self.stall_id = stall_id
+        self.key = Ed25519PrivateKey.generate()
+        self.public_key = public_key_b64(self.key)
+        self.receipt_no = 0
+        self.prev = GENESIS_HASH
+
+    def sale(self, lines: list[tuple[str, str, int, int, str]], *,
+             sold_at: dt.datetime | None = None, sign: bool = True) -> dict[str, Any]:
+        self.receipt_no += 1
+        out_lines = []
+        for plu, name, weight_g, price, unit in lines:
+            out_lines.append({
+                "plu": plu, "name": name, "weight_g": weight_g, "quantity": None,
+                "unit_price_fen": price, "price_unit": unit,
+                "amount_fen": line_amount_fen(unit_price_fen=price, price_unit=unit,
+                                              weight_g=weight_g),
+                "batch_code": "B20261127-07",
+            })
+        doc: dict[str, Any] = {
+            "sale_id": str(uuid.uuid4()),
+            "stall_id": self.stall_id,
+            "receipt_no": self.receipt_no,
+            "sold_at": (sold_at or dt.datetime.now(SHANGHAI)).isoformat(timespec="seconds"),
+            "trace_code": make_trace_code("310106", 1, stall_number(self.stall_id), self.receipt_no),
+            "lines": out_lines,
+            "total_fen": sum(ln["amount_fen"] for ln in out_lines),
+            "prev_hash": self.prev,
+            "signature": "",
+        }
+        if sign:
+            doc["signature"] = sign_sale(doc, self.key)
+        self.prev = sale_digest(doc)
+        return doc
