@@ -99,11 +99,17 @@ class StallApp:
 
     def _start_printer(self) -> None:
         from edge.printing import make_printer
+        from edge.receipt import ReceiptMeta
 
-        pc = self.cfg.printer.model_dump()
+        cfg = self.cfg
+        pc = cfg.printer.model_dump()
         if pc["type"] == "file" and not pc.get("path"):
-            pc["path"] = str(self.cfg.data_dir / "receipts")
-        self.printer = make_printer(pc)
+            pc["path"] = str(cfg.data_dir / "receipts")
+        pc["queue"] = str(cfg.data_dir / "reprint.sqlite3")
+        meta = ReceiptMeta(market_name=cfg.market.name, stall_name=f"{cfg.stall_id} {cfg.name}",
+                           vendor=cfg.vendor or None, rule=cfg.market.rounding,
+                           base_url=cfg.server.public_url or cfg.server.url)
+        self.printer = make_printer(pc, meta=meta)
 
     def _start_outbox(self) -> None:
         if not self.cfg.server.token:

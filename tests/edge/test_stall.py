@@ -1,0 +1,103 @@
+"""A whole stall: a weighing on the simulator's pseudo-terminal becomes a priced,
+signed sale on a real market server."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from edge import PricingError
+from edge.config import StallConfig
+from edge.demo_data import catalogue
+from edge.stall import StallApp
+from server.app import create_app
+from server.settings import Settings
+from tests.conftest import LiveServer
+from tests.server.conftest import ADMIN
+
+
+def wait_for(cond, timeout: float = 10.0) -> bool:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(0.02)
+    return False
+
+
+@pytest.fixture
+def market(tmp_path: Path) -> Iterator[tuple[LiveServer, str]]:
+    app = create_app(Settings(db_url=f"sqlite:///{tmp_path / 'market.db'}", admin_token=ADMIN))
+    with LiveServer(app) as srv:
+        with srv.client(ADMIN) as c:
+            token = c.post("/api/v1/stalls", json={"stall_id": "S02", "name": "李家蔬菜"}).json()["token"]
+        yield srv, token
+
+
+@pytest.fixture
+def stall(market: tuple[LiveServer, str], tmp_path: Path) -> Iterator[StallApp]:
+    srv, token = market
+    cfg = StallConfig(stall_id="S02", name="李家蔬菜", vendor="李阿姨", data_dir=tmp_path / "S02",
+                      catalogue=catalogue("S02", "20261128"), seed=7,
+                      server={"url": srv.url, "token": token},  # type: ignore[arg-type]
+                      printer={"type": "file"})  # type: ignore[arg-type]
+    app = StallApp(cfg)
+    app.start()
+    yield app
+    app.stop()
+
+
+def test_weighing_on_the_pty_becomes_a_sale_on_the_server(
+        market: tuple[LiveServer, str], stall: StallApp) -> None:
+    srv, _ = market
+    session, sim = stall.session, stall.sim
+    assert session is not None and sim is not None
+    assert wait_for(lambda: session.weigh_state.name == "STABLE_ZERO")
+    session.select("2001")                      # 西红柿 3.00 元/500g
+    sim.place(1000)
+    assert wait_for(lambda: session.current_line() is not None)
+    line = session.add_weighed()
+    assert (line.weight_g, line.amount_fen) == (1000, 600)
+    with pytest.raises(PricingError):           # no second sale before the plate is emptied
+        session.select("2003")
+        session.add_weighed()
+    sim.remove()
+    assert wait_for(lambda: session.weigh_state.name == "STABLE_ZERO")
+    session.select("2003")                      # 胡萝卜 3.80 元/kg
+    sim.place(1500)
+    assert wait_for(lambda: session.current_line() is not None)
+    assert session.add_weighed().amount_fen == 570
+    sale = stall.checkout()
+    assert sale.total_fen == 1170 and sale.receipt_no == 1
+    assert sale.trace_code.startswith("310106001002")
+
+    with srv.client() as c:
+        assert wait_for(lambda: c.get("/api/v1/stats/today").json()["sales"] == 1)
+        today = c.get("/api/v1/stats/today").json()
+        page = c.get(f"/t/{sale.trace_code}", params={"s": sale.signature})
+    assert today["total_fen"] == 1170
+    assert today["ranking"] == [{"stall_id": "S02", "name": "李家蔬菜", "sales": 1, "total_fen": 1170}]
+    assert 'data-verdict="genuine"' in page.text
+    assert stall.journal is not None and stall.journal.counts()["sent"] == 1
+    receipts = list((stall.cfg.data_dir / "receipts").glob("*.bin"))
+    assert [r.name for r in receipts] == [f"0000001-{sale.trace_code}.bin"]
+    data = receipts[0].read_bytes()
+    assert "西红柿".encode("gb18030") in data and "￥11.70".encode("gb18030") in data
+    assert f"{srv.url}/t/{sale.trace_code}?s={sale.signature}".encode() in data
+
+
+def test_moving_load_is_never_priced(stall: StallApp) -> None:
+    session, sim = stall.session, stall.sim
+    assert session is not None and sim is not None
+    assert wait_for(lambda: session.weigh_state.name == "STABLE_ZERO")
+    session.select("2001")
+    sim.place(800)
+    # Right after placement the load cell overshoots and rings: no price may show.
+    seen_motion = wait_for(lambda: session.weigh_state.name == "MOTION", 2.0)
+    assert seen_motion
+    assert session.current_line() is None
+    assert wait_for(lambda: session.current_line() is not None)
+    assert session.current_line().weight_g == 800  # type: ignore[union-attr]
