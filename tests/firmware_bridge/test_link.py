@@ -1,0 +1,142 @@
+"""Link against the simulator on a real pseudo-terminal (no mocks)."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from firmware_bridge import BridgeError, LinkError
+from firmware_bridge.audit import AuditLog
+from firmware_bridge.calibration import Calibration
+from firmware_bridge.link import Link
+from firmware_bridge.protocols import PROTOCOLS
+from firmware_bridge.reading import Reading
+from firmware_bridge.sim import Simulator
+
+
+def _stable_near(grams: int, tol: int = 5):
+    return lambda r: r.stable and r.gross_g is not None and abs(r.gross_g - grams) <= tol
+
+
+@pytest.mark.parametrize("sim", list(PROTOCOLS), indirect=True)
+def test_every_protocol_gives_a_stable_weight_after_placing(sim: Simulator) -> None:
+    cal = Calibration(84_211, 107_500, 1000) if sim.protocol == "hx711-raw" else None
+    seen: list[Reading] = []
+    with Link(sim.port, protocol=sim.protocol, on_reading=seen.append, calibration=cal) as link:
+        assert link.wait_for(_stable_near(0), 3) is not None
+        sim.place(1234)
+        r = link.wait_for(_stable_near(1235), 4)
+        assert r is not None, seen[-5:]
+        assert link.state == "online"
+        # While the load was swinging, no reading was stable at a wrong weight.
+        wrong = [x for x in seen if x.stable and x.gross_g != 0 and abs((x.gross_g or 0) - 1234) > 6]
+        assert wrong == []
+        assert any(x.status == "motion" and not x.stable for x in seen)
+
+
+def test_motion_readings_say_motion(sim: Simulator, link: Link) -> None:
+    assert link.wait_for(_stable_near(0), 3)
+    sim.place(3000)
+    r = link.wait_for(lambda r: not r.stable, 2)
+    assert r is not None and r.status == "motion"
+
+
+def test_overload_gives_status_and_no_weight(sim: Simulator, link: Link) -> None:
+    sim.overload()
+    r = link.wait_for(lambda r: r.status == "overload", 3)
+    assert r is not None
+    assert (r.gross_g, r.net_g, r.stable) == (None, None, False)
+
+
+def test_unplug_goes_offline_and_replug_reconnects(sim: Simulator, link: Link) -> None:
+    assert link.wait_for(_stable_near(0), 3)
+    sim.unplug()
+    deadline = time.monotonic() + 2
+    while link.state != "offline" and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert link.state == "offline"
+    assert link.latest() is None  # never a weight from a module that is gone
+    with pytest.raises(LinkError, match="offline"):
+        link.zero()
+    sim.place(700)
+    sim.replug()
+    assert link.wait_for(_stable_near(700), 4) is not None
+    assert link.state == "online"
+
+
+def test_silent_module_is_not_current_after_freshness(sim: Simulator, link: Link) -> None:
+    assert link.wait_for(_stable_near(0), 3)
+    sim._stop.set()  # the module firmware hangs: the port stays, frames stop
+    time.sleep(0.7)
+    assert link.latest() is None
+    assert link.state == "offline"
+
+
+def test_garbage_and_corruption_never_give_a_wrong_stable_weight(sim: Simulator) -> None:
+    seen: list[Reading] = []
+    with Link(sim.port, protocol="cas", on_reading=seen.append) as link:
+        sim.place(2000)
+        assert link.wait_for(_stable_near(2000), 4)
+        for _ in range(5):
+            sim.inject_garbage(b"ST,GS,+0009.999kg\x00\xff\r\nUS,GS,+12")
+            sim.corrupt(2)
+            sim.truncate(1)
+            time.sleep(0.15)
+        time.sleep(0.3)
+        assert link.stats.bad_frames + link.stats.dropped_bytes > 0
+        stable_weights = {r.gross_g for r in seen if r.stable}
+        assert stable_weights <= {1995, 2000, 2005}, stable_weights
+        assert link.state == "online"
+
+
+def test_wrong_line_settings_show_error_then_recover(sim: Simulator) -> None:
+    with Link(sim.port, protocol="cas", freshness_s=0.3) as link:
+        assert link.wait_for(_stable_near(0), 3)
+        sim.wrong_line(1.0)
+        deadline = time.monotonic() + 1.0
+        while link.state != "error" and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert link.state == "error"
+        assert "baud" in link.state_reason
+        assert link.latest() is None
+        assert link.wait_for(_stable_near(0), 3) is not None
+        assert link.state == "online"
+
+
+@pytest.mark.parametrize("sim", ["mt-sics"], indirect=True)
+def test_tare_and_clear_tare_through_the_module(sim: Simulator) -> None:
+    audit = AuditLog()
+    with Link(sim.port, protocol="mt-sics", audit=audit) as link:
+        sim.place(300)
+        assert link.wait_for(_stable_near(300), 4)
+        link.tare()
+        r = link.wait_for(lambda r: r.stable and r.net_g == 0 and r.tare_g == 300, 3)
+        assert r is not None and r.gross_g == 300
+        sim.place(800)
+        r = link.wait_for(lambda r: r.stable and r.net_g == 500, 4)
+        assert r is not None and (r.gross_g, r.tare_g) == (800, 300)
+        link.clear_tare()
+        assert link.wait_for(lambda r: r.stable and r.net_g == 800 and r.tare_g == 0, 3)
+    assert [e["event"] for e in audit.entries][:2] == ["tare", "clear_tare"]
+
+
+def test_tare_refused_while_moving_and_unsupported_commands(sim: Simulator, link: Link) -> None:
+    with pytest.raises(BridgeError, match="no 'tare' command"):
+        link.tare()
+    assert link.wait_for(_stable_near(0), 3)
+    link.zero()  # cas has zero
+
+
+def test_any_pyserial_url_opens(tmp_path) -> None:
+    # loop:// echoes what we write: a cas module that only ever says what we send.
+    with Link("loop://", protocol="cas") as link:
+        time.sleep(0.2)
+        link._write(b"ST,GS,+0000.250kg\r\n" * 3)
+        assert link.wait_for(lambda r: r.stable and r.gross_g == 250, 2) is not None
+
+
+def test_uncalibrated_raw_module_gives_no_weight() -> None:
+    with Simulator(protocol="hx711-raw", seed=3) as sim, Link(sim.port, "hx711-raw") as link:
+        r = link.wait_for(lambda r: True, 3)
+        assert r is not None and r.status == "error" and r.gross_g is None
