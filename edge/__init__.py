@@ -8,6 +8,7 @@ Exception tree::
      +-- TraceCodeError         a trace code that is malformed or fails its check digit
      +-- JournalError           the durable sale journal cannot be written or read
      +-- PrinterError           the receipt printer failed (the sale is kept)
+     |    +-- PrinterStatusError  it answered paper out / offline, or did not answer
      +-- IntegrityError         a sale or signing key fails the hash chain / signature rules
      +-- CatalogueError         an unknown PLU or an invalid catalogue item
      +-- ReceiptError           a sale file that cannot be read or rendered as a receipt
@@ -38,6 +39,14 @@ class JournalError(EdgeError):
 
 class PrinterError(EdgeError):
     """The receipt printer failed; the sale stays journaled."""
+
+
+class PrinterStatusError(PrinterError):
+    """The printer said it cannot print (paper out, offline) or gave no status reply."""
+
+    def __init__(self, message: str, status: str) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class IntegrityError(EdgeError):
