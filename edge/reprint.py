@@ -94,20 +94,27 @@ class ReprintQueue:
         with self._lock:
             return self._db.execute("SELECT count(*) FROM receipts WHERE pending = 1").fetchone()[0]
 
-    def add(self, sale: Sale, meta: ReceiptMeta, *, width: int, encoding: str,
-            error: str) -> None:
-        """Keep ``sale`` for printing later (once per sale; later failures count attempts)."""
+    def _upsert(self, sale: Sale, meta: ReceiptMeta, width: int, encoding: str, *,
+                pending: bool, failed: bool, reprints: int, error: str | None) -> None:
+        # One statement for every change of a row: it is the whole state machine.
         with self._lock, self._db:
             self._db.execute(
                 "INSERT INTO receipts (sale_id, receipt_no, sale, meta, width, encoding, pending,"
-                " attempts, reprints, last_error, updated_at) VALUES (?,?,?,?,?,?,1,1,0,?,?)"
-                " ON CONFLICT(sale_id) DO UPDATE SET pending = 1,"
-                " attempts = attempts + 1, last_error = excluded.last_error,"
-                " updated_at = excluded.updated_at",
+                " attempts, reprints, last_error, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)"
+                " ON CONFLICT(sale_id) DO UPDATE SET pending = excluded.pending,"
+                " attempts = attempts + excluded.attempts,"
+                " reprints = max(reprints, excluded.reprints),"
+                " last_error = excluded.last_error, updated_at = excluded.updated_at",
                 (str(sale.sale_id), sale.receipt_no,
                  json.dumps(sale.to_json(), ensure_ascii=False), meta.model_dump_json(),
-                 width, encoding, error, _now()),
+                 width, encoding, int(pending), int(failed), reprints, error, _now()),
             )
+
+    def add(self, sale: Sale, meta: ReceiptMeta, *, width: int, encoding: str,
+            error: str) -> None:
+        """Keep ``sale`` for printing later (once per sale; later failures count attempts)."""
+        self._upsert(sale, meta, width, encoding, pending=True, failed=True, reprints=0,
+                     error=error)
         logger.warning("receipt %d queued for reprint: %s", sale.receipt_no, error)
 
     def pending(self) -> list[QueuedReceipt]:
@@ -119,12 +126,6 @@ class ReprintQueue:
                               ReceiptMeta.model_validate_json(meta), width, encoding,
                               attempts, reprints, error)
                 for sale, meta, width, encoding, attempts, reprints, error in rows]
-
-    def _printed(self, sale: Sale, reprints: int) -> None:
-        with self._lock, self._db:
-            self._db.execute(
-                "UPDATE receipts SET pending = 0, reprints = ?, last_error = NULL,"
-                " updated_at = ? WHERE sale_id = ?", (reprints, _now(), str(sale.sale_id)))
 
     def retry(self, printer: Printer) -> RetryResult:
         """Print every waiting receipt, marked as a reprint; stop at the first failure."""
@@ -141,7 +142,8 @@ class ReprintQueue:
                 self.add(item.sale, item.meta, width=item.width, encoding=item.encoding,
                          error=str(exc))
                 return RetryResult(printed, len(waiting) - index)
-            self._printed(item.sale, number)
+            self._upsert(item.sale, item.meta, item.width, item.encoding, pending=False,
+                         failed=False, reprints=number, error=None)
             printed += 1
             logger.info("receipt %d reprinted (%d)", item.sale.receipt_no, number)
         return RetryResult(printed, 0)
@@ -160,13 +162,6 @@ class ReprintQueue:
             self.add(sale, meta, width=printer.settings.width,
                      encoding=printer.settings.encoding, error=str(exc))
             raise
-        with self._lock, self._db:
-            self._db.execute(
-                "INSERT INTO receipts (sale_id, receipt_no, sale, meta, width, encoding, pending,"
-                " attempts, reprints, last_error, updated_at) VALUES (?,?,?,?,?,?,0,0,?,NULL,?)"
-                " ON CONFLICT(sale_id) DO UPDATE SET reprints = excluded.reprints,"
-                " updated_at = excluded.updated_at",
-                (str(sale.sale_id), sale.receipt_no,
-                 json.dumps(sale.to_json(), ensure_ascii=False), meta.model_dump_json(),
-                 printer.settings.width, printer.settings.encoding, number, _now()))
+        self._upsert(sale, meta, printer.settings.width, printer.settings.encoding,
+                     pending=False, failed=False, reprints=number, error=None)
         return status
