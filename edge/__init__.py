@@ -11,6 +11,7 @@ Exception tree::
      |    +-- PrinterStatusError  it answered paper out / offline, or did not answer
      +-- IntegrityError         a sale or signing key fails the hash chain / signature rules
      +-- CatalogueError         an unknown PLU or an invalid catalogue item
+     +-- BasketError            a void or refund that is not allowed
      +-- ReceiptError           a sale file that cannot be read or rendered as a receipt
 """
 
@@ -55,6 +56,10 @@ class IntegrityError(EdgeError):
 
 class CatalogueError(EdgeError):
     """An unknown PLU or an invalid catalogue item."""
+
+
+class BasketError(EdgeError):
+    """A void or refund that is not allowed (unknown line, twice, no reason, closed basket)."""
 
 
 class ReceiptError(EdgeError):
