@@ -107,6 +107,7 @@ class ItemDay(Base):
     name: Mapped[str] = mapped_column(String(64))
     lines: Mapped[int] = mapped_column(Integer, default=0)
     weight_g: Mapped[int] = mapped_column(BigInteger, default=0)
+    quantity: Mapped[int] = mapped_column(BigInteger, default=0)
     amount_fen: Mapped[int] = mapped_column(BigInteger, default=0)
 
 

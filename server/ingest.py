@@ -141,7 +141,8 @@ def ingest_one(session: Session, stall: db.Stall, raw: Any, tz: zoneinfo.ZoneInf
             {"sales": 1, "total_fen": sale.total_fen})
     for ln in sale.lines:
         _upsert(session, db.ItemDay, {"local_day": local.date(), "plu": ln.plu},
-                {"lines": 1, "weight_g": ln.weight_g or 0, "amount_fen": ln.amount_fen},
+                {"lines": 1, "weight_g": ln.weight_g or 0, "quantity": ln.quantity or 0,
+                 "amount_fen": ln.amount_fen},
                 {"name": ln.name})
     if flags:
         logger.warning("sale %s of stall %s stored with flags %s", sale_id, stall.stall_id, flags)

@@ -50,7 +50,7 @@ def today(session: Session, tz: zoneinfo.ZoneInfo, day: dt.date | None = None) -
         "hours": [{"hour": h, "sales": int(n), "total_fen": int(t)} for h, n, t in hours],
         "items": [
             {"plu": it.plu, "name": it.name, "lines": it.lines, "weight_g": it.weight_g,
-             "amount_fen": it.amount_fen}
+             "quantity": it.quantity, "amount_fen": it.amount_fen}
             for it in items
         ],
     }

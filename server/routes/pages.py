@@ -29,7 +29,8 @@ templates.env.filters["yuan"] = yuan
 
 @router.get("/display", response_class=HTMLResponse)
 def display(request: Request, settings: SettingsDep) -> HTMLResponse:
-    return templates.TemplateResponse(request, "display.html", {"market": settings.market_name})
+    return templates.TemplateResponse(request, "display.html", {"market": settings.market_name,
+                                                                 "timezone": settings.timezone})
 
 
 @router.get("/t/{trace_code}", response_class=HTMLResponse)

@@ -3,9 +3,9 @@
 const I18N = {
   en: { screen: "Market board", total: "Sales today", count: "Transactions", avg: "Average",
         stalls: "Stalls trading", ranking: "Stall ranking", trend: "Sales by hour", items: "Top items",
-        item: "Item", weight: "Weight (kg)", amount: "Amount (CNY)", recent: "Live sales",
-        live: "live", offline: "offline", sales: "sales" },
-  zh: { live: "实时", offline: "离线", sales: "笔" },
+        item: "Item", weight: "Sold", amount: "Amount (CNY)", recent: "Live sales",
+        live: "live", offline: "offline", sales: "sales", pieces: " pcs" },
+  zh: { live: "实时", offline: "离线", sales: "笔", pieces: "件" },
 };
 const lang = new URLSearchParams(location.search).get("lang") === "en" ? "en" : "zh";
 const t = (k, fallback) => (I18N[lang] && I18N[lang][k]) || fallback;
@@ -14,7 +14,9 @@ if (lang === "en") {
   document.querySelectorAll("[data-i18n]").forEach(el => { el.textContent = t(el.dataset.i18n, el.textContent); });
 }
 const yuan = fen => "￥" + (Math.floor(fen / 100)).toLocaleString("zh-CN") + "." + String(fen % 100).padStart(2, "0");
-const kg = g => (g / 1000).toFixed(2);
+const sold = it => [it.weight_g ? (it.weight_g / 1000).toFixed(2) + " kg" : "",
+  it.quantity ? it.quantity + t("pieces", "件") : ""].filter(Boolean).join(" + ");
+const tz = document.body.dataset.tz || undefined;
 const $ = id => document.getElementById(id);
 const esc = s => String(s).replace(/[&<>"']/g, c => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" }[c]));
 
@@ -31,13 +33,14 @@ function renderToday(d) {
   const maxH = Math.max(1, ...d.hours.map(h => h.total_fen));
   const byHour = Object.fromEntries(d.hours.map(h => [h.hour, h]));
   let bars = "";
-  for (let h = 5; h <= 20; h++) {
+  const hs = d.hours.map(h => h.hour);
+  for (let h = Math.min(5, ...hs); h <= Math.max(20, ...hs); h++) {
     const v = byHour[h] ? byHour[h].total_fen : 0;
     bars += `<div title="${h}:00 ${yuan(v)}" style="height:${100 * v / maxH}%"><span>${h}</span></div>`;
   }
   $("hours").innerHTML = bars;
   $("items").querySelector("tbody").innerHTML = d.items.map(it =>
-    `<tr><td>${esc(it.name)}</td><td>${kg(it.weight_g)}</td><td>${yuan(it.amount_fen)}</td></tr>`).join("");
+    `<tr><td>${esc(it.name)}</td><td>${sold(it)}</td><td>${yuan(it.amount_fen)}</td></tr>`).join("");
 }
 
 function renderRecent(list, fresh) {
@@ -62,6 +65,6 @@ function connect() {
   es.onerror = () => { $("live").className = "live off"; $("live").textContent = t("offline", "离线"); };
 }
 
-setInterval(() => { $("clock").textContent = new Date().toLocaleString(lang === "en" ? "en-GB" : "zh-CN"); }, 1000);
+setInterval(() => { $("clock").textContent = new Date().toLocaleString(lang === "en" ? "en-GB" : "zh-CN", { timeZone: tz }); }, 1000);
 refresh().catch(() => {});
 connect();

@@ -38,6 +38,7 @@ def test_display_updates_live_without_reload(server: LiveServer) -> None:
         assert ranking.count() == 2
         assert "S02" in ranking.nth(0).inner_text() and "￥8.67" in ranking.nth(0).inner_text()
         assert "西红柿" in page.inner_text("#recent")
+        assert "0.51 kg" in page.inner_text("#items")
         assert page.evaluate("window.__marker") == 1
         page.goto(f"{server.url}/display?lang=en")
         page.wait_for_function("document.getElementById('count').textContent === '2'")
