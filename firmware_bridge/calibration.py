@@ -58,19 +58,26 @@ class Calibration:
         return q if num >= 0 else -q
 
 
-def _mean(counts: Iterable[int]) -> int:
+def _mean(counts: Iterable[int], still_counts: int) -> int:
     values = list(counts)
     if len(values) < 3:
         raise CalibrationError("need at least 3 samples")
-    if max(values) - min(values) > max(50, abs(sum(values) // len(values)) // 1000):
-        raise CalibrationError("the load was not still while sampling")
-    return round(sum(values) / len(values))
+    if max(values) - min(values) > still_counts:
+        raise CalibrationError(
+            f"the load was not still while sampling ({max(values) - min(values)} counts apart)"
+        )
+    # Round half away from zero on integers: the mean is stored, so it must not wobble.
+    total, n = sum(values), len(values)
+    q = (2 * abs(total) + n) // (2 * n)
+    return q if total >= 0 else -q
 
 
 class CalibrationSession:
     """What one may do in calibration mode: capture zero, capture span, commit."""
 
-    def __init__(self, store: CalibrationStore) -> None:
+    def __init__(self, store: CalibrationStore, still_counts: int = 1000) -> None:
+        # About 2e on a typical board (100 counts/g, e = 5 g): noise passes, a swing does not.
+        self.still_counts = still_counts
         self._store = store
         self.zero_counts: int | None = None
         self.span: tuple[int, int] | None = None
@@ -78,7 +85,7 @@ class CalibrationSession:
 
     def capture_zero(self, counts: Iterable[int]) -> int:
         self._check()
-        self.zero_counts = _mean(counts)
+        self.zero_counts = _mean(counts, self.still_counts)
         return self.zero_counts
 
     def capture_span(self, counts: Iterable[int], known_g: int) -> int:
@@ -87,7 +94,7 @@ class CalibrationSession:
             raise CalibrationError("capture zero before span")
         if known_g <= 0:
             raise CalibrationError("the known weight must be positive")
-        span_counts = _mean(counts) - self.zero_counts
+        span_counts = _mean(counts, self.still_counts) - self.zero_counts
         if abs(span_counts) < known_g:
             raise CalibrationError(
                 f"span of {span_counts} counts for {known_g} g: is the weight on the plate?"
@@ -140,10 +147,10 @@ class CalibrationStore:
         return Calibration(body["zero_counts"], body["span_counts"], body["span_g"])
 
     @contextmanager
-    def calibration_mode(self, operator: str = "") -> Iterator[CalibrationSession]:
+    def calibration_mode(self, operator: str = "", still_counts: int = 1000) -> Iterator[CalibrationSession]:
         """The only way to change the calibration; entering and leaving are audited."""
         self.audit.record("calibration_mode", f"enter {operator}".strip())
-        session = CalibrationSession(self)
+        session = CalibrationSession(self, still_counts)
         try:
             yield session
         finally:

@@ -59,13 +59,29 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--timeout", type=float, default=10.0, metavar="S", help="give up after S s without one"
     )
     read.add_argument("--freshness", type=float, default=1.0, metavar="S")
-    read.add_argument("--e", type=int, default=5, metavar="G", help="stability band (flagless)")
+    read.add_argument("--max", type=int, default=15000, metavar="G", help="Max: overload above Max+9e")
+    read.add_argument("--e", type=int, default=5, metavar="G", help="scale interval e")
     read.add_argument(
         "--calibration",
         metavar="FILE",
         help="sealed calibration (hx711-raw); its audit log is FILE.audit.jsonl",
     )
     read.set_defaults(run=_run_read)
+
+    cal = sub.add_parser(
+        "scale-calibrate",
+        help="calibrate a raw-count module (zero and span with a known weight)",
+        description="Enter calibration mode (audited), capture zero with the plate empty and "
+        "span with a known weight, and write the sealed calibration FILE; its audit log is "
+        "FILE.audit.jsonl and its counter is bumped.",
+    )
+    cal.add_argument("port", metavar="PORT")
+    cal.add_argument("--protocol", default="hx711-raw", choices=("hx711-raw",))
+    cal.add_argument("--store", required=True, metavar="FILE", help="the calibration file")
+    cal.add_argument("--known-g", type=int, required=True, metavar="G", help="the test weight")
+    cal.add_argument("--samples", type=int, default=16, metavar="N")
+    cal.add_argument("--operator", default="", help="who calibrates (audited)")
+    cal.set_defaults(run=_run_calibrate)
 
 
 def _run_sim(args: argparse.Namespace) -> int:
@@ -125,7 +141,8 @@ def _run_read(args: argparse.Namespace) -> int:
         protocol=args.protocol,
         on_reading=readings.put,
         freshness_s=args.freshness,
-        filter_band_g=args.e,
+        max_g=args.max,
+        e_g=args.e,
         calibration=calibration,
         audit=audit,
     )
@@ -147,4 +164,33 @@ def _run_read(args: argparse.Namespace) -> int:
             printed += 1
     finally:
         link.stop()
+    return 0
+
+
+def _run_calibrate(args: argparse.Namespace) -> int:
+    import sys
+
+    from firmware_bridge.audit import AuditLog
+    from firmware_bridge.calibration import CalibrationStore
+    from firmware_bridge.link import Link
+
+    audit = AuditLog(args.store + ".audit.jsonl")
+    store = CalibrationStore(args.store, audit)
+
+    def ask(prompt: str) -> None:
+        print(prompt, file=sys.stderr, flush=True)
+        if not sys.stdin.readline():
+            raise SystemExit(1)
+
+    with Link(args.port, protocol=args.protocol) as link, store.calibration_mode(args.operator) as session:
+        ask("calibration: empty the plate, then press Enter")
+        session.capture_zero(link.collect_counts(args.samples))
+        ask(f"calibration: put the {args.known_g} g test weight on, then press Enter")
+        session.capture_span(link.collect_counts(args.samples), args.known_g)
+        cal = session.commit()
+    print(
+        f"calibrated: zero {cal.zero_counts} counts, {cal.span_counts} counts for "
+        f"{cal.span_g} g; audit counter {audit.counter}",
+        flush=True,
+    )
     return 0

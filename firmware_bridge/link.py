@@ -50,8 +50,10 @@ class Link:
         *,
         poll_hz: float = 25.0,
         reconnect_s: float = 0.25,
+        max_g: int | None = None,
+        e_g: int = 5,
         filter_window_s: float = 0.12,
-        filter_band_g: int = 5,
+        filter_band_g: int | None = None,
         average_n: int = 3,
         calibration: Calibration | None = None,
         audit: AuditLog | None = None,
@@ -65,8 +67,13 @@ class Link:
         self.reconnect_s = reconnect_s
         self.calibration = calibration
         self.audit = audit
-        self._filter = StabilityFilter(filter_window_s, filter_band_g)
+        # Modules that cannot say "overload" (XK3190, Dahua, PS1X) just send big numbers:
+        # above Max + 9e the host blanks the weight itself, as R76 asks of the display.
+        self.overload_above_g = None if max_g is None else max_g + 9 * e_g
+        self._filter = StabilityFilter(filter_window_s, e_g if filter_band_g is None else filter_band_g)
         self._counts: deque[int] = deque(maxlen=max(1, average_n))
+        self._raw_counts: deque[int] = deque(maxlen=1024)
+        self._raw_total = 0
         self._state: LinkState = "offline"
         self._state_reason = "not started"
         self._latest: Reading | None = None
@@ -140,6 +147,24 @@ class Link:
                     return None
                 self._changed.wait(min(left, 0.1))
 
+    def collect_counts(self, n: int, timeout: float = 5.0) -> list[int]:
+        """The next ``n`` raw counts of a raw-count module (for calibration)."""
+        if not self.codec.raw_counts:
+            raise BridgeError(f"protocol {self.protocol} sends weights, not raw counts")
+        n = min(n, self._raw_counts.maxlen or n)
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            start = self._raw_total
+            while self._raw_total - start < n:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise LinkError(
+                        f"{self.url}: only {self._raw_total - start} of {n} samples in "
+                        f"{timeout:g} s (link {self._state}: {self._state_reason})"
+                    )
+                self._changed.wait(min(left, 0.1))
+            return list(self._raw_counts)[-n:]
+
     def zero(self) -> None:
         self._command("zero")
 
@@ -205,7 +230,7 @@ class Link:
             return False
         with contextlib.suppress(serial.SerialException, OSError):
             port.reset_input_buffer()  # bytes queued before we came are stale by definition
-        self.codec.reset()
+        self.codec.reset(resync=True)
         self._filter.reset()
         self._prev_weight = None
         with self._write_lock:
@@ -282,6 +307,9 @@ class Link:
             return Reading(None, self._module_tare_g, None, False, frame.status, now_wall)
         grams = frame.weight_g
         if frame.counts is not None:
+            with self._changed:
+                self._raw_counts.append(frame.counts)
+                self._raw_total += 1
             grams = self._calibrated(frame.counts)
             if grams is None:
                 return Reading(None, 0, None, False, "error", now_wall)
@@ -295,6 +323,10 @@ class Link:
         else:
             tare = 0
             gross = net = grams
+        if self.overload_above_g is not None and gross > self.overload_above_g:
+            self._prev_weight = None
+            self._filter.reset()
+            return Reading(None, tare, None, False, "overload", now_wall)
         if self.codec.has_stable_flag:
             key = (grams, frame.net)
             stable = bool(frame.stable) and self._prev_weight == key

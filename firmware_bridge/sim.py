@@ -179,10 +179,11 @@ class Module:
             counts = self.zero_counts + (gross + self.zero_offset) * self.counts_per_g
             counts += self.rng.gauss(0.0, self.noise_counts)
             return Frame(None, None, counts=int(round(counts)))
-        if gross > self.capacity_g + 9 * self.e_g:
-            return Frame(None, False, "overload")
         self._track_zero(t, gross, stable)
         shown = self._quantize(gross)
+        if gross > self.capacity_g + 9 * self.e_g:
+            # Flagged protocols say overload; the others can only send the number.
+            return Frame(shown, False, "overload")
         if gross < -0.04 * self.capacity_g and not self.tare_g:
             # Below the zero range: the module flags underload (and still says the value).
             return Frame(shown, False, "underload")

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import ClassVar, Literal
+from typing import ClassVar, Literal, NamedTuple
 
 from firmware_bridge import BridgeError, FrameError
 
@@ -21,8 +21,7 @@ Command = Literal["request", "zero", "tare", "clear_tare"]
 COMMANDS: tuple[Command, ...] = ("request", "zero", "tare", "clear_tare")
 
 
-@dataclass(frozen=True, slots=True)
-class Frame:
+class Frame(NamedTuple):
     """One decoded module frame, in integer grams.
 
     ``weight_g`` is what the module displays: net when ``net`` is set, else gross;
@@ -30,6 +29,9 @@ class Frame:
     ``stable`` is the module's own stable flag, ``None`` when the protocol has none.
     ``counts`` is set instead of ``weight_g`` by raw ADC boards.
     ``reply`` is set for command acknowledgements (e.g. ``"Z A"``), which are not weights.
+
+    A NamedTuple rather than a frozen dataclass: it is built once per frame and the
+    tuple constructor is several times cheaper, which the decode-rate budget needs.
     """
 
     weight_g: int | None
@@ -67,9 +69,12 @@ class DecodeStats:
     bad_frames: int = 0  # framed but invalid: checksum, digits, impossible values
     dropped_bytes: int = 0  # bytes that belonged to no frame (noise, partial frames)
     last_error: str = ""
+    resync_bytes: int = 0  # skipped on purpose after a (re)connect: not a fault
 
     def copy(self) -> DecodeStats:
-        return DecodeStats(self.frames, self.bad_frames, self.dropped_bytes, self.last_error)
+        return DecodeStats(
+            self.frames, self.bad_frames, self.dropped_bytes, self.last_error, self.resync_bytes
+        )
 
 
 _DECIMAL = re.compile(r" *([+-]?) *([0-9]*)(?:\.([0-9]*))? *", re.ASCII)
@@ -110,7 +115,7 @@ class Codec:
 
     * line protocols (``terminator`` set): the stream is cut at the terminator and
       each whole line must match ``pattern`` exactly, else the line is a bad frame;
-      the first line after start-up is usually a tail and is counted as dropped;
+      after :meth:`reset` with ``resync`` the first line is dropped, as it may be a tail;
     * marked protocols (``terminator`` is ``None``): ``pattern`` (fixed widths, a start
       marker) is searched for; the bytes skipped to reach it are dropped.
     """
@@ -129,6 +134,7 @@ class Codec:
     def __init__(self) -> None:
         self._buf = bytearray()
         self._cmd_buf = bytearray()
+        self._skipping = ""  # "", "resync" or "overlong": drop up to the next terminator
         self.stats = DecodeStats()
 
     # ---- host side -----------------------------------------------------------
@@ -146,6 +152,15 @@ class Codec:
         assert term is not None
         parts = self._buf.split(term)
         tail = parts.pop()
+        if self._skipping and parts:
+            # The rest of a line cut for being too long, or the line we came in on after a
+            # resync: its end is no frame.
+            skipped = len(parts.pop(0)) + len(term)
+            if self._skipping == "resync":
+                self.stats.resync_bytes += skipped
+            else:
+                self.stats.dropped_bytes += skipped
+            self._skipping = ""
         out: list[Frame] = []
         fullmatch = self.pattern.fullmatch
         for raw in parts:
@@ -158,9 +173,10 @@ class Codec:
             except FrameError as exc:
                 self._bad(raw, str(exc))
         if len(tail) > self.max_frame:
-            # A line this long can no longer become a valid frame.
+            # A line this long can no longer become a valid frame; nor can its end.
             self.stats.dropped_bytes += len(tail)
             tail = bytearray()
+            self._skipping = "overlong"
         self._buf = bytearray(tail)
         self.stats.frames += len(out)
         return out
@@ -211,9 +227,12 @@ class Codec:
     def _decode(self, m: re.Match[bytes]) -> Frame:
         raise NotImplementedError
 
-    def reset(self) -> None:
-        """Forget any partial frame (after a reconnect)."""
+    def reset(self, resync: bool = False) -> None:
+        """Forget any partial frame.  ``resync``: the next bytes may start mid-frame (a port
+        just opened on a streaming module), so a line protocol drops everything up to the
+        first terminator: the tail of ``100000``, ``0``, is a valid but wrong count."""
         self._buf.clear()
+        self._skipping = "resync" if resync and self.terminator is not None else ""
 
     def command(self, name: Command) -> bytes:
         """The bytes the host sends for ``name``; BridgeError if the module has no such command."""

@@ -31,8 +31,9 @@ class DahuaAcs(Codec):
 
     def encode(self, frame: Frame) -> bytes:
         w = frame.weight_g
-        if frame.status in ("overload", "error") or w is None:
-            return b"\x02  -.--- KG"  # what the module shows for overload: no digits
+        if frame.status == "error" or w is None or abs(w) > 99_990:
+            return b"\x02  -.--- KG"  # no digits: dropped by the host
+        # No overload flag: an overloaded module sends the number, the host blanks it.
         text = grams_to_decimal(w, 3)
         if len(text) > 5:
             text = grams_to_decimal(w, 2) if len(text) == 6 else grams_to_decimal(w, 1)

@@ -47,10 +47,11 @@ class Xk3190A9(Codec):
 
     def encode(self, frame: Frame) -> bytes:
         w = frame.weight_g
-        if frame.status in ("overload", "error") or w is None:
-            # The indicator blanks its display on overload; on the line it repeats a
-            # frame with a deliberately broken check, which the host drops.
+        if frame.status == "error" or w is None or abs(w) * 10**self.decimals // self.grams_per_unit > 999999:
+            # Nothing sensible to send: a frame with a deliberately broken check, dropped.
             return b"\x02+9999993??\x03"
+        # No overload flag on this line: an overloaded indicator sends the number and
+        # the host blanks it (Link's max_g).
         value = abs(w) * 10**self.decimals // self.grams_per_unit
         body = (b"-" if w < 0 else b"+") + f"{value:06d}{self.decimals}".encode()
         return b"\x02" + body + a9_check(body) + b"\x03"

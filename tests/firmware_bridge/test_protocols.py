@@ -139,6 +139,14 @@ def test_module_side_parses_commands_split_anywhere() -> None:
     assert got == ["clear_tare", "request", "tare", "zero"]
 
 
+def test_after_a_resync_the_first_line_is_dropped_not_misread() -> None:
+    codec = get_protocol("hx711-raw")
+    codec.reset(resync=True)
+    # We came in on the tail of "-123456": "456" would be a valid, wrong count.
+    assert codec.feed(b"456\r\n-123456\r\n") == [Frame(None, None, counts=-123456)]
+    assert (codec.stats.resync_bytes, codec.stats.dropped_bytes) == (5, 0)
+
+
 def test_decimal_to_g_uses_integers() -> None:
     assert decimal_to_g("0.29", 1000) == 290  # float arithmetic gives 289.99...
     assert decimal_to_g("-0.0005", 1000) == -1
