@@ -63,19 +63,28 @@ def ean13_modules(code: str) -> str:
     return bits + "101"
 
 
-def _text_image(text: str, bold: bool) -> Image.Image:
+@functools.lru_cache(maxsize=4096)
+def _glyph(char: str, bold: bool) -> Image.Image:
+    """One character cell, drawn once: glyph rendering is most of a preview's time."""
     wide, narrow = _fonts()
+    width = char_width(char)
+    cell = Image.new("L", (width * COLUMN_PX, LINE_PX), 255)
+    if char != " ":
+        font, dy = (wide, 2) if width == 2 else (narrow, 4)
+        draw = ImageDraw.Draw(cell)
+        for dx in ((0, 1) if bold else (0,)):
+            draw.text((dx, dy), char, font=font, fill=0)
+    return cell
+
+
+def _text_image(text: str, bold: bool) -> Image.Image:
     columns = sum(char_width(c) for c in text)
     image = Image.new("L", (max(1, columns * COLUMN_PX), LINE_PX), 255)
-    draw = ImageDraw.Draw(image)
     x = 0
     for char in text:
-        width = char_width(char)
-        if char != " ":
-            font, dy = (wide, 2) if width == 2 else (narrow, 4)
-            for dx in ((0, 1) if bold else (0,)):
-                draw.text((x + dx, dy), char, font=font, fill=0)
-        x += width * COLUMN_PX
+        cell = _glyph(char, bold)
+        image.paste(cell, (x, 0))
+        x += cell.width
     return image
 
 
