@@ -91,6 +91,9 @@ class Outbox:
     def _run(self) -> None:
         backoff = 0.5
         while True:
+            # Clear before reading the journal, so a notify() that races with this
+            # pass is never lost (it makes the wait below return at once).
+            self._wake.clear()
             try:
                 settled = self.flush_once()
                 if not self.online:
@@ -101,7 +104,6 @@ class Outbox:
                 if self._stop.is_set():
                     return
                 self._wake.wait(timeout=5.0)
-                self._wake.clear()
             except (httpx.HTTPError, ValueError, KeyError) as exc:
                 if self.online or self.last_error is None:
                     logger.warning("upload failed, sales stay in the journal: %s", exc)
