@@ -12,6 +12,7 @@ from pathlib import Path
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
+from server.auth import admin_token_sha256
 from server.db import init_db, make_engine
 from server.events import Broker
 from server.routes import pages, sales, stalls, stats
@@ -28,6 +29,7 @@ def create_app(settings: Settings) -> FastAPI:
         path.parent.mkdir(parents=True, exist_ok=True)
     engine = make_engine(settings.db_url)
     sessionmaker = init_db(engine)
+    admin_sha256, generated = admin_token_sha256(sessionmaker, settings.admin_token)
     broker = Broker()
 
     @asynccontextmanager
@@ -41,6 +43,9 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.engine = engine
     app.state.sessionmaker = sessionmaker
     app.state.broker = broker
+    app.state.admin_sha256 = admin_sha256
+    #: The admin token when this start generated it (the CLI prints it once), else None.
+    app.state.generated_admin_token = generated
     app.state.write_lock = threading.Lock() if engine.dialect.name == "sqlite" else None
     for module in (stalls, sales, stats, pages):
         app.include_router(module.router)

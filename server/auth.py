@@ -30,10 +30,28 @@ def _unauthorized(msg: str) -> HTTPException:
     return HTTPException(status.HTTP_401_UNAUTHORIZED, msg, headers={"WWW-Authenticate": "Bearer"})
 
 
+def admin_token_sha256(sessionmaker, configured: str | None) -> tuple[str, str | None]:  # type: ignore[no-untyped-def]
+    """The admin token's hash, and the token itself when it was generated just now.
+
+    A configured token wins.  Otherwise the first start of a database generates
+    one, keeps only its hash, and hands the token back to be printed once.
+    """
+    if configured:
+        return token_hash(configured), None
+    with sessionmaker() as session:
+        row = session.get(db.Meta, "admin_token_sha256")
+        if row is not None:
+            return row.value, None
+        token = new_token()
+        session.add(db.Meta(key="admin_token_sha256", value=token_hash(token)))
+        session.commit()
+        return token_hash(token), token
+
+
 def require_admin(request: Request, cred: Credentials) -> None:
     if cred is None:
         raise _unauthorized("admin bearer token required")
-    if not hmac.compare_digest(cred.credentials, request.app.state.settings.admin_token):
+    if not hmac.compare_digest(token_hash(cred.credentials), request.app.state.admin_sha256):
         raise _unauthorized("bad admin token")
 
 

@@ -45,9 +45,9 @@ def _run(args: argparse.Namespace) -> int:
     except ValidationError as exc:
         raise ConfigError(exc.errors()[0]["msg"]) from exc
     app = create_app(settings)
-    if not token:
-        print(f"admin token (set WETMARKET_ADMIN_TOKEN to choose one): {settings.admin_token}",
-              file=sys.stderr, flush=True)
+    if app.state.generated_admin_token:
+        print("admin token, shown only this once (or set WETMARKET_ADMIN_TOKEN): "
+              f"{app.state.generated_admin_token}", file=sys.stderr, flush=True)
     print(f"market server on http://{args.host}:{args.port}/display  (db {settings.db_url})",
           file=sys.stderr, flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")

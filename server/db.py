@@ -35,6 +35,15 @@ class Base(DeclarativeBase):
     pass
 
 
+class Meta(Base):
+    """Server-wide values kept in the database (e.g. the generated admin token's hash)."""
+
+    __tablename__ = "server_meta"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(String(256))
+
+
 class Stall(Base):
     __tablename__ = "stalls"
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import secrets
 import zoneinfo
 from pathlib import Path
 
@@ -15,10 +14,12 @@ class Settings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     db_url: str = Field(DEFAULT_DB, title="Database URL", description="sqlite:///FILE or postgresql://...")
-    admin_token: str = Field(
-        default_factory=lambda: secrets.token_urlsafe(24),
+    admin_token: str | None = Field(
+        None,
+        min_length=8,
         title="Admin token",
-        description="bearer token of the market manager (WETMARKET_ADMIN_TOKEN)",
+        description="bearer token of the market manager (WETMARKET_ADMIN_TOKEN); when unset, "
+        "one is generated at the database's first start, printed once, and only its hash is kept",
     )
     market_name: str = Field("平顺菜市场", title="Market name")
     timezone: str = Field("Asia/Shanghai", title="Market time zone", description="defines the local day")

@@ -78,3 +78,24 @@ def test_occupied_port(cmd: str) -> None:
 def test_bad_database_url() -> None:
     line = one_clear_line(run("server", "--port", "0", "--db", "mysql://x"))
     assert "unsupported database URL" in line
+
+
+def test_server_prints_generated_admin_token_once(tmp_path: Path) -> None:
+    import os
+
+    from tests.conftest import free_port
+
+    env = {k: v for k, v in os.environ.items() if k != "WETMARKET_ADMIN_TOKEN"}
+    db = f"sqlite:///{tmp_path / 'm.db'}"
+    for expect_token in (True, False):
+        p = subprocess.Popen([WETMARKET, "server", "--port", str(free_port()), "--db", db],
+                             stderr=subprocess.PIPE, text=True, env=env)
+        assert p.stderr is not None
+        lines = [p.stderr.readline()]
+        if expect_token:
+            lines.append(p.stderr.readline())
+        p.terminate()
+        p.wait(20)
+        text = "".join(lines)
+        assert ("shown only this once" in text) is expect_token
+        assert "market server on http://127.0.0.1:" in text

@@ -136,3 +136,20 @@ def test_stall_registers_its_key_once(server: LiveServer) -> None:
         assert c.put("/api/v1/stalls/S01/key", json={"public_key": other.public_key}).status_code == 409
         assert c.put("/api/v1/stalls/S02/key", json={"public_key": sim.public_key}).status_code == 403
         assert c.get("/api/v1/stalls").json() == [{"stall_id": "S01", "name": "甲", "has_key": True}]
+
+
+def test_generated_admin_token_is_shown_once_and_kept(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from server.app import create_app
+    from server.settings import Settings
+
+    url = f"sqlite:///{tmp_path / 'm.db'}"
+    first = create_app(Settings(db_url=url))
+    token = first.state.generated_admin_token
+    assert token and len(token) >= 32
+    again = create_app(Settings(db_url=url))
+    assert again.state.generated_admin_token is None
+    with LiveServer(again) as srv:
+        with srv.client(token) as c:
+            assert c.post("/api/v1/stalls", json={"stall_id": "S01", "name": "甲"}).status_code == 201
+        with srv.client("not-it") as c:
+            assert c.post("/api/v1/stalls", json={"stall_id": "S02", "name": "乙"}).status_code == 401
