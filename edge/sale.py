@@ -15,6 +15,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from edge import TraceCodeError
+from edge.tracecode import parse_trace_code
+
 PriceUnit = Literal["kg", "500g", "piece"]
 
 #: Far above any stall sale (1,000,000 元): refuses overflowed or absurd amounts.
@@ -64,6 +67,10 @@ class Sale(BaseModel):
             raise ValueError("total_fen is not the sum of the lines' amount_fen")
         if int(self.trace_code[12:19]) != self.receipt_no:
             raise ValueError("trace_code does not carry this receipt_no")
+        try:  # the check digit and layout, wherever a sale is read (edge.tracecode)
+            parse_trace_code(self.trace_code)
+        except TraceCodeError as exc:
+            raise ValueError(str(exc)) from exc
         return self
 
     def to_json(self) -> dict[str, object]:

@@ -88,7 +88,8 @@ def _bad(**changes: object) -> dict:
         (_bad(total_fen=788), "is not a valid sale: (top level): Value error, total_fen is not "
                               "the sum of the lines' amount_fen"),
         (_bad(trace_code="31010600100100000421"),
-         "trace code 31010600100100000421 fails its check digit (expected 5)"),
+         "is not a valid sale: (top level): Value error, trace code 31010600100100000421 "
+         "fails its check digit (expected 5)"),
         (_bad(lines=[{**sale_dict()["lines"][1], "unit_price_fen": 0, "amount_fen": 0}],
               total_fen=0), "is not a valid sale: lines.0.unit_price_fen: Input should be "
                             "greater than 0"),

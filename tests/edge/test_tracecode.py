@@ -7,6 +7,7 @@ import uuid
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
 from edge import TraceCodeError
 from edge.sale import Sale
@@ -118,8 +119,13 @@ def test_check_sale_trace() -> None:
     assert check_sale_trace(_sale("S01", 42, "31010600100100000425")).receipt_no == 42
     with pytest.raises(TraceCodeError, match="names stall 1, the sale is S02"):
         check_sale_trace(_sale("S02", 42, "31010600100100000425"))
+    # A Sale refuses a bad check digit itself; check_sale_trace catches one built unchecked.
+    with pytest.raises(ValidationError, match=r"31010600100100000421 fails its check digit"):
+        _sale("S01", 42, "31010600100100000421")
+    unchecked = Sale.model_construct(**{**dict(_sale("S01", 42, "31010600100100000425")),
+                                        "trace_code": "31010600100100000421"})
     with pytest.raises(TraceCodeError, match="fails its check digit"):
-        check_sale_trace(_sale("S01", 42, "31010600100100000421"))
+        check_sale_trace(unchecked)
 
 
 def test_trace_url() -> None:
