@@ -19,7 +19,7 @@ import datetime as dt
 import json
 import logging
 import pathlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -60,13 +60,13 @@ class Plu(_Strict):
     name_en: str = Field(min_length=1, max_length=64, title="Name (English)")
     price_unit: PriceUnit = Field(title="kg, 500g or piece")
     unit_price_fen: int = Field(strict=True, gt=0, le=MAX_AMOUNT_FEN, title="Unit price in 分")
-    origin: str | None = Field(None, max_length=64, title="Origin (产地)")
-    batch_code: str | None = Field(None, max_length=32, title="Batch code")
-    inspection: InspectionStatus = Field("not-tested", title="Rapid-test result of the batch")
+    origin: str | None = Field(default=None, max_length=64, title="Origin (产地)")
+    batch_code: str | None = Field(default=None, max_length=32, title="Batch code")
+    inspection: InspectionStatus = Field(default="not-tested", title="Rapid-test result of the batch")
     promotion: Promotion | None = None
-    tare_presets_g: tuple[int, ...] = Field((), max_length=10, title="Tare presets (g)")
-    price_cap_fen: int | None = Field(None, strict=True, gt=0, title="Market's price cap")
-    market_median_fen: int | None = Field(None, strict=True, gt=0,
+    tare_presets_g: tuple[int, ...] = Field(default=(), max_length=10, title="Tare presets (g)")
+    price_cap_fen: int | None = Field(default=None, strict=True, gt=0, title="Market's price cap")
+    market_median_fen: int | None = Field(default=None, strict=True, gt=0,
                                           title="Market median in the same unit")
 
     @field_validator("price_unit", mode="before")
@@ -144,7 +144,7 @@ class Catalogue:
     def __len__(self) -> int:
         return len(self._items)
 
-    def __iter__(self):  # type: ignore[no-untyped-def]
+    def __iter__(self) -> Iterator[Plu]:
         return iter(self._items.values())
 
     def get(self, code: str) -> Plu:

@@ -101,12 +101,12 @@ def load_or_create_key(path: pathlib.Path) -> Ed25519PrivateKey:
         logger.warning("signing key %s had mode %o; set to 600", path, mode)
         os.chmod(path, 0o600)
     try:
-        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+        loaded = serialization.load_pem_private_key(path.read_bytes(), password=None)
     except (ValueError, TypeError, OSError) as exc:
         raise IntegrityError(f"signing key {path} cannot be loaded: {exc}") from exc
-    if not isinstance(key, Ed25519PrivateKey):
+    if not isinstance(loaded, Ed25519PrivateKey):
         raise IntegrityError(f"signing key {path} is not an Ed25519 key")
-    return key
+    return loaded
 
 
 def public_key_b64(key: Ed25519PrivateKey | Ed25519PublicKey) -> str:

@@ -22,7 +22,7 @@ import pathlib
 from typing import Any
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser(
         "receipt", help="render a sale as an ESC/POS receipt (and a PNG preview)",
         description="Render a Sale JSON file as ESC/POS bytes; refuse a sale that does not "

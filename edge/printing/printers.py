@@ -71,18 +71,18 @@ class PrinterSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     type: PrinterType = Field(title="Backend")
-    path: str | None = Field(None, title="File printer: device, file or folder")
-    url: str | None = Field(None, title="Serial printer: device path or pyserial URL")
-    baudrate: int = Field(9600, gt=0, title="Serial speed")
-    host: str | None = Field(None, title="Network printer host")
-    port: int = Field(9100, gt=0, lt=65536, title="Network printer TCP port")
-    usb_vendor: int | None = Field(None, ge=0, le=0xFFFF, title="USB vendor id")
-    usb_product: int | None = Field(None, ge=0, le=0xFFFF, title="USB product id")
-    width: Literal[58, 80] = Field(58, title="Paper width in mm")
-    encoding: Literal["gb18030", "gbk"] = Field("gb18030", title="Text encoding")
-    timeout_s: float = Field(2.0, gt=0, le=60, title="Connect / status reply timeout")
-    require_status: bool = Field(False, title="Refuse to print when the status is unknown")
-    queue: str | None = Field(None, title="Reprint queue SQLite file")
+    path: str | None = Field(default=None, title="File printer: device, file or folder")
+    url: str | None = Field(default=None, title="Serial printer: device path or pyserial URL")
+    baudrate: int = Field(default=9600, gt=0, title="Serial speed")
+    host: str | None = Field(default=None, title="Network printer host")
+    port: int = Field(default=9100, gt=0, lt=65536, title="Network printer TCP port")
+    usb_vendor: int | None = Field(default=None, ge=0, le=0xFFFF, title="USB vendor id")
+    usb_product: int | None = Field(default=None, ge=0, le=0xFFFF, title="USB product id")
+    width: Literal[58, 80] = Field(default=58, title="Paper width in mm")
+    encoding: Literal["gb18030", "gbk"] = Field(default="gb18030", title="Text encoding")
+    timeout_s: float = Field(default=2.0, gt=0, le=60, title="Connect / status reply timeout")
+    require_status: bool = Field(default=False, title="Refuse to print when the status is unknown")
+    queue: str | None = Field(default=None, title="Reprint queue SQLite file")
 
     @model_validator(mode="after")
     def _required(self) -> PrinterSettings:
@@ -94,7 +94,7 @@ class PrinterSettings(BaseModel):
         return self
 
 
-class UrlSerial(Serial):  # type: ignore[misc]
+class UrlSerial(Serial):
     """python-escpos's Serial opens a device path only; this opens any pyserial URL."""
 
     def open(self, raise_not_found: bool = True) -> None:
@@ -104,7 +104,6 @@ class UrlSerial(Serial):  # type: ignore[misc]
                 write_timeout=self.timeout,
             )
         except (ValueError, serial.SerialException) as exc:
-            self.device = None
             raise PrinterError(f"serial printer {self.devfile}: cannot open: {exc}") from exc
 
 
