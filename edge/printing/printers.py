@@ -28,6 +28,7 @@ printers cannot answer: their status is ``UNKNOWN`` and they print anyway.
 ``print_sale(sale, meta)`` renders the receipt for this printer's width and
 encoding and prints it; on a printer failure the sale goes to the reprint
 queue (when one is configured) and the PrinterError is re-raised.
+``retry_queue()`` prints what waits there, each marked as a reprint.
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ if TYPE_CHECKING:
     from escpos.escpos import Escpos
 
     from edge.receipt import ReceiptMeta
-    from edge.reprint import ReprintQueue
+    from edge.reprint import ReprintQueue, RetryResult
     from edge.sale import Sale
 
 logger = logging.getLogger(__name__)
@@ -179,12 +180,17 @@ class Printer:
                                encoding=self.settings.encoding, error=str(exc))
             raise
 
+    def retry_queue(self) -> RetryResult | None:
+        """Print what waits in the reprint queue (call when the printer is back)."""
+        return self.queue.retry(self) if self.queue is not None else None
+
     # -- the transports -----------------------------------------------------------------
     def _file_target(self, name: str | None) -> pathlib.Path:
         path = pathlib.Path(self.settings.path or "")
         if path.is_dir() or (not path.exists() and not path.suffix):
             path.mkdir(parents=True, exist_ok=True)
-            return path / f"{name or time.strftime('%Y%m%d-%H%M%S')}.bin"
+            # Unnamed jobs get the time in ns: two receipts in one second must not collide.
+            return path / f"{name or time.time_ns()}.bin"
         return path
 
     def _open(self, name: str | None = None) -> Escpos:

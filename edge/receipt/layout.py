@@ -43,7 +43,8 @@ class ReceiptMeta(BaseModel):
     market_name_en: str | None = Field(default=None, max_length=60, title="Market name in English")
     stall_name: str | None = Field(default=None, max_length=40, title="Stall name")
     vendor: str | None = Field(default=None, max_length=40, title="Vendor's name")
-    base_url: str = Field(default="http://127.0.0.1:8000", title="Base URL of the trace page (QR)")
+    base_url: str = Field(default="http://127.0.0.1:8000", pattern=r"^https?://[^\s?#]+$",
+                          title="Base URL of the trace page (QR)")
     rule: RoundingRule = Field(default="half-up", title="The market's rounding rule")
     language: Literal["zh", "en"] = Field(default="zh", title="Receipt language")
     ean13: bool = Field(default=False, title="Print the price-embedded in-store EAN-13")

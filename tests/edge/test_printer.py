@@ -90,6 +90,14 @@ def test_file_printer_file_and_folder(tmp_path: pathlib.Path) -> None:
     assert (folder / "0000042-31010600100100000425.bin").read_bytes() == DATA
 
 
+def test_file_printer_unnamed_jobs_do_not_collide(tmp_path: pathlib.Path) -> None:
+    printer = make_printer({"type": "file", "path": str(tmp_path / "jobs")})
+    for _ in range(3):
+        printer.print_receipt(DATA)
+    files = sorted((tmp_path / "jobs").iterdir())
+    assert len(files) == 3 and all(f.read_bytes() == DATA for f in files)
+
+
 def test_file_printer_that_cannot_write(tmp_path: pathlib.Path) -> None:
     blocker = tmp_path / "not-a-dir"
     blocker.write_text("x")

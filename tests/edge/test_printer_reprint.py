@@ -57,8 +57,9 @@ def test_failed_print_waits_in_the_queue_and_reprints_marked(
     tcp.paper = 0x12  # paper loaded
     tcp.wait_closed()
     tcp.received.clear()
-    assert reopened.retry(printer) == RetryResult(printed=2, failed=0)
-    assert len(reopened) == 0
+    assert printer.retry_queue() == RetryResult(printed=2, failed=0)
+    assert len(reopened) == 0 and len(printer.queue) == 0
+    assert make_printer({"type": "dummy"}).retry_queue() is None  # no queue configured
     tcp.wait_closed()
     jobs = bytes(tcp.received).split(b"\x10\x04\x01\x10\x04\x04")[1:]
     assert jobs == [

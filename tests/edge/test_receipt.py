@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import pathlib
 import sys
 
@@ -12,9 +13,10 @@ from escpos.constants import QR_ECLEVEL_M
 from escpos.printer import Dummy
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
 from edge import PricingError, ReceiptError, TraceCodeError
-from edge.legal import LEGAL_VERSION, legal_checksum, legal_id
+from edge.legal import LEGAL_FILES, LEGAL_VERSION, legal_checksum, legal_id
 from edge.receipt import COLUMNS, ReceiptMeta, layout_receipt, render_png, render_receipt
 from edge.receipt.ean13 import (
     ean13_check_digit,
@@ -23,7 +25,7 @@ from edge.receipt.ean13 import (
     receipt_ean13,
 )
 from edge.receipt.escpos_bytes import native_qr
-from edge.receipt.layout import Qr, text_width, wrap
+from edge.receipt.layout import Qr, qr_version, text_width, wrap
 from edge.receipt.png import ean13_modules
 from edge.sale import Sale
 
@@ -198,6 +200,35 @@ def test_refusals_write_nothing() -> None:
         render_receipt(make_sale(), META.model_copy(update={"base_url": "javascript:alert(1)"}))
 
 
+def test_meta_validation() -> None:
+    with pytest.raises(ValidationError, match="base_url"):
+        ReceiptMeta(base_url="javascript:alert(1)")
+    with pytest.raises(ValidationError, match="ean13_prefix"):
+        ReceiptMeta(ean13_prefix="30")
+    with pytest.raises(ValidationError, match="Extra inputs"):
+        ReceiptMeta(colour="red")  # type: ignore[call-arg]
+
+
+def test_qr_modules_shrink_to_fit_the_paper() -> None:
+    long_base = "https://trace.example.cn/" + "m" * 170
+    meta = META.model_copy(update={"base_url": long_base})
+    [qr] = [b for b in layout_receipt(make_sale(), meta, 58) if isinstance(b, Qr)]
+    # 309 bytes need version 13 (69 modules) at level M: 6 dots would be 414 > 384.
+    assert (len(qr.data), qr_version(qr.data), qr.size) == (309, 13, 5)
+    [wide] = [b for b in layout_receipt(make_sale(), meta, 80) if isinstance(b, Qr)]
+    assert wide.size == 6
+    assert qrcode_version(qr.data) == 13  # the table agrees with the qrcode library
+
+
+def qrcode_version(data: str) -> int:
+    import qrcode
+
+    code = qrcode.QRCode(error_correction=qrcode.constants.ERROR_CORRECT_M)
+    code.add_data(data)
+    code.make(fit=True)
+    return int(code.version)
+
+
 def test_ean13_check_digits() -> None:
     assert ean13_check_digit("400638133393") == 1  # GS1's worked example 4006381333931
     assert ean13_check_digit("590123412345") == 7
@@ -279,9 +310,15 @@ def test_wrap() -> None:
     assert wrap("", 4) == [""]
 
 
-def test_legal_id() -> None:
+def test_legal_checksum_covers_the_legal_files() -> None:
+    edge_dir = pathlib.Path(__file__).resolve().parents[2] / "edge"
+    digest = hashlib.sha256()
+    for name in LEGAL_FILES:
+        digest.update(name.encode() + b"\0" + (edge_dir / name).read_bytes() + b"\0")
+    assert legal_checksum() == digest.hexdigest()
+    assert {"pricing.py", "tracecode.py", "integrity.py", "sale.py",
+            "receipt/layout.py", "receipt/escpos_bytes.py"} <= set(LEGAL_FILES)
     assert legal_id() == f"{LEGAL_VERSION} {CHECK}"
-    assert len(legal_checksum()) == 64
 
 
 name_chars = st.characters(codec="utf-8", exclude_categories=("Cs",))
