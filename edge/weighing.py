@@ -21,7 +21,7 @@ from __future__ import annotations
 import enum
 import logging
 import time
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -65,7 +65,7 @@ class ScaleSpec(BaseModel):
         description="module: trust the reading's stable flag (the link filters flagless"
         " modules); filter: our own window filter; both: require both",
     )
-    filter_window_s: float = Field(0.12, gt=0, description="stability window of our filter")
+    filter_window_s: float = Field(0.1, gt=0, description="stability window of our filter")
     filter_band_e: float = Field(1.0, ge=0, description="stability band, ± this many e")
 
     @model_validator(mode="after")
@@ -93,25 +93,58 @@ def round_to(grams: int, e: int) -> int:
     return q if grams >= 0 else -q
 
 
+class Weighed(NamedTuple):
+    """What the scale shows after one reading, published in one assignment so a reader on
+    another thread never pairs a new weight with an old state."""
+
+    state: WeighState
+    gross_g: int | None  # zeroed, rounded to e
+    tare_g: int
+    net_g: int | None
+    reading: Reading | None
+
+
+_NOT_READY = Weighed(WeighState.NOT_READY, None, 0, None, None)
+
+
 class Weigher:
-    """The weighing state machine of one stall scale; feed it every reading."""
+    """The weighing state machine of one stall scale; feed it every reading (from one thread;
+    the properties may be read from any)."""
 
     def __init__(self, spec: ScaleSpec, audit: AuditLog | None = None) -> None:
         self.spec = spec
         self.audit = audit
-        self.state = WeighState.NOT_READY
-        self.gross_g: int | None = None  # zeroed, rounded to e
-        self.tare_g = 0
-        self.net_g: int | None = None
+        self._now: Weighed = _NOT_READY
         self.zero_offset_g = 0
         self._host_tare_g = 0
         self._upper_range = False
         self._need_zero = False
-        self._reading: Reading | None = None
         self._last_track: float | None = None
         self._filter = StabilityFilter(
             spec.filter_window_s, int(spec.filter_band_e * spec.e_g), min_samples=3
         )
+
+    # ---- what the scale shows --------------------------------------------------------
+    @property
+    def state(self) -> WeighState:
+        return self._now.state
+
+    @property
+    def gross_g(self) -> int | None:
+        return self._now.gross_g
+
+    @property
+    def tare_g(self) -> int:
+        return self._now.tare_g
+
+    @property
+    def net_g(self) -> int | None:
+        return self._now.net_g
+
+    @property
+    def shown(self) -> Weighed:
+        """State and weights of the last update, as one consistent value."""
+        return self._now
 
     # ---- the state machine ---------------------------------------------------------
     def e_now(self) -> int:
@@ -122,30 +155,29 @@ class Weigher:
 
     def update(self, reading: Reading | None, now: float | None = None) -> WeighState:
         now = time.time() if now is None else now
-        self._reading = reading
-        state = self._classify(reading, now)
-        if state is not self.state:
-            logger.debug("weigh state %s -> %s", self.state.name, state.name)
-        self.state = state
-        if state is WeighState.STABLE_ZERO:
+        shown = self._classify(reading, now)
+        if shown.state is not self._now.state:
+            logger.debug("weigh state %s -> %s", self._now.state.name, shown.state.name)
+        self._now = shown
+        if shown.state is WeighState.STABLE_ZERO:
             self._need_zero = False
-        return state
+        return shown.state
 
-    def _blank(self, state: WeighState) -> WeighState:
-        self.gross_g = self.net_g = None
-        return state
-
-    def _classify(self, r: Reading | None, now: float) -> WeighState:
+    def _classify(self, r: Reading | None, now: float) -> Weighed:
         spec = self.spec
+
+        def blank(state: WeighState) -> Weighed:
+            return Weighed(state, None, self._host_tare_g, None, r)
+
         if r is None or now - r.t > spec.freshness_s or r.status == "error":
             self._filter.reset()
-            return self._blank(WeighState.NOT_READY)
+            return blank(WeighState.NOT_READY)
         if r.status == "overload":
-            return self._blank(WeighState.OVER_CAPACITY)
+            return blank(WeighState.OVER_CAPACITY)
         if r.status == "underload":
-            return self._blank(WeighState.UNDER_ZERO)
+            return blank(WeighState.UNDER_ZERO)
         if r.gross_g is None:
-            return self._blank(WeighState.MOTION)
+            return blank(WeighState.MOTION)
         gross_raw = r.gross_g - self.zero_offset_g
         if spec.max1_g is not None and gross_raw > spec.max1_g:
             self._upper_range = True
@@ -155,20 +187,20 @@ class Weigher:
             gross_raw = r.gross_g - self.zero_offset_g
         e = self.e_now()
         tare = self._host_tare_g or r.tare_g
-        self.gross_g = round_to(gross_raw, e)
-        self.tare_g = tare
-        self.net_g = round_to(gross_raw - tare, e)
+        gross, net = round_to(gross_raw, e), round_to(gross_raw - tare, e)
         if gross_raw > spec.max_g:
-            return WeighState.OVER_CAPACITY
-        if self.gross_g < 0 or self.net_g < 0:
-            return WeighState.UNDER_ZERO
-        if not stable:
-            return WeighState.MOTION
-        if self.net_g == 0:
-            if self.gross_g == 0:
+            state = WeighState.OVER_CAPACITY
+        elif gross < 0 or net < 0:
+            state = WeighState.UNDER_ZERO
+        elif not stable:
+            state = WeighState.MOTION
+        elif net == 0:
+            if gross == 0:
                 self._upper_range = False
-            return WeighState.STABLE_ZERO
-        return WeighState.STABLE_NET
+            state = WeighState.STABLE_ZERO
+        else:
+            state = WeighState.STABLE_NET
+        return Weighed(state, gross, tare, net, r)
 
     def _stable(self, r: Reading, gross: int) -> bool:
         mode = self.spec.stability
@@ -195,12 +227,13 @@ class Weigher:
     def priceable_net_g(self) -> int | None:
         """A stable, fresh, in-range net weight >= Min, if the scale returned to zero since the
         last sale; else ``None``."""
-        r, spec = self._reading, self.spec
-        if self.state is not WeighState.STABLE_NET or self._need_zero or r is None:
+        now, spec = self._now, self.spec
+        r = now.reading
+        if now.state is not WeighState.STABLE_NET or self._need_zero or r is None:
             return None
         if time.time() - r.t > spec.freshness_s:
             return None
-        net = self.net_g
+        net = now.net_g
         if net is None or net < spec.min_g or net > spec.max_g:
             return None
         return net
@@ -215,7 +248,7 @@ class Weigher:
 
     def zero(self) -> None:
         """Zero setting: only when stable, without tare, within the zero range."""
-        spec, r = self.spec, self._reading
+        spec, r = self.spec, self._now.reading
         if self.state not in (WeighState.STABLE_ZERO, WeighState.STABLE_NET, WeighState.UNDER_ZERO):
             raise WeighingError(f"zero refused: scale is {self.state.value}")
         if r is None or r.gross_g is None or not r.stable:
@@ -232,11 +265,12 @@ class Weigher:
 
     def tare(self) -> int:
         """Tare the current stable gross weight; returns the tare in grams."""
-        if self.state is not WeighState.STABLE_NET or self.gross_g is None:
-            raise WeighingError(f"tare refused: scale is {self.state.value}, not stable with a load")
-        if self.gross_g <= 0 or self.gross_g > self.spec.max_g:
+        now = self._now
+        if now.state is not WeighState.STABLE_NET or now.gross_g is None:
+            raise WeighingError(f"tare refused: scale is {now.state.value}, not stable with a load")
+        if now.gross_g <= 0 or now.gross_g > self.spec.max_g:
             raise WeighingError("tare refused: weight out of range")
-        self._host_tare_g = self.gross_g
+        self._host_tare_g = now.gross_g
         self._audit("tare", f"tare {self._host_tare_g} g")
         return self._host_tare_g
 

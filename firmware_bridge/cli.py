@@ -36,6 +36,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     sim.add_argument("--e", type=int, default=5, metavar="G", help="scale interval e in grams")
     sim.add_argument("--seed", type=int, default=None, help="seed of the noise")
     sim.add_argument("--rate", type=float, default=None, metavar="HZ", help="stream rate")
+    sim.add_argument("--noise", type=float, default=None, metavar="G", help="noise σ (0.1e)")
+    sim.add_argument("--drift", type=float, default=0.0, metavar="G", help="zero drift, g/min")
     sim.add_argument(
         "--scenario",
         metavar="NAME|SCRIPT",
@@ -100,6 +102,8 @@ def _run_sim(args: argparse.Namespace) -> int:
         seed=args.seed,
         link=args.link,
         rate_hz=args.rate,
+        noise_g=args.noise,
+        drift_g_per_min=args.drift,
     )
     print(sim.pty_path if args.link else sim.port, flush=True)
     if args.link:

@@ -2,10 +2,10 @@
 
 A weight is stable when every sample of the last ``window_s`` lies within
 ``band_g`` of the newest one and there are at least ``min_samples`` of them.
-At 25 Hz the default window holds four samples over 120 ms, so a settled load is
-declared stable within about 150 ms; a swinging load is not, because the window
-spans half a period of a loaded platform's oscillation (~6 Hz), over which
-even a 1.5e residual swing leaves the band.
+At the 40 Hz the link polls flagless modules, the default window holds five
+samples over 100 ms, so a settled load is declared stable within about 125 ms;
+a swinging load is not: 100 ms is over half a period of a loaded platform's
+oscillation (~6 Hz), over which a residual swing of 1e already leaves the band.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from collections import deque
 
 
 class StabilityFilter:
-    def __init__(self, window_s: float = 0.12, band_g: int = 5, min_samples: int = 4) -> None:
+    def __init__(self, window_s: float = 0.1, band_g: int = 5, min_samples: int = 3) -> None:
         if window_s <= 0 or band_g < 0 or min_samples < 1:
             raise ValueError("window_s > 0, band_g >= 0 and min_samples >= 1 are required")
         self.window_s = window_s

@@ -48,11 +48,11 @@ class Link:
         on_reading: Callable[[Reading], None] | None = None,
         freshness_s: float = 1.0,
         *,
-        poll_hz: float = 25.0,
+        poll_hz: float | None = None,
         reconnect_s: float = 0.25,
         max_g: int | None = None,
         e_g: int = 5,
-        filter_window_s: float = 0.12,
+        filter_window_s: float = 0.1,
         filter_band_g: int | None = None,
         average_n: int = 3,
         calibration: Calibration | None = None,
@@ -63,6 +63,9 @@ class Link:
         self.protocol = protocol
         self.on_reading = on_reading
         self.freshness_s = freshness_s
+        if poll_hz is None:
+            # Flagless modules are polled faster: our own filter needs samples to decide.
+            poll_hz = 25.0 if self.codec.has_stable_flag else 40.0
         self.poll_period = 1.0 / poll_hz
         self.reconnect_s = reconnect_s
         self.calibration = calibration

@@ -40,7 +40,7 @@ from firmware_bridge.protocols import Codec, Command, Frame, get_protocol
 logger = logging.getLogger(__name__)
 
 # Frames per second each protocol streams (polled ones answer as fast as asked).
-STREAM_HZ = {"cas": 20.0, "mt-continuous": 20.0, "xk3190-a9": 25.0, "hx711-raw": 80.0}
+STREAM_HZ = {"cas": 20.0, "mt-continuous": 20.0, "xk3190-a9": 40.0, "hx711-raw": 80.0}
 
 
 class LoadCell:
@@ -146,6 +146,7 @@ class Module:
         self._history: deque[tuple[float, float]] = deque()
         self._last_track = time.monotonic()
         self._shown = 0
+        self._shown_since = 0.0
 
     def _gross(self, t: float) -> float:
         raw = self.cell.value(t) + self.rng.gauss(0.0, self.noise_g)
@@ -180,7 +181,12 @@ class Module:
             counts += self.rng.gauss(0.0, self.noise_counts)
             return Frame(None, None, counts=int(round(counts)))
         self._track_zero(t, gross, stable)
-        shown = self._quantize(gross)
+        previous, shown = self._shown, self._quantize(gross)
+        if shown != previous:
+            self._shown_since = t
+        # Like real firmware: stable only once the displayed value has held for a while too,
+        # so the flag never goes up on a value that is about to tick over.
+        stable = stable and t - self._shown_since >= 0.08
         if gross > self.capacity_g + 9 * self.e_g:
             # Flagged protocols say overload; the others can only send the number.
             return Frame(shown, False, "overload")
