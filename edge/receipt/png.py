@@ -43,8 +43,11 @@ def _fonts() -> tuple[FontType, FontType]:
     """(font for double-width characters at 24 px, font for ASCII fitting 12 px)."""
     for candidate in _FONT_PATHS:
         if pathlib.Path(candidate).exists():
+            # Face 1 of WenQuanYi's collection is its monospaced one: ASCII is then
+            # 0.6 em wide, i.e. 12 px at 20 px, exactly one column of font A.
+            mono = 1 if "wqy" in candidate else 0
             return (ImageFont.truetype(candidate, 24, index=0),
-                    ImageFont.truetype(candidate, 20, index=0))
+                    ImageFont.truetype(candidate, 20, index=mono))
     logger.warning("no CJK font found: the receipt preview shows Chinese as boxes")
     return ImageFont.load_default(24), ImageFont.load_default(20)
 
