@@ -10,6 +10,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from edge import ConfigError
+from edge.weighing import ScaleSpec
 
 
 class _Strict(BaseModel):
@@ -24,12 +25,13 @@ class MarketConfig(_Strict):
     timezone: str = Field("Asia/Shanghai", title="Time zone of receipts")
 
 
-class ScaleConfig(_Strict):
+class ScaleConfig(ScaleSpec):
+    """The port and protocol of the weighing module, and its metrological data plate."""
+
     port: str = Field("sim", title="Serial port or pyserial URL; 'sim' starts a built-in simulator")
     protocol: str = Field("cas", title="Weighing-module protocol name")
-    max_g: int = Field(15000, gt=0, title="Max capacity (g)")
-    e_g: int = Field(5, gt=0, title="Verification interval e (g)")
-    freshness_s: float = Field(1.0, gt=0, title="Older readings are never shown as current")
+    max_g: int = Field(15000, gt=0, title="Max", description="maximum capacity in grams")
+    e_g: int = Field(5, gt=0, title="e", description="verification interval (of the upper range)")
 
 
 class CameraConfig(_Strict):
@@ -62,10 +64,10 @@ class StallConfig(_Strict):
     vendor: str = Field("", title="Vendor's name printed on receipts")
     data_dir: Path = Field(Path("var/stall"), title="Journal, key, receipts and gallery live here")
     first_receipt_no: int = Field(1, ge=1, title="Receipt number of the stall's first sale")
-    market: MarketConfig = MarketConfig()  # type: ignore[call-arg]
-    scale: ScaleConfig = ScaleConfig()  # type: ignore[call-arg]
-    camera: CameraConfig = CameraConfig()  # type: ignore[call-arg]
-    server: ServerLink = ServerLink()  # type: ignore[call-arg]
+    market: MarketConfig = MarketConfig()
+    scale: ScaleConfig = ScaleConfig()
+    camera: CameraConfig = CameraConfig()
+    server: ServerLink = ServerLink()
     printer: PrinterConfig = PrinterConfig()
     catalogue: list[dict[str, Any]] = Field(default_factory=list, title="The stall's items (PLU)")
     simulate_vendor: bool = Field(False, title="Demo: a simulated vendor sells by itself")

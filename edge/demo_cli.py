@@ -28,7 +28,7 @@ def _positive(v: str) -> float:
     return f
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="market server + 3 simulated stalls, sales flowing",
                        description="Start the market server and three simulated stalls; prints "
                                    "the URLs (the big screen's first). Runs until Ctrl-C or for "

@@ -43,7 +43,7 @@ class SimulatedVendor:
         if self._thread is not None:
             self._thread.join(timeout=5)
 
-    def _wait(self, cond, timeout: float) -> bool:  # type: ignore[no-untyped-def]
+    def _wait(self, cond, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
         while not self._stop.is_set() and time.monotonic() < deadline:
             if cond():

@@ -122,7 +122,7 @@ class Session:
         amount = line_amount_fen(unit_price_fen=item.unit_price_fen, price_unit=item.price_unit,
                                  weight_g=net, rule=self.info.rounding)
         return SaleLine(plu=item.plu, name=item.name, weight_g=net, unit_price_fen=item.unit_price_fen,
-                        price_unit=item.price_unit, amount_fen=amount,  # type: ignore[arg-type]
+                        price_unit=item.price_unit, amount_fen=amount,
                         batch_code=item.batch_code)
 
     @property

@@ -23,7 +23,7 @@ from edge.journal import Journal
 from edge.outbox import Outbox
 from edge.sale import Sale
 from edge.session import Item, Session, StallInfo
-from edge.weighing import ScaleSpec, Weigher
+from edge.weighing import Weigher
 
 logger = logging.getLogger(__name__)
 
@@ -64,13 +64,12 @@ class StallApp:
             self.sim.start()
             self._stops.append(self.sim.stop)
             port = self.sim.port
-        spec = ScaleSpec(max_g=self.cfg.scale.max_g, e_g=self.cfg.scale.e_g)
         info = StallInfo(stall_id=self.cfg.stall_id, region=self.cfg.market.region,
                          market_no=self.cfg.market.number, rounding=self.cfg.market.rounding,
                          tz=zoneinfo.ZoneInfo(self.cfg.market.timezone), vendor=self.cfg.vendor)
         catalogue = [Item.from_dict(d) for d in self.cfg.catalogue]
         assert self.journal is not None
-        self.session = Session(info, Weigher(spec), catalogue, self.journal, self.key)
+        self.session = Session(info, Weigher(self.cfg.scale), catalogue, self.journal, self.key)
         self.link = Link(port, protocol=self.cfg.scale.protocol, on_reading=self.session.on_reading,
                          freshness_s=self.cfg.scale.freshness_s)
         self.link.start()

@@ -30,7 +30,7 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("stall", help="run one stall's edge process",
                        description="Run one stall: scale link, recognizer, pricing, receipts, "
                                    "journal and upload to the market server.")

@@ -30,7 +30,7 @@ def _unauthorized(msg: str) -> HTTPException:
     return HTTPException(status.HTTP_401_UNAUTHORIZED, msg, headers={"WWW-Authenticate": "Bearer"})
 
 
-def admin_token_sha256(sessionmaker, configured: str | None) -> tuple[str, str | None]:  # type: ignore[no-untyped-def]
+def admin_token_sha256(sessionmaker, configured: str | None) -> tuple[str, str | None]:
     """The admin token's hash, and the token itself when it was generated just now.
 
     A configured token wins.  Otherwise the first start of a database generates

@@ -41,7 +41,7 @@ def _run(args: argparse.Namespace) -> int:
     if token:
         kw["admin_token"] = token
     try:
-        settings = Settings(**kw)  # type: ignore[arg-type]
+        settings = Settings(**kw)
     except ValidationError as exc:
         raise ConfigError(exc.errors()[0]["msg"]) from exc
     app = create_app(settings)
@@ -54,7 +54,7 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("server", help="run the market server",
                        description="Run the market server (FastAPI). Default database: an SQLite file.")
     p.add_argument("--db", help="database URL (default: sqlite:///var/market.db or $WETMARKET_DB)")

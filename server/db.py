@@ -131,7 +131,7 @@ def make_engine(db_url: str) -> Engine:
     if engine.dialect.name == "sqlite":
 
         @event.listens_for(engine, "connect")
-        def _sqlite_pragmas(dbapi_conn, _record):  # type: ignore[no-untyped-def]
+        def _sqlite_pragmas(dbapi_conn, _record):
             # WAL lets the big screen read while stalls upload; FULL sync because an
             # acknowledged sale must survive a power cut.
             cur = dbapi_conn.cursor()
@@ -144,7 +144,7 @@ def make_engine(db_url: str) -> Engine:
     return engine
 
 
-def init_db(engine: Engine) -> sessionmaker:  # type: ignore[type-arg]
+def init_db(engine: Engine) -> sessionmaker:
     try:
         Base.metadata.create_all(engine)
     except SQLAlchemyError as exc:

@@ -37,11 +37,11 @@ AdminDep = Annotated[None, Depends(require_admin)]
 
 
 def get_settings(request: Request) -> Settings:
-    return request.app.state.settings  # type: ignore[no-any-return]
+    return request.app.state.settings
 
 
 def get_broker(request: Request) -> Broker:
-    return request.app.state.broker  # type: ignore[no-any-return]
+    return request.app.state.broker
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]

@@ -11,10 +11,10 @@ import datetime as dt
 import logging
 import zoneinfo
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from pydantic import ValidationError
-from sqlalchemy import select
+from sqlalchemy import Table, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -58,7 +58,7 @@ def _upsert(session: Session, table: type[db.Base], keys: dict[str, Any], adds: 
     """Add ``adds`` to an existing rollup row or create it, in one statement."""
     dialect = session.get_bind().dialect.name
     insert = pg_insert if dialect == "postgresql" else sqlite_insert
-    tbl = table.__table__  # type: ignore[attr-defined]
+    tbl = cast(Table, table.__table__)
     stmt = insert(tbl).values(**keys, **adds, **(sets or {}))
     update = {k: tbl.c[k] + stmt.excluded[k] for k in adds}
     update.update({k: stmt.excluded[k] for k in (sets or {})})
