@@ -204,10 +204,12 @@ class Weigher:
 
     def _stable(self, r: Reading, gross: int) -> bool:
         mode = self.spec.stability
+        # A reading that says stable but also motion is contradictory: take the safe half.
+        flag = r.stable and r.status == "ok"
         if mode == "module":
-            return r.stable
+            return flag
         own = self._filter.update(r.t, gross)
-        return own if mode == "filter" else own and r.stable
+        return own if mode == "filter" else own and flag
 
     def _track_zero(self, gross_raw: int, r: Reading, now: float) -> None:
         last, self._last_track = self._last_track, now

@@ -105,9 +105,9 @@ def _run_sim(args: argparse.Namespace) -> int:
         noise_g=args.noise,
         drift_g_per_min=args.drift,
     )
-    print(sim.pty_path if args.link else sim.port, flush=True)
-    if args.link:
-        print(f"linked at {sim.port}", file=sys.stderr, flush=True)
+    print(sim.pty_path, flush=True)
+    # The pty path changes on a (scripted) replug; this one stays valid throughout.
+    print(f"stable path: {sim.port}", file=sys.stderr, flush=True)
     deadline = None if args.duration is None else time.monotonic() + args.duration
     sim.start()
     try:

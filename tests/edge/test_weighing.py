@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from edge.weighing import ScaleSpec, Weigher, WeighingError, WeighState, round_to
@@ -191,3 +194,50 @@ def test_a_sale_cycle_on_the_simulator() -> None:
         sim.unplug()
         wait_state(WeighState.NOT_READY)
         assert w.priceable_net_g is None
+
+
+# ---- fuzzing the state machine ---------------------------------------------------------------
+
+readings_st = st.one_of(
+    st.none(),
+    st.builds(
+        lambda g, s, status, tare: rd(g, s, status, tare),
+        st.integers(-2000, 17000),
+        st.booleans(),
+        st.sampled_from(["ok", "ok", "ok", "motion", "overload", "underload", "error"]),
+        st.sampled_from([0, 0, 250]),
+    ),
+)
+actions_st = st.lists(
+    st.tuples(readings_st, st.sampled_from(["none", "none", "sell", "tare", "clear", "zero"])),
+    max_size=40,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(actions=actions_st, dual=st.booleans())
+def test_fuzz_only_stable_in_range_weights_after_zero_are_priceable(
+    actions: list[tuple[Reading | None, str]], dual: bool
+) -> None:
+    spec = ScaleSpec(max_g=15000, e_g=5, max1_g=6000 if dual else None, e1_g=2 if dual else None)
+    w = Weigher(spec)
+    zero_seen_since_sale = True
+    for reading, action in actions:
+        state = w.update(reading)
+        if state is WeighState.STABLE_ZERO:
+            zero_seen_since_sale = True
+        price = w.priceable_net_g
+        if price is not None:
+            assert reading is not None and reading.stable and reading.status == "ok"
+            assert state is WeighState.STABLE_NET
+            assert spec.min_g <= price <= spec.max_g
+            assert zero_seen_since_sale
+            assert price % w.e_now() == 0
+            assert reading.gross_g is not None and reading.gross_g - w.zero_offset_g <= spec.max_g
+        if action == "sell" and price is not None:
+            w.mark_sold()
+            zero_seen_since_sale = False
+        elif action in ("tare", "zero", "clear"):
+            with contextlib.suppress(WeighingError):
+                {"tare": w.tare, "zero": w.zero, "clear": w.clear_tare}[action]()
+        assert abs(w.zero_offset_g) <= spec.max_g * 0.04

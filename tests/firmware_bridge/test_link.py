@@ -140,3 +140,23 @@ def test_uncalibrated_raw_module_gives_no_weight() -> None:
     with Simulator(protocol="hx711-raw", seed=3) as sim, Link(sim.port, "hx711-raw") as link:
         r = link.wait_for(lambda r: True, 3)
         assert r is not None and r.status == "error" and r.gross_g is None
+
+
+@pytest.mark.parametrize("sim", ["aclas-pbx"], indirect=True)
+def test_polled_module_reconnects_too(sim: Simulator, link: Link) -> None:
+    assert link.wait_for(_stable_near(0), 3)
+    sim.unplug()
+    time.sleep(0.4)
+    assert link.state == "offline" and link.latest() is None
+    sim.replug()
+    sim.place(450)
+    assert link.wait_for(_stable_near(450), 4) is not None
+
+
+def test_module_zero_tracking_holds_zero_against_drift() -> None:
+    # 1.5 g/min... sped up: 90 g/min = 1.5 g/s, under the 0.5e/s = 2.5 g/s tracking limit.
+    with Simulator("cas", seed=4, drift_g_per_min=90.0) as sim, Link(sim.port, "cas") as link:
+        time.sleep(2.0)
+        r = link.wait_for(lambda r: r.stable, 2)
+        assert r is not None and r.gross_g == 0
+        assert sim.module.zero_offset > 2.0  # it did track: the drift was real
