@@ -4,9 +4,11 @@ Legally relevant: a receipt can neither be altered nor deleted unnoticed.
 
 * ``sale_digest(sale)``: hex SHA-256 of the sale's canonical JSON **without**
   ``signature``.  Canonical JSON = the sale as ``Sale.to_json()`` gives it
-  (so a dict is first validated into a ``Sale``: ``sale_id``/``sold_at``
-  and absent optional fields come out the same however they were written),
-  then ``json.dumps(sort_keys=True, separators=(",", ":"), ensure_ascii=False)``
+  (a dict is first validated into a ``Sale``, so ``sale_id``/``sold_at``
+  come out the same however they were written) **leaving out fields that hold
+  their default** (``quantity: null``, ``batch_code: null``...: a field added
+  to the contract later with a default then changes no existing digest), then
+  ``json.dumps(sort_keys=True, separators=(",", ":"), ensure_ascii=False)``
   encoded as UTF-8.
 * Chain rule: ``sale.prev_hash == sale_digest(previous sale of the same stall)``,
   ``GENESIS_HASH`` for a stall's first sale.  A deleted receipt breaks the
@@ -115,13 +117,13 @@ def public_key_b64(key: Ed25519PrivateKey | Ed25519PublicKey) -> str:
     return _b64encode(raw)
 
 
-def _sale_json(sale: Mapping[str, Any] | Sale) -> dict[str, Any]:
+def _sale_model(sale: Mapping[str, Any] | Sale) -> Sale:
     if isinstance(sale, Sale):
-        return sale.to_json()
+        return sale
     if not isinstance(sale, Mapping):
         raise IntegrityError(f"a sale must be a Sale or a dict, got {type(sale).__name__}")
     try:
-        return Sale.model_validate(dict(sale)).to_json()
+        return Sale.model_validate(dict(sale))
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(part) for part in first["loc"]) or "sale"
@@ -130,7 +132,9 @@ def _sale_json(sale: Mapping[str, Any] | Sale) -> dict[str, Any]:
 
 def canonical_json(sale: Mapping[str, Any] | Sale) -> bytes:
     """The bytes that are hashed: the sale without ``signature``, canonical JSON, UTF-8."""
-    data = _sale_json(sale)
+    # exclude_defaults: a field added to Sale later with a default (the contract
+    # lets fields be added) must not change the digest of any sale already signed.
+    data = _sale_model(sale).model_dump(mode="json", exclude_defaults=True)
     data.pop("signature", None)
     text = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return text.encode("utf-8")
@@ -164,7 +168,7 @@ def seal_sale(
     key: Ed25519PrivateKey,
 ) -> Sale:
     """Chain ``sale`` to ``previous`` (None for the stall's first) and sign it."""
-    data = _sale_json(sale)
+    data = _sale_model(sale).to_json()
     data["prev_hash"] = GENESIS_HASH if previous is None else sale_digest(previous)
     data["signature"] = ""
     data["signature"] = sign_sale(data, key)
