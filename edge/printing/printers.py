@@ -254,8 +254,8 @@ class Printer:
                 handle.sendall(query)
                 handle.settimeout(timeout)
                 return handle.recv(1)
-            device._raw(query)  # usb
-            return bytes(handle.read(device.in_ep, 1, int(timeout * 1000)))[:1]
+            device._raw(query)  # usb: read a whole packet, the reply is its last byte
+            return bytes(handle.read(device.in_ep, 64, int(timeout * 1000)))[-1:]
         except TimeoutError:
             return b""
         except Exception as exc:  # noqa: BLE001 - any transport trouble means "unknown"
