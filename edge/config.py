@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from edge import ConfigError
+from edge.catalogue import Plu
 from edge.weighing import ScaleSpec
 
 
@@ -58,6 +59,12 @@ class PrinterConfig(_Strict):
     encoding: Literal["gb18030", "gbk"] = "gb18030"
 
 
+class CatalogueEntry(Plu):
+    """An item of the stall's catalogue, and the recognizer's label that means it."""
+
+    label: str | None = Field(None, max_length=64, title="Recognizer label of this item")
+
+
 class StallConfig(_Strict):
     stall_id: str = Field(pattern=r"^S[0-9]{1,3}$", title="Stall id, e.g. S01")
     name: str = Field(title="Stall name")
@@ -69,7 +76,7 @@ class StallConfig(_Strict):
     camera: CameraConfig = CameraConfig()
     server: ServerLink = ServerLink()
     printer: PrinterConfig = PrinterConfig()
-    catalogue: list[dict[str, Any]] = Field(default_factory=list, title="The stall's items (PLU)")
+    catalogue: list[CatalogueEntry] = Field(default_factory=list, title="The stall's items (PLU)")
     simulate_vendor: bool = Field(False, title="Demo: a simulated vendor sells by itself")
     seed: int | None = Field(None, title="Demo: random seed of the simulated vendor")
 

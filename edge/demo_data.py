@@ -41,6 +41,8 @@ _ITEMS: dict[str, list[tuple[str, str, str, int, str, str | None]]] = {
     ],
 }
 
+_ORIGIN = {"1": "山东烟台", "2": "上海崇明", "3": "云南昆明"}
+
 STALLS: list[tuple[str, str, str]] = [
     ("S01", "鲜果摊 王记", "王师傅"),
     ("S02", "时令蔬菜 李家", "李阿姨"),
@@ -50,7 +52,8 @@ STALLS: list[tuple[str, str, str]] = [
 
 def catalogue(stall_id: str, day: str) -> list[dict[str, Any]]:
     return [
-        {"plu": plu, "name": zh, "name_en": en, "unit_price_fen": price, "price_unit": unit,
-         "label": label, "batch_code": f"B{day}-{plu[-2:]}"}
+        {"code": plu, "name_zh": zh, "name_en": en, "unit_price_fen": price, "price_unit": unit,
+         "label": label, "batch_code": f"B{day}-{plu[-2:]}", "origin": _ORIGIN.get(plu[0], "上海"),
+         "inspection": "passed"}
         for plu, zh, en, price, unit, label in _ITEMS[stall_id]
     ]

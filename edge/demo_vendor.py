@@ -12,7 +12,7 @@ import time
 from typing import TYPE_CHECKING
 
 from edge import EdgeError
-from edge.session import Item
+from edge.catalogue import Plu
 
 if TYPE_CHECKING:
     from edge.stall import StallApp
@@ -31,6 +31,8 @@ class SimulatedVendor:
         self.pause_s = pause_s
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        #: PLU code -> the recognizer's label (what the camera is shown)
+        self.labels = {code: label for label, code in app.session.labels.items()} if app.session else {}
         self.recognized = 0
         self.corrected = 0
 
@@ -51,13 +53,13 @@ class SimulatedVendor:
             self._stop.wait(0.05)
         return False
 
-    def _choose(self, item: Item) -> None:
+    def _choose(self, item: Plu) -> None:
         """Look at the camera's guesses; take a sure one, else tap the right item."""
         session = self.app.session
         assert session is not None
         cam, rec = self.app.camera, self.app.recognizer
         frame = None
-        if cam is not None and hasattr(cam, "show") and cam.show(item.label):
+        if cam is not None and hasattr(cam, "show") and cam.show(self.labels.get(item.code)):
             frame = cam.read()
         if frame is not None and rec is not None:
             try:
@@ -69,25 +71,25 @@ class SimulatedVendor:
                 result = None
             if result is not None and result.top and not result.unknown:
                 label, score = result.top[0]
-                guess = session.by_label.get(label)
+                guess = session.item_for_label(label)
                 if guess is not None and score >= self.app.cfg.camera.auto_confirm:
-                    if guess.plu == item.plu:
+                    if guess.code == item.code:
                         self.recognized += 1
-                    session.select(guess.plu)
+                    session.select(guess.code)
                     return
-            if item.label:
+            if label_of := self.labels.get(item.code):
                 self.corrected += 1
                 try:
-                    rec.teach(item.label, frame)
+                    rec.teach(label_of, frame)
                 except Exception as exc:  # noqa: BLE001
-                    logger.warning("could not teach %s: %s", item.label, exc)
-        session.select(item.plu)
+                    logger.warning("could not teach %s: %s", label_of, exc)
+        session.select(item.code)
 
-    def _one_line(self, item: Item) -> bool:
+    def _one_line(self, item: Plu) -> bool:
         app, session = self.app, self.app.session
         assert session is not None and app.sim is not None
         if item.price_unit == "piece":
-            session.add_pieces(item.plu, self.rng.randint(1, 4))
+            session.add_pieces(item.code, self.rng.randint(1, 4))
             return True
         lo, hi = _WEIGHT_RANGE[item.price_unit]
         app.sim.place(self.rng.randint(lo, hi))
@@ -106,7 +108,7 @@ class SimulatedVendor:
     def _run(self) -> None:
         session = self.app.session
         assert session is not None
-        items = list(session.catalogue.values())
+        items = list(session.catalogue)
         self._wait(lambda: session.weigh_state.name == "STABLE_ZERO", 10.0)
         while not self._stop.is_set():
             for _ in range(self.rng.choice((1, 1, 2, 2, 3))):

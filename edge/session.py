@@ -1,9 +1,10 @@
 """The vendor's session at the scale: current weighing, chosen item, basket, checkout.
 
-It joins the weighing states (``edge.weighing``), the catalogue and the legal
-price rule (``edge.pricing``) and hands finished sales to the journal.  It is
-driven by the link's readings, by the recognizer's guesses and by the vendor's
-taps, from different threads, hence the lock.
+It joins the weighing states (``edge.weighing``) and the basket
+(``edge.basket``, which prices through ``edge.pricing``) and hands finished
+sales to the journal.  It is driven by the link's readings, by the
+recognizer's guesses and by the vendor's taps, from different threads, hence
+the lock.
 """
 
 from __future__ import annotations
@@ -14,38 +15,22 @@ import threading
 import uuid
 import zoneinfo
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from edge import PricingError
+from edge import EdgeError, PricingError
+from edge.basket import Basket, BasketLine
+from edge.catalogue import Catalogue, Plu
 from edge.integrity import sign_sale
 from edge.journal import Journal
-from edge.pricing import line_amount_fen
-from edge.sale import Sale, SaleLine
+from edge.sale import Sale
 from edge.tracecode import make_trace_code, stall_number
 from edge.weighing import Weigher, WeighState
 from firmware_bridge.reading import Reading
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class Item:
-    """A catalogue item as the session needs it."""
-
-    plu: str
-    name: str
-    unit_price_fen: int
-    price_unit: str
-    name_en: str = ""
-    label: str | None = None  # the recognizer's label for this item
-    batch_code: str | None = None
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Item:
-        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
 
 
 @dataclass(slots=True)
@@ -58,124 +43,106 @@ class StallInfo:
     vendor: str = ""
 
 
-@dataclass(slots=True)
-class _State:
-    weigh: WeighState = WeighState.NOT_READY
-    reading: Reading | None = None
-    item: Item | None = None
-    lines: list[SaleLine] = field(default_factory=list)
-
-
 class Session:
-    def __init__(self, info: StallInfo, weigher: Weigher, catalogue: list[Item], journal: Journal,
-                 key: Ed25519PrivateKey, on_change: Callable[[str], None] | None = None) -> None:
+    def __init__(self, info: StallInfo, weigher: Weigher, catalogue: Catalogue,
+                 labels: dict[str, str], journal: Journal, key: Ed25519PrivateKey,
+                 on_change: Callable[[str], None] | None = None) -> None:
         self.info = info
         self.weigher = weigher
-        self.catalogue = {it.plu: it for it in catalogue}
-        self.by_label = {it.label: it for it in catalogue if it.label}
+        self.catalogue = catalogue
+        #: recognizer label -> PLU code
+        self.labels = labels
         self.journal = journal
         self.key = key
         self._on_change = on_change or (lambda _what: None)
         self._lock = threading.Lock()
-        self._s = _State()
+        self._item: Plu | None = None
+        self._basket = self._new_basket()
+
+    def _new_basket(self) -> Basket:
+        spec = self.weigher.spec
+        return Basket(self.catalogue, max_g=spec.max_g, e_g=spec.e_g, rule=self.info.rounding)
 
     # -- inputs -------------------------------------------------------------------
     def on_reading(self, reading: Reading) -> None:
         with self._lock:
-            self._s.weigh = self.weigher.update(reading)
-            self._s.reading = reading
+            self.weigher.update(reading)
 
-    def select(self, plu: str) -> Item:
+    def select(self, code: str) -> Plu:
         """The vendor taps an item (or the recognizer's sure guess is taken)."""
-        item = self.catalogue.get(plu)
-        if item is None:
-            raise PricingError(f"unknown PLU {plu!r}")
+        item = self.catalogue.get(code)
         with self._lock:
-            self._s.item = item
+            self._item = item
         self._on_change("item")
         return item
+
+    def item_for_label(self, label: str) -> Plu | None:
+        code = self.labels.get(label)
+        return self.catalogue.get(code) if code is not None else None
 
     # -- what the screens show ------------------------------------------------------
     @property
     def weigh_state(self) -> WeighState:
-        with self._lock:
-            return self._s.weigh
+        return self.weigher.state
 
     def priceable_g(self) -> int | None:
         with self._lock:
             return self.weigher.priceable_net_g
 
-    def current_line(self) -> SaleLine | None:
-        """The line the scale would add now: a priced item on a stable, legal weight."""
-        with self._lock:
-            return self._line_locked()
+    def _weighed_line(self, basket: Basket) -> BasketLine | None:
+        """Price the chosen item on the scale's weight into ``basket`` (lock held)."""
+        item = self._item
+        if item is None or item.price_unit == "piece" or self.weigher.priceable_net_g is None:
+            return None
+        shown = self.weigher.shown
+        assert shown.gross_g is not None
+        return basket.add_weighed(item.code, gross_g=shown.gross_g, stable=True, tare_g=shown.tare_g)
 
-    def _line_locked(self) -> SaleLine | None:
-        item = self._s.item
-        if item is None:
-            return None
-        if item.price_unit == "piece":
-            return None
-        net = self.weigher.priceable_net_g
-        if net is None:
-            return None
-        amount = line_amount_fen(unit_price_fen=item.unit_price_fen, price_unit=item.price_unit,
-                                 weight_g=net, rule=self.info.rounding)
-        return SaleLine(plu=item.plu, name=item.name, weight_g=net, unit_price_fen=item.unit_price_fen,
-                        price_unit=item.price_unit, amount_fen=amount,
-                        batch_code=item.batch_code)
+    def current_line(self) -> BasketLine | None:
+        """The line the scale would add now: the chosen item on a stable, legal weight."""
+        with self._lock:
+            try:
+                return self._weighed_line(self._new_basket())
+            except EdgeError:
+                return None
 
     @property
-    def lines(self) -> list[SaleLine]:
+    def lines(self) -> list[BasketLine]:
         with self._lock:
-            return list(self._s.lines)
+            return self._basket.lines
 
     # -- vendor actions -------------------------------------------------------------
-    def add_weighed(self) -> SaleLine:
+    def add_weighed(self) -> BasketLine:
         """Put the current weighing in the basket; the scale must then return to zero."""
         with self._lock:
-            if self._s.item is None:
+            if self._item is None:
                 raise PricingError("choose an item first")
-            line = self._line_locked()
+            line = self._weighed_line(self._basket)
             if line is None:
-                raise PricingError(f"no stable legal weight to price (scale: {self._s.weigh.name})")
+                raise PricingError(f"no stable legal weight to price (scale: {self.weigher.state.name})")
             self.weigher.mark_sold()
-            self._s.lines.append(line)
-            self._s.item = None
+            self._item = None
         self._on_change("basket")
         return line
 
-    def add_pieces(self, plu: str, quantity: int) -> SaleLine:
-        item = self.catalogue.get(plu)
-        if item is None:
-            raise PricingError(f"unknown PLU {plu!r}")
-        if item.price_unit != "piece":
-            raise PricingError(f"{item.name} is sold by weight, not by the piece")
-        amount = line_amount_fen(unit_price_fen=item.unit_price_fen, price_unit="piece",
-                                 quantity=quantity, rule=self.info.rounding)
-        line = SaleLine(plu=item.plu, name=item.name, quantity=quantity,
-                        unit_price_fen=item.unit_price_fen, price_unit="piece", amount_fen=amount,
-                        batch_code=item.batch_code)
+    def add_pieces(self, code: str, quantity: int) -> BasketLine:
         with self._lock:
-            self._s.lines.append(line)
+            line = self._basket.add_pieces(code, quantity)
         self._on_change("basket")
         return line
 
-    def void_last(self) -> SaleLine | None:
+    def void(self, line_no: int, reason: str) -> BasketLine:
         with self._lock:
-            line = self._s.lines.pop() if self._s.lines else None
-        if line is not None:
-            logger.info("voided line %s %s", line.plu, line.amount_fen)
-            self._on_change("basket")
+            line = self._basket.void(line_no, reason)
+        self._on_change("basket")
         return line
 
     def checkout(self) -> Sale:
         """Journal the basket as one signed, chained sale (durable before anything else)."""
-        with self._lock:
-            lines = list(self._s.lines)
-        if not lines:
-            raise PricingError("the basket is empty")
         info = self.info
+        with self._lock:
+            basket = self._basket
+            lines = basket.sale_lines()  # closes the basket; refuses an empty one
 
         def build(receipt_no: int, prev_hash: str) -> Sale:
             doc: dict[str, Any] = {
@@ -185,8 +152,8 @@ class Session:
                 "sold_at": dt.datetime.now(info.tz).isoformat(timespec="seconds"),
                 "trace_code": make_trace_code(info.region, info.market_no,
                                               stall_number(info.stall_id), receipt_no),
-                "lines": [ln.model_dump(mode="json") for ln in lines],
-                "total_fen": sum(ln.amount_fen for ln in lines),
+                "lines": lines,
+                "total_fen": sum(ln["amount_fen"] for ln in lines),
                 "prev_hash": prev_hash,
                 "signature": "",
             }
@@ -197,8 +164,12 @@ class Session:
             doc["signature"] = sign_sale(doc, self.key)
             return Sale.model_validate(doc)
 
-        sale = self.journal.append(build)
+        try:
+            sale = self.journal.append(build)
+        except BaseException:
+            basket.closed = False  # nothing was journaled: the shopper's lines stay
+            raise
         with self._lock:
-            self._s.lines.clear()
+            self._basket = self._new_basket()
         self._on_change("sale")
         return sale

@@ -17,12 +17,13 @@ from typing import Any
 
 from edge import EdgeError
 from edge.camera import Camera, ImageFolderCamera, OpenCVCamera
+from edge.catalogue import Catalogue
 from edge.config import StallConfig
 from edge.integrity import load_or_create_key, public_key_b64
 from edge.journal import Journal
 from edge.outbox import Outbox
 from edge.sale import Sale
-from edge.session import Item, Session, StallInfo
+from edge.session import Session, StallInfo
 from edge.weighing import Weigher
 
 logger = logging.getLogger(__name__)
@@ -67,9 +68,11 @@ class StallApp:
         info = StallInfo(stall_id=self.cfg.stall_id, region=self.cfg.market.region,
                          market_no=self.cfg.market.number, rounding=self.cfg.market.rounding,
                          tz=zoneinfo.ZoneInfo(self.cfg.market.timezone), vendor=self.cfg.vendor)
-        catalogue = [Item.from_dict(d) for d in self.cfg.catalogue]
+        catalogue = Catalogue(self.cfg.catalogue)
+        labels = {e.label: e.code for e in self.cfg.catalogue if e.label}
         assert self.journal is not None
-        self.session = Session(info, Weigher(self.cfg.scale), catalogue, self.journal, self.key)
+        self.session = Session(info, Weigher(self.cfg.scale), catalogue, labels, self.journal,
+                               self.key)
         self.link = Link(port, protocol=self.cfg.scale.protocol, on_reading=self.session.on_reading,
                          freshness_s=self.cfg.scale.freshness_s)
         self.link.start()
