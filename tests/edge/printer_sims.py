@@ -20,6 +20,12 @@ class _Answering:
         self._scanned = 0
         self.lock = threading.Lock()
 
+    def reset(self) -> None:
+        """Forget what was received (and where the status-query scan stood)."""
+        with self.lock:
+            self.received.clear()
+            self._scanned = 0
+
     def _feed(self, chunk: bytes) -> bytes:
         """Record ``chunk``; return the replies owed for status queries completed by it."""
         replies = bytearray()
@@ -38,12 +44,14 @@ class _Answering:
 
 
 class TcpPrinter(_Answering):
+    """Serves one connection at a time, like a real port-9100 printer."""
+
     def __init__(self, online: int | None = 0x12, paper: int | None = 0x12) -> None:
         super().__init__(online, paper)
         self.server = socket.create_server(("127.0.0.1", 0))
         self.port = self.server.getsockname()[1]
-        self.connections = 0
-        self.closed = threading.Event()
+        self._done = threading.Condition()
+        self.closed_count = 0
         self._thread = threading.Thread(target=self._serve, daemon=True)
         self._thread.start()
 
@@ -53,17 +61,24 @@ class TcpPrinter(_Answering):
                 conn, _ = self.server.accept()
             except OSError:
                 return
-            self.connections += 1
-            self.closed.clear()
             with conn:
                 while chunk := conn.recv(4096):
                     replies = self._feed(chunk)
                     if replies:
                         conn.sendall(replies)
-            self.closed.set()
+            with self._done:
+                self.closed_count += 1
+                self._done.notify_all()
 
-    def wait_closed(self) -> None:
-        assert self.closed.wait(5), "the printer connection was not closed"
+    def wait_closed(self, total: int) -> None:
+        """Wait until ``total`` connections since the start have been served and closed.
+
+        A count, not "the last one closed": a client's connection can sit in the
+        kernel's backlog before this thread accepts it.
+        """
+        with self._done:
+            assert self._done.wait_for(lambda: self.closed_count >= total, timeout=5), (
+                f"{self.closed_count} of {total} printer connections closed")
 
     def stop(self) -> None:
         self.server.close()

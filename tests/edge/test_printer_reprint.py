@@ -34,7 +34,7 @@ def test_failed_print_waits_in_the_queue_and_reprints_marked(
 ) -> None:
     queue_path = tmp_path / "reprint.sqlite3"
     printer = make_printer({"type": "network", "host": "127.0.0.1", "port": tcp.port,
-                            "timeout_s": 0.3, "queue": str(queue_path)}, meta=META)
+                            "timeout_s": 2.0, "queue": str(queue_path)}, meta=META)
     sales = [make_sale(receipt_no=n) for n in (42, 43)]
     for sale in sales:
         with pytest.raises(PrinterStatusError, match="paper-out"):
@@ -50,17 +50,18 @@ def test_failed_print_waits_in_the_queue_and_reprints_marked(
     assert waiting[0].meta == META
 
     # Still out of paper: nothing printed, attempts counted, both still waiting.
-    tcp.wait_closed()
+    tcp.wait_closed(2)
     assert reopened.retry(printer) == RetryResult(printed=0, failed=2)
     assert [item.attempts for item in reopened.pending()] == [2, 1]
 
     tcp.paper = 0x12  # paper loaded
-    tcp.wait_closed()
-    tcp.received.clear()
+    tcp.wait_closed(3)  # the retry stopped at its first failure: one more connection
+    tcp.reset()
     assert printer.retry_queue() == RetryResult(printed=2, failed=0)
     assert len(reopened) == 0 and len(printer.queue) == 0
     assert make_printer({"type": "dummy"}).retry_queue() is None  # no queue configured
-    tcp.wait_closed()
+    tcp.wait_closed(5)
+    assert tcp.closed_count == 5
     jobs = bytes(tcp.received).split(b"\x10\x04\x01\x10\x04\x04")[1:]
     assert jobs == [
         render_receipt(sale, META.model_copy(update={"reprint": 1})) for sale in sales

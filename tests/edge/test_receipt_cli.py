@@ -149,7 +149,7 @@ def test_sends_to_a_printer(sale_file: pathlib.Path, tmp_path: pathlib.Path,
         out = tmp_path / "r.bin"
         assert main(["receipt", str(sale_file), "--out", str(out),
                      "--printer", str(config)]) == 0
-        sim.wait_closed()
+        sim.wait_closed(1)
         assert bytes(sim.received) == b"\x10\x04\x01\x10\x04\x04" + out.read_bytes()
         assert capsys.readouterr().out.endswith("printed (ok)\n")
     finally:
