@@ -106,7 +106,8 @@ def decode(data: bytes, encoding: str = "gb18030") -> Document:
                 doc.feeds += need(3)[2]
                 doc.events.append("feed")
                 i += 3
-            elif cmd == b"t":
+            elif cmd in (b"t", b"{", b"-", b"M"):  # code page, upside-down, underline, font
+                need(3)
                 i += 3
             else:
                 raise DecodeError(f"unknown ESC {cmd!r} at byte {i}")
@@ -121,6 +122,9 @@ def decode(data: bytes, encoding: str = "gb18030") -> Document:
                 i += 4 if mode in (65, 66) else 3
                 doc.cuts += 1
                 doc.events.append("cut")
+            elif cmd in (b"b", b"B"):  # smoothing, reverse printing
+                need(3)
+                i += 3
             elif cmd in (b"h", b"w", b"H", b"f"):
                 value = need(3)[2]
                 key = {b"h": "height", b"w": "module", b"H": "hri"}.get(cmd)

@@ -11,6 +11,8 @@ import uuid
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from edge import IntegrityError
 from edge.integrity import (
@@ -159,3 +161,17 @@ def test_the_signature_is_over_the_raw_digest() -> None:
         __import__("base64").urlsafe_b64decode(sign_sale(sale, KEY)), digest
     )
     assert json.loads(canonical_json(sale))["trace_code"] == "31010600100100000425"
+
+
+@settings(max_examples=60, deadline=None)
+@given(field=st.sampled_from(["weight_g", "unit_price_fen", "amount_fen"]),
+       delta=st.integers(1, 1000))
+def test_any_altered_amount_fails_verification(field: str, delta: int) -> None:
+    signed = seal_sale(raw_sale(), None, KEY)
+    data = signed.to_json()
+    line = data["lines"][0]
+    line[field] += delta
+    if field == "amount_fen":
+        data["total_fen"] += delta  # keep the sale well-formed: only the signature can tell
+    assert verify_sale(signed, public_key_b64(KEY))
+    assert not verify_sale(data, public_key_b64(KEY))
