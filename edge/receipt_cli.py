@@ -109,7 +109,10 @@ def run(args: argparse.Namespace) -> int:
     except ValidationError as exc:
         raise ReceiptError(f"{args.sale} is not a valid sale: {_first_error(exc)}") from exc
 
+    printer_config = dict(_load_json(args.printer, "printer config")) if args.printer else {}
     meta_fields: dict[str, Any] = dict(_load_json(args.meta, "meta file")) if args.meta else {}
+    if printer_config.get("chinese_mode"):  # a printer that needs FS & gets it
+        meta_fields["chinese_mode"] = True
     for name in ("rule", "market_name", "market_name_en", "stall_name", "vendor", "base_url",
                  "language", "ean13", "chinese_mode", "reprint"):
         value = getattr(args, name)
@@ -133,9 +136,8 @@ def run(args: argparse.Namespace) -> int:
     if args.printer:
         from edge.printing import make_printer
 
-        config = dict(_load_json(args.printer, "printer config"))
-        config.setdefault("width", args.width)
-        config.setdefault("encoding", args.encoding)
-        status = make_printer(config).print_receipt(data, name=args.out.stem)
+        printer_config.setdefault("width", args.width)
+        printer_config.setdefault("encoding", args.encoding)
+        status = make_printer(printer_config).print_receipt(data, name=args.out.stem)
         print(f"printed ({status.value})")
     return 0

@@ -15,8 +15,9 @@ serial     ``url``: a device path or any pyserial URL (``socket://``, ``rfc2217:
            ``loop://``...) (``baudrate`` 9600)
 network    ``host`` (``port`` 9100)
 usb        ``usb_vendor``, ``usb_product`` (needs pyusb)
-all        (``width`` 58, ``encoding`` gb18030, ``timeout_s`` 2, ``require_status``
-           false, ``queue``: path of the reprint queue's SQLite file)
+all        (``width`` 58, ``encoding`` gb18030, ``chinese_mode`` false (send FS &),
+           ``timeout_s`` 2, ``require_status`` false, ``queue``: the reprint
+           queue's SQLite file)
 =========  =====================================================================
 
 ``print_receipt(data)`` opens the device, asks its status (``DLE EOT 1`` and
@@ -83,6 +84,7 @@ class PrinterSettings(BaseModel):
     encoding: Literal["gb18030", "gbk"] = Field(default="gb18030", title="Text encoding")
     timeout_s: float = Field(default=2.0, gt=0, le=60, title="Connect / status reply timeout")
     require_status: bool = Field(default=False, title="Refuse to print when the status is unknown")
+    chinese_mode: bool = Field(default=False, title="The printer needs FS & before Chinese")
     queue: str | None = Field(default=None, title="Reprint queue SQLite file")
 
     @model_validator(mode="after")
@@ -171,6 +173,8 @@ class Printer:
         from edge.receipt import ReceiptMeta, render_receipt
 
         meta = meta or self.meta or ReceiptMeta()
+        if self.settings.chinese_mode and not meta.chinese_mode:
+            meta = meta.model_copy(update={"chinese_mode": True})
         data = render_receipt(sale, meta, self.settings.width, self.settings.encoding)
         try:
             return self.print_receipt(data, name=f"{sale.receipt_no:07d}-{sale.trace_code}")

@@ -82,6 +82,14 @@ def test_dummy_printer_keeps_the_bytes() -> None:
     assert printer.status() is PrinterStatus.UNKNOWN  # a dummy cannot say it is OK
 
 
+def test_chinese_mode_printer() -> None:
+    printer = make_printer({"type": "dummy", "chinese_mode": True})
+    printer.print_sale(make_sale(), ReceiptMeta(market_name="平顺菜市场"))
+    assert printer.output == render_receipt(
+        make_sale(), ReceiptMeta(market_name="平顺菜市场", chinese_mode=True))
+    assert printer.output.startswith(b"\x1b@\x1c&")
+
+
 def test_file_printer_file_and_folder(tmp_path: pathlib.Path) -> None:
     single = tmp_path / "lp0.bin"
     make_printer({"type": "file", "path": str(single)}).print_receipt(DATA)

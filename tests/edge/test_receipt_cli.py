@@ -145,12 +145,14 @@ def test_sends_to_a_printer(sale_file: pathlib.Path, tmp_path: pathlib.Path,
     sim = TcpPrinter()
     try:
         config = write_json(tmp_path / "printer.json",
-                            {"type": "network", "host": "127.0.0.1", "port": sim.port})
+                            {"type": "network", "host": "127.0.0.1", "port": sim.port,
+                             "chinese_mode": True})
         out = tmp_path / "r.bin"
         assert main(["receipt", str(sale_file), "--out", str(out),
                      "--printer", str(config)]) == 0
         sim.wait_closed(1)
         assert bytes(sim.received) == b"\x10\x04\x01\x10\x04\x04" + out.read_bytes()
+        assert out.read_bytes().startswith(b"\x1b@\x1c&")  # the printer's Chinese mode
         assert capsys.readouterr().out.endswith("printed (ok)\n")
     finally:
         sim.stop()
