@@ -78,76 +78,95 @@ def bench_decode(frames: int) -> None:
         print(f"{name:15s} {best:12,.0f} {base:12,.0f} {best / base:6.2f} {ok:>7s}")
 
 
-def _delay_trials(name: str, trials: int, rng: random.Random) -> tuple[list[float], list[int]]:
-    """Per load change: ms from settling to the Link's stable reading, and frames after the
-    module's own first stable frame (flagged modules)."""
-    got: list[tuple[float, Reading]] = []
+def _delay_trials(name: str, trials: int, rng: random.Random) -> tuple[list[float], list[int], list[float]]:
+    """Per load change: ms from settling to the Link's stable reading, and, for flagged
+    modules, how many frames the Link decoded after the module's first stable-flagged frame
+    with the final weight before it reported stable (counted in frames, not time, so a
+    busy machine does not inflate it)."""
+    decoded: list[tuple[float, Frame]] = []  # every frame the link decoded, in order
+    got: list[tuple[float, int, Reading]] = []  # (time, index in decoded, reading)
     cal = Calibration(84_211, 107_500, 1000) if name == "hx711-raw" else None
     delays_ms: list[float] = []
     frames_after: list[int] = []
-    with (
-        Simulator(name, seed=rng.randrange(1000)) as sim,
-        Link(sim.port, name, on_reading=lambda r: got.append((time.monotonic(), r)), calibration=cal) as link,
-    ):
-        if link.wait_for(lambda r: r.stable, 5) is None:
-            raise RuntimeError(f"{name}: never stable at start")
-        for i in range(trials):
-            target = rng.randrange(200, 9000) if i % 2 == 0 else 0
-            got.clear()
-            sim.place(target)
-            settled = sim.settled_at
-            final = None
-            deadline = time.monotonic() + 5
-            while final is None and time.monotonic() < deadline:
-                time.sleep(0.01)
-                for t, r in list(got):
-                    ok = r.stable and r.gross_g is not None and abs(r.gross_g - target) <= E_G + 1
-                    if t >= settled and ok:
-                        final = t
-                        break
-            if final is None:
-                raise RuntimeError(f"{name}: no stable reading for {target} g")
-            delays_ms.append(max(0.0, final - settled) * 1000)
-            if PROTOCOLS[name].has_stable_flag:
-                sent = [s for s in sim.sent if s.t >= settled - 0.5]
-                first = next(
-                    (
-                        s.t
-                        for s in sent
-                        if s.frame.stable
-                        and s.frame.weight_g is not None
-                        and abs(s.frame.weight_g - target) <= E_G
-                    ),
-                    None,
-                )
-                if first is not None:
-                    frames_after.append(sum(1 for s in sent if first < s.t <= final))
-            time.sleep(0.2)
-    return delays_ms, frames_after
+    module_ms: list[float] = []  # the module's own flag, after settling (the baseline)
+    with Simulator(name, seed=rng.randrange(1000)) as sim:
+        link = Link(
+            sim.port,
+            name,
+            on_reading=lambda r: got.append((time.monotonic(), len(decoded) - 1, r)),
+            calibration=cal,
+        )
+        frame_method = link._frame
+
+        def spy(frame: Frame, now_mono: float, now_wall: float) -> None:
+            decoded.append((now_mono, frame))
+            frame_method(frame, now_mono, now_wall)
+
+        link._frame = spy  # type: ignore[method-assign]  # instrumentation only
+        with link:
+            if link.wait_for(lambda r: r.stable, 5) is None:
+                raise RuntimeError(f"{name}: never stable at start")
+            for i in range(trials):
+                target = rng.randrange(200, 9000) if i % 2 == 0 else 0
+                got.clear()
+                t_place = time.monotonic()
+                sim.place(target)
+                settled = sim.settled_at
+                final: tuple[float, int] | None = None
+                deadline = time.monotonic() + 5
+                while final is None and time.monotonic() < deadline:
+                    time.sleep(0.01)
+                    for t, k, r in list(got):
+                        near = r.gross_g is not None and abs(r.gross_g - target) <= E_G + 1
+                        if t >= settled and r.stable and near:
+                            final = (t, k)
+                            break
+                if final is None:
+                    raise RuntimeError(f"{name}: no stable reading for {target} g")
+                delays_ms.append(max(0.0, final[0] - settled) * 1000)
+                if PROTOCOLS[name].has_stable_flag:
+                    first = next(
+                        (
+                            j
+                            for j, (t, f) in enumerate(decoded)
+                            if t >= t_place
+                            and f.stable
+                            and f.weight_g is not None
+                            and abs(f.weight_g - target) <= E_G
+                        ),
+                        None,
+                    )
+                    if first is not None and first <= final[1]:
+                        frames_after.append(final[1] - first)
+                        module_ms.append(max(0.0, decoded[first][0] - settled) * 1000)
+                time.sleep(0.2)
+    return delays_ms, frames_after, module_ms
 
 
 def bench_delay(trials: int) -> None:
     print(f"\n## stable-detection delay after the simulated load settles ({trials} load changes)")
     print(
         f"{'protocol':15s} {'flag':>5s} {'median ms':>10s} {'max ms':>8s} "
-        f"{'frames after module':>20s} {'period ms':>10s} {'target':>7s}"
+        f"{'frames med/max':>15s} {'baseline ms':>14s} {'target':>7s}"
     )
     rng = random.Random(2)
     for name in PROTOCOLS:
         codec = PROTOCOLS[name]
-        delays, frames = _delay_trials(name, trials, rng)
+        delays, frames, module_ms = _delay_trials(name, trials, rng)
         polled = 25.0 if codec.has_stable_flag else 40.0  # Link's default poll rates
         period = 1000 / (STREAM_HZ.get(name, polled))
         if codec.has_stable_flag:
             worst = max(frames) if frames else -1
             ok = "ok" if 0 <= worst <= 1 else "MISSED"
-            fr = f"median {statistics.median(frames):.0f} max {worst}"
+            fr = f"{statistics.median(frames):.0f} / {worst}"
+            base = f"module {statistics.median(module_ms):.0f}"
         else:
             ok = "ok" if max(delays) <= 150 else "MISSED"
             fr = "-"
+            base = f"period {period:.0f}"
         print(
             f"{name:15s} {'yes' if codec.has_stable_flag else 'no':>5s} "
-            f"{statistics.median(delays):10.0f} {max(delays):8.0f} {fr:>20s} {period:10.0f} {ok:>7s}"
+            f"{statistics.median(delays):10.0f} {max(delays):8.0f} {fr:>15s} {base:>14s} {ok:>7s}"
         )
 
 
