@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from server import db, stats
 from server.auth import Credentials, stall_for_token
 from server.deps import AdminDep, BrokerDep, SessionDep, SettingsDep, write_lock
-from server.ingest import ingest_one
+from server.ingest import ingest_batch
 
 router = APIRouter(prefix="/api/v1/sales", tags=["sales"])
 
@@ -42,7 +42,7 @@ def upload_sales(body: SalesBatch, session: SessionDep, cred: Credentials, setti
                  broker: BrokerDep, request: Request) -> BatchResult:
     with write_lock(request):
         stall = stall_for_token(session, cred)
-        results = [ingest_one(session, stall, raw, settings.tz) for raw in body.sales]
+        results = ingest_batch(session, stall, body.sales, settings.tz)
         session.commit()
     accepted = [r for r in results if r.status == "accepted"]
     if accepted:

@@ -153,3 +153,18 @@ def test_generated_admin_token_is_shown_once_and_kept(tmp_path) -> None:  # type
             assert c.post("/api/v1/stalls", json={"stall_id": "S01", "name": "甲"}).status_code == 201
         with srv.client("not-it") as c:
             assert c.post("/api/v1/stalls", json={"stall_id": "S02", "name": "乙"}).status_code == 401
+
+
+def test_same_sale_twice_in_one_batch_counts_once(server: LiveServer) -> None:
+    sim = StallSim("S01")
+    token = _register(server, sim)
+    sale = sim.sale([("1", "香蕉", 1000, 690, "kg")])
+    nxt = sim.sale([("1", "香蕉", 500, 690, "kg")])
+    with server.client(token) as c:
+        body = c.post("/api/v1/sales", json={"sales": [sale, sale, nxt]}).json()
+        today = c.get("/api/v1/stats/today").json()
+    assert [r["status"] for r in body["results"]] == ["accepted", "duplicate", "accepted"]
+    assert [r["flags"] for r in body["results"]] == [[], [], []]
+    assert today["sales"] == 2 and today["total_fen"] == 690 + 345
+    assert today["items"] == [{"plu": "1", "name": "香蕉", "lines": 2, "weight_g": 1500, "quantity": 0,
+                               "amount_fen": 1035}]
