@@ -6,6 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter, HTTPException, Request, status
 from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy.exc import IntegrityError
 
 from server import db, stats
 from server.auth import Credentials, stall_for_token
@@ -42,8 +43,18 @@ def upload_sales(body: SalesBatch, session: SessionDep, cred: Credentials, setti
                  broker: BrokerDep, request: Request) -> BatchResult:
     with write_lock(request):
         stall = stall_for_token(session, cred)
-        results = ingest_batch(session, stall, body.sales, settings.tz)
-        session.commit()
+        for attempt in (1, 2):
+            try:
+                results = ingest_batch(session, stall, body.sales, settings.tz)
+                session.commit()
+                break
+            except IntegrityError:
+                # Another request stored some of these sales between our look-up and our
+                # insert (PostgreSQL, several workers): look again, they are duplicates now.
+                session.rollback()
+                if attempt == 2:
+                    raise HTTPException(status.HTTP_409_CONFLICT,
+                                        "concurrent upload of the same sales; send again") from None
     accepted = [r for r in results if r.status == "accepted"]
     if accepted:
         figures = stats.today(session, settings.tz)

@@ -168,3 +168,23 @@ def test_same_sale_twice_in_one_batch_counts_once(server: LiveServer) -> None:
     assert today["sales"] == 2 and today["total_fen"] == 690 + 345
     assert today["items"] == [{"plu": "1", "name": "香蕉", "lines": 2, "weight_g": 1500, "quantity": 0,
                                "amount_fen": 1035}]
+
+
+def test_concurrent_uploads_of_the_same_sales_store_each_once(server: LiveServer) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    sim = StallSim("S01")
+    token = _register(server, sim)
+    batch = [sim.sale([("1", "香蕉", 100 + i, 690, "kg")]) for i in range(20)]
+
+    def upload(_: int) -> dict:  # type: ignore[type-arg]
+        with server.client(token) as c:
+            r = c.post("/api/v1/sales", json={"sales": batch})
+            assert r.status_code in (200, 409), r.text
+            return r.json() if r.status_code == 200 else {"accepted": 0}
+
+    with ThreadPoolExecutor(6) as pool:
+        bodies = list(pool.map(upload, range(6)))
+    assert sum(b["accepted"] for b in bodies) == 20
+    with server.client() as c:
+        assert c.get("/api/v1/stats/today").json()["sales"] == 20
