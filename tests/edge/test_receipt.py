@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import pathlib
 import sys
+import urllib.parse
 
 import cv2
 import numpy as np
@@ -16,6 +17,7 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from edge import PricingError, ReceiptError, TraceCodeError
+from edge.integrity import public_key_b64, verify_sale
 from edge.legal import LEGAL_FILES, LEGAL_VERSION, legal_checksum, legal_id
 from edge.receipt import COLUMNS, ReceiptMeta, layout_receipt, render_png, render_receipt
 from edge.receipt.ean13 import (
@@ -28,10 +30,11 @@ from edge.receipt.escpos_bytes import native_qr
 from edge.receipt.layout import Qr, qr_version, text_width, wrap
 from edge.receipt.png import ean13_modules
 from edge.sale import Sale
+from edge.tracecode import parse_trace_code
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from escpos_decode import decode  # noqa: E402
-from receipt_samples import EGGS, PORK, make_sale, sale_dict  # noqa: E402
+from receipt_samples import EGGS, KEY, PORK, make_sale, sale_dict  # noqa: E402
 
 META = ReceiptMeta(market_name="平顺菜市场", stall_name="老王蔬菜", vendor="王建国",
                    footer=("市场监管投诉 12315",))
@@ -72,6 +75,7 @@ def test_58mm_chinese_receipt_reads_back_exactly() -> None:
     assert doc.barcodes == [] and doc.cuts == 1 and doc.feeds == 4
     assert doc.events[0] == "init" and doc.events[-1] == "cut"
     assert "￥" in "".join(doc.text) and "¥" not in "".join(doc.text)
+    assert "斤" not in "".join(doc.text) and "两" not in "".join(doc.text)
 
 
 def test_exact_bytes_of_the_start_the_qr_and_the_end() -> None:
@@ -285,6 +289,12 @@ def test_png_preview_qr_and_barcode_decode() -> None:
     # The Aruco-based detector finds a QR among text lines; the classic one often does not.
     data, _, _ = cv2.QRCodeDetectorAruco().detectAndDecode(image)
     assert data == URL
+    # What the trace page gets from a scan proves the receipt: code and signature.
+    parts = urllib.parse.urlsplit(data)
+    code = parts.path.removeprefix("/t/")
+    signature = urllib.parse.parse_qs(parts.query)["s"][0]
+    assert parse_trace_code(code).receipt_no == 42
+    assert verify_sale(make_sale().to_json() | {"signature": signature}, public_key_b64(KEY))
     # The barcode: the rows crossing exactly 30 bars, read back by the GS1 tables.
     rows = [y for y in range(image.shape[0])
             if np.count_nonzero(np.diff((image[y] < 128).astype(np.int8)) == 1) == 30]
