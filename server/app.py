@@ -9,7 +9,9 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 
 from server.auth import admin_token_sha256
@@ -47,6 +49,14 @@ def create_app(settings: Settings) -> FastAPI:
     #: The admin token when this start generated it (the CLI prints it once), else None.
     app.state.generated_admin_token = generated
     app.state.write_lock = threading.Lock() if engine.dialect.name == "sqlite" else None
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        # FastAPI's default echoes the offending input back, which fails on values JSON
+        # cannot carry (a body of `Infinity`) and turns a client's mistake into a 500.
+        detail = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
+                  for e in exc.errors()]
+        return JSONResponse({"detail": detail}, status_code=422)
+
     for module in (stalls, sales, stats, pages):
         app.include_router(module.router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")

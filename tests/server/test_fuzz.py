@@ -1,0 +1,70 @@
+"""Whatever a stall sends, the server answers with a verdict, never a 500."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from server.app import create_app
+from server.settings import Settings
+from tests.conftest import LiveServer
+from tests.server.conftest import ADMIN, StallSim
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=30),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=12), children,
+                                                                       max_size=5),
+    max_leaves=20,
+)
+
+
+@pytest.fixture(scope="module")
+def fuzz_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LiveServer, str, dict]]:  # type: ignore[type-arg]
+    db = tmp_path_factory.mktemp("fuzz") / "m.db"
+    with LiveServer(create_app(Settings(db_url=f"sqlite:///{db}", admin_token=ADMIN))) as srv:
+        sim = StallSim("S01")
+        with srv.client(ADMIN) as c:
+            token = c.post("/api/v1/stalls", json={"stall_id": "S01", "name": "x",
+                                                   "public_key": sim.public_key}).json()["token"]
+        yield srv, token, sim.sale([("1", "香蕉", 1000, 690, "kg")])
+
+
+def _mutations() -> st.SearchStrategy[tuple[str, object]]:
+    keys = st.sampled_from(["sale_id", "stall_id", "receipt_no", "sold_at", "trace_code", "lines",
+                            "total_fen", "prev_hash", "signature", "extra"])
+    return st.tuples(keys, json_values)
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(body=json_values)
+def test_arbitrary_json_bodies(fuzz_server, body) -> None:  # type: ignore[no-untyped-def]
+    srv, token, _ = fuzz_server
+    with srv.client(token) as c:
+        r = c.post("/api/v1/sales", content=json.dumps(body), headers={"Content-Type": "application/json"})
+    assert r.status_code in (200, 422), r.text
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(mutation=_mutations(), line_mutation=_mutations())
+def test_mutated_sales_are_refused_or_stored(fuzz_server, mutation, line_mutation) -> None:  # type: ignore[no-untyped-def]
+    srv, token, good = fuzz_server
+    sale = json.loads(json.dumps(good))
+    key, value = mutation
+    sale[key] = value
+    lkey, lvalue = line_mutation
+    sale_lines = sale.get("lines")
+    if isinstance(sale_lines, list) and sale_lines and isinstance(sale_lines[0], dict):
+        sale_lines[0][lkey] = lvalue
+    with srv.client(token) as c:
+        # json.dumps writes inf as Infinity, which Python's parser on the server accepts.
+        r = c.post("/api/v1/sales", content=json.dumps({"sales": [sale]}),
+                   headers={"Content-Type": "application/json"})
+    assert r.status_code == 200, r.text
+    res = r.json()["results"][0]
+    assert res["status"] in ("accepted", "duplicate", "refused")
+    if res["status"] == "refused":
+        assert res["reason"]
