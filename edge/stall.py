@@ -108,7 +108,7 @@ class StallApp:
         if pc["type"] == "file" and not pc.get("path"):
             pc["path"] = str(cfg.data_dir / "receipts")
         pc["queue"] = str(cfg.data_dir / "reprint.sqlite3")
-        meta = ReceiptMeta(market_name=cfg.market.name, stall_name=f"{cfg.stall_id} {cfg.name}",
+        meta = ReceiptMeta(market_name=cfg.market.name, stall_name=cfg.name,
                            vendor=cfg.vendor or None, rule=cfg.market.rounding,
                            base_url=cfg.server.public_url or cfg.server.url)
         self.printer = make_printer(pc, meta=meta)

@@ -68,8 +68,11 @@ def _validate(stall: db.Stall, raw: Any) -> SaleModel | IngestResult:
     if sale.stall_id != stall.stall_id:
         return IngestResult(str(sale.sale_id), "refused",
                             f"sale belongs to stall {sale.stall_id}, token is stall {stall.stall_id}'s")
+    # A stall on the shopper-friendly rule says so in the sale ("rounding"); both
+    # rules are legal, and an unknown one is refused by check_sale itself.
+    rule = getattr(sale, "rounding", None) or "half-up"
     try:
-        check_sale(sale)
+        check_sale(sale, rule=str(rule))
     except EdgeError as exc:
         return IngestResult(str(sale.sale_id), "refused", str(exc))
     return sale

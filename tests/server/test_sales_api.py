@@ -188,3 +188,23 @@ def test_concurrent_uploads_of_the_same_sales_store_each_once(server: LiveServer
     assert sum(b["accepted"] for b in bodies) == 20
     with server.client() as c:
         assert c.get("/api/v1/stats/today").json()["sales"] == 20
+
+
+def test_sale_on_the_shopper_friendly_rule(server: LiveServer) -> None:
+    from edge.integrity import sign_sale
+
+    sim = StallSim("S01")
+    token = _register(server, sim)
+    sale = sim.sale([("1", "香蕉", 1234, 690, "kg")])   # 8.5146 元: half-up 851, down-jiao 850
+    assert sale["lines"][0]["amount_fen"] == 851
+    sale["lines"][0]["amount_fen"] = sale["total_fen"] = 850
+    unsigned = {**sale, "signature": ""}
+    sale["signature"] = sign_sale(unsigned, sim.key)
+    claimed = {**sale, "rounding": "down-jiao"}
+    claimed["signature"] = sign_sale({**claimed, "signature": ""}, sim.key)
+    bogus = {**claimed, "rounding": "up-yuan"}
+    with server.client(token) as c:
+        res = c.post("/api/v1/sales", json={"sales": [sale, bogus, claimed]}).json()["results"]
+    assert res[0]["status"] == "refused" and "amount" in res[0]["reason"]
+    assert res[1]["status"] == "refused" and "rounding" in res[1]["reason"]
+    assert res[2]["status"] == "accepted"
