@@ -6,6 +6,8 @@ Exception tree::
      +-- FrameError             a frame that does not decode (bad checksum, bad digits)
      +-- LinkError              the port cannot be opened, read or written
      +-- ProtocolUnknownError   a protocol name we do not speak
+     +-- CalibrationError       a calibration missing, unsealed, tampered with or impossible
+     +-- AuditError             the audit trail is broken (edited, truncated) or unwritable
 """
 
 from __future__ import annotations
@@ -25,3 +27,11 @@ class LinkError(BridgeError):
 
 class ProtocolUnknownError(BridgeError):
     """A protocol name that wetmarket does not speak."""
+
+
+class CalibrationError(BridgeError):
+    """A calibration that is missing, unsealed, tampered with or physically impossible."""
+
+
+class AuditError(BridgeError):
+    """The audit trail is broken (edited, truncated) or cannot be written."""

@@ -17,16 +17,13 @@ import time
 from pathlib import Path
 from typing import Literal
 
-from firmware_bridge import BridgeError
+from firmware_bridge import AuditError
 
 logger = logging.getLogger(__name__)
 
 AuditEvent = Literal["zero", "tare", "clear_tare", "calibration", "calibration_mode", "error"]
 GENESIS = "0" * 64
-
-
-class AuditError(BridgeError):
-    """The audit trail is broken (edited, truncated) or cannot be written."""
+__all__ = ["AuditError", "AuditEvent", "AuditLog"]
 
 
 def _entry_hash(entry: dict[str, object]) -> str:

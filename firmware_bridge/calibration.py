@@ -20,17 +20,14 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from firmware_bridge import BridgeError
+from firmware_bridge import CalibrationError
 from firmware_bridge.audit import AuditLog
 
 logger = logging.getLogger(__name__)
 
 # The default key only detects edits; a market provisions a per-scale key.
 DEFAULT_KEY = b"wetmarket-calibration-v1"
-
-
-class CalibrationError(BridgeError):
-    """A calibration that is missing, unsealed, tampered with or physically impossible."""
+__all__ = ["Calibration", "CalibrationError", "CalibrationSession", "CalibrationStore"]
 
 
 @dataclass(frozen=True, slots=True)

@@ -241,3 +241,37 @@ def test_fuzz_only_stable_in_range_weights_after_zero_are_priceable(
             with contextlib.suppress(WeighingError):
                 {"tare": w.tare, "zero": w.zero, "clear": w.clear_tare}[action]()
         assert abs(w.zero_offset_g) <= spec.max_g * 0.04
+
+
+@pytest.mark.parametrize("protocol", ["cas", "xk3190-a9"])
+def test_faults_scenario_never_prices_a_wrong_weight(protocol: str) -> None:
+    """The simulator's scripted faults against the real link and weigher: every weight that
+    was ever priceable is one that was really on the plate (to ±1e)."""
+    from firmware_bridge.link import Link
+    from firmware_bridge.sim import Simulator, parse_script
+
+    script = parse_script(
+        "0.1 place 800; 0.9 garbage; 1.0 corrupt 4; 1.3 truncate 2; 1.5 wrong-line 0.4;"
+        " 2.2 overload; 2.7 remove; 3.2 unplug; 3.5 replug; 3.6 place 300; 4.6 end"
+    )
+    w = Weigher(SPEC)
+    priced: set[int] = set()
+    states: set[WeighState] = set()
+
+    def on_reading(r: Reading) -> None:
+        states.add(w.update(r))
+        if w.priceable_net_g is not None:
+            priced.add(w.priceable_net_g)
+
+    with (
+        Simulator(protocol, seed=8) as sim,
+        Link(sim.port, protocol, on_reading=on_reading, max_g=15000, reconnect_s=0.1) as link,
+    ):
+        sim.run_script(script)
+        deadline = time.monotonic() + 8
+        while not sim.script_done and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert link.wait_for(lambda r: r.stable and r.gross_g == 300, 3) is not None
+        time.sleep(0.1)
+    assert priced and priced <= {795, 800, 805, 295, 300, 305}, priced
+    assert {WeighState.OVER_CAPACITY, WeighState.STABLE_NET, WeighState.MOTION} <= states
