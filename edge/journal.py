@@ -13,11 +13,12 @@ import json
 import logging
 import sqlite3
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, Literal
 
 from edge import JournalError
+from edge.basket import AuditEvent, Refund
 from edge.integrity import GENESIS_HASH, sale_digest
 from edge.sale import Sale
 
@@ -37,6 +38,27 @@ CREATE TABLE IF NOT EXISTS sales (
     uploaded_at  TEXT
 );
 CREATE INDEX IF NOT EXISTS sales_pending ON sales(upload_state, receipt_no);
+-- The basket's trail (add, void, checkout, discard, refund): the market's anti-cheat
+-- record of what happened at the scale, including what never became a sale.
+CREATE TABLE IF NOT EXISTS audit (
+    id        INTEGER PRIMARY KEY,
+    at        TEXT NOT NULL,
+    operator  TEXT NOT NULL,
+    action    TEXT NOT NULL,
+    sale_id   TEXT,
+    line_no   INTEGER,
+    detail    TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS refunds (
+    id           INTEGER PRIMARY KEY,
+    sale_id      TEXT NOT NULL REFERENCES sales(sale_id),
+    line_no      INTEGER NOT NULL,
+    amount_fen   INTEGER NOT NULL,
+    reason       TEXT NOT NULL,
+    operator     TEXT NOT NULL,
+    at           TEXT NOT NULL,
+    UNIQUE (sale_id, line_no)
+);
 """
 
 
@@ -58,11 +80,13 @@ class Journal:
         with self._lock:
             self._db.close()
 
-    def append(self, build: Callable[[int, str], Sale]) -> Sale:
+    def append(self, build: Callable[[int, str], Sale],
+               audit: Iterable[AuditEvent] = ()) -> Sale:
         """Allocate the next receipt number and chain hash, build the sale, commit it.
 
-        ``build(receipt_no, prev_hash)`` returns the signed sale.  Nothing is
-        written if it raises.
+        ``build(receipt_no, prev_hash)`` returns the signed sale.  The basket's
+        ``audit`` events are committed in the same transaction.  Nothing is
+        written if anything raises.
         """
         with self._lock:
             try:
@@ -87,6 +111,7 @@ class Journal:
                     (receipt_no, str(sale.sale_id), json.dumps(doc, ensure_ascii=False),
                      sale_digest(doc), dt.datetime.now(dt.UTC).isoformat()),
                 )
+                self._insert_audit(audit, str(sale.sale_id))
                 self._db.execute("COMMIT")
             except sqlite3.Error as exc:
                 if self._db.in_transaction:
@@ -94,6 +119,65 @@ class Journal:
                 raise JournalError(f"cannot write sale journal {self.path}: {exc}") from exc
         logger.info("journaled receipt %d (%s)", receipt_no, sale.sale_id)
         return sale
+
+    def _insert_audit(self, events: Iterable[AuditEvent], sale_id: str | None) -> None:
+        self._db.executemany(
+            "INSERT INTO audit (at, operator, action, sale_id, line_no, detail) VALUES (?, ?, ?, ?, ?, ?)",
+            [(e.at.isoformat(), e.operator, e.action, sale_id, e.line_no, e.detail) for e in events],
+        )
+
+    def record_audit(self, events: Iterable[AuditEvent], sale_id: str | None = None) -> None:
+        """Keep events that belong to no new sale (a discarded basket's lines)."""
+        with self._lock:
+            try:
+                with self._db:
+                    self._db.execute("BEGIN IMMEDIATE")
+                    self._insert_audit(events, sale_id)
+            except sqlite3.Error as exc:
+                raise JournalError(f"cannot write audit trail to {self.path}: {exc}") from exc
+
+    def audit_trail(self, sale_id: str | None = None) -> list[dict[str, Any]]:
+        query = "SELECT at, operator, action, sale_id, line_no, detail FROM audit"
+        args: tuple[str, ...] = ()
+        if sale_id is not None:
+            query, args = query + " WHERE sale_id = ?", (sale_id,)
+        with self._lock:
+            rows = self._db.execute(query + " ORDER BY id", args).fetchall()
+        keys = ("at", "operator", "action", "sale_id", "line_no", "detail")
+        return [dict(zip(keys, r, strict=True)) for r in rows]
+
+    def refunded_lines(self, sale_id: str) -> set[int]:
+        with self._lock:
+            rows = self._db.execute("SELECT line_no FROM refunds WHERE sale_id = ?", (sale_id,)).fetchall()
+        return {r[0] for r in rows}
+
+    def record_refund(self, refund: Refund) -> None:
+        """Store a refund and its audit event together; a line is refunded at most once."""
+        with self._lock:
+            try:
+                with self._db:
+                    self._db.execute("BEGIN IMMEDIATE")
+                    for n in refund.line_numbers:
+                        self._db.execute(
+                            "INSERT INTO refunds (sale_id, line_no, amount_fen, reason, operator, at) "
+                            "SELECT ?, ?, json_extract(doc, '$.lines[' || ? || '].amount_fen'), ?, ?, ? "
+                            "FROM sales WHERE sale_id = ?",
+                            (refund.sale_id, n, n - 1, refund.reason, refund.operator,
+                             refund.at.isoformat(), refund.sale_id))
+                    self._insert_audit([refund.audit], refund.sale_id)
+            except sqlite3.IntegrityError as exc:
+                raise JournalError(f"receipt {refund.trace_code}: a line is already refunded") from exc
+            except sqlite3.Error as exc:
+                raise JournalError(f"cannot write refund to {self.path}: {exc}") from exc
+
+    def find(self, *, receipt_no: int | None = None, trace_code: str | None = None) -> Sale | None:
+        with self._lock:
+            if receipt_no is not None:
+                row = self._db.execute("SELECT doc FROM sales WHERE receipt_no = ?", (receipt_no,)).fetchone()
+            else:
+                row = self._db.execute("SELECT doc FROM sales WHERE json_extract(doc, '$.trace_code') = ?",
+                                       (trace_code,)).fetchone()
+        return Sale.model_validate_json(row[0]) if row else None
 
     def pending(self, limit: int = 50) -> list[dict[str, Any]]:
         with self._lock:
@@ -110,13 +194,6 @@ class Journal:
                 "WHERE sale_id = ?",
                 (state, note, dt.datetime.now(dt.UTC).isoformat(), sale_id),
             )
-
-    def get(self, receipt_no: int) -> dict[str, Any] | None:
-        with self._lock:
-            row = self._db.execute(
-                "SELECT doc FROM sales WHERE receipt_no = ?", (receipt_no,)
-            ).fetchone()
-        return json.loads(row[0]) if row else None
 
     def counts(self) -> dict[str, int]:
         with self._lock:

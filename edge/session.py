@@ -20,8 +20,8 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from edge import EdgeError, PricingError
-from edge.basket import Basket, BasketLine
+from edge import BasketError, EdgeError, PricingError
+from edge.basket import Basket, BasketLine, Refund, refund
 from edge.catalogue import Catalogue, Plu
 from edge.integrity import sign_sale
 from edge.journal import Journal
@@ -137,6 +137,28 @@ class Session:
         self._on_change("basket")
         return line
 
+    def discard(self, reason: str) -> None:
+        """The shopper walks away: void every line, and keep the trail of what was weighed."""
+        with self._lock:
+            basket, self._basket = self._basket, self._new_basket()
+        for line in basket.lines:
+            basket.void(line.line_no, reason)
+        if basket.audit:
+            self.journal.record_audit(basket.audit)
+        self._on_change("basket")
+
+    def refund(self, trace_code: str, line_numbers: list[int], *, reason: str,
+               operator: str = "vendor") -> Refund:
+        """Refund lines of a journaled sale, once each, durably with its audit event."""
+        sale = self.journal.find(trace_code=trace_code)
+        if sale is None:
+            raise BasketError(f"no receipt {trace_code} in this stall's journal")
+        done = self.journal.refunded_lines(str(sale.sale_id))
+        ref = refund(sale, line_numbers, reason=reason, operator=operator,
+                     at=dt.datetime.now(self.info.tz), already=done)
+        self.journal.record_refund(ref)
+        return ref
+
     def checkout(self) -> Sale:
         """Journal the basket as one signed, chained sale (durable before anything else)."""
         info = self.info
@@ -165,7 +187,7 @@ class Session:
             return Sale.model_validate(doc)
 
         try:
-            sale = self.journal.append(build)
+            sale = self.journal.append(build, audit=basket.audit)
         except BaseException:
             basket.closed = False  # nothing was journaled: the shopper's lines stay
             raise

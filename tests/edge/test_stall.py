@@ -101,3 +101,48 @@ def test_moving_load_is_never_priced(stall: StallApp) -> None:
     assert session.current_line() is None
     assert wait_for(lambda: session.current_line() is not None)
     assert session.current_line().weight_g == 800  # type: ignore[union-attr]
+
+
+def test_audit_trail_and_refunds_are_durable(stall: StallApp) -> None:
+    from edge import BasketError
+    from edge.journal import Journal
+
+    session, sim, journal = stall.session, stall.sim, stall.journal
+    assert session is not None and sim is not None and journal is not None
+    assert wait_for(lambda: session.weigh_state.name == "STABLE_ZERO")
+    session.select("2001")
+    sim.place(1000)
+    assert wait_for(lambda: session.current_line() is not None)
+    session.add_weighed()
+    sim.remove()
+    assert wait_for(lambda: session.weigh_state.name == "STABLE_ZERO")
+    session.select("2003")
+    sim.place(500)
+    assert wait_for(lambda: session.current_line() is not None)
+    session.add_weighed()
+    session.void(2, "顾客不要了")
+    sale = stall.checkout()
+    assert [ln.plu for ln in sale.lines] == ["2001"]
+    trail = journal.audit_trail(str(sale.sale_id))
+    assert [e["action"] for e in trail] == ["add", "add", "void", "checkout"]
+    assert "顾客不要了" in trail[2]["detail"]
+
+    ref = session.refund(sale.trace_code, [1], reason="坏果", operator="李阿姨")
+    assert ref.amount_fen == 600
+    with pytest.raises(BasketError, match="already refunded"):
+        session.refund(sale.trace_code, [1], reason="again")
+    with pytest.raises(BasketError, match="no receipt"):
+        session.refund("31010600100200099990", [1], reason="x")
+    # A weighed line that never became a sale is still on record.
+    sim.remove()
+    assert wait_for(lambda: session.weigh_state.name == "STABLE_ZERO")
+    session.select("2001")
+    sim.place(700)
+    assert wait_for(lambda: session.current_line() is not None)
+    session.add_weighed()
+    session.discard("顾客走了")
+    # Survives a restart of the stall process.
+    again = Journal(journal.path)
+    actions = [e["action"] for e in again.audit_trail()]
+    assert actions[-3:] == ["refund", "add", "void"]
+    assert again.refunded_lines(str(sale.sale_id)) == {1}
