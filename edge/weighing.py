@@ -126,25 +126,30 @@ class Weigher:
 
     # ---- what the scale shows --------------------------------------------------------
     @property
+    def shown(self) -> Weighed:
+        """State and weights of the last update, as one consistent value; NOT_READY once its
+        reading is older than ``freshness_s``, even if no update came since (link gone)."""
+        now = self._now
+        r = now.reading
+        if r is not None and time.time() - r.t > self.spec.freshness_s:
+            return Weighed(WeighState.NOT_READY, None, now.tare_g, None, r)
+        return now
+
+    @property
     def state(self) -> WeighState:
-        return self._now.state
+        return self.shown.state
 
     @property
     def gross_g(self) -> int | None:
-        return self._now.gross_g
+        return self.shown.gross_g
 
     @property
     def tare_g(self) -> int:
-        return self._now.tare_g
+        return self.shown.tare_g
 
     @property
     def net_g(self) -> int | None:
-        return self._now.net_g
-
-    @property
-    def shown(self) -> Weighed:
-        """State and weights of the last update, as one consistent value."""
-        return self._now
+        return self.shown.net_g
 
     # ---- the state machine ---------------------------------------------------------
     def e_now(self) -> int:
@@ -229,11 +234,8 @@ class Weigher:
     def priceable_net_g(self) -> int | None:
         """A stable, fresh, in-range net weight >= Min, if the scale returned to zero since the
         last sale; else ``None``."""
-        now, spec = self._now, self.spec
-        r = now.reading
-        if now.state is not WeighState.STABLE_NET or self._need_zero or r is None:
-            return None
-        if time.time() - r.t > spec.freshness_s:
+        now, spec = self.shown, self.spec
+        if now.state is not WeighState.STABLE_NET or self._need_zero:
             return None
         net = now.net_g
         if net is None or net < spec.min_g or net > spec.max_g:
@@ -250,7 +252,7 @@ class Weigher:
 
     def zero(self) -> None:
         """Zero setting: only when stable, without tare, within the zero range."""
-        spec, r = self.spec, self._now.reading
+        spec, r = self.spec, self.shown.reading
         if self.state not in (WeighState.STABLE_ZERO, WeighState.STABLE_NET, WeighState.UNDER_ZERO):
             raise WeighingError(f"zero refused: scale is {self.state.value}")
         if r is None or r.gross_g is None or not r.stable:
@@ -267,7 +269,7 @@ class Weigher:
 
     def tare(self) -> int:
         """Tare the current stable gross weight; returns the tare in grams."""
-        now = self._now
+        now = self.shown
         if now.state is not WeighState.STABLE_NET or now.gross_g is None:
             raise WeighingError(f"tare refused: scale is {now.state.value}, not stable with a load")
         if now.gross_g <= 0 or now.gross_g > self.spec.max_g:

@@ -57,11 +57,13 @@ class Link:
         average_n: int = 3,
         calibration: Calibration | None = None,
         audit: AuditLog | None = None,
+        on_state: Callable[[LinkState, str], None] | None = None,
     ) -> None:
         self.url = url
         self.codec: Codec = get_protocol(protocol)
         self.protocol = protocol
         self.on_reading = on_reading
+        self.on_state = on_state  # called on the link's thread at each state change
         self.freshness_s = freshness_s
         if poll_hz is None:
             # Flagless modules are polled faster: our own filter needs samples to decide.
@@ -373,6 +375,11 @@ class Link:
             self.audit.record("error", f"link {state}: {reason}")
         with self._changed:
             self._changed.notify_all()
+        if self.on_state is not None:
+            try:
+                self.on_state(state, reason)
+            except Exception:  # a broken consumer must not kill the scale link
+                logger.exception("%s: on_state callback failed", self.url)
 
     def _log_drops(self) -> None:
         stats, last = self.codec.stats, self._logged_stats

@@ -47,6 +47,7 @@ def test_stale_reading_is_not_ready_and_not_priceable() -> None:
     assert w.priceable_net_g == 510
     time.sleep(0.1)
     assert w.priceable_net_g is None  # went stale since the last update
+    assert (w.state, w.net_g) == (WeighState.NOT_READY, None)  # and the screen says so
 
 
 def test_min_is_20e_and_return_to_zero_between_sales() -> None:

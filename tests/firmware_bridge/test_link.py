@@ -50,7 +50,9 @@ def test_overload_gives_status_and_no_weight(sim: Simulator, link: Link) -> None
 
 
 def test_unplug_goes_offline_and_replug_reconnects(sim: Simulator, link: Link) -> None:
+    changes: list[str] = []
     assert link.wait_for(_stable_near(0), 3)
+    link.on_state = lambda state, reason: changes.append(state)
     sim.unplug()
     deadline = time.monotonic() + 2
     while link.state != "offline" and time.monotonic() < deadline:
@@ -63,6 +65,7 @@ def test_unplug_goes_offline_and_replug_reconnects(sim: Simulator, link: Link) -
     sim.replug()
     assert link.wait_for(_stable_near(700), 4) is not None
     assert link.state == "online"
+    assert changes == ["offline", "online"]
 
 
 def test_silent_module_is_not_current_after_freshness(sim: Simulator, link: Link) -> None:
@@ -121,11 +124,30 @@ def test_tare_and_clear_tare_through_the_module(sim: Simulator) -> None:
     assert [e["event"] for e in audit.entries][:2] == ["tare", "clear_tare"]
 
 
-def test_tare_refused_while_moving_and_unsupported_commands(sim: Simulator, link: Link) -> None:
+def test_module_zero_and_unsupported_commands(sim: Simulator, link: Link) -> None:
     with pytest.raises(BridgeError, match="no 'tare' command"):
-        link.tare()
-    assert link.wait_for(_stable_near(0), 3)
-    link.zero()  # cas has zero
+        link.tare()  # cas has no tare command: the weigher tares on the host
+    sim.place(40)  # a leaf left on the plate: within the 4 % zero range
+    assert link.wait_for(_stable_near(40), 4)
+    link.zero()
+    assert link.wait_for(_stable_near(0, tol=0), 3) is not None
+    assert [c for _, c in sim.commands] == ["zero"]
+
+
+@pytest.mark.parametrize("sim", ["mt-sics"], indirect=True)
+def test_module_refusing_zero_is_audited(sim: Simulator) -> None:
+    audit = AuditLog()
+    with Link(sim.port, protocol="mt-sics", audit=audit) as link:
+        sim.place(2000)  # 13 % of Max: outside the zero range, the module says "Z I"
+        assert link.wait_for(_stable_near(2000), 4)
+        link.zero()
+        deadline = time.monotonic() + 2
+        while len(audit.entries) < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+    assert [(e["event"], e["detail"]) for e in audit.entries][:2] == [
+        ("zero", "mt-sics module command sent"),
+        ("error", "module reply Z I"),
+    ]
 
 
 def test_any_pyserial_url_opens(tmp_path) -> None:
