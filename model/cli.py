@@ -1,9 +1,226 @@
-"""Subcommands of this package (see edge.cli)."""
+"""Subcommands of this package (see edge.cli): recognize, enroll, model train|evaluate|export|gallery.
+
+Registration is argparse only; the command functions import numpy, OpenCV,
+onnxruntime (and torch for training) when they run.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+
+def _roi(text: str) -> tuple[float, float, float, float]:
+    try:
+        x, y, w, h = (float(v) for v in text.split(","))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected x,y,w,h fractions, got {text!r}") from exc
+    return (x, y, w, h)
+
+
+def _expand(items: list[str]) -> list[Path]:
+    out: list[Path] = []
+    for item in items:
+        p = Path(item)
+        if p.is_dir():
+            out += sorted(q for q in p.rglob("*") if q.is_file() and q.suffix.lower() in IMAGE_SUFFIXES)
+        else:
+            out.append(p)
+    return out
+
+
+def _load(args: argparse.Namespace, gallery: str | None, top: int = 5):  # type: ignore[no-untyped-def]
+    from model.recognizer import Recognizer
+
+    rec = Recognizer.load(args.model, gallery_dir=gallery, top_k=top)
+    if getattr(args, "roi", None) is not None:
+        try:
+            rec.set_roi(args.roi)
+        except ValueError as exc:
+            from model import ModelError
+
+            raise ModelError(str(exc)) from exc
+    return rec
+
+
+def cmd_recognize(args: argparse.Namespace) -> int:
+    from model import ImageError
+
+    rec = _load(args, args.gallery, args.top)
+    rc = 0
+    paths = _expand(args.images)
+    if not paths:
+        print("wetmarket recognize: error: no images found", file=sys.stderr)
+        return 1
+    for p in paths:
+        try:
+            r = rec.recognize(p)
+        except ImageError as exc:
+            # One bad photo must not stop the others: say so on one line, go on.
+            print(f"wetmarket recognize: error: {exc}", file=sys.stderr)
+            rc = 1
+            continue
+        try:
+            print(json.dumps(r.to_json(str(p)), ensure_ascii=False), flush=True)
+        except BrokenPipeError:
+            # `wetmarket recognize DIR | head`: the reader has gone, stop quietly.
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - Python flushes stdout at exit
+            return rc
+    return rc
+
+
+def cmd_enroll(args: argparse.Namespace) -> int:
+    from model import ImageError
+
+    rec = _load(args, args.gallery)
+    added, rc = 0, 0
+    for p in _expand(args.images):
+        try:
+            rec.teach(args.label, p, save=False)
+            added += 1
+        except ImageError as exc:
+            print(f"wetmarket enroll: error: {exc}", file=sys.stderr)
+            rc = 1
+    if added:
+        rec.gallery.save()
+    print(json.dumps({"label": args.label, "added": added, "gallery": args.gallery,
+                      "labels": rec.gallery.counts()}, ensure_ascii=False))
+    return rc if added else 1
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    import logging
+
+    from model.head import HeadConfig
+    from model.train import TrainConfig, run
+
+    logging.getLogger("model").setLevel(logging.INFO)
+    cfg = TrainConfig(
+        data=Path(args.data), out=Path(args.out), run_dir=Path(args.run_dir),
+        backbone=args.backbone, size=args.size, mode=args.mode, aug_views=args.aug_views,
+        seed=args.seed, folds=args.folds, head=HeadConfig(epochs=args.head_epochs, seed=args.seed),
+        epochs=args.epochs, batch=args.batch, lr=args.lr, freeze_blocks=args.freeze_blocks,
+        int8=args.int8 or args.int8_out is not None,
+        int8_out=Path(args.int8_out) if args.int8_out else None,
+        threads=args.threads, max_images=args.max_images,
+    )
+    report = run(cfg)
+    print(json.dumps({"out": str(cfg.out), "val_top1": report["val"][1],
+                      "val_top5": report["val"][5], "report": str(cfg.run_dir / "report.md")}))
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from model.evaluate import evaluate
+
+    res = evaluate(args.model and Path(args.model), Path(args.data), args.split,
+                   Path(args.out) if args.out else None, Path(args.ood) if args.ood else None,
+                   args.max_images)
+    print(json.dumps(res.report, indent=2, ensure_ascii=False))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from model.train import export_checkpoint
+
+    written = export_checkpoint(Path(args.checkpoint), Path(args.out),
+                                args.int8 or args.int8_out is not None,
+                                Path(args.data) if args.data else None,
+                                Path(args.int8_out) if args.int8_out else None)
+    print(json.dumps({"written": [str(p) for p in written]}))
+    return 0
+
+
+def cmd_gallery(args: argparse.Namespace) -> int:
+    rec = _load(args, args.gallery)
+    if args.import_file:
+        n = rec.gallery.import_from(args.import_file)
+        rec.gallery.save()
+        print(json.dumps({"imported": n, "labels": rec.gallery.counts()}, ensure_ascii=False))
+    elif args.export_file:
+        rec.gallery.export_to(args.export_file)
+        print(json.dumps({"exported": len(rec.gallery), "file": args.export_file}))
+    elif args.remove:
+        n = rec.gallery.remove(args.remove)
+        rec.gallery.save()
+        print(json.dumps({"removed": n, "labels": rec.gallery.counts()}, ensure_ascii=False))
+    else:
+        print(json.dumps({"labels": rec.gallery.counts()}, ensure_ascii=False))
+    return 0
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    """Add this package's subcommands; none are built yet."""
+    """Add ``recognize``, ``enroll`` and ``model`` (train, evaluate, export, gallery)."""
+    model_help = "ONNX model (default: the shipped model/weights/recognizer.onnx)"
+
+    p = sub.add_parser("recognize", help="recognise produce in photos, one JSON object per image")
+    p.add_argument("images", nargs="+", metavar="IMAGE_OR_DIR")
+    p.add_argument("--top", type=int, default=5, help="how many guesses (default 5)")
+    p.add_argument("--gallery", help="the stall's gallery folder of taught items")
+    p.add_argument("--model", help=model_help)
+    p.add_argument("--roi", type=_roi, help="plate region x,y,w,h as fractions of the image")
+    p.set_defaults(run=cmd_recognize)
+
+    p = sub.add_parser("enroll", help="teach an item from a few photos (no retraining)")
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("--gallery", required=True, help="the stall's gallery folder")
+    p.add_argument("--label", required=True, help="the item's name")
+    p.add_argument("--model", help=model_help)
+    p.add_argument("--roi", type=_roi, help="plate region x,y,w,h as fractions of the image")
+    p.set_defaults(run=cmd_enroll)
+
+    m = sub.add_parser("model", help="train, evaluate and export the recognizer")
+    msub = m.add_subparsers(dest="model_command", metavar="ACTION", required=True)
+
+    t = msub.add_parser("train", help="train on photos and export ONNX + metadata + report")
+    t.add_argument("--data", default=str(Path("..") / "shared" / "data" / "grocery-store"),
+                   help="Grocery Store layout or label/*.jpg tree")
+    t.add_argument("--out", default="runs/recognizer.onnx", help="ONNX file to write")
+    t.add_argument("--run-dir", default="runs/train", help="report, checkpoints, caches")
+    t.add_argument("--backbone", default="efficientnet-lite0",
+                   choices=["efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2"])
+    t.add_argument("--size", type=int, default=224, help="input size in pixels (multiple of 32)")
+    t.add_argument("--mode", choices=["linear", "finetune"], default="linear")
+    t.add_argument("--aug-views", type=int, default=4, help="augmented views per photo (linear)")
+    t.add_argument("--head-epochs", type=int, default=30)
+    t.add_argument("--epochs", type=int, default=12, help="fine-tuning epochs")
+    t.add_argument("--batch", type=int, default=32)
+    t.add_argument("--lr", type=float, default=0.01)
+    t.add_argument("--freeze-blocks", type=int, default=3)
+    t.add_argument("--folds", type=int, default=5, help="cross-validation folds (0: none)")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--threads", type=int, default=2)
+    t.add_argument("--int8", action="store_true", help="also write OUT.int8.onnx")
+    t.add_argument("--int8-out", help="where to write the int8 model (implies --int8)")
+    t.add_argument("--max-images", type=int, help="train on a small slice (tests)")
+    t.set_defaults(run=cmd_train)
+
+    e = msub.add_parser("evaluate", help="accuracy, unknown rate and latency of an ONNX model")
+    e.add_argument("--model", help=model_help)
+    e.add_argument("--data", default=str(Path("..") / "shared" / "data" / "grocery-store"))
+    e.add_argument("--split", choices=["val", "train"], default="val")
+    e.add_argument("--out", help="folder for evaluation.json and confusion.png")
+    e.add_argument("--ood", help="folder of photos outside the catalogue")
+    e.add_argument("--max-images", type=int)
+    e.set_defaults(run=cmd_evaluate)
+
+    x = msub.add_parser("export", help="export a training checkpoint (model.pt) to ONNX")
+    x.add_argument("checkpoint", help="model.pt of a training run")
+    x.add_argument("--out", required=True, help="ONNX file to write")
+    x.add_argument("--int8", action="store_true", help="also write OUT.int8.onnx")
+    x.add_argument("--int8-out", help="where to write the int8 model (implies --int8)")
+    x.add_argument("--data", help="photos to calibrate int8 on (default: the training folder)")
+    x.set_defaults(run=cmd_export)
+
+    g = msub.add_parser("gallery", help="list, export, import or prune a stall's gallery")
+    g.add_argument("--gallery", required=True)
+    g.add_argument("--model", help=model_help)
+    g.add_argument("--export", dest="export_file", help="write the gallery to one file")
+    g.add_argument("--import", dest="import_file", help="merge a gallery file from another stall")
+    g.add_argument("--remove", help="forget a label")
+    g.set_defaults(run=cmd_gallery)

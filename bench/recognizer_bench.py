@@ -1,0 +1,112 @@
+"""Recognizer benchmark: accuracy, unknown detection, latency and memory, fp32 and int8.
+
+Run on one core as the issue asks::
+
+    taskset -c 0 .venv/bin/python bench/recognizer_bench.py
+
+Each model is measured in its own process so that its RSS is its own.  Latency
+is per image from the JPEG file to the result (decoding, preprocessing and the
+gallery lookup included), single-threaded onnxruntime.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+WEIGHTS = REPO / "model" / "weights"
+DATA = REPO.parent / "shared" / "data" / "grocery-store"
+
+
+def worker(model: Path, data: Path, ood_dir: Path, repeats: int) -> dict[str, object]:
+    import numpy as np
+
+    from model.data import load_dataset
+    from model.evaluate import _auroc
+    from model.recognizer import Recognizer
+
+    t0 = time.perf_counter()
+    rec = Recognizer.load(model)
+    load_ms = (time.perf_counter() - t0) * 1000
+    ds = load_dataset(data)
+    hit1, hit5, unk, known_p, ms = [], [], [], [], []
+    for s in ds.val:
+        r = rec.recognize(s.path)
+        labels = [lab for lab, _ in r.top]
+        truth = ds.classes[s.label]
+        hit1.append(labels[0] == truth)
+        hit5.append(truth in labels)
+        unk.append(r.unknown)
+        known_p.append(r.top[0][1])
+    for _ in range(repeats):
+        for s in ds.val:
+            t = time.perf_counter()
+            rec.recognize(s.path)
+            ms.append((time.perf_counter() - t) * 1000)
+    ood = sorted(ood_dir.glob("*.jpg"))
+    ood_res = [rec.recognize(p) for p in ood]
+    ood_p = np.array([r.top[0][1] for r in ood_res])
+    return {
+        "model": model.name,
+        "size_mb": round(model.stat().st_size / 1e6, 2),
+        "load_ms": round(load_ms, 1),
+        "val_n": len(ds.val),
+        "top1": round(float(np.mean(hit1)), 4),
+        "top5": round(float(np.mean(hit5)), 4),
+        "val_flagged_unknown": round(float(np.mean(unk)), 4),
+        "ood_n": len(ood),
+        "ood_flagged_unknown": round(float(np.mean([r.unknown for r in ood_res])), 4),
+        "ood_auroc": round(_auroc(-ood_p, -np.array(known_p)), 4),
+        "latency_ms_p50": round(float(np.median(ms)), 2),
+        "latency_ms_p90": round(float(np.quantile(ms, 0.9)), 2),
+        "latency_n": len(ms),
+        "rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+    }
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", nargs="*", type=Path,
+                    default=[WEIGHTS / "recognizer.onnx", WEIGHTS / "recognizer.fp32.onnx"])
+    ap.add_argument("--data", type=Path, default=DATA)
+    ap.add_argument("--repeats", type=int, default=2, help="latency passes over val")
+    ap.add_argument("--ood", type=int, default=200, help="synthetic packaged-goods photos")
+    ap.add_argument("--json", type=Path, help="also write the results here")
+    ap.add_argument("--worker", type=Path, help=argparse.SUPPRESS)
+    ap.add_argument("--ood-dir", type=Path, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.worker:
+        print(json.dumps(worker(args.worker, args.data, args.ood_dir, args.repeats)))
+        return 0
+    from model.ood import write_packaged_goods
+
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        write_packaged_goods(Path(tmp), args.ood)
+        for m in args.models:
+            if not m.exists():
+                print(f"skipping {m}: not found", file=sys.stderr)
+                continue
+            out = subprocess.run(
+                [sys.executable, __file__, "--worker", str(m), "--data", str(args.data),
+                 "--ood-dir", tmp, "--repeats", str(args.repeats)],
+                check=True, capture_output=True, text=True,
+            )
+            res = json.loads(out.stdout.strip().splitlines()[-1])
+            results.append(res)
+            print(json.dumps(res))
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,188 @@
+"""A stall's gallery of taught items: embeddings per label, on disk, shareable.
+
+Layout of a gallery folder::
+
+    DIR/gallery.npz     embeddings (N, D) float32, labels (N,), added (N,) unix time
+    DIR/gallery.json    {"format_version", "embedding_space", "dim", "labels": {label: count}}
+
+The ``embedding_space`` names the trunk that produced the embeddings (from the
+model's metadata): a gallery taught with one model is meaningless for another,
+so loading or importing one from a different space is refused.
+
+``export_to(file)`` writes one ``.npz`` the market server can pass to other
+stalls; ``import_from(file)`` merges such a file into this gallery.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from model import GalleryError
+
+logger = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+# Newest exemplars kept per label: bounds memory and lookup time at a stall, and
+# lets old lighting conditions age out.
+MAX_PER_LABEL = 64
+
+
+class Gallery:
+    """Embeddings per label, optionally persisted in a folder."""
+
+    def __init__(self, embedding_space: str, dim: int, folder: str | Path | None = None) -> None:
+        self.embedding_space = embedding_space
+        self.dim = dim
+        self.folder = Path(folder) if folder is not None else None
+        self._emb = np.zeros((0, dim), np.float32)
+        self._labels: list[str] = []
+        self._added = np.zeros((0,), np.float64)
+        if self.folder is not None and (self.folder / "gallery.npz").exists():
+            self._load_file(self.folder / "gallery.npz", merge=False)
+
+    # -- queries ---------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self._labels)
+
+    @property
+    def labels(self) -> list[str]:
+        """Distinct labels in first-taught order."""
+        return list(dict.fromkeys(self._labels))
+
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for lab in self._labels:
+            out[lab] = out.get(lab, 0) + 1
+        return out
+
+    def similarities(self, emb: np.ndarray, k: int = 3) -> dict[str, float]:
+        """Per label, the mean cosine of ``emb`` to its ``k`` nearest exemplars."""
+        if not self._labels:
+            return {}
+        sims = self._emb @ emb.astype(np.float32)
+        out: dict[str, float] = {}
+        labels = np.asarray(self._labels)
+        for lab in self.labels:
+            s = np.sort(sims[labels == lab])[::-1][:k]
+            out[lab] = float(s.mean())
+        return out
+
+    # -- changes ---------------------------------------------------------------
+    def add(self, label: str, emb: np.ndarray) -> None:
+        label = label.strip()
+        if not label:
+            raise GalleryError("a taught item needs a non-empty label")
+        emb = np.asarray(emb, np.float32).reshape(-1)
+        if emb.shape[0] != self.dim:
+            raise GalleryError(f"embedding of size {emb.shape[0]} does not fit gallery of size {self.dim}")
+        n = float(np.linalg.norm(emb))
+        if not np.isfinite(n) or n == 0:
+            raise GalleryError("embedding is zero or not finite")
+        self._emb = np.vstack([self._emb, emb[None] / n])
+        self._labels.append(label)
+        self._added = np.append(self._added, time.time())
+        self._trim(label)
+
+    def remove(self, label: str) -> int:
+        keep = [i for i, lab in enumerate(self._labels) if lab != label]
+        removed = len(self._labels) - len(keep)
+        self._emb = self._emb[keep]
+        self._labels = [self._labels[i] for i in keep]
+        self._added = self._added[keep]
+        return removed
+
+    def _trim(self, label: str) -> None:
+        idx = [i for i, lab in enumerate(self._labels) if lab == label]
+        if len(idx) <= MAX_PER_LABEL:
+            return
+        drop = set(idx[: len(idx) - MAX_PER_LABEL])
+        keep = [i for i in range(len(self._labels)) if i not in drop]
+        self._emb = self._emb[keep]
+        self._labels = [self._labels[i] for i in keep]
+        self._added = self._added[keep]
+
+    # -- files -----------------------------------------------------------------
+    def save(self) -> None:
+        """Write the gallery to its folder atomically (a power cut keeps the old one)."""
+        if self.folder is None:
+            return
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            self._write_npz(self.folder / "gallery.npz")
+            meta = {
+                "format_version": FORMAT_VERSION,
+                "embedding_space": self.embedding_space,
+                "dim": self.dim,
+                "labels": self.counts(),
+            }
+            tmp = self.folder / "gallery.json.tmp"
+            tmp.write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+            os.replace(tmp, self.folder / "gallery.json")
+        except OSError as exc:
+            raise GalleryError(f"{self.folder}: cannot write gallery ({exc.strerror or exc})") from exc
+
+    def export_to(self, path: str | Path) -> None:
+        """One file with everything another stall needs to import this gallery."""
+        path = Path(path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._write_npz(path)
+        except OSError as exc:
+            raise GalleryError(f"{path}: cannot write gallery ({exc.strerror or exc})") from exc
+
+    def import_from(self, path: str | Path) -> int:
+        """Merge an exported gallery; returns how many exemplars were added."""
+        before = len(self)
+        self._load_file(Path(path), merge=True)
+        return len(self) - before
+
+    def _write_npz(self, path: Path) -> None:
+        tmp = path.with_name(path.name + ".tmp")
+        with tmp.open("wb") as fh:
+            np.savez(
+                fh,
+                format_version=np.array(FORMAT_VERSION),
+                embedding_space=np.array(self.embedding_space),
+                embeddings=self._emb,
+                labels=np.array(self._labels, dtype=str),
+                added=self._added,
+            )
+        os.replace(tmp, path)
+
+    def _load_file(self, path: Path, merge: bool) -> None:
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                space = str(z["embedding_space"])
+                emb = np.asarray(z["embeddings"], np.float32)
+                labels = [str(s) for s in z["labels"]]
+                added = np.asarray(z["added"], np.float64) if "added" in z else np.zeros(len(labels))
+        except FileNotFoundError as exc:
+            raise GalleryError(f"{path}: no such gallery file") from exc
+        except (OSError, ValueError, KeyError, EOFError) as exc:
+            raise GalleryError(f"{path}: not a readable gallery ({exc})") from exc
+        if space != self.embedding_space:
+            raise GalleryError(
+                f"{path}: taught with another model (embedding space {space[:12]}, "
+                f"this model {self.embedding_space[:12]}); teach the items again"
+            )
+        if emb.ndim != 2 or emb.shape[1] != self.dim or len(labels) != len(emb) or len(added) != len(emb):
+            raise GalleryError(f"{path}: inconsistent gallery arrays")
+        if not np.all(np.isfinite(emb)):
+            raise GalleryError(f"{path}: gallery holds non-finite embeddings")
+        norms = np.linalg.norm(emb, axis=1, keepdims=True)
+        emb = emb / np.maximum(norms, 1e-12)
+        if merge:
+            self._emb = np.vstack([self._emb, emb])
+            self._labels += labels
+            self._added = np.concatenate([self._added, added])
+            for lab in set(labels):
+                self._trim(lab)
+        else:
+            self._emb, self._labels, self._added = emb, labels, added
+        logger.info("gallery %s: %d exemplars of %d labels", path, len(labels), len(set(labels)))

@@ -1,0 +1,247 @@
+"""The stall's produce recognizer: onnxruntime + OpenCV, no torch.
+
+``Recognizer.load()`` opens the shipped model (``model/weights/recognizer.onnx``
+and its ``.json``).  ``recognize(image)`` returns the top-k labels with
+calibrated probabilities, an ``unknown`` flag and the embedding.  Catalogue
+labels come from the network's cosine classifier; items taught at the stall come
+from the gallery (``teach``), scored in the same cosine space, and both compete
+in one softmax.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from model import ImageError, ModelError, ModelFileError
+from model.gallery import Gallery
+from model.preprocess import Roi, as_bgr, preprocess, read_image, validate_roi
+
+logger = logging.getLogger(__name__)
+
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+DEFAULT_MODEL = WEIGHTS_DIR / "recognizer.onnx"
+
+
+@dataclass
+class Recognition:
+    """What the recognizer thinks an image shows."""
+
+    top: list[tuple[str, float]]
+    unknown: bool
+    ms: float
+    embedding: np.ndarray = field(repr=False)
+
+    @property
+    def label(self) -> str | None:
+        """The best label, or None when the item is not confidently recognised."""
+        return None if self.unknown or not self.top else self.top[0][0]
+
+    def to_json(self, image: str) -> dict[str, Any]:
+        return {
+            "image": image,
+            "top": [{"label": lab, "score": round(s, 4)} for lab, s in self.top],
+            "unknown": self.unknown,
+            "ms": round(self.ms, 2),
+        }
+
+
+@dataclass(frozen=True)
+class ModelMeta:
+    labels: list[str]
+    size: int
+    scale: float
+    temperature: float
+    unknown_threshold: float
+    embedding_space: str
+    embedding_dim: int
+    gallery_gain: float
+    gallery_bias: float
+    gallery_k: int
+    raw: dict[str, Any]
+
+    @classmethod
+    def read(cls, path: Path) -> ModelMeta:
+        try:
+            raw = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError as exc:
+            raise ModelFileError(f"{path}: model metadata missing") from exc
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ModelFileError(f"{path}: model metadata unreadable ({exc})") from exc
+        try:
+            return cls(
+                labels=[str(x) for x in raw["labels"]],
+                size=int(raw["input"]["size"]),
+                scale=float(raw["scale"]),
+                temperature=float(raw["temperature"]),
+                unknown_threshold=float(raw["unknown"]["threshold"]),
+                embedding_space=str(raw["embedding_space"]),
+                embedding_dim=int(raw["embedding_dim"]),
+                gallery_gain=float(raw.get("gallery", {}).get("gain", 1.0)),
+                gallery_bias=float(raw.get("gallery", {}).get("bias", 0.0)),
+                gallery_k=int(raw.get("gallery", {}).get("k", 3)),
+                raw=raw,
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ModelFileError(f"{path}: model metadata lacks or garbles {exc}") from exc
+
+
+class ModelRunner:
+    """Owns the onnxruntime session (CPU), warmed up once at start."""
+
+    def __init__(self, path: Path, size: int, threads: int = 1) -> None:
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        # One stall process, one camera: a single thread keeps latency steady and
+        # leaves the other core to the UI, the journal and the weighing link.
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        try:
+            self.session = ort.InferenceSession(
+                str(path), sess_options=opts, providers=["CPUExecutionProvider"]
+            )
+        except FileNotFoundError as exc:
+            raise ModelFileError(f"{path}: model file missing") from exc
+        except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own untyped errors
+            raise ModelFileError(f"{path}: not a loadable ONNX model ({str(exc).splitlines()[0]})") from exc
+        names = [o.name for o in self.session.get_outputs()]
+        if names[:2] != ["logits", "embedding"] or self.session.get_inputs()[0].name != "image":
+            raise ModelFileError(f"{path}: expected input 'image' and outputs 'logits', 'embedding'")
+        self.path = path
+        self.run(np.zeros((1, 3, size, size), np.float32))
+
+    def run(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        try:
+            logits, emb = self.session.run(["logits", "embedding"], {"image": x})
+        except Exception as exc:  # noqa: BLE001
+            raise ModelError(f"{self.path}: inference failed ({str(exc).splitlines()[0]})") from exc
+        return logits, emb
+
+
+def combine_scores(
+    meta: ModelMeta, logits: np.ndarray, gallery_sims: dict[str, float]
+) -> tuple[list[str], np.ndarray]:
+    """One softmax over the classifier's labels and the gallery's labels.
+
+    A gallery label scores ``scale * (gain * similarity + bias)``: the cosine
+    to a few photos is not the cosine to a trained prototype, so gain and bias
+    are fitted by teaching classes held out of training (see
+    ``model.train.held_out_classes``).  A label in both keeps the higher logit,
+    so a vendor's correction can raise a catalogue label but never bury it.
+    """
+    labels = list(meta.labels)
+    z = np.asarray(logits, np.float64).copy()
+    if gallery_sims:
+        index = {lab: i for i, lab in enumerate(labels)}
+        extra: list[float] = []
+        for lab, sim in gallery_sims.items():
+            g = meta.scale * (meta.gallery_gain * sim + meta.gallery_bias)
+            if lab in index:
+                z[index[lab]] = max(z[index[lab]], g)
+            else:
+                labels.append(lab)
+                extra.append(g)
+        z = np.concatenate([z, np.asarray(extra)])
+    return labels, _softmax(z / meta.temperature)
+
+
+def _softmax(z: np.ndarray) -> np.ndarray:
+    z = z - z.max()
+    e = np.exp(z)
+    return e / e.sum()
+
+
+class Recognizer:
+    """Top-k produce recognition with an unknown flag, a gallery and a plate region."""
+
+    def __init__(
+        self, runner: ModelRunner, meta: ModelMeta, gallery: Gallery, top_k: int = 5
+    ) -> None:
+        self.runner = runner
+        self.meta = meta
+        self.gallery = gallery
+        self.top_k = top_k
+        self.roi: Roi | None = None
+
+    @classmethod
+    def load(
+        cls,
+        path: str | Path | None = None,
+        gallery_dir: str | Path | None = None,
+        top_k: int = 5,
+        threads: int = 1,
+    ) -> Recognizer:
+        """Open a model (the shipped one by default) and optionally a stall's gallery folder."""
+        onnx_path = Path(path) if path is not None else DEFAULT_MODEL
+        meta_path = onnx_path.with_suffix(".json")
+        if not onnx_path.is_file():
+            raise ModelFileError(f"{onnx_path}: model file missing")
+        meta = ModelMeta.read(meta_path)
+        runner = ModelRunner(onnx_path, meta.size, threads)
+        n_out = runner.session.get_outputs()[0].shape[-1]
+        if isinstance(n_out, int) and n_out != len(meta.labels):
+            raise ModelFileError(
+                f"{meta_path}: {len(meta.labels)} labels but {onnx_path.name} has {n_out} outputs"
+            )
+        gallery = Gallery(meta.embedding_space, meta.embedding_dim, gallery_dir)
+        return cls(runner, meta, gallery, top_k)
+
+    @property
+    def labels(self) -> list[str]:
+        return list(self.meta.labels)
+
+    def set_roi(self, roi: Roi | None) -> None:
+        """Plate region (x, y, w, h) as fractions 0..1 of the image; None for the whole image."""
+        self.roi = validate_roi(roi)
+
+    # -- inference -------------------------------------------------------------
+    def _load_image(self, image: np.ndarray | str | Path) -> np.ndarray:
+        if isinstance(image, str | Path):
+            return read_image(image, self.meta.size)
+        return as_bgr(image)
+
+    def embed(self, image: np.ndarray | str | Path) -> tuple[np.ndarray, np.ndarray]:
+        """(classifier logits, embedding) of one image after the plate region crop."""
+        bgr = self._load_image(image)
+        try:
+            x = preprocess(bgr, self.meta.size, self.roi)
+        except Exception as exc:  # noqa: BLE001 - OpenCV errors on degenerate inputs
+            raise ImageError(f"{_name(image)}: cannot preprocess ({exc})") from exc
+        logits, emb = self.runner.run(x)
+        return logits[0], emb[0]
+
+    def scores(self, logits: np.ndarray, emb: np.ndarray) -> tuple[list[str], np.ndarray]:
+        """Labels and calibrated probabilities over the catalogue plus the taught items."""
+        sims = self.gallery.similarities(emb, self.meta.gallery_k) if len(self.gallery) else {}
+        return combine_scores(self.meta, logits, sims)
+
+    def recognize(self, image: np.ndarray | str | Path, top_k: int | None = None) -> Recognition:
+        t0 = time.perf_counter()
+        logits, emb = self.embed(image)
+        labels, p = self.scores(logits, emb)
+        k = min(top_k or self.top_k, len(labels))
+        order = np.argsort(-p)[:k]
+        top = [(labels[i], float(p[i])) for i in order]
+        unknown = top[0][1] < self.meta.unknown_threshold
+        ms = (time.perf_counter() - t0) * 1000
+        return Recognition(top=top, unknown=bool(unknown), ms=ms, embedding=emb.astype(np.float32))
+
+    # -- teaching --------------------------------------------------------------
+    def teach(self, label: str, image: np.ndarray | str | Path, save: bool = True) -> None:
+        """Add a photo of ``label`` to the gallery (enrollment or a vendor's correction)."""
+        _, emb = self.embed(image)
+        self.gallery.add(label, emb)
+        if save:
+            self.gallery.save()
+
+
+def _name(image: object) -> str:
+    return str(image) if isinstance(image, str | Path) else "<array>"

@@ -1,0 +1,165 @@
+"""The shipped model through Recognizer: labels, top-k, unknown, gallery, ROI, bad input."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from model import GalleryError, ImageError, ModelFileError
+from model.recognizer import Recognition, Recognizer
+
+DATASET = Path(__file__).resolve().parents[3] / "shared" / "data" / "grocery-store"
+
+
+def test_labels_are_the_fine_class_names(recognizer: Recognizer) -> None:
+    if not (DATASET / "classes.csv").exists():
+        pytest.skip("needs classes.csv of the real dataset")
+    with (DATASET / "classes.csv").open(newline="") as fh:
+        names = [row[0] for row in list(csv.reader(fh))[1:]]
+    assert recognizer.labels == names
+    meta = json.loads(Path(recognizer.runner.path).with_suffix(".json").read_text())
+    assert len(meta["training_list_sha256"]) == 64
+    assert meta["input"]["size"] == recognizer.meta.size
+
+
+def test_recognizes_real_photos(recognizer: Recognizer, val_photos: list[tuple[Path, str]]) -> None:
+    if not (DATASET / "classes.csv").exists():
+        pytest.skip("the shipped model knows the real classes only")
+    hits = 0
+    for path, truth in val_photos:
+        r = recognizer.recognize(path)
+        assert isinstance(r, Recognition)
+        assert len(r.top) == 5
+        scores = [s for _, s in r.top]
+        assert scores == sorted(scores, reverse=True) and 0 < scores[0] <= 1
+        assert r.embedding.dtype == np.float32
+        assert np.linalg.norm(r.embedding) == pytest.approx(1.0, abs=1e-3)
+        assert r.ms > 0
+        hits += truth in [lab for lab, _ in r.top]
+    assert hits >= len(val_photos) - 1
+
+
+def test_array_input_equals_path_input(recognizer: Recognizer, val_photos: list[tuple[Path, str]]) -> None:
+    path = val_photos[0][0]
+    a = recognizer.recognize(path)
+    b = recognizer.recognize(cv2.imread(str(path)))
+    assert a.top[0][0] == b.top[0][0]
+    assert np.allclose(a.embedding, b.embedding, atol=1e-5)
+    gray = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+    assert len(recognizer.recognize(gray).top) == 5
+    assert len(recognizer.recognize(np.zeros((1, 1, 3), np.uint8)).top) == 5
+
+
+def test_blank_and_noise_are_unknown(recognizer: Recognizer) -> None:
+    rng = np.random.default_rng(0)
+    noise = rng.integers(0, 256, size=(240, 320, 3), dtype=np.uint8)
+    assert recognizer.recognize(noise).unknown
+    assert recognizer.recognize(np.zeros((240, 320, 3), np.uint8)).unknown
+
+
+def test_bad_images_raise_image_error(recognizer: Recognizer, tmp_path: Path) -> None:
+    p = tmp_path / "empty.jpg"
+    p.write_bytes(b"")
+    with pytest.raises(ImageError, match="empty.jpg"):
+        recognizer.recognize(p)
+    with pytest.raises(ImageError):
+        recognizer.recognize(np.zeros((10, 10, 3), np.float64))  # type: ignore[arg-type]
+    with pytest.raises(ImageError):
+        recognizer.recognize(12)  # type: ignore[arg-type]
+
+
+def test_roi_changes_what_is_seen(recognizer: Recognizer, val_photos: list[tuple[Path, str]]) -> None:
+    img = cv2.imread(str(val_photos[0][0]))
+    canvas = np.full((img.shape[0] * 2, img.shape[1] * 2, 3), 30, np.uint8)
+    canvas[: img.shape[0], img.shape[1] :] = img
+    rec = Recognizer(recognizer.runner, recognizer.meta, recognizer.gallery)
+    whole = rec.recognize(canvas)
+    rec.set_roi((0.5, 0.0, 0.5, 0.5))
+    with_roi = rec.recognize(canvas)
+    direct = recognizer.recognize(img)
+    assert np.allclose(with_roi.embedding, direct.embedding, atol=1e-5)
+    assert not np.allclose(whole.embedding, direct.embedding, atol=1e-2)
+    with pytest.raises(ValueError):
+        rec.set_roi((0.5, 0.5, 0.9, 0.9))
+
+
+def test_teach_new_item_and_share_gallery(shipped_model: Path, val_photos: list[tuple[Path, str]],
+                                          tmp_path: Path) -> None:
+    stall_a = Recognizer.load(shipped_model, gallery_dir=tmp_path / "a")
+    # teach an item the catalogue lacks: a coloured disc on a plate
+    rng = np.random.default_rng(1)
+    shots = []
+    for _ in range(6):
+        img = np.full((240, 240, 3), 210, np.uint8)
+        cv2.circle(img, (int(rng.integers(100, 140)), int(rng.integers(100, 140))), 70, (200, 40, 160), -1)
+        shots.append(img)
+    for img in shots[:5]:
+        stall_a.teach("Dragon-Fruit", img)
+    r = stall_a.recognize(shots[5])
+    assert r.top[0][0] == "Dragon-Fruit" and not r.unknown
+    # persisted, reloaded
+    assert (tmp_path / "a" / "gallery.npz").exists()
+    again = Recognizer.load(shipped_model, gallery_dir=tmp_path / "a")
+    assert again.gallery.counts() == {"Dragon-Fruit": 5}
+    # exported, imported at another stall
+    stall_a.gallery.export_to(tmp_path / "share.npz")
+    stall_b = Recognizer.load(shipped_model, gallery_dir=tmp_path / "b")
+    assert stall_b.gallery.import_from(tmp_path / "share.npz") == 5
+    assert stall_b.recognize(shots[5]).top[0][0] == "Dragon-Fruit"
+    # catalogue items still recognised with the gallery present
+    path, truth = val_photos[0]
+    assert truth in [lab for lab, _ in stall_b.recognize(path).top]
+
+
+def test_vendor_correction_raises_a_catalogue_label(recognizer: Recognizer,
+                                                    val_photos: list[tuple[Path, str]]) -> None:
+    rec = Recognizer(recognizer.runner, recognizer.meta,
+                     type(recognizer.gallery)(recognizer.meta.embedding_space, recognizer.meta.embedding_dim))
+    path, _ = val_photos[0]
+    before = rec.recognize(path)
+    wrong = before.top[-1][0]  # the vendor insists it is the 5th guess
+    rec.teach(wrong, path)
+    after = rec.recognize(path)
+    assert after.top[0][0] == wrong
+
+
+def test_gallery_from_another_model_is_refused(shipped_model: Path, tmp_path: Path) -> None:
+    from model.gallery import Gallery
+
+    other = Gallery("another-model", 1280)
+    other.add("Yam", np.ones(1280, np.float32))
+    other.export_to(tmp_path / "other.npz")
+    rec = Recognizer.load(shipped_model)
+    with pytest.raises(GalleryError, match="another model"):
+        rec.gallery.import_from(tmp_path / "other.npz")
+    (tmp_path / "junk.npz").write_bytes(b"junk")
+    with pytest.raises(GalleryError, match="junk.npz"):
+        rec.gallery.import_from(tmp_path / "junk.npz")
+    with pytest.raises(GalleryError):
+        rec.gallery.add(" ", np.ones(1280, np.float32))
+
+
+def test_missing_or_corrupt_model_files(shipped_model: Path, tmp_path: Path) -> None:
+    with pytest.raises(ModelFileError, match="missing.onnx"):
+        Recognizer.load(tmp_path / "missing.onnx")
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"not a model at all")
+    shutil.copy(shipped_model.with_suffix(".json"), tmp_path / "bad.json")
+    with pytest.raises(ModelFileError, match="bad.onnx"):
+        Recognizer.load(bad)
+    nometa = tmp_path / "nometa.onnx"
+    shutil.copy(shipped_model, nometa)
+    with pytest.raises(ModelFileError, match="nometa.json"):
+        Recognizer.load(nometa)
+    (tmp_path / "nometa.json").write_text("{broken")
+    with pytest.raises(ModelFileError, match="nometa.json"):
+        Recognizer.load(nometa)
+    (tmp_path / "nometa.json").write_text("{}")
+    with pytest.raises(ModelFileError, match="nometa.json"):
+        Recognizer.load(nometa)

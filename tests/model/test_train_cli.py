@@ -1,0 +1,118 @@
+"""The training pipeline on a tiny slice, and the CLI commands of this package."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge.cli import main
+
+
+@pytest.fixture(scope="module")
+def tiny_model(dataset_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model trained for seconds: 10 photos, 64 px, one augmented view, int8 too."""
+    from model.head import HeadConfig
+    from model.train import TrainConfig, run
+
+    out = tmp_path_factory.mktemp("tiny")
+    cfg = TrainConfig(data=dataset_root, out=out / "tiny.onnx", run_dir=out / "run", size=64,
+                      aug_views=1, folds=0, head=HeadConfig(epochs=2), int8=True, threads=2,
+                      max_images=10)
+    report = run(cfg)
+    assert set(report["val"]) == {1, 5}
+    return cfg.out
+
+
+def test_training_writes_model_metadata_and_report(tiny_model: Path) -> None:
+    run_dir = tiny_model.parent / "run"
+    meta = json.loads(tiny_model.with_suffix(".json").read_text())
+    assert meta["input"] == {**meta["input"], "size": 64, "mean": 127.0, "std": 128.0, "color": "RGB"}
+    assert len(meta["training_list_sha256"]) == 64 and meta["version"]
+    assert (run_dir / "report.md").read_text().startswith("# Recognizer training report")
+    assert (run_dir / "confusion.png").stat().st_size > 1000
+    assert (run_dir / "model.pt").exists()
+    assert tiny_model.with_name("tiny.int8.onnx").exists()
+
+
+def test_training_is_reproducible(dataset_root: Path, tiny_model: Path, tmp_path: Path) -> None:
+    from model.head import HeadConfig
+    from model.train import TrainConfig, run
+
+    cfg = TrainConfig(data=dataset_root, out=tmp_path / "again.onnx", run_dir=tmp_path / "run",
+                      size=64, aug_views=1, folds=0, head=HeadConfig(epochs=2), threads=2,
+                      max_images=10)
+    run(cfg)
+    a = json.loads(tiny_model.with_suffix(".json").read_text())
+    b = json.loads(cfg.out.with_suffix(".json").read_text())
+    assert a["temperature"] == b["temperature"] and a["scale"] == b["scale"]
+    assert a["training_list_sha256"] == b["training_list_sha256"]
+
+
+def test_tiny_model_runs_without_torch_api(tiny_model: Path, val_photos: list[tuple[Path, str]]) -> None:
+    from model.recognizer import Recognizer
+
+    for path in (tiny_model, tiny_model.with_name("tiny.int8.onnx")):
+        rec = Recognizer.load(path, top_k=3)
+        r = rec.recognize(val_photos[0][0])
+        assert len(r.top) == 3 and r.embedding.shape == (rec.meta.embedding_dim,)
+
+
+def test_export_command_rewrites_onnx(tiny_model: Path, tmp_path: Path,
+                                      capsys: pytest.CaptureFixture[str]) -> None:
+    rc = main(["model", "export", str(tiny_model.parent / "run" / "model.pt"),
+               "--out", str(tmp_path / "x.onnx")])
+    assert rc == 0
+    assert (tmp_path / "x.onnx").exists() and (tmp_path / "x.json").exists()
+    assert "written" in capsys.readouterr().out
+
+
+def test_recognize_command_prints_one_json_per_image(
+    shipped_model: Path, val_photos: list[tuple[Path, str]], tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"junk")
+    images = [str(p) for p, _ in val_photos[:2]]
+    rc = main(["recognize", "--top", "4", *images, str(bad)])
+    out, err = capsys.readouterr()
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert [o["image"] for o in lines] == images
+    for o in lines:
+        assert set(o) == {"image", "top", "unknown", "ms"}
+        assert len(o["top"]) == 4 and set(o["top"][0]) == {"label", "score"}
+    assert rc == 1 and "bad.jpg" in err and err.count("\n") == 1
+
+
+def test_enroll_then_recognize_with_gallery(shipped_model: Path, val_photos: list[tuple[Path, str]],
+                                            tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = str(val_photos[0][0])
+    gal = str(tmp_path / "gallery")
+    assert main(["enroll", "--gallery", gal, "--label", "Stall-Special", path]) == 0
+    assert json.loads(capsys.readouterr().out)["added"] == 1
+    assert main(["recognize", "--gallery", gal, path]) == 0
+    o = json.loads(capsys.readouterr().out)
+    assert o["top"][0]["label"] == "Stall-Special"
+    assert main(["model", "gallery", "--gallery", gal, "--export", str(tmp_path / "g.npz")]) == 0
+    assert main(["model", "gallery", "--gallery", str(tmp_path / "g2"), "--import",
+                 str(tmp_path / "g.npz")]) == 0
+    assert json.loads(capsys.readouterr().out.splitlines()[-1])["imported"] == 1
+
+
+def test_cli_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rc = main(["recognize", "--model", str(tmp_path / "none.onnx"), str(tmp_path)])
+    err = capsys.readouterr().err
+    assert rc == 1 and "none.onnx" in err and err.count("\n") == 1
+
+
+def test_evaluate_command(shipped_model: Path, dataset_root: Path, tmp_path: Path,
+                          capsys: pytest.CaptureFixture[str]) -> None:
+    rc = main(["model", "evaluate", "--data", str(dataset_root), "--max-images", "6",
+               "--out", str(tmp_path)])
+    assert rc == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["n"] == 6 and 0 <= report["top1"] <= 1
+    assert (tmp_path / "confusion.png").exists()
+    assert np.isfinite(report["ms_p50"])
