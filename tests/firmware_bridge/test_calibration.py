@@ -15,6 +15,8 @@ from firmware_bridge.calibration import Calibration, CalibrationError, Calibrati
 from firmware_bridge.link import Link
 from firmware_bridge.sim import Simulator
 
+WETMARKET = [sys.executable, "-m", "edge.cli"]
+
 
 def test_calibration_arithmetic_is_integer_and_rounds() -> None:
     cal = Calibration(zero_counts=1000, span_counts=215_000, span_g=2000)
@@ -123,7 +125,7 @@ def test_scale_calibrate_cli(tmp_path: Path) -> None:
     store = tmp_path / "cal.json"
     with Simulator("hx711-raw", seed=9) as sim:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "edge.cli", "scale-calibrate", sim.port,
+            [*WETMARKET, "scale-calibrate", sim.port,
              "--store", str(store), "--known-g", "1000", "--operator", "test"],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
@@ -145,8 +147,16 @@ def test_scale_calibrate_cli(tmp_path: Path) -> None:
         proc.stdin.write("\n")
         proc.stdin.flush()
         out, err = proc.communicate(timeout=20)
-    assert proc.returncode == 0, err
-    assert "audit counter 1" in out
-    audit = AuditLog(str(store) + ".audit.jsonl")
-    cal = CalibrationStore(store, audit).load()
-    assert abs(cal.span_counts - 107_500) < 200
+        assert proc.returncode == 0, err
+        assert "audit counter 1" in out
+        audit = AuditLog(str(store) + ".audit.jsonl")
+        cal = CalibrationStore(store, audit).load()
+        assert abs(cal.span_counts - 107_500) < 200
+        # The sealed file is what scale-read weighs with.
+        read = subprocess.run(
+            [*WETMARKET, "scale-read", sim.port, "--protocol", "hx711-raw",
+             "--calibration", str(store), "--count", "40"],
+            capture_output=True, text=True, timeout=30, check=True,
+        )  # fmt: skip
+    rows = [json.loads(line) for line in read.stdout.splitlines()]
+    assert any(r["stable"] and abs(r["gross_g"] - 1000) <= 2 for r in rows)
