@@ -118,9 +118,9 @@ class Link:
 
     def stop(self) -> None:
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=2.0)
-            self._thread = None
+        thread, self._thread = self._thread, None
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=2.0)  # (a callback may call stop() on the link's own thread)
         self._close()
 
     def __enter__(self) -> Link:
@@ -217,6 +217,11 @@ class Link:
                 self._close()
                 self._set_state("offline", f"port lost: {exc}")
                 self._stop.wait(self.reconnect_s)
+            except Exception as exc:  # a bug must cost a reconnect, never the scale link
+                logger.exception("%s: link loop failed", self.url)
+                self._close()
+                self._set_state("error", f"internal error: {exc!r}")
+                self._stop.wait(self.reconnect_s)
 
     def _open(self) -> bool:
         line = self.codec.line
@@ -284,8 +289,7 @@ class Link:
         if frame.reply is not None:
             if frame.status != "ok":
                 logger.warning("%s: module refused a command: %s", self.url, frame.reply)
-                if self.audit is not None:
-                    self.audit.record("error", f"module reply {frame.reply}")
+                self._audit_quietly(f"module reply {frame.reply}")
             return
         self._last_frame_mono = now_mono
         reading = self._reading(frame, now_mono, now_wall)
@@ -371,8 +375,8 @@ class Link:
             self._latest = None
         level = logging.INFO if state == "online" else logging.WARNING
         logger.log(level, "%s: %s (%s)", self.url, state, reason)
-        if state != "online" and self.audit is not None:
-            self.audit.record("error", f"link {state}: {reason}")
+        if state != "online":
+            self._audit_quietly(f"link {state}: {reason}")
         with self._changed:
             self._changed.notify_all()
         if self.on_state is not None:
@@ -380,6 +384,15 @@ class Link:
                 self.on_state(state, reason)
             except Exception:  # a broken consumer must not kill the scale link
                 logger.exception("%s: on_state callback failed", self.url)
+
+    def _audit_quietly(self, detail: str) -> None:
+        """Audit an error event from the link's thread, where a full disk must not stop it."""
+        if self.audit is None:
+            return
+        try:
+            self.audit.record("error", detail)
+        except BridgeError as exc:
+            logger.error("%s: audit log not written: %s", self.url, exc)
 
     def _log_drops(self) -> None:
         stats, last = self.codec.stats, self._logged_stats

@@ -182,3 +182,16 @@ def test_module_zero_tracking_holds_zero_against_drift() -> None:
         r = link.wait_for(lambda r: r.stable, 2)
         assert r is not None and r.gross_g == 0
         assert sim.module.zero_offset > 2.0  # it did track: the drift was real
+
+
+def test_a_failing_consumer_does_not_stop_the_link(sim: Simulator) -> None:
+    calls: list[Reading] = []
+
+    def broken(r: Reading) -> None:
+        calls.append(r)
+        raise RuntimeError("screen crashed")
+
+    with Link(sim.port, "cas", on_reading=broken) as link:
+        sim.place(250)
+        assert link.wait_for(_stable_near(250), 4) is not None
+        assert len(calls) > 5 and link.state == "online"
