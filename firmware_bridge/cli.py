@@ -44,7 +44,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="a named scenario (sales, faults) or a script of 'SECONDS ACTION [ARG]' steps "
         "separated by ';', e.g. '0.5 place 512; 3 remove; 4 overload; 5 unplug; 6 replug; "
         "7 garbage; 8 end'. Actions: place G, remove, overload, unplug, replug, "
-        "garbage [TEXT], corrupt [N frames], truncate [N frames], wrong-line [SECONDS], end",
+        "garbage [TEXT], corrupt [N frames], truncate [N frames], wrong-line [SECONDS], "
+        "hang [SECONDS], end",
     )
     sim.add_argument("--loop", action="store_true", help="repeat the scenario")
     sim.add_argument("--duration", type=float, default=None, metavar="S", help="stop after S s")

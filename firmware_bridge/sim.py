@@ -264,6 +264,7 @@ class Simulator:
         self._corrupted_last = False
         self._truncate_left = 0
         self._mangle_until = 0.0
+        self._hang_until = 0.0
         self._script: list[tuple[float, str, str]] = []
         self._script_t0 = 0.0
         self._plug()
@@ -372,6 +373,11 @@ class Simulator:
         with self._lock:
             self._truncate_left += frames
 
+    def hang(self, seconds: float) -> None:
+        """For ``seconds``, the firmware hangs: the port stays, nothing is sent or answered."""
+        with self._lock:
+            self._hang_until = time.monotonic() + seconds
+
     def wrong_line(self, seconds: float) -> None:
         """For ``seconds``, mangle every byte as a wrong baud rate or parity would."""
         with self._lock:
@@ -399,6 +405,7 @@ class Simulator:
             "corrupt": lambda: self.corrupt(int(arg or 1)),
             "truncate": lambda: self.truncate(int(arg or 1)),
             "wrong-line": lambda: self.wrong_line(float(arg or 1.0)),
+            "hang": lambda: self.hang(float(arg or 1.0)),
             "end": lambda: None,  # marks the length of a looped scenario
         }
         try:
@@ -443,6 +450,8 @@ class Simulator:
             data = os.read(master, 1024)
         except (BlockingIOError, OSError):
             return
+        if time.monotonic() < self._hang_until:
+            return  # a hung firmware reads nothing
         for cmd in self.codec.parse_commands(data):
             now = time.monotonic()
             self.commands.append((now, cmd))
@@ -455,6 +464,8 @@ class Simulator:
             self._write(self.codec.encode_reply(cmd, ok, frame))
 
     def _send(self, now: float) -> None:
+        if now < self._hang_until:
+            return
         with self._lock:
             frame = self.module.frame(now)
             raw = self.codec.encode(frame)
@@ -498,6 +509,6 @@ SCENARIOS = {
     # Everything that goes wrong on a market counter.
     "faults": (
         "1 place 800; 3 garbage; 4 corrupt 3; 5 truncate 2; 6 wrong-line 1.5; 9 overload;"
-        " 11 remove; 12 unplug; 14 replug; 16 place 300; 18 remove; 20 end"
+        " 11 remove; 12 unplug; 14 replug; 16 place 300; 17 hang 1.5; 19 remove; 21 end"
     ),
 }

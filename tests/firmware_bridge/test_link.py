@@ -70,10 +70,12 @@ def test_unplug_goes_offline_and_replug_reconnects(sim: Simulator, link: Link) -
 
 def test_silent_module_is_not_current_after_freshness(sim: Simulator, link: Link) -> None:
     assert link.wait_for(_stable_near(0), 3)
-    sim._stop.set()  # the module firmware hangs: the port stays, frames stop
+    sim.hang(2.0)  # the module firmware hangs: the port stays, frames stop
     time.sleep(0.7)
     assert link.latest() is None
     assert link.state == "offline"
+    assert "no frame" in link.state_reason
+    assert link.wait_for(_stable_near(0), 3) is not None  # and it comes back by itself
 
 
 def test_garbage_and_corruption_never_give_a_wrong_stable_weight(sim: Simulator) -> None:
