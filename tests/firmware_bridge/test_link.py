@@ -197,3 +197,21 @@ def test_a_failing_consumer_does_not_stop_the_link(sim: Simulator) -> None:
         sim.place(250)
         assert link.wait_for(_stable_near(250), 4) is not None
         assert len(calls) > 5 and link.state == "online"
+
+
+def test_raw_counts_with_glued_noise_never_give_a_wrong_stable_weight() -> None:
+    cal = Calibration(84_211, 107_500, 1000)
+    seen: list[Reading] = []
+    with (
+        Simulator("hx711-raw", seed=6) as sim,
+        Link(sim.port, "hx711-raw", on_reading=seen.append, calibration=cal) as link,
+    ):
+        sim.place(1500)
+        assert link.wait_for(_stable_near(1500, tol=2), 4)
+        for junk in (b"9", b"-", b"1", b"77"):  # glued to the next count line
+            sim.inject_garbage(junk)
+            time.sleep(0.06)
+        time.sleep(0.2)
+        assert link.wait_for(_stable_near(1500, tol=2), 2)
+    stable = {r.gross_g for r in seen if r.stable}
+    assert stable and all(abs((g or 0) - 1500) <= 2 for g in stable), stable

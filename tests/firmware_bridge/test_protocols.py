@@ -206,6 +206,11 @@ def test_fuzz_valid_frames_survive_garbage_and_any_chunking(
 ) -> None:
     """Garbage in front of a frame may cost that frame, never add or change one."""
     encoder = get_protocol(name)
+    if name == "hx711-raw":
+        # Neither checksum nor fixed width: digits glued to a count line are
+        # indistinguishable from the count ("1" + "0" is 10). For this board the host
+        # filter, not the decoder, absorbs such an outlier (see test_link).
+        junk = bytes(b for b in junk if not (0x30 <= b <= 0x39 or b == 0x2D))
     expected = [_encodable(name, f) for f in frames]
     stream = junk + b"".join(encoder.encode(f) for f in expected)
     codec = get_protocol(name)
