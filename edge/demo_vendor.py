@@ -44,6 +44,9 @@ class SimulatedVendor:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
+        if self.app.recognizer is not None:
+            logger.warning("camera picks: %d taken as recognised, %d corrected by the vendor",
+                           self.recognized, self.corrected)
 
     def _wait(self, cond, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
