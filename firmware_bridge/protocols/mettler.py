@@ -55,9 +55,11 @@ class MtSics(Codec):
         if m.group(3) is not None:
             grams = decimal_to_g(m.group(3).decode("ascii"), UNIT_GRAMS[m.group(4).decode()])
         if cmd in ("ES", "ET", "EL"):
-            if st:
+            if st or grams is not None:
                 raise FrameError(f"{cmd} with a status")
             return Frame(None, None, "error", reply=cmd)
+        if not st:
+            raise FrameError(f"{cmd} without a status")
         if cmd in ("S", "SI"):
             if st in ("S", "D"):
                 if grams is None:
