@@ -34,7 +34,7 @@ import tty
 from collections import deque
 from dataclasses import dataclass
 
-from firmware_bridge import BridgeError
+from firmware_bridge import BridgeError, LinkError
 from firmware_bridge.protocols import Codec, Command, Frame, get_protocol
 
 logger = logging.getLogger(__name__)
@@ -271,17 +271,28 @@ class Simulator:
 
     # ---- plumbing -------------------------------------------------------------
     def _plug(self) -> None:
-        master, slave = os.openpty()
+        if os.path.exists(self.port) and not os.path.islink(self.port):
+            raise LinkError(f"{self.port} exists and is not a symlink: not replacing it")
+        try:
+            master, slave = os.openpty()
+        except OSError as exc:
+            raise LinkError(f"cannot open a pseudo-terminal: {exc}") from exc
         # Raw, so the pty neither echoes our frames back nor edits them as text.
         tty.setraw(slave)
         os.set_blocking(master, False)
         self._master, self._slave = master, slave
         self.pty_path = os.ttyname(slave)
         tmp = self.port + ".new"
-        if os.path.lexists(tmp):
-            os.unlink(tmp)
-        os.symlink(self.pty_path, tmp)
-        os.replace(tmp, self.port)  # atomic: the path never points nowhere while plugged
+        try:
+            if os.path.lexists(tmp):
+                os.unlink(tmp)
+            os.symlink(self.pty_path, tmp)
+            os.replace(tmp, self.port)  # atomic: the path never points nowhere while plugged
+        except OSError as exc:
+            os.close(master)
+            os.close(slave)
+            self._master = self._slave = None
+            raise LinkError(f"cannot link {self.port} to the pty: {exc}") from exc
         logger.info("scale simulator (%s) on %s -> %s", self.protocol, self.port, self.pty_path)
 
     def _unplug(self) -> None:

@@ -86,6 +86,14 @@ def test_read_errors_are_one_line(tmp_path: Path) -> None:
     )  # fmt: skip
     assert bad.returncode == 1
     assert "starts with no time" in bad.stderr
+    taken = tmp_path / "taken"
+    taken.write_text("a file we must not clobber")
+    clobber = subprocess.run(
+        [*WETMARKET, "scale-sim", "--protocol", "cas", "--link", str(taken), "--duration", "1"],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert clobber.returncode == 1 and "is not a symlink" in clobber.stderr
+    assert taken.read_text() == "a file we must not clobber"
     unknown = subprocess.run(
         [*WETMARKET, "scale-read", "x", "--protocol", "cas9"], capture_output=True, text=True
     )
