@@ -54,6 +54,8 @@ class StallApp:
         self.public_key = public_key_b64(self.key)
 
     def _start_scale(self) -> None:
+        from firmware_bridge.audit import AuditLog
+        from firmware_bridge.calibration import CalibrationStore
         from firmware_bridge.link import Link
 
         port = self.cfg.scale.port
@@ -71,10 +73,20 @@ class StallApp:
         catalogue = Catalogue(self.cfg.catalogue)
         labels = {e.label: e.code for e in self.cfg.catalogue if e.label}
         assert self.journal is not None
-        self.session = Session(info, Weigher(self.cfg.scale), catalogue, labels, self.journal,
+        # Every zero, tare, calibration and error at this scale, hash-chained: the
+        # market's anti-cheat trail.
+        audit = AuditLog(self.cfg.data_dir / "scale-audit.jsonl")
+        calibration = None
+        if self.cfg.scale.protocol == "hx711-raw":
+            # A raw-count module weighs only with the sealed calibration that
+            # `wetmarket scale-calibrate --store data_dir/calibration.json` wrote.
+            calibration = CalibrationStore(self.cfg.data_dir / "calibration.json", audit).load()
+        spec = self.cfg.scale
+        self.session = Session(info, Weigher(spec, audit=audit), catalogue, labels, self.journal,
                                self.key)
-        self.link = Link(port, protocol=self.cfg.scale.protocol, on_reading=self.session.on_reading,
-                         freshness_s=self.cfg.scale.freshness_s)
+        self.link = Link(port, protocol=spec.protocol, on_reading=self.session.on_reading,
+                         freshness_s=spec.freshness_s, max_g=spec.max_g, e_g=spec.e_g,
+                         calibration=calibration, audit=audit)
         self.link.start()
         self._stops.append(self.link.stop)
 

@@ -69,8 +69,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     read.add_argument(
         "--calibration",
         metavar="FILE",
-        help="sealed calibration (hx711-raw); its audit log is FILE.audit.jsonl",
+        help="sealed calibration (hx711-raw); its audit log is --audit or FILE.audit.jsonl",
     )
+    read.add_argument("--audit", metavar="FILE", help="the scale's audit log (default: FILE.audit.jsonl)")
     read.set_defaults(run=_run_read)
 
     cal = sub.add_parser(
@@ -86,6 +87,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     cal.add_argument("--known-g", type=int, required=True, metavar="G", help="the test weight")
     cal.add_argument("--samples", type=int, default=16, metavar="N")
     cal.add_argument("--operator", default="", help="who calibrates (audited)")
+    cal.add_argument("--audit", metavar="FILE",
+                     help="the scale's audit log (default: FILE.audit.jsonl; a stall keeps "
+                          "it at DATA_DIR/scale-audit.jsonl)")
     cal.set_defaults(run=_run_calibrate)
 
 
@@ -140,7 +144,7 @@ def _run_read(args: argparse.Namespace) -> int:
         from firmware_bridge.audit import AuditLog
         from firmware_bridge.calibration import CalibrationStore
 
-        audit = AuditLog(args.calibration + ".audit.jsonl")
+        audit = AuditLog(args.audit or args.calibration + ".audit.jsonl")
         calibration = CalibrationStore(args.calibration, audit).load()
     readings: queue.SimpleQueue[Reading] = queue.SimpleQueue()
     link = Link(
@@ -181,7 +185,7 @@ def _run_calibrate(args: argparse.Namespace) -> int:
     from firmware_bridge.calibration import CalibrationStore
     from firmware_bridge.link import Link
 
-    audit = AuditLog(args.store + ".audit.jsonl")
+    audit = AuditLog(args.audit or args.store + ".audit.jsonl")
     store = CalibrationStore(args.store, audit)
 
     def ask(prompt: str) -> None:

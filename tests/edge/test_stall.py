@@ -146,3 +146,47 @@ def test_audit_trail_and_refunds_are_durable(stall: StallApp) -> None:
     actions = [e["action"] for e in again.audit_trail()]
     assert actions[-3:] == ["refund", "add", "void"]
     assert again.refunded_lines(str(sale.sale_id)) == {1}
+
+
+def test_raw_count_scale_weighs_only_with_its_sealed_calibration(tmp_path: Path) -> None:
+    from firmware_bridge import BridgeError
+    from firmware_bridge.audit import AuditLog
+    from firmware_bridge.calibration import CalibrationStore
+    from firmware_bridge.link import Link
+    from firmware_bridge.sim import Simulator
+
+    data = tmp_path / "S03"
+    cfg = StallConfig(stall_id="S03", name="张氏", data_dir=data, seed=3,
+                      catalogue=catalogue("S03", "20261128"),
+                      scale={"port": "sim", "protocol": "hx711-raw"})  # type: ignore[arg-type]
+    with pytest.raises(BridgeError, match="calibrate first"):
+        StallApp(cfg).start()
+
+    # The technician calibrates the module (same make and model as the stall's).
+    data.mkdir(exist_ok=True)
+    audit = AuditLog(data / "scale-audit.jsonl")
+    store = CalibrationStore(data / "calibration.json", audit)
+    with Simulator("hx711-raw", seed=3) as sim, Link(sim.port, protocol="hx711-raw") as link, \
+            store.calibration_mode("技术员") as cal:
+        cal.capture_zero(link.collect_counts(16))
+        sim.place(2000)
+        time.sleep(0.8)
+        cal.capture_span(link.collect_counts(16), 2000)
+        cal.commit()
+    assert audit.counter == 1
+
+    app = StallApp(cfg)
+    app.start()
+    try:
+        session, sim = app.session, app.sim
+        assert session is not None and sim is not None
+        assert wait_for(lambda: session.weigh_state.name == "STABLE_ZERO")
+        session.select("3001")                  # 红薯 4.50 元/kg
+        sim.place(1500)
+        assert wait_for(lambda: session.current_line() is not None)
+        line = session.add_weighed()
+        assert line.weight_g is not None and abs(line.weight_g - 1500) <= 5
+        assert line.amount_fen == (line.weight_g * 450 + 500) // 1000
+    finally:
+        app.stop()
+    assert "calibration" in (data / "scale-audit.jsonl").read_text()
