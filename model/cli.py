@@ -190,7 +190,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     t.add_argument("--head-epochs", type=int, default=30)
     t.add_argument("--epochs", type=int, default=12, help="fine-tuning epochs")
     t.add_argument("--batch", type=int, default=32)
-    t.add_argument("--lr", type=float, default=0.01)
+    t.add_argument("--lr", type=float, default=2e-4, help="fine-tuning peak learning rate (AdamW)")
     t.add_argument("--freeze-blocks", type=int, default=3)
     t.add_argument("--folds", type=int, default=5, help="cross-validation folds (0: none)")
     t.add_argument("--seed", type=int, default=0)

@@ -19,18 +19,11 @@ from tqdm import tqdm
 
 from model.augment import augment
 from model.data import Dataset, Sample
-from model.preprocess import read_image, square_resize, to_tensor
+from model.preprocess import read_image, square_resize, to_tensor, tta_views
 
 logger = logging.getLogger(__name__)
 
 View = Callable[[np.ndarray, np.random.Generator, int], np.ndarray]
-
-
-def tta_views(img: np.ndarray, size: int) -> list[np.ndarray]:
-    """Deterministic test-time views: the centre crop, its mirror and two rotations."""
-    c = square_resize(img, size)
-    return [c, np.ascontiguousarray(c[:, ::-1]), np.ascontiguousarray(np.rot90(c, 1)),
-            np.ascontiguousarray(np.rot90(c, 3))]
 
 
 @torch.no_grad()

@@ -28,9 +28,28 @@ from model import GalleryError
 logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
-# Newest exemplars kept per label: bounds memory and lookup time at a stall, and
+# Newest exemplars kept per label (4 views a photo): bounds memory and lookup time at a stall, and
 # lets old lighting conditions age out.
-MAX_PER_LABEL = 64
+MAX_PER_LABEL = 128
+
+
+# How a label's exemplars are scored against a query: "mean" compares with the
+# normalised mean of the exemplars (a prototype, like the classifier's);
+# "topk" averages the k best cosines.  Chosen by the held-out-class experiment.
+SIMILARITY = "mean"
+
+
+def label_similarity(sims: np.ndarray, query: np.ndarray, exemplars: np.ndarray, k: int) -> np.ndarray:
+    """Similarity of each query to one label from its exemplars.
+
+    ``sims`` is (n_query, n_exemplars) of cosines, ``query`` (n_query, D) and
+    ``exemplars`` (n_exemplars, D), all unit vectors.
+    """
+    if SIMILARITY == "mean":
+        proto = exemplars.mean(0)
+        proto = proto / max(float(np.linalg.norm(proto)), 1e-12)
+        return query @ proto
+    return np.sort(sims, axis=1)[:, ::-1][:, :k].mean(1)
 
 
 class Gallery:
@@ -65,12 +84,13 @@ class Gallery:
         """Per label, the mean cosine of ``emb`` to its ``k`` nearest exemplars."""
         if not self._labels:
             return {}
-        sims = self._emb @ emb.astype(np.float32)
+        q = emb.astype(np.float32)[None]
+        sims = q @ self._emb.T
         out: dict[str, float] = {}
         labels = np.asarray(self._labels)
         for lab in self.labels:
-            s = np.sort(sims[labels == lab])[::-1][:k]
-            out[lab] = float(s.mean())
+            m = labels == lab
+            out[lab] = float(label_similarity(sims[:, m], q, self._emb[m], k)[0])
         return out
 
     # -- changes ---------------------------------------------------------------

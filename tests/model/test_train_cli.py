@@ -98,7 +98,7 @@ def test_enroll_then_recognize_with_gallery(shipped_model: Path, val_photos: lis
     assert main(["model", "gallery", "--gallery", gal, "--export", str(tmp_path / "g.npz")]) == 0
     assert main(["model", "gallery", "--gallery", str(tmp_path / "g2"), "--import",
                  str(tmp_path / "g.npz")]) == 0
-    assert json.loads(capsys.readouterr().out.splitlines()[-1])["imported"] == 1
+    assert json.loads(capsys.readouterr().out.splitlines()[-1])["imported"] == 4
 
 
 def test_cli_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
