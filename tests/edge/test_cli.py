@@ -57,6 +57,10 @@ def test_missing_config() -> None:
         ("stall_id = 'S01'\nname = 'x'\n[scale]\nmax_g = -5\n", "scale.max_g"),
         ("stall_id = 'S01\n", "not valid TOML"),
         ("name = 'x'\n", "stall_id: Field required"),
+        ("stall_id = 'S01'\nname = 'x'\n[[catalogue]]\ncode = '1'\nname_zh = '青菜'\nname_en = 'Greens'\n"
+         "price_unit = '斤'\nunit_price_fen = 300\n",
+         "catalogue.0.price_unit: Value error, prices are per kg"),
+        ("stall_id = 'S01'\nname = 'x'\n[market]\nrounding = 'up'\n", "market.rounding"),
     ],
 )
 def test_bad_config(tmp_path: Path, text: str, expected: str) -> None:
