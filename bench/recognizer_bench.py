@@ -26,11 +26,22 @@ WEIGHTS = REPO / "model" / "weights"
 DATA = REPO.parent / "shared" / "data" / "grocery-store"
 
 
+def peak_rss_mb() -> float:
+    """Peak RSS of this process image (VmHWM); ru_maxrss would count the parent's peak."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
 def worker(model: Path, data: Path, ood_dir: Path, repeats: int) -> dict[str, object]:
     import numpy as np
 
     from model.data import load_dataset
-    from model.evaluate import _auroc
+    from model.metrics import auroc as _auroc
     from model.recognizer import Recognizer
 
     t0 = time.perf_counter()
@@ -68,7 +79,8 @@ def worker(model: Path, data: Path, ood_dir: Path, repeats: int) -> dict[str, ob
         "latency_ms_p50": round(float(np.median(ms)), 2),
         "latency_ms_p90": round(float(np.quantile(ms, 0.9)), 2),
         "latency_n": len(ms),
-        "rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "rss_mb": peak_rss_mb(),
+        "torch_loaded": "torch" in sys.modules,
     }
 
 

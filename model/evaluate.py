@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from model.data import IMAGE_SUFFIXES, load_dataset
+from model.metrics import auroc as _auroc
 from model.recognizer import Recognizer
 
 logger = logging.getLogger(__name__)
@@ -32,12 +33,6 @@ class EvalResult:
     ood_auroc: float | None
     ms_p50: float
     report: dict[str, Any]
-
-
-def _auroc(pos: np.ndarray, neg: np.ndarray) -> float:
-    from model.train import _auroc as auroc
-
-    return auroc(pos, neg)
 
 
 def evaluate(

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from model.metrics import topk_accuracy  # noqa: F401 - re-exported for the trainer
 from model.network import CosineHead
 
 logger = logging.getLogger(__name__)
@@ -76,9 +77,3 @@ def fit_temperature(logits: np.ndarray, y: np.ndarray) -> float:
         if nll < best:
             best_t, best = float(t), nll
     return best_t
-
-
-def topk_accuracy(logits: np.ndarray, y: np.ndarray, ks: tuple[int, ...] = (1, 5)) -> dict[int, float]:
-    order = np.argsort(-logits, axis=1)
-    y = np.asarray(y)
-    return {k: float(np.mean([y[i] in order[i, :k] for i in range(len(y))])) for k in ks}

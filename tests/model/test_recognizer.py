@@ -163,3 +163,25 @@ def test_missing_or_corrupt_model_files(shipped_model: Path, tmp_path: Path) -> 
     (tmp_path / "nometa.json").write_text("{}")
     with pytest.raises(ModelFileError, match="nometa.json"):
         Recognizer.load(nometa)
+
+
+def test_runtime_needs_no_torch_and_little_memory(shipped_model: Path,
+                                                  val_photos: list[tuple[Path, str]]) -> None:
+    import subprocess
+    import sys
+
+    # VmHWM (peak RSS of this process image): ru_maxrss would carry over the
+    # pytest parent's peak across fork + exec.
+    code = (
+        "import sys\n"
+        "from model.recognizer import Recognizer\n"
+        f"r = Recognizer.load({str(shipped_model)!r})\n"
+        f"r.recognize({str(val_photos[0][0])!r})\n"
+        "hwm = [ln for ln in open('/proc/self/status') if ln.startswith('VmHWM')][0]\n"
+        "print('torch' in sys.modules, int(hwm.split()[1]) // 1024)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[2])
+    torch_loaded, rss_mb = out.stdout.split()
+    assert torch_loaded == "False"
+    assert int(rss_mb) <= 300
