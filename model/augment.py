@@ -69,7 +69,7 @@ def _glare(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         center = (int(rng.integers(0, w)), int(rng.integers(0, h)))
         axes = (int(rng.integers(w // 12, w // 3)), int(rng.integers(h // 30, h // 8)))
         cv2.ellipse(mask, center, axes, float(rng.uniform(0, 180)), 0, 360, 1.0, -1)
-    mask = cv2.GaussianBlur(mask, (0, 0), sigmaX=max(2.0, w / 30))
+    mask = np.asarray(cv2.GaussianBlur(mask, (0, 0), sigmaX=max(2.0, w / 30)), np.float32)
     strength = rng.uniform(0.4, 0.9)
     f = img.astype(np.float32)
     haze = rng.uniform(0.0, 0.2)  # a bag makes the whole picture a little milky

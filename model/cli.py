@@ -11,6 +11,10 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from model.recognizer import Recognizer
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
@@ -34,7 +38,7 @@ def _expand(items: list[str]) -> list[Path]:
     return out
 
 
-def _load(args: argparse.Namespace, gallery: str | None, top: int = 5):  # type: ignore[no-untyped-def]
+def _load(args: argparse.Namespace, gallery: str | None, top: int = 5) -> Recognizer:
     from model.recognizer import Recognizer
 
     rec = Recognizer.load(args.model, gallery_dir=gallery, top_k=top)
@@ -154,7 +158,7 @@ def cmd_gallery(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg,unused-ignore]
     """Add ``recognize``, ``enroll`` and ``model`` (train, evaluate, export, gallery)."""
     model_help = "ONNX model (default: the shipped model/weights/recognizer.onnx)"
 

@@ -72,8 +72,8 @@ def evaluate(
         "top1": float(np.mean(hit1)),
         "top5": float(np.mean(hit5)),
         "unknown_rate": float(np.mean([u for _, u in top1p])),
-        "top1_of_confident": float(np.mean([h for h, (_, u) in zip(hit1, top1p, strict=True) if not u]
-                                           or [0.0])),
+        "top1_of_confident": float(np.mean([float(h) for h, (_, u) in zip(hit1, top1p, strict=True)
+                                            if not u] or [0.0])),
         "ms_p50": float(np.median(ms)),
         "ms_p90": float(np.quantile(ms, 0.9)),
     }

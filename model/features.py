@@ -48,7 +48,9 @@ def embed_samples(
     batch: int = 32,
 ) -> dict[str, np.ndarray]:
     """Per sample: the centre view, ``aug_views`` augmented views and (if tta) the TTA views."""
-    centre, augv, ttav = [], [], []
+    centre: list[np.ndarray] = []
+    augv: list[np.ndarray] = []
+    ttav: list[np.ndarray] = []
     pending: list[np.ndarray] = []
     pending_kind: list[str] = []
 
@@ -111,7 +113,7 @@ def cached_features(
     va = embed_samples(net.embed, ds.val, size, 0, True, seed + 1, f"{backbone}@{size} val")
     out = {f"train_{k}": v for k, v in tr.items()} | {f"val_{k}": v for k, v in va.items()}
     tmp = path.with_suffix(".tmp.npz")
-    np.savez(tmp, **out)
+    np.savez(tmp, **out)  # type: ignore[arg-type]
     tmp.replace(path)
     logger.info("features cached in %s", path)
     return out

@@ -26,7 +26,7 @@ logger = logging.getLogger(__name__)
 
 def _frozen_forward(net: RecognizerNet, x: torch.Tensor, n_frozen: int) -> torch.Tensor:
     """Stem and the first ``n_frozen`` blocks without autograd: the CPU saves their backward."""
-    t = net.trunk
+    t: Any = net.trunk
     with torch.no_grad():
         x = t._swish(t._bn0(t._conv_stem(x)))
         for block in t._blocks[:n_frozen]:
@@ -37,7 +37,7 @@ def _frozen_forward(net: RecognizerNet, x: torch.Tensor, n_frozen: int) -> torch
 def _trainable_forward(
     net: RecognizerNet, x: torch.Tensor, n_frozen: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    t = net.trunk
+    t: Any = net.trunk
     n = len(t._blocks)
     rate = t._global_params.drop_connect_rate
     for idx in range(n_frozen, n):

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 import time
 from pathlib import Path
 
@@ -62,6 +63,8 @@ class Gallery:
         self._emb = np.zeros((0, dim), np.float32)
         self._labels: list[str] = []
         self._added = np.zeros((0,), np.float64)
+        # The stall recognises on one thread while the vendor teaches on another.
+        self._lock = threading.RLock()
         if self.folder is not None and (self.folder / "gallery.npz").exists():
             self._load_file(self.folder / "gallery.npz", merge=False)
 
@@ -82,16 +85,17 @@ class Gallery:
 
     def similarities(self, emb: np.ndarray, k: int = 3) -> dict[str, float]:
         """Per label, the mean cosine of ``emb`` to its ``k`` nearest exemplars."""
-        if not self._labels:
-            return {}
-        q = emb.astype(np.float32)[None]
-        sims = q @ self._emb.T
-        out: dict[str, float] = {}
-        labels = np.asarray(self._labels)
-        for lab in self.labels:
-            m = labels == lab
-            out[lab] = float(label_similarity(sims[:, m], q, self._emb[m], k)[0])
-        return out
+        with self._lock:
+            if not self._labels:
+                return {}
+            q = emb.astype(np.float32)[None]
+            sims = q @ self._emb.T
+            out: dict[str, float] = {}
+            labels = np.asarray(self._labels)
+            for lab in self.labels:
+                m = labels == lab
+                out[lab] = float(label_similarity(sims[:, m], q, self._emb[m], k)[0])
+            return out
 
     # -- changes ---------------------------------------------------------------
     def add(self, label: str, emb: np.ndarray) -> None:
@@ -104,12 +108,17 @@ class Gallery:
         n = float(np.linalg.norm(emb))
         if not np.isfinite(n) or n == 0:
             raise GalleryError("embedding is zero or not finite")
-        self._emb = np.vstack([self._emb, emb[None] / n])
-        self._labels.append(label)
-        self._added = np.append(self._added, time.time())
-        self._trim(label)
+        with self._lock:
+            self._emb = np.vstack([self._emb, emb[None] / n])
+            self._labels.append(label)
+            self._added = np.append(self._added, time.time())
+            self._trim(label)
 
     def remove(self, label: str) -> int:
+        with self._lock:
+            return self._remove(label)
+
+    def _remove(self, label: str) -> int:
         keep = [i for i, lab in enumerate(self._labels) if lab != label]
         removed = len(self._labels) - len(keep)
         self._emb = self._emb[keep]
@@ -164,7 +173,7 @@ class Gallery:
 
     def _write_npz(self, path: Path) -> None:
         tmp = path.with_name(path.name + ".tmp")
-        with tmp.open("wb") as fh:
+        with self._lock, tmp.open("wb") as fh:
             np.savez(
                 fh,
                 format_version=np.array(FORMAT_VERSION),
@@ -197,12 +206,13 @@ class Gallery:
             raise GalleryError(f"{path}: gallery holds non-finite embeddings")
         norms = np.linalg.norm(emb, axis=1, keepdims=True)
         emb = emb / np.maximum(norms, 1e-12)
-        if merge:
-            self._emb = np.vstack([self._emb, emb])
-            self._labels += labels
-            self._added = np.concatenate([self._added, added])
-            for lab in set(labels):
-                self._trim(lab)
-        else:
-            self._emb, self._labels, self._added = emb, labels, added
+        with self._lock:
+            if merge:
+                self._emb = np.vstack([self._emb, emb])
+                self._labels += labels
+                self._added = np.concatenate([self._added, added])
+                for lab in set(labels):
+                    self._trim(lab)
+            else:
+                self._emb, self._labels, self._added = emb, labels, added
         logger.info("gallery %s: %d exemplars of %d labels", path, len(labels), len(set(labels)))

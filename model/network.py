@@ -64,13 +64,16 @@ class RecognizerNet(nn.Module):
 
     def __init__(self, trunk: nn.Module, num_classes: int, scale: float = 16.0) -> None:
         super().__init__()
-        self.trunk = trunk
-        dim = int(trunk._conv_head.out_channels)
+        # Any: the trunk's blocks are reached by attribute (``_blocks``, ``_conv_head``)
+        self.trunk: Any = trunk
+        conv_head: Any = trunk._conv_head
+        dim = int(conv_head.out_channels)
         self.prototypes = nn.Parameter(torch.randn(num_classes, dim) * 0.01)
         self.log_scale = nn.Parameter(torch.tensor(float(scale)).log())
         # Mean of the training photos' unit features.  Pooled ReLU6 features are
         # all positive, so any two photos have cosine ~0.4; subtracting the mean
         # spreads them out, which makes gallery similarities meaningful.
+        self.center: torch.Tensor
         self.register_buffer("center", torch.zeros(dim))
 
     @property

@@ -76,8 +76,8 @@ def packaged_goods(rng: np.random.Generator, size: int = 348) -> np.ndarray:
     if rng.random() < 0.5:
         mask = np.zeros((size, size), np.float32)
         cv2.ellipse(mask, (cx + int(rng.integers(-40, 40)), cy), (w // 5, h // 3), 15, 0, 360, 1.0, -1)
-        mask = cv2.GaussianBlur(mask, (0, 0), 9)[..., None]
-        img = np.clip(img * (1 - 0.6 * mask) + 255 * 0.6 * mask, 0, 255).astype(np.uint8)
+        soft = cv2.GaussianBlur(mask, (0, 0), 9)[..., None]
+        img = np.clip(img * (1 - 0.6 * soft) + 255 * 0.6 * soft, 0, 255).astype(np.uint8)
     return cv2.GaussianBlur(img, (3, 3), 0)
 
 

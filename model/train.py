@@ -167,7 +167,7 @@ def held_out_classes(f: dict[str, np.ndarray], classes: list[str], cfg: HeadConf
     n = len(classes)
     perm = rng.permutation(n)
     known_p, unknown_p, known_cos, unknown_cos = [], [], [], []
-    per_group = []
+    per_group: list[dict[str, Any]] = []
     temps = []
     for g in range(groups):
         out_cls = sorted(set(perm[g::groups].tolist()))
