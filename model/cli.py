@@ -27,6 +27,16 @@ def _roi(text: str) -> tuple[float, float, float, float]:
     return (x, y, w, h)
 
 
+def _positive(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from exc
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
+    return n
+
+
 def _expand(items: list[str]) -> list[Path]:
     out: list[Path] = []
     for item in items:
@@ -164,7 +174,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg,
 
     p = sub.add_parser("recognize", help="recognise produce in photos, one JSON object per image")
     p.add_argument("images", nargs="+", metavar="IMAGE_OR_DIR")
-    p.add_argument("--top", type=int, default=5, help="how many guesses (default 5)")
+    p.add_argument("--top", type=_positive, default=5, help="how many guesses (default 5)")
     p.add_argument("--gallery", help="the stall's gallery folder of taught items")
     p.add_argument("--model", help=model_help)
     p.add_argument("--roi", type=_roi, help="plate region x,y,w,h as fractions of the image")

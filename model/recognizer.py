@@ -236,7 +236,7 @@ class Recognizer:
         t0 = time.perf_counter()
         logits, emb = self.embed(image)
         labels, p = self.scores(logits, emb)
-        k = min(top_k or self.top_k, len(labels))
+        k = max(1, min(top_k or self.top_k, len(labels)))
         order = np.argsort(-p)[:k]
         top = [(labels[i], float(p[i])) for i in order]
         unknown = top[0][1] < self.meta.unknown_threshold

@@ -515,7 +515,8 @@ def render_markdown(r: dict[str, Any]) -> str:
                  f"half of val: {c.get('known_flagged_split_half', float('nan')):.3f}")
     lines += ["", "| class | n | recall | precision |", "|---|---|---|---|"]
     for pc in r["per_class"]:
-        lines.append(f"| {pc['label']} | {pc['n']} | {pc['recall']:.2f} | {pc['precision']:.2f} |")
+        recall = f"{pc['recall']:.2f}" if pc["n"] else "- (no val photo)"
+        lines.append(f"| {pc['label']} | {pc['n']} | {recall} | {pc['precision']:.2f} |")
     lines += ["", "![confusion](confusion.png)", ""]
     return "\n".join(lines)
 
