@@ -6,6 +6,8 @@ Exception tree::
      +-- ModelFileError     the model file or its metadata is missing or corrupt
      +-- ImageError         an image that cannot be read (the message names the file)
      +-- GalleryError       an enrollment gallery that cannot be read or written
+     +-- RoiError           a plate region outside 0..1 (model.preprocess; also a ValueError)
+     +-- DatasetError       a training folder that cannot be read (model.data)
 """
 
 from __future__ import annotations

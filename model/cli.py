@@ -53,12 +53,7 @@ def _load(args: argparse.Namespace, gallery: str | None, top: int = 5) -> Recogn
 
     rec = Recognizer.load(args.model, gallery_dir=gallery, top_k=top)
     if getattr(args, "roi", None) is not None:
-        try:
-            rec.set_roi(args.roi)
-        except ValueError as exc:
-            from model import ModelError
-
-            raise ModelError(str(exc)) from exc
+        rec.set_roi(args.roi)  # RoiError is a ModelError: one line from the dispatcher
     return rec
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from model import ImageError
+from model import ImageError, ModelError
 
 logger = logging.getLogger(__name__)
 
@@ -26,6 +26,10 @@ MAX_DECODED_PIXELS = 40_000_000
 MAX_FILE_BYTES = 64 * 1024 * 1024
 
 Roi = tuple[float, float, float, float]
+
+
+class RoiError(ModelError, ValueError):
+    """A plate region that is not four fractions inside the image."""
 
 
 @dataclass(frozen=True)
@@ -139,11 +143,11 @@ def validate_roi(roi: Roi | None) -> Roi | None:
     try:
         x, y, w, h = (float(v) for v in roi)
     except (TypeError, ValueError) as exc:
-        raise ValueError(f"roi must be four numbers (x, y, w, h), got {roi!r}") from exc
+        raise RoiError(f"roi must be four numbers (x, y, w, h), got {roi!r}") from exc
     if not (0 <= x < 1 and 0 <= y < 1 and 0 < w <= 1 and 0 < h <= 1):
-        raise ValueError(f"roi fractions must lie in 0..1 with w, h > 0, got {roi!r}")
+        raise RoiError(f"roi fractions must lie in 0..1 with w, h > 0, got {roi!r}")
     if x + w > 1 + 1e-6 or y + h > 1 + 1e-6:
-        raise ValueError(f"roi {roi!r} reaches outside the image")
+        raise RoiError(f"roi {roi!r} reaches outside the image")
     return (x, y, w, h)
 
 
