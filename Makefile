@@ -10,11 +10,12 @@ setup:
 demo: setup
 	$(BIN)/wetmarket demo
 
-test: setup
+# Lint and type checks first (seconds), then the whole suite.
+test: lint
 	$(BIN)/python -m pytest -q
 
 lint: setup
-	$(BIN)/ruff check edge model server firmware_bridge tests bench
+	$(BIN)/ruff check edge model server firmware_bridge tests bench scripts
 	$(BIN)/mypy edge model server firmware_bridge
 
 bench: setup
