@@ -8,6 +8,7 @@ so the simulated vendor can show the camera a photo of the item it weighs.
 
 from __future__ import annotations
 
+import abc
 import logging
 import random
 import threading
@@ -23,13 +24,14 @@ logger = logging.getLogger(__name__)
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 
 
-class Camera:
+class Camera(abc.ABC):
     """One frame at a time; ``None`` when no frame could be had (never raises on a bad frame)."""
 
+    @abc.abstractmethod
     def read(self) -> np.ndarray | None:
-        raise NotImplementedError
+        """The current frame (BGR), or None."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - most cameras hold nothing to release
         """Release the device."""
 
 
