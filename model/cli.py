@@ -165,6 +165,8 @@ def cmd_gallery(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg,unused-ignore]
     """Add ``recognize``, ``enroll`` and ``model`` (train, evaluate, export, gallery)."""
+    from model.data import default_dataset_root  # stdlib only: registration stays cheap
+
     model_help = "ONNX model (default: the shipped model/weights/recognizer.onnx)"
 
     p = sub.add_parser("recognize", help="recognise produce in photos, one JSON object per image")
@@ -187,7 +189,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg,
     msub = m.add_subparsers(dest="model_command", metavar="ACTION", required=True)
 
     t = msub.add_parser("train", help="train on photos and export ONNX + metadata + report")
-    t.add_argument("--data", default=str(Path("..") / "shared" / "data" / "grocery-store"),
+    t.add_argument("--data", default=str(default_dataset_root()),
                    help="Grocery Store layout or label/*.jpg tree")
     t.add_argument("--out", default="runs/recognizer.onnx", help="ONNX file to write")
     t.add_argument("--run-dir", default="runs/train", help="report, checkpoints, caches")
@@ -211,7 +213,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg,
 
     e = msub.add_parser("evaluate", help="accuracy, unknown rate and latency of an ONNX model")
     e.add_argument("--model", help=model_help)
-    e.add_argument("--data", default=str(Path("..") / "shared" / "data" / "grocery-store"))
+    e.add_argument("--data", default=str(default_dataset_root()),
+                   help="Grocery Store layout or label/*.jpg tree")
     e.add_argument("--split", choices=["val", "train"], default="val")
     e.add_argument("--out", help="folder for evaluation.json and confusion.png")
     e.add_argument("--ood", help="folder of photos outside the catalogue")
