@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import cv2
@@ -33,6 +34,17 @@ def dataset_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if (DATASET / "classes.csv").exists():
         return DATASET
     return _synthetic_tree(tmp_path_factory.mktemp("photos"))
+
+
+@pytest.fixture(scope="session")
+def real_dataset() -> Path:
+    """The real photos; their absence fails the test unless it is allowed knowingly."""
+    if (DATASET / "classes.csv").exists():
+        return DATASET
+    if os.environ.get("WETMARKET_ALLOW_NO_DATASET") == "1":
+        pytest.skip(f"WETMARKET_ALLOW_NO_DATASET=1 and no photos at {DATASET}")
+    pytest.fail(f"the grocery-store photos are missing at {DATASET} (set "
+                "WETMARKET_ALLOW_NO_DATASET=1 to skip the tests that need them knowingly)")
 
 
 @pytest.fixture(scope="session")

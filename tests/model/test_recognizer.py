@@ -14,13 +14,9 @@ import pytest
 from model import GalleryError, ImageError, ModelFileError
 from model.recognizer import Recognition, Recognizer
 
-DATASET = Path(__file__).resolve().parents[3] / "shared" / "data" / "grocery-store"
 
-
-def test_labels_are_the_fine_class_names(recognizer: Recognizer) -> None:
-    if not (DATASET / "classes.csv").exists():
-        pytest.skip("needs classes.csv of the real dataset")
-    with (DATASET / "classes.csv").open(newline="") as fh:
+def test_labels_are_the_fine_class_names(recognizer: Recognizer, real_dataset: Path) -> None:
+    with (real_dataset / "classes.csv").open(newline="") as fh:
         names = [row[0] for row in list(csv.reader(fh))[1:]]
     assert recognizer.labels == names
     meta = json.loads(Path(recognizer.runner.path).with_suffix(".json").read_text())
@@ -28,9 +24,8 @@ def test_labels_are_the_fine_class_names(recognizer: Recognizer) -> None:
     assert meta["input"]["size"] == recognizer.meta.size
 
 
-def test_recognizes_real_photos(recognizer: Recognizer, val_photos: list[tuple[Path, str]]) -> None:
-    if not (DATASET / "classes.csv").exists():
-        pytest.skip("the shipped model knows the real classes only")
+def test_recognizes_real_photos(recognizer: Recognizer, val_photos: list[tuple[Path, str]],
+                                real_dataset: Path) -> None:
     hits = 0
     for path, truth in val_photos:
         r = recognizer.recognize(path)
