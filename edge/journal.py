@@ -57,6 +57,8 @@ CREATE TABLE IF NOT EXISTS refunds (
     reason       TEXT NOT NULL,
     operator     TEXT NOT NULL,
     at           TEXT NOT NULL,
+    upload_state TEXT NOT NULL DEFAULT 'pending',
+    upload_note  TEXT,
     UNIQUE (sale_id, line_no)
 );
 """
@@ -169,6 +171,23 @@ class Journal:
                 raise JournalError(f"receipt {refund.trace_code}: a line is already refunded") from exc
             except sqlite3.Error as exc:
                 raise JournalError(f"cannot write refund to {self.path}: {exc}") from exc
+
+    def pending_refunds(self, limit: int = 50) -> list[dict[str, Any]]:
+        """Refunds not yet acknowledged by the server, only for sales it already has."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT r.sale_id, r.line_no, r.amount_fen, r.reason, r.operator, r.at FROM refunds r "
+                "JOIN sales s ON s.sale_id = r.sale_id "
+                "WHERE r.upload_state = 'pending' AND s.upload_state = 'sent' ORDER BY r.id LIMIT ?",
+                (limit,),
+            ).fetchall()
+        keys = ("sale_id", "line_no", "amount_fen", "reason", "operator", "at")
+        return [dict(zip(keys, r, strict=True)) for r in rows]
+
+    def mark_refund(self, sale_id: str, line_no: int, state: UploadState, note: str | None = None) -> None:
+        with self._lock:
+            self._db.execute("UPDATE refunds SET upload_state = ?, upload_note = ? "
+                             "WHERE sale_id = ? AND line_no = ?", (state, note, sale_id, line_no))
 
     def find(self, *, receipt_no: int | None = None, trace_code: str | None = None) -> Sale | None:
         with self._lock:

@@ -15,7 +15,7 @@ from typing import Any
 
 import httpx
 
-from edge.journal import Journal
+from edge.journal import Journal, UploadState
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ class Outbox:
             self._register_key()
         sales = self.journal.pending(self.batch)
         if not sales:
-            return 0
+            return self._flush_refunds()
         r = self._client.post("/api/v1/sales", json={"sales": sales})
         r.raise_for_status()
         body: dict[str, Any] = r.json()
@@ -86,6 +86,23 @@ class Outbox:
                 logger.error("server refused sale %s: %s", sid, res.get("reason"))
                 self.journal.mark(sid, "refused", res.get("reason"))
                 settled += 1
+        return settled
+
+    def _flush_refunds(self) -> int:
+        """Send refunds of sales the server already holds (a refund never overtakes its sale)."""
+        refunds = self.journal.pending_refunds(self.batch)
+        if not refunds:
+            return 0
+        r = self._client.post("/api/v1/refunds", json={"refunds": refunds})
+        r.raise_for_status()
+        settled = 0
+        for res in r.json().get("results", []):
+            state: UploadState = "sent" if res["status"] in ("accepted", "duplicate") else "refused"
+            if state == "refused":
+                logger.error("server refused refund of %s line %s: %s", res["sale_id"], res["line_no"],
+                             res.get("reason"))
+            self.journal.mark_refund(res["sale_id"], res["line_no"], state, res.get("reason"))
+            settled += 1
         return settled
 
     def _run(self) -> None:

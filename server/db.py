@@ -94,6 +94,21 @@ class SaleLine(Base):
     sale: Mapped[Sale] = relationship(back_populates="lines")
 
 
+class Refund(Base):
+    """A refunded line of a stored sale (at most once per line)."""
+
+    __tablename__ = "refunds"
+
+    sale_id: Mapped[str] = mapped_column(ForeignKey("sales.sale_id"), primary_key=True)
+    line_no: Mapped[int] = mapped_column(Integer, primary_key=True)  # 1-based, as on the receipt
+    stall_id: Mapped[str] = mapped_column(String(16), index=True)
+    amount_fen: Mapped[int] = mapped_column(BigInteger)
+    reason: Mapped[str] = mapped_column(String(200))
+    operator: Mapped[str] = mapped_column(String(64))
+    refunded_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+    local_day: Mapped[dt.date] = mapped_column(Date, index=True)
+
+
 class StallHour(Base):
     """Sales per stall per local hour."""
 

@@ -42,8 +42,14 @@ def today(session: Session, tz: zoneinfo.ZoneInfo, day: dt.date | None = None) -
         .order_by(db.ItemDay.amount_fen.desc())
         .limit(10)
     ).scalars().all()
+    refunds, refunds_fen = session.execute(
+        select(func.count(), func.coalesce(func.sum(db.Refund.amount_fen), 0))
+        .where(db.Refund.local_day == day)
+    ).one()
     return {
         "day": day.isoformat(),
+        "refunds": int(refunds),
+        "refunds_fen": int(refunds_fen),
         "sales": sum(r["sales"] for r in ranking),
         "total_fen": sum(r["total_fen"] for r in ranking),
         "ranking": ranking,

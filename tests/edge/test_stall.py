@@ -129,6 +129,12 @@ def test_audit_trail_and_refunds_are_durable(stall: StallApp) -> None:
 
     ref = session.refund(sale.trace_code, [1], reason="坏果", operator="李阿姨")
     assert ref.amount_fen == 600
+    stall.outbox.notify()  # type: ignore[union-attr]
+    srv_url = stall.cfg.server.url
+    import httpx
+
+    assert wait_for(lambda: httpx.get(f"{srv_url}/api/v1/stats/today").json()["refunds_fen"] == 600)
+    assert wait_for(lambda: journal.pending_refunds() == [])
     with pytest.raises(BasketError, match="already refunded"):
         session.refund(sale.trace_code, [1], reason="again")
     with pytest.raises(BasketError, match="no receipt"):

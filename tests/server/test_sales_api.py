@@ -208,3 +208,35 @@ def test_sale_on_the_shopper_friendly_rule(server: LiveServer) -> None:
     assert res[0]["status"] == "refused" and "amount" in res[0]["reason"]
     assert res[1]["status"] == "refused" and "rounding" in res[1]["reason"]
     assert res[2]["status"] == "accepted"
+
+
+def test_refunds_are_checked_and_counted_once(server: LiveServer) -> None:
+    a, b = StallSim("S01"), StallSim("S02")
+    ta, tb = _register(server, a, "甲"), _register(server, b, "乙")
+    sale = a.sale([("1", "香蕉", 1000, 690, "kg"), ("2", "黄瓜", 500, 260, "500g")])
+    with server.client(ta) as c:
+        c.post("/api/v1/sales", json={"sales": [sale]})
+    import datetime as dt
+
+    from tests.server.conftest import SHANGHAI
+
+    at = dt.datetime.now(SHANGHAI).isoformat(timespec="seconds")
+    good = {"sale_id": sale["sale_id"], "line_no": 2, "amount_fen": 260, "reason": "坏了",
+            "operator": "甲", "at": at}
+    wrong_amount = {**good, "line_no": 1, "amount_fen": 1}
+    no_line = {**good, "line_no": 3}
+    naive_time = {**good, "line_no": 1, "amount_fen": 690, "at": at[:19]}
+    with server.client(ta) as c:
+        res = c.post("/api/v1/refunds", json={"refunds": [good, good, wrong_amount, no_line, naive_time,
+                                                           "junk"]}).json()["results"]
+        assert [r["status"] for r in res] == ["accepted", "duplicate", "refused", "refused", "refused",
+                                              "refused"]
+        assert "690" in res[2]["reason"] and "no line 3" in res[3]["reason"]
+        assert c.post("/api/v1/refunds", json={"refunds": []}).status_code == 422
+    with server.client(tb) as c:  # another stall cannot refund S01's sale
+        res = c.post("/api/v1/refunds", json={"refunds": [{**good, "line_no": 1, "amount_fen": 690}]})
+        assert res.json()["results"][0]["status"] == "refused"
+    with server.client() as c:
+        assert c.post("/api/v1/refunds", json={"refunds": [good]}).status_code == 401
+        today = c.get("/api/v1/stats/today").json()
+    assert today["refunds"] == 1 and today["refunds_fen"] == 260
