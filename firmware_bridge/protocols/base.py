@@ -10,6 +10,7 @@ so the simulator can never speak a dialect the decoder does not.
 
 from __future__ import annotations
 
+import abc
 import re
 from dataclasses import dataclass
 from typing import ClassVar, Literal, NamedTuple
@@ -108,7 +109,7 @@ def grams_to_decimal(grams: int, decimals: int, grams_per_unit: int = 1000) -> s
 UNIT_GRAMS = {"kg": 1000, "g": 1}
 
 
-class Codec:
+class Codec(abc.ABC):
     """Base of every protocol codec; subclasses set the class attributes and ``_decode``.
 
     Framing comes in two kinds, chosen by ``terminator``:
@@ -224,8 +225,9 @@ class Codec:
             self.stats.dropped_bytes += len(raw)
         self.stats.last_error = f"{self.name}: {why}: {bytes(raw[:40])!r}"
 
+    @abc.abstractmethod
     def _decode(self, m: re.Match[bytes]) -> Frame:
-        raise NotImplementedError
+        """The frame of one matched piece of the stream; FrameError if it does not check."""
 
     def reset(self, resync: bool = False) -> None:
         """Forget any partial frame.  ``resync``: the next bytes may start mid-frame (a port
@@ -245,9 +247,9 @@ class Codec:
         return name in self.host_commands
 
     # ---- module side (simulator) ----------------------------------------------
+    @abc.abstractmethod
     def encode(self, frame: Frame) -> bytes:
         """The bytes a module sends for ``frame``."""
-        raise NotImplementedError
 
     def encode_reply(self, command: Command, ok: bool, frame: Frame) -> bytes:
         """What the module answers to a zero/tare/clear-tare command (most say nothing)."""
