@@ -19,6 +19,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import IO
 
 import httpx
 
@@ -82,10 +83,12 @@ class Demo:
         self.duration = duration
         self.base = f"http://127.0.0.1:{port}"
         self.procs: list[tuple[str, subprocess.Popen[bytes]]] = []
+        self._logs: list[IO[bytes]] = []
         self.stop = threading.Event()
 
     def _spawn(self, name: str, args: list[str], env: dict[str, str] | None = None) -> None:
-        log = open(self.data_dir / f"{name}.log", "wb")  # noqa: SIM115 - lives as long as the child
+        log = open(self.data_dir / f"{name}.log", "wb")  # noqa: SIM115 - closed in shutdown()
+        self._logs.append(log)
         proc = subprocess.Popen([sys.executable, "-m", "edge.cli", *args], stdout=log,
                                 stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
                                 start_new_session=True)
@@ -176,3 +179,6 @@ class Demo:
                     os.killpg(proc.pid, signal.SIGKILL)
                     proc.wait()
         self.procs.clear()
+        for log in self._logs:
+            log.close()
+        self._logs.clear()

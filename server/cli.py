@@ -36,7 +36,6 @@ def _run(args: argparse.Namespace) -> int:
     token = os.environ.get("WETMARKET_ADMIN_TOKEN")
     kw: dict[str, object] = {
         "db_url": args.db or os.environ.get("WETMARKET_DB", DEFAULT_DB),
-        "public_url": args.public_url or f"http://{args.host}:{args.port}",
     }
     if token:
         kw["admin_token"] = token
@@ -60,5 +59,4 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--db", help="database URL (default: sqlite:///var/market.db or $WETMARKET_DB)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--public-url", help="base URL printed on receipts' QR codes")
     p.set_defaults(run=_run)

@@ -23,7 +23,6 @@ class Settings(BaseModel):
     )
     market_name: str = Field("平顺菜市场", title="Market name")
     timezone: str = Field("Asia/Shanghai", title="Market time zone", description="defines the local day")
-    public_url: str = Field("http://127.0.0.1:8000", title="Public base URL of trace pages")
 
     @field_validator("timezone")
     @classmethod

@@ -7,7 +7,7 @@ import zoneinfo
 from typing import Any
 
 from sqlalchemy import func, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, selectinload
 
 from server import db
 
@@ -64,7 +64,8 @@ def today(session: Session, tz: zoneinfo.ZoneInfo, day: dt.date | None = None) -
 
 def recent_sales(session: Session, limit: int = 10) -> list[dict[str, Any]]:
     rows = session.execute(
-        select(db.Sale).order_by(db.Sale.received_at.desc(), db.Sale.sale_id).limit(limit)
+        select(db.Sale).options(selectinload(db.Sale.lines))
+        .order_by(db.Sale.received_at.desc(), db.Sale.sale_id).limit(limit)
     ).scalars().all()
     return [
         {

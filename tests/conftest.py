@@ -5,11 +5,9 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import pytest
 import uvicorn
 
 REPO = Path(__file__).resolve().parent.parent
@@ -59,17 +57,3 @@ def postgres_available() -> bool:
             return True
     except OSError:
         return False
-
-
-@pytest.fixture
-def live_server_factory() -> Iterator:  # type: ignore[type-arg]
-    started: list[LiveServer] = []
-
-    def make(app) -> LiveServer:  # type: ignore[no-untyped-def]
-        srv = LiveServer(app).__enter__()
-        started.append(srv)
-        return srv
-
-    yield make
-    for srv in reversed(started):
-        srv.__exit__(None, None, None)

@@ -6,7 +6,7 @@ import datetime as dt
 from typing import Any
 
 from fastapi import APIRouter, Request
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from server import db
 from server.auth import Credentials, stall_for_token
@@ -24,9 +24,12 @@ class RefundIn(BaseModel):
     operator: str = Field(min_length=1, max_length=64)
     at: dt.datetime
 
-    def check_tz(self) -> None:
-        if self.at.tzinfo is None:
+    @field_validator("at")
+    @classmethod
+    def _with_offset(cls, v: dt.datetime) -> dt.datetime:
+        if v.tzinfo is None:
             raise ValueError("at needs a UTC offset")
+        return v
 
 
 class RefundBatch(BaseModel):
@@ -39,10 +42,8 @@ def _one(session: Any, stall: db.Stall, raw: Any, tz: Any) -> dict[str, Any]:
            "line_no": raw.get("line_no") if isinstance(raw, dict) else None}
     try:
         ref = RefundIn.model_validate(raw)
-        ref.check_tz()
-    except (ValidationError, ValueError) as exc:
-        msg = exc.errors()[0]["msg"] if isinstance(exc, ValidationError) else str(exc)
-        return {**key, "status": "refused", "reason": msg}
+    except ValidationError as exc:
+        return {**key, "status": "refused", "reason": exc.errors()[0]["msg"]}
     sale = session.get(db.Sale, ref.sale_id)
     if sale is None or sale.stall_id != stall.stall_id:
         return {**key, "status": "refused", "reason": f"no sale {ref.sale_id} of stall {stall.stall_id}"}

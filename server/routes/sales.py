@@ -56,7 +56,7 @@ def upload_sales(body: SalesBatch, session: SessionDep, cred: Credentials, setti
                     raise HTTPException(status.HTTP_409_CONFLICT,
                                         "concurrent upload of the same sales; send again") from None
     accepted = [r for r in results if r.status == "accepted"]
-    if accepted:
+    if accepted and broker.subscribers:
         figures = stats.today(session, settings.tz)
         broker.publish({"type": "sales", "stall_id": stall.stall_id, "new": len(accepted),
                         "today": figures, "recent": stats.recent_sales(session)})
