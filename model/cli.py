@@ -105,8 +105,16 @@ def cmd_enroll(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     import logging
 
+    from model import ModelError
+    from model.distill import DEFAULT_TEACHERS, parse_teacher
     from model.head import HeadConfig
     from model.train import TrainConfig, run
+
+    for spec in (args.teachers.split(",") if args.teachers else []):
+        try:
+            parse_teacher(spec)
+        except ValueError as exc:
+            raise ModelError(str(exc)) from None
 
     logging.getLogger("model").setLevel(logging.INFO)
     cfg = TrainConfig(
@@ -117,6 +125,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         int8=args.int8 or args.int8_out is not None,
         int8_out=Path(args.int8_out) if args.int8_out else None,
         threads=args.threads, max_images=args.max_images,
+        teachers=tuple(args.teachers.split(",")) if args.teachers else DEFAULT_TEACHERS,
+        kd_temperature=args.kd_temperature, kd_alpha=args.kd_alpha,
+        distill_scale=args.distill_scale, bank_views=args.bank_views,
     )
     report = run(cfg)
     print(json.dumps({"out": str(cfg.out), "val_top1": report["val"][1],
@@ -196,7 +207,17 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg,
     t.add_argument("--backbone", default="efficientnet-lite0",
                    choices=["efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2"])
     t.add_argument("--size", type=int, default=224, help="input size in pixels (multiple of 32)")
-    t.add_argument("--mode", choices=["linear", "finetune"], default="linear")
+    t.add_argument("--mode", choices=["linear", "finetune", "distill"], default="linear",
+                   help="linear: head on the frozen trunk; finetune: hard labels; distill: the "
+                        "teachers' soft labels (the shipped model)")
+    t.add_argument("--teachers", help="distill: comma-separated BACKBONE@SIZE frozen teachers "
+                                      "(default: lite0@224, lite1@240, lite2@260, lite2@288, lite0@288)")
+    t.add_argument("--kd-temperature", type=float, default=2.0, help="distill: teacher temperature")
+    t.add_argument("--kd-alpha", type=float, default=0.7, help="distill: weight of the soft labels")
+    t.add_argument("--distill-scale", type=float, default=32.0,
+                   help="distill: the cosine head's fixed scale while training")
+    t.add_argument("--bank-views", type=int, default=8,
+                   help="distill: augmented views per train photo in the view bank")
     t.add_argument("--aug-views", type=int, default=4, help="augmented views per photo (linear)")
     t.add_argument("--head-epochs", type=int, default=30)
     t.add_argument("--epochs", type=int, default=12, help="fine-tuning epochs")

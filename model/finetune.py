@@ -47,6 +47,13 @@ def _trainable_forward(
     return net.classify(emb), emb
 
 
+def warmup_cosine(step: int, peak: float, warm: int, total: int) -> float:
+    """Linear warm-up over ``warm`` steps, then a cosine down to 0 at ``total``."""
+    if step < warm:
+        return peak * (step + 1) / warm
+    return 0.5 * peak * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
+
+
 def evaluate_net(net: RecognizerNet, ds: Dataset, size: int) -> dict[int, float]:
     net.eval()
     logits, labels = [], []
@@ -89,9 +96,7 @@ def finetune(net: RecognizerNet, ds: Dataset, cfg: TrainConfig) -> RecognizerNet
     warm = max(1, steps_per_epoch // 2)
 
     def lr_at(step: int) -> float:
-        if step < warm:
-            return cfg.lr * (step + 1) / warm
-        return 0.5 * cfg.lr * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
+        return warmup_cosine(step, cfg.lr, warm, total)
 
     step = 0
     checkpoint = cfg.run_dir / "finetune.pt"

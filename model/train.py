@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from model.data import Dataset, load_dataset
+from model.distill import DEFAULT_TEACHERS
 from model.head import HeadConfig, fit_temperature, head_logits, train_head
 from model.metrics import auroc as _auroc
 from model.metrics import topk_accuracy
@@ -56,6 +57,12 @@ class TrainConfig:
     int8_out: Path | None = None  # default: OUT with suffix .int8.onnx
     threads: int = 2
     max_images: int | None = None  # a tiny slice for tests
+    # distillation (mode "distill"): the teachers' frozen trunks, BACKBONE@SIZE
+    teachers: tuple[str, ...] = DEFAULT_TEACHERS
+    kd_temperature: float = 2.0
+    kd_alpha: float = 0.7
+    distill_scale: float = 32.0
+    bank_views: int = 8
 
 
 def _subsample(ds: Dataset, n: int | None, seed: int) -> Dataset:
@@ -177,7 +184,7 @@ def held_out_classes(f: dict[str, np.ndarray], classes: list[str], cfg: HeadConf
         x, y = _train_rows(f, tr_idx, "train")
         y = np.array([remap[c] for c in y])
         head = train_head(x, y, len(keep), HeadConfig(**{**asdict(cfg), "seed": cfg.seed + 100 + g}))
-        scale = float(head.log_scale.exp())
+        scale = float(head.log_scale.detach().exp())
         va_known = np.where(np.isin(f["val_labels"], keep))[0]
         lk = head_logits(head, f["val_centre"][va_known])
         yk = np.array([remap[c] for c in f["val_labels"][va_known]])
@@ -353,9 +360,19 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
     cfg.run_dir.mkdir(parents=True, exist_ok=True)
     ds = _subsample(load_dataset(cfg.data, seed=cfg.seed), cfg.max_images, cfg.seed)
     n_classes = len(ds.classes)
-    f = cached_features(ds, cfg.backbone, cfg.size, cfg.aug_views, cfg.seed,
-                        cfg.run_dir.parent / "features" if cfg.max_images is None
-                        else cfg.run_dir / "features")
+    cache_dir = cfg.run_dir.parent / "features" if cfg.max_images is None else cfg.run_dir / "features"
+    if cfg.mode == "distill":
+        from model.distill import as_feature_dict, build_bank, parse_teacher, teacher_features
+
+        bank_size = max([cfg.size, *(parse_teacher(t)[1] for t in cfg.teachers)])
+        bank = build_bank(ds, bank_size, cfg.bank_views, cfg.seed, cache_dir)
+        teachers = {t: teacher_features(bank, t, cache_dir, cfg.threads) for t in cfg.teachers}
+        own = f"{cfg.backbone}@{cfg.size}"
+        # The student's own frozen features give its starting head (and the
+        # frozen-trunk experiments below).
+        f = as_feature_dict(teachers.get(own) or teacher_features(bank, own, cache_dir, cfg.threads), bank)
+    else:
+        f = cached_features(ds, cfg.backbone, cfg.size, cfg.aug_views, cfg.seed, cache_dir)
     center = f["train_centre"].mean(0)
     f = centre_features(f, center)
     x, y = _train_rows(f, np.arange(len(ds.train)), "train")
@@ -382,14 +399,21 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
         logger.info("held-out classes: %s", report["held_out_classes"])
 
     net = _build_net(cfg, n_classes, prototypes, log_scale, center)
-    if cfg.mode == "finetune":
-        from model.finetune import finetune
+    if cfg.mode in ("finetune", "distill"):
+        if cfg.mode == "finetune":
+            from model.finetune import finetune
 
-        net = finetune(net, ds, cfg)
+            net = finetune(net, ds, cfg)
+        else:
+            from model.distill import distill, soft_labels
+
+            soft, report["teachers"] = soft_labels(teachers, bank, [str(s.path) for s in ds.train],
+                                                   n_classes, cfg.kd_temperature, cfg.folds, cfg.seed)
+            net, report["distill_log"] = distill(net, bank, soft, cfg)
         val_logits = _net_logits(net, ds, cfg.size)
         report["finetune_val"] = topk_accuracy(val_logits, f["val_labels"])
         log_scale = float(net.log_scale.detach())
-        logger.info("fine-tuned: val %s", report["finetune_val"])
+        logger.info("%s: val %s", cfg.mode, report["finetune_val"])
         if cfg.max_images is None:
             ho = held_out_after_finetune(net, ds, cfg.size, cfg.head, cfg.seed)
             report["held_out_classes_finetuned"] = ho
@@ -497,6 +521,15 @@ def render_markdown(r: dict[str, Any]) -> str:
         lines.append(f"- linear head {cv['folds']}-fold blocked CV inside train: top-1 {cv['top1']:.3f}, "
                      f"top-5 {cv['top5']:.3f} (optimistic: train photos of a class share sessions, "
                      "val photos come from others)")
+    if "teachers" in r:
+        for name, t in r["teachers"].items():
+            if isinstance(t, dict) and "val" in t:
+                lines.append(f"- teacher {name} (frozen, linear head): val {t['val']}")
+        lines.append(f"- teacher ensemble: val {r['teachers'].get('ensemble_val')}")
+    if "distill_log" in r:
+        for e in r["distill_log"]:
+            lines.append(f"- distillation epoch {e['epoch']}: loss {e['loss']:.3f}, val {e.get('val')}, "
+                         f"{e['seconds']:.0f} s")
     if "finetune_val" in r:
         lines.append(f"- fine-tuned val: {r['finetune_val']}")
     if "held_out_classes" in r:

@@ -116,3 +116,33 @@ def test_evaluate_command(shipped_model: Path, dataset_root: Path, tmp_path: Pat
     assert report["n"] == 6 and 0 <= report["top1"] <= 1
     assert (tmp_path / "confusion.png").exists()
     assert np.isfinite(report["ms_p50"])
+
+
+def test_distillation_on_a_tiny_slice(dataset_root: Path, tmp_path: Path) -> None:
+    """Mode distill end to end: view bank, ONNX teachers, out-of-fold soft labels, student, export."""
+    import numpy as np
+
+    from model.head import HeadConfig
+    from model.recognizer import Recognizer
+    from model.train import TrainConfig, run
+
+    cfg = TrainConfig(data=dataset_root, out=tmp_path / "d.onnx", run_dir=tmp_path / "run", size=64,
+                      mode="distill", teachers=("efficientnet-lite0@64", "efficientnet-lite1@96"),
+                      bank_views=1, folds=2, epochs=1, head=HeadConfig(epochs=2), threads=2,
+                      max_images=10)
+    report = run(cfg)
+    assert set(report["teachers"]) >= {"efficientnet-lite0@64", "efficientnet-lite1@96", "ensemble_val"}
+    assert len(report["distill_log"]) == 1 and np.isfinite(report["distill_log"][0]["loss"])
+    bank = sorted((cfg.run_dir / "features").glob("bank-*-train.npy"))
+    assert len(bank) == 1 and np.load(bank[0], mmap_mode="r").shape[1:] == (2, 96, 96, 3)
+    meta = json.loads(cfg.out.with_suffix(".json").read_text())
+    assert meta["mode"] == "distill" and meta["scale"] == pytest.approx(32.0)
+    rec = Recognizer.load(cfg.out, top_k=3)
+    r = rec.recognize(next(iter(cfg.data.glob("val/*/*/*/*.jpg"))))
+    assert len(r.top) == 3 and r.top[0][0] in meta["labels"]
+
+
+def test_train_rejects_a_bad_teacher(capsys: pytest.CaptureFixture[str]) -> None:
+    rc = main(["model", "train", "--mode", "distill", "--teachers", "resnet50@224"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "resnet50@224" in err and "Traceback" not in err

@@ -1,0 +1,332 @@
+"""Distillation: an ensemble of frozen EfficientNet-Lite teachers taught to the shipped Lite0.
+
+Why: on this dataset a linear head on any single frozen trunk (Lite0/1/2, 224 to
+288 px) stops near 80 % val top-1, and fine-tuning Lite0 on hard labels gets
+no further; the ensemble is a little better but five trunks cost five times the
+latency.  Fine-tuning the one shipped trunk on the ensemble's soft labels
+(plus a share of hard labels) beats both (docs/benchmarks.md, "Recognizer").
+
+The pipeline, all seeded and cached under the run folder:
+
+1. ``ViewBank``: each train photo as its centre crop plus ``views`` plate-camera
+   augmentations, each val photo as its four TTA views, stored once as uint8 at
+   the largest size any network needs (a memory-mapped ``.npy``).
+2. Teachers: each ``backbone@size`` trunk is exported to ONNX (pooled features)
+   and run with onnxruntime over the bank: ~5x the speed of torch on this CPU.
+3. Soft labels: for each teacher, cosine heads trained on blocked folds of the
+   train photos label the held-out fold's views (out of fold, so the labels are
+   not the memorised training labels); the teachers' tempered probabilities are
+   averaged.
+4. The student (the shipped network) is fine-tuned on the bank's views with
+   ``alpha * KL(teacher || student) + (1 - alpha) * cross-entropy``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from model.augment import augment
+from model.data import Dataset
+from model.preprocess import read_image, square_resize, to_tensor, tta_views
+
+if TYPE_CHECKING:
+    from model.network import RecognizerNet
+    from model.train import TrainConfig
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_TEACHERS = (
+    "efficientnet-lite0@224",
+    "efficientnet-lite1@240",
+    "efficientnet-lite2@260",
+    "efficientnet-lite2@288",
+    "efficientnet-lite0@288",
+)
+
+
+def parse_teacher(spec: str) -> tuple[str, int]:
+    """``backbone@size`` -> (backbone, size); ValueError for anything else."""
+    from model.network import BACKBONES
+
+    name, sep, size = spec.partition("@")
+    if not sep or name not in BACKBONES or not size.isdigit() or int(size) < 32:
+        raise ValueError(f"teacher {spec!r}: expected BACKBONE@SIZE, BACKBONE one of "
+                         f"{', '.join(BACKBONES)}, SIZE at least 32")
+    return name, int(size)
+
+
+@dataclass
+class ViewBank:
+    """uint8 BGR views: ``train`` (N, 1 + V, S, S, 3), ``val`` (M, 4, S, S, 3)."""
+
+    train: np.ndarray
+    val: np.ndarray
+    train_labels: np.ndarray
+    val_labels: np.ndarray
+    size: int
+    key: str
+
+    @property
+    def views(self) -> int:
+        return int(self.train.shape[1])
+
+
+def _bank_key(ds: Dataset, size: int, views: int, seed: int) -> str:
+    h = hashlib.sha256(f"bank|{size}|{views}|{seed}|{ds.training_list_hash()}".encode())
+    for s in ds.val:
+        h.update(str(s.path).encode())
+    return h.hexdigest()[:16]
+
+
+def build_bank(ds: Dataset, size: int, views: int, seed: int, cache_dir: Path) -> ViewBank:
+    """The view bank of ``ds``, computed once and memory-mapped from ``cache_dir``."""
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    key = _bank_key(ds, size, views, seed)
+    tr_path, va_path = cache_dir / f"bank-{key}-train.npy", cache_dir / f"bank-{key}-val.npy"
+    ytr = np.array([s.label for s in ds.train], np.int64)
+    yva = np.array([s.label for s in ds.val], np.int64)
+    if not (tr_path.exists() and va_path.exists()):
+        tmp = tr_path.with_suffix(".tmp.npy")
+        tr = np.lib.format.open_memmap(tmp, "w+", np.uint8, (len(ds.train), 1 + views, size, size, 3))
+        for i, s in enumerate(tqdm(ds.train, desc="view bank", unit="img", mininterval=10)):
+            img = read_image(s.path, size)
+            tr[i, 0] = square_resize(img, size)
+            for v in range(views):
+                tr[i, 1 + v] = augment(img, np.random.default_rng([seed, i, v]), size)
+        tr.flush()
+        del tr
+        va = np.zeros((len(ds.val), 4, size, size, 3), np.uint8)
+        for i, s in enumerate(ds.val):
+            va[i] = np.stack(tta_views(read_image(s.path, size), size))
+        np.save(va_path, va)
+        tmp.replace(tr_path)
+        logger.info("view bank cached in %s", tr_path)
+    return ViewBank(np.load(tr_path, mmap_mode="r"), np.load(va_path), ytr, yva, size, key)
+
+
+def resize_views(views: np.ndarray, size: int) -> list[np.ndarray]:
+    """Bank views (at the bank's size) at a network's size."""
+    if views.shape[1] == size:
+        return [np.asarray(v) for v in views]
+    interp = cv2.INTER_AREA if views.shape[1] > size else cv2.INTER_LINEAR
+    return [cv2.resize(np.asarray(v), (size, size), interpolation=interp) for v in views]
+
+
+def _export_pooled_trunk(backbone: str, size: int, path: Path) -> None:
+    import torch
+
+    from model.network import build_trunk
+
+    class Pooled(torch.nn.Module):
+        def __init__(self, trunk: Any) -> None:
+            super().__init__()
+            self.trunk = trunk
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.trunk.extract_features(x).mean(dim=(2, 3))
+
+    net = Pooled(build_trunk(backbone, size)).eval()
+    tmp = path.with_suffix(".tmp.onnx")
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(net, (torch.zeros(1, 3, size, size),), str(tmp), input_names=["image"],
+                          output_names=["features"],
+                          dynamic_axes={"image": {0: "batch"}, "features": {0: "batch"}},
+                          opset_version=17, dynamo=False)
+    tmp.replace(path)
+
+
+def teacher_features(bank: ViewBank, spec: str, cache_dir: Path, threads: int) -> dict[str, np.ndarray]:
+    """Pooled frozen-trunk features of every bank view: ``train`` (N, 1+V, D), ``val`` (M, 4, D)."""
+    import onnxruntime as ort
+
+    backbone, size = parse_teacher(spec)
+    path = cache_dir / f"teacher-{backbone}-{size}-{bank.key}.npz"
+    if path.exists():
+        with np.load(path) as z:
+            return dict(z)
+    onnx_path = cache_dir / f"trunk-{backbone}-{size}.onnx"
+    if not onnx_path.exists():
+        _export_pooled_trunk(backbone, size, onnx_path)
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    sess = ort.InferenceSession(str(onnx_path), so, providers=["CPUExecutionProvider"])
+    out: dict[str, np.ndarray] = {}
+    for split, arr in (("train", bank.train), ("val", bank.val)):
+        n, v = arr.shape[:2]
+        flat = arr.reshape(n * v, *arr.shape[2:])
+        feats: list[np.ndarray] = []
+        for i in tqdm(range(0, n * v, 32), desc=f"{spec} {split}", unit="batch", mininterval=10):
+            x = to_tensor(resize_views(flat[i : i + 32], size))
+            feats.append(sess.run(None, {"image": x})[0])
+        out[split] = np.concatenate(feats).reshape(n, v, -1).astype(np.float32)
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez(tmp, **out)  # type: ignore[arg-type]
+    tmp.replace(path)
+    return out
+
+
+def _unit(a: np.ndarray) -> np.ndarray:
+    return a / np.maximum(np.linalg.norm(a, axis=-1, keepdims=True), 1e-12)
+
+
+def centred(feats: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Unit features minus the train centre views' mean, renormalised (as RecognizerNet.embed)."""
+    tr, va = _unit(feats["train"]), _unit(feats["val"])
+    center = tr[:, 0].mean(0)
+    return {"train": _unit(tr - center), "val": _unit(va - center)}, center
+
+
+def as_feature_dict(feats: dict[str, np.ndarray], bank: ViewBank) -> dict[str, np.ndarray]:
+    """Raw unit features in the layout of ``model.features.cached_features``."""
+    tr, va = _unit(feats["train"]), _unit(feats["val"])
+    return {"train_centre": tr[:, 0], "train_aug": tr[:, 1:], "train_labels": bank.train_labels,
+            "val_centre": va[:, 0], "val_tta": va[:, 1:], "val_labels": bank.val_labels}
+
+
+def soft_labels(teachers: dict[str, dict[str, np.ndarray]], bank: ViewBank, paths: list[str],
+                n_classes: int, temperature: float, folds: int, seed: int
+                ) -> tuple[np.ndarray, dict[str, Any]]:
+    """Out-of-fold tempered log-probabilities (N, 1+V, C) averaged over teachers, and a report."""
+    import torch
+
+    from model.head import HeadConfig, head_logits, train_head
+    from model.metrics import topk_accuracy
+    from model.train import blocked_folds
+
+    y = bank.train_labels
+    n = len(y)
+    probs = np.zeros((n, bank.views, n_classes), np.float64)
+    val_probs = np.zeros((len(bank.val_labels), n_classes), np.float64)
+    report: dict[str, Any] = {}
+    fold_sets = blocked_folds(paths, y, folds) if folds >= 2 and n >= 2 * folds else [np.arange(n)]
+    for t, (spec, raw) in enumerate(teachers.items()):
+        f, _ = centred(raw)
+        tr = f["train"]
+        d = tr.shape[-1]
+        oof = np.zeros((n, bank.views, n_classes), np.float32)
+        for k, te in enumerate(fold_sets):
+            fit_idx = np.setdiff1d(np.arange(n), te) if len(fold_sets) > 1 else te
+            head = train_head(tr[fit_idx].reshape(-1, d), np.repeat(y[fit_idx], bank.views), n_classes,
+                              HeadConfig(seed=seed + 10 * t + k))
+            oof[te] = head_logits(head, tr[te].reshape(-1, d)).reshape(len(te), bank.views, n_classes)
+        probs += torch.softmax(torch.from_numpy(oof) / temperature, -1).numpy()
+        full = train_head(tr.reshape(-1, d), np.repeat(y, bank.views), n_classes, HeadConfig(seed=seed))
+        lv = head_logits(full, f["val"][:, 0]) if len(bank.val_labels) else np.zeros((0, n_classes))
+        val_probs += torch.softmax(torch.from_numpy(lv) / temperature, -1).numpy()
+        report[spec] = {"val": topk_accuracy(lv, bank.val_labels) if len(lv) else {},
+                        "out_of_fold_views_top1": float(np.mean(oof.argmax(-1) == y[:, None]))}
+        logger.info("teacher %s: %s", spec, report[spec])
+    probs /= len(teachers)
+    val_probs /= len(teachers)
+    if len(bank.val_labels):
+        report["ensemble_val"] = topk_accuracy(np.log(np.maximum(val_probs, 1e-12)), bank.val_labels)
+    report["ensemble_out_of_fold_views_top1"] = float(np.mean(probs.argmax(-1) == y[:, None]))
+    logger.info("teacher ensemble: val %s", report.get("ensemble_val"))
+    return np.log(np.maximum(probs, 1e-8)).astype(np.float32), report
+
+
+def distill(net: RecognizerNet, bank: ViewBank, teacher_logprob: np.ndarray, cfg: TrainConfig
+            ) -> tuple[RecognizerNet, list[dict[str, Any]]]:
+    """Fine-tune ``net`` on the bank's views against the teachers' soft labels.
+
+    Returns the network after the last epoch (choosing the best epoch on val
+    would leak val into the model) and the per-epoch log.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    from model.finetune import _frozen_forward, _trainable_forward, warmup_cosine
+    from model.metrics import topk_accuracy
+
+    torch.manual_seed(cfg.seed)
+    with torch.no_grad():
+        # A cosine head at the linear head's scale (~120) gives gradients that
+        # wreck the trunk in the first batches; at 32 the classes still separate.
+        net.log_scale.fill_(math.log(cfg.distill_scale))
+    net.log_scale.requires_grad_(False)
+    # ~1.7x faster depthwise convs on this CPU (Module.to takes memory_format; its stubs do not say so)
+    net = net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    n_frozen = min(cfg.freeze_blocks, len(net.trunk._blocks))
+    for m in [net.trunk._conv_stem, net.trunk._bn0, *net.trunk._blocks[:n_frozen]]:
+        for p in m.parameters():
+            p.requires_grad_(False)
+    params = [p for p in net.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(
+        [{"params": [p for p in params if p.ndim > 1], "weight_decay": 1e-4},
+         {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}],
+        lr=cfg.lr,
+    )
+    n = len(bank.train_labels)
+    steps_per_epoch = math.ceil(n / cfg.batch)
+    total = cfg.epochs * steps_per_epoch
+    warm = max(1, steps_per_epoch // 2)
+
+    def lr_at(step: int) -> float:
+        return warmup_cosine(step, cfg.lr, warm, total)
+
+    def batch_tensor(views: np.ndarray) -> torch.Tensor:
+        x = torch.from_numpy(to_tensor(resize_views(views, cfg.size)))
+        return x.contiguous(memory_format=torch.channels_last)
+
+    def val_logits() -> np.ndarray:
+        net.eval()
+        out = []
+        with torch.no_grad():
+            for i in range(0, len(bank.val), 32):
+                out.append(net(batch_tensor(bank.val[i : i + 32, 0]))[0].numpy())
+        return np.concatenate(out) if out else np.zeros((0, net.prototypes.shape[0]), np.float32)
+
+    log: list[dict[str, Any]] = []
+    step = 0
+    alpha = cfg.kd_alpha
+    for epoch in range(cfg.epochs):
+        net.train()
+        # Batch-norm statistics stay ImageNet's: batches of 32 are too small to re-estimate them.
+        for m in net.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.eval()
+        rng = np.random.default_rng([cfg.seed, epoch])
+        order = rng.permutation(n)
+        view_of = rng.integers(0, bank.views, size=n)
+        t0 = time.time()
+        total_loss = 0.0
+        bar = tqdm(range(0, n, cfg.batch), desc=f"distill {epoch + 1}/{cfg.epochs}", unit="batch",
+                   mininterval=10)
+        for b in bar:
+            idx = np.sort(order[b : b + cfg.batch])  # sorted: the memory map reads forward
+            v = view_of[idx]
+            x = batch_tensor(bank.train[idx, v])
+            y = torch.from_numpy(bank.train_labels[idx])
+            target = torch.from_numpy(teacher_logprob[idx, v])
+            for g in opt.param_groups:
+                g["lr"] = lr_at(step)
+            logits, _ = _trainable_forward(net, _frozen_forward(net, x, n_frozen), n_frozen)
+            kd = F.kl_div(F.log_softmax(logits, 1), target, log_target=True, reduction="batchmean")
+            loss = alpha * kd + (1 - alpha) * F.cross_entropy(logits, y)
+            opt.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 5.0)
+            opt.step()
+            step += 1
+            total_loss += float(loss.detach()) * len(idx)
+            bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
+        entry: dict[str, Any] = {"epoch": epoch + 1, "loss": total_loss / max(1, n),
+                                 "seconds": time.time() - t0}
+        if len(bank.val_labels):
+            entry["val"] = topk_accuracy(val_logits(), bank.val_labels)
+        log.append(entry)
+        logger.info("distill epoch %d/%d: %s", epoch + 1, cfg.epochs, entry)
+    net = net.to(memory_format=torch.contiguous_format).eval()  # type: ignore[call-overload]
+    return net, log
