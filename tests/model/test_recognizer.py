@@ -180,3 +180,20 @@ def test_runtime_needs_no_torch_and_little_memory(shipped_model: Path,
     torch_loaded, rss_mb = out.stdout.split()
     assert torch_loaded == "False"
     assert int(rss_mb) <= 300
+
+
+def test_shipped_models_accuracy_on_the_val_photos(real_dataset: Path) -> None:
+    """The shipped files, as the stall runs them, still make their documented figures.
+
+    Guards the weights, their metadata and the preprocessing together: a wrong
+    colour order, resize or normalisation costs tens of points, not one.
+    """
+    from model.evaluate import evaluate
+    from model.recognizer import DEFAULT_MODEL
+
+    for model, floor in ((DEFAULT_MODEL, 0.84), (DEFAULT_MODEL.with_name("recognizer.fp32.onnx"), 0.82)):
+        report = evaluate(model, real_dataset).report
+        assert report["n"] == 196
+        assert report["top1"] >= floor and report["top5"] >= 0.97, (model.name, report["top1"])
+        # the unknown threshold was fitted to flag 8 % of val produce on this very file
+        assert report["unknown_rate"] <= 0.10, (model.name, report["unknown_rate"])
