@@ -127,9 +127,14 @@ def cmd_train(args: argparse.Namespace) -> int:
         threads=args.threads, max_images=args.max_images,
         teachers=tuple(args.teachers.split(",")) if args.teachers else DEFAULT_TEACHERS,
         kd_temperature=args.kd_temperature, kd_alpha=args.kd_alpha,
-        distill_scale=args.distill_scale, bank_views=args.bank_views,
+        distill_scale=args.distill_scale, bank_views=args.bank_views, held_out_group=args.held_out_group,
     )
+    if cfg.held_out_group is not None and cfg.mode != "distill":
+        raise ModelError("--held-out-group needs --mode distill")
     report = run(cfg)
+    if "held_out_student" in report:
+        print(json.dumps(report["held_out_student"], ensure_ascii=False))
+        return 0
     print(json.dumps({"out": str(cfg.out), "val_top1": report["val"][1],
                       "val_top5": report["val"][5], "report": str(cfg.run_dir / "report.md")}))
     return 0
@@ -216,6 +221,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg,
     t.add_argument("--kd-alpha", type=float, default=0.7, help="distill: weight of the soft labels")
     t.add_argument("--distill-scale", type=float, default=32.0,
                    help="distill: the cosine head's fixed scale while training")
+    t.add_argument("--held-out-group", type=int, choices=range(5), metavar="{0..4}",
+                   help="distill: instead of a model, the honest teaching figure: a student "
+                        "without this group of classes, taught them from 5 photos")
     t.add_argument("--bank-views", type=int, default=8,
                    help="distill: augmented views per train photo in the view bank")
     t.add_argument("--aug-views", type=int, default=4, help="augmented views per photo (linear)")

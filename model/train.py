@@ -63,6 +63,7 @@ class TrainConfig:
     kd_alpha: float = 0.7
     distill_scale: float = 32.0
     bank_views: int = 8
+    held_out_group: int | None = None  # distill: only the honest teaching experiment for this group
 
 
 def _subsample(ds: Dataset, n: int | None, seed: int) -> Dataset:
@@ -370,7 +371,16 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
         own = f"{cfg.backbone}@{cfg.size}"
         # The student's own frozen features give its starting head (and the
         # frozen-trunk experiments below).
-        f = as_feature_dict(teachers.get(own) or teacher_features(bank, own, cache_dir, cfg.threads), bank)
+        own_feats = teachers[own] if own in teachers else teacher_features(bank, own, cache_dir, cfg.threads)
+        if cfg.held_out_group is not None:
+            from model.distill import held_out_student
+
+            result = held_out_student(ds, bank, teachers, own_feats, cfg, cfg.held_out_group)
+            cfg.run_dir.mkdir(parents=True, exist_ok=True)
+            (cfg.run_dir / f"held-out-group-{cfg.held_out_group}.json").write_text(
+                json.dumps(result, indent=2, default=float) + "\n")
+            return {"held_out_student": result}
+        f = as_feature_dict(own_feats, bank)
     else:
         f = cached_features(ds, cfg.backbone, cfg.size, cfg.aug_views, cfg.seed, cache_dir)
     center = f["train_centre"].mean(0)

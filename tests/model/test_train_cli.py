@@ -146,3 +146,26 @@ def test_train_rejects_a_bad_teacher(capsys: pytest.CaptureFixture[str]) -> None
     rc = main(["model", "train", "--mode", "distill", "--teachers", "resnet50@224"])
     err = capsys.readouterr().err
     assert rc == 1 and "resnet50@224" in err and "Traceback" not in err
+
+
+def test_held_out_group_teaching_experiment(tmp_path: Path) -> None:
+    """--held-out-group: a student without one group's classes is taught them; a figure comes out."""
+    import cv2
+
+    rng = np.random.default_rng(1)
+    colours = [(40, 40, 200), (40, 160, 40), (40, 220, 240), (200, 60, 60), (120, 60, 160)]
+    for k, bgr in enumerate(colours):
+        (tmp_path / "photos" / f"Item{k}").mkdir(parents=True)
+        for i in range(6):
+            img = np.full((96, 96, 3), 200, np.uint8)
+            cv2.circle(img, (int(rng.integers(30, 66)), int(rng.integers(30, 66))), 25, bgr, -1)
+            cv2.imwrite(str(tmp_path / "photos" / f"Item{k}" / f"{i}.jpg"), img)
+    rc = main(["model", "train", "--mode", "distill", "--data", str(tmp_path / "photos"),
+               "--held-out-group", "2", "--teachers", "efficientnet-lite0@64", "--size", "64",
+               "--epochs", "1", "--bank-views", "1", "--folds", "0", "--head-epochs", "2",
+               "--run-dir", str(tmp_path / "run"), "--out", str(tmp_path / "x.onnx")])
+    assert rc == 0
+    result = json.loads((tmp_path / "run" / "held-out-group-2.json").read_text())
+    assert len(result["held_out"]) == 1 and result["taught_val_photos"] >= 1
+    assert 0 <= result["taught_top1"] <= 1 and 0 <= result["catalogue_top1_with_gallery"] <= 1
+    assert not (tmp_path / "x.onnx").exists()  # an experiment, not a model
