@@ -110,7 +110,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from model.head import HeadConfig
     from model.train import TrainConfig, run
 
-    for spec in (args.teachers.split(",") if args.teachers else []):
+    teachers = tuple(args.teachers.split(",")) if args.teachers else DEFAULT_TEACHERS
+    for spec in teachers:
         try:
             parse_teacher(spec)
         except ValueError as exc:
@@ -125,12 +126,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         int8=args.int8 or args.int8_out is not None,
         int8_out=Path(args.int8_out) if args.int8_out else None,
         threads=args.threads, max_images=args.max_images,
-        teachers=tuple(args.teachers.split(",")) if args.teachers else DEFAULT_TEACHERS,
+        teachers=teachers,
         kd_temperature=args.kd_temperature, kd_alpha=args.kd_alpha,
         distill_scale=args.distill_scale, bank_views=args.bank_views, held_out_group=args.held_out_group,
     )
-    if cfg.held_out_group is not None and cfg.mode != "distill":
-        raise ModelError("--held-out-group needs --mode distill")
     report = run(cfg)
     if "held_out_student" in report:
         print(json.dumps(report["held_out_student"], ensure_ascii=False))

@@ -349,7 +349,7 @@ def held_out_student(ds: Dataset, bank: ViewBank, teachers: dict[str, dict[str, 
 
     from model.features import embed_batches
     from model.head import HeadConfig, train_head
-    from model.train import CATALOGUE_COST, GALLERY_BIASES, GALLERY_GAINS, _build_net, _gallery_sims
+    from model.train import GALLERY_BIASES, GALLERY_GAINS, _build_net, _gallery_sims, choose_gallery_setting
 
     n = len(ds.classes)
     if not 0 <= group < groups:
@@ -400,8 +400,7 @@ def held_out_student(ds: Dataset, bank: ViewBank, teachers: dict[str, dict[str, 
         for bias in GALLERY_BIASES:
             hit = np.concatenate([catalogue, scale * (gain * sims + bias)], 1).argmax(1) == yq
             grid[(gain, bias)] = (float(hit[new].mean()), float(hit[~new].mean()))
-    fair = [k for k in grid if grid[k][1] >= base - CATALOGUE_COST]
-    best = max(fair, key=lambda k: grid[k]) if fair else max(grid, key=lambda k: sum(grid[k]))
+    best = choose_gallery_setting(grid, base)
     result = {
         "group": group, "groups": groups, "shots": shots,
         "held_out": [ds.classes[c] for c in out],

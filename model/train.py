@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from model import ModelError
 from model.data import Dataset, load_dataset
 from model.distill import DEFAULT_TEACHERS
 from model.head import HeadConfig, fit_temperature, head_logits, train_head
@@ -158,6 +159,18 @@ GALLERY_GAINS = (0.5, 0.75, 1.0, 1.25, 1.5, 2.0)
 GALLERY_BIASES = tuple(float(b) for b in np.round(np.linspace(-1.0, 0.5, 31), 3))
 
 
+def choose_gallery_setting(grid: dict[tuple[float, float], tuple[float, float]],
+                           catalogue_without: float) -> tuple[float, float]:
+    """The (gain, bias) of ``grid`` {(gain, bias): (taught top-1, catalogue top-1)} to ship.
+
+    Taught items must not wreck the catalogue: the best teaching among the
+    settings that cost the catalogue at most CATALOGUE_COST top-1 (else the
+    best balance).
+    """
+    fair = [k for k in grid if grid[k][1] >= catalogue_without - CATALOGUE_COST]
+    return max(fair, key=lambda k: grid[k]) if fair else max(grid, key=lambda k: sum(grid[k]))
+
+
 def held_out_classes(f: dict[str, np.ndarray], classes: list[str], cfg: HeadConfig,
                      threshold_quantile: float, seed: int, groups: int = 5,
                      shots: int = 5, gallery_k: int = 3, teach_views: bool = True) -> dict[str, Any]:
@@ -244,11 +257,7 @@ def held_out_classes(f: dict[str, np.ndarray], classes: list[str], cfg: HeadConf
     grid = {(gain, bias): score(gain, bias) for gain in GALLERY_GAINS for bias in GALLERY_BIASES}
     no_gallery = sum(int(np.sum(d["l_known"].argmax(1) == d["y_known"])) for d in per_group) / sum(
         len(d["y_known"]) for d in per_group)
-    # Taught items must not wreck the catalogue: the best enrollment among the
-    # settings that cost the catalogue at most CATALOGUE_COST top-1.
-    fair = [k for k in grid if grid[k][2] >= no_gallery - CATALOGUE_COST]
-    best = (max(fair, key=lambda k: (grid[k][0], grid[k][2])) if fair
-            else max(grid, key=lambda k: grid[k][3]))
+    best = choose_gallery_setting({k: (v[0], v[2]) for k, v in grid.items()}, no_gallery)
     kp, up = np.concatenate(known_p), np.concatenate(unknown_p)
     kc, uc = np.concatenate(known_cos), np.concatenate(unknown_cos)
     thr = float(np.quantile(kp, threshold_quantile))
@@ -354,6 +363,8 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
     from model.features import cached_features
     from model.network import EMBEDDING_DIMS
 
+    if cfg.held_out_group is not None and cfg.mode != "distill":
+        raise ModelError("--held-out-group needs --mode distill")
     t_start = time.time()
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(cfg.threads)
@@ -376,7 +387,6 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
             from model.distill import held_out_student
 
             result = held_out_student(ds, bank, teachers, own_feats, cfg, cfg.held_out_group)
-            cfg.run_dir.mkdir(parents=True, exist_ok=True)
             (cfg.run_dir / f"held-out-group-{cfg.held_out_group}.json").write_text(
                 json.dumps(result, indent=2, default=float) + "\n")
             return {"held_out_student": result}
@@ -585,15 +595,13 @@ def _recalibrated(meta: dict[str, Any], model: Path, ds: Dataset, size: int) -> 
     Quantisation moves the logits a little: a threshold fitted on the float
     model flagged 11 % of val produce on the int8 one instead of 8 %.
     """
-    import onnxruntime as ort
-
     from model.preprocess import preprocess, read_image
+    from model.recognizer import ModelRunner
 
     if not ds.val:
         return meta
-    sess = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
-    logits = np.stack([sess.run(["logits"], {"image": preprocess(read_image(s.path, size), size)})[0][0]
-                       for s in ds.val])
+    runner = ModelRunner(model, size)
+    logits = np.stack([runner.run(preprocess(read_image(s.path, size), size))[0][0] for s in ds.val])
     y = np.array([s.label for s in ds.val])
     temperature, threshold = calibrate(logits, y)
     acc = topk_accuracy(logits, y)

@@ -169,3 +169,9 @@ def test_held_out_group_teaching_experiment(tmp_path: Path) -> None:
     assert len(result["held_out"]) == 1 and result["taught_val_photos"] >= 1
     assert 0 <= result["taught_top1"] <= 1 and 0 <= result["catalogue_top1_with_gallery"] <= 1
     assert not (tmp_path / "x.onnx").exists()  # an experiment, not a model
+
+
+def test_held_out_group_needs_distill_mode(capsys: pytest.CaptureFixture[str]) -> None:
+    rc = main(["model", "train", "--mode", "linear", "--held-out-group", "0"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "--held-out-group needs --mode distill" in err and "Traceback" not in err
