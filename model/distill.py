@@ -332,6 +332,42 @@ def distill(net: RecognizerNet, bank: ViewBank, teacher_logprob: np.ndarray, cfg
     return net, log
 
 
+def distill_soup(net: RecognizerNet, bank: ViewBank, teacher_logprob: np.ndarray, cfg: TrainConfig
+                 ) -> tuple[RecognizerNet, list[dict[str, Any]]]:
+    """``cfg.students`` students distilled from the same start with seeds ``seed``, ``seed + 1``...,
+    averaged weight by weight (a uniform model soup: one network at the stall, the
+    accuracy of a small ensemble).  Every student counts the same: weighting or
+    picking them on val would leak val into the model.
+    """
+    import copy
+    from dataclasses import replace
+
+    import torch
+
+    if cfg.students <= 1:
+        return distill(net, bank, teacher_logprob, cfg)
+    states, log = [], []
+    for k in range(cfg.students):
+        student, slog = distill(copy.deepcopy(net), bank, teacher_logprob, replace(cfg, seed=cfg.seed + k))
+        states.append(student.state_dict())
+        log += [{"student": k + 1, **e} for e in slog]
+    soup = {name: (torch.stack([s[name].float() for s in states]).mean(0).to(t.dtype)
+                   if t.is_floating_point() else t)
+            for name, t in states[0].items()}
+    net.load_state_dict(soup)
+    net.eval()
+    if len(bank.val_labels):
+        from model.metrics import topk_accuracy
+
+        with torch.no_grad():
+            logits = np.concatenate([net(torch.from_numpy(to_tensor(resize_views(bank.val[i : i + 32, 0],
+                                                                                 cfg.size))))[0].numpy()
+                                     for i in range(0, len(bank.val), 32)])
+        log.append({"soup": cfg.students, "val": topk_accuracy(logits, bank.val_labels)})
+        logger.info("soup of %d students: %s", cfg.students, log[-1])
+    return net, log
+
+
 def held_out_student(ds: Dataset, bank: ViewBank, teachers: dict[str, dict[str, np.ndarray]],
                      own_feats: dict[str, np.ndarray], cfg: TrainConfig, group: int, groups: int = 5,
                      shots: int = 5) -> dict[str, Any]:
@@ -341,15 +377,17 @@ def held_out_student(ds: Dataset, bank: ViewBank, teachers: dict[str, dict[str, 
     out of the teachers' heads and of the student; each is then taught from
     ``shots`` consecutive train photos (one session, as a vendor would) and
     the val photos of every class (another session) are recognised with the
-    catalogue competing.  Gallery gain and bias are chosen, as for the shipped
-    model, for the best teaching at most ``CATALOGUE_COST`` of catalogue top-1.
+    catalogue competing (``model.teaching.teach_group``).  The figures are kept
+    for every taught-item bias: ``bench/teaching_bench.py`` chooses each
+    group's on the other groups.
     """
     import torch
     import torch.nn.functional as F
 
     from model.features import embed_batches
     from model.head import HeadConfig, train_head
-    from model.train import GALLERY_BIASES, GALLERY_GAINS, _build_net, _gallery_sims, choose_gallery_setting
+    from model.teaching import teach_group
+    from model.train import _build_net
 
     n = len(ds.classes)
     if not 0 <= group < groups:
@@ -372,44 +410,32 @@ def held_out_student(ds: Dataset, bank: ViewBank, teachers: dict[str, dict[str, 
                      center)
     soft, _ = soft_labels(tsub, sub, [str(ds.train[i].path) for i in tri], len(keep), cfg.kd_temperature,
                           cfg.folds, cfg.seed)
-    net, log = distill(net, sub, soft, cfg)
+    net, log = distill_soup(net, sub, soft, cfg)
+    taught_photos = np.where(np.isin(bank.train_labels, out))[0]
+    if not len(taught_photos) or not np.isin(bank.val_labels, out).any():
+        raise ValueError(f"held-out group {group}: its classes have no train photos to teach "
+                         "or no val photos to test")
     with torch.no_grad():
         etr = embed_batches(net.embed, [square_resize(read_image(s.path, cfg.size), cfg.size)
                                         for s in ds.train])
         eva = embed_batches(net.embed, [square_resize(read_image(s.path, cfg.size), cfg.size)
                                         for s in ds.val])
+        # the stall teaches each photo with its mirror and two quarter turns (Recognizer.teach)
+        eviews = embed_batches(net.embed, [v for i in taught_photos
+                                           for v in tta_views(read_image(ds.train[i].path, cfg.size),
+                                                              cfg.size)])
+        eviews = eviews.reshape(len(taught_photos), -1, eviews.shape[-1])
         protos = F.normalize(net.prototypes.detach(), dim=1).numpy()
         scale = float(net.log_scale.detach().exp())
-    rng = np.random.default_rng(cfg.seed)
-    gal, gal_lab = [], []
-    for j, c in enumerate(out):
-        idx = np.where(bank.train_labels == c)[0]
-        start = int(rng.integers(0, max(1, len(idx) - shots + 1)))
-        gal += list(etr[idx[start : start + shots]])
-        gal_lab += [j] * len(idx[start : start + shots])
-    if not gal or not np.isin(bank.val_labels, out).any():
-        raise ValueError(f"held-out group {group}: its classes have no train photos to teach "
-                         "or no val photos to test")
-    sims = _gallery_sims(np.stack(gal), np.array(gal_lab), eva, 3)
-    yq = np.array([remap[c] if remap[c] >= 0 else len(keep) + out.index(c) for c in bank.val_labels])
-    new = yq >= len(keep)
-    catalogue = scale * eva @ protos.T
-    base = float(np.mean(catalogue[~new].argmax(1) == yq[~new]))
-    grid: dict[tuple[float, float], tuple[float, float]] = {}
-    for gain in GALLERY_GAINS:
-        for bias in GALLERY_BIASES:
-            hit = np.concatenate([catalogue, scale * (gain * sims + bias)], 1).argmax(1) == yq
-            grid[(gain, bias)] = (float(hit[new].mean()), float(hit[~new].mean()))
-    best = choose_gallery_setting(grid, base)
-    result = {
-        "group": group, "groups": groups, "shots": shots,
-        "held_out": [ds.classes[c] for c in out],
-        "student_val_known": log[-1].get("val") if log else None,
-        "taught_val_photos": int(new.sum()),
-        "taught_top1": grid[best][0],
-        "catalogue_top1_without_gallery": base,
-        "catalogue_top1_with_gallery": grid[best][1],
-        "gallery_gain": best[0], "gallery_bias": best[1],
-    }
+    kept: dict[str, Any] = {
+        "train": etr, "val": eva, "train_labels": bank.train_labels, "val_labels": bank.val_labels,
+        "taught_photos": taught_photos, "taught_views": eviews, "prototypes": protos,
+        "scale": np.array(scale, np.float32), "keep": keep, "out": np.array(out)}
+    # Kept so that teaching can be studied again without distilling again.
+    np.savez_compressed(cfg.run_dir / f"held-out-group-{group}.npz", **kept)
+    torch.save(net.state_dict(), cfg.run_dir / f"held-out-group-{group}.pt")
+    result = {"group": group, "groups": groups, "held_out": [ds.classes[c] for c in out],
+              "student_val_known": log[-1].get("val") if log else None,
+              **teach_group(kept, shots, draws=10, seed=cfg.seed)}
     logger.info("held-out group %d: %s", group, result)
     return result

@@ -63,6 +63,8 @@ class Gallery:
         self._emb = np.zeros((0, dim), np.float32)
         self._labels: list[str] = []
         self._added = np.zeros((0,), np.float64)
+        # Bumped on every change: the recognizer refits its classifier when it moves.
+        self.version = 0
         # The stall recognises on one thread while the vendor teaches on another.
         self._lock = threading.RLock()
         if self.folder is not None and (self.folder / "gallery.npz").exists():
@@ -97,6 +99,11 @@ class Gallery:
                 out[lab] = float(label_similarity(sims[:, m], q, self._emb[m], k)[0])
             return out
 
+    def snapshot(self) -> tuple[np.ndarray, list[str], int]:
+        """(embeddings, their labels, version), consistent with each other."""
+        with self._lock:
+            return self._emb.copy(), list(self._labels), self.version
+
     # -- changes ---------------------------------------------------------------
     def add(self, label: str, emb: np.ndarray) -> None:
         label = label.strip()
@@ -113,9 +120,11 @@ class Gallery:
             self._labels.append(label)
             self._added = np.append(self._added, time.time())
             self._trim(label)
+            self.version += 1
 
     def remove(self, label: str) -> int:
         with self._lock:
+            self.version += 1
             return self._remove(label)
 
     def _remove(self, label: str) -> int:
@@ -215,4 +224,5 @@ class Gallery:
                     self._trim(lab)
             else:
                 self._emb, self._labels, self._added = emb, labels, added
+            self.version += 1
         logger.info("gallery %s: %d exemplars of %d labels", path, len(labels), len(set(labels)))

@@ -3,15 +3,17 @@
 ``Recognizer.load()`` opens the shipped model (``model/weights/recognizer.onnx``
 and its ``.json``).  ``recognize(image)`` returns the top-k labels with
 calibrated probabilities, an ``unknown`` flag and the embedding.  Catalogue
-labels come from the network's cosine classifier; items taught at the stall come
-from the gallery (``teach``), scored in the same cosine space, and both compete
-in one softmax.
+labels come from the network's cosine classifier.  Items taught at the stall
+(``teach``) go to the gallery; the classifier's prototypes are then refit on
+the taught photos and the catalogue exemplars shipped with the model
+(``model.refit``), and catalogue and taught items compete in one softmax.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +33,7 @@ from model.preprocess import (
     tta_views,
     validate_roi,
 )
+from model.refit import Exemplars, TaughtHead, build_head
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +76,8 @@ class ModelMeta:
     gallery_gain: float
     gallery_bias: float
     gallery_k: int
+    # teaching by refitting the classifier: {"exemplars": file, "bias": cosine}; None: gallery scoring
+    teach: dict[str, Any] | None
     raw: dict[str, Any]
 
     @classmethod
@@ -95,6 +100,8 @@ class ModelMeta:
                 gallery_gain=float(raw.get("gallery", {}).get("gain", 1.0)),
                 gallery_bias=float(raw.get("gallery", {}).get("bias", 0.0)),
                 gallery_k=int(raw.get("gallery", {}).get("k", 3)),
+                teach=({"exemplars": str(raw["teach"]["exemplars"]), "bias": float(raw["teach"]["bias"])}
+                       if "teach" in raw else None),
                 raw=raw,
             )
         except (KeyError, TypeError, ValueError) as exc:
@@ -172,13 +179,17 @@ class Recognizer:
     """Top-k produce recognition with an unknown flag, a gallery and a plate region."""
 
     def __init__(
-        self, runner: ModelRunner, meta: ModelMeta, gallery: Gallery, top_k: int = 5
+        self, runner: ModelRunner, meta: ModelMeta, gallery: Gallery, top_k: int = 5,
+        exemplars: Exemplars | None = None,
     ) -> None:
         self.runner = runner
         self.meta = meta
         self.gallery = gallery
         self.top_k = top_k
         self.roi: Roi | None = None
+        self.exemplars = exemplars
+        self._head: tuple[int, TaughtHead] | None = None
+        self._head_lock = threading.Lock()
 
     @classmethod
     def load(
@@ -200,8 +211,12 @@ class Recognizer:
             raise ModelFileError(
                 f"{meta_path}: {len(meta.labels)} labels but {onnx_path.name} has {n_out} outputs"
             )
+        exemplars = None
+        if meta.teach is not None:
+            exemplars = Exemplars.read(onnx_path.with_name(meta.teach["exemplars"]), len(meta.labels),
+                                       meta.embedding_dim, meta.embedding_space)
         gallery = Gallery(meta.embedding_space, meta.embedding_dim, gallery_dir)
-        return cls(runner, meta, gallery, top_k)
+        return cls(runner, meta, gallery, top_k, exemplars)
 
     @property
     def labels(self) -> list[str]:
@@ -227,8 +242,33 @@ class Recognizer:
         logits, emb = self.runner.run(x)
         return logits[0], emb[0]
 
+    def taught_head(self) -> TaughtHead | None:
+        """The classifier refit on the gallery (None while nothing is taught or without exemplars).
+
+        Refit once per change of the gallery (~0.5 s), on the first recognition after it.
+        """
+        if self.exemplars is None or self.meta.teach is None:
+            return None
+        with self._head_lock:
+            emb, labels, version = self.gallery.snapshot()
+            if not labels:
+                return None
+            if self._head is None or self._head[0] != version:
+                t0 = time.perf_counter()
+                head = build_head(self.meta.labels, self.exemplars, emb, labels, self.meta.teach["bias"])
+                self._head = (version, head)
+                logger.info("classifier refit on %d taught photos of %d labels in %.2f s", len(labels),
+                            len(set(labels)), time.perf_counter() - t0)
+            return self._head[1]
+
     def scores(self, logits: np.ndarray, emb: np.ndarray) -> tuple[list[str], np.ndarray]:
         """Labels and calibrated probabilities over the catalogue plus the taught items."""
+        head = self.taught_head() if len(self.gallery) else None
+        if head is not None:
+            # the temperature was fitted to the trained head's scale; keep scale / temperature
+            t = self.meta.temperature * head.scale / self.meta.scale
+            labels, z = head.label_logits(emb)
+            return labels, _softmax(z / t)
         sims = self.gallery.similarities(emb, self.meta.gallery_k) if len(self.gallery) else {}
         return combine_scores(self.meta, logits, sims)
 

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from model import ModelError
-from model.data import Dataset, load_dataset
+from model.data import Dataset, DatasetError, load_dataset
 from model.distill import DEFAULT_TEACHERS
 from model.head import HeadConfig, fit_temperature, head_logits, train_head
 from model.metrics import auroc as _auroc
@@ -65,6 +65,7 @@ class TrainConfig:
     distill_scale: float = 32.0
     bank_views: int = 8
     held_out_group: int | None = None  # distill: only the honest teaching experiment for this group
+    students: int = 1  # distill: students with seeds seed, seed+1, ... averaged weight by weight
 
 
 def _subsample(ds: Dataset, n: int | None, seed: int) -> Dataset:
@@ -425,11 +426,11 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
 
             net = finetune(net, ds, cfg)
         else:
-            from model.distill import distill, soft_labels
+            from model.distill import distill_soup, soft_labels
 
             soft, report["teachers"] = soft_labels(teachers, bank, [str(s.path) for s in ds.train],
                                                    n_classes, cfg.kd_temperature, cfg.folds, cfg.seed)
-            net, report["distill_log"] = distill(net, bank, soft, cfg)
+            net, report["distill_log"] = distill_soup(net, bank, soft, cfg)
         val_logits = _net_logits(net, ds, cfg.size)
         report["finetune_val"] = topk_accuracy(val_logits, f["val_labels"])
         log_scale = float(net.log_scale.detach())
@@ -616,9 +617,11 @@ def export_checkpoint(checkpoint: Path, out: Path, int8: bool = False,
                       data: Path | None = None, int8_out: Path | None = None) -> list[Path]:
     """``model.pt`` of a run -> ``OUT.onnx`` + ``OUT.json`` (and the int8 pair)."""
     import torch
+    import torch.nn.functional as F
 
     from model.export import export_onnx, quantize_int8, write_metadata
     from model.network import RecognizerNet, build_trunk
+    from model.refit import write_exemplars
 
     state = torch.load(checkpoint, weights_only=False)
     net = RecognizerNet(build_trunk(state["backbone"], state["size"], pretrained=False),
@@ -627,13 +630,27 @@ def export_checkpoint(checkpoint: Path, out: Path, int8: bool = False,
     net.eval()
     meta = state["meta"]
     export_onnx(net, state["size"], out)
-    write_metadata(out.with_suffix(".json"), meta, out)
     written = [out, out.with_suffix(".json")]
-    if int8:
-        ds = load_dataset(data or Path(state["data"]))
+    try:
+        ds: Dataset | None = load_dataset(data or Path(state["data"]))
+    except DatasetError as exc:
+        if int8:
+            raise
+        logger.warning("no catalogue exemplars for %s, taught items will be scored by the gallery alone: "
+                       "%s", out.name, exc)
+        ds = None
+    protos = F.normalize(net.prototypes.detach(), dim=1).numpy()
+    space = str(meta["embedding_space"])
+    if ds is not None:
+        meta = {**meta, "teach": write_exemplars(out, ds, state["size"], space, protos)}
+        written.append(out.with_name(out.stem + ".exemplars.npz"))
+    write_metadata(out.with_suffix(".json"), meta, out)
+    if int8 and ds is not None:
         calib = _calibration_batch(ds, state["size"], 64, int(meta.get("seed", 0)))
         q = int8_out or out.with_name(out.stem + ".int8.onnx")
         quantize_int8(out, q, calib)
-        write_metadata(q.with_suffix(".json"), _recalibrated(meta, q, ds, state["size"]), q)
-        written += [q, q.with_suffix(".json")]
+        qmeta = {**_recalibrated(meta, q, ds, state["size"]),
+                 "teach": write_exemplars(q, ds, state["size"], space, protos)}
+        write_metadata(q.with_suffix(".json"), qmeta, q)
+        written += [q, q.with_suffix(".json"), q.with_name(q.stem + ".exemplars.npz")]
     return written

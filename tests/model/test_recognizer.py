@@ -124,6 +124,51 @@ def test_vendor_correction_raises_a_catalogue_label(recognizer: Recognizer,
     assert after.top[0][0] == wrong
 
 
+def test_teaching_refits_the_classifier_once_per_change(shipped_model: Path,
+                                                        val_photos: list[tuple[Path, str]],
+                                                        tmp_path: Path) -> None:
+    """The shipped model carries catalogue exemplars; teaching refits the prototypes."""
+    rec = Recognizer.load(shipped_model, gallery_dir=tmp_path / "g")
+    assert rec.exemplars is not None and rec.taught_head() is None  # nothing taught yet
+    before = [rec.recognize(p).top[0][0] == t for p, t in val_photos[2:]]
+    path, _ = val_photos[0]
+    wrong = rec.recognize(path).top[-1][0]
+    rec.teach(wrong, path)  # the vendor insists
+    head = rec.taught_head()
+    assert head is not None and rec.taught_head() is head  # refit once, then reused
+    assert rec.recognize(path).top[0][0] == wrong
+    # the correction gets its own row; the label appears once among the guesses
+    assert head.labels.count(wrong) == 2
+    labels = [lab for lab, _ in rec.recognize(path, top_k=60).top]
+    assert len(labels) == len(set(labels)) == 50
+    rec.teach("Dragon-Fruit", val_photos[1][0])
+    assert rec.taught_head() is not head and "Dragon-Fruit" in rec.taught_head().labels  # type: ignore[union-attr]
+    # other catalogue photos still come out right with two taught rows present
+    after = [rec.recognize(p).top[0][0] == t for p, t in val_photos[2:]]
+    assert len(after) >= 3 and sum(after) >= sum(before) - 1
+
+
+def test_missing_or_foreign_exemplars_are_named(shipped_model: Path, tmp_path: Path) -> None:
+    import json
+
+    stem = shipped_model.stem
+    for suffix in (".onnx", ".json", ".exemplars.npz"):
+        shutil.copy(shipped_model.with_name(stem + suffix), tmp_path)
+    m, ex = tmp_path / f"{stem}.onnx", tmp_path / f"{stem}.exemplars.npz"
+    assert Recognizer.load(m).exemplars is not None
+    ex.unlink()
+    with pytest.raises(ModelFileError, match=f"{ex.name}: exemplars missing"):
+        Recognizer.load(m)
+    ex.write_bytes(b"PK\x03\x04 broken")
+    with pytest.raises(ModelFileError, match=ex.name):
+        Recognizer.load(m)
+    meta = json.loads(m.with_suffix(".json").read_text())
+    del meta["teach"]
+    m.with_suffix(".json").write_text(json.dumps(meta))
+    # a model without exemplars still teaches, by the gallery's cosines
+    assert Recognizer.load(m).exemplars is None
+
+
 def test_gallery_from_another_model_is_refused(shipped_model: Path, tmp_path: Path) -> None:
     from model.gallery import Gallery
 

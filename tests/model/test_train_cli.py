@@ -138,8 +138,13 @@ def test_distillation_on_a_tiny_slice(dataset_root: Path, tmp_path: Path) -> Non
     meta = json.loads(cfg.out.with_suffix(".json").read_text())
     assert meta["mode"] == "distill" and meta["scale"] == pytest.approx(32.0)
     rec = Recognizer.load(cfg.out, top_k=3)
-    r = rec.recognize(next(iter(cfg.data.glob("val/*/*/*/*.jpg"))))
+    photo = next(iter(cfg.data.glob("val/*/*/*/*.jpg")))
+    r = rec.recognize(photo)
     assert len(r.top) == 3 and r.top[0][0] in meta["labels"]
+    # the export ships catalogue exemplars, and teaching refits the classifier with them
+    assert meta["teach"]["exemplars"] == "d.exemplars.npz" and rec.exemplars is not None
+    rec.teach("Dragon-Fruit", photo, save=False)
+    assert rec.recognize(photo).top[0][0] == "Dragon-Fruit"
 
 
 def test_train_rejects_a_bad_teacher(capsys: pytest.CaptureFixture[str]) -> None:
@@ -167,8 +172,45 @@ def test_held_out_group_teaching_experiment(tmp_path: Path) -> None:
     assert rc == 0
     result = json.loads((tmp_path / "run" / "held-out-group-2.json").read_text())
     assert len(result["held_out"]) == 1 and result["taught_val_photos"] >= 1
-    assert 0 <= result["taught_top1"] <= 1 and 0 <= result["catalogue_top1_with_gallery"] <= 1
+    refit = result["refit"]
+    assert len(refit["taught_top1"]) == len(refit["biases"]) == len(refit["catalogue_top1"]) > 1
+    assert all(0 <= x <= 1 for x in refit["taught_top1"] + refit["catalogue_top1"])
+    # a bigger bias for taught items can only win them more photos
+    assert refit["taught_top1"][-1] >= refit["taught_top1"][0]
+    assert 0 <= result["gallery_scoring"]["taught_top1"] <= 1
     assert not (tmp_path / "x.onnx").exists()  # an experiment, not a model
+    kept = np.load(tmp_path / "run" / "held-out-group-2.npz")
+    # the taught photos as the stall teaches them: each with its mirror and two quarter turns
+    assert kept["taught_views"].shape[:2] == (len(kept["taught_photos"]), 4)
+    assert (tmp_path / "run" / "held-out-group-2.pt").exists()
+
+
+def test_soup_is_the_average_of_its_students(tmp_path: Path) -> None:
+    """--students 2: two students distilled with seeds 0 and 1, averaged weight by weight."""
+    import copy
+    from dataclasses import replace
+
+    from model.distill import ViewBank, distill, distill_soup
+    from model.network import RecognizerNet, build_trunk
+    from model.train import TrainConfig
+
+    rng = np.random.default_rng(0)
+    n, views, classes = 8, 2, 2
+    bank = ViewBank(rng.integers(0, 255, (n, views, 64, 64, 3), dtype=np.uint8),
+                    rng.integers(0, 255, (2, 1, 64, 64, 3), dtype=np.uint8),
+                    np.arange(n) % classes, np.arange(2) % classes, 64, "test")
+    soft = np.log(np.full((n, views, classes), 1 / classes, np.float32))
+    net = RecognizerNet(build_trunk("efficientnet-lite0", 64), classes)
+    cfg = TrainConfig(data=tmp_path, out=tmp_path / "x.onnx", run_dir=tmp_path, size=64, epochs=1,
+                      batch=4, lr=1e-3, students=2, threads=2)
+    soup, log = distill_soup(copy.deepcopy(net), bank, soft, cfg)
+    a, _ = distill(copy.deepcopy(net), bank, soft, replace(cfg, seed=0))
+    b, _ = distill(copy.deepcopy(net), bank, soft, replace(cfg, seed=1))
+    name = "trunk._conv_head.weight"
+    wa, wb, ws = a.state_dict()[name], b.state_dict()[name], soup.state_dict()[name]
+    assert not np.allclose(wa.numpy(), wb.numpy())  # the seeds really differ
+    np.testing.assert_allclose(ws.numpy(), ((wa + wb) / 2).numpy(), atol=1e-5)
+    assert [e["student"] for e in log if "student" in e] == [1, 2] and log[-1]["soup"] == 2
 
 
 def test_held_out_group_needs_distill_mode(capsys: pytest.CaptureFixture[str]) -> None:

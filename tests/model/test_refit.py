@@ -1,0 +1,123 @@
+"""Teaching by refitting the classifier: the numpy refit, its files, and how it is measured."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from model import ModelFileError
+from model.refit import Exemplars, build_head, refit_prototypes
+from model.teaching import REFIT_BIASES, cross_group, teach_group
+
+
+def _unit(a: np.ndarray) -> np.ndarray:
+    return a / np.linalg.norm(a, axis=-1, keepdims=True)
+
+
+def _clusters(rng: np.random.Generator, centres: np.ndarray, n: int, spread: float) -> np.ndarray:
+    """``n`` unit vectors around each centre, ``spread`` the typical distance."""
+    noise = rng.standard_normal((len(centres) * n, centres.shape[1])) / np.sqrt(centres.shape[1])
+    return _unit(np.repeat(centres, n, axis=0) + spread * noise)
+
+
+def _catalogue(rng: np.random.Generator, n_labels: int = 6, dim: int = 32) -> tuple[np.ndarray, Exemplars]:
+    centres = _unit(rng.standard_normal((n_labels, dim)))
+    ex = _clusters(rng, centres, 20, 0.3)
+    return centres, Exemplars(centres.astype(np.float32), ex.astype(np.float32),
+                              np.repeat(np.arange(n_labels), 20), "space")
+
+
+def test_refit_learns_a_taught_item_beside_a_look_alike_and_keeps_the_catalogue() -> None:
+    rng = np.random.default_rng(0)
+    centres, ex = _catalogue(rng)
+    # the new item sits close to catalogue label 0 (a look-alike variety)
+    new_centre = _unit(centres[0] + 0.5 * _unit(rng.standard_normal(centres.shape[1])))
+    taught = _clusters(rng, new_centre[None], 20, 0.1)
+    head = build_head([f"c{i}" for i in range(6)], ex, taught, ["New"] * 20, bias=0.0)
+    assert head.labels == [*(f"c{i}" for i in range(6)), "New"]
+    test_new = _clusters(rng, new_centre[None], 50, 0.2)
+    test_cat = _clusters(rng, centres, 50, 0.3)
+    assert np.mean(head.logits(test_new).argmax(1) == 6) > 0.9
+    assert np.mean(head.logits(test_cat).argmax(1) == np.repeat(np.arange(6), 50)) > 0.9
+    # the same inputs give the same prototypes (a stall must not drift between restarts)
+    again = build_head([f"c{i}" for i in range(6)], ex, taught, ["New"] * 20, bias=0.0)
+    np.testing.assert_array_equal(head.prototypes, again.prototypes)
+
+
+def test_refit_gradient_lowers_the_loss() -> None:
+    rng = np.random.default_rng(1)
+    x = _unit(rng.standard_normal((60, 16))).astype(np.float32)
+    y = np.repeat(np.arange(3), 20)
+    init = _unit(rng.standard_normal((3, 16))).astype(np.float32)
+
+    def loss(w: np.ndarray) -> float:
+        z = 16 * x @ w.T
+        z -= z.max(1, keepdims=True)
+        return float(np.mean(np.log(np.exp(z).sum(1)) - z[np.arange(60), y]))
+
+    assert loss(refit_prototypes(init, x, y, epochs=50)) < 0.5 * loss(init)
+
+
+def test_a_correction_gets_its_own_row_and_raises_its_label() -> None:
+    rng = np.random.default_rng(2)
+    centres, ex = _catalogue(rng)
+    photo = _unit(centres[1] + 0.05 * rng.standard_normal(centres.shape[1]))[None]
+    # the vendor says this photo of something like c1 is c4
+    head = build_head([f"c{i}" for i in range(6)], ex, np.repeat(photo, 4, 0), ["c4"] * 4, bias=0.07)
+    assert head.labels[-1] == "c4" and head.n_catalogue == 6
+    labels, z = head.label_logits(photo[0])
+    assert labels == [f"c{i}" for i in range(6)] and labels[int(np.argmax(z))] == "c4"
+
+
+def test_exemplar_files_round_trip_and_bad_files_are_named(tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    _, ex = _catalogue(rng)
+    ex.write(tmp_path / "m.exemplars.npz")
+    back = Exemplars.read(tmp_path / "m.exemplars.npz", 6, 32, "space")
+    np.testing.assert_allclose(back.embeddings, ex.embeddings, atol=1e-3)  # stored as float16
+    np.testing.assert_array_equal(back.labels, ex.labels)
+    with pytest.raises(ModelFileError, match="m.exemplars.npz.*other"):
+        Exemplars.read(tmp_path / "m.exemplars.npz", 6, 32, "other")
+    with pytest.raises(ModelFileError, match="do not fit"):
+        Exemplars.read(tmp_path / "m.exemplars.npz", 7, 32, "space")
+    (tmp_path / "junk.exemplars.npz").write_bytes(b"\x00garbage")
+    with pytest.raises(ModelFileError, match="junk.exemplars.npz"):
+        Exemplars.read(tmp_path / "junk.exemplars.npz", 6, 32, "space")
+    with pytest.raises(ModelFileError, match="gone.exemplars.npz: exemplars missing"):
+        Exemplars.read(tmp_path / "gone.exemplars.npz", 6, 32, "space")
+
+
+def _kept_group(rng: np.random.Generator, look_alike: float) -> dict[str, np.ndarray]:
+    """Embeddings as a held-out run keeps them: 4 catalogue labels, 2 held out, 4 views a photo."""
+    dim = 32
+    centres = _unit(rng.standard_normal((6, dim)))
+    centres[4] = _unit(centres[0] + look_alike * _unit(rng.standard_normal(dim)))
+    centres[5] = _unit(centres[1] + look_alike * _unit(rng.standard_normal(dim)))
+    trl = np.repeat(np.arange(6), 12)
+    val = np.repeat(np.arange(6), 6)
+    train = _clusters(rng, centres, 12, 0.25)
+    taught_photos = np.where(trl >= 4)[0]
+    views = np.stack([_clusters(rng, train[i][None], 4, 0.05) for i in taught_photos])
+    return {"train": train, "val": _clusters(rng, centres, 6, 0.35), "train_labels": trl,
+            "val_labels": val, "taught_photos": taught_photos, "taught_views": views,
+            "prototypes": centres[:4].astype(np.float32), "scale": np.array(32.0),
+            "keep": np.arange(4), "out": np.array([4, 5])}
+
+
+def test_teaching_figures_and_the_cross_group_bias() -> None:
+    rng = np.random.default_rng(4)
+    groups = [teach_group(_kept_group(rng, a), shots=5, draws=3) for a in (0.6, 0.9, 1.2)]
+    for g in groups:
+        r = g["refit"]
+        assert r["biases"] == list(REFIT_BIASES) and g["taught_val_photos"] == 12
+        assert all(0 <= v <= 1 for v in r["taught_top1"] + r["catalogue_top1"])
+        assert r["taught_top1"][-1] >= r["taught_top1"][0]
+    cg = cross_group(groups)
+    assert len(cg["groups"]) == 3 and 0 <= cg["taught_top1"] <= 1
+    for i, row in enumerate(cg["groups"]):
+        k = groups[i]["refit"]["biases"].index(row["bias"])
+        assert row["taught_top1"] == groups[i]["refit"]["taught_top1"][k]
+    # the catalogue never pays more than 10 points on the groups a bias was chosen on
+    assert cg["bias_on_all_groups"] in REFIT_BIASES
