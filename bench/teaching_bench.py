@@ -26,7 +26,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from model.refit import EXEMPLARS_PER_LABEL, Exemplars, build_head  # noqa: E402
+from model.refit import EXEMPLARS_PER_LABEL, REFIT_BIAS, Exemplars, build_head  # noqa: E402
 from model.teaching import cross_group, load_kept, teach_group  # noqa: E402
 
 
@@ -42,7 +42,7 @@ def refit_seconds(kept: dict[str, np.ndarray], repeats: int = 3) -> float:
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        build_head([f"c{i}" for i in range(len(keep))], ex, taught, labels, 0.07)
+        build_head([f"c{i}" for i in range(len(keep))], ex, taught, labels, REFIT_BIAS)
         times.append(time.perf_counter() - t0)
     return float(np.median(times))
 

@@ -33,7 +33,7 @@ from model.preprocess import (
     tta_views,
     validate_roi,
 )
-from model.refit import Exemplars, TaughtHead, build_head
+from model.refit import REFIT_SCALE, Exemplars, TaughtHead, build_head
 
 logger = logging.getLogger(__name__)
 
@@ -100,7 +100,8 @@ class ModelMeta:
                 gallery_gain=float(raw.get("gallery", {}).get("gain", 1.0)),
                 gallery_bias=float(raw.get("gallery", {}).get("bias", 0.0)),
                 gallery_k=int(raw.get("gallery", {}).get("k", 3)),
-                teach=({"exemplars": str(raw["teach"]["exemplars"]), "bias": float(raw["teach"]["bias"])}
+                teach=({"exemplars": str(raw["teach"]["exemplars"]), "bias": float(raw["teach"]["bias"]),
+                        "scale": float(raw["teach"].get("scale", REFIT_SCALE))}
                        if "teach" in raw else None),
                 raw=raw,
             )
@@ -255,7 +256,8 @@ class Recognizer:
                 return None
             if self._head is None or self._head[0] != version:
                 t0 = time.perf_counter()
-                head = build_head(self.meta.labels, self.exemplars, emb, labels, self.meta.teach["bias"])
+                head = build_head(self.meta.labels, self.exemplars, emb, labels, self.meta.teach["bias"],
+                                  self.meta.teach["scale"])
                 self._head = (version, head)
                 logger.info("classifier refit on %d taught photos of %d labels in %.2f s", len(labels),
                             len(set(labels)), time.perf_counter() - t0)
