@@ -26,14 +26,14 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from model.refit import EXEMPLARS_PER_LABEL, REFIT_BIAS, Exemplars, build_head  # noqa: E402
+from model.refit import EXEMPLARS_PER_LABEL, REFIT_BIAS, Exemplars, build_head, exemplar_rows  # noqa: E402
 from model.teaching import cross_group, load_kept, teach_group  # noqa: E402
 
 
 def refit_seconds(kept: dict[str, np.ndarray], repeats: int = 3) -> float:
     """One refit as the stall runs it: 40 catalogue labels x 20 exemplars + 10 items x 5 photos x 4 views."""
     keep, trl = kept["keep"], kept["train_labels"]
-    idx = np.concatenate([np.where(trl == c)[0][:EXEMPLARS_PER_LABEL] for c in keep])
+    idx = np.array(exemplar_rows(trl, keep))
     remap = {int(c): i for i, c in enumerate(keep)}
     ex = Exemplars(kept["prototypes"], kept["train"][idx], np.array([remap[int(c)] for c in trl[idx]]), "b")
     views = kept["taught_views"][:50]

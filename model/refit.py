@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import zipfile
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -85,8 +86,18 @@ class Exemplars:
         return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _unit(a: np.ndarray) -> np.ndarray:
+def unit(a: np.ndarray) -> np.ndarray:
     return a / np.maximum(np.linalg.norm(a, axis=-1, keepdims=True), 1e-12)
+
+
+def exemplar_rows(labels: np.ndarray, classes: Iterable[int]) -> list[int]:
+    """Rows of ``labels`` shipped as exemplars: ``EXEMPLARS_PER_LABEL`` per class, evenly spread
+    over its photos (so over its sessions)."""
+    rows: list[int] = []
+    for c in classes:
+        idx = np.where(labels == c)[0]
+        rows += idx[np.linspace(0, len(idx) - 1, min(EXEMPLARS_PER_LABEL, len(idx))).astype(int)].tolist()
+    return rows
 
 
 def refit_prototypes(init: np.ndarray, x: np.ndarray, y: np.ndarray, scale: float = REFIT_SCALE,
@@ -98,7 +109,7 @@ def refit_prototypes(init: np.ndarray, x: np.ndarray, y: np.ndarray, scale: floa
     label more.  Deterministic: same inputs, same prototypes.
     """
     # float32: twice as fast as float64 and the prototypes are stored as float32 anyway
-    x = _unit(np.asarray(x, np.float32))
+    x = unit(np.asarray(x, np.float32))
     w = np.asarray(init, np.float32).copy()
     n_cls = w.shape[0]
     counts = np.bincount(y, minlength=n_cls).astype(np.float32)
@@ -124,7 +135,7 @@ def refit_prototypes(init: np.ndarray, x: np.ndarray, y: np.ndarray, scale: floa
         m = b1 * m + (1 - b1) * grad
         v = b2 * v + (1 - b2) * grad * grad
         w -= lr * (m / (1 - b1**t)) / (np.sqrt(v / (1 - b2**t)) + eps)
-    return _unit(w).astype(np.float32)
+    return unit(w).astype(np.float32)
 
 
 @dataclass(frozen=True)
@@ -167,7 +178,7 @@ def build_head(catalogue: list[str], ex: Exemplars, taught: np.ndarray, taught_l
     row = {lab: len(catalogue) + i for i, lab in enumerate(taught_rows)}
     ty = np.array([row[lab] for lab in taught_labels], np.int64)
     taught = np.asarray(taught, np.float32).reshape(len(ty), -1)
-    init = np.concatenate([ex.prototypes, np.stack([_unit(taught[ty == row[lab]].mean(0))
+    init = np.concatenate([ex.prototypes, np.stack([unit(taught[ty == row[lab]].mean(0))
                                                     for lab in taught_rows])])
     protos = refit_prototypes(init, np.concatenate([ex.embeddings, taught]),
                               np.concatenate([ex.labels, ty]), scale)
@@ -194,12 +205,8 @@ def write_exemplars(model: Path, ds: Dataset, size: int, embedding_space: str,
 
     runner = ModelRunner(model, size)
     labels = np.array([s.label for s in ds.train])
-    pick: list[int] = []
-    for c in range(len(ds.classes)):
-        idx = np.where(labels == c)[0]
-        pick += idx[np.linspace(0, len(idx) - 1, min(EXEMPLARS_PER_LABEL, len(idx))).astype(int)].tolist()
-    wanted = set(pick)
-    rows = range(len(ds.train)) if prototypes is None else sorted(wanted)
+    pick = exemplar_rows(labels, range(len(ds.classes)))
+    rows = range(len(ds.train)) if prototypes is None else sorted(set(pick))
     emb, logits = {}, {}
     for i in rows:
         lo, e = runner.run(preprocess(read_image(ds.train[i].path, size), size))
@@ -209,7 +216,7 @@ def write_exemplars(model: Path, ds: Dataset, size: int, embedding_space: str,
         sol, *_ = np.linalg.lstsq(np.stack([emb[i] for i in order]).astype(np.float64),
                                   np.stack([logits[i] for i in order]).astype(np.float64), rcond=None)
         prototypes = sol.T
-    ex = Exemplars(_unit(np.asarray(prototypes, np.float32)), np.stack([emb[i] for i in pick]),
+    ex = Exemplars(unit(np.asarray(prototypes, np.float32)), np.stack([emb[i] for i in pick]),
                    labels[pick], embedding_space)
     path = model.with_name(model.stem + ".exemplars.npz")
     digest = ex.write(path)

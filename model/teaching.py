@@ -22,16 +22,12 @@ from typing import Any
 
 import numpy as np
 
-from model.refit import EXEMPLARS_PER_LABEL, REFIT_SCALE, Exemplars, build_head
+from model.refit import REFIT_SCALE, Exemplars, build_head, exemplar_rows, unit
 
 logger = logging.getLogger(__name__)
 
 # Taught-item biases (cosine) tried by the refit; the stall's REFIT_BIAS is one of them.
 REFIT_BIASES = tuple(float(b) for b in np.round(np.arange(0.0, 0.201, 0.01), 3))
-
-
-def _unit(a: np.ndarray) -> np.ndarray:
-    return a / np.maximum(np.linalg.norm(a, axis=-1, keepdims=True), 1e-12)
 
 
 def teach_group(kept: dict[str, np.ndarray], shots: int = 5, draws: int = 10, seed: int = 0
@@ -50,12 +46,9 @@ def teach_group(kept: dict[str, np.ndarray], shots: int = 5, draws: int = 10, se
     remap[keep] = np.arange(nk)
     yq = np.array([remap[c] if remap[c] >= 0 else nk + out.index(int(c)) for c in val])
     new = yq >= nk
-    base = float(np.mean((eva[~new] @ protos.T).argmax(1) == yq[~new]))
-    # the catalogue exemplars a model ships: EXEMPLARS_PER_LABEL train photos per label, evenly spread
-    ex_i: list[int] = []
-    for c in keep:
-        idx = np.where(trl == c)[0]
-        ex_i += idx[np.linspace(0, len(idx) - 1, min(EXEMPLARS_PER_LABEL, len(idx))).astype(int)].tolist()
+    cat = scale * eva @ protos.T
+    base = float(np.mean(cat[~new].argmax(1) == yq[~new]))
+    ex_i = exemplar_rows(trl, keep)  # the catalogue exemplars a model ships
     ex = Exemplars(protos, etr[ex_i], remap[trl[ex_i]], "held-out")
     catalogue = [f"c{i}" for i in range(nk)]
     rng = np.random.default_rng(seed)
@@ -82,8 +75,7 @@ def teach_group(kept: dict[str, np.ndarray], shots: int = 5, draws: int = 10, se
             refit[k] += (hit[new].mean(), hit[~new].mean())
         # the earlier scoring: cosine to the mean of each item's taught views, gain and bias
         tl = np.array(taught_lab)
-        sims = eva @ np.stack([_unit(t[tl == f"t{j}"].mean(0)) for j in range(len(out))]).T
-        cat = scale * eva @ protos.T
+        sims = eva @ np.stack([unit(t[tl == f"t{j}"].mean(0)) for j in range(len(out))]).T
         for (g, b), acc in gal_grid.items():
             hit = np.concatenate([cat, scale * (g * sims + b)], 1).argmax(1) == yq
             acc += (hit[new].mean(), hit[~new].mean())
