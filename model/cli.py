@@ -51,7 +51,8 @@ def _expand(items: list[str]) -> list[Path]:
 def _load(args: argparse.Namespace, gallery: str | None, top: int = 5) -> Recognizer:
     from model.recognizer import Recognizer
 
-    rec = Recognizer.load(args.model, gallery_dir=gallery, top_k=top)
+    # one-shot commands: no background refit thread for the process to exit under
+    rec = Recognizer.load(args.model, gallery_dir=gallery, top_k=top, background_refit=False)
     if getattr(args, "roi", None) is not None:
         rec.set_roi(args.roi)  # RoiError is a ModelError: one line from the dispatcher
     return rec
@@ -97,6 +98,7 @@ def cmd_enroll(args: argparse.Namespace) -> int:
             rc = 1
     if added:
         rec.gallery.save()
+        rec.taught_head()  # refit now and cache it beside the gallery: recognitions start at once
     print(json.dumps({"label": args.label, "added": added, "gallery": args.gallery,
                       "labels": rec.gallery.counts()}, ensure_ascii=False))
     return rc if added else 1
@@ -166,6 +168,7 @@ def cmd_gallery(args: argparse.Namespace) -> int:
     if args.import_file:
         n = rec.gallery.import_from(args.import_file)
         rec.gallery.save()
+        rec.taught_head()
         print(json.dumps({"imported": n, "labels": rec.gallery.counts()}, ensure_ascii=False))
     elif args.export_file:
         rec.gallery.export_to(args.export_file)
@@ -173,6 +176,7 @@ def cmd_gallery(args: argparse.Namespace) -> int:
     elif args.remove:
         n = rec.gallery.remove(args.remove)
         rec.gallery.save()
+        rec.taught_head()
         print(json.dumps({"removed": n, "labels": rec.gallery.counts()}, ensure_ascii=False))
     else:
         print(json.dumps({"labels": rec.gallery.counts()}, ensure_ascii=False))

@@ -20,6 +20,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -65,6 +66,7 @@ class Gallery:
         self._added = np.zeros((0,), np.float64)
         # Bumped on every change: the recognizer refits its classifier when it moves.
         self.version = 0
+        self._listeners: list[Callable[[], None]] = []
         # The stall recognises on one thread while the vendor teaches on another.
         self._lock = threading.RLock()
         if self.folder is not None and (self.folder / "gallery.npz").exists():
@@ -99,6 +101,14 @@ class Gallery:
                 out[lab] = float(label_similarity(sims[:, m], q, self._emb[m], k)[0])
             return out
 
+    def add_listener(self, fn: Callable[[], None]) -> None:
+        """Call ``fn`` (on the changing thread, outside the gallery's lock) after every change."""
+        self._listeners.append(fn)
+
+    def _changed(self) -> None:
+        for fn in self._listeners:
+            fn()
+
     def snapshot(self) -> tuple[np.ndarray, list[str], int]:
         """(embeddings, their labels, version), consistent with each other."""
         with self._lock:
@@ -121,11 +131,14 @@ class Gallery:
             self._added = np.append(self._added, time.time())
             self._trim(label)
             self.version += 1
+        self._changed()
 
     def remove(self, label: str) -> int:
         with self._lock:
             self.version += 1
-            return self._remove(label)
+            removed = self._remove(label)
+        self._changed()
+        return removed
 
     def _remove(self, label: str) -> int:
         keep = [i for i, lab in enumerate(self._labels) if lab != label]
@@ -214,7 +227,10 @@ class Gallery:
         if not np.all(np.isfinite(emb)):
             raise GalleryError(f"{path}: gallery holds non-finite embeddings")
         norms = np.linalg.norm(emb, axis=1, keepdims=True)
-        emb = emb / np.maximum(norms, 1e-12)
+        # Saved rows are unit already and come back bit for bit (the recognizer's
+        # refit cache is keyed on them); only a foreign file's rows are normalised.
+        if not np.allclose(norms, 1.0, atol=1e-4):
+            emb = emb / np.maximum(norms, 1e-12)
         with self._lock:
             if merge:
                 self._emb = np.vstack([self._emb, emb])
@@ -225,4 +241,5 @@ class Gallery:
             else:
                 self._emb, self._labels, self._added = emb, labels, added
             self.version += 1
+        self._changed()
         logger.info("gallery %s: %d exemplars of %d labels", path, len(labels), len(set(labels)))

@@ -7,12 +7,19 @@ labels come from the network's cosine classifier.  Items taught at the stall
 (``teach``) go to the gallery; the classifier's prototypes are then refit on
 the taught photos and the catalogue exemplars shipped with the model
 (``model.refit``), and catalogue and taught items compete in one softmax.
+
+The refit (~0.5 s on one core) runs on a background thread as soon as the
+gallery changes, so the vendor's next weighing does not wait for it, and is
+cached in the gallery's folder, so a process that starts with a taught
+gallery (``wetmarket recognize --gallery``) does not pay it again.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -33,12 +40,18 @@ from model.preprocess import (
     tta_views,
     validate_roi,
 )
-from model.refit import REFIT_SCALE, Exemplars, TaughtHead, build_head
+from model.refit import REFIT_EPOCHS, REFIT_LR, REFIT_SCALE, Exemplars, TaughtHead, build_head
 
 logger = logging.getLogger(__name__)
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 DEFAULT_MODEL = WEIGHTS_DIR / "recognizer.onnx"
+# Photos are taught in bursts (``enroll`` with five photos, a correction right
+# after a weighing): wait this long after a change so a burst costs one refit.
+REFIT_DELAY_S = 0.2
+# The background refit thread ends after this long without a change.
+REFIT_IDLE_S = 60.0
+REFIT_CACHE = "refit-cache.npz"
 
 
 @dataclass
@@ -181,7 +194,7 @@ class Recognizer:
 
     def __init__(
         self, runner: ModelRunner, meta: ModelMeta, gallery: Gallery, top_k: int = 5,
-        exemplars: Exemplars | None = None,
+        exemplars: Exemplars | None = None, background_refit: bool = True,
     ) -> None:
         self.runner = runner
         self.meta = meta
@@ -191,6 +204,13 @@ class Recognizer:
         self.exemplars = exemplars
         self._head: tuple[int, TaughtHead] | None = None
         self._head_lock = threading.Lock()
+        self._kick = threading.Event()
+        self._worker: threading.Thread | None = None
+        self._worker_lock = threading.Lock()
+        if background_refit and exemplars is not None and meta.teach is not None:
+            gallery.add_listener(self._gallery_changed)
+            if len(gallery):  # a stall starting with a taught gallery refits before its first weighing
+                self._gallery_changed()
 
     @classmethod
     def load(
@@ -199,8 +219,14 @@ class Recognizer:
         gallery_dir: str | Path | None = None,
         top_k: int = 5,
         threads: int = 1,
+        background_refit: bool = True,
     ) -> Recognizer:
-        """Open a model (the shipped one by default) and optionally a stall's gallery folder."""
+        """Open a model (the shipped one by default) and optionally a stall's gallery folder.
+
+        ``background_refit=False`` for one-shot commands: the refit then happens on
+        the first recognition after a change, never on a thread the process may
+        exit under.
+        """
         onnx_path = Path(path) if path is not None else DEFAULT_MODEL
         meta_path = onnx_path.with_suffix(".json")
         if not onnx_path.is_file():
@@ -217,7 +243,7 @@ class Recognizer:
             exemplars = Exemplars.read(onnx_path.with_name(meta.teach["exemplars"]), len(meta.labels),
                                        meta.embedding_dim, meta.embedding_space)
         gallery = Gallery(meta.embedding_space, meta.embedding_dim, gallery_dir)
-        return cls(runner, meta, gallery, top_k, exemplars)
+        return cls(runner, meta, gallery, top_k, exemplars, background_refit)
 
     @property
     def labels(self) -> list[str]:
@@ -246,7 +272,9 @@ class Recognizer:
     def taught_head(self) -> TaughtHead | None:
         """The classifier refit on the gallery (None while nothing is taught or without exemplars).
 
-        Refit once per change of the gallery (~0.5 s), on the first recognition after it.
+        Refit once per change of the gallery, by the background thread or, if a
+        recognition comes first, here; read from the gallery folder's cache when
+        it holds the refit of this very gallery and model.
         """
         if self.exemplars is None or self.meta.teach is None:
             return None
@@ -254,14 +282,97 @@ class Recognizer:
             emb, labels, version = self.gallery.snapshot()
             if not labels:
                 return None
-            if self._head is None or self._head[0] != version:
+            if self._head is not None and self._head[0] == version:
+                return self._head[1]
+            key = self._refit_key(emb, labels)
+            head = self._read_cached_head(key)
+            if head is None:
                 t0 = time.perf_counter()
                 head = build_head(self.meta.labels, self.exemplars, emb, labels, self.meta.teach["bias"],
                                   self.meta.teach["scale"])
-                self._head = (version, head)
                 logger.info("classifier refit on %d taught photos of %d labels in %.2f s", len(labels),
                             len(set(labels)), time.perf_counter() - t0)
-            return self._head[1]
+                self._write_cached_head(key, head)
+            self._head = (version, head)
+            return head
+
+    def wait_refit(self, timeout: float = 10.0) -> bool:
+        """Block until the background refit has caught up with the gallery (True) or ``timeout``."""
+        if self.exemplars is None or self.meta.teach is None:
+            return True
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._head_lock:
+                done = not self._kick.is_set() and (
+                    not len(self.gallery) or (self._head is not None
+                                              and self._head[0] == self.gallery.version))
+            if done:
+                return True
+            time.sleep(0.02)
+        return False
+
+    def _gallery_changed(self) -> None:
+        with self._worker_lock:
+            self._kick.set()
+            if self._worker is None:
+                self._worker = threading.Thread(target=self._refit_loop, name="refit", daemon=True)
+                self._worker.start()
+
+    def _refit_loop(self) -> None:
+        while True:
+            if not self._kick.wait(REFIT_IDLE_S):
+                with self._worker_lock:
+                    if not self._kick.is_set():
+                        self._worker = None
+                        return
+                continue
+            time.sleep(REFIT_DELAY_S)
+            self._kick.clear()
+            try:
+                self.taught_head()
+            except Exception:  # noqa: BLE001 - the next recognition refits and reports it
+                logger.exception("background refit failed")
+
+    def _refit_key(self, emb: np.ndarray, labels: list[str]) -> str:
+        h = hashlib.sha256(json.dumps([self.meta.embedding_space, self.meta.raw.get("teach"),
+                                       REFIT_EPOCHS, REFIT_LR, labels]).encode())
+        h.update(np.ascontiguousarray(emb, np.float32).tobytes())
+        return h.hexdigest()
+
+    def _read_cached_head(self, key: str) -> TaughtHead | None:
+        if self.gallery.folder is None:
+            return None
+        path = self.gallery.folder / REFIT_CACHE
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                if str(z["key"]) != key:
+                    return None
+                head = TaughtHead([str(x) for x in z["labels"]], np.asarray(z["prototypes"], np.float32),
+                                  int(z["n_catalogue"]), float(z["scale"]), float(z["bias"]))
+        except FileNotFoundError:
+            return None
+        except Exception as exc:  # noqa: BLE001 - a broken cache is refit, never fatal
+            logger.warning("%s: unreadable refit cache, refitting (%s)", path, exc)
+            return None
+        if head.prototypes.shape[0] != len(head.labels) or not np.all(np.isfinite(head.prototypes)):
+            logger.warning("%s: inconsistent refit cache, refitting", path)
+            return None
+        return head
+
+    def _write_cached_head(self, key: str, head: TaughtHead) -> None:
+        if self.gallery.folder is None:
+            return
+        path = self.gallery.folder / REFIT_CACHE
+        tmp = path.with_name(path.name + ".tmp")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with tmp.open("wb") as fh:
+                np.savez(fh, key=np.array(key), labels=np.array(head.labels, dtype=str),
+                         prototypes=head.prototypes, n_catalogue=np.array(head.n_catalogue),
+                         scale=np.array(head.scale), bias=np.array(head.bias))
+            os.replace(tmp, path)
+        except OSError as exc:
+            logger.warning("%s: cannot cache the refit (%s)", path, exc.strerror or exc)
 
     def scores(self, logits: np.ndarray, emb: np.ndarray) -> tuple[list[str], np.ndarray]:
         """Labels and calibrated probabilities over the catalogue plus the taught items."""

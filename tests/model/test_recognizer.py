@@ -242,3 +242,43 @@ def test_shipped_models_accuracy_on_the_val_photos(real_dataset: Path) -> None:
         assert report["top1"] >= floor and report["top5"] >= 0.97, (model.name, report["top1"])
         # the unknown threshold was fitted to flag 8 % of val produce on this very file
         assert report["unknown_rate"] <= 0.10, (model.name, report["unknown_rate"])
+
+
+def test_refit_runs_in_the_background_and_is_cached_beside_the_gallery(
+        shipped_model: Path, val_photos: list[tuple[Path, str]], tmp_path: Path,
+        caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    from model.recognizer import REFIT_CACHE
+
+    folder = tmp_path / "g"
+    rec = Recognizer.load(shipped_model, gallery_dir=folder)
+    for path, _ in val_photos[:3]:
+        rec.teach("Dragon-Fruit", path)
+    # the vendor's next weighing finds the refit done: nobody called taught_head()
+    assert rec.wait_refit(timeout=30)
+    head = rec.taught_head()
+    assert head is not None and "Dragon-Fruit" in head.labels
+    assert (folder / REFIT_CACHE).is_file()
+
+    # a new process on the same gallery reads the refit instead of redoing it
+    caplog.set_level(logging.INFO, logger="model.recognizer")
+    again = Recognizer.load(shipped_model, gallery_dir=folder, background_refit=False)
+    cached = again.taught_head()
+    assert cached is not None and cached.labels == head.labels
+    assert np.array_equal(cached.prototypes, head.prototypes)
+    assert "classifier refit" not in caplog.text
+    assert again.recognize(val_photos[0][0]).top[0][0] == rec.recognize(val_photos[0][0]).top[0][0]
+
+    # another gallery's cache is not used: teaching more refits
+    again.teach("Dragon-Fruit", val_photos[3][0])
+    newer = again.taught_head()
+    assert newer is not None and not np.array_equal(newer.prototypes, head.prototypes)
+    assert "classifier refit" in caplog.text
+
+    # a broken cache is refit with a warning, never a failure
+    (folder / REFIT_CACHE).write_bytes(b"PK\x03\x04 torn")
+    caplog.clear()
+    third = Recognizer.load(shipped_model, gallery_dir=folder, background_refit=False)
+    assert third.taught_head() is not None
+    assert "unreadable refit cache" in caplog.text and "classifier refit" in caplog.text

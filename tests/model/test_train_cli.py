@@ -92,6 +92,8 @@ def test_enroll_then_recognize_with_gallery(shipped_model: Path, val_photos: lis
     gal = str(tmp_path / "gallery")
     assert main(["enroll", "--gallery", gal, "--label", "Stall-Special", path]) == 0
     assert json.loads(capsys.readouterr().out)["added"] == 1
+    # enroll refit the classifier and left it beside the gallery for the next command
+    assert (tmp_path / "gallery" / "refit-cache.npz").is_file()
     assert main(["recognize", "--gallery", gal, path]) == 0
     o = json.loads(capsys.readouterr().out)
     assert o["top"][0]["label"] == "Stall-Special"
