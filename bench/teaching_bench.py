@@ -9,6 +9,9 @@ measures, with 10 draws of the 5 consecutive photos per item:
   (the best teaching at most 10 points of catalogue cost);
 - the earlier gallery scoring, for comparison (its gain and bias chosen on the
   group itself, which flatters it);
+- how often taught and catalogue photos are flagged unknown with the
+  threshold calibrated before teaching (the exported one), and how often the
+  held-out items were flagged before they were taught;
 - how long one refit takes on one core.
 
     taskset -c 0 .venv/bin/python bench/teaching_bench.py runs/distill/ho*/held-out-group-*.npz
@@ -71,6 +74,11 @@ def main() -> int:
           f"{cg['gallery_scoring_taught_top1']:17.1%} "
           f"{cg['catalogue_top1_without_teaching']:7.1%} -> {cg['gallery_scoring_catalogue_top1']:5.1%}")
     print(f"bias chosen on all groups (the one to ship): {cg['bias_on_all_groups']:.2f}")
+    print("flagged unknown (threshold calibrated before teaching, as exported):")
+    print(f"{'group':22s} {'held-out, untaught':>19s} {'taught':>7s} {'catalogue':>16s}")
+    for name, r in zip([*names, "all groups"], [*cg["groups"], cg], strict=True):
+        print(f"{name:22s} {r['held_out_flagged_without_teaching']:19.1%} {r['taught_flagged']:7.1%} "
+              f"{r['catalogue_flagged_without_teaching']:7.1%} -> {r['catalogue_flagged']:5.1%}")
     secs = refit_seconds(load_kept(args.kept[0]))
     print(f"one refit (40 labels x {EXEMPLARS_PER_LABEL} exemplars + 10 items x 5 photos x 4 views): "
           f"{secs * 1000:.0f} ms")

@@ -33,7 +33,7 @@ REFIT_BIASES = tuple(float(b) for b in np.round(np.arange(0.0, 0.201, 0.01), 3))
 def teach_group(kept: dict[str, np.ndarray], shots: int = 5, draws: int = 10, seed: int = 0
                 ) -> dict[str, Any]:
     """Teaching figures for one held-out group from its kept embeddings (see module doc)."""
-    from model.train import GALLERY_BIASES, GALLERY_GAINS, choose_gallery_setting
+    from model.train import GALLERY_BIASES, GALLERY_GAINS, _softmax_rows, calibrate, choose_gallery_setting
 
     etr, eva = kept["train"], kept["val"]
     trl, val = kept["train_labels"], kept["val_labels"]
@@ -48,11 +48,17 @@ def teach_group(kept: dict[str, np.ndarray], shots: int = 5, draws: int = 10, se
     new = yq >= nk
     cat = scale * eva @ protos.T
     base = float(np.mean(cat[~new].argmax(1) == yq[~new]))
+    # the unknown flag as the export calibrates it (on the catalogue's val photos, before any
+    # teaching) and as the stall applies it to the refit head (same scale / temperature)
+    temp, thr = calibrate(cat[~new], yq[~new])
+    flag0 = _softmax_rows(cat, temp).max(1) < thr
+    t_refit = temp * REFIT_SCALE / scale
     ex_i = exemplar_rows(trl, keep)  # the catalogue exemplars a model ships
     ex = Exemplars(protos, etr[ex_i], remap[trl[ex_i]], "held-out")
     catalogue = [f"c{i}" for i in range(nk)]
     rng = np.random.default_rng(seed)
     refit = np.zeros((len(REFIT_BIASES), 2))
+    flagged = np.zeros((len(REFIT_BIASES), 2))
     gal_grid: dict[tuple[float, float], np.ndarray] = {
         (g, b): np.zeros(2) for g in GALLERY_GAINS for b in GALLERY_BIASES}
     for _ in range(draws):
@@ -73,6 +79,8 @@ def teach_group(kept: dict[str, np.ndarray], shots: int = 5, draws: int = 10, se
             zz[:, nk:] += REFIT_SCALE * b
             hit = zz.argmax(1) == yq
             refit[k] += (hit[new].mean(), hit[~new].mean())
+            unk = _softmax_rows(zz, t_refit).max(1) < thr
+            flagged[k] += (unk[new].mean(), unk[~new].mean())
         # the earlier scoring: cosine to the mean of each item's taught views, gain and bias
         tl = np.array(taught_lab)
         sims = eva @ np.stack([unit(t[tl == f"t{j}"].mean(0)) for j in range(len(out))]).T
@@ -80,13 +88,18 @@ def teach_group(kept: dict[str, np.ndarray], shots: int = 5, draws: int = 10, se
             hit = np.concatenate([cat, scale * (g * sims + b)], 1).argmax(1) == yq
             acc += (hit[new].mean(), hit[~new].mean())
     refit /= draws
+    flagged /= draws
     gal = {k: (float(v[0] / draws), float(v[1] / draws)) for k, v in gal_grid.items()}
     best = choose_gallery_setting(gal, base)
     return {
         "shots": shots, "draws": draws, "taught_val_photos": int(new.sum()),
         "catalogue_val_photos": int((~new).sum()), "catalogue_top1_without_teaching": base,
+        "unknown": {"temperature": temp, "threshold": thr,
+                    "catalogue_flagged_without_teaching": float(flag0[~new].mean()),
+                    "held_out_flagged_without_teaching": float(flag0[new].mean())},
         "refit": {"biases": list(REFIT_BIASES), "taught_top1": refit[:, 0].tolist(),
-                  "catalogue_top1": refit[:, 1].tolist()},
+                  "catalogue_top1": refit[:, 1].tolist(), "taught_flagged": flagged[:, 0].tolist(),
+                  "catalogue_flagged": flagged[:, 1].tolist()},
         "gallery_scoring": {"gain": best[0], "bias": best[1], "taught_top1": gal[best][0],
                             "catalogue_top1": gal[best][1]},
     }
@@ -111,6 +124,10 @@ def cross_group(groups: list[dict[str, Any]]) -> dict[str, Any]:
         k = choose_bias(others)
         rows.append({"bias": g["refit"]["biases"][k], "taught_top1": g["refit"]["taught_top1"][k],
                      "catalogue_top1": g["refit"]["catalogue_top1"][k],
+                     "taught_flagged": g["refit"]["taught_flagged"][k],
+                     "catalogue_flagged": g["refit"]["catalogue_flagged"][k],
+                     "catalogue_flagged_without_teaching": g["unknown"]["catalogue_flagged_without_teaching"],
+                     "held_out_flagged_without_teaching": g["unknown"]["held_out_flagged_without_teaching"],
                      "catalogue_top1_without_teaching": g["catalogue_top1_without_teaching"],
                      "gallery_scoring_taught_top1": g["gallery_scoring"]["taught_top1"],
                      "gallery_scoring_catalogue_top1": g["gallery_scoring"]["catalogue_top1"],
@@ -126,6 +143,12 @@ def cross_group(groups: list[dict[str, Any]]) -> dict[str, Any]:
             "catalogue_top1": mean("catalogue_top1", "catalogue_val_photos", n_c),
             "catalogue_top1_without_teaching": mean("catalogue_top1_without_teaching",
                                                     "catalogue_val_photos", n_c),
+            "taught_flagged": mean("taught_flagged", "taught_val_photos", n_t),
+            "catalogue_flagged": mean("catalogue_flagged", "catalogue_val_photos", n_c),
+            "catalogue_flagged_without_teaching": mean("catalogue_flagged_without_teaching",
+                                                       "catalogue_val_photos", n_c),
+            "held_out_flagged_without_teaching": mean("held_out_flagged_without_teaching",
+                                                      "taught_val_photos", n_t),
             "gallery_scoring_taught_top1": mean("gallery_scoring_taught_top1", "taught_val_photos", n_t),
             "gallery_scoring_catalogue_top1": mean("gallery_scoring_catalogue_top1",
                                                    "catalogue_val_photos", n_c),

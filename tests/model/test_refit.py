@@ -114,8 +114,15 @@ def test_teaching_figures_and_the_cross_group_bias() -> None:
         assert r["biases"] == list(REFIT_BIASES) and g["taught_val_photos"] == 12
         assert all(0 <= v <= 1 for v in r["taught_top1"] + r["catalogue_top1"])
         assert r["taught_top1"][-1] >= r["taught_top1"][0]
+        # the unknown flag with the threshold calibrated before teaching
+        assert all(0 <= v <= 1 for v in r["taught_flagged"] + r["catalogue_flagged"])
+        assert r["taught_flagged"][-1] <= r["taught_flagged"][0]  # a bias makes taught items surer
+        u = g["unknown"]
+        assert u["temperature"] > 0 and 0 < u["threshold"] <= 1
+        assert u["catalogue_flagged_without_teaching"] <= 0.15
     cg = cross_group(groups)
     assert len(cg["groups"]) == 3 and 0 <= cg["taught_top1"] <= 1
+    assert 0 <= cg["taught_flagged"] <= 1 and 0 <= cg["held_out_flagged_without_teaching"] <= 1
     for i, row in enumerate(cg["groups"]):
         k = groups[i]["refit"]["biases"].index(row["bias"])
         assert row["taught_top1"] == groups[i]["refit"]["taught_top1"][k]
