@@ -219,3 +219,45 @@ def test_held_out_group_needs_distill_mode(capsys: pytest.CaptureFixture[str]) -
     rc = main(["model", "train", "--mode", "linear", "--held-out-group", "0"])
     err = capsys.readouterr().err
     assert rc == 1 and "--held-out-group needs --mode distill" in err and "Traceback" not in err
+
+
+def test_fold_students_label_only_the_fold_they_did_not_learn(tmp_path: Path) -> None:
+    """--generations 2: fold students distilled on the other folds label theirs; labels are mixed."""
+    import copy
+
+    import torch
+
+    from model.distill import ViewBank, distill, fold_student_labels
+    from model.network import RecognizerNet, build_trunk
+    from model.train import TrainConfig, blocked_folds
+
+    rng = np.random.default_rng(0)
+    n, views, classes = 12, 2, 2
+    bank = ViewBank(rng.integers(0, 255, (n, views, 64, 64, 3), dtype=np.uint8),
+                    rng.integers(0, 255, (2, 1, 64, 64, 3), dtype=np.uint8),
+                    np.arange(n) % classes, np.arange(2) % classes, 64, "test")
+    paths = [f"train/x/{i:03d}.jpg" for i in range(n)]
+    net = RecognizerNet(build_trunk("efficientnet-lite0", 64), classes)
+    cfg = TrainConfig(data=tmp_path, out=tmp_path / "x.onnx", run_dir=tmp_path, size=64, epochs=1,
+                      batch=4, lr=1e-3, threads=2)
+    # a student restricted to some rows never reads the others' labels (NaN would poison it)
+    te = blocked_folds(paths, bank.train_labels, 3)[0]
+    poisoned = np.log(np.full((n, views, classes), 1 / classes, np.float32))
+    poisoned[te] = np.nan
+    student, _ = distill(copy.deepcopy(net), bank, poisoned, cfg, rows=np.setdiff1d(np.arange(n), te))
+    assert all(torch.isfinite(p).all() for p in student.parameters())
+
+    uniform = np.log(np.full((n, views, classes), 1 / classes, np.float32))
+    soft, report = fold_student_labels(net, bank, uniform, cfg, paths, folds=3)
+    p = np.exp(soft)
+    assert p.shape == (n, views, classes) and np.allclose(p.sum(-1), 1, atol=1e-4)
+    # half the uniform teachers (0.25 a class) plus half a student's probability
+    assert np.all((p >= 0.25 - 1e-4) & (p <= 0.75 + 1e-4))
+    assert [e["fold"] for e in report["log"]] == [1, 2, 3]
+    assert 0 <= report["students_out_of_fold_centre"][1] <= 1
+
+
+def test_second_generation_needs_distill_mode(capsys: pytest.CaptureFixture[str]) -> None:
+    rc = main(["model", "train", "--mode", "linear", "--generations", "2"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "--generations 2 needs --mode distill" in err and "Traceback" not in err
