@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -187,24 +189,31 @@ def test_held_out_group_teaching_experiment(tmp_path: Path) -> None:
     assert (tmp_path / "run" / "held-out-group-2.pt").exists()
 
 
-def test_soup_is_the_average_of_its_students(tmp_path: Path) -> None:
-    """--students 2: two students distilled with seeds 0 and 1, averaged weight by weight."""
-    import copy
-    from dataclasses import replace
-
-    from model.distill import ViewBank, distill, distill_soup
+def _random_bank(n: int, tmp_path: Path) -> tuple[Any, Any, Any]:
+    """A view bank of ``n`` random 64 px photos (2 views, 2 classes), a fresh student and its config."""
+    from model.distill import ViewBank
     from model.network import RecognizerNet, build_trunk
     from model.train import TrainConfig
 
     rng = np.random.default_rng(0)
-    n, views, classes = 8, 2, 2
-    bank = ViewBank(rng.integers(0, 255, (n, views, 64, 64, 3), dtype=np.uint8),
+    bank = ViewBank(rng.integers(0, 255, (n, 2, 64, 64, 3), dtype=np.uint8),
                     rng.integers(0, 255, (2, 1, 64, 64, 3), dtype=np.uint8),
-                    np.arange(n) % classes, np.arange(2) % classes, 64, "test")
-    soft = np.log(np.full((n, views, classes), 1 / classes, np.float32))
-    net = RecognizerNet(build_trunk("efficientnet-lite0", 64), classes)
+                    np.arange(n) % 2, np.arange(2) % 2, 64, "test")
+    net = RecognizerNet(build_trunk("efficientnet-lite0", 64), 2)
     cfg = TrainConfig(data=tmp_path, out=tmp_path / "x.onnx", run_dir=tmp_path, size=64, epochs=1,
-                      batch=4, lr=1e-3, students=2, threads=2)
+                      batch=4, lr=1e-3, threads=2)
+    return bank, net, cfg
+
+
+def test_soup_is_the_average_of_its_students(tmp_path: Path) -> None:
+    """--students 2: two students distilled with seeds 0 and 1, averaged weight by weight."""
+    import copy
+
+    from model.distill import distill, distill_soup
+
+    bank, net, cfg = _random_bank(8, tmp_path)
+    soft = np.log(np.full((8, 2, 2), 1 / 2, np.float32))
+    cfg = replace(cfg, students=2)
     soup, log = distill_soup(copy.deepcopy(net), bank, soft, cfg)
     a, _ = distill(copy.deepcopy(net), bank, soft, replace(cfg, seed=0))
     b, _ = distill(copy.deepcopy(net), bank, soft, replace(cfg, seed=1))
@@ -227,19 +236,12 @@ def test_fold_students_label_only_the_fold_they_did_not_learn(tmp_path: Path) ->
 
     import torch
 
-    from model.distill import ViewBank, distill, fold_student_labels
-    from model.network import RecognizerNet, build_trunk
-    from model.train import TrainConfig, blocked_folds
+    from model.distill import distill, fold_student_labels
+    from model.train import blocked_folds
 
-    rng = np.random.default_rng(0)
     n, views, classes = 12, 2, 2
-    bank = ViewBank(rng.integers(0, 255, (n, views, 64, 64, 3), dtype=np.uint8),
-                    rng.integers(0, 255, (2, 1, 64, 64, 3), dtype=np.uint8),
-                    np.arange(n) % classes, np.arange(2) % classes, 64, "test")
+    bank, net, cfg = _random_bank(n, tmp_path)
     paths = [f"train/x/{i:03d}.jpg" for i in range(n)]
-    net = RecognizerNet(build_trunk("efficientnet-lite0", 64), classes)
-    cfg = TrainConfig(data=tmp_path, out=tmp_path / "x.onnx", run_dir=tmp_path, size=64, epochs=1,
-                      batch=4, lr=1e-3, threads=2)
     # a student restricted to some rows never reads the others' labels (NaN would poison it)
     te = blocked_folds(paths, bank.train_labels, 3)[0]
     poisoned = np.log(np.full((n, views, classes), 1 / classes, np.float32))
