@@ -131,7 +131,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         teachers=teachers,
         kd_temperature=args.kd_temperature, kd_alpha=args.kd_alpha,
         distill_scale=args.distill_scale, bank_views=args.bank_views, held_out_group=args.held_out_group,
-        students=args.students, generations=args.generations, generation_folds=args.generation_folds,
+        students=args.students,
     )
     report = run(cfg)
     if "held_out_student" in report:
@@ -230,10 +230,6 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg,
                         "without this group of classes, taught them from 5 photos")
     t.add_argument("--students", type=_positive, default=1,
                    help="distill: students with seeds SEED, SEED+1, ... averaged into one network")
-    t.add_argument("--generations", type=int, choices=(1, 2), default=1,
-                   help="distill: 2 = soft labels from the teachers and from fine-tuned fold students")
-    t.add_argument("--generation-folds", type=_positive, default=3,
-                   help="distill: fold students for the second generation (at least 2)")
     t.add_argument("--bank-views", type=int, default=8,
                    help="distill: augmented views per train photo in the view bank")
     t.add_argument("--aug-views", type=int, default=4, help="augmented views per photo (linear)")

@@ -195,43 +195,47 @@ def as_feature_dict(feats: dict[str, np.ndarray], bank: ViewBank) -> dict[str, n
             "val_centre": va[:, 0], "val_tta": va[:, 1:], "val_labels": bank.val_labels}
 
 
-def soft_labels(teachers: dict[str, dict[str, np.ndarray]], bank: ViewBank, paths: list[str],
-                n_classes: int, temperature: float, folds: int, seed: int
+def soft_labels(teachers: dict[str, dict[str, np.ndarray]], y: np.ndarray, val_labels: np.ndarray,
+                paths: list[str], n_classes: int, temperature: float, folds: int, seed: int
                 ) -> tuple[np.ndarray, dict[str, Any]]:
-    """Out-of-fold tempered log-probabilities (N, 1+V, C) averaged over teachers, and a report."""
+    """Out-of-fold tempered log-probabilities (N, 1+V, C) averaged over teachers, and a report.
+
+    ``teachers``: each teacher's features of the train views (N, 1+V, D) and
+    of val; ``y`` and ``val_labels`` their labels.
+    """
     import torch
 
     from model.head import HeadConfig, head_logits, train_head
     from model.metrics import topk_accuracy
     from model.train import blocked_folds
 
-    y = bank.train_labels
     n = len(y)
-    probs = np.zeros((n, bank.views, n_classes), np.float64)
-    val_probs = np.zeros((len(bank.val_labels), n_classes), np.float64)
+    views = next(iter(teachers.values()))["train"].shape[1]
+    probs = np.zeros((n, views, n_classes), np.float64)
+    val_probs = np.zeros((len(val_labels), n_classes), np.float64)
     report: dict[str, Any] = {}
     fold_sets = blocked_folds(paths, y, folds) if folds >= 2 and n >= 2 * folds else [np.arange(n)]
     for t, (spec, raw) in enumerate(teachers.items()):
         f, _ = centred(raw)
         tr = f["train"]
         d = tr.shape[-1]
-        oof = np.zeros((n, bank.views, n_classes), np.float32)
+        oof = np.zeros((n, views, n_classes), np.float32)
         for k, te in enumerate(fold_sets):
             fit_idx = np.setdiff1d(np.arange(n), te) if len(fold_sets) > 1 else te
-            head = train_head(tr[fit_idx].reshape(-1, d), np.repeat(y[fit_idx], bank.views), n_classes,
+            head = train_head(tr[fit_idx].reshape(-1, d), np.repeat(y[fit_idx], views), n_classes,
                               HeadConfig(seed=seed + 10 * t + k))
-            oof[te] = head_logits(head, tr[te].reshape(-1, d)).reshape(len(te), bank.views, n_classes)
+            oof[te] = head_logits(head, tr[te].reshape(-1, d)).reshape(len(te), views, n_classes)
         probs += torch.softmax(torch.from_numpy(oof) / temperature, -1).numpy()
-        full = train_head(tr.reshape(-1, d), np.repeat(y, bank.views), n_classes, HeadConfig(seed=seed))
-        lv = head_logits(full, f["val"][:, 0]) if len(bank.val_labels) else np.zeros((0, n_classes))
+        full = train_head(tr.reshape(-1, d), np.repeat(y, views), n_classes, HeadConfig(seed=seed))
+        lv = head_logits(full, f["val"][:, 0]) if len(val_labels) else np.zeros((0, n_classes))
         val_probs += torch.softmax(torch.from_numpy(lv) / temperature, -1).numpy()
-        report[spec] = {"val": topk_accuracy(lv, bank.val_labels) if len(lv) else {},
+        report[spec] = {"val": topk_accuracy(lv, val_labels) if len(lv) else {},
                         "out_of_fold_views_top1": float(np.mean(oof.argmax(-1) == y[:, None]))}
         logger.info("teacher %s: %s", spec, report[spec])
     probs /= len(teachers)
     val_probs /= len(teachers)
-    if len(bank.val_labels):
-        report["ensemble_val"] = topk_accuracy(np.log(np.maximum(val_probs, 1e-12)), bank.val_labels)
+    if len(val_labels):
+        report["ensemble_val"] = topk_accuracy(np.log(np.maximum(val_probs, 1e-12)), val_labels)
     report["ensemble_out_of_fold_views_top1"] = float(np.mean(probs.argmax(-1) == y[:, None]))
     logger.info("teacher ensemble: val %s", report.get("ensemble_val"))
     return np.log(np.maximum(probs, 1e-8)).astype(np.float32), report
@@ -335,61 +339,8 @@ def distill(net: RecognizerNet, bank: ViewBank, teacher_logprob: np.ndarray, cfg
     return net, log
 
 
-def fold_student_labels(net: RecognizerNet, bank: ViewBank, teacher_logprob: np.ndarray, cfg: TrainConfig,
-                        paths: list[str], folds: int) -> tuple[np.ndarray, dict[str, Any]]:
-    """A second generation of soft labels: the frozen teachers' averaged with fine-tuned fold students'.
-
-    Why: the distilled student beats the frozen-trunk teachers it learnt from
-    (docs/benchmarks.md), so students are better teachers, provided their labels
-    stay out of fold.  For each of ``folds`` blocked folds of train a student
-    is distilled (the same recipe, from the same start) on the other folds and
-    labels every view of its fold; the fold students' tempered probabilities
-    are averaged half and half with the first generation's.  Their out-of-fold
-    top-1 on the centre views is a cross-validated figure of the recipe.
-    """
-    import copy
-    import tempfile
-
-    import torch
-
-    from model.export import export_onnx
-    from model.metrics import topk_accuracy
-    from model.recognizer import ModelRunner
-    from model.train import blocked_folds
-
-    y = bank.train_labels
-    n, n_classes = len(y), teacher_logprob.shape[-1]
-    logits = np.zeros((n, bank.views, n_classes), np.float32)
-    report: dict[str, Any] = {"folds": folds, "log": []}
-    for k, te in enumerate(blocked_folds(paths, y, folds)):
-        fit = np.setdiff1d(np.arange(n), te)
-        student, log = distill(copy.deepcopy(net), bank, teacher_logprob, cfg, rows=fit)
-        report["log"] += [{"fold": k + 1, **e} for e in log]
-        # onnxruntime labels the fold's views ~4x faster than torch on this CPU
-        with tempfile.TemporaryDirectory() as tmp:
-            export_onnx(student, cfg.size, Path(tmp) / "fold.onnx")
-            runner = ModelRunner(Path(tmp) / "fold.onnx", cfg.size, threads=cfg.threads)
-            for b in tqdm(range(0, len(te), 8), desc=f"fold {k + 1}/{folds} labels", unit="batch",
-                          mininterval=10):
-                rows = te[b : b + 8]
-                views = np.asarray(bank.train[rows]).reshape(-1, *bank.train.shape[2:])
-                out, _ = runner.run(to_tensor(resize_views(views, cfg.size)))
-                logits[rows] = out.reshape(len(rows), bank.views, n_classes)
-        logger.info("fold student %d/%d: out-of-fold centre top-1 %.3f", k + 1, folds,
-                    float(np.mean(logits[te, 0].argmax(-1) == y[te])))
-    cv = topk_accuracy(logits[:, 0], y)
-    p_students = torch.softmax(torch.from_numpy(logits) / cfg.kd_temperature, -1).numpy()
-    mixed = 0.5 * np.exp(teacher_logprob) + 0.5 * p_students
-    report |= {"students_out_of_fold_centre": cv,
-               "students_out_of_fold_views_top1": float(np.mean(logits.argmax(-1) == y[:, None])),
-               "teachers_out_of_fold_views_top1": float(np.mean(teacher_logprob.argmax(-1) == y[:, None])),
-               "mixed_out_of_fold_views_top1": float(np.mean(mixed.argmax(-1) == y[:, None]))}
-    logger.info("fold students: %s", {k: v for k, v in report.items() if k != "log"})
-    return np.log(np.maximum(mixed, 1e-8)).astype(np.float32), report
-
-
-def distill_soup(net: RecognizerNet, bank: ViewBank, teacher_logprob: np.ndarray, cfg: TrainConfig
-                 ) -> tuple[RecognizerNet, list[dict[str, Any]]]:
+def distill_soup(net: RecognizerNet, bank: ViewBank, teacher_logprob: np.ndarray, cfg: TrainConfig,
+                 rows: np.ndarray | None = None) -> tuple[RecognizerNet, list[dict[str, Any]]]:
     """``cfg.students`` students distilled from the same start with seeds ``seed``, ``seed + 1``...,
     averaged weight by weight (a uniform model soup: one network at the stall, the
     accuracy of a small ensemble).  Every student counts the same: weighting or
@@ -401,10 +352,11 @@ def distill_soup(net: RecognizerNet, bank: ViewBank, teacher_logprob: np.ndarray
     import torch
 
     if cfg.students <= 1:
-        return distill(net, bank, teacher_logprob, cfg)
+        return distill(net, bank, teacher_logprob, cfg, rows)
     states, log = [], []
     for k in range(cfg.students):
-        student, slog = distill(copy.deepcopy(net), bank, teacher_logprob, replace(cfg, seed=cfg.seed + k))
+        student, slog = distill(copy.deepcopy(net), bank, teacher_logprob, replace(cfg, seed=cfg.seed + k),
+                                 rows)
         states.append(student.state_dict())
         log += [{"student": k + 1, **e} for e in slog]
     soup = {name: (torch.stack([s[name].float() for s in states]).mean(0).to(t.dtype)
@@ -455,21 +407,23 @@ def held_out_student(ds: Dataset, bank: ViewBank, teachers: dict[str, dict[str, 
     remap[keep] = np.arange(len(keep))
     tri = np.where(np.isin(bank.train_labels, keep))[0]
     vai = np.where(np.isin(bank.val_labels, keep))[0]
-    sub = ViewBank(np.asarray(bank.train[tri]), bank.val[vai], remap[bank.train_labels[tri]],
-                   remap[bank.val_labels[vai]], bank.size, f"{bank.key}-g{group}")
+    sub_train_labels, sub_val_labels = remap[bank.train_labels[tri]], remap[bank.val_labels[vai]]
     tsub = {k: {"train": v["train"][tri], "val": v["val"][vai]} for k, v in teachers.items()}
     f, center = centred({"train": own_feats["train"][tri], "val": own_feats["val"][vai]})
     d = f["train"].shape[-1]
-    head = train_head(f["train"].reshape(-1, d), np.repeat(sub.train_labels, sub.views), len(keep),
+    head = train_head(f["train"].reshape(-1, d), np.repeat(sub_train_labels, bank.views), len(keep),
                       HeadConfig(seed=cfg.seed))
     net = _build_net(cfg, len(keep), head.prototypes.detach().numpy(), float(head.log_scale.detach()),
                      center)
-    soft, _ = soft_labels(tsub, sub, [str(ds.train[i].path) for i in tri], len(keep), cfg.kd_temperature,
-                          cfg.folds, cfg.seed)
-    if cfg.generations >= 2:
-        soft, _ = fold_student_labels(net, sub, soft, cfg, [str(ds.train[i].path) for i in tri],
-                                      cfg.generation_folds)
-    net, log = distill_soup(net, sub, soft, cfg)
+    soft_sub, _ = soft_labels(tsub, sub_train_labels, sub_val_labels, [str(ds.train[i].path) for i in tri],
+                              len(keep), cfg.kd_temperature, cfg.folds, cfg.seed)
+    # The student reads the kept rows of the memory-mapped bank in place (a copy would be ~5 GB);
+    # held-out rows are never drawn (their labels are -1, their soft labels never read).
+    soft = np.zeros((len(bank.train_labels), *soft_sub.shape[1:]), np.float32)
+    soft[tri] = soft_sub
+    sub = ViewBank(bank.train, bank.val[vai], remap[bank.train_labels], sub_val_labels, bank.size,
+                   f"{bank.key}-g{group}")
+    net, log = distill_soup(net, sub, soft, cfg, rows=tri)
     taught_photos = np.where(np.isin(bank.train_labels, out))[0]
     if not len(taught_photos) or not np.isin(bank.val_labels, out).any():
         raise ValueError(f"held-out group {group}: its classes have no train photos to teach "

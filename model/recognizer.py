@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -285,14 +284,16 @@ class Recognizer:
             if self._head is not None and self._head[0] == version:
                 return self._head[1]
             key = self._refit_key(emb, labels)
-            head = self._read_cached_head(key)
+            cache = None if self.gallery.folder is None else self.gallery.folder / REFIT_CACHE
+            head = TaughtHead.read(cache, key) if cache is not None else None
             if head is None:
                 t0 = time.perf_counter()
                 head = build_head(self.meta.labels, self.exemplars, emb, labels, self.meta.teach["bias"],
                                   self.meta.teach["scale"])
                 logger.info("classifier refit on %d taught photos of %d labels in %.2f s", len(labels),
                             len(set(labels)), time.perf_counter() - t0)
-                self._write_cached_head(key, head)
+                if cache is not None:
+                    head.write(cache, key)
             self._head = (version, head)
             return head
 
@@ -338,41 +339,6 @@ class Recognizer:
                                        REFIT_EPOCHS, REFIT_LR, labels]).encode())
         h.update(np.ascontiguousarray(emb, np.float32).tobytes())
         return h.hexdigest()
-
-    def _read_cached_head(self, key: str) -> TaughtHead | None:
-        if self.gallery.folder is None:
-            return None
-        path = self.gallery.folder / REFIT_CACHE
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                if str(z["key"]) != key:
-                    return None
-                head = TaughtHead([str(x) for x in z["labels"]], np.asarray(z["prototypes"], np.float32),
-                                  int(z["n_catalogue"]), float(z["scale"]), float(z["bias"]))
-        except FileNotFoundError:
-            return None
-        except Exception as exc:  # noqa: BLE001 - a broken cache is refit, never fatal
-            logger.warning("%s: unreadable refit cache, refitting (%s)", path, exc)
-            return None
-        if head.prototypes.shape[0] != len(head.labels) or not np.all(np.isfinite(head.prototypes)):
-            logger.warning("%s: inconsistent refit cache, refitting", path)
-            return None
-        return head
-
-    def _write_cached_head(self, key: str, head: TaughtHead) -> None:
-        if self.gallery.folder is None:
-            return
-        path = self.gallery.folder / REFIT_CACHE
-        tmp = path.with_name(path.name + ".tmp")
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with tmp.open("wb") as fh:
-                np.savez(fh, key=np.array(key), labels=np.array(head.labels, dtype=str),
-                         prototypes=head.prototypes, n_catalogue=np.array(head.n_catalogue),
-                         scale=np.array(head.scale), bias=np.array(head.bias))
-            os.replace(tmp, path)
-        except OSError as exc:
-            logger.warning("%s: cannot cache the refit (%s)", path, exc.strerror or exc)
 
     def scores(self, logits: np.ndarray, emb: np.ndarray) -> tuple[list[str], np.ndarray]:
         """Labels and calibrated probabilities over the catalogue plus the taught items."""

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import zipfile
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -164,6 +165,42 @@ class TaughtHead:
         for lab, v in zip(self.labels, z, strict=True):
             merged[index[lab]] = max(merged[index[lab]], v)
         return out, merged
+
+    @classmethod
+    def read(cls, path: Path, key: str) -> TaughtHead | None:
+        """The head cached at ``path`` if it was fitted for ``key`` (the gallery and model), else None.
+
+        A cache is only a shortcut: a missing, foreign or broken file means
+        refitting, with a warning for a broken one, never an error.
+        """
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                if str(z["key"]) != key:
+                    return None
+                head = cls([str(x) for x in z["labels"]], np.asarray(z["prototypes"], np.float32),
+                           int(z["n_catalogue"]), float(z["scale"]), float(z["bias"]))
+        except FileNotFoundError:
+            return None
+        except Exception as exc:  # noqa: BLE001 - whatever np.load raises on a damaged file
+            logger.warning("%s: unreadable refit cache, refitting (%s)", path, exc)
+            return None
+        if head.prototypes.shape[0] != len(head.labels) or not np.all(np.isfinite(head.prototypes)):
+            logger.warning("%s: inconsistent refit cache, refitting", path)
+            return None
+        return head
+
+    def write(self, path: Path, key: str) -> None:
+        """Cache the head at ``path`` atomically; a full or read-only disk costs a warning only."""
+        tmp = path.with_name(path.name + ".tmp")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with tmp.open("wb") as fh:
+                np.savez(fh, key=np.array(key), labels=np.array(self.labels, dtype=str),
+                         prototypes=self.prototypes, n_catalogue=np.array(self.n_catalogue),
+                         scale=np.array(self.scale), bias=np.array(self.bias))
+            os.replace(tmp, path)
+        except OSError as exc:
+            logger.warning("%s: cannot cache the refit (%s)", path, exc.strerror or exc)
 
 
 def build_head(catalogue: list[str], ex: Exemplars, taught: np.ndarray, taught_labels: list[str],

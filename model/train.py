@@ -66,9 +66,6 @@ class TrainConfig:
     bank_views: int = 8
     held_out_group: int | None = None  # distill: only the honest teaching experiment for this group
     students: int = 1  # distill: students with seeds seed, seed+1, ... averaged weight by weight
-    # distill: 2 = a second generation, taught by the teachers and by fold students (fold_student_labels)
-    generations: int = 1
-    generation_folds: int = 3
 
 
 def _subsample(ds: Dataset, n: int | None, seed: int) -> Dataset:
@@ -369,8 +366,6 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
 
     if cfg.held_out_group is not None and cfg.mode != "distill":
         raise ModelError("--held-out-group needs --mode distill")
-    if cfg.generations >= 2 and (cfg.mode != "distill" or cfg.generation_folds < 2):
-        raise ModelError("--generations 2 needs --mode distill and --generation-folds of at least 2")
     t_start = time.time()
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(cfg.threads)
@@ -433,13 +428,9 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
         else:
             from model.distill import distill_soup, soft_labels
 
-            soft, report["teachers"] = soft_labels(teachers, bank, [str(s.path) for s in ds.train],
-                                                   n_classes, cfg.kd_temperature, cfg.folds, cfg.seed)
-            if cfg.generations >= 2:
-                from model.distill import fold_student_labels
-
-                soft, report["fold_students"] = fold_student_labels(
-                    net, bank, soft, cfg, [str(s.path) for s in ds.train], cfg.generation_folds)
+            soft, report["teachers"] = soft_labels(teachers, bank.train_labels, bank.val_labels,
+                                                   [str(s.path) for s in ds.train], n_classes,
+                                                   cfg.kd_temperature, cfg.folds, cfg.seed)
             net, report["distill_log"] = distill_soup(net, bank, soft, cfg)
         val_logits = _net_logits(net, ds, cfg.size)
         report["finetune_val"] = topk_accuracy(val_logits, f["val_labels"])
