@@ -7,6 +7,10 @@ Run on one core as the issue asks::
 Each model is measured in its own process so that its RSS is its own.  Latency
 is per image from the JPEG file to the result (decoding, preprocessing and the
 gallery lookup included), single-threaded onnxruntime.
+
+``--default-int8-kernels`` also measures each model with onnxruntime's default
+int8 kernels, which saturate on x86 CPUs without VNNI (the stall uses exact
+ones, see ``ModelRunner``): the baseline that shows what exactness costs.
 """
 
 from __future__ import annotations
@@ -37,15 +41,25 @@ def peak_rss_mb() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
-def worker(model: Path, data: Path, ood_dir: Path, repeats: int) -> dict[str, object]:
+def cpu_has_vnni() -> bool | None:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return None
+    return "avx512_vnni" in flags or "avx_vnni" in flags
+
+
+def worker(model: Path, data: Path, ood_dir: Path, repeats: int, exact: bool) -> dict[str, object]:
     import numpy as np
 
     from model.data import load_dataset
     from model.metrics import auroc as _auroc
-    from model.recognizer import Recognizer
+    from model.recognizer import ModelRunner, Recognizer
 
     t0 = time.perf_counter()
     rec = Recognizer.load(model)
+    if not exact:
+        rec.runner = ModelRunner(model, rec.meta.size, exact_int8=False)
     load_ms = (time.perf_counter() - t0) * 1000
     ds = load_dataset(data)
     hit1, hit5, unk, known_p, ms = [], [], [], [], []
@@ -66,7 +80,8 @@ def worker(model: Path, data: Path, ood_dir: Path, repeats: int) -> dict[str, ob
     ood_res = [rec.recognize(p) for p in ood]
     ood_p = np.array([r.top[0][1] for r in ood_res])
     return {
-        "model": model.name,
+        "model": model.name + ("" if exact else " (default int8 kernels)"),
+        "cpu_vnni": cpu_has_vnni(),
         "size_mb": round(model.stat().st_size / 1e6, 2),
         "load_ms": round(load_ms, 1),
         "val_n": len(ds.val),
@@ -92,24 +107,30 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=2, help="latency passes over val")
     ap.add_argument("--ood", type=int, default=200, help="synthetic packaged-goods photos")
     ap.add_argument("--json", type=Path, help="also write the results here")
+    ap.add_argument("--default-int8-kernels", action="store_true",
+                    help="also measure onnxruntime's default (saturating without VNNI) int8 kernels")
     ap.add_argument("--worker", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--ood-dir", type=Path, help=argparse.SUPPRESS)
+    ap.add_argument("--inexact", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
-        print(json.dumps(worker(args.worker, args.data, args.ood_dir, args.repeats)))
+        print(json.dumps(worker(args.worker, args.data, args.ood_dir, args.repeats, not args.inexact)))
         return 0
     from model.ood import write_packaged_goods
 
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         write_packaged_goods(Path(tmp), args.ood)
-        for m in args.models:
+        runs = [(m, False) for m in args.models]
+        if args.default_int8_kernels:
+            runs += [(m, True) for m in args.models]
+        for m, inexact in runs:
             if not m.exists():
                 print(f"skipping {m}: not found", file=sys.stderr)
                 continue
             out = subprocess.run(
                 [sys.executable, __file__, "--worker", str(m), "--data", str(args.data),
-                 "--ood-dir", tmp, "--repeats", str(args.repeats)],
+                 "--ood-dir", tmp, "--repeats", str(args.repeats)] + (["--inexact"] if inexact else []),
                 check=True, capture_output=True, text=True,
             )
             res = json.loads(out.stdout.strip().splitlines()[-1])
