@@ -132,6 +132,21 @@ def test_square_resize_and_normalisation() -> None:
     assert x[0, 0, 0, 0] == pytest.approx(1.0) and x[0, 2, 0, 0] == pytest.approx(-127 / 128)
 
 
+def test_to_tensor_matches_the_textbook_formula_exactly() -> None:
+    """The fast plane-by-plane conversion gives the very floats of flip, (x - 127) / 128, transpose,
+    for one crop, a batch and a strided view (a centre crop of a bigger image)."""
+    rng = np.random.default_rng(0)
+    big = rng.integers(0, 256, (3, 40, 50, 3), dtype=np.uint8)
+    for crops in (big[0], big, big[:, 4:36, 9:41], list(big[:, :32, :32])):
+        arr = np.asarray(crops)
+        arr = arr[None] if arr.ndim == 3 else arr
+        want = ((arr[..., ::-1].astype(np.float32) - np.float32(127)) * np.float32(1 / 128))
+        want = want.transpose(0, 3, 1, 2)
+        got = to_tensor(crops)
+        assert got.flags["C_CONTIGUOUS"] and got.dtype == np.float32
+        np.testing.assert_array_equal(got, want)
+
+
 def test_roi_crops_fractions() -> None:
     img = np.arange(100 * 200, dtype=np.uint32).reshape(100, 200)
     out = crop_roi(img, (0.5, 0.0, 0.5, 0.5))
