@@ -5,13 +5,16 @@ Reads the embeddings kept by ``wetmarket model train --mode distill
 measures, with 10 draws of the 5 consecutive photos per item:
 
 - the stall's way: the classifier refit on the taught photos and the catalogue
-  exemplars, a taught-item bias chosen for each group on the *other* groups
-  (the best teaching at most 10 points of catalogue cost);
+  exemplars, the refit scale and taught-item bias chosen for each group on
+  the *other* groups (the best teaching at most 10 points of catalogue cost);
 - the earlier gallery scoring, for comparison (its gain and bias chosen on the
   group itself, which flatters it);
 - how often taught and catalogue photos are flagged unknown with the
-  threshold calibrated before teaching (the exported one), and how often the
-  held-out items were flagged before they were taught;
+  threshold calibrated before teaching (the exported one), how often the
+  held-out items were flagged before they were taught, and, with only half of
+  a group taught, how often its other half (items the stall was never taught)
+  is flagged; the refit head's temperature factor is chosen on the other
+  groups (the most never-taught items flagged with at most 10 % of produce);
 - how long one refit takes on one core.
 
     taskset -c 0 .venv/bin/python bench/teaching_bench.py runs/distill/ho*/held-out-group-*.npz
@@ -62,23 +65,33 @@ def main() -> int:
         groups.append(teach_group(kept, draws=args.draws))
         names.append(path.stem)
     cg = cross_group(groups)
-    print(f"{'group':22s} {'bias':>5s} {'taught (refit)':>15s} {'catalogue':>16s} "
+    print(f"{'group':22s} {'scale':>5s} {'bias':>5s} {'taught (refit)':>15s} {'catalogue':>16s} "
           f"{'taught (gallery)':>17s} {'catalogue':>16s}")
     for name, r in zip(names, cg["groups"], strict=True):
-        print(f"{name:22s} {r['bias']:5.2f} {r['taught_top1']:15.1%} "
+        print(f"{name:22s} {r['scale']:5.0f} {r['bias']:5.2f} {r['taught_top1']:15.1%} "
               f"{r['catalogue_top1_without_teaching']:7.1%} -> {r['catalogue_top1']:5.1%} "
               f"{r['gallery_scoring_taught_top1']:17.1%} "
               f"{r['catalogue_top1_without_teaching']:7.1%} -> {r['gallery_scoring_catalogue_top1']:5.1%}")
-    print(f"{'all groups':22s} {'':5s} {cg['taught_top1']:15.1%} "
+    print(f"{'all groups':22s} {'':5s} {'':5s} {cg['taught_top1']:15.1%} "
           f"{cg['catalogue_top1_without_teaching']:7.1%} -> {cg['catalogue_top1']:5.1%} "
           f"{cg['gallery_scoring_taught_top1']:17.1%} "
           f"{cg['catalogue_top1_without_teaching']:7.1%} -> {cg['gallery_scoring_catalogue_top1']:5.1%}")
-    print(f"bias chosen on all groups (the one to ship): {cg['bias_on_all_groups']:.2f}")
-    print("flagged unknown (threshold calibrated before teaching, as exported):")
-    print(f"{'group':22s} {'held-out, untaught':>19s} {'taught':>7s} {'catalogue':>16s}")
+    scale, bias = cg["setting_on_all_groups"]
+    print(f"scale and bias chosen on all groups (the ones to ship): {scale:.0f}, {bias:.2f}")
+    print("flagged unknown (threshold calibrated before teaching, as exported; refit head's temperature "
+          "x the factor chosen on the other groups):")
+    print(f"{'group':22s} {'factor':>6s} {'held-out, untaught':>19s} {'taught':>7s} {'catalogue':>16s} "
+          f"{'never taught (half the group taught)':>37s}")
     for name, r in zip([*names, "all groups"], [*cg["groups"], cg], strict=True):
-        print(f"{name:22s} {r['held_out_flagged_without_teaching']:19.1%} {r['taught_flagged']:7.1%} "
-              f"{r['catalogue_flagged_without_teaching']:7.1%} -> {r['catalogue_flagged']:5.1%}")
+        factor = f"{r['temperature_factor']:6.2f}" if "temperature_factor" in r else f"{'':6s}"
+        print(f"{name:22s} {factor} {r['held_out_flagged_without_teaching']:19.1%} "
+              f"{r['taught_flagged']:7.1%} "
+              f"{r['catalogue_flagged_without_teaching']:7.1%} -> {r['catalogue_flagged']:5.1%} "
+              f"{r['untaught_flagged']:37.1%}")
+    print(f"with factor 1 (no softening): catalogue flagged {cg['catalogue_flagged_factor_1']:.1%}, "
+          f"never-taught items flagged {cg['untaught_flagged_factor_1']:.1%}")
+    print("temperature factor chosen on all groups (the one to ship): "
+          f"{cg['temperature_factor_on_all_groups']}")
     secs = refit_seconds(load_kept(args.kept[0]))
     print(f"one refit (40 labels x {EXEMPLARS_PER_LABEL} exemplars + 10 items x 5 photos x 4 views): "
           f"{secs * 1000:.0f} ms")

@@ -113,7 +113,8 @@ class ModelMeta:
                 gallery_bias=float(raw.get("gallery", {}).get("bias", 0.0)),
                 gallery_k=int(raw.get("gallery", {}).get("k", 3)),
                 teach=({"exemplars": str(raw["teach"]["exemplars"]), "bias": float(raw["teach"]["bias"]),
-                        "scale": float(raw["teach"].get("scale", REFIT_SCALE))}
+                        "scale": float(raw["teach"].get("scale", REFIT_SCALE)),
+                        "temperature_factor": float(raw["teach"].get("temperature_factor", 1.0))}
                        if "teach" in raw else None),
                 raw=raw,
             )
@@ -351,8 +352,10 @@ class Recognizer:
         """Labels and calibrated probabilities over the catalogue plus the taught items."""
         head = self.taught_head() if len(self.gallery) else None
         if head is not None:
-            # the temperature was fitted to the trained head's scale; keep scale / temperature
-            t = self.meta.temperature * head.scale / self.meta.scale
+            # the temperature was fitted to the trained head's scale: keep scale / temperature, and
+            # soften it as much as classes held out of training say the refit head needs
+            factor = (self.meta.teach or {}).get("temperature_factor", 1.0)
+            t = self.meta.temperature * head.scale / self.meta.scale * factor
             labels, z = head.label_logits(emb)
             return labels, _softmax(z / t)
         sims = self.gallery.similarities(emb, self.meta.gallery_k) if len(self.gallery) else {}

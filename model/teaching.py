@@ -9,8 +9,8 @@ competing.  The start of the consecutive run is drawn ``draws`` times: which
 five photos a vendor happens to take moves a group's figure by 10 points.
 
 Two ways of scoring taught items are measured side by side: the refit of the
-classifier the stall uses (``model.refit``), over a grid of taught-item
-biases, and the earlier gallery scoring (cosine to the taught photos' mean,
+classifier the stall uses (``model.refit``), over a grid of refit scales and
+taught-item biases, and the earlier gallery scoring (cosine to the taught photos' mean,
 with a gain and bias), so the choice stays measured.
 """
 
@@ -22,16 +22,21 @@ from typing import Any
 
 import numpy as np
 
-from model.refit import REFIT_SCALE, Exemplars, build_head, exemplar_rows, unit
+from model.refit import Exemplars, build_head, exemplar_rows, unit
 
 logger = logging.getLogger(__name__)
 
 # Taught-item biases (cosine) tried by the refit; the stall's REFIT_BIAS is one of them.
 REFIT_BIASES = tuple(float(b) for b in np.round(np.arange(0.0, 0.201, 0.01), 3))
+# Refit scales tried; the stall's REFIT_SCALE is one of them.
+REFIT_SCALES = (8.0, 12.0, 16.0, 24.0, 32.0)
+# The refit head is surer of itself than the trained one (fewer photos, fitted hard): its
+# temperature, scaled from the calibrated one, is multiplied by one of these.
+TEMPERATURE_FACTORS = (1.0, 1.25, 1.5, 1.75, 2.0, 2.5)
 
 
-def teach_group(kept: dict[str, np.ndarray], shots: int = 5, draws: int = 10, seed: int = 0
-                ) -> dict[str, Any]:
+def teach_group(kept: dict[str, np.ndarray], shots: int = 5, draws: int = 10, seed: int = 0,
+                scales: tuple[float, ...] = REFIT_SCALES) -> dict[str, Any]:
     """Teaching figures for one held-out group from its kept embeddings (see module doc)."""
     from model.train import GALLERY_BIASES, GALLERY_GAINS, _softmax_rows, calibrate, choose_gallery_setting
 
@@ -52,15 +57,21 @@ def teach_group(kept: dict[str, np.ndarray], shots: int = 5, draws: int = 10, se
     # teaching) and as the stall applies it to the refit head (same scale / temperature)
     temp, thr = calibrate(cat[~new], yq[~new])
     flag0 = _softmax_rows(cat, temp).max(1) < thr
-    t_refit = temp * REFIT_SCALE / scale
     ex_i = exemplar_rows(trl, keep)  # the catalogue exemplars a model ships
     ex = Exemplars(protos, etr[ex_i], remap[trl[ex_i]], "held-out")
     catalogue = [f"c{i}" for i in range(nk)]
     rng = np.random.default_rng(seed)
-    refit = np.zeros((len(REFIT_BIASES), 2))
-    flagged = np.zeros((len(REFIT_BIASES), 2))
+    settings = [(sc, b) for sc in scales for b in REFIT_BIASES]
+    nf = len(TEMPERATURE_FACTORS)
+    refit = np.zeros((len(settings), 2))
+    # flagged unknown per setting and temperature factor: taught, catalogue; and with only half
+    # the group taught: the other half (items the stall was never taught), catalogue
+    flagged = np.zeros((len(settings), nf, 2))
+    flagged_half = np.zeros((len(settings), nf, 2))
     gal_grid: dict[tuple[float, float], np.ndarray] = {
         (g, b): np.zeros(2) for g in GALLERY_GAINS for b in GALLERY_BIASES}
+    half = set(range(0, len(out), 2))
+    untaught = np.isin(yq, [nk + j for j in range(len(out)) if j not in half])
     for _ in range(draws):
         taught, taught_lab = [], []
         for j, c in enumerate(out):
@@ -70,25 +81,33 @@ def teach_group(kept: dict[str, np.ndarray], shots: int = 5, draws: int = 10, se
                 taught.append(views[row[int(i)]])
                 taught_lab += [f"t{j}"] * views.shape[1]
         t = np.concatenate(taught)
-        head = build_head(catalogue, ex, t, taught_lab, 0.0)
-        order = [head.labels.index(f"t{j}") for j in range(len(out))]
-        z = head.logits(eva)
-        z = np.concatenate([z[:, :nk], z[:, order]], 1)
-        for k, b in enumerate(REFIT_BIASES):
-            zz = z.copy()
-            zz[:, nk:] += REFIT_SCALE * b
-            hit = zz.argmax(1) == yq
-            refit[k] += (hit[new].mean(), hit[~new].mean())
-            unk = _softmax_rows(zz, t_refit).max(1) < thr
-            flagged[k] += (unk[new].mean(), unk[~new].mean())
-        # the earlier scoring: cosine to the mean of each item's taught views, gain and bias
         tl = np.array(taught_lab)
+        in_half = np.isin(tl, [f"t{j}" for j in sorted(half)])
+        for i, sc in enumerate(scales):
+            z = _taught_logits(catalogue, ex, t, taught_lab, sc, eva, len(out))
+            zh = _taught_logits(catalogue, ex, t[in_half], list(tl[in_half]), sc, eva, len(half))
+            t_refit = temp * sc / scale  # the stall tempers the refit head's logits alike
+            for k, b in enumerate(REFIT_BIASES):
+                kk = i * len(REFIT_BIASES) + k
+                zz = z.copy()
+                zz[:, nk:] += sc * b
+                hit = zz.argmax(1) == yq
+                refit[kk] += (hit[new].mean(), hit[~new].mean())
+                zzh = zh.copy()
+                zzh[:, nk:] += sc * b
+                for f, factor in enumerate(TEMPERATURE_FACTORS):
+                    unk = _softmax_rows(zz, t_refit * factor).max(1) < thr
+                    flagged[kk, f] += (unk[new].mean(), unk[~new].mean())
+                    unk = _softmax_rows(zzh, t_refit * factor).max(1) < thr
+                    flagged_half[kk, f] += (unk[untaught].mean(), unk[~new].mean())
+        # the earlier scoring: cosine to the mean of each item's taught views, gain and bias
         sims = eva @ np.stack([unit(t[tl == f"t{j}"].mean(0)) for j in range(len(out))]).T
         for (g, b), acc in gal_grid.items():
             hit = np.concatenate([cat, scale * (g * sims + b)], 1).argmax(1) == yq
             acc += (hit[new].mean(), hit[~new].mean())
     refit /= draws
     flagged /= draws
+    flagged_half /= draws
     gal = {k: (float(v[0] / draws), float(v[1] / draws)) for k, v in gal_grid.items()}
     best = choose_gallery_setting(gal, base)
     return {
@@ -96,17 +115,35 @@ def teach_group(kept: dict[str, np.ndarray], shots: int = 5, draws: int = 10, se
         "catalogue_val_photos": int((~new).sum()), "catalogue_top1_without_teaching": base,
         "unknown": {"temperature": temp, "threshold": thr,
                     "catalogue_flagged_without_teaching": float(flag0[~new].mean()),
-                    "held_out_flagged_without_teaching": float(flag0[new].mean())},
-        "refit": {"biases": list(REFIT_BIASES), "taught_top1": refit[:, 0].tolist(),
-                  "catalogue_top1": refit[:, 1].tolist(), "taught_flagged": flagged[:, 0].tolist(),
-                  "catalogue_flagged": flagged[:, 1].tolist()},
+                    "held_out_flagged_without_teaching": float(flag0[new].mean()),
+                    "temperature_factors": list(TEMPERATURE_FACTORS)},
+        "refit": {"settings": [list(x) for x in settings], "taught_top1": refit[:, 0].tolist(),
+                  "catalogue_top1": refit[:, 1].tolist(),
+                  # [setting][temperature factor]
+                  "taught_flagged": flagged[..., 0].tolist(), "catalogue_flagged": flagged[..., 1].tolist(),
+                  "half_taught": {"untaught_photos": int(untaught.sum()),
+                                  "untaught_flagged": flagged_half[..., 0].tolist(),
+                                  "catalogue_flagged": flagged_half[..., 1].tolist()}},
         "gallery_scoring": {"gain": best[0], "bias": best[1], "taught_top1": gal[best][0],
                             "catalogue_top1": gal[best][1]},
     }
 
 
-def choose_bias(groups: list[dict[str, Any]], cost: float = 0.10) -> int:
-    """Index of the refit bias with the best teaching over ``groups`` at most ``cost`` of catalogue."""
+def _taught_logits(catalogue: list[str], ex: Exemplars, taught: np.ndarray, labels: list[str],
+                   scale: float, emb: np.ndarray, n_items: int) -> np.ndarray:
+    """Logits of ``emb`` on the head refit with ``taught`` at ``scale`` and no bias: the catalogue's
+    rows, then one per taught item in the order of their labels' first appearance."""
+    head = build_head(catalogue, ex, taught, labels, 0.0, scale)
+    items = list(dict.fromkeys(labels))
+    assert len(items) == n_items
+    order = [head.labels.index(lab) for lab in items]
+    z = head.logits(emb)
+    return np.concatenate([z[:, : len(catalogue)], z[:, order]], 1)
+
+
+def choose_setting(groups: list[dict[str, Any]], cost: float = 0.10) -> int:
+    """Index of the refit (scale, bias) with the best teaching over ``groups`` at most ``cost`` of
+    catalogue top-1."""
     n_t = sum(g["taught_val_photos"] for g in groups)
     n_c = sum(g["catalogue_val_photos"] for g in groups)
     taught = sum(np.array(g["refit"]["taught_top1"]) * g["taught_val_photos"] for g in groups) / n_t
@@ -116,16 +153,41 @@ def choose_bias(groups: list[dict[str, Any]], cost: float = 0.10) -> int:
     return int(fair[np.argmax(taught[fair])]) if len(fair) else 0
 
 
+def choose_factor(groups: list[dict[str, Any]], k: int, produce: float = 0.10) -> int:
+    """Index of the temperature factor for refit setting ``k`` that flags the most items the stall
+    was never taught while at most ``produce`` of real produce (taught and catalogue) is flagged,
+    over ``groups``; the first factor if none keeps to that."""
+    n_t = sum(g["taught_val_photos"] for g in groups)
+    n_c = sum(g["catalogue_val_photos"] for g in groups)
+    n_u = sum(g["refit"]["half_taught"]["untaught_photos"] for g in groups)
+    flagged = sum(np.array(g["refit"]["taught_flagged"][k]) * g["taught_val_photos"]
+                  + np.array(g["refit"]["catalogue_flagged"][k]) * g["catalogue_val_photos"]
+                  for g in groups) / (n_t + n_c)
+    untaught = sum(np.array(g["refit"]["half_taught"]["untaught_flagged"][k])
+                   * g["refit"]["half_taught"]["untaught_photos"] for g in groups) / max(1, n_u)
+    fair = np.where(flagged <= produce + 1e-9)[0]
+    return int(fair[np.argmax(untaught[fair])]) if len(fair) else 0
+
+
 def cross_group(groups: list[dict[str, Any]]) -> dict[str, Any]:
-    """The honest figure: each group's bias chosen on the other groups (all of them if alone)."""
+    """The honest figure: each group's refit scale and bias chosen on the other groups (all of them
+    if alone)."""
     rows = []
     for i, g in enumerate(groups):
         others = [h for j, h in enumerate(groups) if j != i] or [g]
-        k = choose_bias(others)
-        rows.append({"bias": g["refit"]["biases"][k], "taught_top1": g["refit"]["taught_top1"][k],
+        k = choose_setting(others)
+        f = choose_factor(others, k)
+        scale, bias = g["refit"]["settings"][k]
+        half = g["refit"]["half_taught"]
+        rows.append({"scale": scale, "bias": bias, "taught_top1": g["refit"]["taught_top1"][k],
                      "catalogue_top1": g["refit"]["catalogue_top1"][k],
-                     "taught_flagged": g["refit"]["taught_flagged"][k],
-                     "catalogue_flagged": g["refit"]["catalogue_flagged"][k],
+                     "temperature_factor": g["unknown"]["temperature_factors"][f],
+                     "taught_flagged": g["refit"]["taught_flagged"][k][f],
+                     "catalogue_flagged": g["refit"]["catalogue_flagged"][k][f],
+                     "untaught_flagged": half["untaught_flagged"][k][f],
+                     "untaught_flagged_factor_1": half["untaught_flagged"][k][0],
+                     "catalogue_flagged_factor_1": g["refit"]["catalogue_flagged"][k][0],
+                     "untaught_photos": half["untaught_photos"],
                      "catalogue_flagged_without_teaching": g["unknown"]["catalogue_flagged_without_teaching"],
                      "held_out_flagged_without_teaching": g["unknown"]["held_out_flagged_without_teaching"],
                      "catalogue_top1_without_teaching": g["catalogue_top1_without_teaching"],
@@ -135,6 +197,8 @@ def cross_group(groups: list[dict[str, Any]]) -> dict[str, Any]:
                      "catalogue_val_photos": g["catalogue_val_photos"]})
     n_t = sum(r["taught_val_photos"] for r in rows)
     n_c = sum(r["catalogue_val_photos"] for r in rows)
+    n_u = sum(r["untaught_photos"] for r in rows)
+    k_all = choose_setting(groups)
 
     def mean(key: str, n: str, total: int) -> float:
         return float(sum(r[key] * r[n] for r in rows) / total)
@@ -145,6 +209,9 @@ def cross_group(groups: list[dict[str, Any]]) -> dict[str, Any]:
                                                     "catalogue_val_photos", n_c),
             "taught_flagged": mean("taught_flagged", "taught_val_photos", n_t),
             "catalogue_flagged": mean("catalogue_flagged", "catalogue_val_photos", n_c),
+            "untaught_flagged": mean("untaught_flagged", "untaught_photos", max(1, n_u)),
+            "untaught_flagged_factor_1": mean("untaught_flagged_factor_1", "untaught_photos", max(1, n_u)),
+            "catalogue_flagged_factor_1": mean("catalogue_flagged_factor_1", "catalogue_val_photos", n_c),
             "catalogue_flagged_without_teaching": mean("catalogue_flagged_without_teaching",
                                                        "catalogue_val_photos", n_c),
             "held_out_flagged_without_teaching": mean("held_out_flagged_without_teaching",
@@ -152,7 +219,9 @@ def cross_group(groups: list[dict[str, Any]]) -> dict[str, Any]:
             "gallery_scoring_taught_top1": mean("gallery_scoring_taught_top1", "taught_val_photos", n_t),
             "gallery_scoring_catalogue_top1": mean("gallery_scoring_catalogue_top1",
                                                    "catalogue_val_photos", n_c),
-            "bias_on_all_groups": groups[0]["refit"]["biases"][choose_bias(groups)]}
+            "setting_on_all_groups": groups[0]["refit"]["settings"][k_all],
+            "temperature_factor_on_all_groups":
+                groups[0]["unknown"]["temperature_factors"][choose_factor(groups, k_all)]}
 
 
 def load_kept(path: Path) -> dict[str, np.ndarray]:

@@ -112,6 +112,25 @@ def test_teach_new_item_and_share_gallery(shipped_model: Path, val_photos: list[
     assert truth in [lab for lab, _ in stall_b.recognize(path).top]
 
 
+def test_taught_head_temperature_factor_softens_the_scores(recognizer: Recognizer,
+                                                           val_photos: list[tuple[Path, str]]) -> None:
+    """The metadata's teach.temperature_factor softens the refit head's probabilities (so that the
+    unknown flag keeps its calibrated rate once items are taught); the ranking stays."""
+    from dataclasses import replace
+
+    assert recognizer.meta.teach is not None
+    probs = []
+    for factor in (1.0, 2.0):
+        meta = replace(recognizer.meta, teach={**recognizer.meta.teach, "temperature_factor": factor})
+        rec = Recognizer(recognizer.runner, meta,
+                         type(recognizer.gallery)(meta.embedding_space, meta.embedding_dim),
+                         exemplars=recognizer.exemplars, background_refit=False)
+        rec.teach("Dragon-Fruit", val_photos[0][0])
+        probs.append(rec.recognize(val_photos[1][0], top_k=5).top)
+    assert [lab for lab, _ in probs[0]] == [lab for lab, _ in probs[1]]
+    assert probs[1][0][1] < probs[0][0][1]
+
+
 def test_vendor_correction_raises_a_catalogue_label(recognizer: Recognizer,
                                                     val_photos: list[tuple[Path, str]]) -> None:
     rec = Recognizer(recognizer.runner, recognizer.meta,

@@ -9,7 +9,7 @@ import pytest
 
 from model import ModelFileError
 from model.refit import Exemplars, build_head, refit_prototypes
-from model.teaching import REFIT_BIASES, cross_group, teach_group
+from model.teaching import REFIT_BIASES, TEMPERATURE_FACTORS, cross_group, teach_group
 
 
 def _unit(a: np.ndarray) -> np.ndarray:
@@ -108,23 +108,48 @@ def _kept_group(rng: np.random.Generator, look_alike: float) -> dict[str, np.nda
 
 def test_teaching_figures_and_the_cross_group_bias() -> None:
     rng = np.random.default_rng(4)
-    groups = [teach_group(_kept_group(rng, a), shots=5, draws=3) for a in (0.6, 0.9, 1.2)]
+    scales = (8.0, 16.0)
+    groups = [teach_group(_kept_group(rng, a), shots=5, draws=3, scales=scales) for a in (0.6, 0.9, 1.2)]
+    nb, nf = len(REFIT_BIASES), len(TEMPERATURE_FACTORS)
     for g in groups:
         r = g["refit"]
-        assert r["biases"] == list(REFIT_BIASES) and g["taught_val_photos"] == 12
+        assert r["settings"] == [[s, b] for s in scales for b in REFIT_BIASES]
+        assert g["taught_val_photos"] == 12 and r["half_taught"]["untaught_photos"] == 6
         assert all(0 <= v <= 1 for v in r["taught_top1"] + r["catalogue_top1"])
-        assert r["taught_top1"][-1] >= r["taught_top1"][0]
-        # the unknown flag with the threshold calibrated before teaching
-        assert all(0 <= v <= 1 for v in r["taught_flagged"] + r["catalogue_flagged"])
-        assert r["taught_flagged"][-1] <= r["taught_flagged"][0]  # a bias makes taught items surer
+        half = r["half_taught"]
+        flags = [np.array(r["taught_flagged"]), np.array(r["catalogue_flagged"]),
+                 np.array(half["untaught_flagged"]), np.array(half["catalogue_flagged"])]
+        for a in flags:
+            assert a.shape == (len(scales) * nb, nf) and np.all((a >= 0) & (a <= 1))
+            # a softer temperature flags more, never fewer
+            assert np.all(np.diff(a, axis=1) >= -1e-12)
+        for i in range(len(scales)):  # per scale, a bias favours taught items and makes them surer
+            assert r["taught_top1"][i * nb + nb - 1] >= r["taught_top1"][i * nb]
+            assert flags[0][i * nb + nb - 1, 0] <= flags[0][i * nb, 0]
         u = g["unknown"]
         assert u["temperature"] > 0 and 0 < u["threshold"] <= 1
         assert u["catalogue_flagged_without_teaching"] <= 0.15
+        assert u["temperature_factors"] == list(TEMPERATURE_FACTORS)
     cg = cross_group(groups)
     assert len(cg["groups"]) == 3 and 0 <= cg["taught_top1"] <= 1
     assert 0 <= cg["taught_flagged"] <= 1 and 0 <= cg["held_out_flagged_without_teaching"] <= 1
+    assert 0 <= cg["untaught_flagged"] <= 1
     for i, row in enumerate(cg["groups"]):
-        k = groups[i]["refit"]["biases"].index(row["bias"])
+        k = groups[i]["refit"]["settings"].index([row["scale"], row["bias"]])
+        f = TEMPERATURE_FACTORS.index(row["temperature_factor"])
         assert row["taught_top1"] == groups[i]["refit"]["taught_top1"][k]
-    # the catalogue never pays more than 10 points on the groups a bias was chosen on
-    assert cg["bias_on_all_groups"] in REFIT_BIASES
+        assert row["untaught_flagged"] == groups[i]["refit"]["half_taught"]["untaught_flagged"][k][f]
+        # chosen on the other groups: there the catalogue pays at most 10 points
+        others = [g for j, g in enumerate(groups) if j != i]
+        n_c = sum(g["catalogue_val_photos"] for g in others)
+        cat = sum(g["refit"]["catalogue_top1"][k] * g["catalogue_val_photos"] for g in others) / n_c
+        base = sum(g["catalogue_top1_without_teaching"] * g["catalogue_val_photos"] for g in others) / n_c
+        assert cat >= base - 0.10 - 1e-9 or k == 0
+        # and at most 10 % of their produce (taught and catalogue) is flagged
+        n_t = sum(g["taught_val_photos"] for g in others)
+        produce = sum(g["refit"]["taught_flagged"][k][f] * g["taught_val_photos"]
+                      + g["refit"]["catalogue_flagged"][k][f] * g["catalogue_val_photos"] for g in others)
+        assert produce / (n_t + n_c) <= 0.10 + 1e-9 or f == 0
+    scale, bias = cg["setting_on_all_groups"]
+    assert scale in scales and bias in REFIT_BIASES
+    assert cg["temperature_factor_on_all_groups"] in TEMPERATURE_FACTORS
