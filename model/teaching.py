@@ -29,7 +29,7 @@ logger = logging.getLogger(__name__)
 # Taught-item biases (cosine) tried by the refit; the stall's REFIT_BIAS is one of them.
 REFIT_BIASES = tuple(float(b) for b in np.round(np.arange(0.0, 0.201, 0.01), 3))
 # Refit scales tried; the stall's REFIT_SCALE is one of them.
-REFIT_SCALES = (8.0, 12.0, 16.0, 24.0, 32.0)
+REFIT_SCALES = (8.0, 12.0, 16.0, 24.0)  # 32 (the trained head's) measured worst on group 0
 # The refit head is surer of itself than the trained one (fewer photos, fitted hard): its
 # temperature, scaled from the calibrated one, is multiplied by one of these.
 TEMPERATURE_FACTORS = (1.0, 1.25, 1.5, 1.75, 2.0, 2.5)
