@@ -99,7 +99,8 @@ def teach_group(kept: dict[str, np.ndarray], shots: int = 5, draws: int = 10, se
                     unk = _softmax_rows(zz, t_refit * factor).max(1) < thr
                     flagged[kk, f] += (unk[new].mean(), unk[~new].mean())
                     unk = _softmax_rows(zzh, t_refit * factor).max(1) < thr
-                    flagged_half[kk, f] += (unk[untaught].mean(), unk[~new].mean())
+                    # a group of one class has no untaught half (it then weighs nothing when pooled)
+                    flagged_half[kk, f] += (unk[untaught].mean() if untaught.any() else 0.0, unk[~new].mean())
         # the earlier scoring: cosine to the mean of each item's taught views, gain and bias
         sims = eva @ np.stack([unit(t[tl == f"t{j}"].mean(0)) for j in range(len(out))]).T
         for (g, b), acc in gal_grid.items():
