@@ -17,6 +17,7 @@ with a gain and bias), so the choice stays measured.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -84,8 +85,8 @@ def teach_group(kept: dict[str, np.ndarray], shots: int = 5, draws: int = 10, se
         tl = np.array(taught_lab)
         in_half = np.isin(tl, [f"t{j}" for j in sorted(half)])
         for i, sc in enumerate(scales):
-            z = _taught_logits(catalogue, ex, t, taught_lab, sc, eva, len(out))
-            zh = _taught_logits(catalogue, ex, t[in_half], list(tl[in_half]), sc, eva, len(half))
+            z = _taught_logits(catalogue, ex, t, taught_lab, sc, eva)
+            zh = _taught_logits(catalogue, ex, t[in_half], list(tl[in_half]), sc, eva)
             t_refit = temp * sc / scale  # the stall tempers the refit head's logits alike
             for k, b in enumerate(REFIT_BIASES):
                 kk = i * len(REFIT_BIASES) + k
@@ -131,25 +132,36 @@ def teach_group(kept: dict[str, np.ndarray], shots: int = 5, draws: int = 10, se
 
 
 def _taught_logits(catalogue: list[str], ex: Exemplars, taught: np.ndarray, labels: list[str],
-                   scale: float, emb: np.ndarray, n_items: int) -> np.ndarray:
+                   scale: float, emb: np.ndarray) -> np.ndarray:
     """Logits of ``emb`` on the head refit with ``taught`` at ``scale`` and no bias: the catalogue's
     rows, then one per taught item in the order of their labels' first appearance."""
     head = build_head(catalogue, ex, taught, labels, 0.0, scale)
-    items = list(dict.fromkeys(labels))
-    assert len(items) == n_items
-    order = [head.labels.index(lab) for lab in items]
+    order = [head.labels.index(lab) for lab in dict.fromkeys(labels)]
     z = head.logits(emb)
     return np.concatenate([z[:, : len(catalogue)], z[:, order]], 1)
+
+
+def _pooled(groups: list[dict[str, Any]], value: Callable[[dict[str, Any]], Any],
+            weight: Callable[[dict[str, Any]], int]) -> np.ndarray:
+    """``value(g)`` averaged over ``groups``, each weighing its ``weight(g)`` photos."""
+    total = sum(weight(g) for g in groups)
+    return np.asarray(sum(np.asarray(value(g), np.float64) * weight(g) for g in groups) / max(1, total))
+
+
+def _n_taught(g: dict[str, Any]) -> int:
+    return int(g["taught_val_photos"])
+
+
+def _n_catalogue(g: dict[str, Any]) -> int:
+    return int(g["catalogue_val_photos"])
 
 
 def choose_setting(groups: list[dict[str, Any]], cost: float = 0.10) -> int:
     """Index of the refit (scale, bias) with the best teaching over ``groups`` at most ``cost`` of
     catalogue top-1."""
-    n_t = sum(g["taught_val_photos"] for g in groups)
-    n_c = sum(g["catalogue_val_photos"] for g in groups)
-    taught = sum(np.array(g["refit"]["taught_top1"]) * g["taught_val_photos"] for g in groups) / n_t
-    cat = sum(np.array(g["refit"]["catalogue_top1"]) * g["catalogue_val_photos"] for g in groups) / n_c
-    base = sum(g["catalogue_top1_without_teaching"] * g["catalogue_val_photos"] for g in groups) / n_c
+    taught = _pooled(groups, lambda g: g["refit"]["taught_top1"], _n_taught)
+    cat = _pooled(groups, lambda g: g["refit"]["catalogue_top1"], _n_catalogue)
+    base = _pooled(groups, lambda g: g["catalogue_top1_without_teaching"], _n_catalogue)
     fair = np.where(cat >= base - cost - 1e-9)[0]
     return int(fair[np.argmax(taught[fair])]) if len(fair) else 0
 
@@ -158,14 +170,12 @@ def choose_factor(groups: list[dict[str, Any]], k: int, produce: float = 0.10) -
     """Index of the temperature factor for refit setting ``k`` that flags the most items the stall
     was never taught while at most ``produce`` of real produce (taught and catalogue) is flagged,
     over ``groups``; the first factor if none keeps to that."""
-    n_t = sum(g["taught_val_photos"] for g in groups)
-    n_c = sum(g["catalogue_val_photos"] for g in groups)
-    n_u = sum(g["refit"]["half_taught"]["untaught_photos"] for g in groups)
-    flagged = sum(np.array(g["refit"]["taught_flagged"][k]) * g["taught_val_photos"]
-                  + np.array(g["refit"]["catalogue_flagged"][k]) * g["catalogue_val_photos"]
-                  for g in groups) / (n_t + n_c)
-    untaught = sum(np.array(g["refit"]["half_taught"]["untaught_flagged"][k])
-                   * g["refit"]["half_taught"]["untaught_photos"] for g in groups) / max(1, n_u)
+    n_t, n_c = sum(map(_n_taught, groups)), sum(map(_n_catalogue, groups))
+    flagged = (_pooled(groups, lambda g: g["refit"]["taught_flagged"][k], _n_taught) * n_t
+               + _pooled(groups, lambda g: g["refit"]["catalogue_flagged"][k], _n_catalogue) * n_c
+               ) / (n_t + n_c)
+    untaught = _pooled(groups, lambda g: g["refit"]["half_taught"]["untaught_flagged"][k],
+                       lambda g: g["refit"]["half_taught"]["untaught_photos"])
     fair = np.where(flagged <= produce + 1e-9)[0]
     return int(fair[np.argmax(untaught[fair])]) if len(fair) else 0
 
@@ -196,30 +206,27 @@ def cross_group(groups: list[dict[str, Any]]) -> dict[str, Any]:
                      "gallery_scoring_catalogue_top1": g["gallery_scoring"]["catalogue_top1"],
                      "taught_val_photos": g["taught_val_photos"],
                      "catalogue_val_photos": g["catalogue_val_photos"]})
-    n_t = sum(r["taught_val_photos"] for r in rows)
-    n_c = sum(r["catalogue_val_photos"] for r in rows)
-    n_u = sum(r["untaught_photos"] for r in rows)
     k_all = choose_setting(groups)
 
-    def mean(key: str, n: str, total: int) -> float:
-        return float(sum(r[key] * r[n] for r in rows) / total)
+    def mean(key: str, n: str) -> float:
+        return float(_pooled(rows, lambda r: r[key], lambda r: r[n]))
 
-    return {"groups": rows, "taught_top1": mean("taught_top1", "taught_val_photos", n_t),
-            "catalogue_top1": mean("catalogue_top1", "catalogue_val_photos", n_c),
+    return {"groups": rows, "taught_top1": mean("taught_top1", "taught_val_photos"),
+            "catalogue_top1": mean("catalogue_top1", "catalogue_val_photos"),
             "catalogue_top1_without_teaching": mean("catalogue_top1_without_teaching",
-                                                    "catalogue_val_photos", n_c),
-            "taught_flagged": mean("taught_flagged", "taught_val_photos", n_t),
-            "catalogue_flagged": mean("catalogue_flagged", "catalogue_val_photos", n_c),
-            "untaught_flagged": mean("untaught_flagged", "untaught_photos", max(1, n_u)),
-            "untaught_flagged_factor_1": mean("untaught_flagged_factor_1", "untaught_photos", max(1, n_u)),
-            "catalogue_flagged_factor_1": mean("catalogue_flagged_factor_1", "catalogue_val_photos", n_c),
+                                                    "catalogue_val_photos"),
+            "taught_flagged": mean("taught_flagged", "taught_val_photos"),
+            "catalogue_flagged": mean("catalogue_flagged", "catalogue_val_photos"),
+            "untaught_flagged": mean("untaught_flagged", "untaught_photos"),
+            "untaught_flagged_factor_1": mean("untaught_flagged_factor_1", "untaught_photos"),
+            "catalogue_flagged_factor_1": mean("catalogue_flagged_factor_1", "catalogue_val_photos"),
             "catalogue_flagged_without_teaching": mean("catalogue_flagged_without_teaching",
-                                                       "catalogue_val_photos", n_c),
+                                                       "catalogue_val_photos"),
             "held_out_flagged_without_teaching": mean("held_out_flagged_without_teaching",
-                                                      "taught_val_photos", n_t),
-            "gallery_scoring_taught_top1": mean("gallery_scoring_taught_top1", "taught_val_photos", n_t),
+                                                      "taught_val_photos"),
+            "gallery_scoring_taught_top1": mean("gallery_scoring_taught_top1", "taught_val_photos"),
             "gallery_scoring_catalogue_top1": mean("gallery_scoring_catalogue_top1",
-                                                   "catalogue_val_photos", n_c),
+                                                   "catalogue_val_photos"),
             "setting_on_all_groups": groups[0]["refit"]["settings"][k_all],
             "temperature_factor_on_all_groups":
                 groups[0]["unknown"]["temperature_factors"][choose_factor(groups, k_all)]}
