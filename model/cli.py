@@ -131,7 +131,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         teachers=teachers,
         kd_temperature=args.kd_temperature, kd_alpha=args.kd_alpha,
         distill_scale=args.distill_scale, bank_views=args.bank_views, held_out_group=args.held_out_group,
-        students=args.students,
+        students=args.students, weight_bits=args.weight_bits,
     )
     report = run(cfg)
     if "held_out_student" in report:
@@ -228,6 +228,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg,
     t.add_argument("--held-out-group", type=int, choices=range(5), metavar="{0..4}",
                    help="distill: instead of a model, the honest teaching figure: a student "
                         "without this group of classes, taught them from 5 photos")
+    t.add_argument("--weight-bits", type=int, choices=[7, 8], default=8,
+                   help="distill: 7 trains the convolutions on the 7-bit weight grid, so the int8 "
+                        "file runs exact on the fast kernels of x86 CPUs without VNNI")
     t.add_argument("--students", type=_positive, default=1,
                    help="distill: students with seeds SEED, SEED+1, ... averaged into one network")
     t.add_argument("--bank-views", type=int, default=8,

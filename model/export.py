@@ -61,8 +61,14 @@ def export_onnx(net: Any, size: int, path: Path) -> None:
     logger.info("exported %s (%.1f MB)", path, path.stat().st_size / 1e6)
 
 
-def quantize_int8(fp32: Path, int8: Path, calibration: np.ndarray) -> None:
-    """Static int8 (QDQ, per-channel weights) calibrated on real preprocessed photos."""
+def quantize_int8(fp32: Path, int8: Path, calibration: np.ndarray, weight_bits: int = 8) -> None:
+    """Static int8 (QDQ, per-channel weights) calibrated on real preprocessed photos.
+
+    ``weight_bits=7``: onnxruntime's reduced range, for a network trained on that grid
+    (``model.qat``): exact on the fast int8 kernels of CPUs without VNNI.
+    """
+    if weight_bits not in (7, 8):
+        raise ValueError(f"weight_bits must be 7 or 8, got {weight_bits}")
     from onnxruntime.quantization import (
         CalibrationDataReader,
         QuantFormat,
@@ -90,6 +96,7 @@ def quantize_int8(fp32: Path, int8: Path, calibration: np.ndarray) -> None:
             per_channel=True,
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
+            reduce_range=weight_bits == 7,
             # The cosine head and the normalisation are tiny and need the precision.
             nodes_to_exclude=_tail_nodes(pre),
         )

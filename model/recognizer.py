@@ -92,6 +92,10 @@ class ModelMeta:
     teach: dict[str, Any] | None
     raw: dict[str, Any]
 
+    @property
+    def exact_int8(self) -> bool:
+        return int8_needs_exact_kernels(self.raw)
+
     @classmethod
     def read(cls, path: Path) -> ModelMeta:
         try:
@@ -122,6 +126,13 @@ class ModelMeta:
             raise ModelFileError(f"{path}: model metadata lacks or garbles {exc}") from exc
 
 
+def int8_needs_exact_kernels(meta: dict[str, Any]) -> bool:
+    """False only for int8 weights on onnxruntime's 7-bit grid (``model.qat``), which cannot
+    saturate the fast u8 x s8 kernels of x86 CPUs without VNNI."""
+    bits = (meta.get("int8") or {}).get("weight_bits", 8)
+    return not (isinstance(bits, int) and bits <= 7)
+
+
 class ModelRunner:
     """Owns the onnxruntime session (CPU), warmed up once at start."""
 
@@ -139,7 +150,8 @@ class ModelRunner:
         # 77.6 % top-1 on such a CPU against 85.7 % with VNNI.  This option makes
         # onnxruntime use exact u8 x u8 kernels there, and changes nothing on
         # VNNI or ARM CPUs (docs/benchmarks.md, "int8 on CPUs without VNNI").
-        # (exact_int8=False exists for bench/recognizer_bench.py's baseline only.)
+        # exact_int8=False: a model whose weights are on the 7-bit grid (exact on the fast kernels,
+        # about a quarter faster there), or bench/recognizer_bench.py's baseline.
         opts.add_session_config_entry("session.x64quantprecision", "1" if exact_int8 else "0")
         try:
             self.session = ort.InferenceSession(
@@ -239,7 +251,7 @@ class Recognizer:
         if not onnx_path.is_file():
             raise ModelFileError(f"{onnx_path}: model file missing")
         meta = ModelMeta.read(meta_path)
-        runner = ModelRunner(onnx_path, meta.size, threads)
+        runner = ModelRunner(onnx_path, meta.size, threads, exact_int8=meta.exact_int8)
         n_out = runner.session.get_outputs()[0].shape[-1]
         if isinstance(n_out, int) and n_out != len(meta.labels):
             raise ModelFileError(

@@ -66,6 +66,9 @@ class TrainConfig:
     bank_views: int = 8
     held_out_group: int | None = None  # distill: only the honest teaching experiment for this group
     students: int = 1  # distill: students with seeds seed, seed+1, ... averaged weight by weight
+    # int8 weight bits: 7 trains the convolutions on onnxruntime's reduced grid (model.qat), so
+    # the int8 file is exact on the fast kernels of CPUs without VNNI; distill, one student only
+    weight_bits: int = 8
 
 
 def _subsample(ds: Dataset, n: int | None, seed: int) -> Dataset:
@@ -366,6 +369,11 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
 
     if cfg.held_out_group is not None and cfg.mode != "distill":
         raise ModelError("--held-out-group needs --mode distill")
+    if cfg.weight_bits not in (7, 8):
+        raise ModelError(f"--weight-bits must be 7 or 8, got {cfg.weight_bits}")
+    if cfg.weight_bits == 7 and (cfg.mode != "distill" or cfg.students != 1):
+        raise ModelError("--weight-bits 7 needs --mode distill and one student "
+                         "(an average of on-grid weights is off the grid)")
     t_start = time.time()
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(cfg.threads)
@@ -471,6 +479,7 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
         "training_list_sha256": ds.training_list_hash(),
         "dataset": _portable(cfg.data),
         "seed": cfg.seed,
+        "weight_bits": cfg.weight_bits,
         "metrics": {"val_top1": report["val"][1], "val_top5": report["val"][5],
                     **({"cv_top1": report["linear_cv"]["top1"]} if "linear_cv" in report else {})},
         # optimistic (the trunk saw every class); kept with the model as the basis of its gallery settings
@@ -598,11 +607,11 @@ def _recalibrated(meta: dict[str, Any], model: Path, ds: Dataset, size: int) -> 
     model flagged 11 % of val produce on the int8 one instead of 8 %.
     """
     from model.preprocess import preprocess, read_image
-    from model.recognizer import ModelRunner
+    from model.recognizer import ModelRunner, int8_needs_exact_kernels
 
     if not ds.val:
         return meta
-    runner = ModelRunner(model, size)
+    runner = ModelRunner(model, size, exact_int8=int8_needs_exact_kernels(meta))
     logits = np.stack([runner.run(preprocess(read_image(s.path, size), size))[0][0] for s in ds.val])
     y = np.array([s.label for s in ds.val])
     temperature, threshold = calibrate(logits, y)
@@ -649,8 +658,11 @@ def export_checkpoint(checkpoint: Path, out: Path, int8: bool = False,
     if int8 and ds is not None:
         calib = _calibration_batch(ds, state["size"], 64, int(meta.get("seed", 0)))
         q = int8_out or out.with_name(out.stem + ".int8.onnx")
-        quantize_int8(out, q, calib)
-        qmeta = {**_recalibrated(meta, q, ds, state["size"]),
+        bits = int(meta.get("weight_bits", 8))
+        quantize_int8(out, q, calib, bits)
+        # read by ModelRunner: 7-bit weights cannot saturate the fast kernels, so they need no exact ones
+        int8_meta = {"weight_bits": bits}
+        qmeta = {**_recalibrated({**meta, "int8": int8_meta}, q, ds, state["size"]),
                  "teach": write_exemplars(q, ds, state["size"], space, protos)}
         write_metadata(q.with_suffix(".json"), qmeta, q)
         written += [q, q.with_suffix(".json"), q.with_name(q.stem + ".exemplars.npz")]

@@ -251,3 +251,26 @@ def test_distill_on_rows_never_reads_the_other_rows(tmp_path: Path) -> None:
     student, log = distill(copy.deepcopy(net), sub, poisoned, cfg, rows=rows)
     assert all(torch.isfinite(p).all() for p in student.parameters())
     assert np.isfinite(log[-1]["loss"])
+
+
+def test_seven_bit_student_leaves_every_convolution_on_the_grid(tmp_path: Path) -> None:
+    """--weight-bits 7: the student trains through the 7-bit grid and is saved baked onto it."""
+    import copy
+
+    import torch
+
+    from model.distill import distill
+    from model.qat import convolutions, on_grid
+
+    bank, net, cfg = _random_bank(8, tmp_path)
+    soft = np.log(np.full((8, 2, 2), 1 / 2, np.float32))
+    student, log = distill(copy.deepcopy(net), bank, soft, replace(cfg, weight_bits=7))
+    assert np.isfinite(log[-1]["loss"])
+    assert all("parametrizations" not in k for k in student.state_dict())
+    convs = convolutions(student.trunk)
+    assert len(convs) == len(convolutions(net.trunk)) > 40
+    for conv in convs:
+        assert torch.allclose(on_grid(conv.weight), conv.weight, rtol=1e-5, atol=1e-7)
+    before = net.trunk._conv_head.weight
+    assert not torch.allclose(student.trunk._conv_head.weight, before)
+    assert not torch.allclose(on_grid(before), before)  # the grid is not already there by chance

@@ -1,0 +1,156 @@
+"""Weights on the 7-bit grid: onnxruntime quantises them without rounding, and its fast int8
+kernels compute them exactly (no 16-bit saturation on x86 CPUs without VNNI)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from model.qat import REDUCED_LEVELS, bake, on_grid, train_on_grid
+
+
+def test_grid_is_per_channel_symmetric_and_commutes_with_channel_scaling() -> None:
+    torch.manual_seed(0)
+    w = torch.randn(8, 4, 3, 3)
+    q = on_grid(w)
+    scale = w.abs().amax(dim=(1, 2, 3), keepdim=True) / REDUCED_LEVELS
+    steps = q / scale
+    assert torch.allclose(steps, steps.round(), atol=1e-4) and steps.abs().max() <= REDUCED_LEVELS
+    # each channel's largest weight stays where it was: nothing is clipped
+    assert torch.allclose(q.abs().amax(dim=(1, 2, 3)), w.abs().amax(dim=(1, 2, 3)))
+    # folding a batch norm multiplies each output channel by a factor, of either sign
+    c = torch.tensor([0.5, -2.0, 3.0, -0.1, 1.0, 7.0, -1.5, 0.01]).view(8, 1, 1, 1)
+    assert torch.allclose(on_grid(c * w), c * q, rtol=1e-5, atol=1e-7)
+
+
+def test_training_on_the_grid_passes_gradients_and_bakes_to_plain_weights() -> None:
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU6(), nn.Conv2d(4, 4, 3, groups=4))
+    start = [m.weight.detach().clone() for m in net if isinstance(m, nn.Conv2d)]
+    assert train_on_grid(net) == 2
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    for _ in range(3):
+        loss = net(torch.randn(2, 3, 8, 8)).square().mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    bake(net)
+    assert all("parametrizations" not in k for k in net.state_dict())
+    for m, w0 in zip([m for m in net if isinstance(m, nn.Conv2d)], start, strict=True):
+        assert not torch.allclose(m.weight, w0)  # trained through the straight-through estimator
+        assert torch.allclose(on_grid(m.weight), m.weight, rtol=1e-5, atol=1e-7)
+
+
+class _Tiny(nn.Module):
+    """Conv + BN + ReLU6, depthwise, pointwise, pooled: the shapes of EfficientNet-Lite."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(3, 32, 3, stride=2, bias=False), nn.BatchNorm2d(32), nn.ReLU6(),
+            nn.Conv2d(32, 32, 3, groups=32, bias=False), nn.BatchNorm2d(32), nn.ReLU6(),
+            nn.Conv2d(32, 64, 1, bias=False), nn.BatchNorm2d(64), nn.ReLU6(),
+        )
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        emb = self.body(x).mean(dim=(2, 3))
+        return emb[:, :5], emb
+
+
+def _tiny_onnx(path: Path) -> None:
+    torch.manual_seed(0)
+    net = _Tiny()
+    for m in net.modules():
+        if isinstance(m, nn.BatchNorm2d):  # batch norms that really rescale channels, some negative
+            assert m.running_mean is not None and m.running_var is not None
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(-2.0, 2.0)
+        if isinstance(m, nn.Conv2d):  # large weights, so 8-bit pairs of products would saturate
+            m.weight.data *= 8.0
+    train_on_grid(net)
+    bake(net)
+    net.eval()
+    torch.onnx.export(net, (torch.zeros(1, 3, 32, 32),), str(path), input_names=["image"],
+                      output_names=["logits", "embedding"], dynamic_axes={"image": {0: "n"}},
+                      opset_version=17, dynamo=False)
+
+
+def _session(path: Path, exact: bool) -> object:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    opts.add_session_config_entry("session.x64quantprecision", "1" if exact else "0")
+    return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+
+
+def test_seven_bit_int8_is_rounding_free_and_exact_on_the_fast_kernels(tmp_path: Path) -> None:
+    import onnx
+    from onnx import numpy_helper
+
+    from model.export import quantize_int8
+
+    fp32, int8 = tmp_path / "tiny.onnx", tmp_path / "tiny.int8.onnx"
+    _tiny_onnx(fp32)
+    rng = np.random.default_rng(0)
+    calib = rng.uniform(-1, 1, (8, 3, 32, 32)).astype(np.float32)
+    quantize_int8(fp32, int8, calib, weight_bits=7)
+
+    # onnxruntime's per-channel 7-bit weights are exactly the trained (batch-norm folded) ones
+    folded = {n.name: numpy_helper.to_array(n) for n in onnx.load(str(fp32)).graph.initializer}
+    q = onnx.load(str(int8))
+    inits = {n.name: numpy_helper.to_array(n) for n in q.graph.initializer}
+    convs = [n for n in onnx.load(str(fp32)).graph.node if n.op_type == "Conv"]
+    checked = 0
+    for node in q.graph.node:
+        w = inits.get(node.input[0])
+        if node.op_type != "DequantizeLinear" or w is None or w.dtype != np.int8 or w.ndim != 4:
+            continue
+        assert np.abs(w.astype(np.int32)).max() <= REDUCED_LEVELS
+        scale = inits[node.input[1]].reshape(-1, 1, 1, 1)
+        np.testing.assert_allclose(w * scale, folded[node.input[0].removesuffix("_quantized")],
+                                   rtol=1e-5, atol=1e-7)
+        checked += 1
+    assert checked == len(convs) == 3
+
+    # the fast kernels give what the exact ones give, on every CPU
+    x = rng.uniform(-1, 1, (4, 3, 32, 32)).astype(np.float32)
+    fast = _session(int8, exact=False).run(None, {"image": x})  # type: ignore[attr-defined]
+    exact = _session(int8, exact=True).run(None, {"image": x})  # type: ignore[attr-defined]
+    for a, b in zip(fast, exact, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_a_seven_bit_model_runs_on_the_fast_kernels(shipped_model: Path, tmp_path: Path) -> None:
+    """The int8 file's metadata says its weights are 7-bit; only then does the stall use the fast
+    kernels (an 8-bit file on them loses 8 points on CPUs without VNNI)."""
+    from model.recognizer import Recognizer
+
+    for f in shipped_model.parent.glob(shipped_model.stem + ".*"):
+        shutil.copy(f, tmp_path / f.name)
+    model = tmp_path / shipped_model.name
+    entry = "session.x64quantprecision"
+    assert Recognizer.load(model).runner.session.get_session_options().get_session_config_entry(entry) == "1"
+    meta = json.loads(model.with_suffix(".json").read_text())
+    model.with_suffix(".json").write_text(json.dumps({**meta, "int8": {"weight_bits": 7}}))
+    assert Recognizer.load(model).runner.session.get_session_options().get_session_config_entry(entry) == "0"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--mode", "linear", "--weight-bits", "7"], "--weight-bits 7 needs --mode distill"),
+    (["--mode", "distill", "--students", "2", "--weight-bits", "7"], "one student"),
+])
+def test_seven_bit_training_needs_one_distilled_student(argv: list[str], message: str,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    from edge.cli import main
+
+    rc = main(["model", "train", *argv])
+    err = capsys.readouterr().err
+    assert rc == 1 and message in err and "Traceback" not in err
