@@ -8,6 +8,9 @@ Each model is measured in its own process so that its RSS is its own.  Latency
 is per image from the JPEG file to the result (decoding, preprocessing and the
 gallery lookup included), single-threaded onnxruntime.
 
+With several models, each is then timed again in one process, the models taking
+turns photo by photo, and its p50 given as a ratio to the first model's.
+
 ``--default-int8-kernels`` also measures each model with onnxruntime's default
 int8 kernels, which saturate on x86 CPUs without VNNI (the stall uses exact
 ones, see ``ModelRunner``): the baseline that shows what exactness costs.
@@ -82,6 +85,9 @@ def worker(model: Path, data: Path, ood_dir: Path, repeats: int, exact: bool) ->
     return {
         "model": model.name + ("" if exact else " (default int8 kernels)"),
         "cpu_vnni": cpu_has_vnni(),
+        "int8_weight_bits": (rec.meta.raw.get("int8") or {}).get("weight_bits"),
+        "x64quantprecision": rec.runner.session.get_session_options().get_session_config_entry(
+            "session.x64quantprecision"),
         "size_mb": round(model.stat().st_size / 1e6, 2),
         "load_ms": round(load_ms, 1),
         "val_n": len(ds.val),
@@ -97,6 +103,35 @@ def worker(model: Path, data: Path, ood_dir: Path, repeats: int, exact: bool) ->
         "rss_mb": peak_rss_mb(),
         "torch_loaded": "torch" in sys.modules,
     }
+
+
+def interleaved(models: list[Path], data: Path, repeats: int, exact: list[bool]) -> list[dict[str, object]]:
+    """Latency of each model on the same photos, the models taking turns photo by photo in one
+    process: the ratio to the first model is fair even while the shared machine's speed drifts."""
+    import numpy as np
+
+    from model.data import load_dataset
+    from model.recognizer import ModelRunner, Recognizer
+
+    recs = []
+    for m, ex in zip(models, exact, strict=True):
+        rec = Recognizer.load(m)
+        if not ex:
+            rec.runner = ModelRunner(m, rec.meta.size, exact_int8=False)
+        recs.append(rec)
+    paths = [s.path for s in load_dataset(data).val]
+    ms: list[list[float]] = [[] for _ in recs]
+    for _ in range(repeats):
+        for p in paths:
+            for i, rec in enumerate(recs):
+                t = time.perf_counter()
+                rec.recognize(p)
+                ms[i].append((time.perf_counter() - t) * 1000)
+    base = float(np.median(ms[0]))
+    return [{"model": m.name + ("" if ex else " (default int8 kernels)"),
+             "interleaved_p50_ms": round(float(np.median(x)), 2),
+             "ratio_to_first": round(float(np.median(x)) / base, 3)}
+            for m, ex, x in zip(models, exact, ms, strict=True)]
 
 
 def main() -> int:
@@ -136,6 +171,14 @@ def main() -> int:
             res = json.loads(out.stdout.strip().splitlines()[-1])
             results.append(res)
             print(json.dumps(res))
+    present = [(m, inexact) for m, inexact in runs if m.exists()]
+    if len(present) > 1:
+        # every model once more, taking turns photo by photo: ratios immune to the machine's drift
+        both = interleaved([m for m, _ in present], args.data, args.repeats,
+                           [not inexact for _, inexact in present])
+        for r in both:
+            print(json.dumps(r))
+        results.append({"interleaved": both})
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
     return 0
