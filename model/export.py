@@ -64,8 +64,9 @@ def export_onnx(net: Any, size: int, path: Path) -> None:
 def quantize_int8(fp32: Path, int8: Path, calibration: np.ndarray, weight_bits: int = 8) -> None:
     """Static int8 (QDQ, per-channel weights) calibrated on real preprocessed photos.
 
-    ``weight_bits=7``: onnxruntime's reduced range, for a network trained on that grid
-    (``model.qat``): exact on the fast int8 kernels of CPUs without VNNI.
+    ``weight_bits=7``: onnxruntime's reduced range for every convolution but the depthwise
+    ones (whose kernel cannot saturate), for a network trained on that grid (``model.qat``):
+    exact on the fast int8 kernels of CPUs without VNNI.
     """
     if weight_bits not in (7, 8):
         raise ValueError(f"weight_bits must be 7 or 8, got {weight_bits}")
@@ -87,6 +88,8 @@ def quantize_int8(fp32: Path, int8: Path, calibration: np.ndarray, weight_bits: 
 
     pre = int8.with_suffix(".pre.onnx")
     quant_pre_process(str(fp32), str(pre))
+    # per-channel overrides must name the axis; depthwise weights keep the full 8 bits
+    eight_bits = {w: [{"axis": 0, "reduce_range": False}] for w in _depthwise_weights(pre)}
     try:
         quantize_static(
             str(pre),
@@ -97,12 +100,21 @@ def quantize_int8(fp32: Path, int8: Path, calibration: np.ndarray, weight_bits: 
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
             reduce_range=weight_bits == 7,
+            extra_options={"TensorQuantOverrides": eight_bits} if weight_bits == 7 else {},
             # The cosine head and the normalisation are tiny and need the precision.
             nodes_to_exclude=_tail_nodes(pre),
         )
     finally:
         pre.unlink(missing_ok=True)
     logger.info("quantised %s (%.1f MB)", int8, int8.stat().st_size / 1e6)
+
+
+def _depthwise_weights(path: Path) -> list[str]:
+    import onnx
+
+    m = onnx.load(str(path))
+    return [n.input[1] for n in m.graph.node if n.op_type == "Conv"
+            and any(a.name == "group" and a.i > 1 for a in n.attribute)]
 
 
 def _tail_nodes(path: Path) -> list[str]:

@@ -661,7 +661,7 @@ def export_checkpoint(checkpoint: Path, out: Path, int8: bool = False,
         bits = int(meta.get("weight_bits", 8))
         quantize_int8(out, q, calib, bits)
         # read by ModelRunner: 7-bit weights cannot saturate the fast kernels, so they need no exact ones
-        int8_meta = {"weight_bits": bits}
+        int8_meta = {"weight_bits": bits, "depthwise_weight_bits": 8}
         qmeta = {**_recalibrated({**meta, "int8": int8_meta}, q, ds, state["size"]),
                  "teach": write_exemplars(q, ds, state["size"], space, protos)}
         write_metadata(q.with_suffix(".json"), qmeta, q)

@@ -31,9 +31,10 @@ def test_grid_is_per_channel_symmetric_and_commutes_with_channel_scaling() -> No
 
 def test_training_on_the_grid_passes_gradients_and_bakes_to_plain_weights() -> None:
     torch.manual_seed(0)
-    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU6(), nn.Conv2d(4, 4, 3, groups=4))
-    start = [m.weight.detach().clone() for m in net if isinstance(m, nn.Conv2d)]
-    assert train_on_grid(net) == 2
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU6(), nn.Conv2d(4, 4, 3, groups=4), nn.Conv2d(4, 6, 1))
+    convs = [m for m in net if isinstance(m, nn.Conv2d)]
+    start = [m.weight.detach().clone() for m in convs]
+    assert train_on_grid(net) == 2  # the depthwise one keeps 8 bits
     opt = torch.optim.SGD(net.parameters(), lr=0.1)
     for _ in range(3):
         loss = net(torch.randn(2, 3, 8, 8)).square().mean()
@@ -42,9 +43,10 @@ def test_training_on_the_grid_passes_gradients_and_bakes_to_plain_weights() -> N
         opt.step()
     bake(net)
     assert all("parametrizations" not in k for k in net.state_dict())
-    for m, w0 in zip([m for m in net if isinstance(m, nn.Conv2d)], start, strict=True):
-        assert not torch.allclose(m.weight, w0)  # trained through the straight-through estimator
-        assert torch.allclose(on_grid(m.weight), m.weight, rtol=1e-5, atol=1e-7)
+    for m, w0 in zip(convs, start, strict=True):
+        assert not torch.allclose(m.weight, w0)  # trained (through the straight-through estimator)
+        on = torch.allclose(on_grid(m.weight), m.weight, rtol=1e-5, atol=1e-7)
+        assert on == (m.groups == 1)
 
 
 class _Tiny(nn.Module):
@@ -103,22 +105,26 @@ def test_seven_bit_int8_is_rounding_free_and_exact_on_the_fast_kernels(tmp_path:
     calib = rng.uniform(-1, 1, (8, 3, 32, 32)).astype(np.float32)
     quantize_int8(fp32, int8, calib, weight_bits=7)
 
-    # onnxruntime's per-channel 7-bit weights are exactly the trained (batch-norm folded) ones
-    folded = {n.name: numpy_helper.to_array(n) for n in onnx.load(str(fp32)).graph.initializer}
+    # onnxruntime's per-channel 7-bit weights are exactly the trained (batch-norm folded) ones;
+    # the depthwise ones keep 8 bits
+    fp32_graph = onnx.load(str(fp32)).graph
+    folded = {n.name: numpy_helper.to_array(n) for n in fp32_graph.initializer}
+    depthwise = {n.input[1] for n in fp32_graph.node if n.op_type == "Conv"
+                 and any(a.name == "group" and a.i > 1 for a in n.attribute)}
     q = onnx.load(str(int8))
     inits = {n.name: numpy_helper.to_array(n) for n in q.graph.initializer}
-    convs = [n for n in onnx.load(str(fp32)).graph.node if n.op_type == "Conv"]
-    checked = 0
+    bits = {}
     for node in q.graph.node:
         w = inits.get(node.input[0])
         if node.op_type != "DequantizeLinear" or w is None or w.dtype != np.int8 or w.ndim != 4:
             continue
-        assert np.abs(w.astype(np.int32)).max() <= REDUCED_LEVELS
-        scale = inits[node.input[1]].reshape(-1, 1, 1, 1)
-        np.testing.assert_allclose(w * scale, folded[node.input[0].removesuffix("_quantized")],
-                                   rtol=1e-5, atol=1e-7)
-        checked += 1
-    assert checked == len(convs) == 3
+        name = node.input[0].removesuffix("_quantized")
+        bits[name] = int(np.abs(w.astype(np.int32)).max())
+        if name not in depthwise:
+            scale = inits[node.input[1]].reshape(-1, 1, 1, 1)
+            np.testing.assert_allclose(w * scale, folded[name], rtol=1e-5, atol=1e-7)
+    assert len(depthwise) == 1 and len(bits) == 3
+    assert all(b == (127 if name in depthwise else REDUCED_LEVELS) for name, b in bits.items())
 
     # the fast kernels give what the exact ones give, on every CPU
     x = rng.uniform(-1, 1, (4, 3, 32, 32)).astype(np.float32)

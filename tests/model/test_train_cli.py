@@ -269,8 +269,9 @@ def test_seven_bit_student_leaves_every_convolution_on_the_grid(tmp_path: Path) 
     assert all("parametrizations" not in k for k in student.state_dict())
     convs = convolutions(student.trunk)
     assert len(convs) == len(convolutions(net.trunk)) > 40
-    for conv in convs:
-        assert torch.allclose(on_grid(conv.weight), conv.weight, rtol=1e-5, atol=1e-7)
+    on = [torch.allclose(on_grid(c.weight), c.weight, rtol=1e-5, atol=1e-7) for c in convs]
+    # the depthwise convolutions keep 8 bits (onnxruntime's depthwise kernel cannot saturate)
+    assert on == [c.groups == 1 for c in convs] and 0 < sum(on) < len(on)
     before = net.trunk._conv_head.weight
     assert not torch.allclose(student.trunk._conv_head.weight, before)
     assert not torch.allclose(on_grid(before), before)  # the grid is not already there by chance
