@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -84,7 +85,7 @@ def _tiny_onnx(path: Path) -> None:
                       opset_version=17, dynamo=False)
 
 
-def _session(path: Path, exact: bool) -> object:
+def _session(path: Path, exact: bool) -> Any:
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -128,8 +129,8 @@ def test_seven_bit_int8_is_rounding_free_and_exact_on_the_fast_kernels(tmp_path:
 
     # the fast kernels give what the exact ones give, on every CPU
     x = rng.uniform(-1, 1, (4, 3, 32, 32)).astype(np.float32)
-    fast = _session(int8, exact=False).run(None, {"image": x})  # type: ignore[attr-defined]
-    exact = _session(int8, exact=True).run(None, {"image": x})  # type: ignore[attr-defined]
+    fast = _session(int8, exact=False).run(None, {"image": x})
+    exact = _session(int8, exact=True).run(None, {"image": x})
     for a, b in zip(fast, exact, strict=True):
         np.testing.assert_array_equal(a, b)
 
@@ -138,8 +139,8 @@ def test_seven_bit_int8_is_rounding_free_and_exact_on_the_fast_kernels(tmp_path:
     if " avx2" in flags and "vnni" not in flags:
         int8_8 = tmp_path / "tiny.int8-8bit.onnx"
         quantize_int8(fp32, int8_8, calib, weight_bits=8)
-        fast8 = _session(int8_8, exact=False).run(None, {"image": x})[1]  # type: ignore[attr-defined]
-        exact8 = _session(int8_8, exact=True).run(None, {"image": x})[1]  # type: ignore[attr-defined]
+        fast8 = _session(int8_8, exact=False).run(None, {"image": x})[1]
+        exact8 = _session(int8_8, exact=True).run(None, {"image": x})[1]
         assert np.abs(fast8 - exact8).max() > 0.05
 
 
