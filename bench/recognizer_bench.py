@@ -26,6 +26,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -52,18 +53,29 @@ def cpu_has_vnni() -> bool | None:
     return "avx512_vnni" in flags or "avx_vnni" in flags
 
 
+def _open(model: Path, exact: bool) -> tuple[Any, float]:
+    """The recognizer as the stall opens it (and its load time), or on the default int8 kernels."""
+    from model.recognizer import ModelRunner, Recognizer
+
+    t0 = time.perf_counter()
+    rec = Recognizer.load(model)
+    load_ms = (time.perf_counter() - t0) * 1000
+    if not exact:
+        rec.runner = ModelRunner(model, rec.meta.size, exact_int8=False)
+    return rec, load_ms
+
+
+def _label(model: Path, exact: bool) -> str:
+    return model.name + ("" if exact else " (default int8 kernels)")
+
+
 def worker(model: Path, data: Path, ood_dir: Path, repeats: int, exact: bool) -> dict[str, object]:
     import numpy as np
 
     from model.data import load_dataset
     from model.metrics import auroc as _auroc
-    from model.recognizer import ModelRunner, Recognizer
 
-    t0 = time.perf_counter()
-    rec = Recognizer.load(model)
-    load_ms = (time.perf_counter() - t0) * 1000  # as the stall loads it
-    if not exact:
-        rec.runner = ModelRunner(model, rec.meta.size, exact_int8=False)
+    rec, load_ms = _open(model, exact)
     ds = load_dataset(data)
     hit1, hit5, unk, known_p, ms = [], [], [], [], []
     for s in ds.val:
@@ -83,7 +95,7 @@ def worker(model: Path, data: Path, ood_dir: Path, repeats: int, exact: bool) ->
     ood_res = [rec.recognize(p) for p in ood]
     ood_p = np.array([r.top[0][1] for r in ood_res])
     return {
-        "model": model.name + ("" if exact else " (default int8 kernels)"),
+        "model": _label(model, exact),
         "cpu_vnni": cpu_has_vnni(),
         "int8_weight_bits": (rec.meta.raw.get("int8") or {}).get("weight_bits"),
         "x64quantprecision": rec.runner.session.get_session_options().get_session_config_entry(
@@ -111,14 +123,8 @@ def interleaved(models: list[Path], data: Path, repeats: int, exact: list[bool])
     import numpy as np
 
     from model.data import load_dataset
-    from model.recognizer import ModelRunner, Recognizer
 
-    recs = []
-    for m, ex in zip(models, exact, strict=True):
-        rec = Recognizer.load(m)
-        if not ex:
-            rec.runner = ModelRunner(m, rec.meta.size, exact_int8=False)
-        recs.append(rec)
+    recs = [_open(m, ex)[0] for m, ex in zip(models, exact, strict=True)]
     paths = [s.path for s in load_dataset(data).val]
     ms: list[list[float]] = [[] for _ in recs]
     for _ in range(repeats):
@@ -128,7 +134,7 @@ def interleaved(models: list[Path], data: Path, repeats: int, exact: list[bool])
                 rec.recognize(p)
                 ms[i].append((time.perf_counter() - t) * 1000)
     base = float(np.median(ms[0]))
-    return [{"model": m.name + ("" if ex else " (default int8 kernels)"),
+    return [{"model": _label(m, ex),
              "interleaved_p50_ms": round(float(np.median(x)), 2),
              "ratio_to_first": round(float(np.median(x)) / base, 3)}
             for m, ex, x in zip(models, exact, ms, strict=True)]

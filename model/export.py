@@ -88,8 +88,13 @@ def quantize_int8(fp32: Path, int8: Path, calibration: np.ndarray, weight_bits: 
 
     pre = int8.with_suffix(".pre.onnx")
     quant_pre_process(str(fp32), str(pre))
+    import onnx
+
+    graph = onnx.load(str(pre)).graph
     # per-channel overrides must name the axis; depthwise weights keep the full 8 bits
-    eight_bits = {w: [{"axis": 0, "reduce_range": False}] for w in _depthwise_weights(pre)}
+    overrides = ({"TensorQuantOverrides": {w: [{"axis": 0, "reduce_range": False}]
+                                           for w in depthwise_weights(graph)}}
+                 if weight_bits == 7 else {})
     try:
         quantize_static(
             str(pre),
@@ -100,30 +105,25 @@ def quantize_int8(fp32: Path, int8: Path, calibration: np.ndarray, weight_bits: 
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
             reduce_range=weight_bits == 7,
-            extra_options={"TensorQuantOverrides": eight_bits} if weight_bits == 7 else {},
+            extra_options=overrides,
             # The cosine head and the normalisation are tiny and need the precision.
-            nodes_to_exclude=_tail_nodes(pre),
+            nodes_to_exclude=_tail_nodes(graph),
         )
     finally:
         pre.unlink(missing_ok=True)
     logger.info("quantised %s (%.1f MB)", int8, int8.stat().st_size / 1e6)
 
 
-def _depthwise_weights(path: Path) -> list[str]:
-    import onnx
-
-    m = onnx.load(str(path))
-    return [n.input[1] for n in m.graph.node if n.op_type == "Conv"
+def depthwise_weights(graph: Any) -> list[str]:
+    """Names of the weights of the graph's depthwise (grouped) convolutions."""
+    return [n.input[1] for n in graph.node if n.op_type == "Conv"
             and any(a.name == "group" and a.i > 1 for a in n.attribute)]
 
 
-def _tail_nodes(path: Path) -> list[str]:
+def _tail_nodes(graph: Any) -> list[str]:
     """Nodes after the global pooling (normalisation and cosine head): kept in float."""
-    import onnx
-
-    m = onnx.load(str(path))
-    names = [n.name for n in m.graph.node]
-    kinds = [n.op_type for n in m.graph.node]
+    names = [n.name for n in graph.node]
+    kinds = [n.op_type for n in graph.node]
     start = max((i for i, k in enumerate(kinds) if k in ("ReduceMean", "GlobalAveragePool")),
                 default=len(kinds))
     return names[start:]

@@ -98,7 +98,7 @@ def test_seven_bit_int8_is_rounding_free_and_exact_on_the_fast_kernels(tmp_path:
     import onnx
     from onnx import numpy_helper
 
-    from model.export import quantize_int8
+    from model.export import depthwise_weights, quantize_int8
 
     fp32, int8 = tmp_path / "tiny.onnx", tmp_path / "tiny.int8.onnx"
     _tiny_onnx(fp32)
@@ -110,8 +110,7 @@ def test_seven_bit_int8_is_rounding_free_and_exact_on_the_fast_kernels(tmp_path:
     # the depthwise ones keep 8 bits
     fp32_graph = onnx.load(str(fp32)).graph
     folded = {n.name: numpy_helper.to_array(n) for n in fp32_graph.initializer}
-    depthwise = {n.input[1] for n in fp32_graph.node if n.op_type == "Conv"
-                 and any(a.name == "group" and a.i > 1 for a in n.attribute)}
+    depthwise = set(depthwise_weights(fp32_graph))
     q = onnx.load(str(int8))
     inits = {n.name: numpy_helper.to_array(n) for n in q.graph.initializer}
     bits = {}
