@@ -30,10 +30,11 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
 from model.refit import EXEMPLARS_PER_LABEL, REFIT_BIAS, Exemplars, build_head, exemplar_rows  # noqa: E402
-from model.teaching import cross_group, load_kept, teach_group  # noqa: E402
+from model.teaching import HELD_OUT_RUNS, cross_group, held_out_runs, load_kept, teach_group  # noqa: E402
 
 
 def refit_seconds(kept: dict[str, np.ndarray], repeats: int = 3) -> float:
@@ -55,12 +56,16 @@ def refit_seconds(kept: dict[str, np.ndarray], repeats: int = 3) -> float:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("kept", nargs="+", type=Path, help="held-out-group-G.npz files")
+    ap.add_argument("kept", nargs="*", type=Path,
+                    help=f"held-out-group-G.npz files (default: {HELD_OUT_RUNS})")
     ap.add_argument("--draws", type=int, default=10)
     ap.add_argument("--json", type=Path, help="also write the figures here")
     args = ap.parse_args()
+    paths = held_out_runs(args.kept, ROOT)
+    if not paths:
+        return 0
     groups, names = [], []
-    for path in args.kept:
+    for path in paths:
         kept = load_kept(path)
         groups.append(teach_group(kept, draws=args.draws))
         names.append(path.stem)
@@ -92,7 +97,7 @@ def main() -> int:
           f"never-taught items flagged {cg['untaught_flagged_factor_1']:.1%}")
     print("temperature factor chosen on all groups (the one to ship): "
           f"{cg['temperature_factor_on_all_groups']}")
-    secs = refit_seconds(load_kept(args.kept[0]))
+    secs = refit_seconds(load_kept(paths[0]))
     print(f"one refit (40 labels x {EXEMPLARS_PER_LABEL} exemplars + 10 items x 5 photos x 4 views): "
           f"{secs * 1000:.0f} ms")
     if args.json:

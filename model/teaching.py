@@ -232,6 +232,19 @@ def cross_group(groups: list[dict[str, Any]]) -> dict[str, Any]:
                 groups[0]["unknown"]["temperature_factors"][choose_factor(groups, k_all)]}
 
 
+# Where ``--held-out-group G --run-dir runs/distill/hoG`` keeps its embeddings (the benches' default).
+HELD_OUT_RUNS = "runs/distill/ho*/held-out-group-*.npz"
+
+
+def held_out_runs(given: list[Path], root: Path) -> list[Path]:
+    """The kept-embedding files given, else those of ``HELD_OUT_RUNS`` under ``root``; empty with a hint."""
+    paths = given or sorted(root.glob(HELD_OUT_RUNS))
+    if not paths:
+        print(f"no held-out runs under {root / HELD_OUT_RUNS}: make them with `wetmarket model train "
+              "--mode distill --held-out-group G --run-dir runs/distill/hoG` (about 15 minutes each)")
+    return paths
+
+
 def load_kept(path: Path) -> dict[str, np.ndarray]:
     with np.load(path, allow_pickle=False) as z:
         return {k: z[k] for k in z.files}
