@@ -65,8 +65,7 @@ def group_scores(kept: dict[str, np.ndarray]) -> Scores:
     s["max-cosine"] = (lk.max(1) / scale, lu.max(1) / scale)
 
     def energy(z: np.ndarray) -> np.ndarray:
-        m = z.max(1, keepdims=True) / temp
-        return temp * (m[:, 0] + np.log(np.exp(z / temp - m).sum(1)))
+        return temp * np.logaddexp.reduce(z / temp, axis=1)
 
     s["energy"] = (energy(lk), energy(lu))
     ex = np.array(exemplar_rows(ref_y, range(len(keep))))
