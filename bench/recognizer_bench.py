@@ -13,7 +13,8 @@ turns photo by photo, and its p50 given as a ratio to the first model's.
 
 ``--default-int8-kernels`` also measures each model with onnxruntime's default
 int8 kernels, which saturate on x86 CPUs without VNNI (the stall uses exact
-ones, see ``ModelRunner``): the baseline that shows what exactness costs.
+ones there and only there, see ``ModelRunner``): the baseline that shows what
+exactness costs.
 """
 
 from __future__ import annotations
@@ -45,14 +46,6 @@ def peak_rss_mb() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
-def cpu_has_vnni() -> bool | None:
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return None
-    return "avx512_vnni" in flags or "avx_vnni" in flags
-
-
 def _open(model: Path, exact: bool) -> tuple[Any, float]:
     """The recognizer as the stall opens it (and its load time), or on the default int8 kernels."""
     from model.recognizer import ModelRunner, Recognizer
@@ -74,6 +67,7 @@ def worker(model: Path, data: Path, ood_dir: Path, repeats: int, exact: bool) ->
 
     from model.data import load_dataset
     from model.metrics import auroc as _auroc
+    from model.recognizer import int8_kernels_may_saturate
 
     rec, load_ms = _open(model, exact)
     ds = load_dataset(data)
@@ -96,10 +90,9 @@ def worker(model: Path, data: Path, ood_dir: Path, repeats: int, exact: bool) ->
     ood_p = np.array([r.top[0][1] for r in ood_res])
     return {
         "model": _label(model, exact),
-        "cpu_vnni": cpu_has_vnni(),
+        "cpu_int8_may_saturate": int8_kernels_may_saturate(),
         "int8_weight_bits": (rec.meta.raw.get("int8") or {}).get("weight_bits"),
-        "x64quantprecision": rec.runner.session.get_session_options().get_session_config_entry(
-            "session.x64quantprecision"),
+        "exact_int8_kernels": rec.runner.exact_kernels,
         "size_mb": round(model.stat().st_size / 1e6, 2),
         "load_ms": round(load_ms, 1),
         "val_n": len(ds.val),

@@ -16,9 +16,11 @@ gallery (``wetmarket recognize --gallery``) does not pay it again.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
+import platform
 import threading
 import time
 from dataclasses import dataclass, field
@@ -133,6 +135,35 @@ def int8_needs_exact_kernels(meta: dict[str, Any]) -> bool:
     return not (isinstance(bits, int) and bits <= 7)
 
 
+@functools.cache
+def cpu_flags() -> frozenset[str] | None:
+    """The CPU's feature flags as Linux lists them (None where /proc/cpuinfo cannot be read)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text(encoding="ascii", errors="replace")
+    except OSError:
+        return None
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            return frozenset(value.split())
+    return None
+
+
+def int8_kernels_may_saturate() -> bool:
+    """Whether onnxruntime's default u8 x s8 kernels can saturate on this CPU."""
+    return int8_saturates_on(platform.machine(), cpu_flags())
+
+
+def int8_saturates_on(machine: str, flags: frozenset[str] | None) -> bool:
+    """x86 without VNNI: the default u8 x s8 kernels multiply with VPMADDUBSW there,
+    which clips each pair of products at 16 bits.  VNNI (AVX-512 or AVX)
+    accumulates in 32 bits and ARM has its own dot products.  An x86 CPU whose
+    flags cannot be read counts as saturating, the safe side."""
+    if machine.lower() not in ("x86_64", "amd64", "i386", "i686", "x86"):
+        return False
+    return flags is None or not ({"avx512_vnni", "avx_vnni"} & flags)
+
+
 class ModelRunner:
     """Owns the onnxruntime session (CPU), warmed up once at start."""
 
@@ -145,14 +176,15 @@ class ModelRunner:
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        # x86 CPUs without VNNI multiply u8 by s8 weights with VPMADDUBSW, which
-        # saturates pairs of products at 16 bits: the shipped int8 model read
-        # 77.6 % top-1 on such a CPU against 85.7 % with VNNI.  This option makes
-        # onnxruntime use exact u8 x u8 kernels there, and changes nothing on
-        # VNNI or ARM CPUs (docs/benchmarks.md, "int8 on CPUs without VNNI").
+        # On x86 CPUs without VNNI the default u8 x s8 kernels saturate: the shipped
+        # int8 model read 77.6 % top-1 there against 85.7 % with VNNI.  This option
+        # makes onnxruntime use exact u8 x u8 kernels, but it is not free where it is
+        # not needed: on a VNNI CPU it took the shipped model from 6.7 to 11.8 ms for
+        # bit-identical outputs (docs/benchmarks.md, "int8 on CPUs without VNNI").
         # exact_int8=False: a model whose weights are on the 7-bit grid (exact on the fast kernels,
         # about a quarter faster there), or bench/recognizer_bench.py's baseline.
-        opts.add_session_config_entry("session.x64quantprecision", "1" if exact_int8 else "0")
+        self.exact_kernels = exact_int8 and int8_kernels_may_saturate()
+        opts.add_session_config_entry("session.x64quantprecision", "1" if self.exact_kernels else "0")
         try:
             self.session = ort.InferenceSession(
                 str(path), sess_options=opts, providers=["CPUExecutionProvider"]

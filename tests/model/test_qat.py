@@ -134,8 +134,9 @@ def test_seven_bit_int8_is_rounding_free_and_exact_on_the_fast_kernels(tmp_path:
         np.testing.assert_array_equal(a, b)
 
     # The premise, on the CPUs where it holds: the same network with 8-bit weights saturates them.
-    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    if " avx2" in flags and "vnni" not in flags:
+    from model.recognizer import cpu_flags, int8_kernels_may_saturate
+
+    if int8_kernels_may_saturate() and "avx2" in (cpu_flags() or ()):
         int8_8 = tmp_path / "tiny.int8-8bit.onnx"
         quantize_int8(fp32, int8_8, calib, weight_bits=8)
         fast8 = _session(int8_8, exact=False).run(None, {"image": x})[1]
@@ -144,18 +145,24 @@ def test_seven_bit_int8_is_rounding_free_and_exact_on_the_fast_kernels(tmp_path:
 
 
 def test_a_seven_bit_model_runs_on_the_fast_kernels(shipped_model: Path, tmp_path: Path) -> None:
-    """The int8 file's metadata says its weights are 7-bit; only then does the stall use the fast
-    kernels (an 8-bit file on them loses 8 points on CPUs without VNNI)."""
-    from model.recognizer import Recognizer
+    """The int8 file's metadata says its weights are 7-bit; then the stall uses the fast kernels
+    on every CPU.  An 8-bit file gets the exact ones wherever the fast ones saturate (it loses
+    8 points on them on CPUs without VNNI)."""
+    from model.recognizer import Recognizer, int8_kernels_may_saturate
 
     for f in shipped_model.parent.glob(shipped_model.stem + ".*"):
         shutil.copy(f, tmp_path / f.name)
     model = tmp_path / shipped_model.name
     entry = "session.x64quantprecision"
-    assert Recognizer.load(model).runner.session.get_session_options().get_session_config_entry(entry) == "1"
+    eight = Recognizer.load(model)
+    assert eight.meta.exact_int8 and eight.runner.exact_kernels is int8_kernels_may_saturate()
+    want = "1" if int8_kernels_may_saturate() else "0"
+    assert eight.runner.session.get_session_options().get_session_config_entry(entry) == want
     meta = json.loads(model.with_suffix(".json").read_text())
     model.with_suffix(".json").write_text(json.dumps({**meta, "int8": {"weight_bits": 7}}))
-    assert Recognizer.load(model).runner.session.get_session_options().get_session_config_entry(entry) == "0"
+    seven = Recognizer.load(model)
+    assert not seven.meta.exact_int8 and not seven.runner.exact_kernels
+    assert seven.runner.session.get_session_options().get_session_config_entry(entry) == "0"
 
 
 @pytest.mark.parametrize("argv, message", [

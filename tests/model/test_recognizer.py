@@ -264,14 +264,49 @@ def test_shipped_models_accuracy_on_the_val_photos(real_dataset: Path) -> None:
 
 
 
-def test_int8_runs_on_exact_kernels(shipped_model: Path) -> None:
+def test_int8_runs_on_exact_kernels_where_the_fast_ones_saturate(
+        shipped_model: Path, val_photos: list[tuple[Path, str]]) -> None:
     """On x86 CPUs without VNNI onnxruntime's default u8 x s8 kernels saturate and cost the shipped
-    int8 model 8 points of top-1 (the test above fails there without this option); with VNNI
-    the option changes nothing, so a VNNI machine cannot catch its loss by accuracy alone."""
-    from model.recognizer import ModelRunner
+    int8 model 8 points of top-1, so the stall asks for exact kernels there (the accuracy test
+    above fails without them).  With VNNI the exact kernels cost 1.8x the time for the same
+    outputs, so it does not ask there, and the fast kernels must then give exactly what the
+    exact ones give."""
+    import onnxruntime as ort
 
-    opts = ModelRunner(shipped_model, 224).session.get_session_options()
-    assert opts.get_session_config_entry("session.x64quantprecision") == "1"
+    from model.preprocess import preprocess, read_image
+    from model.recognizer import ModelRunner, int8_kernels_may_saturate
+
+    runner = ModelRunner(shipped_model, 224)
+    saturating = int8_kernels_may_saturate()
+    assert runner.exact_kernels is saturating
+    entry = runner.session.get_session_options().get_session_config_entry("session.x64quantprecision")
+    assert entry == ("1" if saturating else "0")
+    if not saturating:
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = 1
+        opts.add_session_config_entry("session.x64quantprecision", "1")
+        exact = ort.InferenceSession(str(shipped_model), sess_options=opts,
+                                     providers=["CPUExecutionProvider"])
+        for path, _ in val_photos[:8]:
+            x = preprocess(read_image(path, 224), 224, None)
+            for a, b in zip(runner.run(x), exact.run(["logits", "embedding"], {"image": x}), strict=True):
+                np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("machine, flags, saturates", [
+    ("x86_64", {"sse4_2", "avx2"}, True),             # AVX2 only: VPMADDUBSW clips at 16 bits
+    ("x86_64", {"avx2", "avx512f", "avx512_vnni"}, False),
+    ("x86_64", {"avx2", "avx_vnni"}, False),          # AVX-VNNI (Alder Lake and later)
+    ("x86_64", None, True),                           # flags unreadable: the safe side
+    ("AMD64", {"avx2"}, True),
+    ("aarch64", {"fp", "asimd", "asimddp"}, False),   # ARM's own dot products
+    ("arm64", None, False),
+])
+def test_which_cpus_need_the_exact_int8_kernels(machine: str, flags: set[str] | None,
+                                                saturates: bool) -> None:
+    from model.recognizer import int8_saturates_on
+
+    assert int8_saturates_on(machine, None if flags is None else frozenset(flags)) is saturates
 
 
 def test_refit_runs_in_the_background_and_is_cached_beside_the_gallery(
