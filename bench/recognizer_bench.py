@@ -71,7 +71,7 @@ def worker(model: Path, data: Path, ood_dir: Path, repeats: int, exact: bool) ->
 
     rec, load_ms = _open(model, exact)
     ds = load_dataset(data)
-    hit1, hit5, unk, known_p, ms = [], [], [], [], []
+    hit1, hit5, unk, known_m, ms = [], [], [], [], []
     for s in ds.val:
         r = rec.recognize(s.path)
         labels = [lab for lab, _ in r.top]
@@ -79,7 +79,7 @@ def worker(model: Path, data: Path, ood_dir: Path, repeats: int, exact: bool) ->
         hit1.append(labels[0] == truth)
         hit5.append(truth in labels)
         unk.append(r.unknown)
-        known_p.append(r.top[0][1])
+        known_m.append(rec.unknown_margin(r.top[0][1], r.embedding))
     for _ in range(repeats):
         for s in ds.val:
             t = time.perf_counter()
@@ -87,7 +87,9 @@ def worker(model: Path, data: Path, ood_dir: Path, repeats: int, exact: bool) ->
             ms.append((time.perf_counter() - t) * 1000)
     ood = sorted(ood_dir.glob("*.jpg"))
     ood_res = [rec.recognize(p) for p in ood]
-    ood_p = np.array([r.top[0][1] for r in ood_res])
+    # AUROC of the score the flag thresholds (the top probability, plus the nearest exemplar where
+    # the model's metadata says so)
+    ood_m = np.array([rec.unknown_margin(r.top[0][1], r.embedding) for r in ood_res])
     return {
         "model": _label(model, exact),
         "cpu_int8_may_saturate": int8_kernels_may_saturate(),
@@ -101,7 +103,8 @@ def worker(model: Path, data: Path, ood_dir: Path, repeats: int, exact: bool) ->
         "val_flagged_unknown": round(float(np.mean(unk)), 4),
         "ood_n": len(ood),
         "ood_flagged_unknown": round(float(np.mean([r.unknown for r in ood_res])), 4),
-        "ood_auroc": round(_auroc(-ood_p, -np.array(known_p)), 4),
+        "ood_auroc": round(_auroc(-ood_m, -np.array(known_m)), 4),
+        "unknown_score": "probability+nearest" if rec.meta.unknown_flag else "probability",
         "latency_ms_p50": round(float(np.median(ms)), 2),
         "latency_ms_p90": round(float(np.quantile(ms, 0.9)), 2),
         "latency_n": len(ms),

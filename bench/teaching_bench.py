@@ -10,7 +10,9 @@ measures, with 10 draws of the 5 consecutive photos per item:
 - the earlier gallery scoring, for comparison (its gain and bias chosen on the
   group itself, which flatters it);
 - how often taught and catalogue photos are flagged unknown with the
-  threshold calibrated before teaching (the exported one), how often the
+  threshold calibrated before teaching (the exported one), by the top
+  probability alone and by the stall's flag (``model.unknown``: plus the
+  nearest exemplar or taught photo), how often the
   held-out items were flagged before they were taught, and, with only half of
   a group taught, how often its other half (items the stall was never taught)
   is flagged; the refit head's temperature factor is chosen on the other
@@ -83,20 +85,25 @@ def main() -> int:
           f"{cg['catalogue_top1_without_teaching']:7.1%} -> {cg['gallery_scoring_catalogue_top1']:5.1%}")
     scale, bias = cg["setting_on_all_groups"]
     print(f"scale and bias chosen on all groups (the ones to ship): {scale:.0f}, {bias:.2f}")
-    print("flagged unknown (threshold calibrated before teaching, as exported; refit head's temperature "
-          "x the factor chosen on the other groups):")
-    print(f"{'group':22s} {'factor':>6s} {'held-out, untaught':>19s} {'taught':>7s} {'catalogue':>16s} "
-          f"{'never taught (half the group taught)':>37s}")
-    for name, r in zip([*names, "all groups"], [*cg["groups"], cg], strict=True):
-        factor = f"{r['temperature_factor']:6.2f}" if "temperature_factor" in r else f"{'':6s}"
-        print(f"{name:22s} {factor} {r['held_out_flagged_without_teaching']:19.1%} "
-              f"{r['taught_flagged']:7.1%} "
-              f"{r['catalogue_flagged_without_teaching']:7.1%} -> {r['catalogue_flagged']:5.1%} "
-              f"{r['untaught_flagged']:37.1%}")
-    print(f"with factor 1 (no softening): catalogue flagged {cg['catalogue_flagged_factor_1']:.1%}, "
+    flags = (("", "the top probability (the earlier flag)"),
+             ("nearest_", "the top probability + nearest exemplar or taught photo (the stall's flag)"))
+    for pre, what in flags:
+        print(f"flagged unknown by {what}, calibrated before teaching as exported; the refit head's "
+              "temperature x the factor chosen on the other groups:")
+        print(f"{'group':22s} {'factor':>6s} {'held-out, untaught':>19s} {'taught':>7s} {'catalogue':>16s} "
+              f"{'never taught (half the group taught)':>37s}")
+        for name, r in zip([*names, "all groups"], [*cg["groups"], cg], strict=True):
+            key = pre + "temperature_factor"
+            factor = f"{r[key]:6.2f}" if key in r else f"{'':6s}"
+            before, after = r[pre + "catalogue_flagged_without_teaching"], r[pre + "catalogue_flagged"]
+            print(f"{name:22s} {factor} {r[pre + 'held_out_flagged_without_teaching']:19.1%} "
+                  f"{r[pre + 'taught_flagged']:7.1%} {before:7.1%} -> {after:5.1%} "
+                  f"{r[pre + 'untaught_flagged']:37.1%}")
+        factor_all = cg[pre + "temperature_factor_on_all_groups"]
+        print(f"temperature factor chosen on all groups (the one to ship): {factor_all}")
+    print(f"top probability, factor 1 (no softening): catalogue flagged "
+          f"{cg['catalogue_flagged_factor_1']:.1%}, "
           f"never-taught items flagged {cg['untaught_flagged_factor_1']:.1%}")
-    print("temperature factor chosen on all groups (the one to ship): "
-          f"{cg['temperature_factor_on_all_groups']}")
     secs = refit_seconds(load_kept(paths[0]))
     print(f"one refit (40 labels x {EXEMPLARS_PER_LABEL} exemplars + 10 items x 5 photos x 4 views): "
           f"{secs * 1000:.0f} ms")

@@ -10,14 +10,15 @@ Each score is measured by its AUROC and by the share of unknown photos it
 flags at the threshold that flags 8 % of known photos (as the exported model
 is calibrated).  The scores:
 
-- ``max-prob``: the top calibrated probability (what the stall uses);
+- ``max-prob``: the top calibrated probability (what the stall used until 2026-12-01);
 - ``max-cosine``: the top cosine to the classifier's prototypes;
 - ``energy``: the temperature-scaled log-sum-exp of the logits;
 - ``knn-all-k``: the cosine to the k-th nearest train photo of a known class;
 - ``knn-exemplars-k``: the same over the 20 exemplars per label the model ships;
 - ``centroid``: the top cosine to the mean train embedding of each class;
 - ``mahalanobis``: the nearest class mean under a shared, shrunk covariance;
-- ``max-prob+knn-exemplars-1``: the sum of both, each standardised on known photos.
+- ``max-prob+knn-exemplars-1``: the sum of both, each standardised on known photos
+  (``model.unknown.UnknownFlag``, what the stall uses now).
 
     .venv/bin/python bench/unknown_scores_bench.py runs/distill/ho*/held-out-group-*.npz
 """
@@ -38,7 +39,8 @@ sys.path.insert(0, str(ROOT))
 from model.metrics import auroc  # noqa: E402
 from model.refit import exemplar_rows, unit  # noqa: E402
 from model.teaching import HELD_OUT_RUNS, held_out_runs, load_kept  # noqa: E402
-from model.train import UNKNOWN_QUANTILE, _softmax_rows, calibrate  # noqa: E402
+from model.train import _softmax_rows, calibrate  # noqa: E402
+from model.unknown import UNKNOWN_QUANTILE, UnknownFlag  # noqa: E402
 
 Scores = dict[str, tuple[np.ndarray, np.ndarray]]  # name -> (known photos, unknown photos); high = known
 
@@ -86,13 +88,9 @@ def group_scores(kept: dict[str, np.ndarray]) -> Scores:
 
     s["mahalanobis"] = both(mahalanobis)
 
-    def standardised(name: str) -> tuple[np.ndarray, np.ndarray]:
-        k, u = s[name]
-        spread = float(k.std()) or 1.0  # every known photo scoring alike (a toy set): no scaling
-        return (k - k.mean()) / spread, (u - k.mean()) / spread
-
-    (ak, au), (bk, bu) = standardised("max-prob"), standardised("knn-exemplars-1")
-    s["max-prob+knn-exemplars-1"] = (ak + bk, au + bu)
+    (pk, pu), (nk, nu) = s["max-prob"], s["knn-exemplars-1"]
+    flag = UnknownFlag.fit(pk, nk)  # the stall's flag (model.unknown)
+    s["max-prob+knn-exemplars-1"] = (flag.score(pk, nk), flag.score(pu, nu))
     return s
 
 

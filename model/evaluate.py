@@ -52,7 +52,7 @@ def evaluate(
     missing = [c for c in ds.classes if c not in name_to_idx]
     if missing:
         logger.warning("labels absent from the model: %s", ", ".join(missing))
-    y, pred, top1p, hit1, hit5, ms = [], [], [], [], [], []
+    y, pred, flags, hit1, hit5, ms = [], [], [], [], [], []
     for s in samples:
         r = rec.recognize(s.path)
         truth = ds.classes[s.label]
@@ -61,9 +61,10 @@ def evaluate(
         pred.append(name_to_idx.get(labels[0], -1))
         hit1.append(labels[0] == truth)
         hit5.append(truth in labels[:5])
-        top1p.append((r.top[0][1], r.unknown))
+        # the score the unknown flag thresholds, for the AUROC
+        flags.append((rec.unknown_margin(r.top[0][1], r.embedding), r.unknown))
         ms.append(r.ms)
-    known_scores = np.array([p for p, _ in top1p])
+    known_scores = np.array([p for p, _ in flags])
     report: dict[str, Any] = {
         "model": str(rec.runner.path),
         "data": str(data),
@@ -71,8 +72,8 @@ def evaluate(
         "n": len(samples),
         "top1": float(np.mean(hit1)),
         "top5": float(np.mean(hit5)),
-        "unknown_rate": float(np.mean([u for _, u in top1p])),
-        "top1_of_confident": float(np.mean([float(h) for h, (_, u) in zip(hit1, top1p, strict=True)
+        "unknown_rate": float(np.mean([u for _, u in flags])),
+        "top1_of_confident": float(np.mean([float(h) for h, (_, u) in zip(hit1, flags, strict=True)
                                             if not u] or [0.0])),
         "ms_p50": float(np.median(ms)),
         "ms_p90": float(np.quantile(ms, 0.9)),
@@ -81,7 +82,7 @@ def evaluate(
     if ood_dir is not None:
         paths = sorted(p for p in Path(ood_dir).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
         res = [rec.recognize(p) for p in paths]
-        ood_scores = np.array([r.top[0][1] for r in res])
+        ood_scores = np.array([rec.unknown_margin(r.top[0][1], r.embedding) for r in res])
         ood_rate = float(np.mean([r.unknown for r in res])) if res else float("nan")
         ood_auc = _auroc(-ood_scores, -known_scores)
         report |= {"ood_dir": str(ood_dir), "ood_n": len(res), "ood_unknown_rate": ood_rate,

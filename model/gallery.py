@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from model import GalleryError
+from model.unknown import nearest_cosine
 
 logger = logging.getLogger(__name__)
 
@@ -100,6 +101,11 @@ class Gallery:
                 m = labels == lab
                 out[lab] = float(label_similarity(sims[:, m], q, self._emb[m], k)[0])
             return out
+
+    def nearest(self, emb: np.ndarray) -> float:
+        """The cosine of unit ``emb`` to the nearest taught photo; -1 with nothing taught."""
+        with self._lock:
+            return float(nearest_cosine(np.asarray(emb, np.float32), self._emb)[0])
 
     def add_listener(self, fn: Callable[[], None]) -> None:
         """Call ``fn`` (on the changing thread, outside the gallery's lock) after every change."""

@@ -41,7 +41,8 @@ from model.preprocess import (
     tta_views,
     validate_roi,
 )
-from model.refit import REFIT_EPOCHS, REFIT_LR, REFIT_SCALE, Exemplars, TaughtHead, build_head
+from model.refit import REFIT_EPOCHS, REFIT_LR, REFIT_SCALE, Exemplars, TaughtHead, build_head, unit
+from model.unknown import UnknownFlag, nearest_cosine
 
 logger = logging.getLogger(__name__)
 
@@ -93,6 +94,8 @@ class ModelMeta:
     # teaching by refitting the classifier: {"exemplars": file, "bias": cosine}; None: gallery scoring
     teach: dict[str, Any] | None
     raw: dict[str, Any]
+    # the top probability + nearest exemplar flag (model.unknown); None: the probability alone
+    unknown_flag: UnknownFlag | None = None
 
     @property
     def exact_int8(self) -> bool:
@@ -123,6 +126,8 @@ class ModelMeta:
                         "temperature_factor": float(raw["teach"].get("temperature_factor", 1.0))}
                        if "teach" in raw else None),
                 raw=raw,
+                unknown_flag=(UnknownFlag.from_json(raw["unknown"]["nearest_exemplar"])
+                              if "nearest_exemplar" in raw["unknown"] else None),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ModelFileError(f"{path}: model metadata lacks or garbles {exc}") from exc
@@ -253,6 +258,9 @@ class Recognizer:
         self.top_k = top_k
         self.roi: Roi | None = None
         self.exemplars = exemplars
+        # what the unknown flag measures the nearness to: the catalogue's exemplars and the taught photos
+        self._near_bank = (unit(exemplars.embeddings) if exemplars is not None and meta.unknown_flag
+                           else None)
         self._head: tuple[int, TaughtHead] | None = None
         self._head_lock = threading.Lock()
         self._kick = threading.Event()
@@ -412,9 +420,19 @@ class Recognizer:
         k = max(1, min(top_k or self.top_k, len(labels)))
         order = np.argsort(-p)[:k]
         top = [(labels[i], float(p[i])) for i in order]
-        unknown = top[0][1] < self.meta.unknown_threshold
+        unknown = self.unknown_margin(top[0][1], emb) < 0
         ms = (time.perf_counter() - t0) * 1000
         return Recognition(top=top, unknown=bool(unknown), ms=ms, embedding=emb.astype(np.float32))
+
+    def unknown_margin(self, prob: float, emb: np.ndarray) -> float:
+        """How far above the unknown threshold a photo scores (below 0: unknown), from its top
+        probability ``prob`` and its embedding."""
+        flag = self.meta.unknown_flag
+        if flag is None or self._near_bank is None:
+            return prob - self.meta.unknown_threshold
+        q = unit(np.asarray(emb, np.float32).reshape(-1))
+        near = max(float(nearest_cosine(q, self._near_bank)[0]), self.gallery.nearest(q))
+        return float(flag.score(prob, near) - flag.threshold)
 
     # -- teaching --------------------------------------------------------------
     def teach(self, label: str, image: np.ndarray | str | Path, save: bool = True) -> None:

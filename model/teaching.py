@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from model.refit import Exemplars, build_head, exemplar_rows, unit
+from model.unknown import UnknownFlag, nearest_cosine
 
 logger = logging.getLogger(__name__)
 
@@ -57,8 +58,15 @@ def teach_group(kept: dict[str, np.ndarray], shots: int = 5, draws: int = 10, se
     # the unknown flag as the export calibrates it (on the catalogue's val photos, before any
     # teaching) and as the stall applies it to the refit head (same scale / temperature)
     temp, thr = calibrate(cat[~new], yq[~new])
-    flag0 = _softmax_rows(cat, temp).max(1) < thr
+    p0 = _softmax_rows(cat, temp).max(1)
+    flag0 = p0 < thr
     ex_i = exemplar_rows(trl, keep)  # the catalogue exemplars a model ships
+    # the flag that adds the nearest exemplar (model.unknown), fitted as the export fits it; once
+    # items are taught, their photos' views join the exemplars, as in Recognizer.unknown_margin
+    eva_u = unit(eva)
+    near0 = nearest_cosine(eva_u, unit(etr[ex_i]))
+    nflag = UnknownFlag.fit(p0[~new], near0[~new])
+    nflag0 = nflag.unknown(p0, near0)
     ex = Exemplars(protos, etr[ex_i], remap[trl[ex_i]], "held-out")
     catalogue = [f"c{i}" for i in range(nk)]
     rng = np.random.default_rng(seed)
@@ -69,6 +77,8 @@ def teach_group(kept: dict[str, np.ndarray], shots: int = 5, draws: int = 10, se
     # the group taught: the other half (items the stall was never taught), catalogue
     flagged = np.zeros((len(settings), nf, 2))
     flagged_half = np.zeros((len(settings), nf, 2))
+    nflagged = np.zeros((len(settings), nf, 2))  # the same with the nearest-exemplar flag
+    nflagged_half = np.zeros((len(settings), nf, 2))
     gal_grid: dict[tuple[float, float], np.ndarray] = {
         (g, b): np.zeros(2) for g in GALLERY_GAINS for b in GALLERY_BIASES}
     half = set(range(0, len(out), 2))
@@ -84,6 +94,8 @@ def teach_group(kept: dict[str, np.ndarray], shots: int = 5, draws: int = 10, se
         t = np.concatenate(taught)
         tl = np.array(taught_lab)
         in_half = np.isin(tl, [f"t{j}" for j in sorted(half)])
+        near = np.maximum(near0, nearest_cosine(eva_u, unit(t)))
+        near_h = np.maximum(near0, nearest_cosine(eva_u, unit(t[in_half])))
         for i, sc in enumerate(scales):
             z = _taught_logits(catalogue, ex, t, taught_lab, sc, eva)
             zh = _taught_logits(catalogue, ex, t[in_half], list(tl[in_half]), sc, eva)
@@ -97,19 +109,22 @@ def teach_group(kept: dict[str, np.ndarray], shots: int = 5, draws: int = 10, se
                 zzh = zh.copy()
                 zzh[:, nk:] += sc * b
                 for f, factor in enumerate(TEMPERATURE_FACTORS):
-                    unk = _softmax_rows(zz, t_refit * factor).max(1) < thr
-                    flagged[kk, f] += (unk[new].mean(), unk[~new].mean())
-                    unk = _softmax_rows(zzh, t_refit * factor).max(1) < thr
-                    # a group of one class has no untaught half (it then weighs nothing when pooled)
-                    flagged_half[kk, f] += (unk[untaught].mean() if untaught.any() else 0.0, unk[~new].mean())
+                    p = _softmax_rows(zz, t_refit * factor).max(1)
+                    ph = _softmax_rows(zzh, t_refit * factor).max(1)
+                    for acc, acc_h, unk, uh in ((flagged, flagged_half, p < thr, ph < thr),
+                                                (nflagged, nflagged_half, nflag.unknown(p, near),
+                                                 nflag.unknown(ph, near_h))):
+                        acc[kk, f] += (unk[new].mean(), unk[~new].mean())
+                        # a group of one class has no untaught half (it then weighs nothing when pooled)
+                        acc_h[kk, f] += (uh[untaught].mean() if untaught.any() else 0.0, uh[~new].mean())
         # the earlier scoring: cosine to the mean of each item's taught views, gain and bias
         sims = eva @ np.stack([unit(t[tl == f"t{j}"].mean(0)) for j in range(len(out))]).T
         for (g, b), acc in gal_grid.items():
             hit = np.concatenate([cat, scale * (g * sims + b)], 1).argmax(1) == yq
             acc += (hit[new].mean(), hit[~new].mean())
     refit /= draws
-    flagged /= draws
-    flagged_half /= draws
+    for a in (flagged, flagged_half, nflagged, nflagged_half):
+        a /= draws
     gal = {k: (float(v[0] / draws), float(v[1] / draws)) for k, v in gal_grid.items()}
     best = choose_gallery_setting(gal, base)
     return {
@@ -118,14 +133,22 @@ def teach_group(kept: dict[str, np.ndarray], shots: int = 5, draws: int = 10, se
         "unknown": {"temperature": temp, "threshold": thr,
                     "catalogue_flagged_without_teaching": float(flag0[~new].mean()),
                     "held_out_flagged_without_teaching": float(flag0[new].mean()),
-                    "temperature_factors": list(TEMPERATURE_FACTORS)},
+                    "temperature_factors": list(TEMPERATURE_FACTORS),
+                    "nearest": {"flag": nflag.to_json(),
+                                "catalogue_flagged_without_teaching": float(nflag0[~new].mean()),
+                                "held_out_flagged_without_teaching": float(nflag0[new].mean())}},
         "refit": {"settings": [list(x) for x in settings], "taught_top1": refit[:, 0].tolist(),
                   "catalogue_top1": refit[:, 1].tolist(),
                   # [setting][temperature factor]
                   "taught_flagged": flagged[..., 0].tolist(), "catalogue_flagged": flagged[..., 1].tolist(),
                   "half_taught": {"untaught_photos": int(untaught.sum()),
                                   "untaught_flagged": flagged_half[..., 0].tolist(),
-                                  "catalogue_flagged": flagged_half[..., 1].tolist()}},
+                                  "catalogue_flagged": flagged_half[..., 1].tolist()},
+                  "nearest": {"taught_flagged": nflagged[..., 0].tolist(),
+                              "catalogue_flagged": nflagged[..., 1].tolist(),
+                              "half_taught": {"untaught_photos": int(untaught.sum()),
+                                              "untaught_flagged": nflagged_half[..., 0].tolist(),
+                                              "catalogue_flagged": nflagged_half[..., 1].tolist()}}},
         "gallery_scoring": {"gain": best[0], "bias": best[1], "taught_top1": gal[best][0],
                             "catalogue_top1": gal[best][1]},
     }
@@ -166,15 +189,25 @@ def choose_setting(groups: list[dict[str, Any]], cost: float = 0.10) -> int:
     return int(fair[np.argmax(taught[fair])]) if len(fair) else 0
 
 
-def choose_factor(groups: list[dict[str, Any]], k: int, produce: float = 0.10) -> int:
+# The unknown flags measured: the top probability alone, and with the nearest exemplar (model.unknown).
+FLAGS = ("probability", "nearest")
+
+
+def _flags(g: dict[str, Any], flag: str) -> dict[str, Any]:
+    """A group's flagged-unknown figures after teaching, for ``flag`` (one of ``FLAGS``)."""
+    return g["refit"] if flag == "probability" else g["refit"]["nearest"]
+
+
+def choose_factor(groups: list[dict[str, Any]], k: int, produce: float = 0.10,
+                  flag: str = "probability") -> int:
     """Index of the temperature factor for refit setting ``k`` that flags the most items the stall
-    was never taught while at most ``produce`` of real produce (taught and catalogue) is flagged,
-    over ``groups``; the first factor if none keeps to that."""
+    was never taught while at most ``produce`` of real produce (taught and catalogue) is flagged
+    by ``flag``, over ``groups``; the first factor if none keeps to that."""
     n_t, n_c = sum(map(_n_taught, groups)), sum(map(_n_catalogue, groups))
-    flagged = (_pooled(groups, lambda g: g["refit"]["taught_flagged"][k], _n_taught) * n_t
-               + _pooled(groups, lambda g: g["refit"]["catalogue_flagged"][k], _n_catalogue) * n_c
+    flagged = (_pooled(groups, lambda g: _flags(g, flag)["taught_flagged"][k], _n_taught) * n_t
+               + _pooled(groups, lambda g: _flags(g, flag)["catalogue_flagged"][k], _n_catalogue) * n_c
                ) / (n_t + n_c)
-    untaught = _pooled(groups, lambda g: g["refit"]["half_taught"]["untaught_flagged"][k],
+    untaught = _pooled(groups, lambda g: _flags(g, flag)["half_taught"]["untaught_flagged"][k],
                        lambda g: g["refit"]["half_taught"]["untaught_photos"])
     fair = np.where(flagged <= produce + 1e-9)[0]
     return int(fair[np.argmax(untaught[fair])]) if len(fair) else 0
@@ -206,6 +239,15 @@ def cross_group(groups: list[dict[str, Any]]) -> dict[str, Any]:
                      "gallery_scoring_catalogue_top1": g["gallery_scoring"]["catalogue_top1"],
                      "taught_val_photos": g["taught_val_photos"],
                      "catalogue_val_photos": g["catalogue_val_photos"]})
+        # the nearest-exemplar flag, its temperature factor chosen likewise on the other groups
+        fn = choose_factor(others, k, flag="nearest")
+        nr, nu = g["refit"]["nearest"], g["unknown"]["nearest"]
+        rows[-1] |= {"nearest_temperature_factor": g["unknown"]["temperature_factors"][fn],
+                     "nearest_taught_flagged": nr["taught_flagged"][k][fn],
+                     "nearest_catalogue_flagged": nr["catalogue_flagged"][k][fn],
+                     "nearest_untaught_flagged": nr["half_taught"]["untaught_flagged"][k][fn],
+                     "nearest_catalogue_flagged_without_teaching": nu["catalogue_flagged_without_teaching"],
+                     "nearest_held_out_flagged_without_teaching": nu["held_out_flagged_without_teaching"]}
     k_all = choose_setting(groups)
 
     def mean(key: str, n: str) -> float:
@@ -227,6 +269,15 @@ def cross_group(groups: list[dict[str, Any]]) -> dict[str, Any]:
             "gallery_scoring_taught_top1": mean("gallery_scoring_taught_top1", "taught_val_photos"),
             "gallery_scoring_catalogue_top1": mean("gallery_scoring_catalogue_top1",
                                                    "catalogue_val_photos"),
+            "nearest_taught_flagged": mean("nearest_taught_flagged", "taught_val_photos"),
+            "nearest_catalogue_flagged": mean("nearest_catalogue_flagged", "catalogue_val_photos"),
+            "nearest_untaught_flagged": mean("nearest_untaught_flagged", "untaught_photos"),
+            "nearest_catalogue_flagged_without_teaching": mean("nearest_catalogue_flagged_without_teaching",
+                                                               "catalogue_val_photos"),
+            "nearest_held_out_flagged_without_teaching": mean("nearest_held_out_flagged_without_teaching",
+                                                              "taught_val_photos"),
+            "nearest_temperature_factor_on_all_groups":
+                groups[0]["unknown"]["temperature_factors"][choose_factor(groups, k_all, flag="nearest")],
             "setting_on_all_groups": groups[0]["refit"]["settings"][k_all],
             "temperature_factor_on_all_groups":
                 groups[0]["unknown"]["temperature_factors"][choose_factor(groups, k_all)]}

@@ -31,6 +31,7 @@ from model.distill import DEFAULT_TEACHERS
 from model.head import HeadConfig, fit_temperature, head_logits, train_head
 from model.metrics import auroc as _auroc
 from model.metrics import topk_accuracy
+from model.unknown import UNKNOWN_QUANTILE, UnknownFlag, nearest_cosine
 
 logger = logging.getLogger(__name__)
 
@@ -288,7 +289,6 @@ def held_out_classes(f: dict[str, np.ndarray], classes: list[str], cfg: HeadConf
 
 # 8 % of real produce may be flagged: under the 10 % the stall can live with,
 # with room for the difference between calibration photos and the stall's.
-UNKNOWN_QUANTILE = 0.08
 
 
 def calibrate(logits: np.ndarray, y: np.ndarray) -> tuple[float, float]:
@@ -600,19 +600,25 @@ def render_markdown(r: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _val_outputs(model: Path, ds: Dataset, size: int, meta: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """(logits, embeddings) of ``model`` itself on the val photos, as the stall computes them."""
+    from model.preprocess import preprocess, read_image
+    from model.recognizer import ModelRunner, int8_needs_exact_kernels
+
+    runner = ModelRunner(model, size, exact_int8=int8_needs_exact_kernels(meta))
+    out = [runner.run(preprocess(read_image(s.path, size), size)) for s in ds.val]
+    return np.stack([lo[0] for lo, _ in out]), np.stack([e[0] for _, e in out])
+
+
 def _recalibrated(meta: dict[str, Any], model: Path, ds: Dataset, size: int) -> dict[str, Any]:
     """``meta`` with the temperature, unknown threshold and val figures of ``model`` itself.
 
     Quantisation moves the logits a little: a threshold fitted on the float
     model flagged 11 % of val produce on the int8 one instead of 8 %.
     """
-    from model.preprocess import preprocess, read_image
-    from model.recognizer import ModelRunner, int8_needs_exact_kernels
-
     if not ds.val:
         return meta
-    runner = ModelRunner(model, size, exact_int8=int8_needs_exact_kernels(meta))
-    logits = np.stack([runner.run(preprocess(read_image(s.path, size), size))[0][0] for s in ds.val])
+    logits, _ = _val_outputs(model, ds, size, meta)
     y = np.array([s.label for s in ds.val])
     temperature, threshold = calibrate(logits, y)
     acc = topk_accuracy(logits, y)
@@ -621,6 +627,22 @@ def _recalibrated(meta: dict[str, Any], model: Path, ds: Dataset, size: int) -> 
     return {**meta, "temperature": temperature,
             "unknown": {**meta.get("unknown", {}), "threshold": threshold},
             "metrics": {**meta.get("metrics", {}), "val_top1": acc[1], "val_top5": acc[5]}}
+
+
+def with_unknown_flag(meta: dict[str, Any], model: Path, ds: Dataset, size: int) -> dict[str, Any]:
+    """``meta`` with the unknown flag of ``model.unknown`` (top probability + nearest exemplar),
+    fitted on ``model``'s own val outputs; ``meta`` must name its exemplars (``teach``)."""
+    from model.refit import Exemplars, unit
+
+    if not ds.val or "teach" not in meta:
+        return meta
+    ex = Exemplars.read(model.with_name(str(meta["teach"]["exemplars"])), len(meta["labels"]),
+                        int(meta["embedding_dim"]), str(meta["embedding_space"]))
+    logits, emb = _val_outputs(model, ds, size, meta)
+    flag = UnknownFlag.fit(_softmax_rows(logits, float(meta["temperature"])).max(1),
+                           nearest_cosine(unit(emb), unit(ex.embeddings)))
+    logger.info("%s: unknown flag %s", model.name, flag)
+    return {**meta, "unknown": {**meta.get("unknown", {}), "nearest_exemplar": flag.to_json()}}
 
 
 def export_checkpoint(checkpoint: Path, out: Path, int8: bool = False,
@@ -653,6 +675,7 @@ def export_checkpoint(checkpoint: Path, out: Path, int8: bool = False,
     space = str(meta["embedding_space"])
     if ds is not None:
         meta = {**meta, "teach": write_exemplars(out, ds, state["size"], space, protos)}
+        meta = with_unknown_flag(meta, out, ds, state["size"])
         written.append(out.with_name(out.stem + ".exemplars.npz"))
     write_metadata(out.with_suffix(".json"), meta, out)
     if int8 and ds is not None:
@@ -664,6 +687,7 @@ def export_checkpoint(checkpoint: Path, out: Path, int8: bool = False,
         int8_meta = {"weight_bits": bits, "depthwise_weight_bits": 8}
         qmeta = {**_recalibrated({**meta, "int8": int8_meta}, q, ds, state["size"]),
                  "teach": write_exemplars(q, ds, state["size"], space, protos)}
+        qmeta = with_unknown_flag(qmeta, q, ds, state["size"])
         write_metadata(q.with_suffix(".json"), qmeta, q)
         written += [q, q.with_suffix(".json"), q.with_name(q.stem + ".exemplars.npz")]
     return written

@@ -348,3 +348,49 @@ def test_refit_runs_in_the_background_and_is_cached_beside_the_gallery(
     third = Recognizer.load(shipped_model, gallery_dir=folder, background_refit=False)
     assert third.taught_head() is not None
     assert "unreadable refit cache" in caplog.text and "classifier refit" in caplog.text
+
+
+def test_the_unknown_flag_adds_the_nearest_exemplar(shipped_model: Path, val_photos: list[tuple[Path, str]],
+                                                    tmp_path: Path) -> None:
+    """The shipped files flag by the top probability plus the nearest exemplar (model.unknown): a
+    synthetic packaged good is far from every exemplar and flagged; once taught, its own photo is
+    the nearest and it scores higher."""
+    from model.ood import write_packaged_goods
+
+    rec = Recognizer.load(shipped_model, gallery_dir=tmp_path / "g", background_refit=False)
+    assert rec.meta.unknown_flag is not None
+    box = write_packaged_goods(tmp_path / "ood", n=3, seed=11)
+    before = []
+    for p in box:
+        r = rec.recognize(p)
+        margin = rec.unknown_margin(r.top[0][1], r.embedding)
+        assert r.unknown and margin < 0
+        before.append(margin)
+    rec.teach("Juice-Carton", box[0])
+    r = rec.recognize(box[0])
+    assert r.top[0][0] == "Juice-Carton"
+    assert rec.unknown_margin(r.top[0][1], r.embedding) > before[0]
+    # produce stays known as often as calibrated: at most 2 of these 12 val photos flagged
+    assert sum(rec.recognize(p).unknown for p, _ in val_photos[:12]) <= 2
+
+
+def test_without_the_nearest_exemplar_section_the_probability_alone_flags(
+        shipped_model: Path, val_photos: list[tuple[Path, str]], tmp_path: Path) -> None:
+    for f in shipped_model.parent.glob(shipped_model.stem + ".*"):
+        shutil.copy(f, tmp_path / f.name)
+    model = tmp_path / shipped_model.name
+    meta = json.loads(model.with_suffix(".json").read_text())
+    old = {**meta, "unknown": {k: v for k, v in meta["unknown"].items() if k != "nearest_exemplar"}}
+    model.with_suffix(".json").write_text(json.dumps(old))
+    rec = Recognizer.load(model)
+    assert rec.meta.unknown_flag is None
+    for path, _ in val_photos[:6]:
+        r = rec.recognize(path)
+        assert r.unknown == (r.top[0][1] < rec.meta.unknown_threshold)
+        assert rec.unknown_margin(r.top[0][1], r.embedding) == pytest.approx(
+            r.top[0][1] - rec.meta.unknown_threshold)
+    flat = {**meta["unknown"]["nearest_exemplar"], "near_std": 0}
+    garbled = {**meta, "unknown": {**meta["unknown"], "nearest_exemplar": flat}}
+    model.with_suffix(".json").write_text(json.dumps(garbled))
+    with pytest.raises(ModelFileError, match=f"{model.stem}.json"):
+        Recognizer.load(model)

@@ -126,7 +126,14 @@ def test_teaching_figures_and_the_cross_group_bias() -> None:
         for i in range(len(scales)):  # per scale, a bias favours taught items and makes them surer
             assert r["taught_top1"][i * nb + nb - 1] >= r["taught_top1"][i * nb]
             assert flags[0][i * nb + nb - 1, 0] <= flags[0][i * nb, 0]
+        near, half_n = r["nearest"], r["nearest"]["half_taught"]
+        for a in (near["taught_flagged"], near["catalogue_flagged"], half_n["untaught_flagged"],
+                  half_n["catalogue_flagged"]):
+            a = np.array(a)
+            assert a.shape == (len(scales) * nb, nf) and np.all((a >= 0) & (a <= 1))
+            assert np.all(np.diff(a, axis=1) >= -1e-12)  # a softer temperature lowers the probability
         u = g["unknown"]
+        assert u["nearest"]["catalogue_flagged_without_teaching"] <= 0.15
         assert u["temperature"] > 0 and 0 < u["threshold"] <= 1
         assert u["catalogue_flagged_without_teaching"] <= 0.15
         assert u["temperature_factors"] == list(TEMPERATURE_FACTORS)
@@ -150,6 +157,17 @@ def test_teaching_figures_and_the_cross_group_bias() -> None:
         produce = sum(g["refit"]["taught_flagged"][k][f] * g["taught_val_photos"]
                       + g["refit"]["catalogue_flagged"][k][f] * g["catalogue_val_photos"] for g in others)
         assert produce / (n_t + n_c) <= 0.10 + 1e-9 or f == 0
+        # the nearest-exemplar flag's factor, chosen alike on its own figures
+        fn = TEMPERATURE_FACTORS.index(row["nearest_temperature_factor"])
+        assert row["nearest_untaught_flagged"] == groups[i]["refit"]["nearest"]["half_taught"][
+            "untaught_flagged"][k][fn]
+        produce = sum(g["refit"]["nearest"]["taught_flagged"][k][fn] * g["taught_val_photos"]
+                      + g["refit"]["nearest"]["catalogue_flagged"][k][fn] * g["catalogue_val_photos"]
+                      for g in others)
+        assert produce / (n_t + n_c) <= 0.10 + 1e-9 or fn == 0
     scale, bias = cg["setting_on_all_groups"]
     assert scale in scales and bias in REFIT_BIASES
     assert cg["temperature_factor_on_all_groups"] in TEMPERATURE_FACTORS
+    assert cg["nearest_temperature_factor_on_all_groups"] in TEMPERATURE_FACTORS
+    assert 0 <= cg["nearest_untaught_flagged"] <= 1
+    assert 0 <= cg["nearest_held_out_flagged_without_teaching"] <= 1

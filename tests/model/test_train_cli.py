@@ -147,6 +147,9 @@ def test_distillation_on_a_tiny_slice(dataset_root: Path, tmp_path: Path) -> Non
     assert len(r.top) == 3 and r.top[0][0] in meta["labels"]
     # the export ships catalogue exemplars, and teaching refits the classifier with them
     assert meta["teach"]["exemplars"] == "d.exemplars.npz" and rec.exemplars is not None
+    # and the unknown flag that adds the nearest exemplar, fitted on this file's own val outputs
+    flag = meta["unknown"]["nearest_exemplar"]
+    assert flag["prob_std"] > 0 and flag["near_std"] > 0 and rec.meta.unknown_flag is not None
     rec.teach("Dragon-Fruit", photo, save=False)
     assert rec.recognize(photo).top[0][0] == "Dragon-Fruit"
 

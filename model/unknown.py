@@ -1,0 +1,71 @@
+"""The unknown flag: how sure the classifier is, and how near the photo lies to any known photo.
+
+The top calibrated probability alone names a never-seen look-alike with
+confidence when it sits between two catalogue labels' prototypes; the
+nearest shipped exemplar (or taught photo) alone misses items close to one
+photo of a session.  Each score is standardised on the catalogue's val photos
+and the two are added; the threshold flags ``UNKNOWN_QUANTILE`` of those
+photos, as the probability's threshold did.  Measured on classes held out of
+training (``bench/unknown_scores_bench.py``, ``bench/teaching_bench.py``):
+same AUROC as the probability, more never-seen produce flagged at the same
+share of real produce, and every synthetic packaged good.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+# Share of the catalogue's val photos flagged unknown by the exported thresholds.
+UNKNOWN_QUANTILE = 0.08
+SCORE = "max calibrated probability + nearest exemplar cosine, each standardised on val"
+
+
+@dataclass(frozen=True)
+class UnknownFlag:
+    """``prob`` and ``near`` standardised and added; below ``threshold`` is unknown."""
+
+    prob_mean: float
+    prob_std: float
+    near_mean: float
+    near_std: float
+    threshold: float
+
+    @classmethod
+    def fit(cls, prob: np.ndarray, near: np.ndarray, quantile: float = UNKNOWN_QUANTILE) -> UnknownFlag:
+        """Standardise on these known photos and flag ``quantile`` of them."""
+        prob, near = np.asarray(prob, np.float64), np.asarray(near, np.float64)
+        # a spread of zero (every photo alike, a toy set) would divide by zero: leave it unscaled
+        flag = cls(float(prob.mean()), float(prob.std()) or 1.0, float(near.mean()), float(near.std()) or 1.0,
+                   0.0)
+        threshold = float(np.quantile(flag.score(prob, near), quantile))
+        return cls(flag.prob_mean, flag.prob_std, flag.near_mean, flag.near_std, threshold)
+
+    def score(self, prob: Any, near: Any) -> Any:
+        """Higher is more surely known (arrays or floats)."""
+        return (prob - self.prob_mean) / self.prob_std + (near - self.near_mean) / self.near_std
+
+    def unknown(self, prob: Any, near: Any) -> Any:
+        return self.score(prob, near) < self.threshold
+
+    def to_json(self) -> dict[str, Any]:
+        return {"score": SCORE, **asdict(self)}
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> UnknownFlag:
+        """Raises KeyError, TypeError or ValueError on a missing, garbled or non-finite field."""
+        values = {k: float(raw[k]) for k in ("prob_mean", "prob_std", "near_mean", "near_std", "threshold")}
+        spreads = (values["prob_std"], values["near_std"])
+        if not all(np.isfinite(v) for v in values.values()) or min(spreads) <= 0:
+            raise ValueError(f"unknown flag not finite or spread not positive: {values}")
+        return cls(**values)
+
+
+def nearest_cosine(queries: np.ndarray, bank: np.ndarray) -> np.ndarray:
+    """Per query (unit rows), the cosine to its nearest row of ``bank`` (unit rows); -1 if empty."""
+    q = np.atleast_2d(queries)
+    if not len(bank):
+        return np.full(len(q), -1.0, np.float32)
+    return (q @ np.asarray(bank, q.dtype).T).max(1)

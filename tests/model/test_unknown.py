@@ -1,0 +1,52 @@
+"""The unknown flag of model.unknown: the top probability plus the nearest exemplar."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from model.unknown import UNKNOWN_QUANTILE, UnknownFlag, nearest_cosine
+
+
+def test_fit_flags_the_quantile_of_known_photos_and_standardises_both_scores() -> None:
+    rng = np.random.default_rng(0)
+    prob = rng.uniform(0.3, 1.0, 500)
+    near = rng.uniform(0.5, 0.95, 500)
+    flag = UnknownFlag.fit(prob, near)
+    assert np.mean(flag.unknown(prob, near)) == pytest.approx(UNKNOWN_QUANTILE, abs=0.005)
+    assert flag.prob_mean == pytest.approx(prob.mean()) and flag.near_std == pytest.approx(near.std())
+    z = flag.score(prob, near)
+    np.testing.assert_allclose(z, (prob - prob.mean()) / prob.std() + (near - near.mean()) / near.std())
+    # far from every exemplar is unknown even when the classifier is sure; near and sure is known
+    assert flag.unknown(0.99, 0.05) and not flag.unknown(0.99, 0.9)
+    # either score alone moves the flag: the same probability, nearer, scores higher
+    assert flag.score(0.6, 0.9) > flag.score(0.6, 0.6)
+
+
+def test_identical_known_photos_do_not_divide_by_zero() -> None:
+    flag = UnknownFlag.fit(np.full(10, 0.8), np.full(10, 0.7))
+    assert flag.prob_std == 1.0 and flag.near_std == 1.0 and math.isfinite(flag.threshold)
+
+
+def test_json_round_trip_and_garbled_sections_are_refused() -> None:
+    flag = UnknownFlag(0.8, 0.2, 0.7, 0.1, -2.5)
+    raw = json.loads(json.dumps(flag.to_json()))
+    assert UnknownFlag.from_json(raw) == flag and "nearest exemplar" in raw["score"]
+    for bad in ({**raw, "near_std": 0.0}, {**raw, "threshold": "nan"}, {**raw, "prob_std": -1}):
+        with pytest.raises(ValueError):
+            UnknownFlag.from_json(bad)
+    with pytest.raises(KeyError):
+        UnknownFlag.from_json({k: v for k, v in raw.items() if k != "prob_mean"})
+    with pytest.raises((TypeError, ValueError)):
+        UnknownFlag.from_json({**raw, "near_mean": [1, 2]})
+
+
+def test_nearest_cosine() -> None:
+    bank = np.eye(3, dtype=np.float32)
+    q = np.array([[0.6, 0.8, 0.0], [0.0, 0.0, -1.0]], np.float32)
+    np.testing.assert_allclose(nearest_cosine(q, bank), [0.8, 0.0], atol=1e-6)
+    np.testing.assert_allclose(nearest_cosine(q[0], bank), [0.8], atol=1e-6)
+    assert nearest_cosine(q, np.zeros((0, 3), np.float32)).tolist() == [-1.0, -1.0]
