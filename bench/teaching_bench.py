@@ -89,18 +89,17 @@ def main() -> int:
              ("nearest_", "the top probability + nearest exemplar or taught photo (the stall's flag)"))
     for pre, what in flags:
         print(f"flagged unknown by {what}, calibrated before teaching as exported; the refit head's "
-              "temperature x the factor chosen on the other groups:")
+              "temperature x the factor chosen on the other groups (by the top probability's figures):")
         print(f"{'group':22s} {'factor':>6s} {'held-out, untaught':>19s} {'taught':>7s} {'catalogue':>16s} "
               f"{'never taught (half the group taught)':>37s}")
         for name, r in zip([*names, "all groups"], [*cg["groups"], cg], strict=True):
-            key = pre + "temperature_factor"
-            factor = f"{r[key]:6.2f}" if key in r else f"{'':6s}"
+            factor = f"{r['temperature_factor']:6.2f}" if "temperature_factor" in r else f"{'':6s}"
             before, after = r[pre + "catalogue_flagged_without_teaching"], r[pre + "catalogue_flagged"]
             print(f"{name:22s} {factor} {r[pre + 'held_out_flagged_without_teaching']:19.1%} "
                   f"{r[pre + 'taught_flagged']:7.1%} {before:7.1%} -> {after:5.1%} "
                   f"{r[pre + 'untaught_flagged']:37.1%}")
-        factor_all = cg[pre + "temperature_factor_on_all_groups"]
-        print(f"temperature factor chosen on all groups (the one to ship): {factor_all}")
+    print("temperature factor chosen on all groups by the top probability's figures (the one to ship, "
+          f"for both flags): {cg['temperature_factor_on_all_groups']}")
     print(f"top probability, factor 1 (no softening): catalogue flagged "
           f"{cg['catalogue_flagged_factor_1']:.1%}, "
           f"never-taught items flagged {cg['untaught_flagged_factor_1']:.1%}")

@@ -189,25 +189,18 @@ def choose_setting(groups: list[dict[str, Any]], cost: float = 0.10) -> int:
     return int(fair[np.argmax(taught[fair])]) if len(fair) else 0
 
 
-# The unknown flags measured: the top probability alone, and with the nearest exemplar (model.unknown).
-FLAGS = ("probability", "nearest")
-
-
-def _flags(g: dict[str, Any], flag: str) -> dict[str, Any]:
-    """A group's flagged-unknown figures after teaching, for ``flag`` (one of ``FLAGS``)."""
-    return g["refit"] if flag == "probability" else g["refit"]["nearest"]
-
-
-def choose_factor(groups: list[dict[str, Any]], k: int, produce: float = 0.10,
-                  flag: str = "probability") -> int:
+def choose_factor(groups: list[dict[str, Any]], k: int, produce: float = 0.10) -> int:
     """Index of the temperature factor for refit setting ``k`` that flags the most items the stall
     was never taught while at most ``produce`` of real produce (taught and catalogue) is flagged
-    by ``flag``, over ``groups``; the first factor if none keeps to that."""
+    by the top probability, over ``groups``; the first factor if none keeps to that.
+
+    One factor serves both flags: it calibrates the probabilities the stall shows too.
+    """
     n_t, n_c = sum(map(_n_taught, groups)), sum(map(_n_catalogue, groups))
-    flagged = (_pooled(groups, lambda g: _flags(g, flag)["taught_flagged"][k], _n_taught) * n_t
-               + _pooled(groups, lambda g: _flags(g, flag)["catalogue_flagged"][k], _n_catalogue) * n_c
+    flagged = (_pooled(groups, lambda g: g["refit"]["taught_flagged"][k], _n_taught) * n_t
+               + _pooled(groups, lambda g: g["refit"]["catalogue_flagged"][k], _n_catalogue) * n_c
                ) / (n_t + n_c)
-    untaught = _pooled(groups, lambda g: _flags(g, flag)["half_taught"]["untaught_flagged"][k],
+    untaught = _pooled(groups, lambda g: g["refit"]["half_taught"]["untaught_flagged"][k],
                        lambda g: g["refit"]["half_taught"]["untaught_photos"])
     fair = np.where(flagged <= produce + 1e-9)[0]
     return int(fair[np.argmax(untaught[fair])]) if len(fair) else 0
@@ -239,13 +232,11 @@ def cross_group(groups: list[dict[str, Any]]) -> dict[str, Any]:
                      "gallery_scoring_catalogue_top1": g["gallery_scoring"]["catalogue_top1"],
                      "taught_val_photos": g["taught_val_photos"],
                      "catalogue_val_photos": g["catalogue_val_photos"]})
-        # the nearest-exemplar flag, its temperature factor chosen likewise on the other groups
-        fn = choose_factor(others, k, flag="nearest")
+        # the stall's flag (top probability + nearest exemplar) at the same setting and factor
         nr, nu = g["refit"]["nearest"], g["unknown"]["nearest"]
-        rows[-1] |= {"nearest_temperature_factor": g["unknown"]["temperature_factors"][fn],
-                     "nearest_taught_flagged": nr["taught_flagged"][k][fn],
-                     "nearest_catalogue_flagged": nr["catalogue_flagged"][k][fn],
-                     "nearest_untaught_flagged": nr["half_taught"]["untaught_flagged"][k][fn],
+        rows[-1] |= {"nearest_taught_flagged": nr["taught_flagged"][k][f],
+                     "nearest_catalogue_flagged": nr["catalogue_flagged"][k][f],
+                     "nearest_untaught_flagged": nr["half_taught"]["untaught_flagged"][k][f],
                      "nearest_catalogue_flagged_without_teaching": nu["catalogue_flagged_without_teaching"],
                      "nearest_held_out_flagged_without_teaching": nu["held_out_flagged_without_teaching"]}
     k_all = choose_setting(groups)
@@ -276,8 +267,6 @@ def cross_group(groups: list[dict[str, Any]]) -> dict[str, Any]:
                                                                "catalogue_val_photos"),
             "nearest_held_out_flagged_without_teaching": mean("nearest_held_out_flagged_without_teaching",
                                                               "taught_val_photos"),
-            "nearest_temperature_factor_on_all_groups":
-                groups[0]["unknown"]["temperature_factors"][choose_factor(groups, k_all, flag="nearest")],
             "setting_on_all_groups": groups[0]["refit"]["settings"][k_all],
             "temperature_factor_on_all_groups":
                 groups[0]["unknown"]["temperature_factors"][choose_factor(groups, k_all)]}

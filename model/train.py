@@ -287,10 +287,6 @@ def held_out_classes(f: dict[str, np.ndarray], classes: list[str], cfg: HeadConf
     }
 
 
-# 8 % of real produce may be flagged: under the 10 % the stall can live with,
-# with room for the difference between calibration photos and the stall's.
-
-
 def calibrate(logits: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     """(temperature, unknown threshold on the top calibrated probability)."""
     t = fit_temperature(logits, y)

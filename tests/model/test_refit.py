@@ -157,17 +157,12 @@ def test_teaching_figures_and_the_cross_group_bias() -> None:
         produce = sum(g["refit"]["taught_flagged"][k][f] * g["taught_val_photos"]
                       + g["refit"]["catalogue_flagged"][k][f] * g["catalogue_val_photos"] for g in others)
         assert produce / (n_t + n_c) <= 0.10 + 1e-9 or f == 0
-        # the nearest-exemplar flag's factor, chosen alike on its own figures
-        fn = TEMPERATURE_FACTORS.index(row["nearest_temperature_factor"])
-        assert row["nearest_untaught_flagged"] == groups[i]["refit"]["nearest"]["half_taught"][
-            "untaught_flagged"][k][fn]
-        produce = sum(g["refit"]["nearest"]["taught_flagged"][k][fn] * g["taught_val_photos"]
-                      + g["refit"]["nearest"]["catalogue_flagged"][k][fn] * g["catalogue_val_photos"]
-                      for g in others)
-        assert produce / (n_t + n_c) <= 0.10 + 1e-9 or fn == 0
+        # the stall's flag at the same setting and factor
+        near = groups[i]["refit"]["nearest"]
+        assert row["nearest_untaught_flagged"] == near["half_taught"]["untaught_flagged"][k][f]
+        assert row["nearest_catalogue_flagged"] == near["catalogue_flagged"][k][f]
     scale, bias = cg["setting_on_all_groups"]
     assert scale in scales and bias in REFIT_BIASES
     assert cg["temperature_factor_on_all_groups"] in TEMPERATURE_FACTORS
-    assert cg["nearest_temperature_factor_on_all_groups"] in TEMPERATURE_FACTORS
     assert 0 <= cg["nearest_untaught_flagged"] <= 1
     assert 0 <= cg["nearest_held_out_flagged_without_teaching"] <= 1
