@@ -596,49 +596,42 @@ def render_markdown(r: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _val_outputs(model: Path, ds: Dataset, size: int, meta: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
-    """(logits, embeddings) of ``model`` itself on the val photos, as the stall computes them."""
+def calibrated_on_val(meta: dict[str, Any], model: Path, ds: Dataset, size: int,
+                      recalibrate: bool) -> dict[str, Any]:
+    """``meta`` fitted on ``model``'s own val outputs, from one pass over val.
+
+    With ``recalibrate``: the temperature, the top probability's unknown
+    threshold and the val figures.  Quantisation moves the logits a little: a
+    threshold fitted on the float model flagged 11 % of val produce on the int8
+    one instead of 8 %.  Where ``meta`` names its exemplars (``teach``): the
+    unknown flag of ``model.unknown`` (top probability + nearest exemplar).
+    """
     from model.preprocess import preprocess, read_image
     from model.recognizer import ModelRunner, int8_needs_exact_kernels
-
-    runner = ModelRunner(model, size, exact_int8=int8_needs_exact_kernels(meta))
-    out = [runner.run(preprocess(read_image(s.path, size), size)) for s in ds.val]
-    return np.stack([lo[0] for lo, _ in out]), np.stack([e[0] for _, e in out])
-
-
-def _recalibrated(meta: dict[str, Any], model: Path, ds: Dataset, size: int) -> dict[str, Any]:
-    """``meta`` with the temperature, unknown threshold and val figures of ``model`` itself.
-
-    Quantisation moves the logits a little: a threshold fitted on the float
-    model flagged 11 % of val produce on the int8 one instead of 8 %.
-    """
-    if not ds.val:
-        return meta
-    logits, _ = _val_outputs(model, ds, size, meta)
-    y = np.array([s.label for s in ds.val])
-    temperature, threshold = calibrate(logits, y)
-    acc = topk_accuracy(logits, y)
-    logger.info("%s: val %s, temperature %.3f, unknown threshold %.3f", model.name, acc, temperature,
-                threshold)
-    return {**meta, "temperature": temperature,
-            "unknown": {**meta.get("unknown", {}), "threshold": threshold},
-            "metrics": {**meta.get("metrics", {}), "val_top1": acc[1], "val_top5": acc[5]}}
-
-
-def with_unknown_flag(meta: dict[str, Any], model: Path, ds: Dataset, size: int) -> dict[str, Any]:
-    """``meta`` with the unknown flag of ``model.unknown`` (top probability + nearest exemplar),
-    fitted on ``model``'s own val outputs; ``meta`` must name its exemplars (``teach``)."""
     from model.refit import Exemplars, unit
 
-    if not ds.val or "teach" not in meta:
+    if not ds.val:
         return meta
-    ex = Exemplars.read(model.with_name(str(meta["teach"]["exemplars"])), len(meta["labels"]),
-                        int(meta["embedding_dim"]), str(meta["embedding_space"]))
-    logits, emb = _val_outputs(model, ds, size, meta)
-    flag = UnknownFlag.fit(_softmax_rows(logits, float(meta["temperature"])).max(1),
-                           nearest_cosine(unit(emb), unit(ex.embeddings)))
-    logger.info("%s: unknown flag %s", model.name, flag)
-    return {**meta, "unknown": {**meta.get("unknown", {}), "nearest_exemplar": flag.to_json()}}
+    runner = ModelRunner(model, size, exact_int8=int8_needs_exact_kernels(meta))
+    out = [runner.run(preprocess(read_image(s.path, size), size)) for s in ds.val]
+    logits, emb = np.stack([lo[0] for lo, _ in out]), np.stack([e[0] for _, e in out])
+    if recalibrate:
+        y = np.array([s.label for s in ds.val])
+        temperature, threshold = calibrate(logits, y)
+        acc = topk_accuracy(logits, y)
+        logger.info("%s: val %s, temperature %.3f, unknown threshold %.3f", model.name, acc, temperature,
+                    threshold)
+        meta = {**meta, "temperature": temperature,
+                "unknown": {**meta.get("unknown", {}), "threshold": threshold},
+                "metrics": {**meta.get("metrics", {}), "val_top1": acc[1], "val_top5": acc[5]}}
+    if "teach" in meta:
+        ex = Exemplars.read(model.with_name(str(meta["teach"]["exemplars"])), len(meta["labels"]),
+                            int(meta["embedding_dim"]), str(meta["embedding_space"]))
+        flag = UnknownFlag.fit(_softmax_rows(logits, float(meta["temperature"])).max(1),
+                               nearest_cosine(unit(emb), unit(ex.embeddings)))
+        logger.info("%s: unknown flag %s", model.name, flag)
+        meta = {**meta, "unknown": {**meta.get("unknown", {}), "nearest_exemplar": flag.to_json()}}
+    return meta
 
 
 def export_checkpoint(checkpoint: Path, out: Path, int8: bool = False,
@@ -671,7 +664,8 @@ def export_checkpoint(checkpoint: Path, out: Path, int8: bool = False,
     space = str(meta["embedding_space"])
     if ds is not None:
         meta = {**meta, "teach": write_exemplars(out, ds, state["size"], space, protos)}
-        meta = with_unknown_flag(meta, out, ds, state["size"])
+        # the float model keeps the temperature fitted in training; it only gains the unknown flag
+        meta = calibrated_on_val(meta, out, ds, state["size"], recalibrate=False)
         written.append(out.with_name(out.stem + ".exemplars.npz"))
     write_metadata(out.with_suffix(".json"), meta, out)
     if int8 and ds is not None:
@@ -681,9 +675,8 @@ def export_checkpoint(checkpoint: Path, out: Path, int8: bool = False,
         quantize_int8(out, q, calib, bits)
         # read by ModelRunner: 7-bit weights cannot saturate the fast kernels, so they need no exact ones
         int8_meta = {"weight_bits": bits, "depthwise_weight_bits": 8}
-        qmeta = {**_recalibrated({**meta, "int8": int8_meta}, q, ds, state["size"]),
-                 "teach": write_exemplars(q, ds, state["size"], space, protos)}
-        qmeta = with_unknown_flag(qmeta, q, ds, state["size"])
+        qmeta = {**meta, "int8": int8_meta, "teach": write_exemplars(q, ds, state["size"], space, protos)}
+        qmeta = calibrated_on_val(qmeta, q, ds, state["size"], recalibrate=True)
         write_metadata(q.with_suffix(".json"), qmeta, q)
         written += [q, q.with_suffix(".json"), q.with_name(q.stem + ".exemplars.npz")]
     return written

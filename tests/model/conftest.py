@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -71,3 +73,18 @@ def recognizer(shipped_model: Path):  # type: ignore[no-untyped-def]
     from model.recognizer import Recognizer
 
     return Recognizer.load(shipped_model)
+
+
+@pytest.fixture(scope="session")
+def ort_session() -> Callable[[Path, bool], Any]:
+    """A bare onnxruntime session on one thread, on the exact int8 kernels (``exact``) or the
+    default ones, whatever the CPU: what ``ModelRunner`` chooses is what the tests check."""
+    import onnxruntime as ort
+
+    def make(path: Path, exact: bool) -> Any:
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = 1
+        opts.add_session_config_entry("session.x64quantprecision", "1" if exact else "0")
+        return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+
+    return make

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -85,16 +86,8 @@ def _tiny_onnx(path: Path) -> None:
                       opset_version=17, dynamo=False)
 
 
-def _session(path: Path, exact: bool) -> Any:
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
-    opts.add_session_config_entry("session.x64quantprecision", "1" if exact else "0")
-    return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
-
-
-def test_seven_bit_int8_is_rounding_free_and_exact_on_the_fast_kernels(tmp_path: Path) -> None:
+def test_seven_bit_int8_is_rounding_free_and_exact_on_the_fast_kernels(
+        tmp_path: Path, ort_session: Callable[[Path, bool], Any]) -> None:
     import onnx
     from onnx import numpy_helper
 
@@ -128,8 +121,8 @@ def test_seven_bit_int8_is_rounding_free_and_exact_on_the_fast_kernels(tmp_path:
 
     # the fast kernels give what the exact ones give, on every CPU
     x = rng.uniform(-1, 1, (4, 3, 32, 32)).astype(np.float32)
-    fast = _session(int8, exact=False).run(None, {"image": x})
-    exact = _session(int8, exact=True).run(None, {"image": x})
+    fast = ort_session(int8, False).run(None, {"image": x})
+    exact = ort_session(int8, True).run(None, {"image": x})
     for a, b in zip(fast, exact, strict=True):
         np.testing.assert_array_equal(a, b)
 
@@ -139,8 +132,8 @@ def test_seven_bit_int8_is_rounding_free_and_exact_on_the_fast_kernels(tmp_path:
     if int8_kernels_may_saturate() and "avx2" in (cpu_flags() or ()):
         int8_8 = tmp_path / "tiny.int8-8bit.onnx"
         quantize_int8(fp32, int8_8, calib, weight_bits=8)
-        fast8 = _session(int8_8, exact=False).run(None, {"image": x})[1]
-        exact8 = _session(int8_8, exact=True).run(None, {"image": x})[1]
+        fast8 = ort_session(int8_8, False).run(None, {"image": x})[1]
+        exact8 = ort_session(int8_8, True).run(None, {"image": x})[1]
         assert np.abs(fast8 - exact8).max() > 0.05
 
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -265,14 +267,13 @@ def test_shipped_models_accuracy_on_the_val_photos(real_dataset: Path) -> None:
 
 
 def test_int8_runs_on_exact_kernels_where_the_fast_ones_saturate(
-        shipped_model: Path, val_photos: list[tuple[Path, str]]) -> None:
+        shipped_model: Path, val_photos: list[tuple[Path, str]],
+        ort_session: Callable[[Path, bool], Any]) -> None:
     """On x86 CPUs without VNNI onnxruntime's default u8 x s8 kernels saturate and cost the shipped
     int8 model 8 points of top-1, so the stall asks for exact kernels there (the accuracy test
     above fails without them).  With VNNI the exact kernels cost 1.8x the time for the same
     outputs, so it does not ask there, and the fast kernels must then give exactly what the
     exact ones give."""
-    import onnxruntime as ort
-
     from model.preprocess import preprocess, read_image
     from model.recognizer import ModelRunner, int8_kernels_may_saturate
 
@@ -282,11 +283,7 @@ def test_int8_runs_on_exact_kernels_where_the_fast_ones_saturate(
     entry = runner.session.get_session_options().get_session_config_entry("session.x64quantprecision")
     assert entry == ("1" if saturating else "0")
     if not saturating:
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = 1
-        opts.add_session_config_entry("session.x64quantprecision", "1")
-        exact = ort.InferenceSession(str(shipped_model), sess_options=opts,
-                                     providers=["CPUExecutionProvider"])
+        exact = ort_session(shipped_model, True)
         for path, _ in val_photos[:8]:
             x = preprocess(read_image(path, 224), 224, None)
             for a, b in zip(runner.run(x), exact.run(["logits", "embedding"], {"image": x}), strict=True):
