@@ -35,7 +35,14 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from model.refit import EXEMPLARS_PER_LABEL, REFIT_BIAS, Exemplars, build_head, exemplar_rows  # noqa: E402
+from model.refit import (  # noqa: E402
+    EXEMPLARS_PER_LABEL,
+    REFIT_BIAS,
+    REFIT_EPOCHS,
+    Exemplars,
+    build_head,
+    exemplar_rows,
+)
 from model.teaching import HELD_OUT_RUNS, cross_group, held_out_runs, load_kept, teach_group  # noqa: E402
 
 
@@ -61,6 +68,11 @@ def main() -> int:
     ap.add_argument("kept", nargs="*", type=Path,
                     help=f"held-out-group-G.npz files (default: {HELD_OUT_RUNS})")
     ap.add_argument("--draws", type=int, default=10)
+    ap.add_argument("--steps", type=int, nargs="+", default=[REFIT_EPOCHS],
+                    help=f"refit steps to try (default: the stall's {REFIT_EPOCHS})")
+    ap.add_argument("--per-label", type=int, nargs="+", default=[EXEMPLARS_PER_LABEL],
+                    help=f"catalogue exemplars per label to try (default: the shipped {EXEMPLARS_PER_LABEL}; "
+                    "the first one fits the unknown flag's 'before teaching' figures)")
     ap.add_argument("--json", type=Path, help="also write the figures here")
     args = ap.parse_args()
     paths = held_out_runs(args.kept, ROOT)
@@ -69,22 +81,25 @@ def main() -> int:
     groups, names = [], []
     for path in paths:
         kept = load_kept(path)
-        groups.append(teach_group(kept, draws=args.draws))
+        groups.append(teach_group(kept, draws=args.draws, steps=tuple(args.steps),
+                                  per_labels=tuple(args.per_label)))
         names.append(path.stem)
     cg = cross_group(groups)
-    print(f"{'group':22s} {'scale':>5s} {'bias':>5s} {'taught (refit)':>15s} {'catalogue':>16s} "
-          f"{'taught (gallery)':>17s} {'catalogue':>16s}")
+    print(f"{'group':22s} {'scale':>5s} {'steps':>5s} {'per label':>9s} {'bias':>5s} {'taught (refit)':>15s} "
+          f"{'catalogue':>16s} {'taught (gallery)':>17s} {'catalogue':>16s}")
     for name, r in zip(names, cg["groups"], strict=True):
-        print(f"{name:22s} {r['scale']:5.0f} {r['bias']:5.2f} {r['taught_top1']:15.1%} "
+        print(f"{name:22s} {r['scale']:5.0f} {r['steps']:5d} {r['per_label']:9d} {r['bias']:5.2f} "
+              f"{r['taught_top1']:15.1%} "
               f"{r['catalogue_top1_without_teaching']:7.1%} -> {r['catalogue_top1']:5.1%} "
               f"{r['gallery_scoring_taught_top1']:17.1%} "
               f"{r['catalogue_top1_without_teaching']:7.1%} -> {r['gallery_scoring_catalogue_top1']:5.1%}")
-    print(f"{'all groups':22s} {'':5s} {'':5s} {cg['taught_top1']:15.1%} "
+    print(f"{'all groups':22s} {'':5s} {'':5s} {'':9s} {'':5s} {cg['taught_top1']:15.1%} "
           f"{cg['catalogue_top1_without_teaching']:7.1%} -> {cg['catalogue_top1']:5.1%} "
           f"{cg['gallery_scoring_taught_top1']:17.1%} "
           f"{cg['catalogue_top1_without_teaching']:7.1%} -> {cg['gallery_scoring_catalogue_top1']:5.1%}")
-    scale, bias = cg["setting_on_all_groups"]
-    print(f"scale and bias chosen on all groups (the ones to ship): {scale:.0f}, {bias:.2f}")
+    scale, steps, per_label, bias = cg["setting_on_all_groups"]
+    print(f"scale, steps, exemplars per label and bias chosen on all groups (the ones to ship): "
+          f"{scale:.0f}, {steps}, {per_label}, {bias:.2f}")
     flags = (("", "the top probability (the earlier flag)"),
              ("nearest_", "the top probability + nearest exemplar or taught photo (the stall's flag)"))
     for pre, what in flags:

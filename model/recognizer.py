@@ -123,6 +123,7 @@ class ModelMeta:
                 gallery_k=int(raw.get("gallery", {}).get("k", 3)),
                 teach=({"exemplars": str(raw["teach"]["exemplars"]), "bias": float(raw["teach"]["bias"]),
                         "scale": float(raw["teach"].get("scale", REFIT_SCALE)),
+                        "epochs": int(raw["teach"].get("epochs", REFIT_EPOCHS)),
                         "temperature_factor": float(raw["teach"].get("temperature_factor", 1.0))}
                        if "teach" in raw else None),
                 raw=raw,
@@ -349,7 +350,7 @@ class Recognizer:
             if head is None:
                 t0 = time.perf_counter()
                 head = build_head(self.meta.labels, self.exemplars, emb, labels, self.meta.teach["bias"],
-                                  self.meta.teach["scale"])
+                                  self.meta.teach["scale"], int(self.meta.teach["epochs"]))
                 logger.info("classifier refit on %d taught photos of %d labels in %.2f s", len(labels),
                             len(set(labels)), time.perf_counter() - t0)
                 if cache is not None:

@@ -91,13 +91,14 @@ def unit(a: np.ndarray) -> np.ndarray:
     return a / np.maximum(np.linalg.norm(a, axis=-1, keepdims=True), 1e-12)
 
 
-def exemplar_rows(labels: np.ndarray, classes: Iterable[int]) -> list[int]:
-    """Rows of ``labels`` shipped as exemplars: ``EXEMPLARS_PER_LABEL`` per class, evenly spread
-    over its photos (so over its sessions)."""
+def exemplar_rows(labels: np.ndarray, classes: Iterable[int],
+                  per_label: int = EXEMPLARS_PER_LABEL) -> list[int]:
+    """Rows of ``labels`` shipped as exemplars: ``per_label`` per class, evenly spread over its
+    photos (so over its sessions)."""
     rows: list[int] = []
     for c in classes:
         idx = np.where(labels == c)[0]
-        rows += idx[np.linspace(0, len(idx) - 1, min(EXEMPLARS_PER_LABEL, len(idx))).astype(int)].tolist()
+        rows += idx[np.linspace(0, len(idx) - 1, min(per_label, len(idx))).astype(int)].tolist()
     return rows
 
 
@@ -204,7 +205,7 @@ class TaughtHead:
 
 
 def build_head(catalogue: list[str], ex: Exemplars, taught: np.ndarray, taught_labels: list[str],
-               bias: float, scale: float = REFIT_SCALE) -> TaughtHead:
+               bias: float, scale: float = REFIT_SCALE, epochs: int = REFIT_EPOCHS) -> TaughtHead:
     """Refit the catalogue's prototypes and one per taught label together.
 
     Every taught label gets its own row, even one spelled like a catalogue
@@ -218,7 +219,7 @@ def build_head(catalogue: list[str], ex: Exemplars, taught: np.ndarray, taught_l
     init = np.concatenate([ex.prototypes, np.stack([unit(taught[ty == row[lab]].mean(0))
                                                     for lab in taught_rows])])
     protos = refit_prototypes(init, np.concatenate([ex.embeddings, taught]),
-                              np.concatenate([ex.labels, ty]), scale)
+                              np.concatenate([ex.labels, ty]), scale, epochs)
     return TaughtHead([*catalogue, *taught_rows], protos, len(catalogue), scale, bias)
 
 

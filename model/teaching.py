@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from model.refit import Exemplars, build_head, exemplar_rows, unit
+from model.refit import EXEMPLARS_PER_LABEL, REFIT_EPOCHS, Exemplars, build_head, exemplar_rows, unit
 from model.unknown import UnknownFlag, nearest_cosine
 
 logger = logging.getLogger(__name__)
@@ -38,8 +38,14 @@ TEMPERATURE_FACTORS = (1.0, 1.25, 1.5, 1.75, 2.0, 2.5)
 
 
 def teach_group(kept: dict[str, np.ndarray], shots: int = 5, draws: int = 10, seed: int = 0,
-                scales: tuple[float, ...] = REFIT_SCALES) -> dict[str, Any]:
-    """Teaching figures for one held-out group from its kept embeddings (see module doc)."""
+                scales: tuple[float, ...] = REFIT_SCALES, steps: tuple[int, ...] = (REFIT_EPOCHS,),
+                per_labels: tuple[int, ...] = (EXEMPLARS_PER_LABEL,)) -> dict[str, Any]:
+    """Teaching figures for one held-out group from its kept embeddings (see module doc).
+
+    Every refit setting is one (scale, refit steps, catalogue exemplars per label, bias) of
+    ``scales`` x ``steps`` x ``per_labels`` x ``REFIT_BIASES``; the unknown section's "nearest"
+    flag is the one fitted with the first of ``per_labels`` exemplars per label.
+    """
     from model.train import GALLERY_BIASES, GALLERY_GAINS, _softmax_rows, calibrate, choose_gallery_setting
 
     etr, eva = kept["train"], kept["val"]
@@ -60,17 +66,22 @@ def teach_group(kept: dict[str, np.ndarray], shots: int = 5, draws: int = 10, se
     temp, thr = calibrate(cat[~new], yq[~new])
     p0 = _softmax_rows(cat, temp).max(1)
     flag0 = p0 < thr
-    ex_i = exemplar_rows(trl, keep)  # the catalogue exemplars a model ships
-    # the flag that adds the nearest exemplar (model.unknown), fitted as the export fits it; once
-    # items are taught, their photos' views join the exemplars, as in Recognizer.unknown_margin
     eva_u = unit(eva)
-    near0 = nearest_cosine(eva_u, unit(etr[ex_i]))
-    nflag = UnknownFlag.fit(p0[~new], near0[~new])
+    # per number of exemplars per label: the catalogue exemplars a model ships, and the flag that
+    # adds the nearest exemplar (model.unknown), fitted as the export fits it; once items are
+    # taught, their photos' views join the exemplars, as in Recognizer.unknown_margin
+    exs: dict[int, tuple[Exemplars, np.ndarray, UnknownFlag]] = {}
+    for pl in per_labels:
+        ex_i = exemplar_rows(trl, keep, pl)
+        near_pl = nearest_cosine(eva_u, unit(etr[ex_i]))
+        exs[pl] = (Exemplars(protos, etr[ex_i], remap[trl[ex_i]], "held-out"), near_pl,
+                   UnknownFlag.fit(p0[~new], near_pl[~new]))
+    _, near0, nflag = exs[per_labels[0]]
     nflag0 = nflag.unknown(p0, near0)
-    ex = Exemplars(protos, etr[ex_i], remap[trl[ex_i]], "held-out")
     catalogue = [f"c{i}" for i in range(nk)]
     rng = np.random.default_rng(seed)
-    settings = [(sc, b) for sc in scales for b in REFIT_BIASES]
+    refits = [(sc, st, pl) for pl in per_labels for st in steps for sc in scales]
+    settings = [(sc, st, pl, b) for sc, st, pl in refits for b in REFIT_BIASES]
     nf = len(TEMPERATURE_FACTORS)
     refit = np.zeros((len(settings), 2))
     # flagged unknown per setting and temperature factor: taught, catalogue; and with only half
@@ -94,11 +105,13 @@ def teach_group(kept: dict[str, np.ndarray], shots: int = 5, draws: int = 10, se
         t = np.concatenate(taught)
         tl = np.array(taught_lab)
         in_half = np.isin(tl, [f"t{j}" for j in sorted(half)])
-        near = np.maximum(near0, nearest_cosine(eva_u, unit(t)))
-        near_h = np.maximum(near0, nearest_cosine(eva_u, unit(t[in_half])))
-        for i, sc in enumerate(scales):
-            z = _taught_logits(catalogue, ex, t, taught_lab, sc, eva)
-            zh = _taught_logits(catalogue, ex, t[in_half], list(tl[in_half]), sc, eva)
+        near_t = nearest_cosine(eva_u, unit(t))
+        near_th = nearest_cosine(eva_u, unit(t[in_half]))
+        for i, (sc, st, pl) in enumerate(refits):
+            ex, near_pl, nflag = exs[pl]
+            near, near_h = np.maximum(near_pl, near_t), np.maximum(near_pl, near_th)
+            z = _taught_logits(catalogue, ex, t, taught_lab, sc, st, eva)
+            zh = _taught_logits(catalogue, ex, t[in_half], list(tl[in_half]), sc, st, eva)
             t_refit = temp * sc / scale  # the stall tempers the refit head's logits alike
             for k, b in enumerate(REFIT_BIASES):
                 kk = i * len(REFIT_BIASES) + k
@@ -155,10 +168,10 @@ def teach_group(kept: dict[str, np.ndarray], shots: int = 5, draws: int = 10, se
 
 
 def _taught_logits(catalogue: list[str], ex: Exemplars, taught: np.ndarray, labels: list[str],
-                   scale: float, emb: np.ndarray) -> np.ndarray:
-    """Logits of ``emb`` on the head refit with ``taught`` at ``scale`` and no bias: the catalogue's
-    rows, then one per taught item in the order of their labels' first appearance."""
-    head = build_head(catalogue, ex, taught, labels, 0.0, scale)
+                   scale: float, steps: int, emb: np.ndarray) -> np.ndarray:
+    """Logits of ``emb`` on the head refit with ``taught`` at ``scale`` for ``steps`` and no bias: the
+    catalogue's rows, then one per taught item in the order of their labels' first appearance."""
+    head = build_head(catalogue, ex, taught, labels, 0.0, scale, steps)
     order = [head.labels.index(lab) for lab in dict.fromkeys(labels)]
     z = head.logits(emb)
     return np.concatenate([z[:, : len(catalogue)], z[:, order]], 1)
@@ -214,9 +227,10 @@ def cross_group(groups: list[dict[str, Any]]) -> dict[str, Any]:
         others = [h for j, h in enumerate(groups) if j != i] or [g]
         k = choose_setting(others)
         f = choose_factor(others, k)
-        scale, bias = g["refit"]["settings"][k]
+        scale, steps, per_label, bias = g["refit"]["settings"][k]
         half = g["refit"]["half_taught"]
-        rows.append({"scale": scale, "bias": bias, "taught_top1": g["refit"]["taught_top1"][k],
+        rows.append({"scale": scale, "steps": steps, "per_label": per_label, "bias": bias,
+                     "taught_top1": g["refit"]["taught_top1"][k],
                      "catalogue_top1": g["refit"]["catalogue_top1"][k],
                      "temperature_factor": g["unknown"]["temperature_factors"][f],
                      "taught_flagged": g["refit"]["taught_flagged"][k][f],

@@ -391,3 +391,26 @@ def test_without_the_nearest_exemplar_section_the_probability_alone_flags(
     model.with_suffix(".json").write_text(json.dumps(garbled))
     with pytest.raises(ModelFileError, match=f"{model.stem}.json"):
         Recognizer.load(model)
+
+
+def test_the_refit_takes_its_steps_from_the_model_file(shipped_model: Path,
+                                                       val_photos: list[tuple[Path, str]],
+                                                       tmp_path: Path) -> None:
+    """The file's ``teach.epochs`` is what the stall refits with (it is what the file was measured with)."""
+    stem = shipped_model.stem
+    for suffix in (".onnx", ".json", ".exemplars.npz"):
+        shutil.copy(shipped_model.with_name(stem + suffix), tmp_path)
+    m = tmp_path / f"{stem}.onnx"
+    meta = json.loads(m.with_suffix(".json").read_text())
+    meta["teach"]["epochs"] = 0
+    m.with_suffix(".json").write_text(json.dumps(meta))
+    heads = []
+    for model in (shipped_model, m):
+        rec = Recognizer.load(model, gallery_dir=tmp_path / f"g-{len(heads)}")
+        rec.teach("Dragon-Fruit", val_photos[0][0])
+        head = rec.taught_head()
+        assert head is not None and rec.exemplars is not None
+        heads.append((head, rec.exemplars.prototypes))
+    (fitted, protos), (unfitted, same) = heads
+    np.testing.assert_allclose(unfitted.prototypes[: len(same)], same, atol=1e-5)
+    assert not np.allclose(fitted.prototypes[: len(protos)], protos, atol=1e-3)

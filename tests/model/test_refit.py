@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from model import ModelFileError
-from model.refit import Exemplars, build_head, refit_prototypes
+from model.refit import EXEMPLARS_PER_LABEL, REFIT_EPOCHS, Exemplars, build_head, refit_prototypes
 from model.teaching import REFIT_BIASES, TEMPERATURE_FACTORS, cross_group, teach_group
 
 
@@ -44,6 +44,10 @@ def test_refit_learns_a_taught_item_beside_a_look_alike_and_keeps_the_catalogue(
     # the same inputs give the same prototypes (a stall must not drift between restarts)
     again = build_head([f"c{i}" for i in range(6)], ex, taught, ["New"] * 20, bias=0.0)
     np.testing.assert_array_equal(head.prototypes, again.prototypes)
+    # the refit's steps reach the fit: none leaves the catalogue's prototypes as trained
+    unfitted = build_head([f"c{i}" for i in range(6)], ex, taught, ["New"] * 20, bias=0.0, epochs=0)
+    np.testing.assert_allclose(unfitted.prototypes[:6], centres, atol=1e-6)
+    assert not np.allclose(head.prototypes[:6], centres, atol=1e-3)
 
 
 def test_refit_gradient_lowers_the_loss() -> None:
@@ -113,7 +117,8 @@ def test_teaching_figures_and_the_cross_group_bias() -> None:
     nb, nf = len(REFIT_BIASES), len(TEMPERATURE_FACTORS)
     for g in groups:
         r = g["refit"]
-        assert r["settings"] == [[s, b] for s in scales for b in REFIT_BIASES]
+        assert r["settings"] == [[s, REFIT_EPOCHS, EXEMPLARS_PER_LABEL, b]
+                                 for s in scales for b in REFIT_BIASES]
         assert g["taught_val_photos"] == 12 and r["half_taught"]["untaught_photos"] == 6
         assert all(0 <= v <= 1 for v in r["taught_top1"] + r["catalogue_top1"])
         half = r["half_taught"]
@@ -142,7 +147,7 @@ def test_teaching_figures_and_the_cross_group_bias() -> None:
     assert 0 <= cg["taught_flagged"] <= 1 and 0 <= cg["held_out_flagged_without_teaching"] <= 1
     assert 0 <= cg["untaught_flagged"] <= 1
     for i, row in enumerate(cg["groups"]):
-        k = groups[i]["refit"]["settings"].index([row["scale"], row["bias"]])
+        k = groups[i]["refit"]["settings"].index([row["scale"], row["steps"], row["per_label"], row["bias"]])
         f = TEMPERATURE_FACTORS.index(row["temperature_factor"])
         assert row["taught_top1"] == groups[i]["refit"]["taught_top1"][k]
         assert row["untaught_flagged"] == groups[i]["refit"]["half_taught"]["untaught_flagged"][k][f]
@@ -161,8 +166,27 @@ def test_teaching_figures_and_the_cross_group_bias() -> None:
         near = groups[i]["refit"]["nearest"]
         assert row["nearest_untaught_flagged"] == near["half_taught"]["untaught_flagged"][k][f]
         assert row["nearest_catalogue_flagged"] == near["catalogue_flagged"][k][f]
-    scale, bias = cg["setting_on_all_groups"]
+    scale, steps, per_label, bias = cg["setting_on_all_groups"]
     assert scale in scales and bias in REFIT_BIASES
+    assert (steps, per_label) == (REFIT_EPOCHS, EXEMPLARS_PER_LABEL)
     assert cg["temperature_factor_on_all_groups"] in TEMPERATURE_FACTORS
     assert 0 <= cg["nearest_untaught_flagged"] <= 1
     assert 0 <= cg["nearest_held_out_flagged_without_teaching"] <= 1
+
+
+def test_teaching_grid_over_refit_steps_and_exemplars_per_label() -> None:
+    rng = np.random.default_rng(5)
+    steps, per_labels = (10, 100), (3, 12)
+    groups = [teach_group(_kept_group(rng, a), shots=5, draws=2, scales=(12.0,), steps=steps,
+                          per_labels=per_labels) for a in (0.6, 1.2)]
+    nb = len(REFIT_BIASES)
+    for g in groups:
+        settings = g["refit"]["settings"]
+        assert settings == [[12.0, st, pl, b] for pl in per_labels for st in steps for b in REFIT_BIASES]
+        assert np.array(g["refit"]["nearest"]["taught_flagged"]).shape[0] == len(settings)
+        assert len(g["refit"]["taught_top1"]) == len(per_labels) * len(steps) * nb
+    cg = cross_group(groups)
+    for row in cg["groups"]:
+        assert row["steps"] in steps and row["per_label"] in per_labels
+    _, st, pl, _ = cg["setting_on_all_groups"]
+    assert st in steps and pl in per_labels

@@ -183,7 +183,7 @@ def test_held_out_group_teaching_experiment(tmp_path: Path) -> None:
     assert len(refit["taught_top1"]) == len(refit["settings"]) == len(refit["catalogue_top1"]) > 1
     assert all(0 <= x <= 1 for x in refit["taught_top1"] + refit["catalogue_top1"])
     # at one refit scale a bigger bias for taught items can only win them more photos
-    nb = sum(1 for sc, _ in refit["settings"] if sc == refit["settings"][0][0])
+    nb = sum(1 for sc, *_ in refit["settings"] if sc == refit["settings"][0][0])
     assert refit["taught_top1"][nb - 1] >= refit["taught_top1"][0]
     assert 0 <= result["gallery_scoring"]["taught_top1"] <= 1
     assert not (tmp_path / "x.onnx").exists()  # an experiment, not a model
