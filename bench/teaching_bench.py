@@ -43,7 +43,14 @@ from model.refit import (  # noqa: E402
     build_head,
     exemplar_rows,
 )
-from model.teaching import HELD_OUT_RUNS, cross_group, held_out_runs, load_kept, teach_group  # noqa: E402
+from model.teaching import (  # noqa: E402
+    HELD_OUT_RUNS,
+    REFIT_SCALES,
+    cross_group,
+    held_out_runs,
+    load_kept,
+    teach_group,
+)
 
 
 def refit_seconds(kept: dict[str, np.ndarray], repeats: int = 3) -> float:
@@ -68,6 +75,8 @@ def main() -> int:
     ap.add_argument("kept", nargs="*", type=Path,
                     help=f"held-out-group-G.npz files (default: {HELD_OUT_RUNS})")
     ap.add_argument("--draws", type=int, default=10)
+    ap.add_argument("--scales", type=float, nargs="+", default=list(REFIT_SCALES),
+                    help="refit scales to try (default: %(default)s)")
     ap.add_argument("--steps", type=int, nargs="+", default=[REFIT_EPOCHS],
                     help=f"refit steps to try (default: the stall's {REFIT_EPOCHS})")
     ap.add_argument("--per-label", type=int, nargs="+", default=[EXEMPLARS_PER_LABEL],
@@ -81,7 +90,7 @@ def main() -> int:
     groups, names = [], []
     for path in paths:
         kept = load_kept(path)
-        groups.append(teach_group(kept, draws=args.draws, steps=tuple(args.steps),
+        groups.append(teach_group(kept, draws=args.draws, scales=tuple(args.scales), steps=tuple(args.steps),
                                   per_labels=tuple(args.per_label)))
         names.append(path.stem)
     cg = cross_group(groups)
