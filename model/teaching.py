@@ -219,6 +219,23 @@ def choose_factor(groups: list[dict[str, Any]], k: int, produce: float = 0.10) -
     return int(fair[np.argmax(untaught[fair])]) if len(fair) else 0
 
 
+def refit_grid(groups: list[dict[str, Any]], cost: float = 0.10) -> list[dict[str, Any]]:
+    """Per refit (scale, steps, exemplars per label): pooled over ``groups``, the best teaching at most
+    ``cost`` of catalogue top-1 and the bias that gives it (chosen on these very groups)."""
+    settings = [tuple(x) for x in groups[0]["refit"]["settings"]]
+    taught = _pooled(groups, lambda g: g["refit"]["taught_top1"], _n_taught)
+    cat = _pooled(groups, lambda g: g["refit"]["catalogue_top1"], _n_catalogue)
+    base = float(_pooled(groups, lambda g: g["catalogue_top1_without_teaching"], _n_catalogue))
+    rows = []
+    for refit in dict.fromkeys(s[:3] for s in settings):
+        idx = np.array([i for i, s in enumerate(settings) if s[:3] == refit])
+        fair = idx[cat[idx] >= base - cost - 1e-9]
+        k = int(fair[np.argmax(taught[fair])]) if len(fair) else int(idx[0])
+        rows.append({"scale": refit[0], "steps": refit[1], "per_label": refit[2], "bias": settings[k][3],
+                     "taught_top1": float(taught[k]), "catalogue_top1": float(cat[k])})
+    return rows
+
+
 def cross_group(groups: list[dict[str, Any]]) -> dict[str, Any]:
     """The honest figure: each group's refit scale and bias chosen on the other groups (all of them
     if alone)."""

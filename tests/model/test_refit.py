@@ -9,7 +9,7 @@ import pytest
 
 from model import ModelFileError
 from model.refit import EXEMPLARS_PER_LABEL, REFIT_EPOCHS, Exemplars, build_head, refit_prototypes
-from model.teaching import REFIT_BIASES, TEMPERATURE_FACTORS, cross_group, teach_group
+from model.teaching import REFIT_BIASES, TEMPERATURE_FACTORS, cross_group, refit_grid, teach_group
 
 
 def _unit(a: np.ndarray) -> np.ndarray:
@@ -190,3 +190,9 @@ def test_teaching_grid_over_refit_steps_and_exemplars_per_label() -> None:
         assert row["steps"] in steps and row["per_label"] in per_labels
     _, st, pl, _ = cg["setting_on_all_groups"]
     assert st in steps and pl in per_labels
+    grid = refit_grid(groups)
+    assert [(r["steps"], r["per_label"]) for r in grid] == [(st, pl) for pl in per_labels for st in steps]
+    assert all(0 <= r["taught_top1"] <= 1 and r["bias"] in REFIT_BIASES for r in grid)
+    n_c = sum(g["catalogue_val_photos"] for g in groups)
+    base = sum(g["catalogue_top1_without_teaching"] * g["catalogue_val_photos"] for g in groups) / n_c
+    assert all(r["catalogue_top1"] >= base - 0.10 - 1e-9 or r["bias"] == REFIT_BIASES[0] for r in grid)
