@@ -108,7 +108,7 @@ def teach_group(kept: dict[str, np.ndarray], shots: int = 5, draws: int = 10, se
         near_t = nearest_cosine(eva_u, unit(t))
         near_th = nearest_cosine(eva_u, unit(t[in_half]))
         for i, (sc, st, pl) in enumerate(refits):
-            ex, near_pl, nflag = exs[pl]
+            ex, near_pl, flag_pl = exs[pl]
             near, near_h = np.maximum(near_pl, near_t), np.maximum(near_pl, near_th)
             z = _taught_logits(catalogue, ex, t, taught_lab, sc, st, eva)
             zh = _taught_logits(catalogue, ex, t[in_half], list(tl[in_half]), sc, st, eva)
@@ -125,8 +125,8 @@ def teach_group(kept: dict[str, np.ndarray], shots: int = 5, draws: int = 10, se
                     p = _softmax_rows(zz, t_refit * factor).max(1)
                     ph = _softmax_rows(zzh, t_refit * factor).max(1)
                     for acc, acc_h, unk, uh in ((flagged, flagged_half, p < thr, ph < thr),
-                                                (nflagged, nflagged_half, nflag.unknown(p, near),
-                                                 nflag.unknown(ph, near_h))):
+                                                (nflagged, nflagged_half, flag_pl.unknown(p, near),
+                                                 flag_pl.unknown(ph, near_h))):
                         acc[kk, f] += (unk[new].mean(), unk[~new].mean())
                         # a group of one class has no untaught half (it then weighs nothing when pooled)
                         acc_h[kk, f] += (uh[untaught].mean() if untaught.any() else 0.0, uh[~new].mean())

@@ -196,3 +196,9 @@ def test_teaching_grid_over_refit_steps_and_exemplars_per_label() -> None:
     n_c = sum(g["catalogue_val_photos"] for g in groups)
     base = sum(g["catalogue_top1_without_teaching"] * g["catalogue_val_photos"] for g in groups) / n_c
     assert all(r["catalogue_top1"] >= base - 0.10 - 1e-9 or r["bias"] == REFIT_BIASES[0] for r in grid)
+    # the "before teaching" flag is the first exemplar count's, whatever the grid went through after it
+    alone = teach_group(_kept_group(np.random.default_rng(6), 0.6), shots=5, draws=1, scales=(12.0,),
+                        per_labels=(3,))
+    both = teach_group(_kept_group(np.random.default_rng(6), 0.6), shots=5, draws=1, scales=(12.0,),
+                       per_labels=(3, 12))
+    assert both["unknown"]["nearest"] == alone["unknown"]["nearest"]
