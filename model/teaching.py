@@ -192,14 +192,15 @@ def _n_catalogue(g: dict[str, Any]) -> int:
     return int(g["catalogue_val_photos"])
 
 
-def choose_setting(groups: list[dict[str, Any]], cost: float = 0.10) -> int:
-    """Index of the refit (scale, bias) with the best teaching over ``groups`` at most ``cost`` of
-    catalogue top-1."""
+def choose_setting(groups: list[dict[str, Any]], cost: float = 0.10, among: list[int] | None = None) -> int:
+    """Index of the refit setting (of ``among``, default all) with the best teaching over ``groups``
+    at most ``cost`` of catalogue top-1; the first of them if none keeps to that."""
     taught = _pooled(groups, lambda g: g["refit"]["taught_top1"], _n_taught)
     cat = _pooled(groups, lambda g: g["refit"]["catalogue_top1"], _n_catalogue)
     base = _pooled(groups, lambda g: g["catalogue_top1_without_teaching"], _n_catalogue)
-    fair = np.where(cat >= base - cost - 1e-9)[0]
-    return int(fair[np.argmax(taught[fair])]) if len(fair) else 0
+    idx = np.arange(len(taught)) if among is None else np.asarray(among)
+    fair = idx[cat[idx] >= base - cost - 1e-9]
+    return int(fair[np.argmax(taught[fair])]) if len(fair) else int(idx[0])
 
 
 def choose_factor(groups: list[dict[str, Any]], k: int, produce: float = 0.10) -> int:
@@ -225,12 +226,9 @@ def refit_grid(groups: list[dict[str, Any]], cost: float = 0.10) -> list[dict[st
     settings = [tuple(x) for x in groups[0]["refit"]["settings"]]
     taught = _pooled(groups, lambda g: g["refit"]["taught_top1"], _n_taught)
     cat = _pooled(groups, lambda g: g["refit"]["catalogue_top1"], _n_catalogue)
-    base = float(_pooled(groups, lambda g: g["catalogue_top1_without_teaching"], _n_catalogue))
     rows = []
     for refit in dict.fromkeys(s[:3] for s in settings):
-        idx = np.array([i for i, s in enumerate(settings) if s[:3] == refit])
-        fair = idx[cat[idx] >= base - cost - 1e-9]
-        k = int(fair[np.argmax(taught[fair])]) if len(fair) else int(idx[0])
+        k = choose_setting(groups, cost, [i for i, s in enumerate(settings) if s[:3] == refit])
         rows.append({"scale": refit[0], "steps": refit[1], "per_label": refit[2], "bias": settings[k][3],
                      "taught_top1": float(taught[k]), "catalogue_top1": float(cat[k])})
     return rows
