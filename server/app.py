@@ -11,8 +11,9 @@ from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
 
 from server.auth import admin_token_sha256
 from server.db import init_db, make_engine
@@ -30,7 +31,7 @@ def create_app(settings: Settings) -> FastAPI:
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
     engine = make_engine(settings.db_url)
-    sessionmaker = init_db(engine)
+    sessionmaker = init_db(engine, settings.tz)
     admin_sha256, generated = admin_token_sha256(sessionmaker, settings.admin_token)
     broker = Broker()
 
@@ -40,7 +41,10 @@ def create_app(settings: Settings) -> FastAPI:
         yield
         engine.dispose()
 
-    app = FastAPI(title="wetmarket market server", version="0.1.0", lifespan=lifespan)
+    # /docs and /redoc load Swagger UI and ReDoc from the installed fastapi-offline package,
+    # not from a CDN: the market's network may have no internet.
+    app = FastAPIOffline(title="wetmarket market server", version="0.1.0", lifespan=lifespan,
+                         favicon_url="/favicon.ico")
     app.state.settings = settings
     app.state.engine = engine
     app.state.sessionmaker = sessionmaker
@@ -60,6 +64,10 @@ def create_app(settings: Settings) -> FastAPI:
     for module in (stalls, sales, refunds, stats, pages):
         app.include_router(module.router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @app.get("/favicon.ico", include_in_schema=False)
+    def favicon() -> FileResponse:
+        return FileResponse(STATIC / "favicon.svg", media_type="image/svg+xml")
 
     @app.get("/healthz", tags=["health"])
     def healthz() -> dict[str, str]:

@@ -5,17 +5,20 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import select
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
 from server import db
 
-_bearer = HTTPBearer(auto_error=False)
-Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+#: ``Authorization: Bearer ...``; a route that depends on it checks a token, and
+#: ``server.guard`` checks that token before the route reads its body.
+bearer = HTTPBearer(auto_error=False)
+Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
 
 
 def new_token() -> str:
@@ -64,3 +67,18 @@ def stall_for_token(session: Session, cred: HTTPAuthorizationCredentials | None)
     if stall is None:
         raise _unauthorized("unknown stall token")
     return stall
+
+
+async def check_token(request: Request, kind: Literal["admin", "stall"]) -> None:
+    """The route's own token check (``require_admin`` or ``stall_for_token``), run before
+    the route reads its body; raises the same 401."""
+    cred = await bearer(request)
+    if kind == "admin":
+        require_admin(request, cred)
+        return
+
+    def look_up() -> None:
+        with request.app.state.sessionmaker() as session:
+            stall_for_token(session, cred)
+
+    await run_in_threadpool(look_up)

@@ -11,8 +11,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from server import db
 from server.auth import Credentials, stall_for_token
 from server.deps import SessionDep, SettingsDep, write_lock
+from server.guard import REFUNDS_BODY_LIMIT, GuardedRoute, body_limit, errors
 
-router = APIRouter(prefix="/api/v1/refunds", tags=["refunds"])
+router = APIRouter(prefix="/api/v1/refunds", tags=["refunds"], route_class=GuardedRoute)
 
 
 class RefundIn(BaseModel):
@@ -62,7 +63,7 @@ def _one(session: Any, stall: db.Stall, raw: Any, tz: Any) -> dict[str, Any]:
     return {**key, "status": "accepted", "reason": None}
 
 
-@router.post("")
+@router.post("", openapi_extra=body_limit(REFUNDS_BODY_LIMIT), responses=errors(400, 401, 413))
 def upload_refunds(body: RefundBatch, session: SessionDep, cred: Credentials, settings: SettingsDep,
                    request: Request) -> dict[str, Any]:
     """Answers per refund: accepted, duplicate or refused (and why)."""

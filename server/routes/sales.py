@@ -11,9 +11,10 @@ from sqlalchemy.exc import IntegrityError
 from server import db, stats
 from server.auth import Credentials, stall_for_token
 from server.deps import AdminDep, BrokerDep, SessionDep, SettingsDep, write_lock
+from server.guard import SALES_BODY_LIMIT, GuardedRoute, body_limit, errors
 from server.ingest import ingest_batch
 
-router = APIRouter(prefix="/api/v1/sales", tags=["sales"])
+router = APIRouter(prefix="/api/v1/sales", tags=["sales"], route_class=GuardedRoute)
 
 MAX_BATCH = 500
 
@@ -38,14 +39,16 @@ class BatchResult(BaseModel):
     results: list[SaleResult]
 
 
-@router.post("", response_model=BatchResult)
+@router.post("", response_model=BatchResult, openapi_extra=body_limit(SALES_BODY_LIMIT),
+             responses=errors(400, 401, 409, 413, e409="Another upload stored the same sales at once; "
+                              "send again"))
 def upload_sales(body: SalesBatch, session: SessionDep, cred: Credentials, settings: SettingsDep,
                  broker: BrokerDep, request: Request) -> BatchResult:
     with write_lock(request):
         stall = stall_for_token(session, cred)
         for attempt in (1, 2):
             try:
-                results = ingest_batch(session, stall, body.sales, settings.tz)
+                results = ingest_batch(session, stall, body.sales, settings)
                 session.commit()
                 break
             except IntegrityError:
@@ -59,7 +62,7 @@ def upload_sales(body: SalesBatch, session: SessionDep, cred: Credentials, setti
     if accepted and broker.subscribers:
         figures = stats.today(session, settings.tz)
         broker.publish({"type": "sales", "stall_id": stall.stall_id, "new": len(accepted),
-                        "today": figures, "recent": stats.recent_sales(session)})
+                        "today": figures, "recent": stats.recent_sales(session, settings.tz)})
     return BatchResult(
         accepted=len(accepted),
         duplicates=sum(r.status == "duplicate" for r in results),
@@ -68,7 +71,7 @@ def upload_sales(body: SalesBatch, session: SessionDep, cred: Credentials, setti
     )
 
 
-@router.get("/{sale_id}")
+@router.get("/{sale_id}", responses=errors(401, 404))
 def get_sale(sale_id: str, session: SessionDep, _: AdminDep) -> dict[str, Any]:
     row = session.get(db.Sale, sale_id)
     if row is None:

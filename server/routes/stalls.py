@@ -13,8 +13,9 @@ from sqlalchemy import select
 from server import db
 from server.auth import Credentials, new_token, stall_for_token, token_hash
 from server.deps import AdminDep, SessionDep, write_lock
+from server.guard import GuardedRoute, errors
 
-router = APIRouter(prefix="/api/v1/stalls", tags=["stalls"])
+router = APIRouter(prefix="/api/v1/stalls", tags=["stalls"], route_class=GuardedRoute)
 
 
 def _check_key(v: str | None) -> str | None:
@@ -56,7 +57,8 @@ class StallKey(BaseModel):
     _key = field_validator("public_key")(_check_key)
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, response_model=StallToken)
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=StallToken,
+             responses=errors(400, 401, 409, 413, e409="A stall with this id exists"))
 def create_stall(body: StallCreate, session: SessionDep, _: AdminDep, request: Request) -> StallToken:
     token = new_token()
     with write_lock(request):
@@ -74,7 +76,9 @@ def list_stalls(session: SessionDep) -> list[StallPublic]:
     return [StallPublic(stall_id=s.stall_id, name=s.name, has_key=bool(s.public_key)) for s in rows]
 
 
-@router.put("/{stall_id}/key", response_model=StallPublic)
+@router.put("/{stall_id}/key", response_model=StallPublic,
+            responses=errors(400, 401, 403, 409, 413, e403="The token is another stall's",
+                             e409="The stall has a different key; the manager must act"))
 def set_key(stall_id: str, body: StallKey, session: SessionDep, cred: Credentials,
             request: Request) -> StallPublic:
     """A stall registers its receipt-signing key once; changing it needs the manager."""

@@ -12,8 +12,9 @@ from sse_starlette.sse import EventSourceResponse
 
 from server import stats
 from server.deps import BrokerDep, SessionDep, SettingsDep
+from server.guard import GuardedRoute
 
-router = APIRouter(prefix="/api/v1", tags=["stats"])
+router = APIRouter(prefix="/api/v1", tags=["stats"], route_class=GuardedRoute)
 
 
 @router.get("/stats/today")
@@ -23,11 +24,15 @@ def stats_today(session: SessionDep, settings: SettingsDep) -> dict[str, Any]:
 
 
 @router.get("/sales-recent")
-def sales_recent(session: SessionDep) -> list[dict[str, Any]]:
-    return stats.recent_sales(session)
+def sales_recent(session: SessionDep, settings: SettingsDep) -> list[dict[str, Any]]:
+    """The last 10 sales received, ``sold_at`` in the market's time with its UTC offset."""
+    return stats.recent_sales(session, settings.tz)
 
 
-@router.get("/events")
+@router.get("/events", response_class=EventSourceResponse, responses={200: {
+    "description": "Server-Sent Events: `hello` at once, then `sales` after each upload that "
+                   "stored sales, its `data` the JSON of `{type, stall_id, new, today, recent}`",
+    "content": {"text/event-stream": {"schema": {"type": "string"}}}}})
 async def events(request: Request, broker: BrokerDep) -> EventSourceResponse:
     """Server-Sent Events: a ``sales`` event carrying today's figures after each upload."""
     queue = broker.subscribe()
