@@ -3,15 +3,27 @@ is an error that names the field)."""
 
 from __future__ import annotations
 
+import logging
 import tomllib
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic.fields import FieldInfo
 
 from edge import ConfigError
 from edge.catalogue import Plu
 from edge.weighing import ScaleSpec
+
+logger = logging.getLogger(__name__)
 
 
 class _Strict(BaseModel):
@@ -33,6 +45,15 @@ class ScaleConfig(ScaleSpec):
     protocol: str = Field("cas", title="Weighing-module protocol name")
     max_g: int = Field(15000, gt=0, title="Max", description="maximum capacity in grams")
     e_g: int = Field(5, gt=0, title="e", description="verification interval (of the upper range)")
+
+    @field_validator("protocol")
+    @classmethod
+    def _known_protocol(cls, value: str) -> str:
+        from firmware_bridge.protocols import PROTOCOLS
+
+        if value not in PROTOCOLS:
+            raise ValueError(f"unknown protocol {value!r} (known: {', '.join(PROTOCOLS)})")
+        return value
 
 
 class CameraConfig(_Strict):
@@ -59,10 +80,35 @@ class PrinterConfig(_Strict):
     encoding: Literal["gb18030", "gbk"] = "gb18030"
 
 
-class CatalogueEntry(Plu):
-    """An item of the stall's catalogue, and the recognizer's label that means it."""
+def _read_as(field: str, *names: str) -> Any:
+    """``Plu``'s field, constraints and all, read from the config under ``names``."""
+    return FieldInfo.merge_field_infos(Plu.model_fields[field], validation_alias=AliasChoices(*names))
 
+
+#: The Sale contract's name of a catalogue field, and the catalogue's own (older) name.
+_CONTRACT_NAMES = (("plu", "code"), ("name", "name_zh"))
+
+
+class CatalogueEntry(Plu):
+    """An item of the stall's catalogue, and the recognizer's label that means it.
+
+    Operators write an item with the names its sale lines carry (``plu``, ``name``,
+    ``name_en``: ARCHITECTURE.md's Sale JSON); configs written with the catalogue's own
+    names (``code``, ``name_zh``) keep loading.  An error names the key that was written.
+    """
+
+    code: str = _read_as("code", "plu", "code")
+    name_zh: str = _read_as("name_zh", "name", "name_zh")
     label: str | None = Field(None, max_length=64, title="Recognizer label of this item")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_name_each(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for new, old in _CONTRACT_NAMES:
+                if new in data and old in data:
+                    raise ValueError(f"'{new}' and '{old}' are the same field: give one")
+        return data
 
 
 class StallConfig(_Strict):
@@ -99,4 +145,15 @@ def load_config(path: Path | str) -> StallConfig:
         raise ConfigError(f"stall config {path}: {where}: {err['msg']}") from exc
     if not cfg.data_dir.is_absolute():
         cfg = cfg.model_copy(update={"data_dir": (path.parent / cfg.data_dir).resolve()})
+    _warn_if_token_readable(path, cfg)
     return cfg
+
+
+def _warn_if_token_readable(path: Path, cfg: StallConfig) -> None:
+    """The stall's token lets anyone upload sales as this stall: say so when others can read it."""
+    if not cfg.server.token:
+        return
+    mode = path.stat().st_mode & 0o777
+    if mode & 0o077:
+        logger.warning("stall config %s holds the stall's server token but is readable by others "
+                       "(mode %03o): chmod 600 %s", path, mode, path)

@@ -51,8 +51,9 @@ STALLS: list[tuple[str, str, str]] = [
 
 
 def catalogue(stall_id: str, day: str) -> list[dict[str, Any]]:
+    """The stall's items as its config writes them (the Sale contract's names, as in the README)."""
     return [
-        {"code": plu, "name_zh": zh, "name_en": en, "unit_price_fen": price, "price_unit": unit,
+        {"plu": plu, "name": zh, "name_en": en, "unit_price_fen": price, "price_unit": unit,
          "label": label, "batch_code": f"B{day}-{plu[-2:]}", "origin": _ORIGIN.get(plu[0], "上海"),
          "inspection": "passed"}
         for plu, zh, en, price, unit, label in _ITEMS[stall_id]
