@@ -26,6 +26,32 @@ CLI_MODULES: tuple[str, ...] = (
 )
 
 
+def version_text() -> str:
+    """The installed package's version and the legally relevant software's identity."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from edge.legal import legal_id
+
+    try:
+        package = version("wetmarket")
+    except PackageNotFoundError:  # run from a checkout that was never pip-installed
+        package = "(not installed)"
+    return f"wetmarket {package} (legal software {legal_id()})"
+
+
+class _VersionAction(argparse.Action):
+    """``--version``; the text is made only when asked for (the checksum reads files)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str = argparse.SUPPRESS,
+                 default: str = argparse.SUPPRESS, help: str | None = None) -> None:
+        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: object, option_string: str | None = None) -> None:
+        print(version_text())
+        parser.exit()
+
+
 class _Parser(argparse.ArgumentParser):
     """An argparse parser whose errors are one clear line, not a usage dump."""
 
@@ -39,6 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Smart wet-market: stall scales and the market server.",
     )
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
+    parser.add_argument("--version", action=_VersionAction,
+                        help="print the version and the legal software's version and checksum")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for name in CLI_MODULES:
         importlib.import_module(name).register(sub)

@@ -15,8 +15,14 @@ logger = logging.getLogger(__name__)
 
 
 def check_port_free(host: str, port: int) -> None:
-    """Fail with one clear line instead of uvicorn's traceback when the port is taken."""
+    """Fail with one clear line instead of uvicorn's traceback when the port is taken.
+
+    The probe binds as uvicorn will, with SO_REUSEADDR: a port whose only sockets are
+    closed connections in TIME_WAIT (a server stopped a moment ago) is free to listen on,
+    while a port someone listens on is still refused.
+    """
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
         except OSError as exc:

@@ -103,3 +103,60 @@ def test_server_prints_generated_admin_token_once(tmp_path: Path) -> None:
         text = "".join(lines)
         assert ("shown only this once" in text) is expect_token
         assert "market server on http://127.0.0.1:" in text
+
+
+def test_version_names_package_and_legal_software() -> None:
+    from importlib.metadata import version
+
+    from edge.legal import LEGAL_VERSION, legal_checksum
+
+    p = run("--version")
+    assert p.returncode == 0, p.stderr
+    assert p.stdout == (f"wetmarket {version('wetmarket')} "
+                        f"(legal software {LEGAL_VERSION} {legal_checksum()[:8]})\n")
+
+
+def _start_server(port: int, db: str) -> tuple[subprocess.Popen[str], str]:
+    import os
+
+    env = {**os.environ, "WETMARKET_ADMIN_TOKEN": "restart-test-admin-token"}
+    p = subprocess.Popen([WETMARKET, "server", "--port", str(port), "--db", db],
+                         stderr=subprocess.PIPE, text=True, env=env)
+    assert p.stderr is not None
+    return p, p.stderr.readline()
+
+
+def _health_closing(port: int, p: subprocess.Popen[str]) -> int:
+    """GET /healthz with ``Connection: close``, so the server closes first and its side of the
+    connection (on the server's port) lingers in TIME_WAIT once it has stopped."""
+    import time
+
+    import httpx
+
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            return httpx.get(f"http://127.0.0.1:{port}/healthz", headers={"Connection": "close"}).status_code
+        except httpx.HTTPError:
+            assert p.poll() is None and time.monotonic() < deadline, "server did not answer"
+            time.sleep(0.1)
+
+
+def test_server_restarts_at_once_on_its_port(tmp_path: Path) -> None:
+    """A restart within a minute finds the port in TIME_WAIT: that is free, as uvicorn sees it."""
+    from tests.conftest import free_port
+
+    port = free_port()
+    db = f"sqlite:///{tmp_path / 'm.db'}"
+    for restart in (False, True):
+        if restart:
+            # What a restart meets: a plain bind (without SO_REUSEADDR) is refused.
+            with socket.socket() as s, pytest.raises(OSError, match="in use"):
+                s.bind(("127.0.0.1", port))
+        p, first = _start_server(port, db)
+        try:
+            assert first.startswith(f"market server on http://127.0.0.1:{port}/"), first
+            assert _health_closing(port, p) == 200
+        finally:
+            p.terminate()
+            p.wait(20)
