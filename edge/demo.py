@@ -44,9 +44,27 @@ def _toml_str(s: str) -> str:
     return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+def write_private(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` readable by its owner only (mode 0600), atomically.
+
+    The file is created with its mode (never chmod-ed afterwards, so it is not
+    world-readable even for an instant) under a temporary name, then renamed into place.
+    """
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def write_stall_config(path: Path, stall_id: str, name: str, vendor: str, server: str, token: str,
-                       camera: Path | None, seed: int) -> None:
-    day = dt.date.today().strftime("%Y%m%d")
+                       camera: Path | None, seed: int, day: dt.date) -> None:
+    """The stall's TOML config; it holds the stall's bearer token, so only its owner reads it."""
     lines = [
         f"stall_id = {_toml_str(stall_id)}",
         f"name = {_toml_str(name)}",
@@ -68,17 +86,22 @@ def write_stall_config(path: Path, stall_id: str, name: str, vendor: str, server
     if camera is not None:
         lines.append(f"source = {_toml_str(str(camera))}")
     lines += ["", "[printer]", 'type = "file"', ""]
-    for item in catalogue(stall_id, day):
+    for item in catalogue(stall_id, day.strftime("%Y%m%d")):
         lines.append("[[catalogue]]")
         lines += [f"{k} = {_toml_str(v) if isinstance(v, str) else v}"
                   for k, v in item.items() if v is not None]
         lines.append("")
-    path.write_text("\n".join(lines), encoding="utf-8")
+    write_private(path, "\n".join(lines))
 
 
 class Demo:
     def __init__(self, port: int, data_dir: Path, duration: float | None) -> None:
+        from server.settings import Settings
+
         self.port = port
+        # The server's market zone (its local day): the console's clock and the batch
+        # codes' day agree with the big screen and the receipts, whatever zone this host runs in.
+        self.tz = Settings().tz
         self.data_dir = data_dir.resolve()
         self.duration = duration
         self.base = f"http://127.0.0.1:{port}"
@@ -115,7 +138,8 @@ class Demo:
         check_port_free("127.0.0.1", self.port)
         if self.data_dir.exists():
             shutil.rmtree(self.data_dir)
-        self.data_dir.mkdir(parents=True)
+        # Owner only: the stalls' configs hold their tokens, and their folders their keys.
+        self.data_dir.mkdir(parents=True, mode=0o700)
         admin = os.urandom(18).hex()
         self._spawn("server", ["server", "--db", f"sqlite:///{self.data_dir / 'market.db'}",
                                "--port", str(self.port)], {"WETMARKET_ADMIN_TOKEN": admin})
@@ -128,9 +152,10 @@ class Demo:
                     r = c.post("/api/v1/stalls", json={"stall_id": sid, "name": name})
                     r.raise_for_status()
                     sdir = self.data_dir / sid
-                    sdir.mkdir()
+                    sdir.mkdir(mode=0o700)
                     write_stall_config(sdir / "stall.toml", sid, name, vendor, self.base,
-                                       r.json()["token"], camera, seed=1000 + i)
+                                       r.json()["token"], camera, seed=1000 + i,
+                                       day=dt.datetime.now(self.tz).date())
                     self._spawn(sid, ["stall", "--config", str(sdir / "stall.toml")])
             print(f"big screen:   {self.base}/display", flush=True)
             print(f"today (JSON): {self.base}/api/v1/stats/today", flush=True)
@@ -158,7 +183,7 @@ class Demo:
                 last_print = time.monotonic()
                 try:
                     d = httpx.get(f"{self.base}/api/v1/stats/today", timeout=2).json()
-                    print(f"{time.strftime('%H:%M:%S')}  sales {d['sales']:4d}  "
+                    print(f"{dt.datetime.now(self.tz):%H:%M:%S}  sales {d['sales']:4d}  "
                           f"total ￥{d['total_fen'] / 100:,.2f}", flush=True)
                 except (httpx.HTTPError, ValueError, KeyError):
                     pass

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import os
 import re
 import signal
 import subprocess
@@ -17,6 +19,23 @@ from tests.conftest import free_port
 WETMARKET = str(Path(sys.executable).parent / "wetmarket")
 
 
+MARKET_TZ = dt.timezone(dt.timedelta(hours=8))  # Asia/Shanghai, the server's default market zone
+
+
+def _clock_lines_not_in_market_time(out: str, started: dt.datetime, ended: dt.datetime) -> list[str]:
+    """The console's ``HH:MM:SS  sales`` lines whose time is not market time while the demo ran."""
+    window = (started.astimezone(MARKET_TZ).replace(tzinfo=None) - dt.timedelta(seconds=5),
+              ended.astimezone(MARKET_TZ).replace(tzinfo=None) + dt.timedelta(seconds=5))
+    wrong = []
+    for m in re.finditer(r"^(\d\d):(\d\d):(\d\d)  sales", out, re.MULTILINE):
+        h, mi, sec = map(int, m.groups())
+        # The day the demo ran on in market time (either, around midnight).
+        candidates = [dt.datetime.combine(day.date(), dt.time(h, mi, sec)) for day in window]
+        if not any(window[0] <= c <= window[1] for c in candidates):
+            wrong.append(m.group(0))
+    return wrong
+
+
 def _left_running(marker: str) -> list[str]:
     out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
     return [ln for ln in out.splitlines() if marker in ln and "ps -eo" not in ln]
@@ -26,9 +45,11 @@ def _left_running(marker: str) -> list[str]:
 def test_demo_runs_for_its_duration_and_cleans_up(tmp_path: Path) -> None:
     port = free_port()
     data = tmp_path / "demo"
+    started = dt.datetime.now(dt.UTC)
+    # The host's zone is UTC (as on most servers): the console must still show market time.
     p = subprocess.Popen([WETMARKET, "demo", "--port", str(port), "--duration", "25",
                           "--data", str(data)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                         text=True)
+                         text=True, env={**os.environ, "TZ": "UTC"})
     seen_live = None
     deadline = time.monotonic() + 25
     while time.monotonic() < deadline and p.poll() is None:
@@ -41,12 +62,19 @@ def test_demo_runs_for_its_duration_and_cleans_up(tmp_path: Path) -> None:
             pass
         time.sleep(0.5)
     out, err = p.communicate(timeout=60)
+    ended = dt.datetime.now(dt.UTC)
     assert p.returncode == 0, err
     assert seen_live is not None, f"no sales from all 3 stalls while running:\n{out}\n{err}"
     first = out.splitlines()[0]
     assert first == f"big screen:   http://127.0.0.1:{port}/display"
     totals = [int(m.group(1)) for m in re.finditer(r"sales\s+(\d+)", out)]
     assert totals and totals[-1] > 0
+    assert _clock_lines_not_in_market_time(out, started, ended) == [], out
+    # The stalls' configs hold their tokens: owner only, as are the folders around them.
+    assert (data.stat().st_mode & 0o777) == 0o700
+    for sid in ("S01", "S02", "S03"):
+        assert ((data / sid).stat().st_mode & 0o777) == 0o700
+        assert ((data / sid / "stall.toml").stat().st_mode & 0o777) == 0o600
     assert _left_running(str(data)) == []
     # Every stall's journal was fully uploaded before the server stopped.
     import sqlite3
