@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import pytest
 import uvicorn
+
+from tests import pg
 
 REPO = Path(__file__).resolve().parent.parent
 DATASET = REPO.parent / "shared" / "data" / "grocery-store"
-POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
+#: The machine's PostgreSQL server; tests take the ``postgres_url`` fixture instead, which
+#: falls back to a private server where this one does not answer (tests/pg.py).
+POSTGRES_URL = pg.DEFAULT_URL
 
 
 def free_port() -> int:
@@ -57,3 +64,20 @@ def postgres_available() -> bool:
             return True
     except OSError:
         return False
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A PostgreSQL server for the session (tests/pg.py says which); the same for every test."""
+    skip = os.environ.get("WETMARKET_SKIP_POSTGRES") == "1"
+    try:
+        url, private = pg.provide(start_private=not skip)
+    except pg.PostgresUnavailable as exc:
+        if skip:
+            pytest.skip(f"WETMARKET_SKIP_POSTGRES=1: {exc}")
+        pytest.fail(f"{exc} (set WETMARKET_SKIP_POSTGRES=1 to skip these tests knowingly)")
+    try:
+        yield url
+    finally:
+        if private is not None:
+            private.stop()

@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import os
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -15,14 +14,14 @@ from edge.pricing import line_amount_fen
 from edge.tracecode import make_trace_code, stall_number
 from server.app import create_app
 from server.settings import Settings
-from tests.conftest import POSTGRES_URL, LiveServer, postgres_available
+from tests.conftest import POSTGRES_URL, LiveServer
 
 ADMIN = "test-admin-token"
 SHANGHAI = dt.timezone(dt.timedelta(hours=8))
 
 
-def _reset_postgres() -> None:
-    engine = create_engine(POSTGRES_URL.replace("postgresql://", "postgresql+psycopg://"))
+def _reset_postgres(url: str = POSTGRES_URL) -> None:
+    engine = create_engine(url.replace("postgresql://", "postgresql+psycopg://"))
     with engine.begin() as conn:
         conn.execute(text("DROP SCHEMA public CASCADE"))
         conn.execute(text("CREATE SCHEMA public"))
@@ -33,13 +32,10 @@ def _reset_postgres() -> None:
 def db_url(request: pytest.FixtureRequest, tmp_path) -> str:  # type: ignore[no-untyped-def]
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'market.db'}"
-    if not postgres_available():
-        if os.environ.get("WETMARKET_SKIP_POSTGRES") == "1":
-            pytest.skip("WETMARKET_SKIP_POSTGRES=1 and no PostgreSQL on 127.0.0.1:5432")
-        pytest.fail("PostgreSQL is not running on 127.0.0.1:5432 (set WETMARKET_SKIP_POSTGRES=1 "
-                    "to skip these tests knowingly)")
-    _reset_postgres()
-    return POSTGRES_URL
+    # Asked for only here, so a run of SQLite tests alone starts no PostgreSQL server.
+    url: str = request.getfixturevalue("postgres_url")
+    _reset_postgres(url)
+    return url
 
 
 @pytest.fixture
