@@ -27,3 +27,17 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     "$VENV/bin/python" -m pip install -q -e ".[dev,train]"
     touch "$stamp"
 fi
+
+# The receipt tests also read the ESC/POS bytes back with npm's npos (a decoder nobody here
+# wrote), installed in tests/edge/npos_decoder as its package-lock.json pins it.
+npos_dir=tests/edge/npos_decoder
+if [ "${target:-test}" = test ] && { [ ! -d "$npos_dir/node_modules/npos" ] \
+        || [ "$npos_dir/package-lock.json" -nt "$npos_dir/node_modules" ]; }; then
+    if ! command -v npm >/dev/null 2>&1; then
+        SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
+        $SUDO apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null
+    fi
+    echo "bootstrap: installing the receipt tests' ESC/POS decoder (npm ci in $npos_dir)"
+    npm ci --prefix "$npos_dir" --omit=optional --no-audit --no-fund --silent
+fi

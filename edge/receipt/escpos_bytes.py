@@ -10,9 +10,12 @@ read every byte back::
     GS ( k           native QR: model 2, module size, level M, store, print
     GS h/w/H/f, GS k 67 13 digits          EAN-13 with its check digit, HRI below
 
-Text is encoded as GB18030 (default) or GBK.  A character outside GBK is
-printed as ``?`` and logged, rather than refusing a legally correct sale for a
-rare character in an item name.
+Text is encoded as GB18030 (default) or GBK, the encoding the layout counted
+its columns in.  A character outside GBK is printed as ``?`` and logged, rather
+than refusing a legally correct sale for a rare character in an item name; the
+layout has already replaced it (``layout.printable``), and ``encode_text``
+applies the same replacement to blocks made elsewhere, so bytes, layout and
+preview agree column for column.
 """
 
 from __future__ import annotations
@@ -22,11 +25,19 @@ from collections.abc import Sequence
 
 from edge import ReceiptError
 from edge.receipt.ean13 import is_valid_ean13
-from edge.receipt.layout import Barcode, Block, Cut, Feed, Qr, Text
+from edge.receipt.layout import (
+    Barcode,
+    Block,
+    Cut,
+    Feed,
+    Qr,
+    Text,
+    check_encoding,
+    printable,
+)
 
 logger = logging.getLogger(__name__)
 
-ENCODINGS = ("gb18030", "gbk")
 
 ESC, GS, FS, LF = b"\x1b", b"\x1d", b"\x1c", b"\n"
 INIT = ESC + b"@"
@@ -71,17 +82,13 @@ def ean13_bytes(code: str) -> bytes:
 
 
 def encode_text(text: str, encoding: str) -> bytes:
-    try:
-        return text.encode(encoding)
-    except UnicodeEncodeError:
-        logger.warning("%r has characters outside %s: printed as '?'", text, encoding)
-        return text.encode(encoding, errors="replace")
+    """``text`` in ``encoding``, each character it cannot encode as ``?``."""
+    return printable(text, encoding).encode(encoding)
 
 
 def to_escpos(blocks: Sequence[Block], encoding: str = "gb18030",
               chinese_mode: bool = False) -> bytes:
-    if encoding not in ENCODINGS:
-        raise ReceiptError(f"receipt encoding must be one of {ENCODINGS}, got {encoding!r}")
+    check_encoding(encoding)
     out = [INIT]
     if chinese_mode:
         out.append(CHINESE_ON)

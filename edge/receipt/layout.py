@@ -8,11 +8,22 @@ paper's columns, the ``Qr`` with the trace URL, an optional ``Barcode``,
 same blocks, so what the vendor sees is what the shopper gets.
 
 Columns are those of font A (12 x 24 dots): 32 on 58 mm paper (384 dots),
-48 on 80 mm (576 dots).  A Han character or ``￥`` takes two columns.
+48 on 80 mm (576 dots).  A character's width is the printer's, counted from its
+code in the receipt's encoding (GB18030 or GBK), not from Unicode: a one-byte
+(ASCII) code takes one column, every multi-byte code (two bytes, or four in
+GB18030) two, because the printer draws it from its 24 x 24 Chinese font.  So
+``·`` ``—`` ``×`` ``℃`` ``“”`` and accented Latin, which Unicode calls narrow or
+ambiguous, take two columns like ``￥`` and a Han character.
+
+A character the encoding has no code for (``𠮷`` in GBK, ``î`` in GBK) is
+replaced by ``?`` here, when the text is laid out, and logged: the ``Text``
+blocks then hold only printable characters, so the ESC/POS bytes and the PNG
+preview show the same ``?`` in the same single column.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import unicodedata
 from dataclasses import dataclass
@@ -30,12 +41,20 @@ from edge.tracecode import check_sale_trace, trace_url
 logger = logging.getLogger(__name__)
 
 Width = Literal[58, 80]
+#: The text encodings a receipt printer may be set to; the first is the default.
+ENCODINGS = ("gb18030", "gbk")
+#: What is printed for a character the encoding cannot encode (one column).
+REPLACEMENT = "?"
 COLUMNS: dict[int, int] = {58: 32, 80: 48}
 DOTS: dict[int, int] = {58: 384, 80: 576}
 
 
 class ReceiptMeta(BaseModel):
-    """What the receipt needs besides the sale (from the stall's config)."""
+    """What the receipt needs besides the sale (from the stall's config).
+
+    Integers and booleans are strict: ``"reprint": "2"`` in a settings file is
+    refused, not read as 2 (a typo must not silently become a receipt setting).
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -47,11 +66,14 @@ class ReceiptMeta(BaseModel):
                           title="Base URL of the trace page (QR)")
     rule: RoundingRule = Field(default="half-up", title="The market's rounding rule")
     language: Literal["zh", "en"] = Field(default="zh", title="Receipt language")
-    ean13: bool = Field(default=False, title="Print the price-embedded in-store EAN-13")
+    ean13: bool = Field(default=False, strict=True,
+                        title="Print the price-embedded in-store EAN-13")
     ean13_prefix: str = Field(default="23", pattern=r"^2[0-9]$", title="In-store EAN-13 prefix")
-    chinese_mode: bool = Field(default=False, title="Send FS & (Chinese character mode) first")
-    qr_size: int = Field(default=6, ge=1, le=16, title="QR module size in dots")
-    reprint: int = Field(default=0, ge=0, le=999, title="0 for the original, n for the n-th reprint")
+    chinese_mode: bool = Field(default=False, strict=True,
+                               title="Send FS & (Chinese character mode) first")
+    qr_size: int = Field(default=6, strict=True, ge=1, le=16, title="QR module size in dots")
+    reprint: int = Field(default=0, strict=True, ge=0, le=999,
+                         title="0 for the original, n for the n-th reprint")
     footer: tuple[str, ...] = Field(default=(), max_length=5, title="Extra lines, e.g. 市场监管电话")
 
 
@@ -107,50 +129,95 @@ _QR_BYTES_M = (14, 26, 42, 62, 84, 106, 122, 152, 180, 213,
                251, 287, 331, 362, 412, 450, 504, 560, 624, 666)
 
 
-def char_width(char: str) -> int:
-    return 2 if unicodedata.east_asian_width(char) in ("W", "F") else 1
+def check_encoding(encoding: str) -> None:
+    if encoding not in ENCODINGS:
+        raise ReceiptError(f"receipt encoding must be one of {ENCODINGS}, got {encoding!r}")
 
 
-def text_width(text: str) -> int:
-    return sum(char_width(c) for c in text)
+@functools.lru_cache(maxsize=16384)
+def _code_width(char: str, encoding: str) -> int:
+    """Columns of ``char``'s code in ``encoding``: 1 or 2, or 0 when it has no code."""
+    try:
+        code = char.encode(encoding)
+    except UnicodeEncodeError:
+        return 0
+    # GBK and GB18030 code every non-ASCII character in 2 or 4 bytes; the printer
+    # gives any multi-byte code one double-width (24-dot) cell.
+    return 1 if len(code) == 1 else 2
 
 
-def clean(text: str) -> str:
-    """Printable text only: a control byte in an item name must not become a command."""
+def char_width(char: str, encoding: str = "gb18030") -> int:
+    """Printer columns of ``char`` in ``encoding`` (that of ``?`` if it cannot be encoded)."""
+    if char < "\x80":  # ASCII: one byte in both encodings (the common case, kept fast)
+        return 1
+    return _code_width(char, encoding) or 1
+
+
+def text_width(text: str, encoding: str = "gb18030") -> int:
+    """Printer columns of ``text``, i.e. the width of its bytes on paper."""
+    if text.isascii():
+        return len(text)
+    return sum(char_width(c, encoding) for c in text)
+
+
+def printable(text: str, encoding: str = "gb18030") -> str:
+    """``text`` with every character ``encoding`` cannot encode replaced by ``?``."""
+    if text.isascii():
+        return text
+    out = "".join(c if c < "\x80" or _code_width(c, encoding) else REPLACEMENT for c in text)
+    if out != text:
+        logger.warning("%r has characters outside %s: printed as %r", text, encoding, REPLACEMENT)
+    return out
+
+
+def clean(text: str, encoding: str = "gb18030") -> str:
+    """Printable text only: a control byte in an item name must not become a command,
+    and a character the printer has no code for becomes ``?`` (see the module doc)."""
     text = text.replace("\u00a5", "￥")  # GBK printers garble U+00A5 (DOMAIN.md §4)
-    return "".join(c for c in text if unicodedata.category(c)[0] != "C")
+    return printable("".join(c for c in text if unicodedata.category(c)[0] != "C"), encoding)
+
+
+@functools.lru_cache(maxsize=16384)
+def _breaks_anywhere(char: str) -> bool:
+    # Where a line may break is a matter of script, not of bytes: Han (and other wide)
+    # characters break anywhere, while "café" or "Crème" stays one word although é
+    # and è are double-width on the printer.
+    return unicodedata.east_asian_width(char) in ("W", "F")
 
 
 def _tokens(text: str) -> list[str]:
     # A Han character may break anywhere; a run of other non-space characters is a word.
     tokens: list[str] = []
     for char in text:
-        if char == " " or char_width(char) == 2 or not tokens or tokens[-1] == " " \
-                or char_width(tokens[-1][-1]) == 2:
+        if char == " " or _breaks_anywhere(char) or not tokens or tokens[-1] == " " \
+                or _breaks_anywhere(tokens[-1][-1]):
             tokens.append(char)
         else:
             tokens[-1] += char
     return tokens
 
 
-def wrap(text: str, columns: int) -> list[str]:
-    """Break ``text`` into lines of at most ``columns`` display columns."""
+def wrap(text: str, columns: int, encoding: str = "gb18030") -> list[str]:
+    """Break ``text`` into lines of at most ``columns`` printer columns."""
     lines: list[str] = []
     line, used = "", 0
     for token in _tokens(text):
-        width = text_width(token)
+        width = text_width(token, encoding)
         if used + width > columns and line.strip():
             lines.append(line.rstrip())
             line, used = "", 0
             if token == " ":
                 continue
-        while width > columns:  # a word longer than the line: split it by characters
+        # A word longer than the room left (the whole line, or what an indent leaves):
+        # split it by characters.
+        while width > columns - used:
             head, head_width = "", 0
             for char in token:
-                if head_width + char_width(char) > columns - used:
+                if head_width + char_width(char, encoding) > columns - used:
                     break
-                head, head_width = head + char, head_width + char_width(char)
-            lines.append(line + head)
+                head, head_width = head + char, head_width + char_width(char, encoding)
+            if head:
+                lines.append(line + head)
             token, width, line, used = token[len(head):], width - head_width, "", 0
         line, used = line + token, used + width
     if line.strip() or not lines:
@@ -158,26 +225,27 @@ def wrap(text: str, columns: int) -> list[str]:
     return lines
 
 
-def fit(text: str, columns: int) -> str:
+def fit(text: str, columns: int, encoding: str = "gb18030") -> str:
     """Cut ``text`` to ``columns`` without splitting a double-width character."""
     out, used = "", 0
     for char in text:
-        if used + char_width(char) > columns:
+        if used + char_width(char, encoding) > columns:
             break
-        out, used = out + char, used + char_width(char)
+        out, used = out + char, used + char_width(char, encoding)
     return out
 
 
-def spread(left: str, right: str, columns: int) -> list[str]:
+def spread(left: str, right: str, columns: int, encoding: str = "gb18030") -> list[str]:
     """``left`` and ``right`` on one line, right-aligned; on two lines if they do not fit."""
-    gap = columns - text_width(left) - text_width(right)
+    gap = columns - text_width(left, encoding) - text_width(right, encoding)
     if gap >= 1:
         return [left + " " * gap + right]
-    return [*wrap(left, columns), " " * max(0, columns - text_width(right)) + right]
+    return [*wrap(left, columns, encoding),
+            " " * max(0, columns - text_width(right, encoding)) + right]
 
 
-def center(text: str, columns: int) -> str:
-    return " " * max(0, (columns - text_width(text)) // 2) + text
+def center(text: str, columns: int, encoding: str = "gb18030") -> str:
+    return " " * max(0, (columns - text_width(text, encoding)) // 2) + text
 
 
 def qr_version(data: str) -> int:
@@ -195,10 +263,12 @@ def qr_module_size(data: str, wanted: int, width: int) -> int:
     return max(1, min(wanted, DOTS[width] // modules))
 
 
-def _line_blocks(number: int, line: SaleLine, meta: ReceiptMeta, columns: int) -> list[Text]:
+def _line_blocks(number: int, line: SaleLine, meta: ReceiptMeta, columns: int,
+                 encoding: str) -> list[Text]:
     labels = LABELS[meta.language]
     extra = line.model_extra or {}
-    name = clean(str(extra.get("name_en") or line.name) if meta.language == "en" else line.name)
+    name = clean(str(extra.get("name_en") or line.name) if meta.language == "en" else line.name,
+                 encoding)
     if line.price_unit == "piece":
         amount_text = f"{line.quantity}{labels['piece']}"
         unit = labels["piece"]
@@ -207,66 +277,76 @@ def _line_blocks(number: int, line: SaleLine, meta: ReceiptMeta, columns: int) -
         amount_text = format_weight(line.weight_g)
         unit = line.price_unit
     detail = f"  {amount_text} x {format_yuan(line.unit_price_fen)}/{unit}"
-    rows = [Text(row) for row in wrap(f"{number}. {name} ({clean(line.plu)})", columns)]
-    rows += [Text(row) for row in spread(detail, format_yuan(line.amount_fen), columns)]
+    rows = [Text(row) for row in wrap(f"{number}. {name} ({clean(line.plu, encoding)})",
+                                      columns, encoding)]
+    rows += [Text(row) for row in spread(detail, format_yuan(line.amount_fen), columns, encoding)]
     if line.batch_code:
-        rows += [Text(row) for row in wrap(f"  {labels['batch']} {clean(line.batch_code)}",
-                                           columns)]
+        rows += [Text(row) for row in wrap(
+            f"  {labels['batch']} {clean(line.batch_code, encoding)}", columns, encoding)]
     return rows
 
 
-def layout_receipt(sale: Sale, meta: ReceiptMeta, width: int = 58) -> list[Block]:
-    """Check ``sale`` and lay it out; PricingError / TraceCodeError / ReceiptError refuse it."""
+def layout_receipt(sale: Sale, meta: ReceiptMeta, width: int = 58,
+                   encoding: str = "gb18030") -> list[Block]:
+    """Check ``sale`` and lay it out in the printer columns of ``encoding``;
+    PricingError / TraceCodeError / ReceiptError refuse it."""
     if width not in COLUMNS:
         raise ReceiptError(f"paper width must be 58 or 80 mm, got {width}")
+    check_encoding(encoding)
     check_sale(sale, meta.rule)
     trace = check_sale_trace(sale)
     columns = COLUMNS[width]
     labels = LABELS[meta.language]
     rule_line = "-" * columns
 
+    def rows(text: str) -> list[Text]:
+        return [Text(row) for row in wrap(text, columns, encoding)]
+
+    def centred(text: str) -> Text:
+        return Text(center(text, columns, encoding), bold=True)
+
     title = meta.market_name_en if meta.language == "en" and meta.market_name_en \
         else meta.market_name
-    blocks: list[Block] = [
-        Text(center(row, columns // 2), bold=True, size="big")
-        for row in wrap(clean(title), columns // 2)
+    blocks: list[Block] = [  # double width: half the columns
+        Text(center(row, columns // 2, encoding), bold=True, size="big")
+        for row in wrap(clean(title, encoding), columns // 2, encoding)
     ]
     reprint = labels["reprint"].format(n=meta.reprint)
     if meta.reprint:
-        blocks.append(Text(center(reprint, columns), bold=True))
+        blocks.append(centred(reprint))
     stall = f"{labels['stall']} {sale.stall_id}"
     if meta.stall_name:
-        stall += f" {clean(meta.stall_name)}"
+        stall += f" {clean(meta.stall_name, encoding)}"
     if meta.vendor:
-        stall += f"  {labels['vendor']} {clean(meta.vendor)}"
-    blocks += [Text(row) for row in wrap(stall, columns)]
+        stall += f"  {labels['vendor']} {clean(meta.vendor, encoding)}"
+    blocks += rows(stall)
     blocks.append(Text(f"{labels['time']} {sale.sold_at:%Y-%m-%d %H:%M:%S}"))
     blocks.append(Text(f"{labels['receipt']} {sale.receipt_no:07d}"))
     blocks.append(Text(rule_line))
-    blocks += [Text(row) for row in spread(labels["head_item"], labels["head_amount"], columns)]
+    blocks += [Text(row) for row in spread(labels["head_item"], labels["head_amount"], columns,
+                                           encoding)]
     for number, line in enumerate(sale.lines, start=1):
-        blocks += _line_blocks(number, line, meta, columns)
+        blocks += _line_blocks(number, line, meta, columns, encoding)
     blocks.append(Text(rule_line))
     blocks.append(Text(labels["count"].format(n=len(sale.lines))))
     blocks += [Text(row, bold=True, size="tall")
-               for row in spread(labels["total"], format_yuan(sale.total_fen), columns)]
+               for row in spread(labels["total"], format_yuan(sale.total_fen), columns, encoding)]
     note_zh, note_en = RULE_NOTES[meta.rule]
-    blocks += [Text(row) for row in wrap(note_zh if meta.language == "zh" else note_en, columns)]
-    blocks += [Text(row) for row in wrap(f"{labels['trace']} {sale.trace_code}", columns)]
+    blocks += rows(note_zh if meta.language == "zh" else note_en)
+    blocks += rows(f"{labels['trace']} {sale.trace_code}")
     url = trace_url(meta.base_url, sale.trace_code, sale.signature)
     if not sale.signature:
         logger.warning("receipt %s is unsigned: its QR cannot prove it genuine", sale.trace_code)
     blocks.append(Qr(url, qr_module_size(url, meta.qr_size, width)))
-    blocks.append(Text(center(labels["scan"], columns)))
+    blocks.append(Text(center(labels["scan"], columns, encoding)))
     if meta.ean13:
         code = receipt_ean13(trace.stall, sale.total_fen, meta.ean13_prefix)
         if code is not None:
             blocks.append(Barcode(code))
-    blocks += [Text(row) for row in wrap(
-        labels["software"].format(version=LEGAL_VERSION, checksum=legal_checksum()[:8]), columns)]
+    blocks += rows(labels["software"].format(version=LEGAL_VERSION, checksum=legal_checksum()[:8]))
     for extra in meta.footer:
-        blocks += [Text(row) for row in wrap(clean(extra), columns)]
+        blocks += rows(clean(extra, encoding))
     if meta.reprint:
-        blocks.append(Text(center(reprint, columns), bold=True))
+        blocks.append(centred(reprint))
     blocks += [Feed(4), Cut()]
     return blocks

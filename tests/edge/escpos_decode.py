@@ -21,6 +21,25 @@ class Line:
     width: int = 1   # character size multipliers from GS !
     height: int = 1
     align: int = 0
+    columns: int = 0  # printer columns of the line's bytes (printed_columns), before width
+
+
+def printed_columns(raw: bytes) -> int:
+    """The columns a GBK / GB18030 printer gives these text bytes, read from the bytes
+    alone: one per one-byte (ASCII) code, two per multi-byte code, i.e. a lead byte
+    0x81-0xFE with one trail byte, or with three in GB18030's four-byte codes (whose
+    second byte is a digit 0x30-0x39); the printer draws each from its 24-dot font."""
+    columns = i = 0
+    while i < len(raw):
+        if raw[i] < 0x80:
+            i += 1
+            columns += 1
+        else:
+            if not 0x81 <= raw[i] <= 0xFE or i + 1 >= len(raw):
+                raise DecodeError(f"byte {raw[i]:#04x} at {i} starts no GBK/GB18030 code")
+            i += 4 if 0x30 <= raw[i + 1] <= 0x39 else 2
+            columns += 2
+    return columns
 
 
 @dataclass
@@ -73,7 +92,7 @@ def decode(data: bytes, encoding: str = "gb18030") -> Document:
     def flush_line() -> None:
         doc.lines.append(Line(text.decode(encoding), bold=bool(state["bold"]),
                               width=int(state["width"]), height=int(state["height"]),
-                              align=int(state["align"])))
+                              align=int(state["align"]), columns=printed_columns(bytes(text))))
         doc.events.append("text")
         text.clear()
 
