@@ -7,6 +7,8 @@ Figures (medians and 95th percentiles over N runs, after one cold run):
 * ``price+layout+encode``: price 10 lines (edge.pricing), then render_receipt
   (re-check under the rule, layout, GB18030 encoding, native QR bytes);
   the issue's budget is 5 ms;
+* ``layout`` / ``layout_gbk``: layout_receipt alone (re-check and layout in
+  printer columns, each character's width read from its GB18030 / GBK code);
 * ``sale+sign+render``: the same plus building the pydantic Sale and its
   Ed25519 seal, i.e. everything between a stable weight and the bytes;
 * QR: ``GS ( k`` native QR bytes against python-escpos's image QR
@@ -33,7 +35,7 @@ from escpos.printer import Dummy
 
 from edge.integrity import GENESIS_HASH, seal_sale
 from edge.pricing import line_amount_fen
-from edge.receipt import ReceiptMeta, render_png, render_receipt
+from edge.receipt import ReceiptMeta, layout_receipt, render_png, render_receipt
 from edge.receipt.escpos_bytes import native_qr
 from edge.sale import Sale
 from edge.tracecode import make_trace_code, trace_url
@@ -112,6 +114,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     receipt = render_receipt(signed, META)
     results: dict[str, Any] = {
         "price+layout+encode": measure(price_render, args.runs),
+        "layout": measure(lambda: layout_receipt(signed, META, 58, "gb18030"), args.runs),
+        "layout_gbk": measure(lambda: layout_receipt(signed, META, 58, "gbk"), args.runs),
         "sale+sign+render": measure(build_sign_render, args.runs),
         "native_qr": {**measure(lambda: native_qr(url, 6), args.runs),
                       "bytes": len(native_qr(url, 6))},
@@ -126,8 +130,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.json:
         print(json.dumps(results, indent=2))
     else:
-        for name in ("price+layout+encode", "sale+sign+render", "native_qr", "image_qr",
-                     "png_preview"):
+        for name in ("price+layout+encode", "layout", "layout_gbk", "sale+sign+render",
+                     "native_qr", "image_qr", "png_preview"):
             figures = results[name]
             extra = f", {figures['bytes']} bytes" if "bytes" in figures else ""
             print(f"{name:22s} median {figures['median_ms']:8.3f} ms  p95 "
