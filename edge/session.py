@@ -25,7 +25,7 @@ from edge.basket import Basket, BasketLine, Refund, refund
 from edge.catalogue import Catalogue, Plu
 from edge.integrity import sign_sale
 from edge.journal import Journal
-from edge.sale import Sale
+from edge.sale import Sale, SaleContext
 from edge.tracecode import make_trace_code, stall_number
 from edge.weighing import Weigher, WeighState
 from firmware_bridge.reading import Reading
@@ -184,7 +184,10 @@ class Session:
             if info.rounding != "half-up":
                 doc["rounding"] = info.rounding
             doc["signature"] = sign_sale(doc, self.key)
-            return Sale.model_validate(doc)
+            # The checks the market server runs (its market, this stall's own trace code,
+            # a time it can take): what could never upload is never journaled.
+            return Sale.model_validate(doc, context=SaleContext(
+                region=info.region, market=info.market_no, stall_id=info.stall_id))
 
         try:
             sale = self.journal.append(build, audit=basket.audit)

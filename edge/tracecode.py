@@ -15,7 +15,9 @@ Public API::
 
     make_trace_code(region, market, stall, receipt_no) -> str
     parse_trace_code(code) -> TraceCode
+    check_market(region, market) -> None   a market's region code and number fit a code
     stall_number(stall_id) -> int          "S01" -> 1
+    stall_id_aliases(number) -> list[str]  the stall ids that share one number: S1, S01, S001...
     check_sale_trace(sale) -> TraceCode    the code matches the sale's stall and receipt_no
     trace_url(base_url, trace_code, signature) -> str
 """
@@ -92,10 +94,15 @@ def _check_number(name: str, value: object, low: int, high: int) -> int:
     return value
 
 
-def make_trace_code(region: str, market: int, stall: int, receipt_no: int) -> str:
-    """Build the 20-digit code; TraceCodeError when a field does not fit."""
+def check_market(region: str, market: int) -> None:
+    """TraceCodeError unless ``region`` and ``market`` can open a trace code."""
     _check_region(region)
     _check_number("market", market, 1, MAX_MARKET)
+
+
+def make_trace_code(region: str, market: int, stall: int, receipt_no: int) -> str:
+    """Build the 20-digit code; TraceCodeError when a field does not fit."""
+    check_market(region, market)
     _check_number("stall", stall, 1, MAX_STALL)
     _check_number("receipt_no", receipt_no, 1, MAX_RECEIPT_NO)
     payload = f"{region}{market:03d}{stall:03d}{receipt_no:07d}"
@@ -128,6 +135,17 @@ def stall_number(stall_id: str) -> int:
             f"stall id {stall_id!r} cannot be put in a trace code (expected S1..S999)"
         )
     return int(match.group(1))
+
+
+def stall_id_aliases(number: int) -> list[str]:
+    """Every stall id that ``stall_number`` maps to ``number`` (``1`` -> S1, S01, S001, s1...).
+
+    A market must give one trace-code stall number to one stall only: two ids of the
+    same number could each take the other's receipt numbers.
+    """
+    _check_number("stall", number, 1, MAX_STALL)
+    widths = range(len(str(number)), 4)
+    return [f"{prefix}{number:0{width}d}" for prefix in "Ss" for width in widths]
 
 
 def check_sale_trace(sale: Sale) -> TraceCode:

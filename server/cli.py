@@ -31,6 +31,24 @@ def check_port_free(host: str, port: int) -> None:
             raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror}") from exc
 
 
+#: The market's settings: each from its ``wetmarket server`` flag, else its environment
+#: variable, else the Settings default.
+MARKET_ENV = {
+    "market_region": "WETMARKET_MARKET_REGION",
+    "market_number": "WETMARKET_MARKET_NUMBER",
+    "timezone": "WETMARKET_TIMEZONE",
+}
+
+
+def _market_settings(args: argparse.Namespace) -> dict[str, object]:
+    out: dict[str, object] = {}
+    for field, env in MARKET_ENV.items():
+        value = getattr(args, field, None) or os.environ.get(env)
+        if value:
+            out[field] = value
+    return out
+
+
 def _run(args: argparse.Namespace) -> int:
     import uvicorn
     from pydantic import ValidationError
@@ -45,10 +63,13 @@ def _run(args: argparse.Namespace) -> int:
     }
     if token:
         kw["admin_token"] = token
+    kw.update(_market_settings(args))
     try:
         settings = Settings(**kw)
     except ValidationError as exc:
-        raise ConfigError(exc.errors()[0]["msg"]) from exc
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        raise ConfigError(f"{where}: {first['msg']}" if where else first["msg"]) from exc
     app = create_app(settings)
     if app.state.generated_admin_token:
         print("admin token, shown only this once (or set WETMARKET_ADMIN_TOKEN): "
@@ -65,4 +86,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--db", help="database URL (default: sqlite:///var/market.db or $WETMARKET_DB)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--market-region", metavar="CODE",
+                   help="GB/T 2260 region code that opens this market's trace codes, as in the "
+                        "stalls' [market] region (default 310106 or $WETMARKET_MARKET_REGION)")
+    p.add_argument("--market-number", metavar="N",
+                   help="this market's number in its trace codes, as in the stalls' [market] "
+                        "number (default 1 or $WETMARKET_MARKET_NUMBER)")
+    p.add_argument("--timezone", metavar="ZONE",
+                   help="the market's time zone: its local day and every time shown "
+                        "(default Asia/Shanghai or $WETMARKET_TIMEZONE)")
     p.set_defaults(run=_run)

@@ -3,12 +3,17 @@
 Raw sales are stored as received (``sales`` + ``sale_lines``) and folded, in the
 same transaction, into rollups (``stall_hour``, ``item_day``) so that the big
 screen reads a few rows instead of scanning raw sales.
+
+Every point in time is stored in UTC and read back aware, in UTC, on SQLite too
+(``UTCDateTime``); pages and APIs show it in the market's zone (``Settings.tz``),
+so nothing depends on the server machine's ``TZ``.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
+import zoneinfo
 
 from sqlalchemy import (
     JSON,
@@ -16,23 +21,60 @@ from sqlalchemy import (
     Boolean,
     Date,
     DateTime,
+    Dialect,
     Engine,
     ForeignKey,
     Integer,
     String,
+    TypeDecorator,
     create_engine,
     event,
+    select,
+    update,
 )
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, sessionmaker
+from sqlalchemy.orm import (
+    DeclarativeBase,
+    Mapped,
+    Session,
+    mapped_column,
+    relationship,
+    sessionmaker,
+)
 
 from server import ConfigError
 
 logger = logging.getLogger(__name__)
 
 
+class UTCDateTime(TypeDecorator[dt.datetime]):
+    """An instant, stored in UTC and read back aware (UTC) on SQLite and PostgreSQL alike.
+
+    SQLite has no time zone type: SQLAlchemy writes the wall time and drops the offset,
+    so a sale sold at 11:30:53+08:00 came back as a naive 11:30:53, which the trace page
+    then took for the server machine's local time.  PostgreSQL keeps the instant but
+    answers in its session's zone.  Here both write UTC and read UTC.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: dt.datetime | None, dialect: Dialect) -> dt.datetime | None:
+        if value is None:
+            return None
+        if value.utcoffset() is None:  # a bug in our code: never guess a zone
+            raise ValueError(f"refusing to store {value.isoformat()} without its UTC offset")
+        utc = value.astimezone(dt.UTC)
+        return utc.replace(tzinfo=None) if dialect.name == "sqlite" else utc
+
+    def process_result_value(self, value: dt.datetime | None, dialect: Dialect) -> dt.datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
+
+
 class Base(DeclarativeBase):
-    pass
+    type_annotation_map = {dt.datetime: UTCDateTime}
 
 
 class Meta(Base):
@@ -51,7 +93,7 @@ class Stall(Base):
     name: Mapped[str] = mapped_column(String(64))
     token_sha256: Mapped[str] = mapped_column(String(64), unique=True)
     public_key: Mapped[str | None] = mapped_column(String(64))
-    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
 
 
 class Sale(Base):
@@ -61,7 +103,7 @@ class Sale(Base):
     stall_id: Mapped[str] = mapped_column(ForeignKey("stalls.stall_id"), index=True)
     receipt_no: Mapped[int] = mapped_column(Integer)
     trace_code: Mapped[str] = mapped_column(String(20), unique=True)
-    sold_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+    sold_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
     local_day: Mapped[dt.date] = mapped_column(Date, index=True)
     total_fen: Mapped[int] = mapped_column(BigInteger)
     digest: Mapped[str] = mapped_column(String(64))
@@ -70,7 +112,7 @@ class Sale(Base):
     verified: Mapped[bool] = mapped_column(Boolean)
     flags: Mapped[list[str]] = mapped_column(JSON, default=list)
     raw: Mapped[dict[str, object]] = mapped_column(JSON)
-    received_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+    received_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
 
     lines: Mapped[list[SaleLine]] = relationship(
         back_populates="sale", order_by="SaleLine.idx", cascade="all, delete-orphan"
@@ -105,7 +147,7 @@ class Refund(Base):
     amount_fen: Mapped[int] = mapped_column(BigInteger)
     reason: Mapped[str] = mapped_column(String(200))
     operator: Mapped[str] = mapped_column(String(64))
-    refunded_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+    refunded_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
     local_day: Mapped[dt.date] = mapped_column(Date, index=True)
 
 
@@ -147,6 +189,10 @@ def make_engine(db_url: str) -> Engine:
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn, _record):
+            # SQLAlchemy's documented pysqlite fix: the driver would BEGIN only before a
+            # write and let a SAVEPOINT commit the transaction; we BEGIN ourselves
+            # (_sqlite_begin), so savepoints nest as on PostgreSQL (ingest uses them).
+            dbapi_conn.isolation_level = None
             # WAL lets the big screen read while stalls upload; FULL sync because an
             # acknowledged sale must survive a power cut.
             cur = dbapi_conn.cursor()
@@ -156,12 +202,59 @@ def make_engine(db_url: str) -> Engine:
             cur.execute("PRAGMA busy_timeout=5000")
             cur.close()
 
+        @event.listens_for(engine, "begin")
+        def _sqlite_begin(conn):
+            conn.exec_driver_sql("BEGIN")
+
     return engine
 
 
-def init_db(engine: Engine) -> sessionmaker:
+#: server_meta key that says how this database stores times (absent: written by older code).
+TIME_STORAGE_KEY = "time_storage"
+TIME_STORAGE_UTC = "utc"
+
+
+def _naive_wall_time(value: dt.datetime) -> dt.datetime:
+    """What older code wrote to SQLite: the value's own wall time, its offset dropped."""
+    return value.replace(tzinfo=None)
+
+
+def _migrate_sqlite_times(session: Session, tz: zoneinfo.ZoneInfo) -> None:
+    """Rewrite the times of an SQLite file written before times were stored in UTC.
+
+    Older code wrote each time's wall clock without its offset.  ``received_at`` and
+    ``created_at`` were UTC already; ``sold_at`` was the stall's wall time and is
+    recomputed exactly from the sale as received (``raw``); a refund's ``refunded_at``
+    was the refund's wall time, whose offset was not kept: it is read in the market's
+    zone, the zone a stall stamps refunds in.
+    """
+    if session.get(Meta, TIME_STORAGE_KEY) is not None:
+        return
+    sales = [{"sale_id": sale_id, "sold_at": dt.datetime.fromisoformat(str(raw["sold_at"]))}
+             for sale_id, raw in session.execute(select(Sale.sale_id, Sale.raw))]
+    if sales:
+        session.execute(update(Sale), sales)
+    # Read the stored wall times as they are (the type would label them UTC).
+    refunds = [{"sale_id": sale_id, "line_no": line_no,
+                "refunded_at": _naive_wall_time(at).replace(tzinfo=tz)}
+               for sale_id, line_no, at in session.execute(
+                   select(Refund.sale_id, Refund.line_no, Refund.refunded_at))]
+    if refunds:
+        session.execute(update(Refund), refunds)
+    if sales or refunds:
+        logger.warning("database written by an older server: stored %d sale and %d refund times "
+                       "in UTC", len(sales), len(refunds))
+    session.add(Meta(key=TIME_STORAGE_KEY, value=TIME_STORAGE_UTC))
+
+
+def init_db(engine: Engine, tz: zoneinfo.ZoneInfo) -> sessionmaker[Session]:
+    """Create the tables; on SQLite, bring times written by older code to UTC first."""
+    maker = sessionmaker(engine, expire_on_commit=False)
     try:
         Base.metadata.create_all(engine)
+        if engine.dialect.name == "sqlite":  # PostgreSQL's timestamptz always kept the instant
+            with maker.begin() as session:
+                _migrate_sqlite_times(session, tz)
     except SQLAlchemyError as exc:
         raise ConfigError(f"cannot open database {engine.url!r}: {exc}") from exc
-    return sessionmaker(engine, expire_on_commit=False)
+    return maker

@@ -13,7 +13,11 @@ from server import db
 
 
 def local_today(tz: zoneinfo.ZoneInfo, now: dt.datetime | None = None) -> dt.date:
-    return (now or dt.datetime.now(dt.UTC)).astimezone(tz).date()
+    """The market's day at ``now`` (default: this instant), whatever the machine's ``TZ``."""
+    now = now or dt.datetime.now(dt.UTC)
+    if now.utcoffset() is None:  # astimezone() would take it for the machine's local time
+        raise ValueError(f"local_today needs an aware time, got {now.isoformat()}")
+    return now.astimezone(tz).date()
 
 
 def today(session: Session, tz: zoneinfo.ZoneInfo, day: dt.date | None = None) -> dict[str, Any]:
@@ -62,7 +66,8 @@ def today(session: Session, tz: zoneinfo.ZoneInfo, day: dt.date | None = None) -
     }
 
 
-def recent_sales(session: Session, limit: int = 10) -> list[dict[str, Any]]:
+def recent_sales(session: Session, tz: zoneinfo.ZoneInfo, limit: int = 10) -> list[dict[str, Any]]:
+    """The last sales received; ``sold_at`` in the market's time with its offset."""
     rows = session.execute(
         select(db.Sale).options(selectinload(db.Sale.lines))
         .order_by(db.Sale.received_at.desc(), db.Sale.sale_id).limit(limit)
@@ -71,7 +76,7 @@ def recent_sales(session: Session, limit: int = 10) -> list[dict[str, Any]]:
         {
             "stall_id": s.stall_id,
             "trace_code": s.trace_code,
-            "sold_at": s.sold_at.isoformat(),
+            "sold_at": s.sold_at.astimezone(tz).isoformat(),
             "total_fen": s.total_fen,
             "items": [ln.name for ln in s.lines],
             "verified": s.verified,

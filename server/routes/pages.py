@@ -33,7 +33,9 @@ def display(request: Request, settings: SettingsDep) -> HTMLResponse:
                                                                  "timezone": settings.timezone})
 
 
-@router.get("/t/{trace_code}", response_class=HTMLResponse)
+@router.get("/t/{trace_code}", response_class=HTMLResponse, responses={404: {
+    "description": "No such receipt, or not a trace code (the page says which)",
+    "content": {"text/html": {"schema": {"type": "string"}}}}})
 def trace_page(trace_code: str, request: Request, session: SessionDep, settings: SettingsDep,
                s: str | None = None) -> HTMLResponse:
     """What a shopper sees after scanning a receipt: the sale, and whether it is genuine."""
@@ -55,6 +57,8 @@ def trace_page(trace_code: str, request: Request, session: SessionDep, settings:
         verdict = "genuine"
     else:
         verdict = "unverified"
+    # Stored in UTC (server.db.UTCDateTime), shown in the market's zone: never the machine's TZ.
+    sold_at = row.sold_at.astimezone(settings.tz)
     ctx.update(verdict=verdict, sale=row, stall=stall, flags=row.flags,
-               sold_at=row.sold_at.astimezone(settings.tz).strftime("%Y-%m-%d %H:%M:%S"))
+               sold_at=sold_at.strftime("%Y-%m-%d %H:%M:%S"), sold_at_iso=sold_at.isoformat())
     return templates.TemplateResponse(request, "trace.html", ctx)

@@ -46,17 +46,23 @@ def server(db_url: str) -> Iterator[LiveServer]:
 
 
 class StallSim:
-    """Builds signed, chained sales the way a stall does."""
+    """Builds signed, chained sales the way a stall does (of market 310106-001 by default,
+    the server's default market)."""
 
-    def __init__(self, stall_id: str = "S01") -> None:
+    def __init__(self, stall_id: str = "S01", *, region: str = "310106", market: int = 1) -> None:
         self.stall_id = stall_id
+        self.region, self.market = region, market
         self.key = Ed25519PrivateKey.generate()
         self.public_key = public_key_b64(self.key)
         self.receipt_no = 0
         self.prev = GENESIS_HASH
 
     def sale(self, lines: list[tuple[str, str, int, int, str]], *,
-             sold_at: dt.datetime | None = None, sign: bool = True) -> dict[str, Any]:
+             sold_at: dt.datetime | None = None, sign: bool = True,
+             extra: dict[str, Any] | None = None,
+             line_extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        """A sale of weighed lines (plu, name, weight_g, unit price, unit); ``extra`` fields are
+        added to the sale and ``line_extra`` to each line before it is signed, as stalls do."""
         self.receipt_no += 1
         out_lines = []
         for plu, name, weight_g, price, unit in lines:
@@ -65,18 +71,20 @@ class StallSim:
                 "unit_price_fen": price, "price_unit": unit,
                 "amount_fen": line_amount_fen(unit_price_fen=price, price_unit=unit,
                                               weight_g=weight_g),
-                "batch_code": "B20261127-07",
+                "batch_code": "B20261127-07", **(line_extra or {}),
             })
         doc: dict[str, Any] = {
             "sale_id": str(uuid.uuid4()),
             "stall_id": self.stall_id,
             "receipt_no": self.receipt_no,
             "sold_at": (sold_at or dt.datetime.now(SHANGHAI)).isoformat(timespec="seconds"),
-            "trace_code": make_trace_code("310106", 1, stall_number(self.stall_id), self.receipt_no),
+            "trace_code": make_trace_code(self.region, self.market, stall_number(self.stall_id),
+                                          self.receipt_no),
             "lines": out_lines,
             "total_fen": sum(ln["amount_fen"] for ln in out_lines),
             "prev_hash": self.prev,
             "signature": "",
+            **(extra or {}),
         }
         if sign:
             doc["signature"] = sign_sale(doc, self.key)

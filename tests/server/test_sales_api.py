@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import copy
 
+import pytest
+from pydantic import ValidationError
+
+from server.app import create_app
+from server.settings import Settings
 from tests.conftest import LiveServer
 from tests.server.conftest import ADMIN, StallSim
 
@@ -240,3 +245,180 @@ def test_refunds_are_checked_and_counted_once(server: LiveServer) -> None:
         assert c.post("/api/v1/refunds", json={"refunds": [good]}).status_code == 401
         today = c.get("/api/v1/stats/today").json()
     assert today["refunds"] == 1 and today["refunds_fen"] == 260
+
+
+def _statuses(body: dict) -> list[str]:  # type: ignore[type-arg]
+    return [r["status"] for r in body["results"]]
+
+
+def test_a_stall_cannot_take_another_stalls_trace_code(server: LiveServer) -> None:
+    """Issue 16 item 9: S01's sale carrying S02's trace code was stored, and S02's own
+    genuine receipt with that code was then refused as a duplicate."""
+    s01, s02 = StallSim("S01"), StallSim("S02")
+    t01, t02 = _register(server, s01, "甲"), _register(server, s02, "乙")
+    genuine = s02.sale([("1", "香蕉", 1000, 690, "kg")])
+    squatter = {**s01.sale([("1", "香蕉", 1000, 690, "kg")]), "trace_code": genuine["trace_code"]}
+    posing = {**genuine, "sale_id": squatter["sale_id"]}  # S02's sale, sent by S01
+    with server.client(t01) as c:
+        body = c.post("/api/v1/sales", json={"sales": [squatter, posing]}).json()
+    assert _statuses(body) == ["refused", "refused"]
+    code = genuine["trace_code"]
+    assert body["results"][0]["reason"] == f"sale: Value error, trace code {code} names stall 2, " \
+                                           "the sale is S01"
+    assert body["results"][1]["reason"] == "sale: Value error, sale belongs to stall S02, not to " \
+                                           "S01 that sends it"
+    with server.client(t02) as c:
+        body = c.post("/api/v1/sales", json={"sales": [genuine]}).json()
+        assert body["results"][0] == {"sale_id": genuine["sale_id"], "status": "accepted",
+                                      "reason": None, "flags": []}
+        page = c.get(f"/t/{code}", params={"s": genuine["signature"]})
+    assert 'data-verdict="genuine"' in page.text and "S02" in page.text
+
+
+def test_a_sale_of_another_market_is_refused(server: LiveServer) -> None:
+    here, elsewhere = StallSim("S01"), StallSim("S01", market=2)
+    token = _register(server, here)
+    foreign = elsewhere.sale([("1", "香蕉", 1000, 690, "kg")])
+    other_region = StallSim("S01", region="320102").sale([("1", "香蕉", 1000, 690, "kg")])
+    own = here.sale([("1", "香蕉", 1000, 690, "kg")])
+    with server.client(token) as c:
+        body = c.post("/api/v1/sales", json={"sales": [foreign, other_region, own]}).json()
+    assert _statuses(body) == ["refused", "refused", "accepted"]
+    assert f"trace code {foreign['trace_code']} names market 2 of region 310106, not this market " \
+           "(1 of region 310106)" in body["results"][0]["reason"]
+    assert "names market 1 of region 320102" in body["results"][1]["reason"]
+
+
+def test_the_market_is_a_server_setting(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    app = create_app(Settings(db_url=f"sqlite:///{tmp_path / 'm.db'}", admin_token=ADMIN,
+                              market_region="320102", market_number=7))
+    sim = StallSim("S03", region="320102", market=7)
+    with LiveServer(app) as srv:
+        token = _register(srv, sim)
+        with srv.client(token) as c:
+            ours = sim.sale([("1", "香蕉", 1000, 690, "kg")])
+            default_market = StallSim("S03").sale([("1", "香蕉", 1000, 690, "kg")])
+            body = c.post("/api/v1/sales", json={"sales": [ours, default_market]}).json()
+    assert _statuses(body) == ["accepted", "refused"]
+    assert "not this market (7 of region 320102)" in body["results"][1]["reason"]
+    for bad, message in [({"market_region": "990000"}, "province"),
+                         ({"market_number": 0}, "market must be an integer 1..999"),
+                         ({"market_number": 1000}, "market must be")]:
+        with pytest.raises(ValidationError, match=message):
+            Settings(**bad)  # type: ignore[arg-type]
+
+
+def test_stall_ids_of_one_number_cannot_take_each_others_codes(server: LiveServer) -> None:
+    """S1 and S01 are both trace-code stall 1: only the first registered may use it."""
+    first, alias = StallSim("S01"), StallSim("S1")
+    t_first, t_alias = _register(server, first, "甲"), _register(server, alias, "乙")
+    taken = alias.sale([("1", "香蕉", 1000, 690, "kg")])
+    with server.client(t_alias) as c:
+        body = c.post("/api/v1/sales", json={"sales": [taken]}).json()
+    assert _statuses(body) == ["refused"]
+    assert body["results"][0]["reason"] == ("stall S1 has the trace-code stall number of S01, "
+                                            "registered first; the market manager must give it a "
+                                            "number of its own")
+    own = first.sale([("1", "香蕉", 1000, 690, "kg")])
+    assert own["trace_code"] == taken["trace_code"]
+    with server.client(t_first) as c:
+        assert _statuses(c.post("/api/v1/sales", json={"sales": [own]}).json()) == ["accepted"]
+
+
+def test_impossible_times_never_block_their_batch(server: LiveServer) -> None:
+    """Issue 16 item 11: a sale of year 9999 or year 1 answered 500 and sank its batch,
+    and every resend failed again."""
+    sim = StallSim("S01")
+    token = _register(server, sim)
+    batch = []
+    for bad_time in ("9999-12-31T23:59:59-12:00", "0001-01-01T00:00:00+14:00", None):
+        batch.append(sim.sale([("1", "香蕉", 1000, 690, "kg")]))
+        if bad_time:
+            batch.append({**sim.sale([("1", "香蕉", 500, 690, "kg")]), "sold_at": bad_time})
+    with server.client(token) as c:
+        first = c.post("/api/v1/sales", json={"sales": batch})
+        again = c.post("/api/v1/sales", json={"sales": batch})
+        today = c.get("/api/v1/stats/today").json()
+    assert first.status_code == 200, first.text
+    assert _statuses(first.json()) == ["accepted", "refused", "accepted", "refused", "accepted"]
+    assert _statuses(again.json()) == ["duplicate", "refused", "duplicate", "refused", "duplicate"]
+    for body in (first.json(), again.json()):
+        assert "sold_at 9999-12-31T23:59:59-12:00 is outside the years 2000..2099 (UTC)" in \
+            body["results"][1]["reason"]
+        assert "sold_at 0001-01-01T00:00:00+14:00 is outside the years 2000..2099" in \
+            body["results"][3]["reason"]
+    assert today["sales"] == 3 and today["total_fen"] == 3 * 690
+
+
+def test_a_row_the_database_refuses_never_blocks_its_batch(server: LiveServer, db_url: str) -> None:
+    """PostgreSQL refuses a NUL character in a text column at insert time: that sale alone
+    is refused, its batch is stored (SQLite stores the NUL as it is)."""
+    sim = StallSim("S01")
+    token = _register(server, sim)
+    batch = [sim.sale([("1", "香蕉", 1000, 690, "kg")]),
+             sim.sale([("2", "香\x00蕉", 500, 690, "kg")]),
+             sim.sale([("3", "黄瓜", 500, 260, "500g")])]
+    with server.client(token) as c:
+        first = c.post("/api/v1/sales", json={"sales": batch})
+        again = c.post("/api/v1/sales", json={"sales": batch}).json()
+        today = c.get("/api/v1/stats/today").json()
+    assert first.status_code == 200, first.text
+    if db_url.startswith("postgresql"):
+        assert _statuses(first.json()) == ["accepted", "refused", "accepted"]
+        assert first.json()["results"][1]["reason"] == ("the database refused this sale: PostgreSQL "
+                                                        "text fields cannot contain NUL (0x00) bytes")
+        assert _statuses(again) == ["duplicate", "refused", "duplicate"]
+        assert today["sales"] == 2 and today["total_fen"] == 690 + 260
+        assert sorted(it["plu"] for it in today["items"]) == ["1", "3"]
+    else:
+        assert _statuses(first.json()) == ["accepted"] * 3
+        assert today["sales"] == 3
+
+
+def test_integers_must_be_json_numbers(server: LiveServer) -> None:
+    """Issue 16 item 8: "weight_g": "512" was read as 512."""
+    sim = StallSim("S01")
+    token = _register(server, sim)
+    sales, wheres = [], []
+    for where, retype in [("weight_g", str), ("weight_g", float), ("amount_fen", str),
+                          ("unit_price_fen", str), ("unit_price_fen", bool), ("receipt_no", str),
+                          ("total_fen", float)]:
+        sale = sim.sale([("1", "香蕉", 1000, 690, "kg")])
+        fields = sale if where in sale else sale["lines"][0]
+        fields[where] = retype(fields[where])  # the same value, as a string, float or true
+        sales.append(sale)
+        wheres.append(where if where in sale else f"lines.0.{where}")
+    good = sim.sale([("1", "香蕉", 1000, 690, "kg")])
+    with server.client(token) as c:
+        body = c.post("/api/v1/sales", json={"sales": [*sales, good]}).json()
+    assert _statuses(body) == ["refused"] * len(sales) + ["accepted"]
+    for result, where in zip(body["results"], wheres, strict=False):
+        assert result["reason"].startswith(f"{where}: Input should be a valid integer"), result
+
+
+def test_extra_fields_are_kept_but_bounded(server: LiveServer) -> None:
+    """Issue 16 item 11: a signed sale with a 50 MB extra field was stored and served back."""
+    sim = StallSim("S01")
+    token = _register(server, sim)
+    # What stalls really add: vendor and rounding to the sale, name_en (and origin) to lines.
+    kept = sim.sale([("1", "香蕉", 1000, 690, "kg")], extra={"vendor": "王师傅", "rounding": "down-jiao"},
+                    line_extra={"name_en": "Banana", "origin": "海南"})
+    # Our stall's signing code refuses these (edge.integrity validates the Sale): added after.
+    huge = {**sim.sale([("1", "香蕉", 1000, 690, "kg")]), "notes": "x" * 1_000_000}
+    deep = sim.sale([("1", "香蕉", 1000, 690, "kg")])
+    deep["lines"][0]["a"] = {"b": {"c": {"d": [1]}}}
+    many = {**sim.sale([("1", "香蕉", 1000, 690, "kg")]), **{f"k{i}": i for i in range(17)}}
+    with server.client(token) as c:
+        body = c.post("/api/v1/sales", json={"sales": [kept, huge, deep, many]}).json()
+    with server.client(ADMIN) as c:
+        stored = c.get(f"/api/v1/sales/{kept['sale_id']}").json()
+        assert c.get(f"/api/v1/sales/{huge['sale_id']}").status_code == 404
+    assert _statuses(body) == ["accepted", "refused", "refused", "refused"]
+    assert body["results"][0]["flags"] == []
+    assert stored["sale"]["vendor"] == "王师傅"
+    assert stored["sale"]["lines"][0]["origin"] == "海南"
+    assert body["results"][1]["reason"] == ("sale: Value error, extra fields take more than 4096 "
+                                            "bytes of JSON")
+    assert body["results"][2]["reason"] == ("lines.0: Value error, extra fields nest deeper than 3 "
+                                            "levels")
+    assert body["results"][3]["reason"] == "sale: Value error, 17 extra fields, at most 16"
