@@ -8,6 +8,7 @@ import datetime as dt
 
 from fastapi import APIRouter, HTTPException, Request, status
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic.json_schema import JsonDict
 from sqlalchemy import select
 
 from server import db
@@ -16,6 +17,10 @@ from server.deps import AdminDep, SessionDep, write_lock
 from server.guard import GuardedRoute, errors
 
 router = APIRouter(prefix="/api/v1/stalls", tags=["stalls"], route_class=GuardedRoute)
+
+#: What ``edge.integrity.public_key_b64`` writes: 32 bytes as urlsafe base64, unpadded or
+#: padded; shown in the OpenAPI document (``_check_key`` says what is wrong with a bad one).
+KEY_SCHEMA: JsonDict = {"pattern": "^[A-Za-z0-9_-]{43}=?$"}
 
 
 def _check_key(v: str | None) -> str | None:
@@ -34,7 +39,8 @@ class StallCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
     stall_id: str = Field(pattern=r"^[A-Za-z0-9_-]{1,16}$")
     name: str = Field(min_length=1, max_length=64)
-    public_key: str | None = Field(None, description="urlsafe base64 Ed25519 public key")
+    public_key: str | None = Field(None, description="urlsafe base64 Ed25519 public key",
+                                   json_schema_extra=KEY_SCHEMA)
 
     _key = field_validator("public_key")(_check_key)
 
@@ -52,7 +58,7 @@ class StallPublic(BaseModel):
 
 class StallKey(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    public_key: str
+    public_key: str = Field(description="urlsafe base64 Ed25519 public key", json_schema_extra=KEY_SCHEMA)
 
     _key = field_validator("public_key")(_check_key)
 

@@ -29,10 +29,22 @@ def sales_recent(session: SessionDep, settings: SettingsDep) -> list[dict[str, A
     return stats.recent_sales(session, settings.tz)
 
 
+#: Each event of the stream (the schema describes one event, as OpenAPI 3.2 and FastAPI do).
+SSE_EVENT = {
+    "type": "object",
+    "required": ["event", "data"],
+    "properties": {
+        "event": {"type": "string", "enum": ["hello", "sales"]},
+        "data": {"type": "string", "description": "JSON: `{}` for hello; for sales "
+                 "`{type, stall_id, new, today, recent}`, today as /stats/today, recent as /sales-recent"},
+    },
+}
+
+
 @router.get("/events", response_class=EventSourceResponse, responses={200: {
     "description": "Server-Sent Events: `hello` at once, then `sales` after each upload that "
-                   "stored sales, its `data` the JSON of `{type, stall_id, new, today, recent}`",
-    "content": {"text/event-stream": {"schema": {"type": "string"}}}}})
+                   "stored sales; a comment line every 10 s keeps the connection open",
+    "content": {"text/event-stream": {"schema": SSE_EVENT}}}})
 async def events(request: Request, broker: BrokerDep) -> EventSourceResponse:
     """Server-Sent Events: a ``sales`` event carrying today's figures after each upload."""
     queue = broker.subscribe()

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -68,3 +71,37 @@ def test_mutated_sales_are_refused_or_stored(fuzz_server, mutation, line_mutatio
     assert res["status"] in ("accepted", "duplicate", "refused")
     if res["status"] == "refused":
         assert res["reason"]
+
+
+
+# --- The OpenAPI document against the live server (schemathesis) -------------------------
+
+CONFORMANCE = ("not_a_server_error,status_code_conformance,content_type_conformance,"
+               "response_schema_conformance")
+
+
+def test_every_answer_is_documented(fuzz_server, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """schemathesis's own runner (examples, boundary cases, fuzzing) against the live server:
+    every status code, content type and JSON body it sees must be in /openapi.json."""
+    srv, token, _ = fuzz_server
+    # The stall's token everywhere, the manager's where the route wants it.
+    config = tmp_path / "schemathesis.toml"
+    config.write_text(f'''
+headers = {{ Authorization = "Bearer {token}" }}
+
+[[operations]]
+include-name = ["POST /api/v1/stalls", "GET /api/v1/sales/{{sale_id}}"]
+headers = {{ Authorization = "Bearer {ADMIN}" }}
+
+[[operations]]
+include-name = "GET /api/v1/events"
+max-stream-events = 1
+''')
+    st = Path(sys.executable).parent / "st"
+    run = subprocess.run(
+        [str(st), "--no-color", "--config-file", str(config), "run", f"{srv.url}/openapi.json",
+         "--checks", CONFORMANCE, "--phases", "examples,coverage,fuzzing", "--max-examples", "30",
+         "--workers", "1", "--request-timeout", "10", "--max-failures", "20"],
+        capture_output=True, text=True, timeout=240, cwd=tmp_path)
+    assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]
+    assert "Tested: 12" in run.stdout, run.stdout[-3000:]  # every operation was reached
