@@ -153,19 +153,27 @@ def _glyph(char: str, bold: bool, encoding: str) -> Image.Image:
     if char.isspace():
         return cell
     font, dy = (wide, 2) if columns == 2 else (narrow, 4)
-    for candidate in (font, _font_for(char, font.size)):
-        if candidate is None:
-            continue
-        # Centred in the cell, as the printer's Chinese font draws · or é in the middle
-        # of a full-width cell (a Han glyph or monospaced ASCII fills its cell: dx = 0).
-        dx = max(0, (cell.width - round(candidate.getlength(char))) // 2)
-        draw = ImageDraw.Draw(cell)
-        for bold_dx in ((0, 1) if bold else (0,)):
-            draw.text((dx + bold_dx, dy), char, font=candidate, fill=0)
-        darkest = cell.getextrema()[0]  # an "L" image: (min, max)
-        if isinstance(darkest, (int, float)) and darkest < 255:  # something was drawn
-            break
+    _draw(cell, char, font, dy, bold)
+    if _blank(cell):  # the CJK font has no drawing for it: another font's, if any
+        fallback = _font_for(char, font.size)
+        if fallback is not None:
+            _draw(cell, char, fallback, dy, bold)
     return cell
+
+
+def _draw(cell: Image.Image, char: str, font: ImageFont.FreeTypeFont, dy: int,
+          bold: bool) -> None:
+    # Centred in the cell, as the printer's Chinese font draws · or é in the middle of a
+    # full-width cell (a Han glyph or monospaced ASCII fills its cell: dx = 0).
+    dx = max(0, (cell.width - round(font.getlength(char))) // 2)
+    draw = ImageDraw.Draw(cell)
+    for bold_dx in ((0, 1) if bold else (0,)):
+        draw.text((dx + bold_dx, dy), char, font=font, fill=0)
+
+
+def _blank(cell: Image.Image) -> bool:
+    darkest = cell.getextrema()[0]  # an "L" image: (min, max)
+    return not isinstance(darkest, (int, float)) or darkest == 255
 
 
 @functools.lru_cache(maxsize=256)

@@ -175,6 +175,13 @@ def test_preview_cells_are_the_encoded_columns(encoding: str) -> None:
     assert ink[-1] < column * 12  # the line's drawn width is its encoded columns
 
 
+def test_a_glyph_the_cjk_font_leaves_blank_is_drawn_from_another_font() -> None:
+    # WenQuanYi Micro Hei lists ℃ in its character set but draws nothing for it.
+    image = _gray(to_png([Text("℃")], 58))
+    ink = np.flatnonzero((image < 128).any(axis=0))
+    assert ink.size and ink[-1] < 24  # drawn, inside its double cell
+
+
 def test_preview_overruns_as_the_paper_does() -> None:
     image = _gray(to_png([Text("·" * 16)], 58))
     ink = np.flatnonzero((image < 128).any(axis=0))
