@@ -1,13 +1,20 @@
 # The two commands a newcomer needs: `make demo` and `make test`.
 VENV ?= .venv
 BIN := $(VENV)/bin
+export VENV
 
-.PHONY: setup demo test lint bench
+.PHONY: setup setup-runtime demo test lint bench
 
+# What the demo and a stall need: runtime dependencies only (no torch, no training extras).
+setup-runtime:
+	./scripts/bootstrap.sh runtime
+
+# What the tests, lint and benchmarks need: the runtime plus Chromium, PostgreSQL's
+# binaries where no server answers on 127.0.0.1:5432, and the dev and train extras.
 setup:
-	./scripts/bootstrap.sh
+	./scripts/bootstrap.sh test
 
-demo: setup
+demo: setup-runtime
 	$(BIN)/wetmarket demo
 
 # Lint and type checks first (seconds), then the whole suite.

@@ -1,15 +1,40 @@
 #!/usr/bin/env bash
-# Everything a fresh machine needs, idempotent: system packages (Chromium for the
-# page tests, a CJK font for receipt previews and screenshots), then a virtual
-# environment in .venv with wetmarket installed in editable mode.
+# Everything a fresh machine needs, idempotent.  Two targets:
+#
+#   bootstrap.sh runtime   what `make demo` and a stall need: a CJK font (receipt previews)
+#                          and a virtual environment with wetmarket and its runtime
+#                          dependencies only (the recognizer runs on onnxruntime: no torch,
+#                          no training extras);
+#   bootstrap.sh test      what `make test`, `make lint` and `make bench` need (the default):
+#                          the runtime, Chromium for the page tests, Debian's PostgreSQL
+#                          server binaries when no server answers on 127.0.0.1:5432 (the tests
+#                          then start a private one), and the dev and train extras (CI tests the
+#                          training code on a tiny slice, so torch comes from the local CPU wheel).
+#
+# Each target has its own stamp in the virtual environment; the test stamp covers the
+# runtime.  VENV (default .venv) and PYTHON (default python3) choose where and with what.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
 PYTHON=${PYTHON:-python3}
+target=${1:-test}
+case "$target" in
+    runtime|test) ;;
+    *) echo "usage: $0 [runtime|test]" >&2; exit 2 ;;
+esac
+
+postgres_answers() {
+    timeout 3 bash -c 'exec 3<>/dev/tcp/127.0.0.1/5432' 2>/dev/null
+}
 
 need_apt=()
-command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
 fc-list 2>/dev/null | grep -qi "wenquanyi\|noto sans cjk" || need_apt+=(fonts-wqy-microhei)
+if [ "$target" = test ]; then
+    command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
+    if ! postgres_answers && ! compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null; then
+        need_apt+=(postgresql)
+    fi
+fi
 if [ ${#need_apt[@]} -gt 0 ]; then
     SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
     echo "bootstrap: installing system packages: ${need_apt[*]}"
@@ -17,15 +42,29 @@ if [ ${#need_apt[@]} -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
 fi
 
-stamp="$VENV/.installed"
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+if [ ! -x "$VENV/bin/python" ]; then
     echo "bootstrap: creating $VENV"
     "$PYTHON" -m venv "$VENV"
     "$VENV/bin/python" -m pip install -q --upgrade pip
-    # torch first, from the CPU wheel; otherwise a package that needs torch pulls a CUDA build.
-    "$VENV/bin/python" -m pip install -q "torch==2.13.0"
-    "$VENV/bin/python" -m pip install -q -e ".[dev,train]"
-    touch "$stamp"
+fi
+
+# A stamp is current when it is newer than pyproject.toml (the dependencies' list).
+current() { [ -f "$1" ] && [ ! pyproject.toml -nt "$1" ]; }
+full_stamp="$VENV/.installed"            # runtime + dev + train
+runtime_stamp="$VENV/.installed-runtime"
+
+if [ "$target" = test ]; then
+    if ! current "$full_stamp"; then
+        echo "bootstrap: installing wetmarket with its dev and train extras into $VENV"
+        # torch first, from the CPU wheel; otherwise a package that needs torch pulls a CUDA build.
+        "$VENV/bin/python" -m pip install -q "torch==2.13.0"
+        "$VENV/bin/python" -m pip install -q -e ".[dev,train]"
+        touch "$full_stamp"
+    fi
+elif ! current "$full_stamp" && ! current "$runtime_stamp"; then
+    echo "bootstrap: installing wetmarket (runtime only: no torch) into $VENV"
+    "$VENV/bin/python" -m pip install -q -e .
+    touch "$runtime_stamp"
 fi
 
 # The receipt tests also read the ESC/POS bytes back with npm's npos (a decoder nobody here
