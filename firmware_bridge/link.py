@@ -9,7 +9,8 @@ reconnects by itself after an unplug.  Its rules, in order of importance:
 * a weight is stable only when the module flags it *and* it equals the previous
   frame's weight (one frame of confirmation, so one corrupted frame of a
   checksum-less protocol can never be a stable weight); for modules without a
-  flag, when the host filter says so;
+  flag, when the host filter says so (:mod:`firmware_bridge.filters`: ±1e over
+  0.5 s and 5 frames, whichever is longer, so it holds from 5 to 50 frames/s);
 * garbage, bad checksums, a wrong baud rate or parity are dropped and counted,
   and show as ``state == "error"`` with one log line, never as a weight.
 """
@@ -29,7 +30,7 @@ import serial
 from firmware_bridge import BridgeError, LinkError
 from firmware_bridge.audit import AuditLog
 from firmware_bridge.calibration import Calibration
-from firmware_bridge.filters import StabilityFilter
+from firmware_bridge.filters import MIN_SAMPLES, WINDOW_S, StabilityFilter
 from firmware_bridge.protocols import Codec, DecodeStats, Frame, get_protocol
 from firmware_bridge.reading import Reading
 
@@ -52,8 +53,9 @@ class Link:
         reconnect_s: float = 0.25,
         max_g: int | None = None,
         e_g: int = 5,
-        filter_window_s: float = 0.1,
+        filter_window_s: float = WINDOW_S,
         filter_band_g: int | None = None,
+        filter_min_samples: int = MIN_SAMPLES,
         average_n: int = 3,
         calibration: Calibration | None = None,
         audit: AuditLog | None = None,
@@ -68,6 +70,12 @@ class Link:
         if poll_hz is None:
             # Flagless modules are polled faster: our own filter needs samples to decide.
             poll_hz = 25.0 if self.codec.has_stable_flag else 40.0
+        if self.codec.polled and (poll_hz <= 0 or 2.0 / poll_hz > freshness_s):
+            # One lost reply must not make the weight stale before the next poll answers.
+            raise ValueError(
+                f"poll_hz={poll_hz:g} is too slow for freshness_s={freshness_s:g}: "
+                "poll at least twice per freshness_s"
+            )
         self.poll_period = 1.0 / poll_hz
         self.reconnect_s = reconnect_s
         self.calibration = calibration
@@ -75,7 +83,9 @@ class Link:
         # Modules that cannot say "overload" (XK3190, Dahua, PS1X) just send big numbers:
         # above Max + 9e the host blanks the weight itself, as R76 asks of the display.
         self.overload_above_g = None if max_g is None else max_g + 9 * e_g
-        self._filter = StabilityFilter(filter_window_s, e_g if filter_band_g is None else filter_band_g)
+        self._filter = StabilityFilter(
+            filter_window_s, e_g if filter_band_g is None else filter_band_g, filter_min_samples
+        )
         self._counts: deque[int] = deque(maxlen=max(1, average_n))
         self._raw_counts: deque[int] = deque(maxlen=1024)
         self._raw_total = 0

@@ -155,7 +155,7 @@ def test_scale_calibrate_cli(tmp_path: Path) -> None:
         # The sealed file is what scale-read weighs with.
         read = subprocess.run(
             [*WETMARKET, "scale-read", sim.port, "--protocol", "hx711-raw",
-             "--calibration", str(store), "--count", "40"],
+             "--calibration", str(store), "--count", "120"],  # 1.5 s: stable takes 0.5 s
             capture_output=True, text=True, timeout=30, check=True,
         )  # fmt: skip
     rows = [json.loads(line) for line in read.stdout.splitlines()]

@@ -29,8 +29,9 @@ def test_every_protocol_gives_a_stable_weight_after_placing(sim: Simulator) -> N
         r = link.wait_for(_stable_near(1235), 4)
         assert r is not None, seen[-5:]
         assert link.state == "online"
-        # While the load was swinging, no reading was stable at a wrong weight.
-        wrong = [x for x in seen if x.stable and x.gross_g != 0 and abs((x.gross_g or 0) - 1234) > 6]
+        # While the load was swinging, no reading was stable at a wrong weight (the empty
+        # plate of a 1 g raw-count module reads a gram or two either side of 0).
+        wrong = [x for x in seen if x.stable and abs(x.gross_g or 0) > 6 and abs((x.gross_g or 0) - 1234) > 6]
         assert wrong == []
         assert any(x.status == "motion" and not x.stable for x in seen)
 
