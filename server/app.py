@@ -16,7 +16,8 @@ from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 
 from server.auth import admin_token_sha256
-from server.db import init_db, make_engine
+from server.columns import add_missing_columns
+from server.db import Base, init_db, make_engine
 from server.events import Broker
 from server.routes import pages, refunds, sales, stalls, stats
 from server.settings import Settings
@@ -32,6 +33,7 @@ def create_app(settings: Settings) -> FastAPI:
         path.parent.mkdir(parents=True, exist_ok=True)
     engine = make_engine(settings.db_url)
     sessionmaker = init_db(engine, settings.tz)
+    add_missing_columns(engine, Base.metadata)
     admin_sha256, generated = admin_token_sha256(sessionmaker, settings.admin_token)
     broker = Broker()
 
@@ -41,10 +43,11 @@ def create_app(settings: Settings) -> FastAPI:
         yield
         engine.dispose()
 
-    # /docs and /redoc load Swagger UI and ReDoc from the installed fastapi-offline package,
-    # not from a CDN: the market's network may have no internet.
+    # /docs loads Swagger UI from the installed fastapi-offline package, not from a CDN: the
+    # market's network may have no internet.  ReDoc is off: its bundle still fetches its
+    # maker's logo from a CDN on every view.
     app = FastAPIOffline(title="wetmarket market server", version="0.1.0", lifespan=lifespan,
-                         favicon_url="/favicon.ico")
+                         favicon_url="/favicon.ico", redoc_url=None)
     app.state.settings = settings
     app.state.engine = engine
     app.state.sessionmaker = sessionmaker

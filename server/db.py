@@ -171,6 +171,8 @@ class ItemDay(Base):
     local_day: Mapped[dt.date] = mapped_column(Date, primary_key=True)
     plu: Mapped[str] = mapped_column(String(16), primary_key=True)
     name: Mapped[str] = mapped_column(String(64))
+    #: The English name the last line carried (``name_en``, added by stalls), for the big screen.
+    name_en: Mapped[str | None] = mapped_column(String(64))
     lines: Mapped[int] = mapped_column(Integer, default=0)
     weight_g: Mapped[int] = mapped_column(BigInteger, default=0)
     quantity: Mapped[int] = mapped_column(BigInteger, default=0)

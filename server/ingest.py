@@ -158,6 +158,8 @@ class _Rollups:
             item = self.items.setdefault((day, ln.plu), {"local_day": day, "plu": ln.plu, "lines": 0,
                                                          "weight_g": 0, "quantity": 0, "amount_fen": 0})
             item["name"] = ln.name
+            name_en = (ln.model_extra or {}).get("name_en")
+            item["name_en"] = name_en[:64] if isinstance(name_en, str) and name_en else None
             item["lines"] += 1
             item["weight_g"] += ln.weight_g or 0
             item["quantity"] += ln.quantity or 0

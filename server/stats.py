@@ -59,11 +59,21 @@ def today(session: Session, tz: zoneinfo.ZoneInfo, day: dt.date | None = None) -
         "ranking": ranking,
         "hours": [{"hour": h, "sales": int(n), "total_fen": int(t)} for h, n, t in hours],
         "items": [
-            {"plu": it.plu, "name": it.name, "lines": it.lines, "weight_g": it.weight_g,
-             "quantity": it.quantity, "amount_fen": it.amount_fen}
+            {"plu": it.plu, "name": it.name, "name_en": it.name_en, "lines": it.lines,
+             "weight_g": it.weight_g, "quantity": it.quantity, "amount_fen": it.amount_fen}
             for it in items
         ],
     }
+
+
+def _names_en(raw: dict[str, object]) -> list[str | None]:
+    """Each line's English name as the stall sent it (``name_en``, edge.basket), else None."""
+    lines = raw.get("lines")
+    names: list[str | None] = []
+    for line in lines if isinstance(lines, list) else []:
+        name = line.get("name_en") if isinstance(line, dict) else None
+        names.append(name if isinstance(name, str) and name else None)
+    return names
 
 
 def recent_sales(session: Session, tz: zoneinfo.ZoneInfo, limit: int = 10) -> list[dict[str, Any]]:
@@ -79,6 +89,7 @@ def recent_sales(session: Session, tz: zoneinfo.ZoneInfo, limit: int = 10) -> li
             "sold_at": s.sold_at.astimezone(tz).isoformat(),
             "total_fen": s.total_fen,
             "items": [ln.name for ln in s.lines],
+            "items_en": _names_en(s.raw),
             "verified": s.verified,
         }
         for s in rows

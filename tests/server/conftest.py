@@ -90,3 +90,12 @@ class StallSim:
             doc["signature"] = sign_sale(doc, self.key)
         self.prev = sale_digest(doc)
         return doc
+
+
+def register_stall(server: LiveServer, sim: StallSim, name: str = "王记鲜果") -> str:
+    """Registers ``sim``'s stall and signing key with the manager's token; the stall's token."""
+    with server.client(ADMIN) as c:
+        r = c.post("/api/v1/stalls", json={"stall_id": sim.stall_id, "name": name,
+                                           "public_key": sim.public_key})
+    assert r.status_code == 201, r.text
+    return str(r.json()["token"])

@@ -23,17 +23,11 @@ import pytest
 from server.guard import DEFAULT_BODY_LIMIT, REFUNDS_BODY_LIMIT, SALES_BODY_LIMIT
 from tests.conftest import LiveServer, free_port
 from tests.server.conftest import ADMIN, StallSim
+from tests.server.conftest import register_stall as _register
 
 SQLITE = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 
 MiB = 1024 * 1024
-
-
-def _register(server: LiveServer, sim: StallSim) -> str:
-    with server.client(ADMIN) as c:
-        r = c.post("/api/v1/stalls", json={"stall_id": sim.stall_id, "name": "王记鲜果"})
-    assert r.status_code == 201, r.text
-    return str(r.json()["token"])
 
 
 def announce_only(port: int, method: str, path: str, length: int,

@@ -11,14 +11,7 @@ from server.app import create_app
 from server.settings import Settings
 from tests.conftest import LiveServer
 from tests.server.conftest import ADMIN, StallSim
-
-
-def _register(server: LiveServer, sim: StallSim, name: str = "王记鲜果") -> str:
-    with server.client(ADMIN) as c:
-        r = c.post("/api/v1/stalls", json={"stall_id": sim.stall_id, "name": name,
-                                           "public_key": sim.public_key})
-    assert r.status_code == 201, r.text
-    return str(r.json()["token"])
+from tests.server.conftest import register_stall as _register
 
 
 def test_sale_from_contract_example_becomes_stats(server: LiveServer) -> None:
@@ -171,8 +164,8 @@ def test_same_sale_twice_in_one_batch_counts_once(server: LiveServer) -> None:
     assert [r["status"] for r in body["results"]] == ["accepted", "duplicate", "accepted"]
     assert [r["flags"] for r in body["results"]] == [[], [], []]
     assert today["sales"] == 2 and today["total_fen"] == 690 + 345
-    assert today["items"] == [{"plu": "1", "name": "香蕉", "lines": 2, "weight_g": 1500, "quantity": 0,
-                               "amount_fen": 1035}]
+    assert today["items"] == [{"plu": "1", "name": "香蕉", "name_en": None, "lines": 2, "weight_g": 1500,
+                               "quantity": 0, "amount_fen": 1035}]
 
 
 def test_concurrent_uploads_of_the_same_sales_store_each_once(server: LiveServer) -> None:
