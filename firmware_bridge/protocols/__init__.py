@@ -39,14 +39,18 @@ PROTOCOLS: dict[str, type[Codec]] = {
 }
 
 
-def get_protocol(name: str) -> Codec:
-    """A fresh codec (it holds a receive buffer) for the protocol called ``name``."""
+def get_protocol(name: str, variant: str | None = None) -> Codec:
+    """A fresh codec (it holds a receive buffer) for the protocol called ``name``.
+
+    ``variant`` chooses the dialect its module side speaks (``PROTOCOLS[name].variants``,
+    the first by default; BridgeError for an unknown one); its host side accepts them all.
+    """
     try:
         cls = PROTOCOLS[name]
     except KeyError:
         known = ", ".join(PROTOCOLS)
         raise ProtocolUnknownError(f"unknown protocol {name!r} (known: {known})") from None
-    return cls()
+    return cls(variant)
 
 
 __all__ = [

@@ -4,8 +4,12 @@ A codec is pure: bytes in, frames out, no I/O.  The host side feeds whatever the
 port delivered (a whole burst or one byte at a time) to :meth:`Codec.feed` and
 gets back the complete frames it holds; partial frames wait in the codec's
 buffer, garbage is dropped and counted in :attr:`Codec.stats`.  The module side
-(:meth:`Codec.encode`, :meth:`Codec.parse_commands`) is what the simulator uses,
-so the simulator can never speak a dialect the decoder does not.
+(:meth:`Codec.encode`, :meth:`Codec.parse_commands`) is what the simulator uses;
+the decoder accepts every variant a real module of the family sends, the encoder
+speaks the one variant chosen (``variant``), so the simulator can exercise each.
+Frames captured from real modules and written in manuals are tested apart from the
+simulator (tests/firmware_bridge/fixtures/outside_frames.py), so a dialect that
+only our encoder speaks cannot hide there.
 """
 
 from __future__ import annotations
@@ -18,8 +22,8 @@ from typing import ClassVar, Literal, NamedTuple
 from firmware_bridge import BridgeError, FrameError
 
 FrameStatus = Literal["ok", "overload", "underload", "error"]
-Command = Literal["request", "zero", "tare", "clear_tare"]
-COMMANDS: tuple[Command, ...] = ("request", "zero", "tare", "clear_tare")
+Command = Literal["request", "zero", "tare", "clear_tare", "probe"]
+COMMANDS: tuple[Command, ...] = ("request", "zero", "tare", "clear_tare", "probe")
 
 
 class Frame(NamedTuple):
@@ -106,7 +110,14 @@ def grams_to_decimal(grams: int, decimals: int, grams_per_unit: int = 1000) -> s
     return f"{s[:-decimals]}.{s[-decimals:]}"
 
 
-UNIT_GRAMS = {"kg": 1000, "g": 1}
+UNIT_GRAMS = {"kg": 1000, "g": 1, "t": 1_000_000}
+# Units a module may be set to that are not legal for trade here (China's legal units are
+# SI): a well-formed frame in them is the module reporting a wrong setting, not a weight.
+NON_LEGAL_UNITS = frozenset({"lb", "oz"})
+
+
+class NeedMore(Exception):
+    """Raised by :meth:`Codec._frame_at`: the frame may go on past the bytes received so far."""
 
 
 class Codec(abc.ABC):
@@ -115,10 +126,19 @@ class Codec(abc.ABC):
     Framing comes in two kinds, chosen by ``terminator``:
 
     * line protocols (``terminator`` set): the stream is cut at the terminator and
-      each whole line must match ``pattern`` exactly, else the line is a bad frame;
-      after :meth:`reset` with ``resync`` the first line is dropped, as it may be a tail;
+      each line must match ``pattern``; a line that does not may still end with a frame
+      that does (line noise in front of it on the same line): that frame is taken and the
+      noise counted as dropped, unless ``noise_prefix`` is off (a protocol whose frames
+      have no fixed start, where noise could change the value); anything else on the
+      line is a bad frame.  After :meth:`reset` with ``resync`` the first line is dropped,
+      as it may be a tail;
     * marked protocols (``terminator`` is ``None``): ``pattern`` (fixed widths, a start
-      marker) is searched for; the bytes skipped to reach it are dropped.
+      marker) is searched for; the bytes skipped to reach it are dropped.  A codec whose
+      frame length depends on what follows (an optional checksum) overrides
+      :meth:`_frame_at`.
+
+    ``variants`` names the dialects the module side can speak (the first is the default);
+    the decoder accepts them all.
     """
 
     name: ClassVar[str]
@@ -131,12 +151,34 @@ class Codec(abc.ABC):
     start: ClassVar[bytes] = b"\x02"  # marked protocols: every frame begins with this
     max_frame: ClassVar[int] = 64
     host_commands: ClassVar[dict[Command, bytes]] = {}
+    noise_prefix: ClassVar[bool] = True
+    variants: ClassVar[tuple[str, ...]] = ("standard",)
+    # The identify probe (host_commands["probe"]): the reply the module answers it with, and
+    # what the host sends after a successful probe.
+    probe_reply: ClassVar[str | None] = None
+    probe_done: ClassVar[bytes] = b""
 
-    def __init__(self) -> None:
+    def __init__(self, variant: str | None = None) -> None:
+        if variant is None:
+            variant = self.variants[0]
+        elif variant not in self.variants:
+            raise BridgeError(
+                f"protocol {self.name} has no variant {variant!r} (known: {', '.join(self.variants)})"
+            )
+        self.variant = variant  # module side: the dialect encode() speaks
         self._buf = bytearray()
         self._cmd_buf = bytearray()
         self._skipping = ""  # "", "resync" or "overlong": drop up to the next terminator
+        self._suffix: re.Pattern[bytes] | None = None
+        if self.terminator is not None and self.noise_prefix:
+            # The same frame, anchored at the end of the line (re caches the compiled pattern).
+            self._suffix = re.compile(rb"(?:" + self.pattern.pattern + rb")\Z", self.pattern.flags)
         self.stats = DecodeStats()
+
+    @property
+    def streams(self) -> bool:
+        """Module side: whether the module sends frames unasked (else it answers polls)."""
+        return not self.polled
 
     # ---- host side -----------------------------------------------------------
     def feed(self, data: bytes) -> list[Frame]:
@@ -164,8 +206,13 @@ class Codec(abc.ABC):
             self._skipping = ""
         out: list[Frame] = []
         fullmatch = self.pattern.fullmatch
+        suffix = self._suffix
         for raw in parts:
             m = fullmatch(raw)
+            if m is None and suffix is not None:
+                m = suffix.search(raw)
+                if m is not None:
+                    self.stats.dropped_bytes += m.start()  # line noise in front of the frame
             if m is None:
                 self._bad(raw, "unrecognised line")
                 continue
@@ -187,6 +234,8 @@ class Codec(abc.ABC):
         out: list[Frame] = []
         pos = 0
         search = self.pattern.search
+        frame_at = self._frame_at
+        waiting = -1
         while True:
             m = search(buf, pos)
             if m is None:
@@ -195,17 +244,20 @@ class Codec(abc.ABC):
             if start > pos:
                 self.stats.dropped_bytes += start - pos
             try:
-                out.append(self._decode(m))
+                frame, pos = frame_at(m, buf)
+            except NeedMore:
+                waiting = pos = start
+                break
             except FrameError as exc:
                 # Resync one byte later: the real frame may start inside this one.
                 self._bad(m.group(0), str(exc), count_bytes=False)
                 self.stats.dropped_bytes += 1
                 pos = start + 1
                 continue
-            pos = m.end()
+            out.append(frame)
         # Keep only what could still become a frame: from the last start marker on
         # (a start byte inside a frame only occurs in its final check byte).
-        last = buf.rfind(self.start, pos)
+        last = waiting if waiting >= 0 else buf.rfind(self.start, pos)
         keep_from = len(buf) if last < 0 else last
         if last < 0:
             for k in range(len(self.start) - 1, 0, -1):  # a marker cut in two
@@ -228,6 +280,11 @@ class Codec(abc.ABC):
     @abc.abstractmethod
     def _decode(self, m: re.Match[bytes]) -> Frame:
         """The frame of one matched piece of the stream; FrameError if it does not check."""
+
+    def _frame_at(self, m: re.Match[bytes], buf: bytearray) -> tuple[Frame, int]:
+        """Marked protocols: the frame ``m`` starts and where it ends in ``buf``; NeedMore when
+        that depends on bytes not received yet."""
+        return self._decode(m), m.end()
 
     def reset(self, resync: bool = False) -> None:
         """Forget any partial frame.  ``resync``: the next bytes may start mid-frame (a port

@@ -1,10 +1,21 @@
-"""CAS CI-200 / "A&D style" continuous stream, 9600 8N1, CR LF lines.
+"""CAS CI-200 / "A&D style" continuous stream, 9600 8N1, CR LF lines, in two real layouts.
 
-``ST,GS,+0001.234kg`` (the short form, what ``cas`` means on our command line) or
-``ST,GS,<id>,<8-char weight><lamp><unit>`` (long form).  Header ``ST`` stable,
-``US`` unstable, ``OL`` overload; ``GS`` gross, ``NT`` net.  A space-padded unit
-(``  kg``) is accepted.  Zero: ``D<id>KZ CR LF``.  Field widths are fixed on
-purpose: without a checksum, a line that lost a digit must not decode.
+* A&D standard / CAS 18-byte: ``ST,GS,`` + an 8-character data field **including**
+  its sign and decimal point + a 2-character unit: ``ST,GS,+0123.45kg``,
+  ``ST,NT,+0012.34kg``, ``ST,GS,000013.5kg`` (no sign), ``ST,GS,+  1.500kg``
+  (space padded), overload ``OL,GS,+    .  kg``.
+* CAS 22-byte: ``ST,GS,`` + a 2-byte device field + ``,`` + the 8-character data
+  field + a space or the lamp byte + the unit.  The device field is two ASCII
+  digits (``01``) or an ID byte and the lamp byte (``1\\xc4``); some CI-200A send
+  the ID as a raw byte.  The lamp byte always has bit 7 set (b6 stable, b4 hold,
+  b2 gross, b1 tare, b0 zero): ``ST,GS,1\\xc4,000013.5 kg``, ``ST,GS,01,000013.5\\x80kg``.
+
+Header ``ST`` stable, ``US`` unstable, ``OL`` overload; ``GS`` gross, ``NT`` net.  The
+headers are what the host reads; the lamp bits only repeat them (they disagree on
+some indicators, ``ST`` with lamp ``\\x80``).  Units ``kg``, `` g`` and ``t`` are
+weights; ``lb``/``oz`` mean a module set to a unit not legal for trade here: an
+error reading.  Zero: ``D<id>KZ CR LF``.  No checksum: the fixed field widths are
+what refuses a line that lost or gained a character.
 """
 
 from __future__ import annotations
@@ -12,8 +23,8 @@ from __future__ import annotations
 import re
 from typing import ClassVar
 
-from firmware_bridge import FrameError
 from firmware_bridge.protocols.base import (
+    NON_LEGAL_UNITS,
     UNIT_GRAMS,
     Codec,
     Command,
@@ -22,6 +33,8 @@ from firmware_bridge.protocols.base import (
     grams_to_decimal,
 )
 
+LAMP, LAMP_STABLE, LAMP_GROSS, LAMP_TARE, LAMP_ZERO = 0x80, 0x40, 0x04, 0x02, 0x01
+
 
 class Cas(Codec):
     name = "cas"
@@ -29,10 +42,14 @@ class Cas(Codec):
     has_stable_flag = True
     terminator = b"\n"
     max_frame = 40
+    # 22-byte (the CAS factory default), its two-digit-ID form, then the 18-byte forms.
+    variants = ("22", "22-id", "ad", "unsigned", "padded")
+    _data = rb"([0-9 .+\-]{8})"
     pattern = re.compile(
         rb"(ST|US|OL),(GS|NT),"
-        rb"(?:([+-][0-9 .]{8})|([0-9]{2}),([+-][0-9 .]{7}|[0-9 .]{8})[\x20-\x7e])"
-        rb" *(kg|g)\r?"
+        rb"(?:(?:[0-9]{2}|[^,\r\n][\x80-\xff])," + _data + rb"[ \x80-\xff]|" + _data + rb")"
+        rb"(kg|KG| g|g |lb|LB|oz|OZ| t|t )\r?",
+        re.DOTALL,
     )
     host_commands: ClassVar[dict[Command, bytes]] = {"zero": b"D00KZ\r\n"}
 
@@ -41,20 +58,33 @@ class Cas(Codec):
         net = kind == b"NT"
         if head == b"OL":
             return Frame(None, False, "overload", net=net)
-        field = (m.group(3) or m.group(5)).decode("ascii")
-        if field.count(".") > 1:
-            raise FrameError(f"weight field {field!r}")
-        body = field.lstrip("+-").strip()
-        if " " in body:
-            raise FrameError(f"weight field {field!r}")
-        grams = decimal_to_g(field, UNIT_GRAMS[m.group(6).decode("ascii")])
+        unit = m.group(5).decode("ascii").strip().lower()
+        if unit in NON_LEGAL_UNITS:
+            return Frame(None, False, "error", net=net)
+        field = (m.group(3) or m.group(4)).decode("ascii")
+        grams = decimal_to_g(field, UNIT_GRAMS[unit])  # FrameError for blanks inside the digits
         return Frame(grams, head == b"ST", net=net)
 
     def encode(self, frame: Frame) -> bytes:
         kind = b"NT" if frame.net else b"GS"
-        if frame.status in ("overload", "error") or frame.weight_g is None:
-            return b"OL," + kind + b",+9999.999kg\r\n"
         w = frame.weight_g
-        text = ("-" if w < 0 else "+") + grams_to_decimal(w, 3).rjust(8, "0")
-        head = b"ST" if frame.stable else b"US"
-        return head + b"," + kind + b"," + text.encode() + b"kg\r\n"
+        if frame.status in ("overload", "error") or w is None:
+            head, data = b"OL", b"+    .  "
+        else:
+            head = b"ST" if frame.stable else b"US"
+            digits = grams_to_decimal(w, 3)
+            sign = "-" if w < 0 else "+"
+            if self.variant == "padded":
+                data = (sign + digits.rjust(7)).encode()
+            elif self.variant == "ad":
+                data = (sign + digits.rjust(7, "0")).encode()
+            else:  # CAS: no sign on positive weights
+                data = (("-" + digits.rjust(7, "0")) if w < 0 else digits.rjust(8, "0")).encode()
+        prefix = head + b"," + kind + b","
+        if not self.variant.startswith("22"):
+            return prefix + data + b"kg\r\n"
+        lamp = LAMP | (LAMP_STABLE if head == b"ST" else 0) | (0 if frame.net else LAMP_GROSS)
+        lamp |= (LAMP_TARE if frame.net else 0) | (LAMP_ZERO if w == 0 else 0)
+        if self.variant == "22-id":
+            return prefix + b"01," + data + bytes([lamp]) + b"kg\r\n"
+        return prefix + b"1" + bytes([lamp]) + b"," + data + b" kg\r\n"

@@ -24,6 +24,7 @@ class Hx711Raw(Codec):
     has_stable_flag = False
     raw_counts = True
     terminator = b"\n"
+    noise_prefix = False  # noise in front of a line may be digits of the count: no way to tell
     max_frame = 12
     pattern = re.compile(rb"(-?[0-9]{1,8})\r?")
 

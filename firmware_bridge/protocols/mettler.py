@@ -1,15 +1,21 @@
-"""Mettler Toledo dialects: MT-SICS (polled, CR LF lines) and the 18-byte continuous frame.
+"""Mettler Toledo dialects: MT-SICS (polled, CR LF lines) and the continuous frame.
 
-MT-SICS: host ``SI`` -> ``S S     4.08 kg`` (2nd field ``S`` stable, ``D`` dynamic,
-``I`` cannot execute, ``+`` overload, ``-`` underload); ``Z`` -> ``Z A``; ``T`` ->
-``T S  0.100 kg`` (the tare taken); ``TAC`` -> ``TAC A``; whole-line errors ``ES``,
-``ET``, ``EL``.  The weight lines do not say net or gross: the codec remembers the
-tare the module acknowledged, so a frame is known to be net while a tare is set.
+MT-SICS: host ``SI`` -> ``S S      4.08 kg``: the weight field is 10 characters,
+right aligned, the sign right before the first digit (MT-SICS reference manual), so a
+line that lost a digit (``S S     00.00 g``) no longer fits and is refused: the line
+has no checksum.  2nd field ``S`` stable, ``D`` dynamic, ``I`` cannot execute, ``+``
+overload, ``-`` underload; ``Z`` -> ``Z A``; ``T`` -> ``T S      0.100 kg`` (the tare
+taken); ``TAC`` -> ``TAC A``; whole-line errors ``ES``, ``ET``, ``EL``.  The weight
+lines do not say net or gross: the codec remembers the tare the module acknowledged,
+so a frame is known to be net while a tare is set.
 
-Continuous: ``STX SWA SWB SWC`` + 6-digit weight + 6-digit tare + ``CR`` + CHK, where
-CHK = (-sum of the 17 bytes before it) & 0x7F and every status byte has b5 set.
-SWA b0-2 decimal position, b3-4 increment (1, 2, 5); SWB b0 net, b1 negative,
-b2 over/under range, b3 motion, b4 kg.
+Continuous: ``STX SWA SWB SWC`` + 6-digit weight + 6-digit tare (right aligned,
+leading zeros blanked or not) + ``CR`` [+ CHK], CHK = (-sum of the 17 bytes before
+it) & 0x7F, **optional**: a terminal set without it sends 17 bytes (the IND245
+firmware sends 17 or 18).  Every status byte has b5 set.  SWA b0-2 decimal position,
+b3-4 increment (1, 2, 5); SWB b0 net, b1 negative, b2 over/under range, b3 motion,
+b4 kg (else SWC b0-2 name the unit: 0 lb, 1 g, 2 t, 3 oz), b6 power-up zero not yet
+captured: no valid weight until it clears, so such a frame is an error, never stable.
 """
 
 from __future__ import annotations
@@ -19,13 +25,18 @@ from typing import ClassVar
 
 from firmware_bridge import FrameError
 from firmware_bridge.protocols.base import (
+    NON_LEGAL_UNITS,
     UNIT_GRAMS,
     Codec,
     Command,
     Frame,
+    NeedMore,
     decimal_to_g,
     grams_to_decimal,
 )
+
+# A weight field is 10 characters, right aligned, the sign right in front of the first digit.
+_SICS_WEIGHT = re.compile(rb" *-?[0-9]+(?:\.[0-9]+)?")
 
 
 class MtSics(Codec):
@@ -35,7 +46,7 @@ class MtSics(Codec):
     terminator = b"\n"
     max_frame = 48
     pattern = re.compile(
-        rb"(SI|S|ZI|Z|TI|TAC|TA|T|ES|ET|EL)(?: ([SDIA+\-]))?(?: +(-?[0-9]*\.?[0-9]+) (kg|g))? *\r?"
+        rb"(?:(SI|S|ZI|Z|TI|TAC|TA|T) ([SDIAL+\-])(?: ([ \-0-9.]{10}) ([A-Za-z]{1,3}))?|(ES|ET|EL)) *\r?"
     )
     host_commands: ClassVar[dict[Command, bytes]] = {
         "request": b"SI\r\n",
@@ -44,22 +55,26 @@ class MtSics(Codec):
         "clear_tare": b"TAC\r\n",
     }
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, variant: str | None = None) -> None:
+        super().__init__(variant)
         self._tare_g = 0
 
     def _decode(self, m: re.Match[bytes]) -> Frame:
+        if m.group(5) is not None:
+            return Frame(None, None, "error", reply=m.group(5).decode("ascii"))
         cmd = m.group(1).decode("ascii")
-        st = (m.group(2) or b"").decode("ascii")
+        st = m.group(2).decode("ascii")
         grams = None
-        if m.group(3) is not None:
-            grams = decimal_to_g(m.group(3).decode("ascii"), UNIT_GRAMS[m.group(4).decode()])
-        if cmd in ("ES", "ET", "EL"):
-            if st or grams is not None:
-                raise FrameError(f"{cmd} with a status")
-            return Frame(None, None, "error", reply=cmd)
-        if not st:
-            raise FrameError(f"{cmd} without a status")
+        field = m.group(3)
+        if field is not None:
+            if _SICS_WEIGHT.fullmatch(field) is None:
+                raise FrameError(f"weight field {field!r}")
+            unit = m.group(4).decode("ascii")
+            if unit not in UNIT_GRAMS:
+                if unit.lower() in NON_LEGAL_UNITS and cmd in ("S", "SI"):
+                    return Frame(None, False, "error")  # the module weighs in a non-legal unit
+                raise FrameError(f"unit {unit!r}")
+            grams = decimal_to_g(field.decode("ascii"), UNIT_GRAMS[unit])
         if cmd in ("S", "SI"):
             if st in ("S", "D"):
                 if grams is None:
@@ -105,6 +120,9 @@ class MtSics(Codec):
 
 _INCREMENTS = {1: 1, 2: 2, 3: 5}
 _INCREMENT_CODES = {v: k for k, v in _INCREMENTS.items()}
+STX, CR = 0x02, 0x0D
+# SWB b4 = 0 (not kg): SWC b0-2 say which unit (the IND245 firmware's table).
+_SWC_UNITS = {0: "lb", 1: "g", 2: "t", 3: "oz"}
 
 
 def mt_checksum(body: bytes) -> int:
@@ -116,54 +134,94 @@ class MtContinuous(Codec):
     polled = False
     has_stable_flag = True
     max_frame = 18
+    variants = ("checksum", "no-checksum")
     _status = rb"[\x20-\x3f\x60-\x7f]"
     pattern = re.compile(
-        rb"\x02(" + _status + rb")(" + _status + rb")(" + _status + rb")"
-        rb"([0-9 ]{6})([0-9 ]{6})\r([\x00-\x7f])",
-        re.DOTALL,
+        rb"\x02(" + _status + rb")(" + _status + rb")(" + _status + rb")([0-9 ]{6})([0-9 ]{6})\r"
     )
 
-    def __init__(self, increment_g: int = 5) -> None:
-        super().__init__()
+    def __init__(self, variant: str | None = None, increment_g: int = 5) -> None:
+        super().__init__(variant)
         self.increment_g = increment_g  # module side: what the simulator encodes
+        # Host side: whether this terminal sends the checksum, learnt from the stream
+        # (None until a frame has shown it).  Once known to be on, a frame without a
+        # valid one is refused, so a lost checksum byte cannot pass a corrupted frame.
+        self._checksummed: bool | None = None
+
+    def reset(self, resync: bool = False) -> None:
+        super().reset(resync)
+        self._checksummed = None
+
+    def _frame_at(self, m: re.Match[bytes], buf: bytearray) -> tuple[Frame, int]:
+        # The checksum is optional: after CR comes either the checksum or the next STX.
+        end = m.end()
+        mode = self._checksummed
+        if end == len(buf):
+            if mode is False:
+                return self._decode(m), end
+            raise NeedMore  # the checksum may still be on its way
+        nxt, chk = buf[end], mt_checksum(m.group(0))
+        if nxt == chk:
+            if chk != STX:
+                self._checksummed = True
+            elif mode is False:  # a checksum that looks like STX: trust what we learnt
+                return self._decode(m), end
+            return self._decode(m), end + 1
+        if nxt == STX and mode is not True:
+            self._checksummed = False
+            return self._decode(m), end
+        if mode is False:
+            return self._decode(m), end  # a terminal without checksum; noise follows the frame
+        raise FrameError("bad checksum" if nxt != STX else "checksum missing")
 
     def _decode(self, m: re.Match[bytes]) -> Frame:
         raw = m.group(0)
-        if mt_checksum(raw[:17]) != raw[17]:
-            raise FrameError("bad checksum")
-        swa, swb = raw[1], raw[2]
+        swa, swb, swc = raw[1], raw[2], raw[3]
         code = swa & 0x07
         if (swa >> 3) & 0x03 == 0:
             raise FrameError(f"SWA {swa:#04x}: no increment")
-        if not swb & 0x10:
-            # Legal-for-trade scales here weigh in kg; a pound reading is a misconfigured module.
+        if swb & 0x40:
+            # Power-up zero not captured yet: the terminal has no valid weight (IND245 firmware).
+            return Frame(None, False, "error")
+        unit = "kg" if swb & 0x10 else _SWC_UNITS.get(swc & 0x07, "other")
+        if unit not in UNIT_GRAMS:
+            # Legal-for-trade scales here weigh in SI units: lb or oz is a misconfigured module.
             return Frame(None, None, "error")
         negative = bool(swb & 0x02)
         if swb & 0x04:
             return Frame(None, False, "underload" if negative else "overload")
-        weight = self._digits(m.group(4), code)
-        tare = self._digits(m.group(5), code)
+        per_unit = UNIT_GRAMS[unit]
+        weight = self._digits(m.group(4), code, per_unit)
+        tare = self._digits(m.group(5), code, per_unit, blank_ok=True)
         if negative:
             weight = -weight
         net = bool(swb & 0x01)
         return Frame(weight, not swb & 0x08, net=net, tare_g=tare if net else None)
 
     @staticmethod
-    def _digits(field: bytes, code: int) -> int:
-        text = field.strip()
-        if not text or b" " in text:
+    def _digits(field: bytes, code: int, grams_per_unit: int, blank_ok: bool = False) -> int:
+        # Six digits without point or sign, right aligned; leading zeros may be blanked.
+        text = field.lstrip(b" ")
+        if not text:
+            if blank_ok:
+                return 0  # no tare
             raise FrameError(f"digits {field!r}")
-        value = int(text)
-        exp = 5 - code  # code 2 = whole kg = 10**3 g; each code step is one decade
+        if b" " in text:
+            raise FrameError(f"digits {field!r}")
+        num = int(text) * grams_per_unit
+        exp = 2 - code  # code 2 = whole units; each code step is one decade
         if exp >= 0:
-            return value * 10**exp
+            return num * 10**exp
         den = 10**-exp
-        return (2 * value + den) // (2 * den)
+        return (2 * num + den) // (2 * den)
 
     def encode(self, frame: Frame) -> bytes:
         swa = 0x20 | (_INCREMENT_CODES.get(self.increment_g, 1) << 3) | 5
         swb = 0x20 | 0x10
         weight = frame.weight_g or 0
+        if frame.status == "error":
+            swb |= 0x40  # the only "no valid weight" this frame can say: power-up zero
+            weight = 0
         if frame.net:
             swb |= 0x01
         if weight < 0 or frame.status == "underload":
@@ -173,5 +231,7 @@ class MtContinuous(Codec):
             weight = 0
         if not frame.stable:
             swb |= 0x08
-        body = bytes([0x02, swa, swb, 0x20]) + f"{abs(weight):06d}{frame.tare_g or 0:06d}".encode() + b"\r"
+        body = bytes([0x02, swa, swb, 0x20]) + f"{abs(weight):6d}{frame.tare_g or 0:06d}".encode() + b"\r"
+        if self.variant == "no-checksum":
+            return body
         return body + bytes([mt_checksum(body)])

@@ -157,7 +157,7 @@ def test_any_pyserial_url_opens(tmp_path) -> None:
     # loop:// echoes what we write: a cas module that only ever says what we send.
     with Link("loop://", protocol="cas") as link:
         time.sleep(0.2)
-        link._write(b"ST,GS,+0000.250kg\r\n" * 3)
+        link._write(b"ST,GS,+000.250kg\r\n" * 3)
         assert link.wait_for(lambda r: r.stable and r.gross_g == 250, 2) is not None
 
 
