@@ -39,13 +39,27 @@ def register(sub: argparse._SubParsersAction) -> None:
     sim.add_argument("--noise", type=float, default=None, metavar="G", help="noise σ (0.1e)")
     sim.add_argument("--drift", type=float, default=0.0, metavar="G", help="zero drift, g/min")
     sim.add_argument(
+        "--variant",
+        default=None,
+        metavar="NAME",
+        help="the protocol's dialect (default: the first): cas 22, 22-id, ad, unsigned, padded; "
+        "aclas-pbx polled, active; mt-continuous checksum, no-checksum; xk3190-a9 hex, clone",
+    )
+    sim.add_argument(
+        "--line-noise",
+        type=float,
+        default=0.0,
+        metavar="P",
+        help="share of frames (0..1) sent with noise bytes in front of them",
+    )
+    sim.add_argument(
         "--scenario",
         metavar="NAME|SCRIPT",
         help="a named scenario (sales, faults) or a script of 'SECONDS ACTION [ARG]' steps "
         "separated by ';', e.g. '0.5 place 512; 3 remove; 4 overload; 5 unplug; 6 replug; "
         "7 garbage; 8 end'. Actions: place G, remove, overload, unplug, replug, "
         "garbage [TEXT], corrupt [N frames], truncate [N frames], wrong-line [SECONDS], "
-        "hang [SECONDS], end",
+        "hang [SECONDS], powerup [SECONDS], end",
     )
     sim.add_argument("--loop", action="store_true", help="repeat the scenario")
     sim.add_argument("--duration", type=float, default=None, metavar="S", help="stop after S s")
@@ -111,6 +125,8 @@ def _run_sim(args: argparse.Namespace) -> int:
         rate_hz=args.rate,
         noise_g=args.noise,
         drift_g_per_min=args.drift,
+        variant=args.variant,
+        line_noise=args.line_noise,
     )
     print(sim.pty_path, flush=True)
     # The pty path changes on a (scripted) replug; this one stays valid throughout.

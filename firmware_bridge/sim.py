@@ -3,7 +3,9 @@
 ``Simulator`` opens a pty, puts a simulated module (load cell + ADC + firmware) on
 the master end and leaves the slave end for the host, which opens it with
 pyserial exactly like ``/dev/ttyUSB0``.  It answers polls and streams frames in
-the chosen protocol (encoded by the same codec the host decodes with), and
+the chosen protocol and ``variant`` (each dialect real modules of the family send:
+CAS 18- or 22-byte, Aclas polled or active with Flag2, Mettler continuous with or
+without checksum, XK3190 hex or clone check digits...), at ``rate_hz``, and
 models what makes real scale links flaky:
 
 * load-cell dynamics: an under-damped step response (overshoot, settling),
@@ -11,8 +13,10 @@ models what makes real scale links flaky:
 * the module firmware: resolution e, its own motion detection (stable flag),
   zero/tare commands, zero tracking, overload above Max + 9e;
 * faults: unplug/replug (the port path is a symlink that disappears and comes
-  back, like a USB serial device), garbage bytes, corrupted and truncated
-  frames, a wrong baud rate or parity (every byte mangled for a while).
+  back, like a USB serial device), garbage bytes, line noise in front of frames
+  (``line_noise``: the share of frames that get it), corrupted and truncated
+  frames, a wrong baud rate or parity (every byte mangled for a while), a
+  power-up without a captured zero (no valid weight for a while).
 
 ``port`` is a stable symlink to the current pty slave, so a host that reopens the
 path after an unplug finds the module again.
@@ -39,8 +43,13 @@ from firmware_bridge.protocols import Codec, Command, Frame, get_protocol
 
 logger = logging.getLogger(__name__)
 
-# Frames per second each protocol streams (polled ones answer as fast as asked).
-STREAM_HZ = {"cas": 20.0, "mt-continuous": 20.0, "xk3190-a9": 40.0, "hx711-raw": 80.0}
+# Frames per second each protocol streams (polled ones answer as fast as asked).  An
+# XK3190-A9 at 1200 baud manages about 10 (12-byte frames); an Aclas in active mode sends 10.
+STREAM_HZ = {"cas": 20.0, "mt-continuous": 20.0, "xk3190-a9": 10.0, "hx711-raw": 80.0, "aclas-pbx": 10.0}
+# How often a module's firmware samples its ADC (its own motion detection runs on these).
+ADC_HZ = 50.0
+# Line noise: what a UART hands over after a glitch (framing errors, a floating line).
+NOISE_BYTES = b"\x00\xff\xfe\xf8\xe0\x80"
 
 
 class LoadCell:
@@ -174,6 +183,14 @@ class Module:
         return self._shown
 
     def frame(self, t: float) -> Frame:
+        # The firmware samples its ADC at ADC_HZ whatever its output rate, so its motion
+        # detection works the same for a module that sends 10 frames a second.
+        hist = self._history
+        if hist:
+            ts = max(hist[-1][0], t - 0.16) + 1.0 / ADC_HZ
+            while ts < t:
+                self._gross(ts)
+                ts += 1.0 / ADC_HZ
         gross = self._gross(t)
         stable = self._stable()
         if self.codec.raw_counts:
@@ -238,9 +255,16 @@ class Simulator:
         rate_hz: float | None = None,
         noise_g: float | None = None,
         drift_g_per_min: float = 0.0,
+        variant: str | None = None,
+        line_noise: float = 0.0,
     ) -> None:
+        if not 0.0 <= line_noise <= 1.0:
+            raise BridgeError(f"line noise {line_noise:g} is not a share of frames (0..1)")
         self.protocol = protocol
-        self.codec = get_protocol(protocol)  # ProtocolUnknownError for a bad name
+        # ProtocolUnknownError for a bad name, BridgeError for a variant the family lacks.
+        self.codec = get_protocol(protocol, variant)
+        self.variant = self.codec.variant
+        self.line_noise = line_noise
         self.capacity_g, self.e_g = capacity_g, e_g
         self.rng = random.Random(seed)
         self.module = Module(
@@ -265,6 +289,7 @@ class Simulator:
         self._truncate_left = 0
         self._mangle_until = 0.0
         self._hang_until = 0.0
+        self._powerup_until = 0.0
         self._script: list[tuple[float, str, str]] = []
         self._script_t0 = 0.0
         self._plug()
@@ -293,7 +318,9 @@ class Simulator:
             os.close(slave)
             self._master = self._slave = None
             raise LinkError(f"cannot link {self.port} to the pty: {exc}") from exc
-        logger.info("scale simulator (%s) on %s -> %s", self.protocol, self.port, self.pty_path)
+        logger.info(
+            "scale simulator (%s, %s) on %s -> %s", self.protocol, self.variant, self.port, self.pty_path
+        )
 
     def _unplug(self) -> None:
         if os.path.lexists(self.port):
@@ -389,6 +416,13 @@ class Simulator:
         with self._lock:
             self._hang_until = time.monotonic() + seconds
 
+    def power_up(self, seconds: float) -> None:
+        """For ``seconds``, the module has just been switched on and has not captured its
+        zero: it has no valid weight (Mettler continuous sets SWB b6; each protocol says it
+        its own way)."""
+        with self._lock:
+            self._powerup_until = time.monotonic() + seconds
+
     def wrong_line(self, seconds: float) -> None:
         """For ``seconds``, mangle every byte as a wrong baud rate or parity would."""
         with self._lock:
@@ -417,6 +451,7 @@ class Simulator:
             "truncate": lambda: self.truncate(int(arg or 1)),
             "wrong-line": lambda: self.wrong_line(float(arg or 1.0)),
             "hang": lambda: self.hang(float(arg or 1.0)),
+            "powerup": lambda: self.power_up(float(arg or 1.0)),
             "end": lambda: None,  # marks the length of a looped scenario
         }
         try:
@@ -428,7 +463,7 @@ class Simulator:
     def _run(self) -> None:
         period = 1.0 / self.rate_hz
         next_tick = time.monotonic()
-        streaming = not self.codec.polled
+        streaming = self.codec.streams
         while not self._stop.is_set():
             now = time.monotonic()
             self._play_script(now)
@@ -467,7 +502,11 @@ class Simulator:
             now = time.monotonic()
             self.commands.append((now, cmd))
             if cmd == "request":
-                self._send(now)
+                if not self.codec.streams:  # a streaming module ignores polls
+                    self._send(now)
+                continue
+            if cmd == "probe":
+                self._write(self.codec.encode_reply(cmd, True, Frame(None, None)))
                 continue
             with self._lock:
                 ok, frame = self.module.command(cmd, now)
@@ -479,6 +518,8 @@ class Simulator:
             return
         with self._lock:
             frame = self.module.frame(now)
+            if now < self._powerup_until:
+                frame = Frame(None, False, "error")
             raw = self.codec.encode(frame)
             if self._truncate_left:
                 self._truncate_left -= 1
@@ -490,6 +531,10 @@ class Simulator:
                 self._corrupted_last = True
             else:
                 self._corrupted_last = False
+            if self.line_noise and self.rng.random() < self.line_noise:
+                # Noise in front of the frame, on the same line: a decoder that can tell
+                # where the frame starts keeps it.
+                raw = bytes(self.rng.choice(NOISE_BYTES) for _ in range(self.rng.randint(1, 3))) + raw
             if now < self._mangle_until:
                 # A wrong baud rate or parity: the UART hands over shifted, high-bit bytes.
                 raw = bytes(((b << 1) | 0x80) & 0xFF for b in raw)
