@@ -189,6 +189,36 @@ class Link:
     def clear_tare(self) -> None:
         self._command("clear_tare")
 
+    def probe(self, timeout: float = 1.0) -> bool:
+        """Whether the module answers its protocol's identify probe (Toledo 8217: ``Ehello``
+        -> ``STX E CR hello``, the check Odoo's driver makes).  Call it before :meth:`start`:
+        it opens the port itself.  BridgeError when the protocol has no probe, LinkError
+        when the port cannot be opened or written."""
+        if self._thread is not None:
+            raise BridgeError("probe() runs before start(): the link's thread owns the port")
+        codec = get_protocol(self.protocol)
+        ask, line = codec.command("probe"), codec.line
+        try:
+            port = serial.serial_for_url(
+                self.url, timeout=0.05, write_timeout=1.0, baudrate=line.baudrate,
+                bytesize=line.bytesize, parity=line.parity, stopbits=line.stopbits,
+            )  # fmt: skip
+        except (serial.SerialException, OSError, ValueError) as exc:
+            raise LinkError(f"{self.url}: cannot open: {exc}") from exc
+        try:
+            port.reset_input_buffer()
+            port.write(ask)
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                if any(f.reply == codec.probe_reply for f in codec.feed(port.read(64))):
+                    port.write(codec.probe_done)
+                    return True
+            return False
+        except (serial.SerialException, OSError) as exc:
+            raise LinkError(f"{self.url}: probe failed: {exc}") from exc
+        finally:
+            port.close()
+
     # ---- commands ---------------------------------------------------------------
     def _command(self, name: Literal["zero", "tare", "clear_tare"]) -> None:
         raw = self.codec.command(name)  # BridgeError when the protocol has none
