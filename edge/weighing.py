@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from edge import EdgeError
 from firmware_bridge.audit import AuditLog
-from firmware_bridge.filters import StabilityFilter
+from firmware_bridge.filters import MIN_SAMPLES, WINDOW_S, StabilityFilter
 from firmware_bridge.reading import Reading
 
 logger = logging.getLogger(__name__)
@@ -65,7 +65,10 @@ class ScaleSpec(BaseModel):
         description="module: trust the reading's stable flag (the link filters flagless"
         " modules); filter: our own window filter; both: require both",
     )
-    filter_window_s: float = Field(0.1, gt=0, description="stability window of our filter")
+    filter_window_s: float = Field(WINDOW_S, gt=0, description="stability window of our filter")
+    filter_min_frames: int = Field(
+        MIN_SAMPLES, ge=1, description="our filter also needs this many frames (slow streams)"
+    )
     filter_band_e: float = Field(1.0, ge=0, description="stability band, ± this many e")
 
     @model_validator(mode="after")
@@ -121,7 +124,7 @@ class Weigher:
         self._need_zero = False
         self._last_track: float | None = None
         self._filter = StabilityFilter(
-            spec.filter_window_s, int(spec.filter_band_e * spec.e_g), min_samples=3
+            spec.filter_window_s, int(spec.filter_band_e * spec.e_g), min_samples=spec.filter_min_frames
         )
 
     # ---- what the scale shows --------------------------------------------------------

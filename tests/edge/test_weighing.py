@@ -154,11 +154,23 @@ def test_own_filter_mode_for_flagless_readings() -> None:
     spec = ScaleSpec(max_g=15000, e_g=5, stability="filter")
     w = Weigher(spec)
     t = time.time()
+    weights = [300, 520, 505, 510] + [510] * 14  # settled from frame 3 on, 40 ms apart
     states = [
         w.update(rd(g, stable=False, t=t + i * 0.04), now=t + i * 0.04)
-        for i, g in enumerate([300, 520, 505, 510, 510, 510, 510])
+        for i, g in enumerate(weights)
     ]
     assert states[:4] == [WeighState.MOTION] * 4
+    # Same rule as the link's filter: 0.5 s within the band, not 3 frames in 0.1 s.
+    assert states[8] is WeighState.MOTION
+    assert states[-1] is WeighState.STABLE_NET
+
+
+def test_own_filter_mode_becomes_stable_on_a_slow_stream() -> None:
+    # A 1200-baud XK3190-A9 streams about 5-10 frames/s; five frames must still do.
+    w = Weigher(ScaleSpec(max_g=15000, e_g=5, stability="filter"))
+    t = time.time()
+    states = [w.update(rd(510, stable=False, t=t + i * 0.2), now=t + i * 0.2) for i in range(6)]
+    assert states[3] is WeighState.MOTION
     assert states[-1] is WeighState.STABLE_NET
 
 
