@@ -10,7 +10,9 @@
   the ID as a raw byte.  The lamp byte always has bit 7 set (b6 stable, b4 hold,
   b2 gross, b1 tare, b0 zero): ``ST,GS,1\\xc4,000013.5 kg``, ``ST,GS,01,000013.5\\x80kg``.
 
-Header ``ST`` stable, ``US`` unstable, ``OL`` overload; ``GS`` gross, ``NT`` net.  The
+A&D balances send their standard format on the same line settings: ``ST,+00123.45  g``
+(sign + 8 characters, a 3-character unit), overload ``OL,+9999999E+19`` (``-`` under):
+read too.  Header ``ST`` stable, ``US`` unstable, ``OL`` overload; ``GS`` gross, ``NT`` net.  The
 headers are what the host reads; the lamp bits only repeat them (they disagree on
 some indicators, ``ST`` with lamp ``\\x80``).  Units ``kg``, `` g`` and ``t`` are
 weights; ``lb``/``oz`` mean a module set to a unit not legal for trade here: an
@@ -23,6 +25,7 @@ from __future__ import annotations
 import re
 from typing import ClassVar
 
+from firmware_bridge import FrameError
 from firmware_bridge.protocols.base import (
     NON_LEGAL_UNITS,
     UNIT_GRAMS,
@@ -44,24 +47,27 @@ class Cas(Codec):
     max_frame = 40
     # 22-byte (the CAS factory default), its two-digit-ID form, then the 18-byte forms.
     variants = ("22", "22-id", "ad", "unsigned", "padded")
-    _data = rb"([0-9 .+\-]{8})"
     pattern = re.compile(
-        rb"(ST|US|OL),(GS|NT),"
-        rb"(?:(?:[0-9]{2}|[^,\r\n][\x80-\xff])," + _data + rb"[ \x80-\xff]|" + _data + rb")"
-        rb"(kg|KG| g|g |lb|LB|oz|OZ| t|t )\r?",
+        rb"(?P<head>ST|US|OL),(?:(?P<kind>GS|NT),"
+        rb"(?:(?:[0-9]{2}|[^,\r\n][\x80-\xff]),(?P<d22>[0-9 .+\-]{8})[ \x80-\xff]|(?P<d18>[0-9 .+\-]{8}))"
+        rb"(?P<unit>kg|KG| g|g |lb|LB|oz|OZ| t|t )"
+        # A&D balances' standard format: sign + 8 characters, a 3-character unit.
+        rb"|(?P<dbal>[+\-][0-9 .]{8})(?P<ubal>  g| kg| lb| oz)|(?P<olbal>[+\-]9999999E\+19))\r?",
         re.DOTALL,
     )
     host_commands: ClassVar[dict[Command, bytes]] = {"zero": b"D00KZ\r\n"}
 
     def _decode(self, m: re.Match[bytes]) -> Frame:
-        head, kind = m.group(1), m.group(2)
-        net = kind == b"NT"
+        head, net = m.group("head"), m.group("kind") == b"NT"
         if head == b"OL":
-            return Frame(None, False, "overload", net=net)
-        unit = m.group(5).decode("ascii").strip().lower()
+            under = (m.group("olbal") or b"").startswith(b"-")
+            return Frame(None, False, "underload" if under else "overload", net=net)
+        if m.group("olbal") is not None:
+            raise FrameError("the overload value in a weight line")
+        unit = (m.group("unit") or m.group("ubal")).decode("ascii").strip().lower()
         if unit in NON_LEGAL_UNITS:
             return Frame(None, False, "error", net=net)
-        field = (m.group(3) or m.group(4)).decode("ascii")
+        field = (m.group("d22") or m.group("d18") or m.group("dbal")).decode("ascii")
         grams = decimal_to_g(field, UNIT_GRAMS[unit])  # FrameError for blanks inside the digits
         return Frame(grams, head == b"ST", net=net)
 

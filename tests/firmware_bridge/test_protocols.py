@@ -85,6 +85,12 @@ CASES: list[tuple[str, bytes, list[Frame]]] = [
     ("cas", b"ST,GS,1\xc4,000013.5 kg\r\n", [Frame(13500, True)]),
     ("cas", b"ST,GS,01,000013.5\x80kg\r\n", [Frame(13500, True)]),
     ("cas", b"US,NT,01,-00012.5\x82kg\r\n", [Frame(-12500, False, net=True)]),
+    # A&D balances' standard format on the same line: sign + 8 characters, 3-character unit.
+    ("cas", b"ST,+00123.45  g\r\n", [Frame(123, True)]),
+    ("cas", b"US,-00001.23 kg\r\n", [Frame(-1230, False)]),
+    ("cas", b"OL,+9999999E+19\r\n", [Frame(None, False, "overload")]),
+    ("cas", b"OL,-9999999E+19\r\n", [Frame(None, False, "underload")]),
+    ("cas", b"QT,+00000012 PC\r\n", []),  # counting mode: pieces are no weight
     ("aclas-pbx", _pbx(b"S", b" ", b"01.234"), [Frame(1234, True)]),
     ("aclas-pbx", _pbx(b"S", b" ", b"01.234") + b"\x20", [Frame(1234, True)]),  # active: Flag2 (tare)
     ("aclas-pbx", _pbx(b"S", b" ", b" 1.234", b"KG", etx_folded=True), [Frame(1234, True)]),
