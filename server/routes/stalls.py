@@ -11,6 +11,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic.json_schema import JsonDict
 from sqlalchemy import select
 
+from edge import TraceCodeError
+from edge.tracecode import stall_id_aliases, stall_number
 from server import db
 from server.auth import Credentials, new_token, stall_for_token, token_hash
 from server.deps import AdminDep, SessionDep, write_lock
@@ -44,6 +46,17 @@ class StallCreate(BaseModel):
 
     _key = field_validator("public_key")(_check_key)
 
+    @field_validator("stall_id")
+    @classmethod
+    def _has_trace_number(cls, v: str) -> str:
+        # Every receipt's trace code carries the stall's number (S1..S999); a stall
+        # whose id has none could register but never sell.
+        try:
+            stall_number(v)
+        except TraceCodeError as exc:
+            raise ValueError(str(exc)) from exc
+        return v
+
 
 class StallToken(BaseModel):
     stall_id: str
@@ -64,12 +77,21 @@ class StallKey(BaseModel):
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=StallToken,
-             responses=errors(400, 401, 409, 413, e409="A stall with this id exists"))
+             responses=errors(400, 401, 409, 413,
+                              e409="A stall with this id, or with its trace-code stall number, exists"))
 def create_stall(body: StallCreate, session: SessionDep, _: AdminDep, request: Request) -> StallToken:
     token = new_token()
     with write_lock(request):
         if session.get(db.Stall, body.stall_id) is not None:
             raise HTTPException(status.HTTP_409_CONFLICT, f"stall {body.stall_id} already exists")
+        # S1, S01 and S001 are one trace-code stall number: two stalls with it could take
+        # each other's receipt numbers, so the second is refused here, not at its first sale.
+        owner = session.execute(select(db.Stall.stall_id).where(
+            db.Stall.stall_id.in_(stall_id_aliases(stall_number(body.stall_id))))).scalar()
+        if owner is not None:
+            raise HTTPException(status.HTTP_409_CONFLICT,
+                                f"stall {body.stall_id} would have the trace-code stall number "
+                                f"of stall {owner}; choose another number")
         session.add(db.Stall(stall_id=body.stall_id, name=body.name, token_sha256=token_hash(token),
                              public_key=body.public_key, created_at=dt.datetime.now(dt.UTC)))
         session.commit()
