@@ -18,7 +18,7 @@ import pathlib
 
 logger = logging.getLogger(__name__)
 
-LEGAL_VERSION = "1.0.0"
+LEGAL_VERSION = "1.1.0"
 
 _EDGE = pathlib.Path(__file__).resolve().parent
 
@@ -48,5 +48,5 @@ def legal_checksum() -> str:
 
 
 def legal_id() -> str:
-    """What the receipt and the screen show: ``"1.0.0 3f2a9c1d"``."""
+    """What the receipt and the screen show: ``"1.1.0 3f2a9c1d"``."""
     return f"{LEGAL_VERSION} {legal_checksum()[:8]}"
