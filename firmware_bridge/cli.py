@@ -78,7 +78,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--timeout", type=float, default=10.0, metavar="S", help="give up after S s without one"
     )
     read.add_argument("--freshness", type=float, default=1.0, metavar="S")
-    read.add_argument("--max", type=int, default=15000, metavar="G", help="Max: overload above Max+9e")
+    read.add_argument(
+        "--max", type=int, default=None, metavar="G",
+        help="the scale's Max: a weight above Max+9e reads as overload (default: none, what the "
+        "module sends, e.g. 3260 kg from a platform indicator)",
+    )
     read.add_argument("--e", type=int, default=5, metavar="G", help="scale interval e")
     read.add_argument(
         "--calibration",

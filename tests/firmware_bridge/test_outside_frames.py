@@ -155,6 +155,25 @@ def test_outside_frame_through_wetmarket_scale_read(case: Outside) -> None:
         assert all(r["status"] == case.status and not r["stable"] for r in rows), rows
 
 
+def test_a_platform_indicator_reads_its_tonnes_through_scale_read() -> None:
+    # The capture of a 3260 kg load: scale-read reports what the module sends unless
+    # it is told the scale's Max (a market scale's 15 kg would blank it as overload).
+    capture = b"\x02+00326001C\x03"
+    rows = {}
+    for extra in ([], ["--max", "15000"]):
+        with Replayer([capture], polled=False) as player:
+            out = subprocess.run(
+                [*WETMARKET, "scale-read", player.path, "--protocol", "xk3190-a9", "--count", "30",
+                 "--timeout", "3", *extra],
+                capture_output=True, text=True, timeout=60,
+            )  # fmt: skip
+        assert out.returncode == 0, out.stderr
+        rows[bool(extra)] = [json.loads(line) for line in out.stdout.splitlines()]
+    assert all(r["net_g"] == 3_260_000 and r["status"] in ("ok", "motion") for r in rows[False])
+    assert any(r["stable"] for r in rows[False]), rows[False]
+    assert all(r["net_g"] is None and r["status"] == "overload" for r in rows[True])
+
+
 # ---- the Toledo 8217 probe -------------------------------------------------------------------
 
 
