@@ -16,8 +16,7 @@ from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 
 from server.auth import admin_token_sha256
-from server.columns import add_missing_columns
-from server.db import Base, init_db, make_engine
+from server.db import init_db, make_engine
 from server.events import Broker
 from server.routes import pages, refunds, sales, stalls, stats
 from server.settings import Settings
@@ -33,7 +32,6 @@ def create_app(settings: Settings) -> FastAPI:
         path.parent.mkdir(parents=True, exist_ok=True)
     engine = make_engine(settings.db_url)
     sessionmaker = init_db(engine, settings.tz)
-    add_missing_columns(engine, Base.metadata)
     admin_sha256, generated = admin_token_sha256(sessionmaker, settings.admin_token)
     broker = Broker()
 

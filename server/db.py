@@ -24,6 +24,7 @@ from sqlalchemy import (
     Dialect,
     Engine,
     ForeignKey,
+    Index,
     Integer,
     String,
     TypeDecorator,
@@ -98,6 +99,8 @@ class Stall(Base):
 
 class Sale(Base):
     __tablename__ = "sales"
+    # A stall's receipt numbers: the chain check and the gap alerts look sales up by them.
+    __table_args__ = (Index("ux_sales_stall_receipt", "stall_id", "receipt_no", unique=True),)
 
     sale_id: Mapped[str] = mapped_column(String(36), primary_key=True)
     stall_id: Mapped[str] = mapped_column(ForeignKey("stalls.stall_id"), index=True)
@@ -179,6 +182,169 @@ class ItemDay(Base):
     amount_fen: Mapped[int] = mapped_column(BigInteger, default=0)
 
 
+class StallDay(Base):
+    """Sales per stall per local day: rankings by day, week and month read these, not hours."""
+
+    __tablename__ = "rollup_stall_day"
+
+    local_day: Mapped[dt.date] = mapped_column(Date, primary_key=True)
+    stall_id: Mapped[str] = mapped_column(String(16), primary_key=True)
+    sales: Mapped[int] = mapped_column(Integer, default=0)
+    total_fen: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class StallItemDay(Base):
+    """What one stall sold of one item in a local day: its real average price (alerts)."""
+
+    __tablename__ = "rollup_stall_item_day"
+
+    local_day: Mapped[dt.date] = mapped_column(Date, primary_key=True)
+    stall_id: Mapped[str] = mapped_column(String(16), primary_key=True)
+    plu: Mapped[str] = mapped_column(String(16), primary_key=True)
+    lines: Mapped[int] = mapped_column(Integer, default=0)
+    weight_g: Mapped[int] = mapped_column(BigInteger, default=0)
+    quantity: Mapped[int] = mapped_column(BigInteger, default=0)
+    amount_fen: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+# ---- market management (调价管理, 农残快检, 特价, managers, alerts) ---------------------------
+
+
+class Item(Base):
+    """The market catalogue: one row per PLU, the same code at every stall."""
+
+    __tablename__ = "items"
+
+    plu: Mapped[str] = mapped_column(String(16), primary_key=True)
+    name: Mapped[str] = mapped_column(String(64))  # Chinese, as on receipts
+    name_en: Mapped[str] = mapped_column(String(64))
+    category: Mapped[str] = mapped_column(String(32), index=True)
+    #: ``kg``, ``500g`` or ``piece``: the legal units of 明码标价, never 斤.
+    price_unit: Mapped[str] = mapped_column(String(8))
+    picture: Mapped[str | None] = mapped_column(String(256))
+    origin: Mapped[str | None] = mapped_column(String(64))
+    #: The recognizer's label for this item (``model/weights/recognizer.json``), if any.
+    label: Mapped[str | None] = mapped_column(String(64))
+    #: The market's price cap per ``price_unit`` in 分; a stall price above it is refused.
+    cap_fen: Mapped[int | None] = mapped_column(BigInteger)
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+
+
+class StallPrice(Base):
+    """A stall's current price of a catalogue item, per the item's ``price_unit``."""
+
+    __tablename__ = "stall_prices"
+
+    stall_id: Mapped[str] = mapped_column(ForeignKey("stalls.stall_id"), primary_key=True)
+    plu: Mapped[str] = mapped_column(ForeignKey("items.plu"), primary_key=True, index=True)
+    unit_price_fen: Mapped[int] = mapped_column(BigInteger)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+
+
+class PriceChange(Base):
+    """Every change of a stall price or a market cap, kept for ever: who, when, old, new, why.
+
+    Append-only: rows are never updated or deleted.  ``stall_id`` is NULL for a cap.
+    """
+
+    __tablename__ = "price_changes"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[dt.datetime] = mapped_column(UTCDateTime, index=True)
+    plu: Mapped[str] = mapped_column(String(16), index=True)
+    stall_id: Mapped[str | None] = mapped_column(String(16), index=True)
+    kind: Mapped[str] = mapped_column(String(8))  # "price" or "cap"
+    old_fen: Mapped[int | None] = mapped_column(BigInteger)
+    new_fen: Mapped[int | None] = mapped_column(BigInteger)
+    #: ``manager:<username>``, ``stall:<stall_id>`` or ``admin`` (the bootstrap token).
+    who: Mapped[str] = mapped_column(String(64))
+    why: Mapped[str] = mapped_column(String(200))
+
+
+class Inspection(Base):
+    """One rapid test (农残快检) of a batch at a stall; a failed batch is blocked for sale."""
+
+    __tablename__ = "inspections"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    batch_code: Mapped[str] = mapped_column(String(32), index=True)
+    plu: Mapped[str] = mapped_column(String(16))
+    stall_id: Mapped[str] = mapped_column(ForeignKey("stalls.stall_id"), index=True)
+    method: Mapped[str] = mapped_column(String(64))  # e.g. 酶抑制率法 (GB/T 5009.199)
+    #: Enzyme inhibition in tenths of a percent (0..1000): 50.0 % is 500.
+    inhibition_permille: Mapped[int | None] = mapped_column(Integer)
+    result: Mapped[str] = mapped_column(String(8))  # "pass" or "fail"
+    tester: Mapped[str] = mapped_column(String(64))
+    tested_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    local_day: Mapped[dt.date] = mapped_column(Date, index=True)
+    recorded_by: Mapped[str] = mapped_column(String(64))
+    recorded_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    note: Mapped[str | None] = mapped_column(String(200))
+
+
+class Promotion(Base):
+    """A special (特价): a stall's price of an item inside a time window only."""
+
+    __tablename__ = "promotions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    stall_id: Mapped[str] = mapped_column(ForeignKey("stalls.stall_id"), index=True)
+    plu: Mapped[str] = mapped_column(ForeignKey("items.plu"))
+    special_price_fen: Mapped[int] = mapped_column(BigInteger)
+    starts_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, index=True)
+    ends_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, index=True)
+    title: Mapped[str | None] = mapped_column(String(64))
+    created_by: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    cancelled_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+
+
+class Manager(Base):
+    """A market manager's account for ``/manage``; the password is stored as an argon2 hash."""
+
+    __tablename__ = "managers"
+
+    username: Mapped[str] = mapped_column(String(32), primary_key=True)
+    display_name: Mapped[str] = mapped_column(String(64))
+    password_hash: Mapped[str] = mapped_column(String(256))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    created_by: Mapped[str] = mapped_column(String(64))
+    disabled: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class ScaleEvent(Base):
+    """A stall scale's audit event (zero, tare, calibration, error), uploaded by the stall."""
+
+    __tablename__ = "scale_events"
+
+    stall_id: Mapped[str] = mapped_column(ForeignKey("stalls.stall_id"), primary_key=True)
+    #: The scale audit log's counter (firmware_bridge.audit): unique per stall, gaps are alerts.
+    counter: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    detail: Mapped[str] = mapped_column(String(200))
+    at: Mapped[dt.datetime] = mapped_column(UTCDateTime, index=True)
+    received_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+
+
+class Alert(Base):
+    """Something a manager must look at; ``key`` makes raising the same alert twice a no-op."""
+
+    __tablename__ = "alerts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    key: Mapped[str] = mapped_column(String(128), unique=True)
+    #: price_high, receipt_gap, bad_chain, bad_signature, scale_event, stall_silent, inspection_failed
+    kind: Mapped[str] = mapped_column(String(24), index=True)
+    stall_id: Mapped[str | None] = mapped_column(String(16), index=True)
+    plu: Mapped[str | None] = mapped_column(String(16))
+    detail: Mapped[str] = mapped_column(String(400))
+    raised_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, index=True)
+    acknowledged_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    acknowledged_by: Mapped[str | None] = mapped_column(String(64))
+
+
 def make_engine(db_url: str) -> Engine:
     url = db_url
     if url.startswith("postgresql://"):
@@ -250,10 +416,13 @@ def _migrate_sqlite_times(session: Session, tz: zoneinfo.ZoneInfo) -> None:
 
 
 def init_db(engine: Engine, tz: zoneinfo.ZoneInfo) -> sessionmaker[Session]:
-    """Create the tables; on SQLite, bring times written by older code to UTC first."""
+    """Migrate the tables to this code's schema; on SQLite, bring times written by older
+    code to UTC."""
+    from server.migrate import upgrade  # the migrations' env imports this module
+
     maker = sessionmaker(engine, expire_on_commit=False)
+    upgrade(engine)
     try:
-        Base.metadata.create_all(engine)
         if engine.dialect.name == "sqlite":  # PostgreSQL's timestamptz always kept the instant
             with maker.begin() as session:
                 _migrate_sqlite_times(session, tz)

@@ -146,11 +146,13 @@ def _db_reason(exc: DBAPIError) -> str:
 
 @dataclass(slots=True)
 class _Rollups:
-    """The batch's stored sales summed per (day, hour) and per (day, item)."""
+    """The batch's stored sales summed per (day, hour), per (day, item) and per
+    (day, item) of the stall; its day totals are the sums of its hours."""
 
     hours: dict[tuple[dt.date, int], list[int]] = field(
         default_factory=lambda: defaultdict(lambda: [0, 0]))
     items: dict[tuple[dt.date, str], dict[str, Any]] = field(default_factory=dict)
+    stall_items: dict[tuple[dt.date, str], dict[str, Any]] = field(default_factory=dict)
 
     def add(self, sale: SaleModel, local: dt.datetime) -> None:
         day = local.date()
@@ -164,6 +166,13 @@ class _Rollups:
             item["weight_g"] += ln.weight_g or 0
             item["quantity"] += ln.quantity or 0
             item["amount_fen"] += ln.amount_fen
+            mine = self.stall_items.setdefault((day, ln.plu), {
+                "local_day": day, "stall_id": sale.stall_id, "plu": ln.plu, "lines": 0,
+                "weight_g": 0, "quantity": 0, "amount_fen": 0})
+            mine["lines"] += 1
+            mine["weight_g"] += ln.weight_g or 0
+            mine["quantity"] += ln.quantity or 0
+            mine["amount_fen"] += ln.amount_fen
         hour = self.hours[(day, local.hour)]
         hour[0] += 1
         hour[1] += sale.total_fen
@@ -172,8 +181,17 @@ class _Rollups:
         _upsert_sum(session, _table(db.StallHour), ("local_day", "hour", "stall_id"),
                     [{"local_day": d, "hour": h, "stall_id": stall_id, "sales": n, "total_fen": t}
                      for (d, h), (n, t) in self.hours.items()], ("sales", "total_fen"))
+        days: dict[dt.date, list[int]] = defaultdict(lambda: [0, 0])
+        for (d, _), (n, t) in self.hours.items():
+            days[d][0] += n
+            days[d][1] += t
+        _upsert_sum(session, _table(db.StallDay), ("local_day", "stall_id"),
+                    [{"local_day": d, "stall_id": stall_id, "sales": n, "total_fen": t}
+                     for d, (n, t) in days.items()], ("sales", "total_fen"))
         _upsert_sum(session, _table(db.ItemDay), ("local_day", "plu"), list(self.items.values()),
                     ("lines", "weight_g", "quantity", "amount_fen"))
+        _upsert_sum(session, _table(db.StallItemDay), ("local_day", "stall_id", "plu"),
+                    list(self.stall_items.values()), ("lines", "weight_g", "quantity", "amount_fen"))
 
 
 def _rows(sale: SaleModel, doc: dict[str, Any], digest: str, flags: list[str], local: dt.datetime,

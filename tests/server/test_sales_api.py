@@ -432,3 +432,20 @@ def test_extra_fields_are_kept_but_bounded(server: LiveServer) -> None:
     assert body["results"][2]["reason"] == ("lines.0: Value error, extra fields nest deeper than 3 "
                                             "levels")
     assert body["results"][3]["reason"] == "sale: Value error, 17 extra fields, at most 16"
+
+
+def test_ingest_fills_the_day_rollups(server: LiveServer) -> None:
+    """Rankings by day, week and month and each stall's own average prices read these."""
+    sim = StallSim("S01")
+    token = _register(server, sim)
+    batch = [sim.sale([("1001", "西红柿", 512, 300, "500g"), ("1003", "香蕉", 1000, 690, "kg")]),
+             sim.sale([("1001", "西红柿", 1000, 300, "500g")])]
+    with server.client(token) as c:
+        assert c.post("/api/v1/sales", json={"sales": batch}).json()["accepted"] == 2
+    with server.app.state.sessionmaker() as session:
+        days = session.query(db.StallDay).all()
+        items = {r.plu: r for r in session.query(db.StallItemDay).all()}
+    assert [(d.stall_id, d.sales, d.total_fen) for d in days] == [
+        ("S01", 2, batch[0]["total_fen"] + batch[1]["total_fen"])]
+    assert (items["1001"].lines, items["1001"].weight_g, items["1001"].amount_fen) == (2, 1512, 307 + 600)
+    assert (items["1003"].lines, items["1003"].weight_g, items["1003"].amount_fen) == (1, 1000, 690)

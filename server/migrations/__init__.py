@@ -1,0 +1,1 @@
+"""Alembic migrations of the market server's database (``server.migrate`` runs them)."""
