@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+from dataclasses import dataclass
 from typing import Annotated, Literal
 
 from fastapi import Depends, HTTPException, Request, status
@@ -58,6 +59,33 @@ def require_admin(request: Request, cred: Credentials) -> None:
         raise _unauthorized("bad admin token")
 
 
+@dataclass(frozen=True, slots=True)
+class Actor:
+    """Who changed something, as every history row records it (``who``)."""
+
+    kind: Literal["admin", "manager", "stall"]
+    name: str  # a manager's username, a stall's id, or "admin"
+
+    @property
+    def who(self) -> str:
+        return "admin" if self.kind == "admin" else f"{self.kind}:{self.name}"
+
+
+def require_manager(request: Request, cred: Credentials) -> Actor:
+    """A market manager: signed in to ``/manage`` (``request.state.manager``, set by the
+    manager pages' session layer), else the admin token, which bootstraps the first one."""
+    signed_in = getattr(request.state, "manager", None)
+    if isinstance(signed_in, Actor):
+        return signed_in
+    if cred is None:
+        raise _unauthorized("sign in as a market manager, or send the admin bearer token")
+    require_admin(request, cred)
+    return Actor("admin", "admin")
+
+
+ManagerDep = Annotated[Actor, Depends(require_manager)]
+
+
 def stall_for_token(session: Session, cred: HTTPAuthorizationCredentials | None) -> db.Stall:
     if cred is None:
         raise _unauthorized("stall bearer token required")
@@ -69,12 +97,15 @@ def stall_for_token(session: Session, cred: HTTPAuthorizationCredentials | None)
     return stall
 
 
-async def check_token(request: Request, kind: Literal["admin", "stall"]) -> None:
-    """The route's own token check (``require_admin`` or ``stall_for_token``), run before
-    the route reads its body; raises the same 401."""
+async def check_token(request: Request, kind: Literal["admin", "manager", "stall"]) -> None:
+    """The route's own token check (``require_admin``, ``require_manager`` or
+    ``stall_for_token``), run before the route reads its body; raises the same 401."""
     cred = await bearer(request)
     if kind == "admin":
         require_admin(request, cred)
+        return
+    if kind == "manager":
+        require_manager(request, cred)
         return
 
     def look_up() -> None:

@@ -30,7 +30,7 @@ from fastapi.routing import APIRoute
 from pydantic import BaseModel
 from starlette.types import Message, Receive
 
-from server.auth import bearer, check_token, require_admin
+from server.auth import bearer, check_token, require_admin, require_manager
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ REFUNDS_BODY_LIMIT = 1024 * 1024
 #: OpenAPI document shows clients.
 LIMIT_KEY = "x-max-body-bytes"
 
-TokenKind = Literal["admin", "stall"]
+TokenKind = Literal["admin", "manager", "stall"]
 
 
 class ErrorOut(BaseModel):
@@ -95,6 +95,8 @@ def token_kind(dependant: Dependant) -> TokenKind | None:
     calls = list(_calls(dependant))
     if require_admin in calls:
         return "admin"
+    if require_manager in calls:
+        return "manager"
     if bearer in calls:
         return "stall"
     return None
