@@ -12,6 +12,7 @@ import datetime as dt
 import logging
 
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from server import db
@@ -32,6 +33,10 @@ def raise_alert(session: Session, kind: str, key: str, detail: str, *, stall_id:
         return None
     alert = db.Alert(key=full_key, kind=kind, stall_id=stall_id, plu=plu, detail=detail[:400],
                      raised_at=at or dt.datetime.now(dt.UTC))
-    session.add(alert)
+    try:
+        with session.begin_nested():  # another process may raise the same alert at once
+            session.add(alert)
+    except IntegrityError:
+        return None
     logger.warning("alert %s: %s", full_key, detail)
     return alert
