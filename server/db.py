@@ -299,6 +299,7 @@ class Promotion(Base):
     created_by: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
     cancelled_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    cancelled_by: Mapped[str | None] = mapped_column(String(64))
 
 
 class Manager(Base):
@@ -315,16 +316,27 @@ class Manager(Base):
 
 
 class ScaleEvent(Base):
-    """A stall scale's audit event (zero, tare, calibration, error), uploaded by the stall."""
+    """A stall scale's audit log entry (zero, tare, calibration, error), uploaded by the stall.
+
+    The log (``firmware_bridge.audit``) numbers its entries 1, 2, 3... (``seq``: unique per
+    stall, a gap is an alert) and chains each to the one before by hash; ``counter`` is the
+    scale's audit counter, which only a calibration raises, so many entries share one.
+    """
 
     __tablename__ = "scale_events"
 
     stall_id: Mapped[str] = mapped_column(ForeignKey("stalls.stall_id"), primary_key=True)
-    #: The scale audit log's counter (firmware_bridge.audit): unique per stall, gaps are alerts.
-    counter: Mapped[int] = mapped_column(Integer, primary_key=True)
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True)
+    counter: Mapped[int] = mapped_column(Integer)
     kind: Mapped[str] = mapped_column(String(16))
-    detail: Mapped[str] = mapped_column(String(200))
+    detail: Mapped[str] = mapped_column(String(400))
     at: Mapped[dt.datetime] = mapped_column(UTCDateTime, index=True)
+    #: The entry's chain: ``hash`` of the entry before (64 zeros for the first), its own hash.
+    prev: Mapped[str] = mapped_column(String(64))
+    hash: Mapped[str] = mapped_column(String(64))
+    #: ``bad_hash`` (the entry was altered), ``chain_mismatch`` (does not follow the stored one
+    #: before it), ``counter_back``; stored all the same, never dropped.
+    flags: Mapped[list[str]] = mapped_column(JSON, default=list)
     received_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
 
 

@@ -141,6 +141,7 @@ def upgrade() -> None:
         sa.Column("created_by", sa.String(length=64), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("cancelled_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("cancelled_by", sa.String(length=64), nullable=True),
         sa.ForeignKeyConstraint(
             ["plu"],
             ["items.plu"],
@@ -159,16 +160,20 @@ def upgrade() -> None:
     op.create_table(
         "scale_events",
         sa.Column("stall_id", sa.String(length=16), nullable=False),
+        sa.Column("seq", sa.Integer(), nullable=False),
         sa.Column("counter", sa.Integer(), nullable=False),
         sa.Column("kind", sa.String(length=16), nullable=False),
-        sa.Column("detail", sa.String(length=200), nullable=False),
+        sa.Column("detail", sa.String(length=400), nullable=False),
         sa.Column("at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("prev", sa.String(length=64), nullable=False),
+        sa.Column("hash", sa.String(length=64), nullable=False),
+        sa.Column("flags", sa.JSON(), nullable=False),
         sa.Column("received_at", sa.DateTime(timezone=True), nullable=False),
         sa.ForeignKeyConstraint(
             ["stall_id"],
             ["stalls.stall_id"],
         ),
-        sa.PrimaryKeyConstraint("stall_id", "counter"),
+        sa.PrimaryKeyConstraint("stall_id", "seq"),
     )
     with op.batch_alter_table("scale_events", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_scale_events_at"), ["at"], unique=False)
