@@ -313,6 +313,32 @@ class Manager(Base):
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
     created_by: Mapped[str] = mapped_column(String(64))
     disabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    #: Part of every session cookie (server.sessions): bumped when the account is disabled or its
+    #: password changes, so every session signed before is refused at its next request.
+    session_epoch: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class SignInFailure(Base):
+    """Failed sign-ins to ``/manage`` per username and per client address: the lockout state,
+    kept in the database so a restart (or another server process) does not reset it."""
+
+    __tablename__ = "sign_in_failures"
+
+    scope: Mapped[str] = mapped_column(String(8), primary_key=True)  # "user" or "addr"
+    subject: Mapped[str] = mapped_column(String(64), primary_key=True)
+    failures: Mapped[int] = mapped_column(Integer, default=0)
+    last_failure_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    locked_until: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+
+
+class StallContact(Base):
+    """When a stall last reached the server with its token (alerts: a stall gone silent)."""
+
+    __tablename__ = "stall_contact"
+
+    stall_id: Mapped[str] = mapped_column(ForeignKey("stalls.stall_id"), primary_key=True)
+    last_seen_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+
 
 
 class ScaleEvent(Base):

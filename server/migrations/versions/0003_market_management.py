@@ -64,7 +64,24 @@ def upgrade() -> None:
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("created_by", sa.String(length=64), nullable=False),
         sa.Column("disabled", sa.Boolean(), nullable=False),
+        sa.Column("session_epoch", sa.Integer(), nullable=False),
         sa.PrimaryKeyConstraint("username"),
+    )
+    op.create_table(
+        "sign_in_failures",
+        sa.Column("scope", sa.String(length=8), nullable=False),
+        sa.Column("subject", sa.String(length=64), nullable=False),
+        sa.Column("failures", sa.Integer(), nullable=False),
+        sa.Column("last_failure_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("locked_until", sa.DateTime(timezone=True), nullable=True),
+        sa.PrimaryKeyConstraint("scope", "subject"),
+    )
+    op.create_table(
+        "stall_contact",
+        sa.Column("stall_id", sa.String(length=16), nullable=False),
+        sa.Column("last_seen_at", sa.DateTime(timezone=True), nullable=False),
+        sa.ForeignKeyConstraint(["stall_id"], ["stalls.stall_id"]),
+        sa.PrimaryKeyConstraint("stall_id"),
     )
     op.create_table(
         "price_changes",
@@ -248,6 +265,8 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f("ix_price_changes_at"))
 
     op.drop_table("price_changes")
+    op.drop_table("stall_contact")
+    op.drop_table("sign_in_failures")
     op.drop_table("managers")
     with op.batch_alter_table("items", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_items_category"))
