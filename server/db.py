@@ -256,6 +256,9 @@ class PriceChange(Base):
     plu: Mapped[str] = mapped_column(String(16), index=True)
     stall_id: Mapped[str | None] = mapped_column(String(16), index=True)
     kind: Mapped[str] = mapped_column(String(8))  # "price" or "cap"
+    #: The item's unit when the change was made: ``old_fen`` and ``new_fen`` are per this unit
+    #: (an item's unit changes only while no stall price or cap holds a value in the old one).
+    price_unit: Mapped[str] = mapped_column(String(8))
     old_fen: Mapped[int | None] = mapped_column(BigInteger)
     new_fen: Mapped[int | None] = mapped_column(BigInteger)
     #: ``manager:<username>``, ``stall:<stall_id>`` or ``admin`` (the bootstrap token).

@@ -90,6 +90,7 @@ def upgrade() -> None:
         sa.Column("plu", sa.String(length=16), nullable=False),
         sa.Column("stall_id", sa.String(length=16), nullable=True),
         sa.Column("kind", sa.String(length=8), nullable=False),
+        sa.Column("price_unit", sa.String(length=8), nullable=False),
         sa.Column("old_fen", sa.BigInteger(), nullable=True),
         sa.Column("new_fen", sa.BigInteger(), nullable=True),
         sa.Column("who", sa.String(length=64), nullable=False),
