@@ -86,6 +86,23 @@ def require_manager(request: Request, cred: Credentials) -> Actor:
 ManagerDep = Annotated[Actor, Depends(require_manager)]
 
 
+def require_stall_or_manager(request: Request, cred: Credentials) -> Actor:
+    """A stall by its own token, or a market manager (as ``require_manager``): who may set a
+    stall's prices.  The route still checks that a stall touches only its own stall."""
+    signed_in = getattr(request.state, "manager", None)
+    if isinstance(signed_in, Actor):
+        return signed_in
+    if cred is None:
+        raise _unauthorized("send the stall's bearer token, or sign in as a market manager")
+    if hmac.compare_digest(token_hash(cred.credentials), request.app.state.admin_sha256):
+        return Actor("admin", "admin")
+    with request.app.state.sessionmaker() as session:
+        return Actor("stall", stall_for_token(session, cred).stall_id)
+
+
+StallOrManagerDep = Annotated[Actor, Depends(require_stall_or_manager)]
+
+
 def stall_for_token(session: Session, cred: HTTPAuthorizationCredentials | None) -> db.Stall:
     if cred is None:
         raise _unauthorized("stall bearer token required")
@@ -97,7 +114,8 @@ def stall_for_token(session: Session, cred: HTTPAuthorizationCredentials | None)
     return stall
 
 
-async def check_token(request: Request, kind: Literal["admin", "manager", "stall"]) -> None:
+async def check_token(request: Request,
+                      kind: Literal["admin", "manager", "stall", "stall_or_manager"]) -> None:
     """The route's own token check (``require_admin``, ``require_manager`` or
     ``stall_for_token``), run before the route reads its body; raises the same 401."""
     cred = await bearer(request)
@@ -106,6 +124,9 @@ async def check_token(request: Request, kind: Literal["admin", "manager", "stall
         return
     if kind == "manager":
         require_manager(request, cred)
+        return
+    if kind == "stall_or_manager":
+        await run_in_threadpool(require_stall_or_manager, request, cred)
         return
 
     def look_up() -> None:

@@ -10,7 +10,8 @@ own routing decides which route it is, and the answer is the usual JSON error):
    at once, and a body sent without one (chunked) is counted as it is read and
    refused as soon as it passes the limit, so at most the limit is ever held;
 2. the bearer token of a route that needs one (found in its dependencies:
-   ``require_admin`` means the manager's, ``Credentials`` alone a stall's), with the
+   ``require_admin`` means the manager's, ``require_stall_or_manager`` a stall's or the
+   manager's, ``Credentials`` alone a stall's), with the
    same checks as the handler's own (``server.auth``).
 
 FastAPI's ``max_body_size`` is not used: behind it Starlette replaces any answer
@@ -30,7 +31,7 @@ from fastapi.routing import APIRoute
 from pydantic import BaseModel
 from starlette.types import Message, Receive
 
-from server.auth import bearer, check_token, require_admin, require_manager
+from server.auth import bearer, check_token, require_admin, require_manager, require_stall_or_manager
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +51,7 @@ REFUNDS_BODY_LIMIT = 1024 * 1024
 #: OpenAPI document shows clients.
 LIMIT_KEY = "x-max-body-bytes"
 
-TokenKind = Literal["admin", "manager", "stall"]
+TokenKind = Literal["admin", "manager", "stall", "stall_or_manager"]
 
 
 class ErrorOut(BaseModel):
@@ -93,6 +94,8 @@ def _calls(dependant: Dependant) -> Iterator[Any]:
 def token_kind(dependant: Dependant) -> TokenKind | None:
     """Which token a route checks, read from its dependencies."""
     calls = list(_calls(dependant))
+    if require_stall_or_manager in calls:  # before the stall's: it reads the bearer too
+        return "stall_or_manager"
     if require_admin in calls:
         return "admin"
     if require_manager in calls:
