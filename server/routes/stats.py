@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
+from fastapi.exceptions import RequestValidationError
 from sse_starlette.sse import EventSourceResponse
 
 from server import stats
@@ -64,3 +67,89 @@ async def events(request: Request, broker: BrokerDep) -> EventSourceResponse:
             broker.unsubscribe(queue)
 
     return EventSourceResponse(stream(), ping=10)
+
+
+# ---- statistics from the rollups ---------------------------------------------------------------
+
+@contextmanager
+def refused_as_422() -> Iterator[None]:
+    """A day or range the statistics refuse, answered as FastAPI answers a bad parameter
+    (422 with ``detail: [{loc, msg, type}]``), so one error shape is documented."""
+    try:
+        yield
+    except stats.RangeError as exc:
+        raise RequestValidationError([{"type": "value_error", "loc": ("query", exc.field),
+                                       "msg": str(exc)}]) from exc
+
+
+Day = Annotated[dt.date | None, Query(description="market day (YYYY-MM-DD, the market's zone); "
+                                      "default today")]
+Plus = Annotated[list[str] | None, Query(max_length=50, description="PLU codes (repeat the parameter)")]
+
+
+@router.get("/stats/item-prices", response_model=stats.ItemPrices)
+def item_prices(session: SessionDep, settings: SettingsDep,
+                start: Annotated[dt.date | None, Query(description="first market day; default "
+                                                       "end minus 6 days")] = None,
+                end: Annotated[dt.date | None, Query(description="last market day (included); "
+                                                     "default today")] = None,
+                plu: Plus = None) -> stats.ItemPrices:
+    """The average price of each item per market day, in the item's legal unit (元/kg,
+    元/500g or per piece, integer 分 rounded half-up), with the change from the day before
+    (dod) and from the same weekday a week before (wow), in 分 and %; at most 92 days."""
+    with refused_as_422():
+        last = stats.check_day(end, "end") if end else stats.local_today(settings.tz)
+        first, last = stats.check_range(start or last - dt.timedelta(days=6), last,
+                                        stats.MAX_STATS_DAYS)
+    return stats.ItemPrices(start=first, end=last, rows=stats.item_prices(session, first, last, plu or ()))
+
+
+@router.get("/stats/movers", response_model=stats.Movers)
+def movers(session: SessionDep, settings: SettingsDep, day: Day = None,
+           limit: Annotated[int, Query(ge=1, le=50, description="items per list")] = 5,
+           min_lines: Annotated[int, Query(ge=1, le=100_000, description="lines sold an item needs "
+                                           "on both days to count")] = 5) -> stats.Movers:
+    """Top risers and fallers of a market day by the % change of their average price from
+    the day before; an item counts only with ``min_lines`` lines sold on both days."""
+    with refused_as_422():
+        day = stats.check_day(day) if day else stats.local_today(settings.tz)
+    return stats.movers(session, day, limit=limit, min_lines=min_lines)
+
+
+@router.get("/stats/categories", response_model=stats.Categories)
+def categories(session: SessionDep, settings: SettingsDep, day: Day = None) -> stats.Categories:
+    """Hot categories of a market day: amount, weight, pieces, share of the day's amount and
+    the change from the day before."""
+    with refused_as_422():
+        day = stats.check_day(day) if day else stats.local_today(settings.tz)
+    return stats.categories(session, day)
+
+
+@router.get("/stats/stall-ranking", response_model=stats.StallRanking)
+def stall_ranking(session: SessionDep, settings: SettingsDep, day: Day = None,
+                  period: Annotated[stats.Period, Query(description="the market day, the ISO "
+                                                        "week (Monday to Sunday) or the calendar "
+                                                        "month holding `day`")] = "day",
+                  ) -> stats.StallRanking:
+    """Stalls ranked by amount sold in a market day, week or month, with each one's change
+    from the period before."""
+    with refused_as_422():
+        day = stats.check_day(day) if day else stats.local_today(settings.tz)
+    return stats.stall_ranking(session, period, day)
+
+
+@router.get("/stats/price-trend", response_model=stats.PriceTrend)
+def price_trend(session: SessionDep, settings: SettingsDep,
+                end: Annotated[dt.date | None, Query(description="last market day; default today")] = None,
+                days: Annotated[int, Query(ge=1, le=stats.MAX_STATS_DAYS)] = 7,
+                plu: Plus = None,
+                top: Annotated[int, Query(ge=1, le=20, description="without plu: this many best "
+                                          "sellers of the window")] = 6) -> stats.PriceTrend:
+    """The main items' average price per market day over the last ``days`` days (the big
+    screen's chart): the items in ``plu``, else the window's best sellers by amount."""
+    with refused_as_422():
+        last = stats.check_day(end, "end") if end else stats.local_today(settings.tz)
+        if last - dt.timedelta(days=days - 1) < stats.FIRST_DAY:
+            raise stats.RangeError("days", f"{days} days up to {last.isoformat()} start before "
+                                   f"{stats.FIRST_DAY.isoformat()}")
+    return stats.price_trend(session, last, days, plus=plu or (), top=top)
