@@ -33,6 +33,9 @@ def fuzz_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Live
         with srv.client(ADMIN) as c:
             token = c.post("/api/v1/stalls", json={"stall_id": "S01", "name": "x",
                                                    "public_key": sim.public_key}).json()["token"]
+            # An item, so price routes get past "no such item" (the manager may then change it).
+            c.post("/api/v1/items", json={"plu": "1", "name": "香蕉", "name_en": "Banana",
+                                          "category": "水果", "price_unit": "kg", "cap_fen": 2000})
         yield srv, token, sim.sale([("1", "香蕉", 1000, 690, "kg")])
 
 
@@ -90,8 +93,9 @@ def test_every_answer_is_documented(fuzz_server, tmp_path) -> None:  # type: ign
 headers = {{ Authorization = "Bearer {token}" }}
 
 [[operations]]
-include-name = ["POST /api/v1/stalls", "GET /api/v1/sales/{{sale_id}}", "GET /api/v1/export",
-                "GET /api/v1/export/token", "PUT /api/v1/export/token", "DELETE /api/v1/export/token"]
+include-name = ["POST /api/v1/stalls", "GET /api/v1/sales/{{sale_id}}", "POST /api/v1/items",
+                "PATCH /api/v1/items/{{plu}}", "GET /api/v1/export", "GET /api/v1/export/token",
+                "PUT /api/v1/export/token", "DELETE /api/v1/export/token"]
 headers = {{ Authorization = "Bearer {ADMIN}" }}
 
 [[operations]]
