@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zoneinfo
 from pathlib import Path
 from typing import Any
 
@@ -9,11 +10,12 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse
 from fastapi.templating import Jinja2Templates
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from edge import EdgeError
 from edge.integrity import verify_sale
 from edge.tracecode import parse_trace_code
-from server import db
+from server import db, inspections
 from server.deps import SessionDep, SettingsDep
 
 router = APIRouter(tags=["pages"])
@@ -60,5 +62,24 @@ def trace_page(trace_code: str, request: Request, session: SessionDep, settings:
     # Stored in UTC (server.db.UTCDateTime), shown in the market's zone: never the machine's TZ.
     sold_at = row.sold_at.astimezone(settings.tz)
     ctx.update(verdict=verdict, sale=row, stall=stall, flags=row.flags,
-               sold_at=sold_at.strftime("%Y-%m-%d %H:%M:%S"), sold_at_iso=sold_at.isoformat())
+               sold_at=sold_at.strftime("%Y-%m-%d %H:%M:%S"), sold_at_iso=sold_at.isoformat(),
+               tests=_batch_tests(session, row, settings.tz))
     return templates.TemplateResponse(request, "trace.html", ctx)
+
+
+def _batch_tests(session: Session, sale: db.Sale, tz: zoneinfo.ZoneInfo) -> dict[str, dict[str, Any]]:
+    """Each line's batch at the sale's stall: its rapid tests, the latest first, and whether the
+    latest failed (the batch is blocked: server.inspections), for the trace page."""
+    batches = [ln.batch_code for ln in sale.lines if ln.batch_code]
+    found = inspections.for_batches(session, [(sale.stall_id, b) for b in batches])
+    out: dict[str, dict[str, Any]] = {}
+    for (_, batch), rows in found.items():
+        tests = []
+        for r in rows:
+            at = r.tested_at.astimezone(tz)  # in the market's zone, as every page shows times
+            tests.append({"result": r.result, "method": r.method, "tester": r.tester,
+                          "inhibition": None if r.inhibition_permille is None
+                          else f"{r.inhibition_permille / 10:.1f}",
+                          "tested_at": at.strftime("%Y-%m-%d %H:%M"), "tested_at_iso": at.isoformat()})
+        out[batch] = {"tests": tests, "failed": bool(rows) and rows[0].result == "fail"}
+    return out
