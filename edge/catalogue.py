@@ -3,9 +3,11 @@
 Public API::
 
     Plu(code, name_zh, name_en, price_unit, unit_price_fen, origin, batch_code,
-        inspection, promotion, tare_presets_g, price_cap_fen, market_median_fen)
-    Plu.price_at(when) -> int                 the promotion price inside its window
-    Plu.check_sellable() -> None              CatalogueError if its batch failed inspection
+        inspection, promotion, specials, tare_presets_g, price_cap_fen, market_median_fen,
+        label, blocked_reason)
+    Plu.price_at(when) -> int                 the lowest promotion price inside its window
+    Plu.block_reason -> str | None            why it may not be sold (for the vendor's screen)
+    Plu.check_sellable() -> None              CatalogueError with that reason
     Catalogue(items) / Catalogue.from_list([...]) / Catalogue.load(path)
     Catalogue.get(code) -> Plu                CatalogueError for an unknown PLU
     Catalogue.set_price(code, fen) -> PriceWarning | None
@@ -41,6 +43,7 @@ class Promotion(_Strict):
     unit_price_fen: int = Field(strict=True, gt=0, le=MAX_AMOUNT_FEN, title="Promotion price")
     starts_at: dt.datetime = Field(title="First instant of the promotion (with UTC offset)")
     ends_at: dt.datetime = Field(title="First instant after the promotion")
+    title: str | None = Field(default=None, max_length=64, title="What the screen calls it")
 
     @model_validator(mode="after")
     def _window(self) -> Promotion:
@@ -56,7 +59,7 @@ class Promotion(_Strict):
 
 class Plu(_Strict):
     code: str = Field(pattern=r"^[0-9A-Za-z-]{1,16}$", title="PLU code")
-    name_zh: str = Field(min_length=1, max_length=32, title="Name (Chinese)")
+    name_zh: str = Field(min_length=1, max_length=64, title="Name (Chinese)")
     name_en: str = Field(min_length=1, max_length=64, title="Name (English)")
     price_unit: PriceUnit = Field(title="kg, 500g or piece")
     unit_price_fen: int = Field(strict=True, gt=0, le=MAX_AMOUNT_FEN, title="Unit price in 分")
@@ -64,10 +67,16 @@ class Plu(_Strict):
     batch_code: str | None = Field(default=None, max_length=32, title="Batch code")
     inspection: InspectionStatus = Field(default="not-tested", title="Rapid-test result of the batch")
     promotion: Promotion | None = None
+    #: The market's specials (特价) of this stall: each its price inside its own window.
+    specials: tuple[Promotion, ...] = Field(default=(), max_length=1000, title="Specials")
     tare_presets_g: tuple[int, ...] = Field(default=(), max_length=10, title="Tare presets (g)")
     price_cap_fen: int | None = Field(default=None, strict=True, gt=0, title="Market's price cap")
     market_median_fen: int | None = Field(default=None, strict=True, gt=0,
                                           title="Market median in the same unit")
+    label: str | None = Field(default=None, max_length=64, title="Recognizer label of this item")
+    #: Why the market stopped this item (a failed batch, a price above the cap); None: it may sell.
+    blocked_reason: str | None = Field(default=None, min_length=1, max_length=1000,
+                                       title="Why it is not for sale")
 
     @field_validator("price_unit", mode="before")
     @classmethod
@@ -88,20 +97,32 @@ class Plu(_Strict):
         if self.price_cap_fen is not None and self.unit_price_fen > self.price_cap_fen:
             raise ValueError(f"unit price {format_yuan(self.unit_price_fen)} is above the "
                              f"market's cap {format_yuan(self.price_cap_fen)}")
-        if self.promotion and self.promotion.unit_price_fen >= self.unit_price_fen:
+        if any(p.unit_price_fen >= self.unit_price_fen for p in self._promotions()):
             raise ValueError("a promotion price must be below the unit price")
         return self
 
+    def _promotions(self) -> tuple[Promotion, ...]:
+        return (self.promotion, *self.specials) if self.promotion else self.specials
+
     def price_at(self, when: dt.datetime) -> int:
-        """The unit price in force at ``when``: the promotion's inside its window."""
-        if self.promotion is not None and self.promotion.active(when):
-            return self.promotion.unit_price_fen
-        return self.unit_price_fen
+        """The unit price in force at ``when``: the lowest promotion inside its window."""
+        return min((p.unit_price_fen for p in self._promotions() if p.active(when)),
+                   default=self.unit_price_fen)
+
+    @property
+    def block_reason(self) -> str | None:
+        """Why this item may not be sold now (Chinese / English, for the vendor's screen)."""
+        if self.blocked_reason is not None:
+            return self.blocked_reason
+        if self.inspection == "failed":
+            return (f"PLU {self.code} {self.name_zh}：批次 {self.batch_code} 农残快检不合格，禁止销售 / "
+                    f"batch {self.batch_code} failed its rapid test and is stopped from sale")
+        return None
 
     def check_sellable(self) -> None:
-        if self.inspection == "failed":
-            raise CatalogueError(f"PLU {self.code} {self.name_zh}: batch {self.batch_code} "
-                                 "failed its rapid test and is stopped from sale")
+        reason = self.block_reason
+        if reason is not None:
+            raise CatalogueError(reason)
 
     def price_warning(self) -> PriceWarning | None:
         return check_unit_price(self.unit_price_fen, self.price_unit,

@@ -68,6 +68,15 @@ class ServerLink(_Strict):
     public_url: str | None = Field(None, title="Base URL of trace pages in the receipt QR")
 
 
+class FeedConfig(_Strict):
+    """How the stall follows the market's feed (``edge.feed``); it needs ``[server] token``."""
+
+    enabled: bool = Field(True, title="Follow the market's catalogue, prices, specials and blocks")
+    wait_s: int = Field(25, ge=0, le=30, title="Long poll: the server answers at a change or "
+                        "after this many seconds; 0 asks every interval_s instead")
+    interval_s: float = Field(10.0, ge=1, le=3600, title="Seconds between asks without long poll")
+
+
 class PrinterConfig(_Strict):
     type: Literal["file", "dummy", "serial", "network", "usb"] = "file"
     path: str | None = Field(None, title="File printer: folder (one .bin per receipt) or file")
@@ -99,7 +108,6 @@ class CatalogueEntry(Plu):
 
     code: str = _read_as("code", "plu", "code")
     name_zh: str = _read_as("name_zh", "name", "name_zh")
-    label: str | None = Field(None, max_length=64, title="Recognizer label of this item")
 
     @model_validator(mode="before")
     @classmethod
@@ -122,7 +130,10 @@ class StallConfig(_Strict):
     camera: CameraConfig = CameraConfig()
     server: ServerLink = ServerLink()
     printer: PrinterConfig = PrinterConfig()
-    catalogue: list[CatalogueEntry] = Field(default_factory=list, title="The stall's items (PLU)")
+    feed: FeedConfig = FeedConfig()
+    catalogue: list[CatalogueEntry] = Field(
+        default_factory=list, title="The stall's items (PLU)",
+        description="the offline seed: sold until the market's feed prices this stall")
     simulate_vendor: bool = Field(False, title="Demo: a simulated vendor sells by itself")
     seed: int | None = Field(None, title="Demo: random seed of the simulated vendor")
 

@@ -111,13 +111,19 @@ class SimulatedVendor:
     def _run(self) -> None:
         session = self.app.session
         assert session is not None
-        items = list(session.catalogue)
         self._wait(lambda: session.weigh_state.name == "STABLE_ZERO", 10.0)
         while not self._stop.is_set():
-            for _ in range(self.rng.choice((1, 1, 2, 2, 3))):
+            # The feed may change the catalogue between baskets; a stopped item is not sold.
+            items = [item for item in session.catalogue if item.block_reason is None]
+            for _ in range(self.rng.choice((1, 1, 2, 2, 3)) if items else 0):
                 if self._stop.is_set():
                     return
-                self._one_line(self.rng.choice(items))
+                try:
+                    self._one_line(self.rng.choice(items))
+                except EdgeError as exc:  # the feed removed or stopped it a moment ago
+                    logger.warning("not sold: %s", exc)
+                    if self.app.sim is not None:
+                        self.app.sim.remove()
             if session.lines and not self._stop.is_set():
                 try:
                     self.app.checkout()

@@ -5,6 +5,10 @@ It joins the weighing states (``edge.weighing``) and the basket
 sales to the journal.  It is driven by the link's readings, by the
 recognizer's guesses and by the vendor's taps, from different threads, hence
 the lock.
+
+A new catalogue from the market's feed (``edge.feed``) is applied between baskets
+only: offered while a basket holds lines, it waits until that basket is checked out
+or discarded, so every line of one basket is priced from one catalogue.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from edge import BasketError, EdgeError, PricingError
 from edge.basket import Basket, BasketLine, Refund, refund
 from edge.catalogue import Catalogue, Plu
+from edge.feed import FeedState
 from edge.integrity import sign_sale
 from edge.journal import Journal
 from edge.sale import Sale, SaleContext
@@ -58,6 +63,10 @@ class Session:
         self._lock = threading.Lock()
         self._item: Plu | None = None
         self._basket = self._new_basket()
+        #: A catalogue from the feed waiting for the open basket to close, and its labels.
+        self._pending: tuple[Catalogue, dict[str, str], FeedState | None] | None = None
+        #: The feed version the catalogue in use came from (None: the config's seed).
+        self.feed_state: FeedState | None = None
 
     def _new_basket(self) -> Basket:
         spec = self.weigher.spec
@@ -69,8 +78,10 @@ class Session:
             self.weigher.update(reading)
 
     def select(self, code: str) -> Plu:
-        """The vendor taps an item (or the recognizer's sure guess is taken)."""
+        """The vendor taps an item (or the recognizer's sure guess is taken); an item the
+        market stopped is refused with the reason (``CatalogueError``)."""
         item = self.catalogue.get(code)
+        item.check_sellable()
         with self._lock:
             self._item = item
         self._on_change("item")
@@ -80,7 +91,49 @@ class Session:
         code = self.labels.get(label)
         return self.catalogue.get(code) if code is not None else None
 
+    # -- the market's feed -----------------------------------------------------------
+    def offer_catalogue(self, catalogue: Catalogue, labels: dict[str, str],
+                        state: FeedState | None = None) -> bool:
+        """A new catalogue (feed thread): applied now if no basket is open, else when the
+        open one is checked out or discarded.  True when it was applied now."""
+        with self._lock:
+            self._pending = (catalogue, labels, state)
+            applied = self._apply_pending()
+        if applied:
+            self._on_change("catalogue")
+        return applied
+
+    def _apply_pending(self) -> bool:
+        """Swap in the waiting catalogue if the basket holds no line (lock held)."""
+        if self._pending is None or self._basket.all_lines:
+            return False
+        self.catalogue, self.labels, self.feed_state = self._pending
+        self._pending = None
+        self._basket = self._new_basket()
+        # The chosen item is taken again from the new catalogue (its price may have
+        # changed), or dropped when the market removed or stopped it.
+        if self._item is not None:
+            try:
+                self._item = self.catalogue.get(self._item.code)
+                self._item.check_sellable()
+            except EdgeError:
+                self._item = None
+        logger.info("catalogue of feed version %s in use (%d items)",
+                    self.feed_state.version if self.feed_state else None, len(self.catalogue))
+        return True
+
+    @property
+    def catalogue_pending(self) -> bool:
+        """A newer catalogue waits for the open basket to close."""
+        with self._lock:
+            return self._pending is not None
+
     # -- what the screens show ------------------------------------------------------
+    def block_reason(self, code: str) -> str | None:
+        """Why the item may not be sold (a failed batch, a price above the cap), for the
+        vendor's screen; None when it may."""
+        return self.catalogue.get(code).block_reason
+
     @property
     def weigh_state(self) -> WeighState:
         return self.weigher.state
@@ -141,11 +194,14 @@ class Session:
         """The shopper walks away: void every line, and keep the trail of what was weighed."""
         with self._lock:
             basket, self._basket = self._basket, self._new_basket()
+            applied = self._apply_pending()
         for line in basket.lines:
             basket.void(line.line_no, reason)
         if basket.audit:
             self.journal.record_audit(basket.audit)
         self._on_change("basket")
+        if applied:
+            self._on_change("catalogue")
 
     def refund(self, trace_code: str, line_numbers: list[int], *, reason: str,
                operator: str = "vendor") -> Refund:
@@ -196,5 +252,8 @@ class Session:
             raise
         with self._lock:
             self._basket = self._new_basket()
+            applied = self._apply_pending()
         self._on_change("sale")
+        if applied:
+            self._on_change("catalogue")
         return sale

@@ -1,7 +1,8 @@
 """One stall's edge process: the parts started in order, stopped in reverse.
 
-    journal -> signing key -> scale (simulator) -> link -> session -> recognizer
-    -> printer -> outbox -> simulated vendor (demo)
+    journal -> signing key -> catalogue (saved feed, else the config's seed) -> scale
+    (simulator) -> link -> session -> recognizer -> printer -> outbox -> feed
+    -> simulated vendor (demo)
 
 All workers share one stop event.  A sale is journaled before its receipt
 prints and before upload; a failed print or upload never loses it.
@@ -19,6 +20,7 @@ from edge import EdgeError
 from edge.camera import Camera, ImageFolderCamera, OpenCVCamera
 from edge.catalogue import Catalogue
 from edge.config import StallConfig
+from edge.feed import FeedClient
 from edge.integrity import load_or_create_key, public_key_b64
 from edge.journal import Journal
 from edge.outbox import Outbox
@@ -40,6 +42,9 @@ class StallApp:
         self.recognizer: Any = None
         self.printer: Any = None
         self.outbox: Outbox | None = None
+        self.feed: FeedClient | None = None
+        self.catalogue: Catalogue | None = None
+        self.labels: dict[str, str] = {}
         self.session: Session | None = None
         self.journal: Journal | None = None
         self.sales_done = 0
@@ -52,6 +57,15 @@ class StallApp:
     def _start_key(self) -> None:
         self.key = load_or_create_key(self.cfg.data_dir / "stall.key")
         self.public_key = public_key_b64(self.key)
+
+    def _start_catalogue(self) -> None:
+        """The last feed kept in the data folder, else the config's ``[[catalogue]]``."""
+        cfg = self.cfg
+        self.feed = FeedClient(cfg.data_dir, cfg.server.url, cfg.server.token,
+                               stall_id=cfg.stall_id, seed=cfg.catalogue, wait_s=cfg.feed.wait_s,
+                               interval_s=cfg.feed.interval_s)
+        self._stops.append(self.feed.stop)
+        self.catalogue, self.labels = self.feed.initial()
 
     def _start_scale(self) -> None:
         from firmware_bridge.audit import AuditLog
@@ -70,9 +84,7 @@ class StallApp:
         info = StallInfo(stall_id=self.cfg.stall_id, region=self.cfg.market.region,
                          market_no=self.cfg.market.number, rounding=self.cfg.market.rounding,
                          tz=zoneinfo.ZoneInfo(self.cfg.market.timezone), vendor=self.cfg.vendor)
-        catalogue = Catalogue(self.cfg.catalogue)
-        labels = {e.label: e.code for e in self.cfg.catalogue if e.label}
-        assert self.journal is not None
+        assert self.journal is not None and self.catalogue is not None and self.feed is not None
         # Every zero, tare, calibration and error at this scale, hash-chained: the
         # market's anti-cheat trail.
         audit = AuditLog(self.cfg.data_dir / "scale-audit.jsonl")
@@ -82,8 +94,9 @@ class StallApp:
             # `wetmarket scale-calibrate --store data_dir/calibration.json` wrote.
             calibration = CalibrationStore(self.cfg.data_dir / "calibration.json", audit).load()
         spec = self.cfg.scale
-        self.session = Session(info, Weigher(spec, audit=audit), catalogue, labels, self.journal,
-                               self.key)
+        self.session = Session(info, Weigher(spec, audit=audit), self.catalogue, self.labels,
+                               self.journal, self.key)
+        self.session.feed_state = self.feed.state
         self.link = Link(port, protocol=spec.protocol, on_reading=self.session.on_reading,
                          freshness_s=spec.freshness_s, max_g=spec.max_g, e_g=spec.e_g,
                          calibration=calibration, audit=audit)
@@ -135,6 +148,12 @@ class StallApp:
         self.outbox.start()
         self._stops.append(self.outbox.stop)
 
+    def _start_feed(self) -> None:
+        assert self.feed is not None and self.session is not None
+        if not (self.cfg.feed.enabled and self.cfg.server.token):
+            return  # the no-token warning is the outbox's
+        self.feed.start(self.session.offer_catalogue)
+
     def _start_vendor(self) -> None:
         if not self.cfg.simulate_vendor:
             return
@@ -148,8 +167,9 @@ class StallApp:
 
     def start(self) -> None:
         self.cfg.data_dir.mkdir(parents=True, exist_ok=True)
-        for step in (self._start_journal, self._start_key, self._start_scale, self._start_camera,
-                     self._start_printer, self._start_outbox, self._start_vendor):
+        for step in (self._start_journal, self._start_key, self._start_catalogue, self._start_scale,
+                     self._start_camera, self._start_printer, self._start_outbox, self._start_feed,
+                     self._start_vendor):
             try:
                 step()
             except BaseException:

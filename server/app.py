@@ -18,7 +18,7 @@ from fastapi_offline import FastAPIOffline
 from server.auth import admin_token_sha256
 from server.db import init_db, make_engine
 from server.events import Broker
-from server.routes import catalogue, export, inspections, pages, promotions, refunds, sales, stalls, stats
+from server.routes import catalogue, export, feed, inspections, pages, promotions, refunds, sales, stalls, stats
 from server.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -62,7 +62,7 @@ def create_app(settings: Settings) -> FastAPI:
                   for e in exc.errors()]
         return JSONResponse({"detail": detail}, status_code=422)
 
-    for module in (stalls, sales, refunds, stats, export, catalogue, inspections, promotions, pages):
+    for module in (stalls, sales, refunds, stats, export, catalogue, inspections, promotions, feed, pages):
         app.include_router(module.router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
