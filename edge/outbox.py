@@ -9,50 +9,29 @@ stays in the journal (state ``refused``) for the market manager to see.
 from __future__ import annotations
 
 import logging
-import random
-import threading
 from typing import Any
 
-import httpx
-
+from edge.backoff import BackoffSender
 from edge.journal import Journal, UploadState
 
 logger = logging.getLogger(__name__)
 
 
-class Outbox:
+class Outbox(BackoffSender):
+    """``start``, ``notify`` (a new sale is in the journal), ``stop``: ``edge.backoff``."""
+
+    kept = "sales stay in the journal"
+
     def __init__(self, journal: Journal, server_url: str, token: str, *, stall_id: str,
                  public_key: str | None = None, batch: int = 50, max_backoff_s: float = 30.0,
                  timeout_s: float = 5.0) -> None:
+        super().__init__(f"outbox-{stall_id}", server_url, token, poll_s=5.0,
+                         max_backoff_s=max_backoff_s, timeout_s=timeout_s)
         self.journal = journal
         self.stall_id = stall_id
         self.public_key = public_key
         self.batch = batch
-        self.max_backoff_s = max_backoff_s
-        self._client = httpx.Client(base_url=server_url.rstrip("/"), timeout=timeout_s,
-                                    headers={"Authorization": f"Bearer {token}"})
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self._key_registered = public_key is None
-        self.online = False
-        self.last_error: str | None = None
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name=f"outbox-{self.stall_id}", daemon=True)
-        self._thread.start()
-
-    def stop(self, drain_s: float = 2.0) -> None:
-        """Stop, after one last attempt (bounded by ``drain_s``) to send what is pending."""
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout=drain_s + self._client.timeout.read + 1)  # type: ignore[operator]
-        self._client.close()
-
-    def notify(self) -> None:
-        """A new sale is in the journal: send it now rather than at the next poll."""
-        self._wake.set()
 
     def _register_key(self) -> None:
         r = self._client.put(f"/api/v1/stalls/{self.stall_id}/key",
@@ -104,29 +83,3 @@ class Outbox:
             self.journal.mark_refund(res["sale_id"], res["line_no"], state, res.get("reason"))
             settled += 1
         return settled
-
-    def _run(self) -> None:
-        backoff = 0.5
-        while True:
-            # Clear before reading the journal, so a notify() that races with this
-            # pass is never lost (it makes the wait below return at once).
-            self._wake.clear()
-            try:
-                settled = self.flush_once()
-                if not self.online:
-                    logger.info("market server reachable again")
-                self.online, self.last_error, backoff = True, None, 0.5
-                if settled:
-                    continue  # more may be pending
-                if self._stop.is_set():
-                    return
-                self._wake.wait(timeout=5.0)
-            except (httpx.HTTPError, ValueError, KeyError) as exc:
-                if self.online or self.last_error is None:
-                    logger.warning("upload failed, sales stay in the journal: %s", exc)
-                self.online, self.last_error = False, str(exc)
-                if self._stop.is_set():
-                    return
-                # Jitter so that stalls back online at once do not hit the server together.
-                self._stop.wait(timeout=backoff * random.uniform(0.5, 1.5))
-                backoff = min(backoff * 2, self.max_backoff_s)
