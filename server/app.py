@@ -15,10 +15,24 @@ from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 
+from server import alerts, sessions
 from server.auth import admin_token_sha256
 from server.db import init_db, make_engine
 from server.events import Broker
-from server.routes import catalogue, export, feed, inspections, pages, promotions, refunds, sales, stalls, stats
+from server.routes import (
+    catalogue,
+    export,
+    feed,
+    inspections,
+    manage,
+    managers,
+    pages,
+    promotions,
+    refunds,
+    sales,
+    stalls,
+    stats,
+)
 from server.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -38,7 +52,9 @@ def create_app(settings: Settings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         broker.bind(asyncio.get_running_loop())
+        checks = alerts.start_checks(app)  # silent stalls, sale prices (server.alerts)
         yield
+        checks.cancel()
         engine.dispose()
 
     # /docs loads Swagger UI from the installed fastapi-offline package, not from a CDN: the
@@ -54,6 +70,9 @@ def create_app(settings: Settings) -> FastAPI:
     #: The admin token when this start generated it (the CLI prints it once), else None.
     app.state.generated_admin_token = generated
     app.state.write_lock = threading.Lock() if engine.dialect.name == "sqlite" else None
+    app.state.contacts = alerts.Contacts()
+    app.state.session_signer = sessions.Signer(sessions.load_secret(sessionmaker),
+                                               settings.manage_session_s)
     @app.exception_handler(RequestValidationError)
     async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
         # FastAPI's default echoes the offending input back, which fails on values JSON
@@ -62,7 +81,8 @@ def create_app(settings: Settings) -> FastAPI:
                   for e in exc.errors()]
         return JSONResponse({"detail": detail}, status_code=422)
 
-    for module in (stalls, sales, refunds, stats, export, catalogue, inspections, promotions, feed, pages):
+    for module in (stalls, sales, refunds, stats, export, catalogue, inspections, promotions, feed,
+                   managers, manage, pages):
         app.include_router(module.router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 

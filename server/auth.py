@@ -131,6 +131,7 @@ async def check_token(request: Request,
 
     def look_up() -> None:
         with request.app.state.sessionmaker() as session:
-            stall_for_token(session, cred)
+            stall = stall_for_token(session, cred)
+        request.app.state.contacts.seen(stall.stall_id)  # silent-stall alerts (server.alerts)
 
     await run_in_threadpool(look_up)

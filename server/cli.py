@@ -9,7 +9,7 @@ import os
 import socket
 import sys
 
-from server import ConfigError
+from server import ConfigError, manager_cli
 
 logger = logging.getLogger(__name__)
 
@@ -96,3 +96,4 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="the market's time zone: its local day and every time shown "
                         "(default Asia/Shanghai or $WETMARKET_TIMEZONE)")
     p.set_defaults(run=_run)
+    manager_cli.register(sub)

@@ -12,7 +12,9 @@ own routing decides which route it is, and the answer is the usual JSON error):
 2. the bearer token of a route that needs one (found in its dependencies:
    ``require_admin`` means the manager's, ``require_stall_or_manager`` a stall's or the
    manager's, ``Credentials`` alone a stall's), with the
-   same checks as the handler's own (``server.auth``).
+   same checks as the handler's own (``server.auth``); for a manager's route, a
+   ``/manage`` session cookie instead, with its CSRF token on anything that changes
+   state (``server.sessions``: 403 without it).
 
 FastAPI's ``max_body_size`` is not used: behind it Starlette replaces any answer
 to a request whose ``Content-Length`` is over the limit with a plain-text 413.
@@ -32,6 +34,7 @@ from pydantic import BaseModel
 from starlette.types import Message, Receive
 
 from server.auth import bearer, check_token, require_admin, require_manager, require_stall_or_manager
+from server.sessions import sign_in_by_cookie
 
 logger = logging.getLogger(__name__)
 
@@ -150,9 +153,13 @@ class GuardedRoute(APIRoute):
             length = _declared_length(request)
             if length is not None and length > limit:
                 raise _too_large(limit)
-            if kind is not None:
-                await check_token(request, kind)
             counted = Request(request.scope, _counting(request.receive, limit))
+            if kind in ("manager", "stall_or_manager"):
+                # A manager signed in to /manage: the session cookie, and its CSRF token on
+                # what changes state (server.sessions); a bearer token goes on as before.
+                await sign_in_by_cookie(counted)
+            if kind is not None:
+                await check_token(counted, kind)
             return await handle(counted)
 
         return guarded

@@ -36,7 +36,7 @@ from edge.integrity import sale_digest, verify_sale
 from edge.pricing import check_sale
 from edge.sale import Sale as SaleModel
 from edge.tracecode import stall_id_aliases, stall_number
-from server import db
+from server import alerts, db
 from server.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -236,6 +236,7 @@ def _ingest(session: Session, stall: db.Stall, raws: list[Any], settings: Settin
 
     now = dt.datetime.now(dt.UTC)
     results: list[IngestResult] = []
+    stored: list[tuple[int, list[str], dt.date]] = []  # for the alerts
     sale_rows: list[dict[str, Any]] = []
     line_rows: list[dict[str, Any]] = []
     rollups = _Rollups()
@@ -292,8 +293,12 @@ def _ingest(session: Session, stall: db.Stall, raws: list[Any], settings: Settin
         if flags:
             logger.warning("sale %s of stall %s stored with flags %s", sale_id, stall.stall_id, flags)
         results.append(IngestResult(sale_id, "accepted", None, tuple(flags)))
+        stored.append((sale.receipt_no, flags, local.date()))
 
     if sale_rows:
         _insert(session, sale_rows, line_rows)
     rollups.apply(session, stall.stall_id)
+    # Broken chains and signatures, receipt gaps: prev_digest holds every receipt number
+    # ingest knows is stored before a new one, so a gap costs a query only when there is one.
+    alerts.after_ingest(session, stall.stall_id, stored, prev_digest.keys())
     return results

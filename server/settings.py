@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import zoneinfo
 from pathlib import Path
 
@@ -35,6 +36,20 @@ class Settings(BaseModel):
         "(stall config [market] number); a sale with another market's trace code is refused")
     timezone: str = Field("Asia/Shanghai", title="Market time zone",
                           description="defines the local day; every time is shown in it")
+    # ---- manager pages and alerts (server.sessions, server.alerts) ----
+    manage_session_s: int = Field(
+        12 * 3600, ge=1, le=7 * 24 * 3600, title="Manager session lifetime (s)",
+        description="a manager signed in to /manage is signed out this long after signing in")
+    market_opens: dt.time = Field(dt.time(6, 0), title="Market opens",
+                                  description="local time; a stall silent outside hours is no alert")
+    market_closes: dt.time = Field(dt.time(20, 0), title="Market closes")
+    silent_after_s: int = Field(
+        30 * 60, ge=1, title="Silent stall after (s)",
+        description="a stall seen today that has not reached the server for this long, during "
+                    "market hours, raises a stall_silent alert")
+    alert_check_s: float = Field(60.0, gt=0, le=3600, title="Alert checks every (s)",
+                                 description="the server's periodic checks: silent stalls, prices "
+                                             "above 1.5x the market median")
 
     @field_validator("timezone")
     @classmethod

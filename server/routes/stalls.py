@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import datetime as dt
 
 from fastapi import APIRouter, HTTPException, Request, status
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -12,11 +11,12 @@ from pydantic.json_schema import JsonDict
 from sqlalchemy import select
 
 from edge import TraceCodeError
-from edge.tracecode import stall_id_aliases, stall_number
-from server import db
-from server.auth import Credentials, new_token, stall_for_token, token_hash
-from server.deps import AdminDep, SessionDep, write_lock
+from edge.tracecode import stall_number
+from server import db, stalls
+from server.auth import Credentials, ManagerDep, stall_for_token
+from server.deps import SessionDep, write_lock
 from server.guard import GuardedRoute, errors
+from server.refusals import as_http
 
 router = APIRouter(prefix="/api/v1/stalls", tags=["stalls"], route_class=GuardedRoute)
 
@@ -77,23 +77,12 @@ class StallKey(BaseModel):
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=StallToken,
-             responses=errors(400, 401, 409, 413,
+             responses=errors(400, 401, 403, 409, 413, e403="CSRF token missing (a signed-in manager)",
                               e409="A stall with this id, or with its trace-code stall number, exists"))
-def create_stall(body: StallCreate, session: SessionDep, _: AdminDep, request: Request) -> StallToken:
-    token = new_token()
-    with write_lock(request):
-        if session.get(db.Stall, body.stall_id) is not None:
-            raise HTTPException(status.HTTP_409_CONFLICT, f"stall {body.stall_id} already exists")
-        # S1, S01 and S001 are one trace-code stall number: two stalls with it could take
-        # each other's receipt numbers, so the second is refused here, not at its first sale.
-        owner = session.execute(select(db.Stall.stall_id).where(
-            db.Stall.stall_id.in_(stall_id_aliases(stall_number(body.stall_id))))).scalar()
-        if owner is not None:
-            raise HTTPException(status.HTTP_409_CONFLICT,
-                                f"stall {body.stall_id} would have the trace-code stall number "
-                                f"of stall {owner}; choose another number")
-        session.add(db.Stall(stall_id=body.stall_id, name=body.name, token_sha256=token_hash(token),
-                             public_key=body.public_key, created_at=dt.datetime.now(dt.UTC)))
+def create_stall(body: StallCreate, session: SessionDep, actor: ManagerDep,
+                 request: Request) -> StallToken:
+    with write_lock(request), as_http():
+        token = stalls.register(session, actor, body.stall_id, body.name, body.public_key)
         session.commit()
     return StallToken(stall_id=body.stall_id, token=token)
 
@@ -120,3 +109,24 @@ def set_key(stall_id: str, body: StallKey, session: SessionDep, cred: Credential
         stall.public_key = body.public_key
         session.commit()
     return StallPublic(stall_id=stall.stall_id, name=stall.name, has_key=True)
+
+
+@router.post("/{stall_id}/token", response_model=StallToken,
+             responses=errors(401, 403, 404, e403="CSRF token missing (a signed-in manager)"))
+def rotate_token(stall_id: str, session: SessionDep, actor: ManagerDep, request: Request) -> StallToken:
+    """A new bearer token for the stall (shown only now); the old one stops working."""
+    with write_lock(request), as_http():
+        token = stalls.rotate_token(session, actor, stall_id)
+        session.commit()
+    return StallToken(stall_id=stall_id, token=token)
+
+
+@router.delete("/{stall_id}/key", response_model=StallPublic,
+               responses=errors(401, 403, 404, e403="CSRF token missing (a signed-in manager)"))
+def clear_key(stall_id: str, session: SessionDep, actor: ManagerDep, request: Request) -> StallPublic:
+    """Forget the stall's signing key, so the stall registers its new one (a replaced scale
+    or a lost key file): until then its sales are stored flagged ``no_stall_key``."""
+    with write_lock(request), as_http():
+        stall = stalls.replace_key(session, actor, stall_id, None)
+        session.commit()
+    return StallPublic(stall_id=stall.stall_id, name=stall.name, has_key=False)
