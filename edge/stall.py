@@ -147,6 +147,13 @@ class StallApp:
                              stall_id=self.cfg.stall_id, public_key=self.public_key)
         self.outbox.start()
         self._stops.append(self.outbox.stop)
+        # The scale's audit log goes up too, on its own thread (the manager's anti-cheat view).
+        from edge.scale_upload import ScaleAuditUploader
+
+        self.scale_upload = ScaleAuditUploader(self.cfg.data_dir / "scale-audit.jsonl", self.cfg.server.url,
+                                               self.cfg.server.token, stall_id=self.cfg.stall_id)
+        self.scale_upload.start()
+        self._stops.append(self.scale_upload.stop)
 
     def _start_feed(self) -> None:
         assert self.feed is not None and self.session is not None

@@ -30,6 +30,7 @@ from server.routes import (
     promotions,
     refunds,
     sales,
+    scale_events,
     stalls,
     stats,
 )
@@ -82,7 +83,7 @@ def create_app(settings: Settings) -> FastAPI:
         return JSONResponse({"detail": detail}, status_code=422)
 
     for module in (stalls, sales, refunds, stats, export, catalogue, inspections, promotions, feed,
-                   managers, manage, pages):
+                   scale_events, managers, manage, pages):
         app.include_router(module.router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 

@@ -10,7 +10,7 @@ from pydantic import BaseModel
 
 from server import inspections, stats
 from server.auth import ManagerDep
-from server.deps import BrokerDep, SessionDep, SettingsDep, write_lock
+from server.deps import SessionDep, SettingsDep, write_lock
 from server.fields import BATCH_PATTERN, STALL_PATTERN
 from server.guard import GuardedRoute, errors
 from server.refusals import as_http
@@ -53,18 +53,13 @@ class SummaryOut(BaseModel):
              responses=errors(400, 401, 404, 409, 413, e404="No such stall, or no such item in the "
                               "catalogue", e409="The batch was tested before as another item"))
 def record_inspection(body: inspections.InspectionIn, session: SessionDep, actor: ManagerDep,
-                      settings: SettingsDep, broker: BrokerDep, request: Request) -> InspectionOut:
+                      settings: SettingsDep, request: Request) -> InspectionOut:
     """Record one test.  A fail blocks the batch at its stall until a later test passes (the
     latest test decides; the history stays) and raises an ``inspection_failed`` alert."""
     with write_lock(request), as_http():
         row = inspections.record(session, actor, body, settings.tz)
         session.commit()
-    out = InspectionOut(**inspections.describe(session, [row], settings.tz)[0])
-    if broker.subscribers:
-        day = stats.local_today(settings.tz)
-        broker.publish({"type": "inspections", "inspection": out.model_dump(),
-                        "today": inspections.summary(session, settings.tz, day)})
-    return out
+    return InspectionOut(**inspections.describe(session, [row], settings.tz)[0])
 
 
 @router.get("", response_model=list[InspectionOut])

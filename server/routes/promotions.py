@@ -6,16 +6,13 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Request, status
 from pydantic import BaseModel
-from sqlalchemy.orm import Session
 
-from server import db, promotions
+from server import promotions
 from server.auth import ManagerDep
-from server.deps import BrokerDep, SessionDep, SettingsDep, write_lock
-from server.events import Broker
+from server.deps import SessionDep, SettingsDep, write_lock
 from server.fields import PLU_PATTERN, STALL_PATTERN
 from server.guard import GuardedRoute, errors
 from server.refusals import as_http
-from server.settings import Settings
 
 router = APIRouter(prefix="/api/v1/promotions", tags=["promotions"], route_class=GuardedRoute)
 
@@ -41,12 +38,6 @@ class PromotionOut(BaseModel):
     cancelled_by: str | None
 
 
-def _changed(session: Session, row: db.Promotion, settings: Settings, broker: Broker) -> PromotionOut:
-    """The special as answered, and the live event the big screen listens for."""
-    out = PromotionOut(**promotions.describe(session, row, settings.tz))
-    if broker.subscribers:
-        broker.publish({"type": "promotions", "promotion": out.model_dump()})
-    return out
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=PromotionOut,
@@ -54,24 +45,23 @@ def _changed(session: Session, row: db.Promotion, settings: Settings, broker: Br
                               e409="Not below the stall's regular price, above the cap, the item "
                               "inactive, or overlapping another special of the item at the stall"))
 def create_promotion(body: promotions.PromotionIn, session: SessionDep, actor: ManagerDep,
-                     settings: SettingsDep, broker: BrokerDep, request: Request) -> PromotionOut:
+                     settings: SettingsDep, request: Request) -> PromotionOut:
     """A special of one item at one stall, inside its window only."""
     with write_lock(request), as_http():
         row = promotions.create(session, actor, body)
         session.commit()
-    return _changed(session, row, settings, broker)
+    return PromotionOut(**promotions.describe(session, row, settings.tz))
 
 
 @router.post("/{promotion_id}/cancel", response_model=PromotionOut,
              responses=errors(401, 404, 409, e409="Cancelled or over already"))
 def cancel_promotion(promotion_id: Annotated[int, Path(ge=1, le=2**31 - 1)], session: SessionDep,
-                     actor: ManagerDep, settings: SettingsDep, broker: BrokerDep,
-                     request: Request) -> PromotionOut:
+                     actor: ManagerDep, settings: SettingsDep, request: Request) -> PromotionOut:
     """Cancel a special that has not ended; it is kept, marked cancelled (never deleted)."""
     with write_lock(request), as_http():
         row = promotions.cancel(session, actor, promotion_id)
         session.commit()
-    return _changed(session, row, settings, broker)
+    return PromotionOut(**promotions.describe(session, row, settings.tz))
 
 
 @router.get("", response_model=list[PromotionOut])

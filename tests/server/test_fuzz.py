@@ -107,6 +107,12 @@ include-name = ["POST /api/v1/managers", "GET /api/v1/managers",
 headers = {{ Authorization = "Bearer {ADMIN}" }}
 
 [[operations]]
+include-name = ["POST /api/v1/inspections", "POST /api/v1/promotions",
+                "POST /api/v1/promotions/{{promotion_id}}/cancel", "GET /api/v1/scale-events",
+                "GET /api/v1/scale-events/stalls"]
+headers = {{ Authorization = "Bearer {ADMIN}" }}
+
+[[operations]]
 include-name = "GET /api/v1/events"
 max-stream-events = 1
 ''')
