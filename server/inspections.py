@@ -90,12 +90,14 @@ def _latest_first(stmt: Select[Any]) -> Select[Any]:
     return stmt.order_by(db.Inspection.tested_at.desc(), db.Inspection.id.desc())
 
 
-def _ranked() -> Any:
-    """Every test with its rank inside its (stall, batch): 1 is the latest, the one that counts."""
+def _ranked(*where: Any) -> Any:
+    """Tests (those matching ``where``, whole batches) with their rank inside their (stall,
+    batch): 1 is the latest, the one that counts."""
     ins = db.Inspection
     rank = func.row_number().over(partition_by=(ins.stall_id, ins.batch_code),
                                   order_by=(ins.tested_at.desc(), ins.id.desc()))
-    return select(ins.id, ins.stall_id, ins.batch_code, ins.result, rank.label("rank")).subquery()
+    return select(ins.id, ins.stall_id, ins.batch_code, ins.result, rank.label("rank")).where(
+        *where).subquery()
 
 
 def latest(session: Session, stall_id: str, batch_code: str) -> db.Inspection | None:
@@ -192,10 +194,12 @@ def _blocking_ids(session: Session, pairs: Iterable[tuple[str, str]]) -> set[int
     pairs = list(pairs)
     if not pairs:
         return set()
-    ranked = _ranked()
+    # Only these batches are ranked (the batch_code index), not the whole history.
+    ins = db.Inspection
+    ranked = _ranked(ins.batch_code.in_({b for _, b in pairs}),
+                     tuple_(ins.stall_id, ins.batch_code).in_(pairs))
     return set(session.execute(select(ranked.c.id).where(
-        ranked.c.rank == 1, ranked.c.result == "fail",
-        tuple_(ranked.c.stall_id, ranked.c.batch_code).in_(pairs))).scalars())
+        ranked.c.rank == 1, ranked.c.result == "fail")).scalars())
 
 
 def list_inspections(session: Session, *, day: dt.date | None = None, stall_id: str | None = None,
