@@ -99,11 +99,12 @@ class Stall(Base):
 
 class Sale(Base):
     __tablename__ = "sales"
-    # A stall's receipt numbers: the chain check and the gap alerts look sales up by them.
+    # A stall's receipt numbers: the chain check and the gap alerts look sales up by them,
+    # and it serves every look-up by stall (no index on stall_id alone).
     __table_args__ = (Index("ux_sales_stall_receipt", "stall_id", "receipt_no", unique=True),)
 
     sale_id: Mapped[str] = mapped_column(String(36), primary_key=True)
-    stall_id: Mapped[str] = mapped_column(ForeignKey("stalls.stall_id"), index=True)
+    stall_id: Mapped[str] = mapped_column(ForeignKey("stalls.stall_id"))
     receipt_no: Mapped[int] = mapped_column(Integer)
     trace_code: Mapped[str] = mapped_column(String(20), unique=True)
     sold_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
@@ -115,7 +116,8 @@ class Sale(Base):
     verified: Mapped[bool] = mapped_column(Boolean)
     flags: Mapped[list[str]] = mapped_column(JSON, default=list)
     raw: Mapped[dict[str, object]] = mapped_column(JSON)
-    received_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    #: Indexed: the big screen shows the latest sales received.
+    received_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, index=True)
 
     lines: Mapped[list[SaleLine]] = relationship(
         back_populates="sale", order_by="SaleLine.idx", cascade="all, delete-orphan"
