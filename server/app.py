@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -19,6 +20,8 @@ from server import alerts, sessions
 from server.auth import admin_token_sha256
 from server.db import init_db, make_engine
 from server.events import Broker
+from server.groupcommit import GroupCommit
+from server.live import LiveFigures
 from server.routes import (
     catalogue,
     export,
@@ -49,12 +52,21 @@ def create_app(settings: Settings) -> FastAPI:
     sessionmaker = init_db(engine, settings.tz)
     admin_sha256, generated = admin_token_sha256(sessionmaker, settings.admin_token)
     broker = Broker()
+    write_lock = threading.Lock() if engine.dialect.name == "sqlite" else None
+    # Uploads stored together, one commit each group; the big screen's figures computed off
+    # the upload path (server.groupcommit, server.live; the origin tells this server's own
+    # PostgreSQL notices from other processes').
+    origin = uuid.uuid4().hex
+    group_commit = GroupCommit(sessionmaker, write_lock=write_lock, origin=origin)
+    live = LiveFigures(sessionmaker, settings, broker, origin=origin)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         broker.bind(asyncio.get_running_loop())
         checks = alerts.start_checks(app)  # silent stalls, sale prices (server.alerts)
+        live.start()
         yield
+        live.stop()
         checks.cancel()
         engine.dispose()
 
@@ -70,7 +82,9 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.admin_sha256 = admin_sha256
     #: The admin token when this start generated it (the CLI prints it once), else None.
     app.state.generated_admin_token = generated
-    app.state.write_lock = threading.Lock() if engine.dialect.name == "sqlite" else None
+    app.state.write_lock = write_lock
+    app.state.group_commit = group_commit
+    app.state.live = live
     app.state.contacts = alerts.Contacts()
     app.state.session_signer = sessions.Signer(sessions.load_secret(sessionmaker),
                                                settings.manage_session_s)

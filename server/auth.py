@@ -132,6 +132,7 @@ async def check_token(request: Request,
     def look_up() -> None:
         with request.app.state.sessionmaker() as session:
             stall = stall_for_token(session, cred)
+        request.state.stall = stall  # the route need not look it up again (routes/sales.py)
         request.app.state.contacts.seen(stall.stall_id)  # silent-stall alerts (server.alerts)
 
     await run_in_threadpool(look_up)

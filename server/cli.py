@@ -70,14 +70,40 @@ def _run(args: argparse.Namespace) -> int:
         first = exc.errors()[0]
         where = ".".join(str(part) for part in first["loc"])
         raise ConfigError(f"{where}: {first['msg']}" if where else first["msg"]) from exc
-    app = create_app(settings)
+    workers = args.workers
+    if workers < 1:
+        raise ConfigError(f"--workers must be 1 or more, got {workers}")
+    if workers > 1 and settings.sqlite_path() is not None:
+        raise ConfigError("an SQLite database takes one server process (its writes are one at a "
+                          "time); run several --workers on PostgreSQL")
+    app = create_app(settings)  # migrates the database and makes the admin token, once
     if app.state.generated_admin_token:
         print("admin token, shown only this once (or set WETMARKET_ADMIN_TOKEN): "
               f"{app.state.generated_admin_token}", file=sys.stderr, flush=True)
-    print(f"market server on http://{args.host}:{args.port}/display  (db {settings.db_url})",
-          file=sys.stderr, flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    print(f"market server on http://{args.host}:{args.port}/display  (db {settings.db_url}"
+          + (f", {workers} processes)" if workers > 1 else ")"), file=sys.stderr, flush=True)
+    if workers == 1:
+        uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+        return 0
+    # Several processes (PostgreSQL): each builds its own app from these settings; the
+    # database is migrated and the admin token made already, by the app above.
+    app.state.engine.dispose()
+    os.environ[WORKER_SETTINGS_ENV] = settings.model_dump_json()
+    uvicorn.run(f"{__name__}:worker_app", factory=True, workers=workers, host=args.host,
+                port=args.port, log_level="warning")
     return 0
+
+
+#: How ``wetmarket server --workers N`` hands its settings to each process it starts.
+WORKER_SETTINGS_ENV = "WETMARKET_WORKER_SETTINGS"
+
+
+def worker_app() -> object:
+    """The app of one server process of several (uvicorn's factory, ``--workers``)."""
+    from server.app import create_app
+    from server.settings import Settings
+
+    return create_app(Settings.model_validate_json(os.environ[WORKER_SETTINGS_ENV]))
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -95,5 +121,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--timezone", metavar="ZONE",
                    help="the market's time zone: its local day and every time shown "
                         "(default Asia/Shanghai or $WETMARKET_TIMEZONE)")
+    p.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="server processes (default 1; several on PostgreSQL only: each takes "
+                        "uploads and serves pages, and a big screen on any of them sees every "
+                        "stored sale)")
     p.set_defaults(run=_run)
     manager_cli.register(sub)

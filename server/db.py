@@ -392,8 +392,13 @@ def make_engine(db_url: str) -> Engine:
     url = db_url
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
+    sqlite = url.startswith("sqlite")
     try:
-        engine = create_engine(url, pool_pre_ping=True)
+        # Each upload, its group commit, the token check and the live figures hold a
+        # connection for a moment: with the default 5 kept, a burst of stalls opened and
+        # closed connections (SQLite's pragmas run again each time) on every request.  An
+        # SQLite file cannot go away under the server: no ping before each use.
+        engine = create_engine(url, pool_pre_ping=not sqlite, pool_size=20, max_overflow=20)
     except (SQLAlchemyError, ImportError, ValueError) as exc:
         raise ConfigError(f"cannot use database {db_url!r}: {exc}") from exc
     if engine.dialect.name == "sqlite":
