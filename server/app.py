@@ -19,11 +19,12 @@ from fastapi_offline import FastAPIOffline
 from server import alerts, sessions
 from server.auth import admin_token_sha256
 from server.db import init_db, make_engine
-from server.events import Broker
+from server.events import Broker, watch_market_changes
 from server.groupcommit import GroupCommit
 from server.live import LiveFigures
 from server.routes import (
     catalogue,
+    display,
     export,
     feed,
     inspections,
@@ -52,6 +53,7 @@ def create_app(settings: Settings) -> FastAPI:
     sessionmaker = init_db(engine, settings.tz)
     admin_sha256, generated = admin_token_sha256(sessionmaker, settings.admin_token)
     broker = Broker()
+    watch_market_changes(sessionmaker, broker)  # specials, tests, prices: to the big screen
     write_lock = threading.Lock() if engine.dialect.name == "sqlite" else None
     # Uploads stored together, one commit each group; the big screen's figures computed off
     # the upload path (server.groupcommit, server.live; the origin tells this server's own
@@ -96,7 +98,7 @@ def create_app(settings: Settings) -> FastAPI:
                   for e in exc.errors()]
         return JSONResponse({"detail": detail}, status_code=422)
 
-    for module in (stalls, sales, refunds, stats, export, catalogue, inspections, promotions, feed,
+    for module in (stalls, sales, refunds, stats, export, catalogue, display, inspections, promotions, feed,
                    scale_events, managers, manage, pages):
         app.include_router(module.router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")

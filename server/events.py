@@ -10,9 +10,26 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from itertools import chain
 from typing import Any
 
+from sqlalchemy import event
+from sqlalchemy.orm import Session, SessionTransaction, sessionmaker
+
+from server import db
+
 logger = logging.getLogger(__name__)
+
+#: What the big screen shows of each market-management table: a commit that adds, changes or
+#: deletes such a row publishes a ``market`` event naming these topics.
+WATCHED: dict[type[db.Base], str] = {
+    db.Inspection: "inspections",
+    db.Promotion: "promotions",
+    db.PriceChange: "prices",  # every stall price and cap change adds one (server.catalogue)
+    db.StallPrice: "prices",
+    db.Item: "items",
+}
+_PENDING = "market_changed"
 
 
 class Broker:
@@ -46,3 +63,36 @@ class Broker:
     @property
     def subscribers(self) -> int:
         return len(self._subs)
+
+
+def watch_market_changes(maker: sessionmaker[Session], broker: Broker) -> None:
+    """Publish ``{"type": "market", "changed": [topics]}`` after each commit, by any session
+    of ``maker``, that touched a :data:`WATCHED` table.
+
+    Watching the session rather than each route means every path that changes specials,
+    inspections, prices or the catalogue (the API, the manager pages, a CLI) reaches the
+    big screen, which then fetches its figures again; a transaction that rolls back
+    publishes nothing.
+    """
+
+    def flushed(session: Session, _context: object) -> None:
+        # after_flush still lists what the flush wrote in new, dirty and deleted.
+        for obj in chain(session.new, session.dirty, session.deleted):
+            topic = WATCHED.get(type(obj))
+            if topic is not None:
+                session.info.setdefault(_PENDING, set()).add(topic)
+
+    def committed(session: Session) -> None:
+        if session.in_nested_transaction():
+            return  # a savepoint released (after_commit fires for those too): not committed yet
+        changed = session.info.pop(_PENDING, None)
+        if changed and broker.subscribers:
+            broker.publish({"type": "market", "changed": sorted(changed)})
+
+    def ended(session: Session, transaction: SessionTransaction) -> None:
+        if transaction.parent is None:  # the whole transaction: what it did not commit is gone
+            session.info.pop(_PENDING, None)
+
+    event.listen(maker, "after_flush", flushed)
+    event.listen(maker, "after_commit", committed)
+    event.listen(maker, "after_transaction_end", ended)

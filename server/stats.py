@@ -46,12 +46,6 @@ def today(session: Session, tz: zoneinfo.ZoneInfo, day: dt.date | None = None) -
         {"stall_id": sid, "name": name, "sales": int(n), "total_fen": int(total)}
         for sid, name, n, total in ranking_rows
     ]
-    hours = session.execute(
-        select(sh.hour, func.sum(sh.sales), func.sum(sh.total_fen))
-        .where(sh.local_day == day)
-        .group_by(sh.hour)
-        .order_by(sh.hour)
-    ).all()
     items = session.execute(
         select(db.ItemDay)
         .where(db.ItemDay.local_day == day)
@@ -69,13 +63,26 @@ def today(session: Session, tz: zoneinfo.ZoneInfo, day: dt.date | None = None) -
         "sales": sum(r["sales"] for r in ranking),
         "total_fen": sum(r["total_fen"] for r in ranking),
         "ranking": ranking,
-        "hours": [{"hour": h, "sales": int(n), "total_fen": int(t)} for h, n, t in hours],
+        "hours": hours(session, day),
         "items": [
             {"plu": it.plu, "name": it.name, "name_en": it.name_en, "lines": it.lines,
              "weight_g": it.weight_g, "quantity": it.quantity, "amount_fen": it.amount_fen}
             for it in items
         ],
     }
+
+
+def hours(session: Session, day: dt.date) -> list[dict[str, int]]:
+    """A market day's sales and amount per local hour, the hours with sales only, in order
+    (the big screen's trend, and its comparison with the day before and a week before)."""
+    sh = db.StallHour
+    rows = session.execute(
+        select(sh.hour, func.sum(sh.sales), func.sum(sh.total_fen))
+        .where(sh.local_day == day)
+        .group_by(sh.hour)
+        .order_by(sh.hour)
+    ).all()
+    return [{"hour": h, "sales": int(n), "total_fen": int(t)} for h, n, t in rows]
 
 
 def _names_en(raw: dict[str, object]) -> list[str | None]:

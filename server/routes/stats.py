@@ -37,16 +37,19 @@ SSE_EVENT = {
     "type": "object",
     "required": ["event", "data"],
     "properties": {
-        "event": {"type": "string", "enum": ["hello", "sales"]},
+        "event": {"type": "string", "enum": ["hello", "sales", "market"]},
         "data": {"type": "string", "description": "JSON: `{}` for hello; for sales "
-                 "`{type, stall_id, new, today, recent}`, today as /stats/today, recent as /sales-recent"},
+                 "`{type, stall_id, new, today, recent}`, today as /stats/today, recent as /sales-recent; "
+                 "for market `{type, changed}`, changed naming what a commit changed (inspections, "
+                 "promotions, prices, items: fetch /api/v1/display again)"},
     },
 }
 
 
 @router.get("/events", response_class=EventSourceResponse, responses={200: {
     "description": "Server-Sent Events: `hello` at once, then `sales` after each upload that "
-                   "stored sales; a comment line every 10 s keeps the connection open",
+                   "stored sales and `market` after each change of specials, rapid tests, prices "
+                   "or the catalogue; a comment line every 10 s keeps the connection open",
     "content": {"text/event-stream": {"schema": SSE_EVENT}}}})
 async def events(request: Request, broker: BrokerDep) -> EventSourceResponse:
     """Server-Sent Events: a ``sales`` event carrying today's figures after each upload."""
