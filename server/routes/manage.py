@@ -14,136 +14,40 @@ from __future__ import annotations
 import datetime as dt
 import importlib
 import logging
-from collections.abc import Callable, Coroutine
-from pathlib import Path
-from typing import Annotated, Any
-from urllib.parse import quote, urlencode
+from typing import Any
+from urllib.parse import urlencode
 
-from fastapi import APIRouter, Depends, HTTPException, Request, Response
+from fastapi import APIRouter, HTTPException, Request, Response
 from fastapi.responses import HTMLResponse, RedirectResponse
-from fastapi.templating import Jinja2Templates
 from pydantic import ValidationError
 from sqlalchemy import func, select
 from starlette.concurrency import run_in_threadpool
-from starlette.datastructures import FormData
 
 from server import alerts, db, managers, sessions, stalls
 from server.auth import ManagerDep
 from server.deps import SessionDep, SettingsDep, write_lock
-from server.guard import GuardedRoute
 from server.refusals import Refused
-from server.routes.manage_text import LANGS, TEXT
-from server.routes.pages import yuan
+from server.routes import manage_market
+from server.routes.manage_common import (
+    FormDep,
+    PageRoute,
+    done,
+    field,
+    first_error,
+    render,
+    texts,
+    today,
+)
 from server.routes.stalls import StallCreate, StallKey
 from server.settings import Settings
-from server.stats import local_today
 
 logger = logging.getLogger(__name__)
 
-TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
-templates = Jinja2Templates(directory=TEMPLATES)
-templates.env.filters["yuan"] = yuan
-
-LANG_COOKIE = "wm_lang"
-#: No inline script or style anywhere, so an injected tag could not run even if escaping failed.
-CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-       "form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
 #: A stall seen within this many minutes counts as online on the dashboard.
 ONLINE_MIN = 10
 
-
-class PageRoute(GuardedRoute):
-    """A page: without a session, a redirect to the sign-in; a refusal, an HTML page."""
-
-    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        handle = super().get_route_handler()
-
-        async def page(request: Request) -> Response:
-            try:
-                return await handle(request)
-            except HTTPException as exc:
-                if exc.status_code == 401:
-                    target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
-                    return RedirectResponse(f"/manage/login?next={quote(target)}", status_code=303)
-                if exc.status_code == 403:
-                    return _render(request, "error.html", {"message": _t(request)("form_expired"),
-                                                           "detail": str(exc.detail)}, 403)
-                raise
-
-        return page
-
-
 router = APIRouter(prefix="/manage", include_in_schema=False, route_class=PageRoute)
-
-
-# ---- rendering ------------------------------------------------------------------------------
-
-def _lang(request: Request) -> str:
-    asked = request.query_params.get("lang")
-    if asked in LANGS:
-        return asked
-    kept = request.cookies.get(LANG_COOKIE)
-    return kept if kept in LANGS else "zh"
-
-
-def _t(request: Request) -> Callable[..., str]:
-    words = TEXT[_lang(request)]
-
-    def t(key: str, **kw: object) -> str:
-        text = words.get(key, TEXT["zh"].get(key, key))
-        return text.format(**kw) if kw else text
-
-    return t
-
-
-def _render(request: Request, name: str, ctx: dict[str, Any], status_code: int = 200) -> HTMLResponse:
-    settings: Settings = request.app.state.settings
-    lang = _lang(request)
-
-    def when(value: dt.datetime | None, fmt: str = "%Y-%m-%d %H:%M") -> str:
-        return value.astimezone(settings.tz).strftime(fmt) if value is not None else "—"
-
-    state = request.state
-    ok = request.query_params.get("ok")
-    base = {"t": _t(request), "lang": lang, "market": settings.market_name, "when": when,
-            "csrf": getattr(state, "csrf_token", ""), "me": getattr(state, "manager_name", None),
-            "path": request.url.path, "msg": ok if ok in TEXT[lang] else None}
-    response = templates.TemplateResponse(request, f"manage/{name}", {**base, **ctx},
-                                          status_code=status_code)
-    response.headers["Cache-Control"] = "no-store"  # tokens and prices: never from a cache
-    response.headers["Content-Security-Policy"] = CSP
-    response.headers["X-Frame-Options"] = "DENY"
-    response.headers["Referrer-Policy"] = "same-origin"
-    if request.query_params.get("lang") in LANGS:
-        response.set_cookie(LANG_COOKIE, lang, max_age=365 * 86400, path="/manage", samesite="lax")
-    return response
-
-
-def _done(path: str, ok: str) -> RedirectResponse:
-    """After a form post that worked: back to the page (Post/Redirect/Get) with its message."""
-    return RedirectResponse(f"{path}?{urlencode({'ok': ok})}", status_code=303)
-
-
-async def read_form(request: Request) -> FormData:
-    return await request.form()  # read (and bounded) by the guard already when it checked CSRF
-
-
-FormDep = Annotated[FormData, Depends(read_form)]
-
-
-def _field(form: FormData, name: str) -> str:
-    value = form.get(name)
-    return value.strip() if isinstance(value, str) else ""
-
-
-def _first_error(exc: ValidationError) -> str:
-    first = exc.errors()[0]
-    where = ".".join(str(p) for p in first["loc"])
-    return f"{where}: {first['msg']}" if where else str(first["msg"])
-
-
-def _today(settings: Settings) -> dt.date:
-    return local_today(settings.tz)
+router.include_router(manage_market.router)  # items, prices and caps, rapid tests, specials
 
 
 # ---- sign-in --------------------------------------------------------------------------------
@@ -158,7 +62,7 @@ def _safe_next(target: str | None) -> str:
 def _login_page(request: Request, next_path: str, error: str | None, status_code: int,
                 no_manager: bool) -> HTMLResponse:
     nonce, token = sessions.sign_in_form(request)
-    response = _render(request, "login.html", {"next": next_path, "error": error,
+    response = render(request, "login.html", {"next": next_path, "error": error,
                                                "no_manager": no_manager, "csrf": token}, status_code)
     sessions.set_sign_in_cookie(response, request, nonce)
     return response
@@ -189,11 +93,11 @@ def _sign_in(request: Request, username: str, password: str) -> db.Manager:
 
 @router.post("/login", response_class=HTMLResponse)
 async def login(request: Request, form: FormDep) -> Response:
-    t = _t(request)
-    next_path = _safe_next(_field(form, "next"))
-    if not sessions.sign_in_form_ok(request, _field(form, sessions.CSRF_FIELD)):
-        return _render(request, "error.html", {"message": t("form_expired"), "detail": ""}, 403)
-    username = _field(form, "username").lower()
+    t = texts(request)
+    next_path = _safe_next(field(form, "next"))
+    if not sessions.sign_in_form_ok(request, field(form, sessions.CSRF_FIELD)):
+        return render(request, "error.html", {"message": t("form_expired"), "detail": ""}, 403)
+    username = field(form, "username").lower()
     password = form.get("password")
     try:
         manager = await run_in_threadpool(_sign_in, request, username,
@@ -221,7 +125,7 @@ def logout(request: Request, _: ManagerDep) -> Response:
 
 @router.get("", response_class=HTMLResponse)
 def dashboard(request: Request, session: SessionDep, settings: SettingsDep, _: ManagerDep) -> Response:
-    day = _today(settings)
+    day = today(settings)
     sales, total = session.execute(select(
         func.coalesce(func.sum(db.StallDay.sales), 0), func.coalesce(func.sum(db.StallDay.total_fen), 0))
         .where(db.StallDay.local_day == day)).one()
@@ -236,7 +140,7 @@ def dashboard(request: Request, session: SessionDep, settings: SettingsDep, _: M
         .join(db.Stall, db.Stall.stall_id == db.StallDay.stall_id)
         .where(db.StallDay.local_day == day)
         .order_by(db.StallDay.total_fen.desc(), db.StallDay.stall_id).limit(10)).all()
-    return _render(request, "dashboard.html", {
+    return render(request, "dashboard.html", {
         "day": day, "sales": int(sales), "total": int(total), "registered": int(registered),
         "online": min(int(online), int(registered)), "online_min": ONLINE_MIN, "counts": counts,
         "open_total": sum(counts.values()), "ranking": ranking,
@@ -248,11 +152,11 @@ def dashboard(request: Request, session: SessionDep, settings: SettingsDep, _: M
 def _stalls_page(request: Request, session: SessionDep, settings: Settings,
                  error: str | None = None, status_code: int = 200,
                  form: dict[str, str] | None = None) -> HTMLResponse:
-    rows = stalls.overview(session, _today(settings))
+    rows = stalls.overview(session, today(settings))
     recent = request.app.state.contacts.peek()
     seen = {r.stall_id: max(filter(None, (r.last_seen_at, recent.get(r.stall_id))), default=None)
             for r in rows}
-    return _render(request, "stalls.html", {"rows": rows, "seen": seen, "error": error,
+    return render(request, "stalls.html", {"rows": rows, "seen": seen, "error": error,
                                             "form": form or {}}, status_code)
 
 
@@ -262,13 +166,13 @@ def stalls_page(request: Request, session: SessionDep, settings: SettingsDep, _:
 
 
 def _token_page(request: Request, stall_id: str, token: str) -> HTMLResponse:
-    return _render(request, "stall_token.html", {"stall_id": stall_id, "token": token})
+    return render(request, "stall_token.html", {"stall_id": stall_id, "token": token})
 
 
 @router.post("/stalls", response_class=HTMLResponse)
 def stall_register(request: Request, session: SessionDep, settings: SettingsDep, actor: ManagerDep,
                    form: FormDep) -> Response:
-    fields = {k: _field(form, k) for k in ("stall_id", "name", "public_key")}
+    fields = {k: field(form, k) for k in ("stall_id", "name", "public_key")}
     try:
         body = StallCreate(stall_id=fields["stall_id"], name=fields["name"],
                            public_key=fields["public_key"] or None)
@@ -276,7 +180,7 @@ def stall_register(request: Request, session: SessionDep, settings: SettingsDep,
             token = stalls.register(session, actor, body.stall_id, body.name, body.public_key)
             session.commit()
     except ValidationError as exc:
-        return _stalls_page(request, session, settings, _first_error(exc), 422, fields)
+        return _stalls_page(request, session, settings, first_error(exc), 422, fields)
     except Refused as exc:
         session.rollback()
         return _stalls_page(request, session, settings, str(exc), exc.status, fields)
@@ -299,18 +203,18 @@ def stall_token(stall_id: str, request: Request, session: SessionDep, settings: 
 @router.post("/stalls/{stall_id}/key", response_class=HTMLResponse)
 def stall_key(stall_id: str, request: Request, session: SessionDep, settings: SettingsDep,
               actor: ManagerDep, form: FormDep) -> Response:
-    key = _field(form, "public_key")
+    key = field(form, "public_key")
     try:
         checked = StallKey(public_key=key).public_key if key else None
         with write_lock(request):
             stalls.replace_key(session, actor, stall_id, checked)
             session.commit()
     except ValidationError as exc:
-        return _stalls_page(request, session, settings, _first_error(exc), 422)
+        return _stalls_page(request, session, settings, first_error(exc), 422)
     except Refused as exc:
         session.rollback()
         return _stalls_page(request, session, settings, str(exc), exc.status)
-    return _done("/manage/stalls", "key_saved" if checked else "key_cleared")
+    return done("/manage/stalls", "key_saved" if checked else "key_cleared")
 
 
 # ---- alerts ---------------------------------------------------------------------------------
@@ -321,7 +225,7 @@ def alerts_page(request: Request, session: SessionDep, _: ManagerDep, show: str 
     kind = kind if kind in alerts.KINDS else None
     rows = alerts.listing(session, open_only=show != "all", kind=kind, limit=300)
     uploads = _scale_uploads(session)
-    return _render(request, "alerts.html", {"rows": rows, "show": show, "kind": kind,
+    return render(request, "alerts.html", {"rows": rows, "show": show, "kind": kind,
                                             "kinds": alerts.KINDS, "uploads": uploads})
 
 
@@ -352,7 +256,7 @@ def alert_ack(alert_id: int, request: Request, session: SessionDep, actor: Manag
 
 def _managers_page(request: Request, session: SessionDep, error: str | None = None,
                    status_code: int = 200, form: dict[str, str] | None = None) -> HTMLResponse:
-    return _render(request, "managers.html", {"rows": managers.list_all(session), "error": error,
+    return render(request, "managers.html", {"rows": managers.list_all(session), "error": error,
                                               "form": form or {}}, status_code)
 
 
@@ -363,7 +267,7 @@ def managers_page(request: Request, session: SessionDep, _: ManagerDep) -> Respo
 
 @router.post("/managers", response_class=HTMLResponse)
 def manager_add(request: Request, session: SessionDep, actor: ManagerDep, form: FormDep) -> Response:
-    fields = {k: _field(form, k) for k in ("username", "display_name")}
+    fields = {k: field(form, k) for k in ("username", "display_name")}
     password = form.get("password")
     try:
         with write_lock(request):
@@ -373,7 +277,7 @@ def manager_add(request: Request, session: SessionDep, actor: ManagerDep, form: 
     except Refused as exc:
         session.rollback()
         return _managers_page(request, session, str(exc), exc.status, fields)
-    return _done("/manage/managers", "manager_added")
+    return done("/manage/managers", "manager_added")
 
 
 def _set_disabled(request: Request, session: SessionDep, actor: ManagerDep, username: str,
@@ -385,7 +289,7 @@ def _set_disabled(request: Request, session: SessionDep, actor: ManagerDep, user
     except Refused as exc:
         session.rollback()
         return _managers_page(request, session, str(exc), exc.status)
-    return _done("/manage/managers", "manager_disabled" if disabled else "manager_enabled")
+    return done("/manage/managers", "manager_disabled" if disabled else "manager_enabled")
 
 
 @router.post("/managers/{username}/disable", response_class=HTMLResponse)
@@ -400,7 +304,7 @@ def manager_enable(username: str, request: Request, session: SessionDep, actor: 
 
 @router.get("/account", response_class=HTMLResponse)
 def account_page(request: Request, _: ManagerDep) -> Response:
-    return _render(request, "account.html", {"error": None})
+    return render(request, "account.html", {"error": None})
 
 
 @router.post("/account/password", response_class=HTMLResponse)
@@ -415,8 +319,8 @@ def account_password(request: Request, session: SessionDep, actor: ManagerDep,
             session.commit()
     except Refused as exc:
         session.rollback()
-        return _render(request, "account.html", {"error": str(exc)}, exc.status)
-    response = _done("/manage/account", "password_changed")
+        return render(request, "account.html", {"error": str(exc)}, exc.status)
+    response = done("/manage/account", "password_changed")
     sessions.set_session(response, request, manager)  # this browser stays signed in
     return response
 
@@ -426,6 +330,6 @@ def account_end_sessions(request: Request, session: SessionDep, actor: ManagerDe
     with write_lock(request):
         manager = managers.end_sessions(session, actor)
         session.commit()
-    response = _done("/manage/account", "sessions_ended")
+    response = done("/manage/account", "sessions_ended")
     sessions.set_session(response, request, manager)
     return response
