@@ -375,6 +375,8 @@ class Alert(Base):
     """Something a manager must look at; ``key`` makes raising the same alert twice a no-op."""
 
     __tablename__ = "alerts"
+    #: The open alerts (acknowledged_at NULL), newest first: the manager pages' list and counts.
+    __table_args__ = (Index("ix_alerts_open", "acknowledged_at", "raised_at"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     key: Mapped[str] = mapped_column(String(128), unique=True)

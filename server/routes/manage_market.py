@@ -9,6 +9,7 @@ fields into their models (prices typed in 元, times in the market's zone).
 from __future__ import annotations
 
 import datetime as dt
+import re
 from collections.abc import Callable
 from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import urlencode
@@ -173,15 +174,18 @@ def _prices_page(request: Request, session: Session, stall_id: str | None, plu: 
         "error": error, "form": form or {}}, status_code)
 
 
-StallFilter = Annotated[str | None, Query(pattern=STALL_PATTERN)]
-PluFilter = Annotated[str | None, Query(pattern=PLU_PATTERN)]
-
-
 @router.get("/prices", response_class=HTMLResponse)
-def prices_page(request: Request, session: SessionDep, _: ManagerDep, stall_id: StallFilter = None,
-                plu: PluFilter = None,
+def prices_page(request: Request, session: SessionDep, _: ManagerDep,
+                stall_id: Annotated[str, Query(max_length=16)] = "",
+                plu: Annotated[str, Query(max_length=16)] = "",
                 before: Annotated[int | None, Query(ge=1, le=2**31 - 1)] = None) -> Response:
-    return _prices_page(request, session, stall_id, plu, before)
+    """One stall's prices (the first stall's unless another or an item is chosen): every
+    stall's prices of every item would be tens of thousands of rows in a big market."""
+    stall = stall_id if re.fullmatch(STALL_PATTERN, stall_id) else None
+    item = plu if re.fullmatch(PLU_PATTERN, plu) else None
+    if stall is None and item is None:
+        stall = session.execute(select(db.Stall.stall_id).order_by(db.Stall.stall_id).limit(1)).scalar()
+    return _prices_page(request, session, stall, item, before)
 
 
 @router.post("/prices", response_class=HTMLResponse)

@@ -13,7 +13,7 @@ from playwright.sync_api import Page, expect
 from tests.browser import chromium
 from tests.conftest import LiveServer
 from tests.server.conftest import SHANGHAI, StallSim
-from tests.server.manage_client import add_manager
+from tests.server.manage_client import add_manager, signed_in
 
 PASSWORD = "菜场-secret-1"
 #: A stall name that would run if a page did not escape it (64 characters at most, as names are).
@@ -182,3 +182,33 @@ def test_every_page_fits_a_phone(server: LiveServer) -> None:
                                     ".filter(b => b.offsetParent !== null)"
                                     ".map(b => b.getBoundingClientRect().height)")
             assert all(h >= 30 for h in heights), (path, heights)
+
+
+def test_prices_page_shows_one_stall_unless_an_item_is_chosen(server: LiveServer) -> None:
+    """A big market holds tens of thousands of prices: the page shows one stall's, or one item's."""
+    add_manager(server)
+    with signed_in(server) as (c, csrf):
+        for sid in ("S01", "S02"):
+            assert c.post("/manage/stalls", data={"stall_id": sid, "name": sid,
+                                                  "csrf_token": csrf}).status_code == 200
+        assert c.post("/manage/items", data={"plu": "1001", "name": "西红柿", "name_en": "Tomato",
+                                             "category": "蔬菜", "price_unit": "kg",
+                                             "csrf_token": csrf}).status_code == 303
+        for sid, price in (("S01", "6.90"), ("S02", "7.10")):
+            r = c.post("/manage/prices", data={"stall_id": sid, "plu": "1001", "price": price,
+                                               "why": "开市", "csrf_token": csrf})
+            assert r.status_code == 303, r.text
+        bad = c.post("/manage/prices", data={"stall_id": "S01", "plu": "1001", "price": "6.999",
+                                             "why": "x", "csrf_token": csrf})
+        assert bad.status_code == 422 and "两位小数" in bad.text
+
+        def shown(**params: str) -> list[str]:
+            page = c.get("/manage/prices", params=params)
+            assert page.status_code == 200, page.text
+            table = page.text.split('id="prices"')[1].split("</table>")[0]
+            return re.findall(r"<tr><td>(S0\d)</td>", table)
+
+        assert shown() == ["S01"]
+        assert shown(stall_id="S02", plu="") == ["S02"]
+        assert shown(stall_id="", plu="1001") == ["S01", "S02"]
+        assert shown(stall_id="", plu="") == ["S01"]

@@ -34,6 +34,7 @@ def upgrade() -> None:
     )
     with op.batch_alter_table("alerts", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_alerts_kind"), ["kind"], unique=False)
+        batch_op.create_index("ix_alerts_open", ["acknowledged_at", "raised_at"], unique=False)
         batch_op.create_index(batch_op.f("ix_alerts_raised_at"), ["raised_at"], unique=False)
         batch_op.create_index(batch_op.f("ix_alerts_stall_id"), ["stall_id"], unique=False)
 
@@ -283,5 +284,6 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f("ix_alerts_stall_id"))
         batch_op.drop_index(batch_op.f("ix_alerts_raised_at"))
         batch_op.drop_index(batch_op.f("ix_alerts_kind"))
+        batch_op.drop_index("ix_alerts_open")
 
     op.drop_table("alerts")
