@@ -21,7 +21,10 @@ market day and for anything it missed.
 from __future__ import annotations
 
 import datetime as dt
+import threading
+import time
 import zoneinfo
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import select
@@ -39,6 +42,39 @@ LATEST_TESTS = 8
 #: Specials shown: the current ones, then those starting later today.
 MAX_SPECIALS = 30
 RECENT_SALES = 12
+
+
+#: How long the week's and the month's ranking are reused (see :class:`PeriodCache`).
+PERIOD_TTL_S = 30.0
+
+
+class PeriodCache:
+    """The week's and the month's stall ranking, reused for ``ttl`` seconds.
+
+    They are the dearest figures of the screen (every stall's days of the period and of
+    the period before, half the answer's time with 200 stalls) and move least: a few
+    sales more among a month's.  Everything of today stays exact and live; these lag
+    new sales by at most ``ttl``.  One per app (``app.state``), so each database has its own.
+    """
+
+    def __init__(self, ttl: float = PERIOD_TTL_S, clock: Callable[[], float] = time.monotonic) -> None:
+        self._ttl = ttl
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._kept: dict[tuple[str, dt.date], tuple[float, stats.StallRanking]] = {}
+
+    def ranking(self, session: Session, period: stats.Period, day: dt.date) -> stats.StallRanking:
+        now = self._clock()
+        with self._lock:
+            kept = self._kept.get((period, day))
+        if kept is not None and now - kept[0] < self._ttl:
+            return kept[1]
+        r = stats.stall_ranking(session, period, day)
+        r = r.model_copy(update={"ranking": r.ranking[:PERIOD_TOP]})
+        with self._lock:  # only the latest day's are worth keeping
+            self._kept = {k: v for k, v in self._kept.items() if k[1] == day}
+            self._kept[(period, day)] = (now, r)
+        return r
 
 
 def _local(t: dt.datetime, tz: zoneinfo.ZoneInfo) -> str:
@@ -87,18 +123,18 @@ def _main_items(session: Session, day: dt.date, trend: stats.PriceTrend) -> list
 
 
 def figures(session: Session, market: str, tz: zoneinfo.ZoneInfo, *,
-            trend_days: int = DEFAULT_TREND_DAYS, now: dt.datetime | None = None) -> dict[str, Any]:
-    """What ``GET /api/v1/display`` answers (``server.routes.display.DisplayOut``)."""
+            trend_days: int = DEFAULT_TREND_DAYS, now: dt.datetime | None = None,
+            periods: PeriodCache | None = None) -> dict[str, Any]:
+    """What ``GET /api/v1/display`` answers (``server.routes.display.DisplayOut``); the week's
+    and month's ranking from ``periods`` when given (else computed now)."""
     now = now or dt.datetime.now(dt.UTC)
+    periods = periods or PeriodCache(ttl=0)
     day = stats.local_today(tz, now)
     day_ends = dt.datetime.combine(day + dt.timedelta(days=1), dt.time(), tz)
     yesterday, week_ago = day - dt.timedelta(days=1), day - dt.timedelta(days=7)
     current, upcoming = _specials(session, tz, now, day_ends)
     trend = stats.price_trend(session, day, trend_days, top=TREND_ITEMS)
-    ranking = {}
-    for period in ("week", "month"):
-        r = stats.stall_ranking(session, period, day)
-        ranking[period] = r.model_copy(update={"ranking": r.ranking[:PERIOD_TOP]})
+    ranking = {period: periods.ranking(session, period, day) for period in ("week", "month")}
     checks = inspections.summary(session, tz, day)
     checks["latest"] = inspections.describe(
         session, inspections.list_inspections(session, day=day, limit=LATEST_TESTS), tz)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, Field
 
 from server import display, stats
@@ -103,8 +103,15 @@ class DisplayOut(BaseModel):
     recent: list[RecentSale] = Field(description="the latest sales received, newest first")
 
 
+def _periods(request: Request) -> display.PeriodCache:
+    cache: display.PeriodCache | None = getattr(request.app.state, "display_periods", None)
+    if cache is None:  # made on first use: one per app, so one per database
+        cache = request.app.state.display_periods = display.PeriodCache()
+    return cache
+
+
 @router.get("/display", response_model=DisplayOut)
-def display_figures(session: SessionDep, settings: SettingsDep,
+def display_figures(request: Request, session: SessionDep, settings: SettingsDep,
                     trend_days: Annotated[int, Query(ge=7, le=30, description="days of the price "
                                                      "trend, up to today")] = display.DEFAULT_TREND_DAYS,
                     ) -> DisplayOut:
@@ -112,6 +119,7 @@ def display_figures(session: SessionDep, settings: SettingsDep,
     hours against yesterday and a week before, stall rankings of the day, week and month,
     the current specials, the day's rapid tests with the failed batches, the main items'
     price trend with their changes, risers and fallers, hot categories and the latest
-    sales.  Read from the rollups and indexes only."""
+    sales.  Read from the rollups and indexes only; the week's and the month's ranking may
+    lag new sales by up to 30 s, everything of today is exact."""
     return DisplayOut.model_validate(display.figures(session, settings.market_name, settings.tz,
-                                                     trend_days=trend_days))
+                                                     trend_days=trend_days, periods=_periods(request)))

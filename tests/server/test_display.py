@@ -23,7 +23,9 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 from playwright.sync_api import Page, Route
+from sqlalchemy import event
 
+from server.display import PeriodCache
 from server.stats import period_bounds
 from tests.browser import chromium
 from tests.conftest import LiveServer, free_port
@@ -191,6 +193,59 @@ def test_the_display_figures_are_the_markets(server: LiveServer) -> None:
     assert recent[0] == {"stall_id": "S03", "stall_name": SCRIPT, "sold_at": recent[0]["sold_at"],
                          "total_fen": 500, "items": [SCRIPT], "items_en": [IMG]}
     assert all("trace_code" not in s for s in recent)  # nothing that opens a shopper's receipt
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_every_query_of_the_display_reads_an_index(server: LiveServer) -> None:
+    """No statement behind GET /api/v1/display walks a whole table: with ten million sales
+    the answer costs what it costs with ten (SQLite's own query plans say so)."""
+    seed(server)
+    statements: list[tuple[str, Any]] = []
+
+    def record(_conn: Any, _cursor: Any, statement: str, parameters: Any, _context: Any, _many: bool) -> None:
+        statements.append((statement, parameters))
+
+    engine = server.app.state.engine
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        with server.client() as c:
+            _ok(c.get("/api/v1/display"))
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+    selects = [(st, p) for st, p in statements if st.lstrip().upper().startswith(("SELECT", "WITH"))]
+    assert len(selects) > 15
+    walked = []
+    with engine.connect() as conn:
+        real = set(conn.exec_driver_sql("SELECT name FROM sqlite_master WHERE type = 'table'").scalars())
+        for statement, parameters in selects:
+            plan = [row[3] for row in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {statement}", parameters)]
+            walked += [f"{step}: {statement[:120]}" for step in plan
+                       if step.startswith("SCAN ") and " USING " not in step and step.split()[1] in real]
+    assert walked == []
+    tables = " ".join(st for st, _ in selects)
+    assert "FROM sales" in tables  # the ticker: the latest sales by the received_at index, 12 of them
+    assert [st for st, _ in selects if "FROM sales" in st and "LIMIT" not in st] == []
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_the_week_and_month_rankings_are_reused_for_their_ttl_only(server: LiveServer) -> None:
+    m = seed(server)
+    clock = [1000.0]
+    periods = PeriodCache(ttl=30, clock=lambda: clock[0])
+
+    def week() -> list[tuple[str, int]]:
+        with server.app.state.sessionmaker() as session:
+            return [(r.stall_id, r.total_fen) for r in periods.ranking(session, "week", m.today).ranking]
+
+    before = week()
+    assert before == sorted(m.period_totals("week").items(), key=lambda kv: (-kv[1], kv[0]))
+    m.upload(server, "S03", "9001", SCRIPT, 20_000, 500, "kg", m.now)  # 100.00 more: S03 leads
+    clock[0] += 29.9
+    assert week() == before
+    clock[0] += 0.2
+    after = week()
+    assert after[0] == ("S03", 500 + 10_000) and after == sorted(m.period_totals("week").items(),
+                                                               key=lambda kv: (-kv[1], kv[0]))
 
 
 # ---- the page -----------------------------------------------------------------------------------
