@@ -31,8 +31,6 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
-import random
-import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +39,7 @@ from typing import Any, Literal
 import httpx
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from edge.backoff import BackoffSender
 from edge.catalogue import Catalogue, Plu, Promotion
 from edge.pricing import format_yuan
 from edge.sale import MAX_AMOUNT_FEN, PriceUnit
@@ -346,28 +345,30 @@ class FeedState:
 OnCatalogue = Callable[[Catalogue, dict[str, str], FeedState], object]
 
 
-class FeedClient:
-    """Pulls the feed on its own thread; hands each new catalogue to ``on_catalogue``."""
+class FeedClient(BackoffSender):
+    """Pulls the feed on its own thread (the outbox's loop, ``edge.backoff``: back-off with
+    jitter while the server is away); hands each new catalogue to ``on_catalogue``."""
+
+    #: A disk that cannot take the copy is tried again like a server away.
+    retry_errors = (httpx.HTTPError, OSError)
+    kept = "the stall sells on its last copy"
 
     def __init__(self, data_dir: Path, server_url: str, token: str, *, stall_id: str,
                  seed: Iterable[Plu], wait_s: float = 25.0, interval_s: float = 10.0,
                  max_backoff_s: float = 60.0, timeout_s: float = 10.0) -> None:
+        self.wait_s = min(wait_s, MAX_WAIT_S)
+        # A long poll paces itself (a 304 comes after wait_s): ask again a second after
+        # an answer; without long poll, every interval_s.
+        super().__init__(f"feed-{stall_id}", server_url, token,
+                         poll_s=1.0 if self.wait_s >= 1 else interval_s,
+                         max_backoff_s=max_backoff_s, timeout_s=timeout_s)
+        # The read lasts as long as the server holds the long poll, and then some.
+        self._client.timeout = httpx.Timeout(timeout_s, read=timeout_s + self.wait_s)
         self.data_dir = data_dir
         self.stall_id = stall_id
         self.seed = list(seed)
-        self.wait_s = min(wait_s, MAX_WAIT_S)
-        self.interval_s = interval_s
-        self.max_backoff_s = max_backoff_s
-        # The read may last as long as the server holds the long poll, and then some.
-        self._client = httpx.Client(base_url=server_url.rstrip("/"),
-                                    timeout=httpx.Timeout(timeout_s, read=timeout_s + self.wait_s),
-                                    headers={"Authorization": f"Bearer {token}"})
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self.on_catalogue: OnCatalogue | None = None
         self.state = FeedState(None, None, None)
-        self.online = False
-        self.last_error: str | None = None
         #: Why the last feed received was refused (None once a good one arrives).
         self.refused: str | None = None
         self._refused_key: tuple[str | None, str] | None = None
@@ -389,18 +390,22 @@ class FeedClient:
             logger.error("no usable saved feed: starting from the config's catalogue")
         return build_catalogue(None, self.seed)
 
-    def start(self, on_catalogue: OnCatalogue) -> None:
-        self.on_catalogue = on_catalogue
-        self._thread = threading.Thread(target=self._run, name=f"feed-{self.stall_id}", daemon=True)
-        self._thread.start()
+    def start(self, on_catalogue: OnCatalogue | None = None) -> None:
+        self.on_catalogue = on_catalogue or self.on_catalogue
+        super().start()
 
-    def stop(self, join_s: float = 2.0) -> None:
+    def stop(self, drain_s: float = 2.0) -> None:
+        """Stop without a last attempt: nothing waits to be sent.  A long poll in flight
+        ends when the server answers (the thread is a daemon); its client closes then."""
         self._stop.set()
+        self._wake.set()
         if self._thread is not None:
-            # A long poll in flight ends when the server answers; the thread is a daemon.
-            self._thread.join(timeout=join_s)
+            self._thread.join(timeout=drain_s)
         if self._thread is None or not self._thread.is_alive():
             self._client.close()
+
+    def flush_once(self) -> int:
+        return int(self.poll_once(self.wait_s))
 
     def poll_once(self, wait_s: float = 0.0) -> bool:
         """One request; True when a new feed was received, checked, saved and handed on.
@@ -453,28 +458,3 @@ class FeedClient:
                          self.state.version, why)
         self._refused_key = (etag, why)
         self.refused = why
-
-    def _run(self) -> None:
-        backoff = 1.0
-        while not self._stop.is_set():
-            started = dt.datetime.now(dt.UTC)
-            try:
-                self.poll_once(self.wait_s)
-                if not self.online:
-                    logger.info("market feed reachable")
-                self.online, self.last_error, backoff = True, None, 1.0
-            except (httpx.HTTPError, OSError) as exc:
-                if self.online or self.last_error is None:
-                    logger.warning("market feed unreachable, the stall sells on version %s: %s",
-                                   self.state.version, exc)
-                self.online, self.last_error = False, str(exc)
-                # Jitter: stalls back online together do not ask together.
-                self._stop.wait(backoff * random.uniform(0.5, 1.5))
-                backoff = min(backoff * 2, self.max_backoff_s)
-                continue
-            took = (dt.datetime.now(dt.UTC) - started).total_seconds()
-            # A long poll paces itself; a server that answers at once is asked again no
-            # sooner than interval_s (without long poll) or 1 s (a change, or a refusal).
-            pause = self.interval_s if self.wait_s < 1 else 1.0
-            self._stop.wait(max(0.0, pause - took))
-

@@ -23,8 +23,8 @@ import threading
 import zoneinfo
 from collections.abc import Callable
 
-from sqlalchemy import func, select
-from sqlalchemy.orm import Session, aliased
+from sqlalchemy import Connection, bindparam, func, select
+from sqlalchemy.orm import Session
 
 from edge.feed import FORMAT, FeedBlock, FeedDoc, FeedItem, FeedPrice, FeedSpecial
 from server import db, feedversion
@@ -48,11 +48,17 @@ def etag_matches(if_none_match: str | None, tag: str) -> bool:
     return False
 
 
-def stall_and_version(session: Session, token: str) -> tuple[str, int] | None:
+#: The stall of a token and the feed version, by the token's unique index and the key of
+#: ``server_meta``: all a 304 reads (built once: every stall asks again and again).
+_STALL_AND_VERSION = select(
+    db.Stall.stall_id,
+    select(db.Meta.value).where(db.Meta.key == feedversion.KEY).scalar_subquery(),
+).where(db.Stall.token_sha256 == bindparam("token_sha256"))
+
+
+def stall_and_version(conn: Connection, token: str) -> tuple[str, int] | None:
     """The stall of ``token`` and the feed version, in one query; None for an unknown token."""
-    version = select(db.Meta.value).where(db.Meta.key == feedversion.KEY).scalar_subquery()
-    row = session.execute(select(db.Stall.stall_id, version)
-                          .where(db.Stall.token_sha256 == token_hash(token))).first()
+    row = conn.execute(_STALL_AND_VERSION, {"token_sha256": token_hash(token)}).first()
     if row is None:
         return None
     return str(row[0]), int(row[1]) if row[1] is not None else 0
@@ -84,14 +90,13 @@ def market_items(session: Session) -> list[FeedItem]:
     prices: dict[str, list[int]] = {}
     for plu, fen in session.execute(select(db.StallPrice.plu, db.StallPrice.unit_price_fen)):
         prices.setdefault(plu, []).append(fen)
-    rows = session.execute(select(db.Item).where(db.Item.active.is_(True))
-                           .order_by(db.Item.plu)).scalars()
-    return [FeedItem(plu=i.plu, name=i.name, name_en=i.name_en, category=i.category,
-                     price_unit=i.price_unit,  # type: ignore[arg-type]
-                     picture=i.picture, origin=i.origin, label=i.label, cap_fen=i.cap_fen,
-                     market_median_fen=(statistics.median_low(prices[i.plu])
-                                        if i.plu in prices else None))
-            for i in rows]
+    it = db.Item
+    rows = session.execute(select(it.plu, it.name, it.name_en, it.category, it.price_unit, it.picture,
+                                  it.origin, it.label, it.cap_fen)
+                           .where(it.active.is_(True)).order_by(it.plu))
+    return [FeedItem(**row._asdict(), market_median_fen=(
+                statistics.median_low(prices[row.plu]) if row.plu in prices else None))
+            for row in rows]
 
 
 def _inhibition(permille: int | None) -> tuple[str, str]:
@@ -101,33 +106,50 @@ def _inhibition(permille: int | None) -> tuple[str, str]:
     return f"，抑制率 {pct}", f", inhibition {pct}"
 
 
-def block_reason(ins: db.Inspection, name: str | None, tz: zoneinfo.ZoneInfo) -> str:
+def block_reason(batch_code: str, name: str | None, method: str, inhibition_permille: int | None,
+                 tester: str, tested_at: dt.datetime, tz: zoneinfo.ZoneInfo) -> str:
     """What the stall's screen says of a failed batch, in Chinese and English."""
-    when = ins.tested_at.astimezone(tz).strftime("%Y-%m-%d %H:%M")
-    zh_pct, en_pct = _inhibition(ins.inhibition_permille)
+    when = tested_at.astimezone(tz).strftime("%Y-%m-%d %H:%M")
+    zh_pct, en_pct = _inhibition(inhibition_permille)
     item = f"（{name}）" if name else " "
-    return (f"批次 {ins.batch_code}{item}农残快检不合格（{ins.method}{zh_pct}，检测员 {ins.tester}，"
-            f"{when}），禁止销售 / batch {ins.batch_code} failed the rapid test ({ins.method}"
-            f"{en_pct}, tester {ins.tester}, {when}): not for sale")
+    return (f"批次 {batch_code}{item}农残快检不合格（{method}{zh_pct}，检测员 {tester}，{when}），"
+            f"禁止销售 / batch {batch_code} failed the rapid test ({method}{en_pct}, tester "
+            f"{tester}, {when}): not for sale")
+
+
+# The per-stall queries, built once (a stall's feed is asked for by every stall after each
+# change); each reads by the stall's index.
+_ACTIVE = select(db.Item.plu).where(db.Item.active.is_(True))
+_PRICES = (select(db.StallPrice.plu, db.StallPrice.unit_price_fen)
+           .where(db.StallPrice.stall_id == bindparam("stall_id"), db.StallPrice.plu.in_(_ACTIVE))
+           .order_by(db.StallPrice.plu))
+_p = db.Promotion
+_SPECIALS = (select(_p.id, _p.plu, _p.special_price_fen, _p.starts_at, _p.ends_at, _p.title)
+             .where(_p.stall_id == bindparam("stall_id"), _p.cancelled_at.is_(None),
+                    _p.ends_at > bindparam("now", type_=db.UTCDateTime()), _p.plu.in_(_ACTIVE))
+             .order_by(_p.starts_at, _p.id))
+_ins = db.Inspection
+#: The stall's tests ranked inside each batch, 1 the latest (by test time, then record): the
+#: rule of ``server.inspections.blocked_batches``, with only this stall's tests ranked.
+_RANKED = select(
+    _ins.id, _ins.batch_code, _ins.plu, _ins.method, _ins.inhibition_permille, _ins.result,
+    _ins.tester, _ins.tested_at,
+    func.row_number().over(partition_by=_ins.batch_code,
+                           order_by=(_ins.tested_at.desc(), _ins.id.desc())).label("rank"),
+).where(_ins.stall_id == bindparam("stall_id")).subquery()
+_BLOCKED = (select(_RANKED, db.Item.name).outerjoin(db.Item, db.Item.plu == _RANKED.c.plu)
+            .where(_RANKED.c.rank == 1, _RANKED.c.result == "fail")
+            .order_by(_RANKED.c.tested_at, _RANKED.c.id))
 
 
 def blocked_batches(session: Session, stall_id: str, tz: zoneinfo.ZoneInfo) -> list[FeedBlock]:
-    """The stall's batches whose latest test (by test time, then record) failed: the rule of
-    ``server.inspections.blocked_batches``, with the stall's own tests ranked only."""
-    ins = db.Inspection
-    ranked = select(ins, func.row_number().over(
-        partition_by=ins.batch_code, order_by=(ins.tested_at.desc(), ins.id.desc())).label("rank")
-    ).where(ins.stall_id == stall_id).subquery()
-    latest = aliased(ins, ranked)
-    rows = session.execute(
-        select(latest, db.Item.name).outerjoin(db.Item, db.Item.plu == latest.plu)
-        .where(ranked.c.rank == 1, latest.result == "fail")
-        .order_by(latest.tested_at, latest.id)).all()
-    return [FeedBlock(batch_code=row.batch_code, plu=row.plu, reason=block_reason(row, name, tz),
-                      method=row.method, inhibition_permille=row.inhibition_permille,
-                      tester=row.tester, tested_at=row.tested_at.astimezone(tz),
-                      inspection_id=row.id)
-            for row, name in rows]
+    """The stall's batches whose latest test failed, each with the reason for its screen."""
+    return [FeedBlock(batch_code=r.batch_code, plu=r.plu, method=r.method, tester=r.tester,
+                      reason=block_reason(r.batch_code, r.name, r.method, r.inhibition_permille,
+                                          r.tester, r.tested_at, tz),
+                      inhibition_permille=r.inhibition_permille,
+                      tested_at=r.tested_at.astimezone(tz), inspection_id=r.id)
+            for r in session.execute(_BLOCKED, {"stall_id": stall_id})]
 
 
 def build_feed(session: Session, stall_id: str, tz: zoneinfo.ZoneInfo, market: MarketPart,
@@ -136,16 +158,8 @@ def build_feed(session: Session, stall_id: str, tz: zoneinfo.ZoneInfo, market: M
     version = feedversion.current(session)
     now = now or dt.datetime.now(dt.UTC)
     items = market.get(session, version)
-    active = select(db.Item.plu).where(db.Item.active.is_(True))
-    prices = session.execute(
-        select(db.StallPrice.plu, db.StallPrice.unit_price_fen)
-        .where(db.StallPrice.stall_id == stall_id, db.StallPrice.plu.in_(active))
-        .order_by(db.StallPrice.plu)).all()
-    p = db.Promotion
-    specials = session.execute(
-        select(p).where(p.stall_id == stall_id, p.cancelled_at.is_(None), p.ends_at > now,
-                        p.plu.in_(active))
-        .order_by(p.starts_at, p.id)).scalars()
+    prices = session.execute(_PRICES, {"stall_id": stall_id})
+    specials = session.execute(_SPECIALS, {"stall_id": stall_id, "now": now})
     doc = FeedDoc(
         format=FORMAT, version=version, stall_id=stall_id, server_time=now.astimezone(tz),
         timezone=tz.key, items=items,

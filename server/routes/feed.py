@@ -65,11 +65,11 @@ async def get_feed(
     """What this stall must apply: the market's active items (caps, median price), this
     stall's prices, its specials not yet over and its blocked batches, at one version."""
     assert cred is not None  # the guard answered 401 without one
-    maker = request.app.state.sessionmaker
+    maker, engine = request.app.state.sessionmaker, request.app.state.engine
 
     def look_up() -> tuple[str, int]:
-        with maker() as session:
-            found = feed.stall_and_version(session, cred.credentials)
+        with engine.connect() as conn:
+            found = feed.stall_and_version(conn, cred.credentials)
         if found is None:
             raise HTTPException(status.HTTP_401_UNAUTHORIZED, "unknown stall token",
                                 headers={"WWW-Authenticate": "Bearer"})
