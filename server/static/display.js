@@ -46,6 +46,7 @@ const t = (k, fallback) => (L[k] !== undefined ? L[k] : fallback);
 const named = (zh, en) => (lang === "en" && en) || zh;
 if (lang === "en") {
   document.documentElement.lang = "en";
+  document.title = document.title.replace("数据大屏", L.screen);
   document.querySelectorAll("[data-i18n]").forEach(el => { el.textContent = t(el.dataset.i18n, el.textContent); });
 }
 const tz = document.body.dataset.tz || undefined;

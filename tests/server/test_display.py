@@ -397,6 +397,7 @@ def test_the_screen_in_english(server: LiveServer) -> None:
     seed(server)
     with screen(f"{server.url}/display?lang=en") as s:
         assert s.page.evaluate("document.documentElement.lang") == "en"
+        assert s.page.title() == "平顺菜市场 · Market board"
         assert s.text("#specials-panel h2") == "Today's specials"
         assert s.text("#inspections-panel h2").startswith("Pesticide rapid tests")
         specials = _rows(s, "#specials li")
