@@ -183,8 +183,9 @@ function renderToday(today, data) {
   renderHours(today, data.compare);
 }
 
-function specialRow(p, later) {
-  const ends = p.ends_at.slice(0, 10) === p.starts_at.slice(0, 10) || later ? hhmm(p.ends_at) : `${p.ends_at.slice(5, 10)} ${hhmm(p.ends_at)}`;
+function specialRow(p, later, day) {
+  // Until a time today, or a date and time (both in market time, as the server writes them).
+  const ends = p.ends_at.slice(0, 10) === day ? hhmm(p.ends_at) : `${p.ends_at.slice(5, 10)} ${hhmm(p.ends_at)}`;
   const when = later ? L.from(hhmm(p.starts_at)) : L.until(ends);
   return h("li", { class: later ? "later" : "", "data-special": p.id },
     h("div", { class: "item name" }, h("span", { class: later ? "tag later" : "tag" }, L.special), named(p.name, p.name_en)),
@@ -193,9 +194,9 @@ function specialRow(p, later) {
     h("div", { class: "regular" }, p.regular_price_fen === null ? "" : [`${L.regular} `, h("s", {}, unitPrice(p.regular_price_fen, p.price_unit))]));
 }
 
-function renderSpecials(now, later) {
+function renderSpecials(now, later, day) {
   $("specials-empty").hidden = now.length + later.length > 0;
-  fill($("specials"), [...now.map(p => specialRow(p, false)), ...later.map(p => specialRow(p, true))]);
+  fill($("specials"), [...now.map(p => specialRow(p, false, day)), ...later.map(p => specialRow(p, true, day))]);
   $("kpi-specials").textContent = now.length;
   fit($("specials"), now.length + later.length);
 }
@@ -298,7 +299,7 @@ function renderAll(d) {
   renderDate(d.day);
   renderPeriods(d.ranking);  // before the day's ranking fits the room they leave
   renderToday(d.today, d);
-  renderSpecials(d.specials, d.specials_later);
+  renderSpecials(d.specials, d.specials_later, d.day);
   renderInspections(d.inspections);
   renderPrices(d.price_trend, d.main_items, d.movers);
   renderCategories(d.categories);

@@ -327,8 +327,9 @@ def test_every_panel_shows_the_seeded_market(server: LiveServer) -> None:
         assert "2.50元/500g" in specials[0] and "原价 3.00元/500g" in specials[0]
         assert SCRIPT in specials[1] and f"S03 {SCRIPT}" in specials[1] and "4.50元/kg" in specials[1]
         assert "5.00元/kg" in specials[1]
-        until = (m.now + dt.timedelta(hours=3)).strftime("%H:%M")
-        assert f"至 {until}" in specials[0] or (m.now + dt.timedelta(hours=3)).date() != m.today
+        ends = m.now + dt.timedelta(hours=3)
+        until = f"{ends:%H:%M}" if ends.date() == m.today else f"{ends:%m-%d %H:%M}"
+        assert f"至 {until}" in specials[0]
         if m.later_special:
             starts = (m.now + dt.timedelta(minutes=30)).strftime("%H:%M")
             assert "土豆" in specials[2] and f"{starts} 开始" in specials[2] and "3.00元/kg" in specials[2]
@@ -493,6 +494,7 @@ def test_a_crowded_market_fits_1920x1080_without_scrollbars(server: LiveServer) 
         shown = len(_rows(s, "#insp-failed-list li:not(.more)"))
         assert 1 <= shown < 12 and s.text("#insp-failed-list li.more") == f"另有 {12 - shown} 项"
         assert s.text("#kpi-specials") == "24" and s.text("#insp-failed") == "12"
+        assert f"至 {now + dt.timedelta(days=3):%m-%d %H:%M}" in s.text("#specials li")  # another day's end
     with screen(f"{server.url}/display?lang=en") as s:
         assert _overflows(s) == {"doc": [1920, 1080, 1920, 1080], "boxes": [], "outside": []}
 
