@@ -31,6 +31,7 @@ from tests.browser import chromium
 from tests.conftest import LiveServer, free_port
 from tests.server import server_process
 from tests.server.conftest import ADMIN, SHANGHAI, StallSim, register_stall
+from tests.server.manage_client import add_manager, signed_in
 
 SCRIPT = "<script>alert(1)</script>"
 IMG = "<img src=x onerror=alert(2)>"
@@ -454,6 +455,24 @@ def test_a_sale_a_failed_test_a_special_and_a_price_appear_without_a_reload(serv
                ".some(li => li.innerText.includes('原价 3.20元/500g'))", timeout=10_000)
         assert s.page.evaluate("window.__marker") == 1
         assert s.dialogs == [] and s.errors == [] and s.outside == []
+
+
+@pytest.mark.browser
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_a_failed_test_recorded_on_the_managers_page_reaches_the_screen(server: LiveServer) -> None:
+    """Not only the API: whatever commits a change (here the /manage form) moves the screen."""
+    seed(server)
+    add_manager(server)
+    with screen(f"{server.url}/display") as s, signed_in(server) as (manager, csrf):
+        s.page.evaluate("window.__marker = 1")
+        tested = dt.datetime.now(SHANGHAI).strftime("%Y-%m-%dT%H:%M")
+        r = manager.post("/manage/inspections", data={
+            "csrf_token": csrf, "stall_id": "S03", "plu": "9001", "batch_code": "B-FORM-1",
+            "inhibition": "80.0", "tester": "王检测", "tested_at": tested})
+        assert r.status_code == 303, r.text
+        s.wait("document.getElementById('insp-failed').textContent === '2'")
+        assert "B-FORM-1" in s.text("#insp-failed-list") and f"S03 {SCRIPT}" in s.text("#insp-failed-list")
+        assert s.page.evaluate("window.__marker") == 1 and s.dialogs == []
 
 
 @pytest.mark.browser
