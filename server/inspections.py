@@ -107,9 +107,15 @@ def latest(session: Session, stall_id: str, batch_code: str) -> db.Inspection | 
     ).scalar_one_or_none()
 
 
-def blocked_batches(session: Session, stall_id: str | None = None) -> list[db.Inspection]:
-    """The failed tests that block their batch now (the latest test of the batch failed)."""
-    ranked = _ranked()
+def blocked_batches(session: Session, stall_id: str | None = None,
+                    since: dt.date | None = None) -> list[db.Inspection]:
+    """The failed tests that block their batch now (the latest test of the batch failed).
+
+    ``since``: only those failed on that market day or later, exactly (a later test of such
+    a batch is on that day or later too), ranking only those days' tests: a page of recent
+    blocks need not rank a year of tests.
+    """
+    ranked = _ranked(*([db.Inspection.local_day >= since] if since is not None else []))
     stmt = (select(db.Inspection).join(ranked, ranked.c.id == db.Inspection.id)
             .where(ranked.c.rank == 1, ranked.c.result == "fail"))
     if stall_id is not None:

@@ -44,6 +44,9 @@ T = TypeVar("T")
 UNITS = ("kg", "500g", "piece")
 #: Rows of price history a page shows at a time (``before`` pages further back).
 HISTORY_ROWS = 50
+#: The rapid-test page lists the batches blocked now among those failed in this many days
+#: up to the day shown (a year of tests need not be ranked for it).
+BLOCKED_DAYS = 14
 ITEM_FIELDS = ("name", "name_en", "category", "origin", "label", "picture")
 
 
@@ -219,7 +222,9 @@ def _inspections_page(request: Request, session: Session, settings: Settings, da
     return render(request, "inspections.html", {
         "day": day, "summary": inspections.summary(session, settings.tz, day),
         "rows": inspections.describe(session, rows, settings.tz),
-        "blocked": inspections.describe(session, inspections.blocked_batches(session), settings.tz),
+        "blocked": inspections.describe(session, inspections.blocked_batches(
+            session, since=day - dt.timedelta(days=BLOCKED_DAYS - 1)), settings.tz),
+        "blocked_days": BLOCKED_DAYS,
         "stalls": _stalls(session), "items": catalogue.list_items(session, active=True),
         "default_method": inspections.DEFAULT_METHOD,
         "now": dt.datetime.now(settings.tz).strftime("%Y-%m-%dT%H:%M"),

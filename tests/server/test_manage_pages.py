@@ -10,6 +10,7 @@ import re
 import pytest
 from playwright.sync_api import Page, expect
 
+from server import db, inspections
 from tests.browser import chromium
 from tests.conftest import LiveServer
 from tests.server.conftest import SHANGHAI, StallSim
@@ -212,3 +213,31 @@ def test_prices_page_shows_one_stall_unless_an_item_is_chosen(server: LiveServer
         assert shown(stall_id="S02", plu="") == ["S02"]
         assert shown(stall_id="", plu="1001") == ["S01", "S02"]
         assert shown(stall_id="", plu="") == ["S01"]
+
+
+def test_rapid_test_page_lists_the_recent_blocks(server: LiveServer) -> None:
+    """Batches blocked now among those failed in the last 14 days: a year of tests is not
+    ranked for the page, and a batch retested since is not blocked."""
+    add_manager(server)
+    app = server.app
+    now = dt.datetime.now(dt.UTC)
+    with app.state.sessionmaker.begin() as s:
+        s.add(db.Stall(stall_id="S01", name="x", token_sha256="a" * 64, created_at=now))
+        s.add(db.Item(plu="1001", name="菠菜", name_en="Spinach", category="蔬菜", price_unit="kg",
+                      active=True, created_at=now, updated_at=now))
+        s.flush()
+        for batch, days_ago, result in (("OLD", 30, "fail"), ("NEW", 1, "fail"),
+                                        ("RETESTED", 2, "fail"), ("RETESTED", 1, "pass")):
+            at = now - dt.timedelta(days=days_ago)
+            s.add(db.Inspection(batch_code=batch, plu="1001", stall_id="S01", method="m",
+                                inhibition_permille=None, result=result, tester="t", tested_at=at,
+                                local_day=at.astimezone(SHANGHAI).date(), recorded_by="x",
+                                recorded_at=now))
+    with app.state.sessionmaker() as s:
+        assert [r.batch_code for r in inspections.blocked_batches(s)] == ["NEW", "OLD"]
+        since = (now - dt.timedelta(days=3)).astimezone(SHANGHAI).date()
+        assert [r.batch_code for r in inspections.blocked_batches(s, since=since)] == ["NEW"]
+    with signed_in(server) as (c, _):
+        page = c.get("/manage/inspections")
+    blocked = page.text.split('id="blocked"')[1].split("</ul>")[0]
+    assert "NEW" in blocked and "OLD" not in blocked and "RETESTED" not in blocked
