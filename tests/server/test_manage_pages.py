@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+from pathlib import Path
 
 import pytest
 from playwright.sync_api import Page, expect
@@ -241,3 +242,15 @@ def test_rapid_test_page_lists_the_recent_blocks(server: LiveServer) -> None:
         page = c.get("/manage/inspections")
     blocked = page.text.split('id="blocked"')[1].split("</ul>")[0]
     assert "NEW" in blocked and "OLD" not in blocked and "RETESTED" not in blocked
+
+
+def test_every_word_has_its_english_and_every_alert_kind_a_label() -> None:
+    from server.alerts import KINDS
+    from server.routes.manage_text import EN, ZH
+
+    assert set(ZH) == set(EN)
+    assert all(f"kind_{kind}" in ZH for kind in KINDS)
+    used: set[str] = set()
+    for page in (Path(__file__).resolve().parents[2] / "server" / "templates" / "manage").glob("*.html"):
+        used |= set(re.findall(r"t\('([a-z_]+)'", page.read_text()))
+    assert used <= set(ZH), used - set(ZH)
