@@ -314,12 +314,13 @@ class Checker:
                 check_silent(session, self.settings, now)
                 sales = session.execute(select(func.coalesce(func.sum(db.StallDay.sales), 0))
                                         .where(db.StallDay.local_day == day)).scalar_one()
-                if self._sold_seen != (day, int(sales)):
+                sold = (day, int(sales))
+                if self._sold_seen != sold:
                     check_sold_prices(session, day, now)
-                    self._sold_seen = (day, int(sales))
         except SQLAlchemyError:
             self.contacts.put_back(seen)  # stored at the next round
             raise
+        self._sold_seen = sold  # committed: no need to look again until today's sales change
 
 
 async def run_checks(checker: Checker, interval_s: float) -> None:

@@ -131,9 +131,9 @@ def dashboard(request: Request, session: SessionDep, settings: SettingsDep, _: M
         .where(db.StallDay.local_day == day)).one()
     since = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=ONLINE_MIN)
     registered = session.execute(select(func.count()).select_from(db.Stall)).scalar_one()
-    online = session.execute(select(func.count()).select_from(db.StallContact).where(
-        db.StallContact.last_seen_at >= since)).scalar_one()
-    online += sum(1 for at in request.app.state.contacts.peek().values() if at >= since)
+    online = set(session.execute(select(db.StallContact.stall_id).where(
+        db.StallContact.last_seen_at >= since)).scalars())
+    online |= {sid for sid, at in request.app.state.contacts.peek().items() if at >= since}
     counts = alerts.open_counts(session)
     ranking = session.execute(
         select(db.StallDay.stall_id, db.Stall.name, db.StallDay.sales, db.StallDay.total_fen)
@@ -142,7 +142,7 @@ def dashboard(request: Request, session: SessionDep, settings: SettingsDep, _: M
         .order_by(db.StallDay.total_fen.desc(), db.StallDay.stall_id).limit(10)).all()
     return render(request, "dashboard.html", {
         "day": day, "sales": int(sales), "total": int(total), "registered": int(registered),
-        "online": min(int(online), int(registered)), "online_min": ONLINE_MIN, "counts": counts,
+        "online": len(online), "online_min": ONLINE_MIN, "counts": counts,
         "open_total": sum(counts.values()), "ranking": ranking,
         "recent": alerts.listing(session, open_only=True, limit=5)})
 

@@ -74,6 +74,8 @@ def test_a_manager_day_in_chromium(server: LiveServer) -> None:
             assert c.post("/api/v1/sales", json={"sales": [sales[0], sales[3]]}).json()["accepted"] == 2
         page.goto(f"{server.url}/manage")
         expect(page.locator("#kpi-alerts")).to_have_text("1")
+        expect(page.locator("#kpi-online")).to_have_text("1")
+        expect(page.locator("#kpi-sales")).to_have_text("2")
         expect(page.locator("#ranking tbody tr td").nth(1)).to_have_text(EVIL)
         page.click("a.kpi.alarm")
         alert = page.locator("li.alert[data-kind=receipt_gap]")
