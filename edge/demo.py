@@ -1,5 +1,9 @@
 """``wetmarket demo``: the market server and three simulated stalls, sales flowing.
 
+The market is entered first as a real one is (``edge.demo_seed``: catalogue, prices,
+specials, rapid tests, a manager), so the stalls sell from the market's feed, not only
+from their configs' seeds.
+
 Each part runs as its own process, as in a real market: the server, and one
 ``wetmarket stall`` per stall (each with a weighing-module simulator on a
 pseudo-terminal, read through pyserial).  The children run in their own
@@ -25,6 +29,7 @@ import httpx
 
 from edge import EdgeError
 from edge.demo_data import STALLS, catalogue
+from edge.demo_seed import seed_market
 
 logger = logging.getLogger(__name__)
 
@@ -147,17 +152,26 @@ class Demo:
             self._wait_healthy()
             dataset = find_dataset()
             camera = dataset / "val" if dataset else None
-            with httpx.Client(base_url=self.base, headers={"Authorization": f"Bearer {admin}"}) as c:
-                for i, (sid, name, vendor) in enumerate(STALLS):
+            now = dt.datetime.now(self.tz)
+            with httpx.Client(base_url=self.base, headers={"Authorization": f"Bearer {admin}"},
+                              timeout=30) as c:
+                tokens = {}
+                for sid, name, _vendor in STALLS:
                     r = c.post("/api/v1/stalls", json={"stall_id": sid, "name": name})
                     r.raise_for_status()
-                    sdir = self.data_dir / sid
-                    sdir.mkdir(mode=0o700)
-                    write_stall_config(sdir / "stall.toml", sid, name, vendor, self.base,
-                                       r.json()["token"], camera, seed=1000 + i,
-                                       day=dt.datetime.now(self.tz).date())
-                    self._spawn(sid, ["stall", "--config", str(sdir / "stall.toml")])
+                    tokens[sid] = r.json()["token"]
+                # The market's office work before the stalls open: they start on its feed.
+                login = seed_market(c, now)
+            for i, (sid, name, vendor) in enumerate(STALLS):
+                sdir = self.data_dir / sid
+                sdir.mkdir(mode=0o700)
+                write_stall_config(sdir / "stall.toml", sid, name, vendor, self.base, tokens[sid],
+                                   camera, seed=1000 + i, day=now.date())
+                # INFO: the logs show each feed version the stall receives and puts in use.
+                self._spawn(sid, ["-v", "stall", "--config", str(sdir / "stall.toml")])
             print(f"big screen:   {self.base}/display", flush=True)
+            print(f"manager:      {self.base}/manage  (sign in as {login.username}, "
+                  f"password {login.password})", flush=True)
             print(f"today (JSON): {self.base}/api/v1/stats/today", flush=True)
             print(f"API docs:     {self.base}/docs", flush=True)
             print(f"admin token:  {admin}", flush=True)

@@ -65,8 +65,11 @@ def test_demo_runs_for_its_duration_and_cleans_up(tmp_path: Path) -> None:
     ended = dt.datetime.now(dt.UTC)
     assert p.returncode == 0, err
     assert seen_live is not None, f"no sales from all 3 stalls while running:\n{out}\n{err}"
-    first = out.splitlines()[0]
+    first, second = out.splitlines()[:2]
     assert first == f"big screen:   http://127.0.0.1:{port}/display"
+    # The demo manager's sign-in, printed next to the big screen's URL.
+    assert re.fullmatch(rf"manager:      http://127\.0\.0\.1:{port}/manage  "
+                        r"\(sign in as demo, password \S{8,}\)", second), second
     totals = [int(m.group(1)) for m in re.finditer(r"sales\s+(\d+)", out)]
     assert totals and totals[-1] > 0
     assert _clock_lines_not_in_market_time(out, started, ended) == [], out
@@ -76,9 +79,19 @@ def test_demo_runs_for_its_duration_and_cleans_up(tmp_path: Path) -> None:
         assert ((data / sid).stat().st_mode & 0o777) == 0o700
         assert ((data / sid / "stall.toml").stat().st_mode & 0o777) == 0o600
     assert _left_running(str(data)) == []
-    # Every stall's journal was fully uploaded before the server stopped.
+    # Every stall sold from the market's feed (its logs say so), not only from its seed.
+    for sid in ("S01", "S02", "S03"):
+        log = (data / f"{sid}.log").read_text()
+        assert re.search(r"catalogue of feed version \d+ in use", log), log[-3000:]
+    # The batch that failed its rapid test was never sold; a special was sold at its price.
     import sqlite3
 
+    market = sqlite3.connect(data / "market.db")
+    sold = market.execute("SELECT plu, unit_price_fen FROM sale_lines").fetchall()
+    market.close()
+    assert sold and not [s for s in sold if s[0] == "2004"], sold
+    assert all(fen == 590 for plu, fen in sold if plu == "1003"), sold
+    # Every stall's journal was fully uploaded before the server stopped.
     for sid in ("S01", "S02", "S03"):
         db = sqlite3.connect(data / sid / "journal.sqlite3")
         states = dict(db.execute("SELECT upload_state, COUNT(*) FROM sales GROUP BY 1").fetchall())
