@@ -12,6 +12,19 @@ from pathlib import Path
 import httpx
 
 
+class ServerAt:
+    """What the helpers written for an in-process ``LiveServer`` need of a server process:
+    its port, its URL and a client (with a bearer token or none)."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+
+    def client(self, token: str | None = None) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=10,
+                            headers={"Authorization": f"Bearer {token}"} if token else {})
+
+
 def start(db: str, port: int, log: Path, admin_token: str) -> subprocess.Popen[bytes]:
     """``wetmarket server`` on ``db`` and ``port``, once it answers /healthz; its stderr
     appended to ``log``."""

@@ -605,21 +605,10 @@ def test_changes_that_commit_publish_a_market_event_and_refused_ones_do_not(serv
         events.close()
 
 
-class _Here:
-    """What register_stall needs of a server: its client."""
-
-    def __init__(self, url: str) -> None:
-        self.url = url
-
-    def client(self, token: str | None = None) -> httpx.Client:
-        return httpx.Client(base_url=self.url, timeout=10,
-                            headers={"Authorization": f"Bearer {token}"} if token else {})
-
-
 @pytest.mark.browser
 def test_the_screen_reconnects_by_itself_after_the_server_restarts(tmp_path: Path) -> None:
     db, port, log = f"sqlite:///{tmp_path / 'market.db'}", free_port(), tmp_path / "server.log"
-    here = _Here(f"http://127.0.0.1:{port}")
+    here = server_process.ServerAt(port)
     proc = server_process.start(db, port, log, ADMIN)
     try:
         sim = StallSim("S01")

@@ -12,7 +12,7 @@ import pytest
 from playwright.sync_api import Page, expect
 
 from server import db, inspections
-from tests.browser import chromium
+from tests.browser import chromium, manage_sign_in, submit
 from tests.conftest import LiveServer
 from tests.server.conftest import SHANGHAI, StallSim
 from tests.server.manage_client import add_manager, signed_in
@@ -25,21 +25,7 @@ RED = "rgb(185, 28, 28)"
 
 
 def _sign_in(page: Page, server: LiveServer, password: str = PASSWORD) -> None:
-    page.goto(f"{server.url}/manage")
-    expect(page).to_have_url(re.compile(r"/manage/login\?next=/manage$"))
-    page.fill("input[name=username]", "wang")
-    page.fill("input[name=password]", password)
-    page.click("#login button[type=submit]")
-
-
-def _submit(page: Page, form: str, **fields: str) -> None:
-    for name, value in fields.items():
-        target = page.locator(f"{form} [name={name}]")
-        if target.evaluate("e => e.tagName") == "SELECT":
-            target.select_option(value)
-        else:
-            target.fill(value)
-    page.click(f"{form} button[type=submit]")
+    manage_sign_in(page, server.url, "wang", password)
 
 
 @pytest.mark.browser
@@ -60,7 +46,7 @@ def test_a_manager_day_in_chromium(server: LiveServer) -> None:
 
         # A stall whose name is markup: registered, its token shown once, its name shown as text.
         page.goto(f"{server.url}/manage/stalls")
-        _submit(page, "#register", stall_id="S07", name=EVIL, public_key=sim.public_key)
+        submit(page, "#register", stall_id="S07", name=EVIL, public_key=sim.public_key)
         token = page.locator("#token").inner_text().strip()
         assert len(token) >= 40
         page.goto(f"{server.url}/manage/stalls")
@@ -89,20 +75,20 @@ def test_a_manager_day_in_chromium(server: LiveServer) -> None:
 
         # An item (its name markup too), a cap, a stall price over it refused, then one under.
         page.goto(f"{server.url}/manage/items")
-        _submit(page, "#add-item", plu="1001", name="<i>西红柿</i>", name_en="Tomato", category="蔬菜",
+        submit(page, "#add-item", plu="1001", name="<i>西红柿</i>", name_en="Tomato", category="蔬菜",
                 price_unit="kg", cap="12.00")
         expect(page.locator("#flash")).to_have_text("商品已保存")
         expect(page.locator("#item-name")).to_have_text("<i>西红柿</i>")
-        _submit(page, "#set-price", stall_id="S07", price="13.50", why="涨价")
+        submit(page, "#set-price", stall_id="S07", price="13.50", why="涨价")
         expect(page.locator("#error")).to_contain_text("高于市场限价")
         page.goto(f"{server.url}/manage/items/1001")
-        _submit(page, "#set-price", stall_id="S07", price="6.90", why="开市定价")
+        submit(page, "#set-price", stall_id="S07", price="6.90", why="开市定价")
         expect(page.locator("#flash")).to_have_text("价格已保存")
         expect(page.locator("#item-prices")).to_contain_text("6.90 元/kg")
-        _submit(page, "#set-cap", cap="6.50", why="平价菜")
+        submit(page, "#set-cap", cap="6.50", why="平价菜")
         expect(page.locator("#error")).to_contain_text("lower_prices")
         page.check("#set-cap [name=lower_prices]")
-        _submit(page, "#set-cap", cap="6.50", why="平价菜")
+        submit(page, "#set-cap", cap="6.50", why="平价菜")
         expect(page.locator("#cap")).to_have_text("6.50 元/kg")
         expect(page.locator("#item-prices")).to_contain_text("6.50 元/kg")
         history = page.locator("#history tbody tr")
@@ -111,7 +97,7 @@ def test_a_manager_day_in_chromium(server: LiveServer) -> None:
 
         # A failed rapid test: shown red, the batch blocked, an alert raised.
         page.goto(f"{server.url}/manage/inspections")
-        _submit(page, "#record-inspection", stall_id="S07", plu="1001", batch_code="B20261202-01",
+        submit(page, "#record-inspection", stall_id="S07", plu="1001", batch_code="B20261202-01",
                 inhibition="62.5", tester="张检测")
         expect(page.locator("#flash")).to_have_text("快检已录入")
         row = page.locator("#inspections tr[data-batch=B20261202-01]")
@@ -126,7 +112,7 @@ def test_a_manager_day_in_chromium(server: LiveServer) -> None:
         # A special under the stall's price, then cancelled.
         page.goto(f"{server.url}/manage/specials")
         now = dt.datetime.now(SHANGHAI)
-        _submit(page, "#add-special", stall_id="S07", plu="1001", price="5.00", title="晚市特价",
+        submit(page, "#add-special", stall_id="S07", plu="1001", price="5.00", title="晚市特价",
                 starts_at=now.strftime("%Y-%m-%dT%H:%M"),
                 ends_at=(now + dt.timedelta(hours=3)).strftime("%Y-%m-%dT%H:%M"))
         expect(page.locator("#flash")).to_have_text("特价已创建")
