@@ -26,14 +26,15 @@ class BackoffSender:
     kept = "items stay queued"
 
     def __init__(self, name: str, server_url: str, token: str, *, poll_s: float, max_backoff_s: float,
-                 timeout_s: float) -> None:
+                 timeout_s: float, stop_event: threading.Event | None = None) -> None:
         self.name = name
         self.poll_s = poll_s
         self.max_backoff_s = max_backoff_s
         self._client = httpx.Client(base_url=server_url.rstrip("/"), timeout=timeout_s,
                                     headers={"Authorization": f"Bearer {token}"})
         self._wake = threading.Event()
-        self._stop = threading.Event()
+        # The stall's one stop event when it passes it (every worker ends on it), else its own.
+        self._stop = stop_event if stop_event is not None else threading.Event()
         self._thread: threading.Thread | None = None
         self.online = False
         self.last_error: str | None = None

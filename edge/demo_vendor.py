@@ -1,7 +1,11 @@
-"""A simulated vendor for the demo: puts produce on the simulated scale, shows it to the
-camera, takes the recognizer's guess when it is sure (else taps the right item and so
-teaches the scale), and prints the receipt.  It goes through exactly the code a real
-vendor's taps go through; only the hands are simulated."""
+"""A simulated vendor for the demo: shows produce to the camera, puts it on the simulated
+scale, takes the stall's sure guess (the flow confirms it by itself), else taps the right
+item among the guesses or by its PLU code (a correction teaches the stall), and prints the
+receipt.
+
+Only the hands are simulated: the scale and the camera are the demo's physical world,
+and every tap is a public call of :class:`~edge.flow.StallFlow`, the same a screen or a
+keypad makes."""
 
 from __future__ import annotations
 
@@ -9,13 +13,14 @@ import logging
 import random
 import threading
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from edge import EdgeError
-from edge.catalogue import Plu
+from edge.camera import Camera, ImageFolderCamera
+from edge.flow import FlowState, ItemView, StallFlow
 
 if TYPE_CHECKING:
-    from edge.stall import StallApp
+    from firmware_bridge.sim import Simulator
 
 logger = logging.getLogger(__name__)
 
@@ -24,15 +29,16 @@ _WEIGHT_RANGE = {"kg": (150, 2500), "500g": (150, 2000)}
 
 
 class SimulatedVendor:
-    def __init__(self, app: StallApp, seed: int | None = None,
+    def __init__(self, flow: StallFlow, scale: Simulator, *, camera: Camera | None = None,
+                 stop: threading.Event | None = None, seed: int | None = None,
                  pause_s: tuple[float, float] = (0.5, 2.0)) -> None:
-        self.app = app
+        self.flow = flow
+        self.scale = scale
+        self.camera = camera
         self.rng = random.Random(seed)
         self.pause_s = pause_s
-        self._stop = threading.Event()
+        self._stop = stop if stop is not None else threading.Event()
         self._thread: threading.Thread | None = None
-        #: PLU code -> the recognizer's label (what the camera is shown)
-        self.labels = {code: label for label, code in app.session.labels.items()} if app.session else {}
         self.recognized = 0
         self.corrected = 0
 
@@ -44,11 +50,11 @@ class SimulatedVendor:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
-        if self.app.recognizer is not None:
+        if self.recognized or self.corrected:
             logger.warning("camera picks: %d taken as recognised, %d corrected by the vendor",
                            self.recognized, self.corrected)
 
-    def _wait(self, cond, timeout: float) -> bool:
+    def _wait(self, cond: Callable[[], bool], timeout: float) -> bool:
         deadline = time.monotonic() + timeout
         while not self._stop.is_set() and time.monotonic() < deadline:
             if cond():
@@ -56,77 +62,66 @@ class SimulatedVendor:
             self._stop.wait(0.05)
         return False
 
-    def _choose(self, item: Plu) -> None:
-        """Look at the camera's guesses; take a sure one, else tap the right item."""
-        session = self.app.session
-        assert session is not None
-        cam, rec = self.app.camera, self.app.recognizer
-        frame = None
-        if cam is not None and hasattr(cam, "show") and cam.show(self.labels.get(item.code)):
-            frame = cam.read()
-        if frame is not None and rec is not None:
-            try:
-                result = rec.recognize(frame)
-            except EdgeError:
-                result = None
-            except Exception as exc:  # noqa: BLE001 - recognition is a help, never a blocker
-                logger.warning("recognizer failed: %s", exc)
-                result = None
-            if result is not None and result.top and not result.unknown:
-                label, score = result.top[0]
-                guess = session.item_for_label(label)
-                if guess is not None and score >= self.app.cfg.camera.auto_confirm:
-                    if guess.code == item.code:
-                        self.recognized += 1
-                    session.select(guess.code)
-                    return
-            if label_of := self.labels.get(item.code):
-                self.corrected += 1
-                try:
-                    rec.teach(label_of, frame)
-                except Exception as exc:  # noqa: BLE001
-                    logger.warning("could not teach %s: %s", label_of, exc)
-        session.select(item.code)
+    def _state_in(self, *states: FlowState) -> Callable[[], bool]:
+        return lambda: self.flow.state in states
 
-    def _one_line(self, item: Plu) -> bool:
-        app, session = self.app, self.app.session
-        assert session is not None and app.sim is not None
-        if item.price_unit == "piece":
-            session.add_pieces(item.code, self.rng.randint(1, 4))
-            return True
+    def _weigh(self, item: ItemView) -> bool:
+        """One weighed line: show, place, confirm (or let the stall confirm), take it off."""
+        flow = self.flow
+        if isinstance(self.camera, ImageFolderCamera):
+            self.camera.show(item.label)  # held in front of the lens as it goes on the plate
         lo, hi = _WEIGHT_RANGE[item.price_unit]
-        app.sim.place(self.rng.randint(lo, hi))
-        self._choose(item)
-        if not self._wait(lambda: session.current_line() is not None, 8.0):
-            logger.warning("scale never settled to a legal weight; taking the item off")
-            app.sim.remove()
-            return False
-        session.add_weighed()
-        app.sim.remove()
-        # A legal scale sells nothing more until it is back at zero.
-        self._wait(lambda: session.priceable_g() is None and session.weigh_state.name == "STABLE_ZERO",
-                   5.0)
-        return True
+        self.scale.place(self.rng.randint(lo, hi))
+        try:
+            if not self._wait(self._state_in(FlowState.CHOOSING, FlowState.PRICED), 8.0):
+                logger.warning("scale never settled to a legal weight; taking the item off")
+                return False
+            # Give the recogniser its moment (it started while the weight settled).
+            self._wait(lambda: not flow.snapshot().recognizing, 2.0)
+            snap = flow.snapshot()
+            if snap.state is FlowState.PRICED:
+                line = snap.basket[-1] if snap.basket else None
+                if line is not None and line.plu != item.code:
+                    # Confirmed by itself, and wrong: the vendor voids the line.
+                    flow.void(line.line_no, "识别错误 / recognised wrongly")
+                    return False
+                self.recognized += 1
+                return True
+            guesses = [g.item.code for g in snap.guesses]
+            if guesses and guesses[0] == item.code:
+                self.recognized += 1
+            elif guesses:
+                self.corrected += 1
+            result = flow.confirm(item.code)
+            if not result.ok:
+                logger.warning("not sold: %s", result.reason)
+                return False
+            return self._wait(self._state_in(FlowState.PRICED), 5.0)
+        finally:
+            self.scale.remove()
+            # A legal scale sells nothing more until it is back at zero.
+            self._wait(self._state_in(FlowState.IDLE), 5.0)
+
+    def _one_line(self, item: ItemView) -> bool:
+        if item.price_unit == "piece":
+            result = self.flow.add_pieces(item.code, self.rng.randint(1, 4))
+            if not result.ok:
+                logger.warning("not sold: %s", result.reason)
+            return result.ok
+        return self._weigh(item)
 
     def _run(self) -> None:
-        session = self.app.session
-        assert session is not None
-        self._wait(lambda: session.weigh_state.name == "STABLE_ZERO", 10.0)
+        flow = self.flow
+        self._wait(self._state_in(FlowState.IDLE), 10.0)
         while not self._stop.is_set():
             # The feed may change the catalogue between baskets; a stopped item is not sold.
-            items = [item for item in session.catalogue if item.block_reason is None]
+            items = [item for item in flow.items() if item.blocked_reason is None]
             for _ in range(self.rng.choice((1, 1, 2, 2, 3)) if items else 0):
                 if self._stop.is_set():
                     return
-                try:
-                    self._one_line(self.rng.choice(items))
-                except EdgeError as exc:  # the feed removed or stopped it a moment ago
-                    logger.warning("not sold: %s", exc)
-                    if self.app.sim is not None:
-                        self.app.sim.remove()
-            if session.lines and not self._stop.is_set():
-                try:
-                    self.app.checkout()
-                except EdgeError as exc:
-                    logger.error("checkout failed: %s", exc)
+                self._one_line(self.rng.choice(items))
+            if flow.snapshot().basket and not self._stop.is_set():
+                result = flow.checkout()
+                if not result.ok:
+                    logger.error("checkout failed: %s", result.reason)
             self._stop.wait(self.rng.uniform(*self.pause_s))

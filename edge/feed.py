@@ -31,6 +31,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
+import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -355,13 +356,14 @@ class FeedClient(BackoffSender):
 
     def __init__(self, data_dir: Path, server_url: str, token: str, *, stall_id: str,
                  seed: Iterable[Plu], wait_s: float = 25.0, interval_s: float = 10.0,
-                 max_backoff_s: float = 60.0, timeout_s: float = 10.0) -> None:
+                 max_backoff_s: float = 60.0, timeout_s: float = 10.0,
+                 stop_event: threading.Event | None = None) -> None:
         self.wait_s = min(wait_s, MAX_WAIT_S)
         # A long poll paces itself (a 304 comes after wait_s): ask again a second after
         # an answer; without long poll, every interval_s.
         super().__init__(f"feed-{stall_id}", server_url, token,
                          poll_s=1.0 if self.wait_s >= 1 else interval_s,
-                         max_backoff_s=max_backoff_s, timeout_s=timeout_s)
+                         max_backoff_s=max_backoff_s, timeout_s=timeout_s, stop_event=stop_event)
         # The read lasts as long as the server holds the long poll, and then some.
         self._client.timeout = httpx.Timeout(timeout_s, read=timeout_s + self.wait_s)
         self.data_dir = data_dir

@@ -9,6 +9,7 @@ stays in the journal (state ``refused``) for the market manager to see.
 from __future__ import annotations
 
 import logging
+import threading
 from typing import Any
 
 from edge.backoff import BackoffSender
@@ -24,9 +25,9 @@ class Outbox(BackoffSender):
 
     def __init__(self, journal: Journal, server_url: str, token: str, *, stall_id: str,
                  public_key: str | None = None, batch: int = 50, max_backoff_s: float = 30.0,
-                 timeout_s: float = 5.0) -> None:
+                 timeout_s: float = 5.0, stop_event: threading.Event | None = None) -> None:
         super().__init__(f"outbox-{stall_id}", server_url, token, poll_s=5.0,
-                         max_backoff_s=max_backoff_s, timeout_s=timeout_s)
+                         max_backoff_s=max_backoff_s, timeout_s=timeout_s, stop_event=stop_event)
         self.journal = journal
         self.stall_id = stall_id
         self.public_key = public_key

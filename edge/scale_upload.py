@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -43,12 +44,13 @@ class ScaleAuditUploader(BackoffSender):
 
     def __init__(self, log_path: str | os.PathLike[str], server_url: str, token: str, *, stall_id: str,
                  state_path: str | os.PathLike[str] | None = None, batch: int = BATCH,
-                 poll_s: float = 5.0, max_backoff_s: float = 30.0, timeout_s: float = 5.0) -> None:
+                 poll_s: float = 5.0, max_backoff_s: float = 30.0, timeout_s: float = 5.0,
+                 stop_event: threading.Event | None = None) -> None:
         self.log_path = Path(log_path)
         self.state_path = Path(state_path) if state_path is not None else \
             self.log_path.with_name(self.log_path.stem + ".sent.json")
         super().__init__(f"scale-audit-{stall_id}", server_url, token, poll_s=poll_s,
-                         max_backoff_s=max_backoff_s, timeout_s=timeout_s)
+                         max_backoff_s=max_backoff_s, timeout_s=timeout_s, stop_event=stop_event)
         self.stall_id = stall_id
         self.batch = batch
         self.sent_seq, self._sent_hash = self._load_state()

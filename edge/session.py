@@ -178,6 +178,24 @@ class Session:
         self._on_change("basket")
         return line
 
+    def tare(self) -> int:
+        """Tare the container on the plate (``WeighingError`` when the scale must refuse)."""
+        with self._lock:
+            grams = self.weigher.tare()
+        self._on_change("tare")
+        return grams
+
+    def preset_tare(self, grams: int) -> int:
+        with self._lock:
+            grams = self.weigher.preset_tare(grams)
+        self._on_change("tare")
+        return grams
+
+    def clear_tare(self) -> None:
+        with self._lock:
+            self.weigher.clear_tare()
+        self._on_change("tare")
+
     def add_pieces(self, code: str, quantity: int) -> BasketLine:
         with self._lock:
             line = self._basket.add_pieces(code, quantity)

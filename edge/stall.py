@@ -1,11 +1,15 @@
 """One stall's edge process: the parts started in order, stopped in reverse.
 
     journal -> signing key -> catalogue (saved feed, else the config's seed) -> scale
-    (simulator) -> link -> session -> recognizer -> printer -> outbox -> feed
+    (simulator) -> link -> session -> recognizer -> printer -> outbox -> flow -> feed
     -> simulated vendor (demo)
 
-All workers share one stop event.  A sale is journaled before its receipt
-prints and before upload; a failed print or upload never loses it.
+Every worker thread ends on the stall's one stop event (``stop_event``): the link,
+the outbox, the scale-audit uploader, the feed, the flow's two threads and the
+simulated vendor; ``stop()`` sets it first, then joins the parts in reverse.  The
+vendor's actions go through the flow (``edge.flow``), which prices through the
+session.  A sale is journaled before its receipt prints and before upload; a
+failed print or upload never loses it.
 """
 
 from __future__ import annotations
@@ -14,19 +18,26 @@ import logging
 import threading
 import zoneinfo
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING
 
-from edge import EdgeError
+from edge import BasketError, EdgeError
 from edge.camera import Camera, ImageFolderCamera, OpenCVCamera
 from edge.catalogue import Catalogue
 from edge.config import StallConfig
 from edge.feed import FeedClient
+from edge.flow import RecognizerLike, StallFlow
 from edge.integrity import load_or_create_key, public_key_b64
 from edge.journal import Journal
 from edge.outbox import Outbox
 from edge.sale import Sale
 from edge.session import Session, StallInfo
 from edge.weighing import Weigher
+from firmware_bridge.reading import Reading
+
+if TYPE_CHECKING:
+    from edge.printing import Printer
+    from firmware_bridge.link import Link
+    from firmware_bridge.sim import Simulator
 
 logger = logging.getLogger(__name__)
 
@@ -36,11 +47,12 @@ class StallApp:
         self.cfg = cfg
         self.stop_event = threading.Event()
         self._stops: list[Callable[[], None]] = []
-        self.sim: Any = None
-        self.link: Any = None
+        self.sim: Simulator | None = None
+        self.link: Link | None = None
         self.camera: Camera | None = None
-        self.recognizer: Any = None
-        self.printer: Any = None
+        self.recognizer: RecognizerLike | None = None
+        self.printer: Printer | None = None
+        self.flow: StallFlow | None = None
         self.outbox: Outbox | None = None
         self.feed: FeedClient | None = None
         self.catalogue: Catalogue | None = None
@@ -63,7 +75,7 @@ class StallApp:
         cfg = self.cfg
         self.feed = FeedClient(cfg.data_dir, cfg.server.url, cfg.server.token,
                                stall_id=cfg.stall_id, seed=cfg.catalogue, wait_s=cfg.feed.wait_s,
-                               interval_s=cfg.feed.interval_s)
+                               interval_s=cfg.feed.interval_s, stop_event=self.stop_event)
         self._stops.append(self.feed.stop)
         self.catalogue, self.labels = self.feed.initial()
 
@@ -97,11 +109,18 @@ class StallApp:
         self.session = Session(info, Weigher(spec, audit=audit), self.catalogue, self.labels,
                                self.journal, self.key)
         self.session.feed_state = self.feed.state
-        self.link = Link(port, protocol=spec.protocol, on_reading=self.session.on_reading,
+        self.link = Link(port, protocol=spec.protocol, on_reading=self._on_reading,
                          freshness_s=spec.freshness_s, max_g=spec.max_g, e_g=spec.e_g,
-                         calibration=calibration, audit=audit)
+                         calibration=calibration, audit=audit, stop_event=self.stop_event)
         self.link.start()
         self._stops.append(self.link.stop)
+
+    def _on_reading(self, reading: Reading) -> None:
+        """The link's thread: the weigher first, then the flow steps on the new state."""
+        assert self.session is not None
+        self.session.on_reading(reading)
+        if self.flow is not None:
+            self.flow.wake()
 
     def _start_camera(self) -> None:
         src = self.cfg.camera.source
@@ -117,9 +136,10 @@ class StallApp:
         try:
             from model.recognizer import Recognizer
 
-            self.recognizer = Recognizer.load(gallery_dir=self.cfg.data_dir / "gallery")
+            recognizer = Recognizer.load(gallery_dir=self.cfg.data_dir / "gallery")
             if self.cfg.camera.roi:
-                self.recognizer.set_roi(self.cfg.camera.roi)
+                recognizer.set_roi(self.cfg.camera.roi)
+            self.recognizer = recognizer
         except Exception as exc:  # noqa: BLE001 - a stall without recognition still sells
             logger.warning("recognizer unavailable, items are chosen by hand: %s", exc)
             self.recognizer = None
@@ -144,16 +164,28 @@ class StallApp:
             return
         assert self.journal is not None
         self.outbox = Outbox(self.journal, self.cfg.server.url, self.cfg.server.token,
-                             stall_id=self.cfg.stall_id, public_key=self.public_key)
+                             stall_id=self.cfg.stall_id, public_key=self.public_key,
+                             stop_event=self.stop_event)
         self.outbox.start()
         self._stops.append(self.outbox.stop)
         # The scale's audit log goes up too, on its own thread (the manager's anti-cheat view).
         from edge.scale_upload import ScaleAuditUploader
 
         self.scale_upload = ScaleAuditUploader(self.cfg.data_dir / "scale-audit.jsonl", self.cfg.server.url,
-                                               self.cfg.server.token, stall_id=self.cfg.stall_id)
+                                               self.cfg.server.token, stall_id=self.cfg.stall_id,
+                                               stop_event=self.stop_event)
         self.scale_upload.start()
         self._stops.append(self.scale_upload.stop)
+
+    def _start_flow(self) -> None:
+        assert self.session is not None
+        outbox = self.outbox
+        self.flow = StallFlow(self.session, stop=self.stop_event, camera=self.camera,
+                              recognizer=self.recognizer, printer=self.printer,
+                              auto_confirm=self.cfg.camera.auto_confirm,
+                              on_sale=lambda _sale: outbox.notify() if outbox is not None else None)
+        self.flow.start()
+        self._stops.append(self.flow.stop)
 
     def _start_feed(self) -> None:
         assert self.feed is not None and self.session is not None
@@ -168,15 +200,17 @@ class StallApp:
 
         if self.sim is None:
             raise EdgeError("simulate_vendor needs scale.port = 'sim'")
-        vendor = SimulatedVendor(self, seed=self.cfg.seed)
+        assert self.flow is not None
+        vendor = SimulatedVendor(self.flow, self.sim, camera=self.camera, stop=self.stop_event,
+                                 seed=self.cfg.seed)
         vendor.start()
         self._stops.append(vendor.stop)
 
     def start(self) -> None:
         self.cfg.data_dir.mkdir(parents=True, exist_ok=True)
         for step in (self._start_journal, self._start_key, self._start_catalogue, self._start_scale,
-                     self._start_camera, self._start_printer, self._start_outbox, self._start_feed,
-                     self._start_vendor):
+                     self._start_camera, self._start_printer, self._start_outbox, self._start_flow,
+                     self._start_feed, self._start_vendor):
             try:
                 step()
             except BaseException:
@@ -195,15 +229,11 @@ class StallApp:
 
     # -- the vendor's "print" button ---------------------------------------------------------
     def checkout(self) -> Sale:
-        """Journal the basket, then print and upload; print/upload failures keep the sale."""
-        assert self.session is not None
-        sale = self.session.checkout()
+        """Journal the basket, then print and upload (``StallFlow.checkout``); print/upload
+        failures keep the sale."""
+        assert self.flow is not None
+        result = self.flow.checkout()
+        if result.sale is None:
+            raise BasketError(result.reason or "checkout refused")
         self.sales_done += 1
-        if self.printer is not None:
-            try:
-                self.printer.print_sale(sale)
-            except EdgeError as exc:
-                logger.error("receipt %d not printed, queued for reprint: %s", sale.receipt_no, exc)
-        if self.outbox is not None:
-            self.outbox.notify()
-        return sale
+        return result.sale

@@ -281,6 +281,19 @@ class Weigher:
         self._audit("tare", f"tare {self._host_tare_g} g")
         return self._host_tare_g
 
+    def preset_tare(self, grams: int) -> int:
+        """A preset tare (a known container's weight), set before the container is placed."""
+        if isinstance(grams, bool) or not 0 < grams < self.spec.max_g:
+            raise WeighingError(f"tare refused: preset {grams!r} g out of range")
+        self._host_tare_g = grams
+        self._audit("tare", f"preset tare {grams} g")
+        return grams
+
+    @property
+    def host_tare_g(self) -> int:
+        """The tare set at the stall (a tare or a preset), not the module's own."""
+        return self._host_tare_g
+
     def clear_tare(self) -> None:
         self._host_tare_g = 0
         self._audit("clear_tare", "tare cleared")

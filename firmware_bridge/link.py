@@ -60,6 +60,7 @@ class Link:
         calibration: Calibration | None = None,
         audit: AuditLog | None = None,
         on_state: Callable[[LinkState, str], None] | None = None,
+        stop_event: threading.Event | None = None,
     ) -> None:
         self.url = url
         self.codec: Codec = get_protocol(protocol)
@@ -99,7 +100,9 @@ class Link:
         self._module_tare_g = 0
         self._port: serial.SerialBase | None = None
         self._write_lock = threading.Lock()
-        self._stop = threading.Event()
+        # A stall passes its one stop event, which every worker of the stall ends on.
+        self._own_stop = stop_event is None
+        self._stop = threading.Event() if stop_event is None else stop_event
         self._thread: threading.Thread | None = None
         self._changed = threading.Condition()
         self._logged_stats = DecodeStats()
@@ -122,7 +125,8 @@ class Link:
     def start(self) -> None:
         if self._thread is not None:
             return
-        self._stop.clear()
+        if self._own_stop:
+            self._stop.clear()  # a restart; a shared event is its owner's to clear
         self._thread = threading.Thread(target=self._run, name=f"link:{self.url}", daemon=True)
         self._thread.start()
 

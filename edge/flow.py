@@ -1,0 +1,661 @@
+"""The stall's weigh-recognise-price flow: one explicit state machine, owned by the stall.
+
+States (:class:`FlowState`) and what moves between them::
+
+    NOT_READY  no fresh reading from the scale: nothing is priced
+    IDLE       plate empty: next item, items by the piece, void, discard, checkout
+    SETTLING   a load that is not (yet) priceable; recognition already runs on the
+               latest camera frame
+    CHOOSING   a stable, priceable weight: the four best guesses wait for one confirm
+               (taken by itself above ``auto_confirm``, never when the recogniser says
+               unknown)
+    PRICED     the load is a line in the basket; nothing more is priced until the scale
+               is back at zero
+
+The scale's reading is turned into one input (:class:`ScaleInput`) and the next state
+is looked up in ``_NEXT``: the one place the transitions live.  Every transition is
+logged.  A new weighing (a load appearing on an empty, offline or sold plate) clears
+the last guesses and starts recognition.
+
+Pricing stays where it is: a confirmed item goes through ``Session.select`` and
+``Session.add_weighed`` (the weigher's legal rules, ``edge.basket``, ``edge.pricing``);
+the flow never computes an amount.  Every vendor action is one method returning a
+typed result (refusals carry the reason, never an exception), so an HTTP route or a
+hardware keypad can drive it; :meth:`StallFlow.snapshot` is what a screen renders.
+
+Threads: the flow's worker steps the machine after each scale reading (``wake``) and
+every 0.1 s; the recogniser's worker recognises and teaches off the vendor's and the
+link's threads.  Both end on the stall's one stop event.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import itertools
+import logging
+import queue
+import threading
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict
+
+from edge import CatalogueError, EdgeError
+from edge.basket import BasketLine
+from edge.camera import Camera
+from edge.catalogue import Catalogue, Plu
+from edge.sale import Sale
+from edge.session import Session
+from edge.weighing import WeighState
+
+logger = logging.getLogger(__name__)
+
+#: Guesses shown to the vendor.
+GUESSES = 4
+#: Items a search answers at most.
+SEARCH_LIMIT = 20
+
+
+# -- the stall's parts, as the flow uses them -------------------------------------------
+class RecognitionLike(Protocol):
+    top: list[tuple[str, float]]
+    unknown: bool
+
+
+class RecognizerLike(Protocol):
+    """``model.recognizer.Recognizer`` as the stall uses it."""
+
+    def recognize(self, image: np.ndarray) -> Any: ...
+
+    def teach(self, label: str, image: np.ndarray) -> None: ...
+
+
+class PrinterLike(Protocol):
+    """``edge.printing.Printer`` as the stall uses it: raises ``EdgeError`` when a receipt
+    could not be printed (it is queued for reprint then)."""
+
+    def print_sale(self, sale: Sale) -> object: ...
+
+
+# -- states and transitions ------------------------------------------------------------
+class FlowState(enum.Enum):
+    NOT_READY = "not_ready"
+    IDLE = "idle"
+    SETTLING = "settling"
+    CHOOSING = "choosing"
+    PRICED = "priced"
+
+
+class ScaleInput(enum.Enum):
+    """The weigher's state as the flow reads it."""
+
+    OFFLINE = "offline"   # no fresh reading (link gone, module error)
+    EMPTY = "empty"       # stable zero, or below zero under a tare
+    LOADED = "loaded"     # motion, over capacity, below Min
+    STABLE = "stable"     # a priceable weight (stable, fresh, in range, back to zero since the last sale)
+    SOLD = "sold"         # what is on the plate is in the basket: back to zero first
+
+
+_S = FlowState
+#: The transitions, all of them: input -> state before -> state after (absent: unchanged).
+_NEXT: dict[ScaleInput, dict[FlowState, FlowState]] = {
+    ScaleInput.OFFLINE: {s: _S.NOT_READY for s in FlowState},
+    ScaleInput.EMPTY: {s: _S.IDLE for s in FlowState},
+    ScaleInput.LOADED: {_S.NOT_READY: _S.SETTLING, _S.IDLE: _S.SETTLING, _S.CHOOSING: _S.SETTLING},
+    ScaleInput.STABLE: {_S.NOT_READY: _S.CHOOSING, _S.IDLE: _S.CHOOSING, _S.SETTLING: _S.CHOOSING},
+    ScaleInput.SOLD: {s: _S.PRICED for s in FlowState},
+}
+#: Entering SETTLING or CHOOSING from these is a new weighing (new guesses).
+_NEW_WEIGHING_FROM = {_S.NOT_READY, _S.IDLE, _S.PRICED}
+_ON_PLATE = {_S.SETTLING, _S.CHOOSING}
+
+
+def next_state(state: FlowState, scale: ScaleInput) -> FlowState:
+    return _NEXT[scale].get(state, state)
+
+
+# -- typed results ---------------------------------------------------------------------
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+
+class ItemView(_Model):
+    code: str
+    name_zh: str
+    name_en: str
+    price_unit: str
+    unit_price_fen: int
+    origin: str | None
+    inspection: str
+    batch_code: str | None
+    label: str | None
+    tare_presets_g: tuple[int, ...]
+    blocked_reason: str | None
+
+
+class Guess(_Model):
+    item: ItemView
+    label: str
+    confidence: float
+
+
+class ActionResult(_Model):
+    """What one vendor action did: ``ok`` False carries the reason it was refused."""
+
+    ok: bool
+    state: FlowState
+    reason: str | None = None
+    line: BasketLine | None = None
+    #: Confirmed on a weight that is not stable yet: priced as soon as it is.
+    pending: bool = False
+    #: The recogniser's label a correction taught (the photo of this weighing).
+    taught: str | None = None
+    auto: bool = False
+
+
+class TareResult(_Model):
+    ok: bool
+    tare_g: int
+    reason: str | None = None
+
+
+class CheckoutResult(_Model):
+    ok: bool
+    reason: str | None = None
+    sale: Sale | None = None
+    printed: bool = False
+    print_error: str | None = None
+
+
+class SearchResult(_Model):
+    query: str
+    items: list[ItemView]
+
+
+class Snapshot(_Model):
+    """Everything a vendor's or a customer's screen shows, as one consistent value."""
+
+    state: FlowState
+    weigh_state: str
+    gross_g: int | None
+    net_g: int | None
+    tare_g: int
+    priceable_g: int | None
+    recognizing: bool
+    unknown: bool | None
+    guesses: list[Guess]
+    chosen: ItemView | None
+    basket: list[BasketLine]
+    total_fen: int
+    warnings: list[str]
+    taught: int
+    last_receipt: str | None
+
+
+# -- pinyin initials ---------------------------------------------------------------------
+def pinyin_initials(name: str, limit: int = 8) -> set[str]:
+    """Every reading's initials of ``name`` (多音字 give several: 长 -> c or z), lower case;
+    letters and digits in the name stay as they are."""
+    from pypinyin import Style, pinyin
+
+    per_char = pinyin(name, style=Style.FIRST_LETTER, heteronym=True, errors="default")
+    choices = [sorted({c.lower() for c in chars if c})[:3] or [""] for chars in per_char]
+    return {"".join(combo) for combo in itertools.islice(itertools.product(*choices), limit)}
+
+
+# -- the flow ---------------------------------------------------------------------------------
+class StallFlow:
+    def __init__(self, session: Session, *, stop: threading.Event,
+                 camera: Camera | None = None, recognizer: RecognizerLike | None = None,
+                 printer: PrinterLike | None = None, auto_confirm: float = 0.9,
+                 on_sale: Callable[[Sale], None] | None = None) -> None:
+        self.session = session
+        self.camera = camera
+        self.recognizer = recognizer
+        self.printer = printer
+        self.auto_confirm = auto_confirm
+        self._on_sale = on_sale or (lambda _sale: None)
+        self._stop = stop
+        self._lock = threading.RLock()
+        self._wake = threading.Event()
+        self._jobs: queue.Queue[tuple[str, Any]] = queue.Queue()
+        self._threads: list[threading.Thread] = []
+        self._state = FlowState.NOT_READY
+        self._weighing = 0              # id of the current weighing (stale recognitions are dropped)
+        self._frame: np.ndarray | None = None
+        self._recognition: RecognitionLike | None = None
+        self._recognizing = False
+        self._guesses: list[Guess] = []
+        self._chosen: str | None = None  # confirmed before the weight was stable
+        self._auto_tried = False
+        self._hold = False               # a piece item confirmed on the plate: back to zero first
+        self._taught = 0
+        self._last_error: str | None = None
+        self._last_receipt: str | None = None
+        self._search_cache: tuple[int, dict[str, set[str]]] | None = None
+
+    # -- life -----------------------------------------------------------------------
+    def start(self) -> None:
+        for name, target in (("flow", self._run), ("recognize", self._recognize_loop)):
+            thread = threading.Thread(target=target, name=f"{name}:{self.session.info.stall_id}",
+                                      daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def stop(self) -> None:
+        """Join the workers; the stall's stop event (set first) ends them."""
+        self._stop.set()
+        self._wake.set()
+        for thread in self._threads:
+            thread.join(timeout=5)
+        self._threads.clear()
+
+    def wake(self) -> None:
+        """A new scale reading arrived (the link's thread): step the machine now."""
+        self._wake.set()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(0.1)
+            self._wake.clear()
+            try:
+                self.step()
+            except Exception:  # noqa: BLE001 - the flow thread must outlive one bad step
+                logger.exception("flow step failed")
+
+    # -- the machine ------------------------------------------------------------------
+    @property
+    def state(self) -> FlowState:
+        return self._state
+
+    def _scale_input(self) -> ScaleInput:
+        weigher = self.session.weigher
+        shown = weigher.shown
+        if shown.state is WeighState.NOT_READY:
+            return ScaleInput.OFFLINE
+        empty = shown.state in (WeighState.STABLE_ZERO, WeighState.UNDER_ZERO)
+        if (weigher.needs_return_to_zero and shown.state is not WeighState.STABLE_ZERO) or \
+                (self._hold and not empty):
+            return ScaleInput.SOLD
+        if empty:
+            return ScaleInput.EMPTY
+        if self.session.priceable_g() is not None:
+            return ScaleInput.STABLE
+        return ScaleInput.LOADED
+
+    def step(self) -> FlowState:
+        """Read the scale, take the transition, price what waits for a stable weight."""
+        with self._lock:
+            scale = self._scale_input()
+            old = self._state
+            new = next_state(old, scale)
+            if new is not old:
+                self._enter(old, new, scale)
+            if self._state is FlowState.CHOOSING:
+                self._price_waiting()
+            return self._state
+
+    def _enter(self, old: FlowState, new: FlowState, scale: ScaleInput) -> None:
+        logger.info("flow %s: %s -> %s (scale %s)", self.session.info.stall_id, old.value,
+                    new.value, scale.value)
+        self._state = new
+        if new is FlowState.IDLE or new is FlowState.NOT_READY and old in _ON_PLATE:
+            self._hold = False
+            self._forget_weighing()
+        elif new in _ON_PLATE and old in _NEW_WEIGHING_FROM:
+            self._forget_weighing()
+            self._start_recognition()
+
+    def _forget_weighing(self) -> None:
+        self._weighing += 1
+        self._frame = self._recognition = None
+        self._recognizing = False
+        self._guesses = []
+        self._chosen = None
+        self._auto_tried = False
+
+    def _start_recognition(self) -> None:
+        if self.camera is None or self.recognizer is None:
+            return
+        self._recognizing = True
+        self._jobs.put(("recognize", self._weighing))
+
+    def _price_waiting(self) -> None:
+        """CHOOSING: price the item confirmed while settling, else take a sure guess."""
+        code, auto = self._chosen, False
+        if code is None and not self._auto_tried and self._recognition is not None:
+            code = self._sure_guess()
+            auto = code is not None
+            self._auto_tried = True
+        if code is not None:
+            result = self._price(code, auto=auto)
+            if not result.ok:
+                logger.warning("not priced: %s", result.reason)
+                self._chosen = None
+
+    def _sure_guess(self) -> str | None:
+        rec = self._recognition
+        if rec is None or rec.unknown or not rec.top or not self._guesses:
+            return None
+        best = self._guesses[0]
+        # Only the recogniser's own first label, above the configured confidence.
+        if best.label != rec.top[0][0] or best.confidence < self.auto_confirm:
+            return None
+        if best.item.blocked_reason is not None or best.item.price_unit == "piece":
+            return None
+        return best.item.code
+
+    def _price(self, code: str, *, auto: bool) -> ActionResult:
+        """The confirmed item on the scale's stable weight, through the session (lock held)."""
+        try:
+            self.session.select(code)
+            line = self.session.add_weighed()
+        except EdgeError as exc:
+            return self._refused(str(exc))
+        self._chosen = None
+        if self.session.weigher.host_tare_g:
+            # The tare belonged to this item's container: the next item starts without it.
+            self.session.clear_tare()
+        self._enter(self._state, FlowState.PRICED, ScaleInput.SOLD)
+        logger.info("priced %s line %d: %s %s g = %d 分", "auto" if auto else "confirmed",
+                    line.line_no, line.plu, line.weight_g, line.amount_fen)
+        return ActionResult(ok=True, state=self._state, line=line, auto=auto)
+
+    def _refused(self, reason: str) -> ActionResult:
+        return ActionResult(ok=False, state=self._state, reason=reason)
+
+    # -- the recogniser's thread -------------------------------------------------------
+    def _recognize_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                job, arg = self._jobs.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            try:
+                if job == "recognize":
+                    self._recognize(arg)
+                else:
+                    label, frame = arg
+                    assert self.recognizer is not None
+                    self.recognizer.teach(label, frame)
+                    with self._lock:
+                        self._taught += 1
+                    logger.info("taught %s from a correction", label)
+            except Exception as exc:  # noqa: BLE001 - recognition helps, it never blocks a sale
+                logger.warning("recogniser %s failed: %s", job, exc)
+                with self._lock:
+                    self._recognizing = False
+
+    def _recognize(self, weighing: int) -> None:
+        assert self.camera is not None and self.recognizer is not None
+        frame = self.camera.read()
+        result = self.recognizer.recognize(frame) if frame is not None else None
+        with self._lock:
+            if weighing != self._weighing:
+                return  # the plate was emptied meanwhile
+            self._recognizing = False
+            if result is None:
+                self._last_error = "camera gave no frame: choose the item by hand"
+                return
+            self._frame, self._recognition = frame, result
+            self._guesses = self._guesses_of(result)
+            logger.info("guesses %s%s", [(g.item.code, round(g.confidence, 3)) for g in self._guesses],
+                        " (unknown)" if result.unknown else "")
+        self.step()
+
+    # -- items -------------------------------------------------------------------------
+    def _catalogue(self) -> Catalogue:
+        return self.session.catalogue
+
+    def _label_of(self, code: str) -> str | None:
+        return next((lab for lab, c in self.session.labels.items() if c == code), None)
+
+    def _item_for_label(self, label: str) -> Plu | None:
+        item = self.session.item_for_label(label)
+        if item is None:
+            # Items taught at the stall without a model label are taught under their PLU code.
+            try:
+                item = self._catalogue().get(label)
+            except CatalogueError:
+                return None
+        return item
+
+    def _view(self, item: Plu) -> ItemView:
+        now = dt.datetime.now(self.session.info.tz)
+        return ItemView(code=item.code, name_zh=item.name_zh, name_en=item.name_en,
+                        price_unit=item.price_unit, unit_price_fen=item.price_at(now),
+                        origin=item.origin, inspection=item.inspection, batch_code=item.batch_code,
+                        label=self._label_of(item.code), tare_presets_g=item.tare_presets_g,
+                        blocked_reason=item.block_reason)
+
+    def _guesses_of(self, rec: RecognitionLike) -> list[Guess]:
+        guesses: list[Guess] = []
+        for label, score in rec.top:
+            item = self._item_for_label(label)
+            if item is None or any(g.item.code == item.code for g in guesses):
+                continue
+            guesses.append(Guess(item=self._view(item), label=label, confidence=float(score)))
+            if len(guesses) == GUESSES:
+                break
+        return guesses
+
+    def items(self) -> list[ItemView]:
+        """The stall's catalogue as the screen lists it (stopped items with their reason)."""
+        return [self._view(item) for item in self._catalogue()]
+
+    def search(self, query: str) -> SearchResult:
+        """Manual pick: by PLU code, by name (Chinese or English) or by pinyin initials
+        (西红柿: ``xhs``); best matches first."""
+        q = query.strip().lower()
+        if not q:
+            return SearchResult(query=query, items=[])
+        catalogue = self._catalogue()
+        if self._search_cache is None or self._search_cache[0] != id(catalogue):
+            self._search_cache = (id(catalogue), {i.code: pinyin_initials(i.name_zh) for i in catalogue})
+        initials = self._search_cache[1]
+
+        def rank(item: Plu) -> int | None:
+            code, inits = item.code.lower(), initials.get(item.code, set())
+            if code == q:
+                return 0
+            if code.startswith(q):
+                return 1
+            if any(i.startswith(q) for i in inits):
+                return 2
+            if q in item.name_zh or item.name_en.lower().startswith(q):
+                return 3
+            if q in item.name_en.lower() or any(q in i for i in inits):
+                return 4
+            return None
+
+        ranked = sorted((r, item.code, item) for item in catalogue if (r := rank(item)) is not None)
+        return SearchResult(query=query, items=[self._view(item) for *_, item in ranked[:SEARCH_LIMIT]])
+
+    # -- vendor actions ------------------------------------------------------------------
+    def confirm(self, code: str, quantity: int | None = None) -> ActionResult:
+        """One tap: a guess, or an item picked by hand.  A weighed item is priced on the
+        stable weight (now, or as soon as the weight settles); an item by the piece takes
+        ``quantity``.  Picking another item than the top guess teaches the recogniser this
+        weighing's photo."""
+        with self._lock:
+            item = self._sellable(code)
+            if isinstance(item, ActionResult):
+                return item
+            if item.price_unit == "piece":
+                result = self._add_pieces(item, quantity or 1)
+            elif self._state is FlowState.CHOOSING:
+                result = self._price(code, auto=False)
+            elif self._state is FlowState.SETTLING:
+                self._chosen = code
+                result = ActionResult(ok=True, state=self._state, pending=True)
+            elif self._state is FlowState.PRICED:
+                return self._refused("称盘上的商品已计价，请先清盘归零 / "
+                                     "the load is priced: empty the scale first")
+            elif self._state is FlowState.NOT_READY:
+                return self._refused("秤未就绪，不能计价 / the scale is not ready: nothing can be priced")
+            else:
+                return self._refused("请先把商品放上秤 / put the item on the scale first")
+            if result.ok:
+                taught = self._teach_if_corrected(item)
+                if taught:
+                    result = result.model_copy(update={"taught": taught})
+            return result
+
+    def _teach_if_corrected(self, item: Plu) -> str | None:
+        rec, frame = self._recognition, self._frame
+        if rec is None or frame is None or self.recognizer is None:
+            return None
+        top_code = self._guesses[0].item.code if self._guesses and not rec.unknown else None
+        if top_code == item.code:
+            return None
+        label = self._label_of(item.code) or item.code
+        self._jobs.put(("teach", (label, frame)))
+        self._frame = None  # one photo teaches once
+        return label
+
+    def add_pieces(self, code: str, quantity: int) -> ActionResult:
+        """An item sold by the piece: no weight needed."""
+        with self._lock:
+            item = self._sellable(code)
+            return item if isinstance(item, ActionResult) else self._add_pieces(item, quantity)
+
+    def _sellable(self, code: str) -> Plu | ActionResult:
+        """The item, or the refusal saying why it may not be sold (unknown, blocked batch,
+        price above the cap)."""
+        self.step()
+        try:
+            item = self._catalogue().get(code)
+            item.check_sellable()
+        except CatalogueError as exc:
+            return self._refused(str(exc))
+        return item
+
+    def _add_pieces(self, item: Plu, quantity: int) -> ActionResult:
+        if isinstance(quantity, bool) or not isinstance(quantity, int) or quantity < 1:
+            return self._refused(f"quantity must be a whole number of pieces, got {quantity!r}")
+        try:
+            line = self.session.add_pieces(item.code, quantity)
+        except EdgeError as exc:
+            return self._refused(str(exc))
+        if self._state in _ON_PLATE:
+            # The pieces lie on the plate: take them off before the next weighing.
+            self._hold = True
+            self._enter(self._state, FlowState.PRICED, ScaleInput.SOLD)
+        return ActionResult(ok=True, state=self._state, line=line)
+
+    def tare(self) -> TareResult:
+        """Tare what lies on the plate now (a container)."""
+        return self._tare(self.session.tare)
+
+    def tare_preset(self, grams: int) -> TareResult:
+        """A preset tare: one of the catalogue's container weights, nothing typed freely."""
+        presets = {g for item in self._catalogue() for g in item.tare_presets_g}
+        if grams not in presets:
+            return TareResult(ok=False, tare_g=self.session.weigher.tare_g,
+                              reason=f"{grams} g is not one of this stall's tare presets {sorted(presets)}")
+        return self._tare(lambda: self.session.preset_tare(grams))
+
+    def clear_tare(self) -> TareResult:
+        def clear() -> int:
+            self.session.clear_tare()
+            return 0
+
+        return self._tare(clear)
+
+    def _tare(self, fn: Callable[[], int]) -> TareResult:
+        with self._lock:
+            try:
+                grams = fn()
+            except EdgeError as exc:
+                return TareResult(ok=False, tare_g=self.session.weigher.tare_g, reason=str(exc))
+            return TareResult(ok=True, tare_g=grams)
+
+    def void(self, line_no: int, reason: str) -> ActionResult:
+        with self._lock:
+            try:
+                line = self.session.void(line_no, reason)
+            except EdgeError as exc:
+                return self._refused(str(exc))
+            return ActionResult(ok=True, state=self._state, line=line)
+
+    def discard(self, reason: str) -> ActionResult:
+        """The shopper walks away: every line void, the trail kept."""
+        with self._lock:
+            if not reason.strip():
+                return self._refused("a discarded basket needs a reason")
+            if not self.session.lines:
+                return self._refused("the basket is empty")
+            self.session.discard(reason)
+            return ActionResult(ok=True, state=self._state)
+
+    def checkout(self) -> CheckoutResult:
+        """Journal the basket as a signed sale, then print and upload; a failed print keeps
+        the sale (queued for reprint)."""
+        with self._lock:
+            self.step()
+            try:
+                sale = self.session.checkout()
+            except EdgeError as exc:
+                return CheckoutResult(ok=False, reason=str(exc))
+            printed, error = True, None
+            if self.printer is None:
+                printed = False
+            else:
+                try:
+                    self.printer.print_sale(sale)
+                except EdgeError as exc:
+                    printed, error = False, str(exc)
+                    logger.error("receipt %d not printed, queued for reprint: %s", sale.receipt_no, exc)
+            self._last_error = error
+            self._last_receipt = sale.trace_code
+        self._on_sale(sale)
+        return CheckoutResult(ok=True, sale=sale, printed=printed, print_error=error)
+
+    # -- what the screens show -----------------------------------------------------------
+    def snapshot(self) -> Snapshot:
+        with self._lock:
+            self.step()
+            session, weigher = self.session, self.session.weigher
+            shown = weigher.shown
+            lines = session.lines
+            chosen = None
+            if self._chosen is not None:
+                try:
+                    chosen = self._view(self._catalogue().get(self._chosen))
+                except CatalogueError:
+                    chosen = None
+            return Snapshot(
+                state=self._state, weigh_state=shown.state.value, gross_g=shown.gross_g,
+                net_g=shown.net_g, tare_g=shown.tare_g, priceable_g=session.priceable_g(),
+                recognizing=self._recognizing,
+                unknown=self._recognition.unknown if self._recognition is not None else None,
+                guesses=list(self._guesses), chosen=chosen, basket=lines,
+                total_fen=sum(ln.amount_fen for ln in lines),
+                warnings=self._warnings(shown.state, shown.net_g),
+                taught=self._taught, last_receipt=self._last_receipt)
+
+    def _warnings(self, weigh: WeighState, net_g: int | None) -> list[str]:
+        out: list[str] = []
+        spec = self.session.weigher.spec
+        if weigh is WeighState.NOT_READY:
+            out.append("秤未就绪，不能计价 / scale not ready: no price")
+        elif weigh is WeighState.OVER_CAPACITY:
+            out.append(f"超过最大称量 {spec.max_g} g / over capacity")
+        elif weigh is WeighState.UNDER_ZERO and not self.session.weigher.tare_g:
+            out.append("秤低于零点 / scale below zero")
+        elif weigh is WeighState.STABLE_NET and net_g is not None and net_g < spec.min_g:
+            out.append(f"低于最小称量 {spec.min_g} g / below Min: not priced")
+        if self._state is FlowState.PRICED:
+            out.append("请清盘归零 / empty the scale before the next item")
+        if self.camera is None or self.recognizer is None:
+            out.append("无识别，手动选品 / no recognition: choose items by hand")
+        if self._chosen is not None:
+            out.append("等待稳定后计价 / priced once the weight is stable")
+        if self._last_error:
+            out.append(self._last_error)
+        if self.session.catalogue_pending:
+            out.append("新价目表在本单结束后生效 / new prices apply after this basket")
+        return out
+
