@@ -345,7 +345,6 @@ class StallContact(Base):
     last_seen_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
 
 
-
 class ScaleEvent(Base):
     """A stall scale's audit log entry (zero, tare, calibration, error), uploaded by the stall.
 

@@ -99,17 +99,17 @@ include-name = ["POST /api/v1/stalls", "GET /api/v1/sales/{{sale_id}}", "POST /a
 headers = {{ Authorization = "Bearer {ADMIN}" }}
 
 [[operations]]
+include-name = ["POST /api/v1/inspections", "POST /api/v1/promotions",
+                "POST /api/v1/promotions/{{promotion_id}}/cancel", "GET /api/v1/scale-events",
+                "GET /api/v1/scale-events/stalls"]
+headers = {{ Authorization = "Bearer {ADMIN}" }}
+
+[[operations]]
 include-name = ["POST /api/v1/managers", "GET /api/v1/managers",
                 "POST /api/v1/managers/{{username}}/disable", "POST /api/v1/managers/{{username}}/enable",
                 "PUT /api/v1/managers/{{username}}/password", "GET /api/v1/alerts",
                 "POST /api/v1/alerts/{{alert_id}}/ack", "POST /api/v1/stalls/{{stall_id}}/token",
                 "DELETE /api/v1/stalls/{{stall_id}}/key"]
-headers = {{ Authorization = "Bearer {ADMIN}" }}
-
-[[operations]]
-include-name = ["POST /api/v1/inspections", "POST /api/v1/promotions",
-                "POST /api/v1/promotions/{{promotion_id}}/cancel", "GET /api/v1/scale-events",
-                "GET /api/v1/scale-events/stalls"]
 headers = {{ Authorization = "Bearer {ADMIN}" }}
 
 [[operations]]
