@@ -1,104 +1,701 @@
-"""Market-server throughput: sale ingest (signed, verified, rolled up) and the big
-screen's query, on SQLite and PostgreSQL, through a real HTTP server on 127.0.0.1.
+"""Market-server benchmarks (issue 17), each figure next to a baseline measured in the same run.
 
-Baseline in the same run: bare ``/healthz`` requests per second on the same
-server, so figures are comparable across noisy machines.
+The server is the real one, ``wetmarket server`` in its own process on 127.0.0.1; the load
+comes from another process (``_client`` below: asyncio, HTTP/1.1 keep-alive, every request
+built beforehand, so the client costs the server's cores as little as it can).  The
+databases are an SQLite file under ``var/bench/`` and the PostgreSQL database
+``wetmarket_bench`` on 127.0.0.1:5432 (never ``test``: the test suite drops its schema),
+each filled first by ``bench/history_gen.py`` (its stalls S001.. go on with their own
+receipt chains and tokens).
 
-    .venv/bin/python bench/server_bench.py [--sales 3000] [--batch 50] [--db sqlite|postgresql|both]
+    .venv/bin/python bench/server_bench.py ingest [--db sqlite|postgresql|both] [--batch 100]
+        sales/s uploaded in batches by 4 stalls at once; baseline: the same rows stored by a
+        raw ``executemany`` per batch (sales, then lines, one commit), no HTTP, no checks.
+    .venv/bin/python bench/server_bench.py single [--history 0,10000,30000] [--concurrency 8]
+        single-sale requests/s, 8 stalls at once, a big screen subscribed to /api/v1/events, at
+        each history size; baselines: /healthz requests/s (same client, same concurrency) and
+        commits/s of a raw one-row SQLite insert with synchronous=FULL in the same folder.
+    .venv/bin/python bench/server_bench.py endpoints --sales 10000000 [--url PATH ...]
+        p50/p95 of each URL (default: the big screen's /api/v1/stats/today and
+        /api/v1/sales-recent, the first event of /api/v1/events, and how long an upload takes
+        to reach a subscribed screen) over a synthetic history of that size; baseline:
+        /healthz.  ``--url stall:PATH`` sends stall S001's token, ``--url admin:PATH`` the
+        admin token, ``--header 'Cookie: ...'`` any header (manager pages); ``--keep`` keeps
+        the generated database for the next run (``--reuse``).
+
+With no sub-command (``bench/run_all.py``): ``ingest`` and ``single`` with small histories.
+Every figure line carries the machine's load average when it was measured.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import datetime as dt
 import json
+import os
+import pickle
+import signal
+import sqlite3
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from server.app import create_app  # noqa: E402
-from server.settings import Settings  # noqa: E402
-from tests.conftest import POSTGRES_URL, LiveServer, postgres_available  # noqa: E402
-from tests.server.conftest import ADMIN, SHANGHAI, StallSim, _reset_postgres  # noqa: E402
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey  # noqa: E402
 
-STALLS = ("S01", "S02", "S03")
+from edge.integrity import sale_digest, sign_sale  # noqa: E402
+from edge.pricing import line_amount_fen  # noqa: E402
+from edge.tracecode import make_trace_code, stall_number  # noqa: E402
 
-
-def make_sales(n: int) -> dict[str, list[dict]]:  # type: ignore[type-arg]
-    sims = {sid: StallSim(sid) for sid in STALLS}
-    out: dict[str, list[dict]] = {sid: [] for sid in STALLS}  # type: ignore[type-arg]
-    start = dt.datetime(2026, 11, 28, 6, 0, tzinfo=SHANGHAI)
-    for i in range(n):
-        sid = STALLS[i % 3]
-        when = start + dt.timedelta(seconds=15 * i)
-        out[sid].append(sims[sid].sale([("1001", "西红柿", 300 + i % 900, 300, "500g"),
-                                        ("1003", "香蕉", 500 + i % 400, 690, "kg")], sold_at=when))
-    return out, sims  # type: ignore[return-value]
+BENCH_DIR = REPO / "var" / "bench"
+PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+PG_BENCH_DB = "wetmarket_bench"
+PG_BENCH_URL = f"postgresql://postgres@127.0.0.1:5432/{PG_BENCH_DB}"
+ADMIN = "bench-admin-token"
+SHANGHAI = dt.timezone(dt.timedelta(hours=8))
 
 
-def run(db_url: str, n: int, batch: int) -> dict[str, float]:
-    sales, sims = make_sales(n)  # type: ignore[misc]
-    with LiveServer(create_app(Settings(db_url=db_url, admin_token=ADMIN))) as srv:
-        tokens = {}
-        with srv.client(ADMIN) as c:
-            for sid, sim in sims.items():
-                tokens[sid] = c.post("/api/v1/stalls", json={"stall_id": sid, "name": sid,
-                                                              "public_key": sim.public_key}).json()["token"]
-        with srv.client() as c:
+def load_average() -> float:
+    return round(os.getloadavg()[0], 2)
+
+
+# -- databases ------------------------------------------------------------------------------
+
+
+def fresh_db(kind: str, name: str) -> str:
+    """An empty database of ``kind``: ``var/bench/<name>.db`` or PostgreSQL's wetmarket_bench."""
+    if kind == "sqlite":
+        BENCH_DIR.mkdir(parents=True, exist_ok=True)
+        path = BENCH_DIR / f"{name}.db"
+        for p in BENCH_DIR.glob(f"{name}.db*"):
+            p.unlink()
+        return f"sqlite:///{path}"
+    import psycopg
+
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {PG_BENCH_DB} WITH (FORCE)")
+        conn.execute(f"CREATE DATABASE {PG_BENCH_DB}")
+    return PG_BENCH_URL
+
+
+def drop_db(url: str) -> None:
+    if url.startswith("sqlite:///"):
+        path = Path(url.removeprefix("sqlite:///"))
+        for p in path.parent.glob(path.name + "*"):
+            p.unlink()
+        return
+    import psycopg
+
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {PG_BENCH_DB} WITH (FORCE)")
+
+
+#: Another checkout whose server code the benchmarks run (``--code``), e.g. a worktree of the
+#: commit before a change; None: this one.
+CODE: Path | None = None
+
+
+def code_env() -> dict[str, str]:
+    env = dict(os.environ)
+    if CODE is not None:
+        env["PYTHONPATH"] = str(CODE)
+    return env
+
+
+def with_history(kind: str, name: str, sales: int, *, jobs: int = 2, days: int = 365) -> tuple[str, Path]:
+    """A fresh database holding ``sales`` synthetic sales of 200 stalls (``history_gen``, run
+    with the server code under test, so its migrations make the schema); its state file."""
+    url = fresh_db(kind, name)
+    state = BENCH_DIR / f"{name}-state.json"
+    cmd = [sys.executable, str(Path(__file__).with_name("history_gen.py")), "--db", url,
+           "--sales", str(sales), "--days", str(days if sales else 1), "--state", str(state),
+           "--jobs", str(jobs if sales > 200_000 else 1)]
+    subprocess.run(cmd, check=True, env=code_env(), cwd=CODE or REPO,
+                   stderr=None if sales > 200_000 else subprocess.DEVNULL)
+    return url, state
+
+
+# -- the server -----------------------------------------------------------------------------
+
+
+class ServerProc:
+    """``wetmarket server`` in its own process."""
+
+    def __init__(self, db_url: str, *, workers: int | None = None) -> None:
+        from tests.conftest import free_port
+
+        self.db_url = db_url
+        self.port = free_port()
+        self.workers = workers
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> ServerProc:
+        import httpx
+
+        cmd = [str(Path(sys.executable).parent / "wetmarket"), "server", "--db", self.db_url,
+               "--port", str(self.port)]
+        if self.workers:
+            cmd += ["--workers", str(self.workers)]
+        env = {**code_env(), "WETMARKET_ADMIN_TOKEN": ADMIN}
+        BENCH_DIR.mkdir(parents=True, exist_ok=True)
+        self.log = (BENCH_DIR / "server.log").open("wb")
+        self.proc = subprocess.Popen(cmd, env=env, cwd=CODE or REPO, stdin=subprocess.DEVNULL,
+                                     stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + 120
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError("server exited: "
+                                   + (BENCH_DIR / "server.log").read_text(errors="replace")[-2000:])
+            try:
+                if httpx.get(f"http://127.0.0.1:{self.port}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("server did not start")
+            time.sleep(0.2)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self.proc is not None
+        os.killpg(self.proc.pid, signal.SIGINT)
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+        self.log.close()
+
+
+# -- requests -------------------------------------------------------------------------------
+
+
+def http_request(method: str, path: str, body: bytes | None = None, token: str | None = None,
+                 headers: Iterable[str] = ()) -> bytes:
+    lines = [f"{method} {path} HTTP/1.1", "Host: 127.0.0.1"]
+    if token:
+        lines.append(f"Authorization: Bearer {token}")
+    lines += list(headers)
+    if body is not None:
+        lines += ["Content-Type: application/json", f"Content-Length: {len(body)}"]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + (body or b"")
+
+
+@dataclass
+class BenchStall:
+    """A generated stall going on with its chain: signed sales as a stall makes them."""
+
+    stall_id: str
+    token: str
+    key: Ed25519PrivateKey
+    receipt_no: int
+    prev: str
+    items: list[tuple[str, str, str, str, int]] = field(default_factory=list)
+
+    @classmethod
+    def from_state(cls, state: Path, stall_ids: Iterable[str]) -> list[BenchStall]:
+        import base64
+
+        import history_gen
+
+        data = json.loads(state.read_text())
+        out = []
+        for sid in stall_ids:
+            s = data[sid]
+            key = Ed25519PrivateKey.from_private_bytes(base64.b64decode(s["private_key"]))
+            # Any items: the bench's sales need not follow the stall's kind.
+            items = [(plu, name, en, unit, (lo + hi) // 2)
+                     for plu, name, en, _, unit, lo, hi in history_gen.CATALOGUE[::5]]
+            out.append(cls(sid, s["token"], key, s["receipt_no"], s["prev_hash"], items))
+        return out
+
+    def sale(self, i: int, when: dt.datetime) -> dict[str, Any]:
+        self.receipt_no += 1
+        lines = []
+        for k in range(1 + i % 3):
+            plu, name, en, unit, price = self.items[(i + k) % len(self.items)]
+            if unit == "piece":
+                qty, weight = 1 + (i % 3), None
+                amount = line_amount_fen(unit_price_fen=price, price_unit=unit, quantity=qty)
+            else:
+                qty, weight = None, 300 + (i * 37 + k * 101) % 1500
+                amount = line_amount_fen(unit_price_fen=price, price_unit=unit, weight_g=weight)
+            lines.append({"plu": plu, "name": name, "weight_g": weight, "quantity": qty,
+                          "unit_price_fen": price, "price_unit": unit, "amount_fen": amount,
+                          "batch_code": f"B{when:%Y%m%d}-01", "name_en": en})
+        doc: dict[str, Any] = {
+            "sale_id": str(uuid.uuid4()), "stall_id": self.stall_id, "receipt_no": self.receipt_no,
+            "sold_at": when.isoformat(timespec="seconds"),
+            "trace_code": make_trace_code("310106", 1, stall_number(self.stall_id), self.receipt_no),
+            "lines": lines, "total_fen": sum(ln["amount_fen"] for ln in lines),
+            "prev_hash": self.prev, "signature": "",
+        }
+        doc["signature"] = sign_sale(doc, self.key)
+        self.prev = sale_digest(doc)
+        return doc
+
+
+def sales_of(stalls: list[BenchStall], per_stall: int) -> dict[str, list[dict[str, Any]]]:
+    now = dt.datetime.now(SHANGHAI).replace(microsecond=0)
+    start = now - dt.timedelta(seconds=per_stall)
+    return {s.stall_id: [s.sale(i, start + dt.timedelta(seconds=i)) for i in range(per_stall)]
+            for s in stalls}
+
+
+# -- the client process ---------------------------------------------------------------------
+
+
+def run_client(job: dict[str, Any]) -> dict[str, Any]:
+    """Run ``job`` in a client process of its own; what it measured."""
+    BENCH_DIR.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=BENCH_DIR, suffix=".job", delete=False) as f:
+        pickle.dump(job, f)
+    try:
+        out = subprocess.run([sys.executable, __file__, "_client", f.name], check=True,
+                             capture_output=True, timeout=1800)
+    except subprocess.CalledProcessError as exc:
+        raise RuntimeError(f"client failed: {exc.stderr.decode()[-3000:]}") from None
+    finally:
+        Path(f.name).unlink()
+    return dict(json.loads(out.stdout))
+
+
+async def _exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                    request: bytes) -> tuple[int, bytes]:
+    writer.write(request)
+    head = await reader.readuntil(b"\r\n\r\n")
+    status = int(head[9:12])
+    length = 0
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.lower() == b"content-length":
+            length = int(value)
+    body = await reader.readexactly(length) if length else b""
+    return status, body
+
+
+async def _load(job: dict[str, Any]) -> dict[str, Any]:
+    """Every connection sends its requests one after another; all connections at once."""
+    port, expect = job["port"], job.get("expect")
+    latencies: list[float] = []
+    errors: list[str] = []
+    screen_events = 0
+    stop = asyncio.Event()
+
+    async def screen() -> None:
+        nonlocal screen_events
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(http_request("GET", "/api/v1/events"))
+        buf = b""
+        while not stop.is_set():
+            try:
+                chunk = await asyncio.wait_for(reader.read(65536), 0.2)
+            except TimeoutError:
+                continue
+            if not chunk:
+                break
+            buf = buf[-32:] + chunk
+            screen_events += chunk.count(b"event: sales")
+        writer.close()
+
+    async def conn(requests: list[bytes]) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        for req in requests:
             t0 = time.perf_counter()
-            for _ in range(300):
-                c.get("/healthz")
-            health_rps = 300 / (time.perf_counter() - t0)
+            status, body = await _exchange(reader, writer, req)
+            latencies.append(time.perf_counter() - t0)
+            if status != 200 or (expect is not None and expect.encode() not in body):
+                errors.append(f"{status} {body[:200]!r}")
+        writer.close()
 
-        def upload(sid: str) -> int:
-            done = 0
-            with srv.client(tokens[sid]) as c:
-                for k in range(0, len(sales[sid]), batch):
-                    r = c.post("/api/v1/sales", json={"sales": sales[sid][k:k + batch]})
-                    done += r.json()["accepted"]
-            return done
+    tasks = []
+    if job.get("screen"):
+        tasks.append(asyncio.create_task(screen()))
+        await asyncio.sleep(0.5)
+    t0 = time.perf_counter()
+    await asyncio.gather(*(conn(reqs) for reqs in job["conns"]))
+    seconds = time.perf_counter() - t0
+    await asyncio.sleep(0.3 if tasks else 0)
+    stop.set()
+    await asyncio.gather(*tasks)
+    return {"requests": len(latencies), "seconds": seconds, "rps": len(latencies) / seconds,
+            **_percentiles(latencies), "errors": len(errors), "first_errors": errors[:3],
+            "screen_events": screen_events}
 
+
+def _percentiles(seconds: list[float]) -> dict[str, float]:
+    if not seconds:
+        return {}
+    ms = sorted(s * 1000 for s in seconds)
+    q = statistics.quantiles(ms, n=100, method="inclusive") if len(ms) > 1 else ms * 99
+    return {"p50_ms": round(statistics.median(ms), 2), "p95_ms": round(q[94], 2),
+            "p99_ms": round(q[98], 2), "max_ms": round(ms[-1], 2)}
+
+
+async def _latency(job: dict[str, Any]) -> dict[str, Any]:
+    """One connection: the same request ``repeat`` times after ``warmup``; its latencies."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", job["port"])
+    lat, statuses, size = [], set(), 0
+    for i in range(job["warmup"] + job["repeat"]):
         t0 = time.perf_counter()
-        with ThreadPoolExecutor(3) as pool:
-            accepted = sum(pool.map(upload, STALLS))
-        ingest_s = time.perf_counter() - t0
-        assert accepted == n, accepted
-
-        with srv.client() as c:
-            lat = []
-            for _ in range(50):
-                t0 = time.perf_counter()
-                today = c.get("/api/v1/stats/today").json()
-                lat.append((time.perf_counter() - t0) * 1000)
-    del today
-    return {"sales_per_s": round(n / ingest_s, 1), "healthz_rps": round(health_rps, 1),
-            "ratio_sales_per_healthz": round(n / ingest_s / health_rps, 3),
-            "stats_today_ms_p50": round(statistics.median(lat), 2)}
+        status, body = await _exchange(reader, writer, job["request"])
+        if i >= job["warmup"]:
+            lat.append(time.perf_counter() - t0)
+            statuses.add(status)
+            size = len(body)
+    writer.close()
+    return {**_percentiles(lat), "statuses": sorted(statuses), "bytes": size}
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--sales", type=int, default=3000)
-    ap.add_argument("--batch", type=int, default=50)
-    ap.add_argument("--db", choices=("sqlite", "postgresql", "both"), default="both")
-    args = ap.parse_args()
-    results = {}
-    if args.db in ("sqlite", "both"):
-        tmp = Path(tempfile.mkdtemp(prefix="wm-srv-bench-"))
-        results["sqlite"] = run(f"sqlite:///{tmp / 'market.db'}", args.sales, args.batch)
-    if args.db in ("postgresql", "both"):
-        if not postgres_available():
-            print("no PostgreSQL on 127.0.0.1:5432", file=sys.stderr)
-            return 1
-        _reset_postgres()
-        results["postgresql"] = run(POSTGRES_URL, args.sales, args.batch)
-    print(json.dumps({"sales": args.sales, "batch": args.batch, **results}, indent=2))
+async def _first_event(job: dict[str, Any]) -> dict[str, Any]:
+    """The live stream: how long its first event takes on a new connection, and how long a
+    stored upload takes to reach a subscribed screen as a ``sales`` event."""
+    port = job["port"]
+    first, live = [], []
+    for i in range(job["repeat"]):
+        t0 = time.perf_counter()
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(http_request("GET", "/api/v1/events"))
+        buf = b""
+        while b"event: hello" not in buf:
+            buf += await reader.read(65536)
+        first.append(time.perf_counter() - t0)
+        uploads = job.get("uploads") or []
+        if i < len(uploads):
+            up_r, up_w = await asyncio.open_connection("127.0.0.1", port)
+            buf = b""
+            t1 = time.perf_counter()
+            status, body = await _exchange(up_r, up_w, uploads[i])
+            if status != 200 or b'"accepted":1' not in body:
+                raise RuntimeError(f"upload refused: {status} {body[:300]!r}")
+            while b"event: sales" not in buf:
+                buf += await asyncio.wait_for(reader.read(1 << 20), 30)
+            live.append(time.perf_counter() - t1)
+            up_w.close()
+        writer.close()
+    return {"first_event": _percentiles(first), "upload_to_screen": _percentiles(live)}
+
+
+def client_main(job_file: str) -> int:
+    job = pickle.loads(Path(job_file).read_bytes())
+    fn = {"load": _load, "latency": _latency, "first_event": _first_event}[job["kind"]]
+    print(json.dumps(asyncio.run(fn(job))))
+    return 0
+
+
+# -- baselines ------------------------------------------------------------------------------
+
+
+def sqlite_commit_rate(seconds: float = 3.0) -> dict[str, Any]:
+    """Commits/s of a raw one-row insert (WAL, synchronous=FULL) in var/bench: the disk's
+    floor for one acknowledged sale at a time."""
+    BENCH_DIR.mkdir(parents=True, exist_ok=True)
+    path = BENCH_DIR / "commit-rate.db"
+    for p in BENCH_DIR.glob("commit-rate.db*"):
+        p.unlink()
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("CREATE TABLE t (id TEXT PRIMARY KEY, body TEXT)")
+    body = "x" * 700
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        conn.execute("BEGIN")
+        conn.execute("INSERT INTO t VALUES (?, ?)", (str(uuid.uuid4()), body))
+        conn.execute("COMMIT")
+        n += 1
+    rate = n / (time.perf_counter() - t0)
+    conn.close()
+    for p in BENCH_DIR.glob("commit-rate.db*"):
+        p.unlink()
+    return {"commits_per_s": round(rate), "load": load_average()}
+
+
+def raw_executemany(kind: str, batches: list[tuple[list[dict[str, Any]], list[dict[str, Any]]]]
+                    ) -> float:
+    """Sales/s of the very rows the server stores, by a raw executemany per batch (sales, then
+    lines, one commit) into an empty copy of the schema: what the database alone costs."""
+    from server.db import init_db, make_engine
+
+    url = fresh_db(kind, "raw")
+    engine = make_engine(url)
+    init_db(engine, SHANGHAI_ZONE)
+    engine.dispose()
+    sale_cols = list(batches[0][0][0])
+    line_cols = list(batches[0][1][0])
+    if kind == "sqlite":
+        conn: Any = sqlite3.connect(url.removeprefix("sqlite:///"), isolation_level=None)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")  # as the server: a sale acknowledged is on disk
+        conn.execute("PRAGMA foreign_keys=ON")
+        mark = "?"
+    else:
+        import psycopg
+
+        conn = psycopg.connect(url)
+        mark = "%s"
+
+    def sql(table: str, cols: list[str]) -> str:
+        return f"INSERT INTO {table} ({','.join(cols)}) VALUES ({','.join([mark] * len(cols))})"
+
+    sales_sql, lines_sql = sql("sales", sale_cols), sql("sale_lines", line_cols)
+    stalls = sorted({r["stall_id"] for rows, _ in batches for r in rows})
+    now: Any = dt.datetime.now(dt.UTC)
+    if kind == "sqlite":
+        now = now.strftime("%Y-%m-%d %H:%M:%S.%f")
+    conn.cursor().executemany(sql("stalls", ["stall_id", "name", "token_sha256", "created_at"]),
+                              [(s, s, s * 16, now) for s in stalls])
+    conn.commit()
+    n, t0 = 0, time.perf_counter()
+    for sale_rows, line_rows in batches:
+        cur = conn.cursor()
+        if kind == "sqlite":
+            cur.execute("BEGIN")
+        cur.executemany(sales_sql, [tuple(r[c] for c in sale_cols) for r in sale_rows])
+        cur.executemany(lines_sql, [tuple(r[c] for c in line_cols) for r in line_rows])
+        conn.commit()
+        n += len(sale_rows)
+    rate = n / (time.perf_counter() - t0)
+    conn.close()
+    drop_db(url)
+    return rate
+
+
+SHANGHAI_ZONE: Any = None  # set in main(): zoneinfo.ZoneInfo("Asia/Shanghai")
+
+
+def stored_rows(sales: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The rows the server stores for ``sales`` (``server.ingest._rows``), as the driver takes
+    them (JSON as text, a time as SQLite's text or an aware datetime)."""
+    from edge.sale import Sale
+    from server.ingest import _rows
+
+    now = dt.datetime.now(dt.UTC)
+    out_sales, out_lines = [], []
+    for raw in sales:
+        sale = Sale.model_validate(raw)
+        row, lines = _rows(sale, sale.to_json(), sale_digest(sale), [], sale.sold_at.astimezone(SHANGHAI),
+                           now)
+        row = {**row, "flags": json.dumps(row["flags"]), "raw": json.dumps(row["raw"], ensure_ascii=False)}
+        out_sales.append(row)
+        out_lines += lines
+    return out_sales, out_lines
+
+
+def _sqlite_times(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{k: (v.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S.%f") if isinstance(v, dt.datetime) else v)
+             for k, v in r.items()} for r in rows]
+
+
+# -- the benchmarks -------------------------------------------------------------------------
+
+
+def bench_ingest(kind: str, *, per_stall: int, batch: int, stalls: int,
+                 workers: int | None) -> dict[str, Any]:
+    url, state = with_history(kind, "ingest", 0)
+    bench_stalls = BenchStall.from_state(state, [f"S{i + 1:03d}" for i in range(stalls)])
+    sales = sales_of(bench_stalls, per_stall)
+    conns = [[http_request("POST", "/api/v1/sales", json.dumps({"sales": s[k:k + batch]}).encode(),
+                           token=st.token)
+              for k in range(0, len(s), batch)]
+             for st, s in zip(bench_stalls, sales.values(), strict=True)]
+    with ServerProc(url, workers=workers) as srv:
+        load = load_average()
+        out = run_client({"kind": "load", "port": srv.port, "conns": conns,
+                          "expect": f'"accepted":{batch}'})
+        health = run_client({"kind": "load", "port": srv.port,
+                             "conns": [[http_request("GET", "/healthz")] * 1000 for _ in range(stalls)]})
+    drop_db(url)
+    total = sum(len(s) for s in sales.values())
+    batches = []
+    for s in sales.values():
+        for k in range(0, len(s), batch):
+            rows, lines = stored_rows(s[k:k + batch])
+            if kind == "sqlite":
+                rows, lines = _sqlite_times(rows), lines
+            batches.append((rows, lines))
+    raw_rate = raw_executemany(kind, batches)
+    return {"db": kind, "sales": total, "batch": batch, "stalls_at_once": stalls, "workers": workers or 1,
+            "sales_per_s": round(total / out["seconds"]), "request_p50_ms": out.get("p50_ms"),
+            "request_p95_ms": out.get("p95_ms"), "errors": out["errors"], "first_errors": out["first_errors"],
+            "baseline_raw_executemany_sales_per_s": round(raw_rate),
+            "ratio_to_raw": round(total / out["seconds"] / raw_rate, 3),
+            "healthz_rps": round(health["rps"]), "load": load}
+
+
+def bench_single(kind: str, history: int, *, per_stall: int, concurrency: int, screen: bool,
+                 workers: int | None) -> dict[str, Any]:
+    url, state = with_history(kind, f"single-{history}", history)
+    bench_stalls = BenchStall.from_state(state, [f"S{i + 1:03d}" for i in range(concurrency)])
+    sales = sales_of(bench_stalls, per_stall)
+    conns = [[http_request("POST", "/api/v1/sales", json.dumps({"sales": [sale]}).encode(), token=st.token)
+              for sale in s]
+             for st, s in zip(bench_stalls, sales.values(), strict=True)]
+    with ServerProc(url, workers=workers) as srv:
+        load = load_average()
+        out = run_client({"kind": "load", "port": srv.port, "conns": conns, "expect": '"accepted":1',
+                          "screen": screen})
+        health = run_client({"kind": "load", "port": srv.port, "screen": screen,
+                             "conns": [[http_request("GET", "/healthz")] * per_stall
+                                       for _ in range(concurrency)]})
+    drop_db(url)
+    return {"db": kind, "history": history, "concurrency": concurrency, "screen": screen,
+            "workers": workers or 1, "requests": out["requests"], "sales_per_s": round(out["rps"]),
+            "p50_ms": out.get("p50_ms"), "p95_ms": out.get("p95_ms"), "errors": out["errors"],
+            "first_errors": out["first_errors"], "screen_events": out["screen_events"],
+            "healthz_rps": round(health["rps"]), "load": load}
+
+
+DEFAULT_URLS = ("/api/v1/stats/today", "/api/v1/sales-recent", "/api/v1/display")
+
+
+def chain_heads(url: str, state: Path, stall_ids: list[str]) -> list[BenchStall]:
+    """The stalls of a kept history as the database holds them now (a run before added
+    sales to their chains): last receipt number and digest read back."""
+    from sqlalchemy import select
+
+    from server import db
+    from server.db import make_engine
+
+    stalls = BenchStall.from_state(state, stall_ids)
+    engine = make_engine(url)
+    with engine.connect() as conn:
+        for s in stalls:
+            row = conn.execute(select(db.Sale.receipt_no, db.Sale.digest)
+                               .where(db.Sale.stall_id == s.stall_id)
+                               .order_by(db.Sale.receipt_no.desc()).limit(1)).first()
+            if row is not None:
+                s.receipt_no, s.prev = int(row[0]), str(row[1])
+    engine.dispose()
+    return stalls
+
+
+def bench_endpoints(kind: str, sales: int, urls: list[str], headers: list[str], *, repeat: int,
+                    reuse: bool, keep: bool, workers: int | None, jobs: int,
+                    single: int) -> dict[str, Any]:
+    name = f"history-{sales}"
+    state = BENCH_DIR / f"{name}-state.json"
+    if reuse and state.exists():
+        url = f"sqlite:///{BENCH_DIR / (name + '.db')}" if kind == "sqlite" else PG_BENCH_URL
+        gen_s = 0.0
+    else:
+        t0 = time.perf_counter()
+        url, state = with_history(kind, name, sales, jobs=jobs)
+        gen_s = time.perf_counter() - t0
+    stalls = chain_heads(url, state, [f"S{i + 1:03d}" for i in range(8)])
+    tokens = {"stall": stalls[0].token, "admin": ADMIN}
+    results: dict[str, Any] = {}
+    try:
+        with ServerProc(url, workers=workers) as srv:
+            load = load_average()
+            for spec in ["/healthz", *urls]:
+                who, sep, path = spec.partition(":")
+                if not sep or who not in tokens:
+                    who, path = "", spec
+                req = http_request("GET", path, token=tokens.get(who), headers=headers)
+                results[spec] = run_client({"kind": "latency", "port": srv.port, "request": req,
+                                            "warmup": 5, "repeat": repeat})
+                results[spec]["load"] = load_average()
+            now = dt.datetime.now(SHANGHAI)
+            uploads = [http_request("POST", "/api/v1/sales",
+                                    json.dumps({"sales": [stalls[0].sale(i, now)]}).encode(),
+                                    token=stalls[0].token)
+                       for i in range(min(repeat, 50))]
+            results["/api/v1/events"] = run_client({"kind": "first_event", "port": srv.port,
+                                                    "repeat": len(uploads), "uploads": uploads})
+            results["/api/v1/events"]["load"] = load_average()
+            if single:
+                # Single-sale uploads on top of this history, as "single" measures them.
+                conns = [[http_request("POST", "/api/v1/sales", json.dumps({"sales": [sale]}).encode(),
+                                       token=st.token) for sale in mine]
+                         for st, mine in zip(stalls, sales_of(stalls, single).values(), strict=True)]
+                out = run_client({"kind": "load", "port": srv.port, "conns": conns,
+                                  "expect": '"accepted":1', "screen": True})
+                results["single_sales"] = {"sales_per_s": round(out["rps"]), "p50_ms": out.get("p50_ms"),
+                                           "p95_ms": out.get("p95_ms"), "errors": out["errors"],
+                                           "load": load_average()}
+    finally:
+        if not keep:
+            drop_db(url)
+            for p in BENCH_DIR.glob(f"{name}-state.json"):
+                p.unlink()
+    return {"db": kind, "history_sales": sales, "generated_in_s": round(gen_s), "load": load,
+            "workers": workers or 1, "endpoints": results}
+
+
+def main(argv: list[str] | None = None) -> int:
+    global SHANGHAI_ZONE, CODE
+    import zoneinfo
+
+    SHANGHAI_ZONE = zoneinfo.ZoneInfo("Asia/Shanghai")
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["_client"]:
+        return client_main(argv[1])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = ap.add_subparsers(dest="what")
+    for name in ("ingest", "single", "endpoints"):
+        p = sub.add_parser(name)
+        p.add_argument("--db", choices=("sqlite", "postgresql", "both"), default="both")
+        p.add_argument("--workers", type=int, help="server processes (wetmarket server --workers)")
+    sub.choices["ingest"].add_argument("--batch", type=int, default=100)
+    sub.choices["ingest"].add_argument("--per-stall", type=int, default=3000)
+    sub.choices["ingest"].add_argument("--stalls", type=int, default=4)
+    sub.choices["single"].add_argument("--history", default="0,10000,30000",
+                                       help="comma-separated history sizes (sales stored first)")
+    sub.choices["single"].add_argument("--concurrency", type=int, default=8)
+    sub.choices["single"].add_argument("--per-stall", type=int, default=400)
+    sub.choices["single"].add_argument("--no-screen", action="store_true",
+                                       help="no big screen subscribed to /api/v1/events")
+    ep = sub.choices["endpoints"]
+    ep.add_argument("--sales", type=int, default=10_000_000)
+    ep.add_argument("--url", action="append", default=[], help="PATH, stall:PATH or admin:PATH")
+    ep.add_argument("--header", action="append", default=[], help="'Name: value' sent with every URL")
+    ep.add_argument("--repeat", type=int, default=200)
+    ep.add_argument("--jobs", type=int, default=2, help="history_gen processes")
+    ep.add_argument("--keep", action="store_true", help="keep the generated database")
+    ep.add_argument("--reuse", action="store_true", help="use the database kept by --keep")
+    ep.add_argument("--single", type=int, default=0, metavar="N",
+                    help="then N single-sale uploads by each of 8 stalls, a screen subscribed")
+    ap.add_argument("--code", type=Path, help="run the server code of this checkout (a git worktree "
+                    "of an older commit: the 'before' figures)")
+    args = ap.parse_args(argv)
+    CODE = args.code.resolve() if args.code else None
+    kinds = ["sqlite", "postgresql"] if getattr(args, "db", "both") == "both" else [args.db]
+    out: list[dict[str, Any]] = []
+
+    def add(result: dict[str, Any]) -> None:
+        out.append(result)  # and each figure on stderr as soon as it is measured
+        print(json.dumps(result, ensure_ascii=False), file=sys.stderr, flush=True)
+
+    if args.what in (None, "single"):
+        add(sqlite_commit_rate())
+    for kind in kinds:
+        if args.what is None:
+            add(bench_ingest(kind, per_stall=1000, batch=100, stalls=4, workers=None))
+            add(bench_single(kind, 0, per_stall=200, concurrency=8, screen=True, workers=None))
+        elif args.what == "ingest":
+            add(bench_ingest(kind, per_stall=args.per_stall, batch=args.batch, stalls=args.stalls,
+                             workers=args.workers))
+        elif args.what == "single":
+            for n in (int(x) for x in args.history.split(",")):
+                add(bench_single(kind, n, per_stall=args.per_stall, concurrency=args.concurrency,
+                                 screen=not args.no_screen, workers=args.workers))
+        else:
+            add(bench_endpoints(kind, args.sales, args.url or list(DEFAULT_URLS), args.header,
+                                repeat=args.repeat, reuse=args.reuse, keep=args.keep,
+                                workers=args.workers, jobs=args.jobs, single=args.single))
+    print(json.dumps(out, indent=2, ensure_ascii=False))
     return 0
 
 
