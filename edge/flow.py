@@ -54,6 +54,8 @@ logger = logging.getLogger(__name__)
 
 #: Guesses shown to the vendor.
 GUESSES = 4
+#: Labels the recogniser ranks (its top-k is capped at its label count).
+RANK_ALL = 10_000
 #: Items a search answers at most.
 SEARCH_LIMIT = 20
 
@@ -67,7 +69,7 @@ class RecognitionLike(Protocol):
 class RecognizerLike(Protocol):
     """``model.recognizer.Recognizer`` as the stall uses it."""
 
-    def recognize(self, image: np.ndarray) -> Any: ...
+    def recognize(self, image: np.ndarray, top_k: int | None = None) -> Any: ...
 
     def teach(self, label: str, image: np.ndarray) -> None: ...
 
@@ -391,7 +393,8 @@ class StallFlow:
     def _recognize(self, weighing: int) -> None:
         assert self.camera is not None and self.recognizer is not None
         frame = self.camera.read()
-        result = self.recognizer.recognize(frame) if frame is not None else None
+        # Every label ranked: the four best guesses are those among this stall's items.
+        result = self.recognizer.recognize(frame, top_k=RANK_ALL) if frame is not None else None
         with self._lock:
             if weighing != self._weighing:
                 return  # the plate was emptied meanwhile
