@@ -21,7 +21,9 @@ receipt chains and tokens).
         to reach a subscribed screen) over a synthetic history of that size; baseline:
         /healthz.  ``--url stall:PATH`` sends stall S001's token, ``--url admin:PATH`` the
         admin token, ``--header 'Cookie: ...'`` any header (manager pages); ``--keep`` keeps
-        the generated database for the next run (``--reuse``).
+        the generated database for the next run (``--reuse``); ``--all`` every statistics
+        endpoint and the stall's feed, ``--manage`` the manager pages too (signed in as a
+        manager the bench adds).
 
 With no sub-command (``bench/run_all.py``): ``ingest`` and ``single`` with small histories.
 Every figure line carries the machine's load average when it was measured.
@@ -557,6 +559,39 @@ def bench_single(kind: str, history: int, *, per_stall: int, concurrency: int, s
 
 
 DEFAULT_URLS = ("/api/v1/stats/today", "/api/v1/sales-recent", "/api/v1/display")
+#: What the big screen and the bureau's statistics read, and the stall's feed (``--all``).
+ALL_URLS = (*DEFAULT_URLS, "/api/v1/stats/item-prices", "/api/v1/stats/movers",
+            "/api/v1/stats/categories", "/api/v1/stats/stall-ranking?period=day",
+            "/api/v1/stats/stall-ranking?period=week", "/api/v1/stats/stall-ranking?period=month",
+            "/api/v1/stats/price-trend", "stall:/api/v1/feed")
+#: The manager pages (``--manage``), read signed in as a manager the bench adds.
+MANAGE_URLS = ("/manage", "/manage/stalls", "/manage/items", "/manage/prices?stall_id=S001",
+               "/manage/inspections", "/manage/specials", "/manage/alerts", "/manage/managers")
+BENCH_MANAGER = ("bench", "bench-manager-password-1")
+
+
+def manager_cookie(port: int) -> str:
+    """A manager's session cookie on the server at ``port`` (the manager added with the admin
+    token if the database has none of that name), as ``Cookie: ...``."""
+    import re
+
+    import httpx
+
+    user, password = BENCH_MANAGER
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as c:
+        r = c.post("/api/v1/managers", headers={"Authorization": f"Bearer {ADMIN}"},
+                   json={"username": user, "display_name": "Bench", "password": password})
+        if r.status_code not in (201, 409):
+            raise RuntimeError(f"cannot add the bench's manager: {r.status_code} {r.text[:300]}")
+        form = c.get("/manage/login")
+        token = re.search(r'name="csrf_token" value="([^"]*)"', form.text)
+        if token is None:
+            raise RuntimeError("no sign-in form at /manage/login")
+        r = c.post("/manage/login", data={"username": user, "password": password,
+                                          "csrf_token": token.group(1), "next": "/manage"})
+        if r.status_code != 303:
+            raise RuntimeError(f"the bench's manager cannot sign in: {r.status_code}")
+        return "Cookie: " + "; ".join(f"{k}={v}" for k, v in c.cookies.items())
 
 
 def chain_heads(url: str, state: Path, stall_ids: list[str]) -> list[BenchStall]:
@@ -582,7 +617,7 @@ def chain_heads(url: str, state: Path, stall_ids: list[str]) -> list[BenchStall]
 
 def bench_endpoints(kind: str, sales: int, urls: list[str], headers: list[str], *, repeat: int,
                     reuse: bool, keep: bool, workers: int | None, jobs: int,
-                    single: int) -> dict[str, Any]:
+                    single: int, manage: bool = False) -> dict[str, Any]:
     name = f"history-{sales}"
     state = BENCH_DIR / f"{name}-state.json"
     if reuse and state.exists():
@@ -598,13 +633,19 @@ def bench_endpoints(kind: str, sales: int, urls: list[str], headers: list[str], 
     try:
         with ServerProc(url, workers=workers) as srv:
             load = load_average()
-            for spec in ["/healthz", *urls]:
+            specs = [(spec, headers) for spec in ["/healthz", *urls]]
+            if manage:
+                cookie = manager_cookie(srv.port)
+                specs += [(f"manager:{path}", [*headers, cookie]) for path in MANAGE_URLS]
+            for spec, sent in specs:
                 who, sep, path = spec.partition(":")
-                if not sep or who not in tokens:
+                if not sep or who not in (*tokens, "manager"):
                     who, path = "", spec
-                req = http_request("GET", path, token=tokens.get(who), headers=headers)
+                req = http_request("GET", path, token=tokens.get(who), headers=sent)
                 results[spec] = run_client({"kind": "latency", "port": srv.port, "request": req,
                                             "warmup": 5, "repeat": repeat})
+                if results[spec]["statuses"] != [200]:  # a figure of an error page is no figure
+                    raise RuntimeError(f"{spec} answered {results[spec]['statuses']}")
                 results[spec]["load"] = load_average()
             now = dt.datetime.now(SHANGHAI)
             uploads = [http_request("POST", "/api/v1/sales",
@@ -665,6 +706,9 @@ def main(argv: list[str] | None = None) -> int:
     ep.add_argument("--jobs", type=int, default=2, help="history_gen processes")
     ep.add_argument("--keep", action="store_true", help="keep the generated database")
     ep.add_argument("--reuse", action="store_true", help="use the database kept by --keep")
+    ep.add_argument("--all", action="store_true", help="every statistics endpoint and the feed")
+    ep.add_argument("--manage", action="store_true",
+                    help="also the manager pages, signed in as a manager the bench adds")
     ep.add_argument("--single", type=int, default=0, metavar="N",
                     help="then N single-sale uploads by each of 8 stalls, a screen subscribed")
     ap.add_argument("--code", type=Path, help="run the server code of this checkout (a git worktree "
@@ -692,9 +736,11 @@ def main(argv: list[str] | None = None) -> int:
                 add(bench_single(kind, n, per_stall=args.per_stall, concurrency=args.concurrency,
                                  screen=not args.no_screen, workers=args.workers))
         else:
-            add(bench_endpoints(kind, args.sales, args.url or list(DEFAULT_URLS), args.header,
+            urls = args.url or list(ALL_URLS if args.all else DEFAULT_URLS)
+            add(bench_endpoints(kind, args.sales, urls, args.header,
                                 repeat=args.repeat, reuse=args.reuse, keep=args.keep,
-                                workers=args.workers, jobs=args.jobs, single=args.single))
+                                workers=args.workers, jobs=args.jobs, single=args.single,
+                                manage=args.manage))
     print(json.dumps(out, indent=2, ensure_ascii=False))
     return 0
 
