@@ -77,6 +77,15 @@ class FeedConfig(_Strict):
     interval_s: float = Field(10.0, ge=1, le=3600, title="Seconds between asks without long poll")
 
 
+class ScreensConfig(_Strict):
+    """The vendor's and the customer's screens, served by the stall itself (``edge.screens``)."""
+
+    enabled: bool = Field(True, title="Serve /vendor and /customer on 127.0.0.1")
+    port: int = Field(8100, ge=0, le=65535, title="Port on 127.0.0.1; 0 takes any free port")
+    basket_wait_s: float = Field(300.0, gt=0, title="Warn the vendor when a basket stays open "
+                                 "this many seconds")
+
+
 class PrinterConfig(_Strict):
     type: Literal["file", "dummy", "serial", "network", "usb"] = "file"
     path: str | None = Field(None, title="File printer: folder (one .bin per receipt) or file")
@@ -131,6 +140,7 @@ class StallConfig(_Strict):
     server: ServerLink = ServerLink()
     printer: PrinterConfig = PrinterConfig()
     feed: FeedConfig = FeedConfig()
+    screens: ScreensConfig = ScreensConfig()
     catalogue: list[CatalogueEntry] = Field(
         default_factory=list, title="The stall's items (PLU)",
         description="the offline seed: sold until the market's feed prices this stall")

@@ -1,15 +1,16 @@
 """One stall's edge process: the parts started in order, stopped in reverse.
 
     journal -> signing key -> catalogue (saved feed, else the config's seed) -> scale
-    (simulator) -> link -> session -> recognizer -> printer -> outbox -> flow -> feed
-    -> simulated vendor (demo)
+    (simulator) -> link -> session -> recognizer -> printer -> outbox -> flow -> screens
+    -> feed -> simulated vendor (demo)
 
 Every worker thread ends on the stall's one stop event (``stop_event``): the link,
-the outbox, the scale-audit uploader, the feed, the flow's two threads and the
-simulated vendor; ``stop()`` sets it first, then joins the parts in reverse.  The
-vendor's actions go through the flow (``edge.flow``), which prices through the
-session.  A sale is journaled before its receipt prints and before upload; a
-failed print or upload never loses it.
+the outbox, the scale-audit uploader, the feed, the flow's two threads, the
+screens (``edge.screens``: their state hub and their uvicorn) and the simulated
+vendor; ``stop()`` sets it first, then joins the parts in reverse.  The vendor's
+actions go through the flow (``edge.flow``), which prices through the session.  A
+sale is journaled before its receipt prints and before upload; a failed print or
+upload never loses it.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from firmware_bridge.reading import Reading
 
 if TYPE_CHECKING:
     from edge.printing import Printer
+    from edge.screens import ScreenServer
     from firmware_bridge.link import Link
     from firmware_bridge.sim import Simulator
 
@@ -53,6 +55,7 @@ class StallApp:
         self.recognizer: RecognizerLike | None = None
         self.printer: Printer | None = None
         self.flow: StallFlow | None = None
+        self.screens: ScreenServer | None = None
         self.outbox: Outbox | None = None
         self.feed: FeedClient | None = None
         self.catalogue: Catalogue | None = None
@@ -121,6 +124,8 @@ class StallApp:
         self.session.on_reading(reading)
         if self.flow is not None:
             self.flow.wake()
+        if self.screens is not None:
+            self.screens.hub.poke()
 
     def _start_camera(self) -> None:
         src = self.cfg.camera.source
@@ -187,6 +192,24 @@ class StallApp:
         self.flow.start()
         self._stops.append(self.flow.stop)
 
+    def _start_screens(self) -> None:
+        """The vendor's and the customer's screens.  A port already in use is logged as an
+        error and the stall goes on without screens: it keeps its journal, uploads and feed,
+        and a second stall process on one machine does not take the first one down."""
+        sc = self.cfg.screens
+        if not sc.enabled:
+            return
+        from edge.screens import ScreenServer
+
+        screens = ScreenServer(self, port=sc.port, stop=self.stop_event, basket_wait_s=sc.basket_wait_s)
+        try:
+            screens.start()
+        except EdgeError as exc:
+            logger.error("%s: the stall runs without its screens", exc)
+            return
+        self.screens = screens
+        self._stops.append(screens.stop)
+
     def _start_feed(self) -> None:
         assert self.feed is not None and self.session is not None
         if not (self.cfg.feed.enabled and self.cfg.server.token):
@@ -210,7 +233,7 @@ class StallApp:
         self.cfg.data_dir.mkdir(parents=True, exist_ok=True)
         for step in (self._start_journal, self._start_key, self._start_catalogue, self._start_scale,
                      self._start_camera, self._start_printer, self._start_outbox, self._start_flow,
-                     self._start_feed, self._start_vendor):
+                     self._start_screens, self._start_feed, self._start_vendor):
             try:
                 step()
             except BaseException:

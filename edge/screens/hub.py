@@ -1,0 +1,250 @@
+"""What both screens show, as one JSON state, published on every change.
+
+The flow (``edge.flow``) has no change callback: the hub reads :meth:`StallFlow.snapshot`
+on its own thread whenever it is poked (each scale reading, each vendor action) and at
+least every ``poll_s``, adds what the flow does not know (the stall's name, the server and
+its upload queue, the reprint queue, blocked batches, a basket open too long, the time the
+current weight became stable), and publishes the result only when it differs from the last.
+Subscribers (the live channel's streams, each on the server's event loop) are woken with
+``call_soon_threadsafe``; they read the latest state, so a slow screen skips states rather
+than queueing them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import dataclasses
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from edge import CatalogueError
+from edge.flow import FlowState, Snapshot
+from edge.legal import legal_id
+
+if TYPE_CHECKING:
+    from edge.stall import StallApp
+
+logger = logging.getLogger(__name__)
+
+#: Seconds between two reads of the slow parts (journal counts, reprint queue).
+SLOW_EVERY_S = 1.0
+
+
+@dataclass
+class Subscriber:
+    """One live stream: woken on its own loop, it reads the hub's latest state."""
+
+    loop: asyncio.AbstractEventLoop
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    echoes: collections.deque[float] = field(default_factory=lambda: collections.deque(maxlen=64))
+
+    def notify(self) -> None:
+        with contextlib.suppress(RuntimeError):  # its loop is closed: the server stopped
+            self.loop.call_soon_threadsafe(self.wake.set)
+
+
+class ScreenHub:
+    def __init__(self, stall: StallApp, *, stop: threading.Event, basket_wait_s: float = 300.0,
+                 poll_s: float = 0.05) -> None:
+        self.stall = stall
+        self.basket_wait_s = basket_wait_s
+        self.poll_s = poll_s
+        self._stop = stop
+        self._poke = threading.Event()
+        self._lock = threading.Lock()
+        self._subs: list[Subscriber] = []
+        self._thread: threading.Thread | None = None
+        self.version = 0
+        self.state: dict[str, Any] = {}
+        self.state_json = "{}"
+        self._body = ""
+        self._stable_at_ms: float | None = None
+        self._basket_since: float | None = None
+        self._slow: dict[str, Any] = {}
+        self._slow_at = 0.0
+
+    # -- life ------------------------------------------------------------------------------
+    def start(self) -> None:
+        self.refresh()
+        self._thread = threading.Thread(target=self._run, name=f"screens:{self.stall.cfg.stall_id}",
+                                        daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._poke.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        self._notify_all()
+
+    def poke(self) -> None:
+        """Something changed (a reading, an action): publish now, not at the next poll."""
+        self._poke.set()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._poke.wait(self.poll_s)
+            self._poke.clear()
+            try:
+                self.refresh()
+            except Exception:  # noqa: BLE001 - the screens must outlive one bad read
+                logger.exception("screen state not refreshed")
+
+    # -- subscribers -----------------------------------------------------------------------
+    def subscribe(self, loop: asyncio.AbstractEventLoop) -> Subscriber:
+        sub = Subscriber(loop)
+        with self._lock:
+            self._subs.append(sub)
+        return sub
+
+    def unsubscribe(self, sub: Subscriber) -> None:
+        with self._lock:
+            if sub in self._subs:
+                self._subs.remove(sub)
+
+    def _notify_all(self) -> None:
+        with self._lock:
+            subs = list(self._subs)
+        for sub in subs:
+            sub.notify()
+
+    def echo(self, sent_ms: float) -> None:
+        """The live channel's bare round trip: ``sent_ms`` goes back to every stream as is."""
+        with self._lock:
+            subs = list(self._subs)
+        for sub in subs:
+            sub.echoes.append(sent_ms)
+            sub.notify()
+
+    # -- the state -------------------------------------------------------------------------
+    def refresh(self) -> bool:
+        """Read the stall; publish when what the screens show changed.  True if it did."""
+        flow = self.stall.flow
+        if flow is None:
+            return False
+        snap = flow.snapshot()
+        now = time.monotonic()
+        if snap.priceable_g is None:
+            self._stable_at_ms = None
+        elif self._stable_at_ms is None:
+            self._stable_at_ms = time.time() * 1000
+        live = [ln for ln in snap.basket if not ln.voided]
+        if not live:
+            self._basket_since = None
+        elif self._basket_since is None:
+            self._basket_since = now
+        if now - self._slow_at >= SLOW_EVERY_S:
+            self._slow, self._slow_at = self._read_slow(), now
+        state = self._compose(snap, now)
+        body = json.dumps(state, ensure_ascii=False, sort_keys=True)
+        if body == self._body:
+            return False
+        with self._lock:
+            self.version += 1
+            self._body = body
+            self.state = {**state, "v": self.version}
+            self.state_json = json.dumps(self.state, ensure_ascii=False)
+        self._notify_all()
+        return True
+
+    def _read_slow(self) -> dict[str, Any]:
+        """What costs a query: the journal's upload counts, the reprint queue's length."""
+        stall = self.stall
+        counts = stall.journal.counts() if stall.journal is not None else {}
+        printer = stall.printer
+        queue = printer.queue if printer is not None else None
+        return {"pending": counts.get("pending", 0), "refused": counts.get("refused", 0),
+                "reprints": len(queue) if queue is not None else 0}
+
+    def pictures_dir(self) -> Path:
+        return self.stall.cfg.data_dir / "pictures"
+
+    def _compose(self, snap: Snapshot, now: float) -> dict[str, Any]:
+        stall, cfg = self.stall, self.stall.cfg
+        session = stall.session
+        assert session is not None
+        catalogue = session.catalogue
+        blocked = [{"code": item.code, "name_zh": item.name_zh, "name_en": item.name_en,
+                    "reason": item.block_reason} for item in catalogue if item.block_reason]
+        presets = sorted({g for item in catalogue for g in item.tare_presets_g})
+        pictures = self.pictures_dir()
+        codes = {g.item.code for g in snap.guesses}
+        server = self._server(self._slow)
+        warnings = list(snap.warnings) + self._warnings(snap, server, blocked, now)
+        return {
+            "stall": {"id": cfg.stall_id, "name": cfg.name, "vendor": cfg.vendor,
+                      "market": cfg.market.name, "legal": legal_id()},
+            "flow": snap.model_dump(mode="json"),
+            "current": self._current(snap),
+            "stable_at_ms": self._stable_at_ms,
+            "server": server,
+            "printer": {"reprints": self._slow.get("reprints", 0),
+                        "configured": stall.printer is not None},
+            "camera": stall.camera is not None and stall.recognizer is not None,
+            "blocked": blocked,
+            "tare_presets_g": presets,
+            "pictures": sorted(c for c in codes if (pictures / f"{c}.jpg").is_file()),
+            "warnings": warnings,
+        }
+
+    def _server(self, slow: dict[str, Any]) -> dict[str, Any]:
+        outbox, feed = self.stall.outbox, self.stall.feed
+        return {"configured": outbox is not None,
+                "online": outbox.online if outbox is not None else None,
+                "queue": slow.get("pending", 0), "refused": slow.get("refused", 0),
+                "feed_version": feed.state.version if feed is not None else None}
+
+    def _current(self, snap: Snapshot) -> dict[str, Any] | None:
+        """What the customer sees priced: the line just weighed (until the plate is
+        emptied), else the item confirmed while the weight settles."""
+        session = self.stall.session
+        assert session is not None
+        line = None
+        if snap.state is FlowState.PRICED:
+            line = next((ln for ln in reversed(snap.basket) if not ln.voided), None)
+        code = line.plu if line is not None else snap.chosen.code if snap.chosen is not None else None
+        if code is None:
+            return None
+        try:
+            item = session.catalogue.get(code)
+        except CatalogueError:
+            return None
+        return {"line": dataclasses.asdict(line) if line is not None else None,
+                "item": {"code": item.code, "name_zh": item.name_zh, "name_en": item.name_en,
+                         "price_unit": item.price_unit,
+                         "unit_price_fen": line.unit_price_fen if line is not None
+                         else snap.chosen.unit_price_fen if snap.chosen is not None else item.unit_price_fen,
+                         "origin": item.origin, "inspection": item.inspection,
+                         "batch_code": item.batch_code}}
+
+    def _warnings(self, snap: Snapshot, server: dict[str, Any], blocked: list[dict[str, Any]],
+                  now: float) -> list[str]:
+        out: list[str] = []
+        if not server["configured"]:
+            out.append("未连接市场服务器：销售留在本机 / no server token: sales stay on this stall")
+        elif server["online"] is False:
+            out.append(f"市场服务器离线，照常销售，待上传 {server['queue']} 笔 / "
+                       f"server away: selling goes on, {server['queue']} sales queued")
+        if server["refused"]:
+            out.append(f"{server['refused']} 笔销售被服务器拒收 / {server['refused']} sales refused "
+                       "by the server")
+        reprints = self._slow.get("reprints", 0)
+        if reprints:
+            out.append(f"打印机故障：{reprints} 张小票待补打 / printer: {reprints} receipts wait "
+                       "for reprint")
+        if blocked:
+            names = "、".join(b["name_zh"] for b in blocked)
+            names_en = ", ".join(b["name_en"] for b in blocked)
+            out.append(f"禁售批次：{names} / blocked batches: {names_en}")
+        if self._basket_since is not None and now - self._basket_since >= self.basket_wait_s:
+            minutes = int((now - self._basket_since) // 60)
+            out.append(f"本单已等待 {minutes} 分钟，请结账或作废 / basket open {minutes} min: "
+                       "check out or discard")
+        return out
