@@ -95,7 +95,8 @@ class ScaleInput(enum.Enum):
 
     OFFLINE = "offline"   # no fresh reading (link gone, module error)
     EMPTY = "empty"       # stable zero, or below zero under a tare
-    LOADED = "loaded"     # motion, over capacity, below Min
+    LIGHT = "light"       # motion below Min: the plate ringing after a removal, a touch
+    LOADED = "loaded"     # motion, over capacity, stable below Min
     STABLE = "stable"     # a priceable weight (stable, fresh, in range, back to zero since the last sale)
     SOLD = "sold"         # what is on the plate is in the basket: back to zero first
 
@@ -105,6 +106,7 @@ _S = FlowState
 _NEXT: dict[ScaleInput, dict[FlowState, FlowState]] = {
     ScaleInput.OFFLINE: {s: _S.NOT_READY for s in FlowState},
     ScaleInput.EMPTY: {s: _S.IDLE for s in FlowState},
+    ScaleInput.LIGHT: {_S.CHOOSING: _S.SETTLING},
     ScaleInput.LOADED: {_S.NOT_READY: _S.SETTLING, _S.IDLE: _S.SETTLING, _S.CHOOSING: _S.SETTLING},
     ScaleInput.STABLE: {_S.NOT_READY: _S.CHOOSING, _S.IDLE: _S.CHOOSING, _S.SETTLING: _S.CHOOSING},
     ScaleInput.SOLD: {s: _S.PRICED for s in FlowState},
@@ -285,6 +287,9 @@ class StallFlow:
             return ScaleInput.EMPTY
         if self.session.priceable_g() is not None:
             return ScaleInput.STABLE
+        if shown.state is WeighState.MOTION and shown.net_g is not None and \
+                abs(shown.net_g) < weigher.spec.min_g:
+            return ScaleInput.LIGHT
         return ScaleInput.LOADED
 
     def step(self) -> FlowState:

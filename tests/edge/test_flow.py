@@ -108,6 +108,8 @@ def test_the_transitions_table() -> None:
     assert next_state(S.IDLE, In.LOADED) is S.SETTLING
     assert next_state(S.SETTLING, In.STABLE) is S.CHOOSING
     assert next_state(S.CHOOSING, In.LOADED) is S.SETTLING      # the load moved again
+    assert next_state(S.IDLE, In.LIGHT) is S.IDLE              # ringing after a removal
+    assert next_state(S.SETTLING, In.LIGHT) is S.SETTLING
     assert next_state(S.PRICED, In.STABLE) is S.PRICED          # nothing twice on one load
     assert next_state(S.PRICED, In.EMPTY) is S.IDLE
     assert all(next_state(s, In.OFFLINE) is S.NOT_READY for s in S)
