@@ -122,10 +122,10 @@ class StallApp:
         """The link's thread: the weigher first, then the flow steps on the new state."""
         assert self.session is not None
         self.session.on_reading(reading)
+        if self.screens is not None:
+            self.screens.hub.on_reading()
         if self.flow is not None:
             self.flow.wake()
-        if self.screens is not None:
-            self.screens.hub.poke()
 
     def _start_camera(self) -> None:
         src = self.cfg.camera.source

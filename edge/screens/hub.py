@@ -4,7 +4,8 @@ The flow (``edge.flow``) has no change callback: the hub reads :meth:`StallFlow.
 on its own thread whenever it is poked (each scale reading, each vendor action) and at
 least every ``poll_s``, adds what the flow does not know (the stall's name, the server and
 its upload queue, the reprint queue, blocked batches, a basket open too long, the time the
-current weight became stable), and publishes the result only when it differs from the last.
+current weight became priceable, noted on the link's thread by :meth:`ScreenHub.on_reading`),
+and publishes the result only when it differs from the last.
 Subscribers (the live channel's streams, each on the server's event loop) are woken with
 ``call_soon_threadsafe``; they read the latest state, so a slow screen skips states rather
 than queueing them.
@@ -27,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 from edge import CatalogueError
 from edge.flow import FlowState, Snapshot
 from edge.legal import legal_id
+from edge.weighing import WeighState
 
 if TYPE_CHECKING:
     from edge.stall import StallApp
@@ -85,7 +87,20 @@ class ScreenHub:
         self._notify_all()
 
     def poke(self) -> None:
-        """Something changed (a reading, an action): publish now, not at the next poll."""
+        """Something changed (an action): publish now, not at the next poll."""
+        self._poke.set()
+
+    def on_reading(self) -> None:
+        """The link's thread, right after the weigher took a reading: note when this
+        weighing's weight became priceable (before the flow, on its own thread, may price
+        it), forget it once the load moves or leaves, and publish now."""
+        session = self.stall.session
+        if session is not None:
+            if session.priceable_g() is not None:
+                if self._stable_at_ms is None:
+                    self._stable_at_ms = time.time() * 1000
+            elif session.weigher.shown.state is not WeighState.STABLE_NET:
+                self._stable_at_ms = None
         self._poke.set()
 
     def _run(self) -> None:
@@ -131,10 +146,6 @@ class ScreenHub:
             return False
         snap = flow.snapshot()
         now = time.monotonic()
-        if snap.priceable_g is None:
-            self._stable_at_ms = None
-        elif self._stable_at_ms is None:
-            self._stable_at_ms = time.time() * 1000
         live = [ln for ln in snap.basket if not ln.voided]
         if not live:
             self._basket_since = None
