@@ -18,6 +18,7 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -67,8 +68,21 @@ def write_private(path: Path, text: str) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def screen_port(server_port: int, index: int) -> int:
+    """The ``index``-th stall's screen port: the server's + 101, + 102, ... (8101 for the
+    default 8000), else any free one when that is taken or out of range."""
+    wanted = server_port + 101 + index
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", wanted if wanted <= 65535 else 0))
+        except OSError:
+            s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 def write_stall_config(path: Path, stall_id: str, name: str, vendor: str, server: str, token: str,
-                       camera: Path | None, seed: int, day: dt.date) -> None:
+                       camera: Path | None, seed: int, day: dt.date, screens_port: int = 0) -> None:
     """The stall's TOML config; it holds the stall's bearer token, so only its owner reads it."""
     lines = [
         f"stall_id = {_toml_str(stall_id)}",
@@ -90,7 +104,7 @@ def write_stall_config(path: Path, stall_id: str, name: str, vendor: str, server
     ]
     if camera is not None:
         lines.append(f"source = {_toml_str(str(camera))}")
-    lines += ["", "[printer]", 'type = "file"', ""]
+    lines += ["", "[printer]", 'type = "file"', "", "[screens]", f"port = {screens_port}", ""]
     for item in catalogue(stall_id, day.strftime("%Y%m%d")):
         lines.append("[[catalogue]]")
         lines += [f"{k} = {_toml_str(v) if isinstance(v, str) else v}"
@@ -162,11 +176,14 @@ class Demo:
                     tokens[sid] = r.json()["token"]
                 # The market's office work before the stalls open: they start on its feed.
                 login = seed_market(c, now)
+            screens: list[tuple[str, str]] = []
             for i, (sid, name, vendor) in enumerate(STALLS):
                 sdir = self.data_dir / sid
                 sdir.mkdir(mode=0o700)
+                port = screen_port(self.port, i)
+                screens.append((sid, f"http://127.0.0.1:{port}"))
                 write_stall_config(sdir / "stall.toml", sid, name, vendor, self.base, tokens[sid],
-                                   camera, seed=1000 + i, day=now.date())
+                                   camera, seed=1000 + i, day=now.date(), screens_port=port)
                 # INFO: the logs show each feed version the stall receives and puts in use.
                 self._spawn(sid, ["-v", "stall", "--config", str(sdir / "stall.toml")])
             print(f"big screen:   {self.base}/display", flush=True)
@@ -175,6 +192,9 @@ class Demo:
             print(f"today (JSON): {self.base}/api/v1/stats/today", flush=True)
             print(f"API docs:     {self.base}/docs", flush=True)
             print(f"admin token:  {admin}", flush=True)
+            # Each stall's two screens: the vendor's and the customer's (明码标价).
+            for sid, url in screens:
+                print(f"{sid} screens:  {url}/vendor  {url}/customer", flush=True)
             print(f"camera:       {camera or 'off (no photos found): vendors choose items by hand'}",
                   flush=True)
             print(f"data, logs and receipts: {self.data_dir}", flush=True)

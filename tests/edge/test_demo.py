@@ -70,6 +70,11 @@ def test_demo_runs_for_its_duration_and_cleans_up(tmp_path: Path) -> None:
     # The demo manager's sign-in, printed next to the big screen's URL.
     assert re.fullmatch(rf"manager:      http://127\.0\.0\.1:{port}/manage  "
                         r"\(sign in as demo, password \S{8,}\)", second), second
+    # Each stall's vendor and customer screens, on ports of their own.
+    screens = re.findall(r"^(S0[123]) screens:  (http://127\.0\.0\.1:\d+)/vendor  \2/customer$", out,
+                         re.MULTILINE)
+    assert [sid for sid, _ in screens] == ["S01", "S02", "S03"], out
+    assert len({url for _, url in screens}) == 3
     totals = [int(m.group(1)) for m in re.finditer(r"sales\s+(\d+)", out)]
     assert totals and totals[-1] > 0
     assert _clock_lines_not_in_market_time(out, started, ended) == [], out
