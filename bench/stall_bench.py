@@ -1,0 +1,141 @@
+"""The stall's screens: stable weight -> price painted on the customer screen, in Chromium.
+
+A real stall (``StallApp``: the scale simulator on a pty, the flow, the journal, the
+file printer, its screen server on 127.0.0.1) and headless Chromium (Debian's) showing
+``/customer``.  For each sample the item is confirmed while the weight settles (one
+``POST /api/confirm``, as a vendor taps before the scale is still); the flow prices it
+when the weight becomes stable and the screen paints the amount.  Measured: the page's
+own clock at the animation frame after it rendered the amount (``window.paints``),
+minus ``stable_at_ms``, the stall's wall clock when its screen hub first saw the weight
+priceable (both clocks are this machine's).
+
+Baseline in the same run and the same page: the live channel's bare round trip
+(``POST /api/echo`` with the page's clock, back as an SSE ``echo`` event).  Also the
+stall process's CPU while idle with the screen connected, and its RSS.
+
+    .venv/bin/python bench/stall_bench.py [--samples 30] [--idle-s 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from bench.demo_latency_bench import _wait, pct  # noqa: E402
+from edge.config import StallConfig  # noqa: E402
+from edge.demo_data import catalogue  # noqa: E402
+from edge.flow import FlowState  # noqa: E402
+from edge.stall import StallApp  # noqa: E402
+from tests.browser import chromium  # noqa: E402
+
+ECHO_JS = """async (n) => {
+  const out = [];
+  for (let i = 0; i < n; i++) {
+    const k = window.echoes.length;
+    await fetch('/api/echo', {method: 'POST', headers: {'Content-Type': 'application/json'},
+                              body: JSON.stringify({sent_ms: performance.timeOrigin + performance.now()})});
+    while (window.echoes.length <= k) await new Promise((r) => setTimeout(r, 1));
+    out.push(window.echoes[k]);
+  }
+  return out;
+}"""
+
+PAINT_JS = """(stable) => {
+  const p = window.paints.find((x) => x.stable_at_ms === stable && x.amount_fen !== null);
+  return p ? p.t - stable : null;
+}"""
+
+
+def summary(xs: list[float]) -> dict[str, float]:
+    return {"n": len(xs), "p50": round(statistics.median(xs), 1), "p95": round(pct(xs, 0.95), 1),
+            "max": round(max(xs), 1)}
+
+
+def rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--samples", type=int, default=30)
+    ap.add_argument("--idle-s", type=float, default=5.0)
+    args = ap.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="wm-stall-bench-"))
+    cfg = StallConfig(stall_id="S02", name="bench", data_dir=tmp / "S02", seed=3,
+                      catalogue=catalogue("S02", "20261202"),
+                      printer={"type": "file"}, screens={"port": 0})  # type: ignore[arg-type]
+    stall = StallApp(cfg)
+    stall.start()
+    flow, sim, screens = stall.flow, stall.sim, stall.screens
+    assert flow is not None and sim is not None and screens is not None
+    paint_ms: list[float] = []
+    skipped = 0
+    try:
+        with chromium() as browser, httpx.Client(base_url=screens.url, timeout=5) as c:
+            page = browser.new_page(viewport={"width": 1280, "height": 800})
+            page.goto(f"{screens.url}/customer")
+            page.wait_for_function("document.getElementById('live').classList.contains('on')")
+            _wait(lambda: flow.state is FlowState.IDLE)
+
+            cpu0, wall0 = time.process_time(), time.monotonic()
+            time.sleep(args.idle_s)
+            idle_cpu_pct = (time.process_time() - cpu0) / (time.monotonic() - wall0) * 100
+
+            for i in range(args.samples):
+                sim.place(300 + 37 * i)
+                if not _wait(lambda: flow.state is FlowState.SETTLING, 5):
+                    skipped += 1
+                    sim.remove()
+                    _wait(lambda: flow.state is FlowState.IDLE)
+                    continue
+                r = c.post("/api/confirm", json={"code": "2001"})
+                ok = r.status_code == 200 and r.json()["pending"]
+                ok = ok and _wait(lambda: flow.state is FlowState.PRICED, 5)
+                stable = screens.hub.state.get("stable_at_ms") if ok else None
+                latency = None
+                if stable is not None:
+                    deadline = time.monotonic() + 5
+                    while latency is None and time.monotonic() < deadline:
+                        latency = page.evaluate(PAINT_JS, stable)
+                if latency is None:
+                    skipped += 1  # confirmed too late (already stable) or never painted
+                else:
+                    paint_ms.append(latency)
+                sim.remove()
+                _wait(lambda: flow.state is FlowState.IDLE)
+                c.post("/api/discard", json={"reason": "bench"})
+
+            echo_ms = page.evaluate(ECHO_JS, args.samples)
+    finally:
+        stall.stop()
+    if not paint_ms:
+        print("no sample was painted", file=sys.stderr)
+        return 1
+    res = {
+        "samples": args.samples,
+        "skipped": skipped,
+        "stable_to_customer_paint_ms": summary(paint_ms),
+        "baseline_sse_echo_round_trip_ms": summary(echo_ms),
+        "ratio_p50_paint_vs_echo": round(statistics.median(paint_ms) / statistics.median(echo_ms), 1),
+        "stall_idle_cpu_pct_of_one_core": round(idle_cpu_pct, 1),
+        "stall_process_rss_mb": round(rss_mb(), 1),
+    }
+    print(json.dumps(res, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
