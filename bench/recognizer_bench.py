@@ -66,7 +66,7 @@ def worker(model: Path, data: Path, ood_dir: Path, repeats: int, exact: bool) ->
     import numpy as np
 
     from model.data import load_dataset
-    from model.metrics import auroc as _auroc
+    from model.metrics import auroc
     from model.recognizer import int8_kernels_may_saturate
 
     rec, load_ms = _open(model, exact)
@@ -103,7 +103,7 @@ def worker(model: Path, data: Path, ood_dir: Path, repeats: int, exact: bool) ->
         "val_flagged_unknown": round(float(np.mean(unk)), 4),
         "ood_n": len(ood),
         "ood_flagged_unknown": round(float(np.mean([r.unknown for r in ood_res])), 4),
-        "ood_auroc": round(_auroc(-ood_m, -np.array(known_m)), 4),
+        "ood_auroc": round(auroc(-ood_m, -np.array(known_m)), 4),
         "unknown_score": "probability+nearest" if rec.meta.unknown_flag else "probability",
         "latency_ms_p50": round(float(np.median(ms)), 2),
         "latency_ms_p90": round(float(np.quantile(ms, 0.9)), 2),
@@ -153,7 +153,7 @@ def main() -> int:
     if args.worker:
         print(json.dumps(worker(args.worker, args.data, args.ood_dir, args.repeats, not args.inexact)))
         return 0
-    from model.ood import write_packaged_goods
+    from model.training.ood import write_packaged_goods
 
     results = []
     with tempfile.TemporaryDirectory() as tmp:

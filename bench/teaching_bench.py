@@ -44,7 +44,7 @@ from model.refit import (  # noqa: E402
     build_head,
     exemplar_rows,
 )
-from model.teaching import (  # noqa: E402
+from model.training.teaching import (  # noqa: E402
     HELD_OUT_RUNS,
     REFIT_SCALES,
     cross_group,

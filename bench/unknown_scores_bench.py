@@ -36,10 +36,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from model.metrics import auroc  # noqa: E402
+from model.metrics import auroc, softmax  # noqa: E402
 from model.refit import exemplar_rows, unit  # noqa: E402
-from model.teaching import HELD_OUT_RUNS, held_out_runs, load_kept  # noqa: E402
-from model.train import _softmax_rows, calibrate  # noqa: E402
+from model.training.teaching import HELD_OUT_RUNS, held_out_runs, load_kept  # noqa: E402
+from model.training.train import calibrate  # noqa: E402
 from model.unknown import UNKNOWN_QUANTILE, UnknownFlag  # noqa: E402
 
 Scores = dict[str, tuple[np.ndarray, np.ndarray]]  # name -> (known photos, unknown photos); high = known
@@ -63,7 +63,7 @@ def group_scores(kept: dict[str, np.ndarray]) -> Scores:
     def both(f: Callable[[np.ndarray], np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         return f(qk), f(qu)
 
-    s["max-prob"] = (_softmax_rows(lk, temp).max(1), _softmax_rows(lu, temp).max(1))
+    s["max-prob"] = (softmax(lk, temp).max(1), softmax(lu, temp).max(1))
     s["max-cosine"] = (lk.max(1) / scale, lu.max(1) / scale)
 
     def energy(z: np.ndarray) -> np.ndarray:

@@ -1,4 +1,6 @@
-"""The produce recognizer: training, ONNX export, runtime and enrollment gallery.
+"""The produce recognizer: the runtime the stall imports (recognizer, preprocessing, gallery,
+unknown flag, refit, evaluation; numpy, OpenCV and onnxruntime) and, in ``model.training``,
+training and ONNX export (torch), which the runtime never imports.
 
 Exception tree::
 

@@ -108,9 +108,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     import logging
 
     from model import ModelError
-    from model.distill import DEFAULT_TEACHERS, parse_teacher
-    from model.head import HeadConfig
-    from model.train import TrainConfig, run
+    from model.training.distill import DEFAULT_TEACHERS, parse_teacher
+    from model.training.head import HeadConfig
+    from model.training.train import TrainConfig, run
 
     teachers = tuple(args.teachers.split(",")) if args.teachers else DEFAULT_TEACHERS
     for spec in teachers:
@@ -153,7 +153,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from model.train import export_checkpoint
+    from model.training.train import export_checkpoint
 
     written = export_checkpoint(Path(args.checkpoint), Path(args.out),
                                 args.int8 or args.int8_out is not None,

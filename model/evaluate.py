@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from model.data import IMAGE_SUFFIXES, load_dataset
-from model.metrics import auroc as _auroc
+from model.metrics import auroc, confusion_png
 from model.recognizer import Recognizer
 
 logger = logging.getLogger(__name__)
@@ -84,17 +84,19 @@ def evaluate(
         res = [rec.recognize(p) for p in paths]
         ood_scores = np.array([rec.unknown_margin(r.top[0][1], r.embedding) for r in res])
         ood_rate = float(np.mean([r.unknown for r in res])) if res else float("nan")
-        ood_auc = _auroc(-ood_scores, -known_scores)
+        ood_auc = auroc(-ood_scores, -known_scores)
         report |= {"ood_dir": str(ood_dir), "ood_n": len(res), "ood_unknown_rate": ood_rate,
                    "ood_auroc": ood_auc}
     if out_dir is not None:
-        from model.train import confusion_png
-
         out_dir.mkdir(parents=True, exist_ok=True)
         ok = [i for i in range(len(y)) if y[i] >= 0 and pred[i] >= 0]
-        confusion_png(np.array([y[i] for i in ok]), np.array([pred[i] for i in ok]), rec.labels,
-                      out_dir / "confusion.png", f"{Path(report['model']).name} on {split}: "
-                      f"top-1 {report['top1']:.3f}")
+        try:
+            confusion_png(np.array([y[i] for i in ok]), np.array([pred[i] for i in ok]), rec.labels,
+                          out_dir / "confusion.png", f"{Path(report['model']).name} on {split}: "
+                          f"top-1 {report['top1']:.3f}")
+        except ImportError as exc:
+            # matplotlib comes with the train extra; a stall's install still gets the figures
+            logger.warning("no confusion.png without matplotlib (pip install '.[train]'): %s", exc)
         per: dict[str, list[bool]] = {}
         for s, h in zip(samples, hit1, strict=True):
             per.setdefault(ds.classes[s.label], []).append(h)

@@ -31,6 +31,7 @@ import numpy as np
 
 from model import ImageError, ModelError, ModelFileError
 from model.gallery import Gallery
+from model.metrics import softmax
 from model.preprocess import (
     Roi,
     as_bgr,
@@ -135,7 +136,7 @@ class ModelMeta:
 
 
 def int8_needs_exact_kernels(meta: dict[str, Any]) -> bool:
-    """False only for int8 weights on onnxruntime's 7-bit grid (``model.qat``), which cannot
+    """False only for int8 weights on onnxruntime's 7-bit grid (``model.training.qat``), which cannot
     saturate the fast u8 x s8 kernels of x86 CPUs without VNNI."""
     bits = (meta.get("int8") or {}).get("weight_bits", 8)
     return not (isinstance(bits, int) and bits <= 7)
@@ -221,7 +222,7 @@ def combine_scores(
     A gallery label scores ``scale * (gain * similarity + bias)``: the cosine
     to a few photos is not the cosine to a trained prototype, so gain and bias
     are fitted by teaching classes held out of training (see
-    ``model.train.held_out_classes``).  A label in both keeps the higher logit,
+    ``model.training.train.held_out_classes``).  A label in both keeps the higher logit,
     so a vendor's correction can raise a catalogue label but never bury it.
     """
     labels = list(meta.labels)
@@ -237,13 +238,7 @@ def combine_scores(
                 labels.append(lab)
                 extra.append(g)
         z = np.concatenate([z, np.asarray(extra)])
-    return labels, _softmax(z / meta.temperature)
-
-
-def _softmax(z: np.ndarray) -> np.ndarray:
-    z = z - z.max()
-    e = np.exp(z)
-    return e / e.sum()
+    return labels, softmax(z, meta.temperature)
 
 
 class Recognizer:
@@ -410,7 +405,7 @@ class Recognizer:
             factor = (self.meta.teach or {}).get("temperature_factor", 1.0)
             t = self.meta.temperature * head.scale / self.meta.scale * factor
             labels, z = head.label_logits(emb)
-            return labels, _softmax(z / t)
+            return labels, softmax(z, t)
         sims = self.gallery.similarities(emb, self.meta.gallery_k) if len(self.gallery) else {}
         return combine_scores(self.meta, logits, sims)
 

@@ -23,7 +23,7 @@ def test_topk_accuracy() -> None:
 
 
 def test_blocked_folds_keep_neighbours_together() -> None:
-    from model.train import blocked_folds
+    from model.training.train import blocked_folds
 
     paths = [f"c{c}/{i:03d}.jpg" for c in range(2) for i in range(10)]
     labels = np.array([c for c in range(2) for _ in range(10)])
@@ -36,7 +36,7 @@ def test_blocked_folds_keep_neighbours_together() -> None:
 
 
 def test_calibration_flags_the_chosen_share() -> None:
-    from model.train import UNKNOWN_QUANTILE, calibrate
+    from model.training.train import UNKNOWN_QUANTILE, calibrate
 
     rng = np.random.default_rng(0)
     y = rng.integers(0, 5, 400)
@@ -51,7 +51,7 @@ def test_calibration_flags_the_chosen_share() -> None:
 
 
 def test_augment_is_seeded_and_sized() -> None:
-    from model.augment import augment
+    from model.training.augment import augment
 
     img = np.random.default_rng(0).integers(0, 256, (120, 90, 3), dtype=np.uint8)
     a = augment(img, np.random.default_rng(5), 64)

@@ -14,7 +14,7 @@ import pytest
 import torch
 from torch import nn
 
-from model.qat import REDUCED_LEVELS, bake, on_grid, train_on_grid
+from model.training.qat import REDUCED_LEVELS, bake, on_grid, train_on_grid
 
 
 def test_grid_is_per_channel_symmetric_and_commutes_with_channel_scaling() -> None:
@@ -91,7 +91,7 @@ def test_seven_bit_int8_is_rounding_free_and_exact_on_the_fast_kernels(
     import onnx
     from onnx import numpy_helper
 
-    from model.export import depthwise_weights, quantize_int8
+    from model.training.export import depthwise_weights, quantize_int8
 
     fp32, int8 = tmp_path / "tiny.onnx", tmp_path / "tiny.int8.onnx"
     _tiny_onnx(fp32)

@@ -352,7 +352,7 @@ def test_the_unknown_flag_adds_the_nearest_exemplar(shipped_model: Path, val_pho
     """The shipped files flag by the top probability plus the nearest exemplar (model.unknown): a
     synthetic packaged good is far from every exemplar and flagged; once taught, its own photo is
     the nearest and it scores higher."""
-    from model.ood import write_packaged_goods
+    from model.training.ood import write_packaged_goods
 
     rec = Recognizer.load(shipped_model, gallery_dir=tmp_path / "g", background_refit=False)
     assert rec.meta.unknown_flag is not None

@@ -9,7 +9,7 @@ import pytest
 
 from model import ModelFileError
 from model.refit import EXEMPLARS_PER_LABEL, REFIT_EPOCHS, Exemplars, build_head, refit_prototypes
-from model.teaching import REFIT_BIASES, TEMPERATURE_FACTORS, cross_group, refit_grid, teach_group
+from model.training.teaching import REFIT_BIASES, TEMPERATURE_FACTORS, cross_group, refit_grid, teach_group
 
 
 def _unit(a: np.ndarray) -> np.ndarray:

@@ -16,8 +16,8 @@ from edge.cli import main
 @pytest.fixture(scope="module")
 def tiny_model(dataset_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A model trained for seconds: 10 photos, 64 px, one augmented view, int8 too."""
-    from model.head import HeadConfig
-    from model.train import TrainConfig, run
+    from model.training.head import HeadConfig
+    from model.training.train import TrainConfig, run
 
     out = tmp_path_factory.mktemp("tiny")
     cfg = TrainConfig(data=dataset_root, out=out / "tiny.onnx", run_dir=out / "run", size=64,
@@ -40,8 +40,8 @@ def test_training_writes_model_metadata_and_report(tiny_model: Path) -> None:
 
 
 def test_training_is_reproducible(dataset_root: Path, tiny_model: Path, tmp_path: Path) -> None:
-    from model.head import HeadConfig
-    from model.train import TrainConfig, run
+    from model.training.head import HeadConfig
+    from model.training.train import TrainConfig, run
 
     cfg = TrainConfig(data=dataset_root, out=tmp_path / "again.onnx", run_dir=tmp_path / "run",
                       size=64, aug_views=1, folds=0, head=HeadConfig(epochs=2), threads=2,
@@ -126,9 +126,9 @@ def test_distillation_on_a_tiny_slice(dataset_root: Path, tmp_path: Path) -> Non
     """Mode distill end to end: view bank, ONNX teachers, out-of-fold soft labels, student, export."""
     import numpy as np
 
-    from model.head import HeadConfig
     from model.recognizer import Recognizer
-    from model.train import TrainConfig, run
+    from model.training.head import HeadConfig
+    from model.training.train import TrainConfig, run
 
     cfg = TrainConfig(data=dataset_root, out=tmp_path / "d.onnx", run_dir=tmp_path / "run", size=64,
                       mode="distill", teachers=("efficientnet-lite0@64", "efficientnet-lite1@96"),
@@ -195,9 +195,9 @@ def test_held_out_group_teaching_experiment(tmp_path: Path) -> None:
 
 def _random_bank(n: int, tmp_path: Path) -> tuple[Any, Any, Any]:
     """A view bank of ``n`` random 64 px photos (2 views, 2 classes), a fresh student and its config."""
-    from model.distill import ViewBank
-    from model.network import RecognizerNet, build_trunk
-    from model.train import TrainConfig
+    from model.training.distill import ViewBank
+    from model.training.network import RecognizerNet, build_trunk
+    from model.training.train import TrainConfig
 
     rng = np.random.default_rng(0)
     bank = ViewBank(rng.integers(0, 255, (n, 2, 64, 64, 3), dtype=np.uint8),
@@ -213,7 +213,7 @@ def test_soup_is_the_average_of_its_students(tmp_path: Path) -> None:
     """--students 2: two students distilled with seeds 0 and 1, averaged weight by weight."""
     import copy
 
-    from model.distill import distill, distill_soup
+    from model.training.distill import distill, distill_soup
 
     bank, net, cfg = _random_bank(8, tmp_path)
     soft = np.log(np.full((8, 2, 2), 1 / 2, np.float32))
@@ -241,7 +241,7 @@ def test_distill_on_rows_never_reads_the_other_rows(tmp_path: Path) -> None:
 
     import torch
 
-    from model.distill import ViewBank, distill
+    from model.training.distill import ViewBank, distill
 
     n, views, classes = 12, 2, 2
     bank, net, cfg = _random_bank(n, tmp_path)
@@ -262,8 +262,8 @@ def test_seven_bit_student_leaves_every_convolution_on_the_grid(tmp_path: Path) 
 
     import torch
 
-    from model.distill import distill
-    from model.qat import convolutions, on_grid
+    from model.training.distill import distill
+    from model.training.qat import convolutions, on_grid
 
     bank, net, cfg = _random_bank(8, tmp_path)
     soft = np.log(np.full((8, 2, 2), 1 / 2, np.float32))

@@ -17,9 +17,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from model.augment import augment
 from model.data import Dataset, Sample
 from model.preprocess import read_image, square_resize, to_tensor, tta_views
+from model.training.augment import augment
 
 logger = logging.getLogger(__name__)
 
@@ -98,7 +98,7 @@ def cached_features(
     ds: Dataset, backbone: str, size: int, aug_views: int, seed: int, cache_dir: Path
 ) -> dict[str, np.ndarray]:
     """train_* and val_* arrays of L2-normalised embeddings of the frozen trunk."""
-    from model.network import RecognizerNet, build_trunk
+    from model.training.network import RecognizerNet, build_trunk
 
     cache_dir.mkdir(parents=True, exist_ok=True)
     key = cache_key(ds, backbone, size, aug_views, seed)

@@ -65,7 +65,7 @@ def quantize_int8(fp32: Path, int8: Path, calibration: np.ndarray, weight_bits: 
     """Static int8 (QDQ, per-channel weights) calibrated on real preprocessed photos.
 
     ``weight_bits=7``: onnxruntime's reduced range for every convolution but the depthwise
-    ones (whose kernel cannot saturate), for a network trained on that grid (``model.qat``):
+    ones (whose kernel cannot saturate), for a network trained on that grid (``model.training.qat``):
     exact on the fast int8 kernels of CPUs without VNNI.
     """
     if weight_bits not in (7, 8):

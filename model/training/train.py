@@ -27,10 +27,9 @@ import numpy as np
 
 from model import ModelError
 from model.data import Dataset, DatasetError, load_dataset
-from model.distill import DEFAULT_TEACHERS
-from model.head import HeadConfig, fit_temperature, head_logits, train_head
-from model.metrics import auroc as _auroc
-from model.metrics import topk_accuracy
+from model.metrics import auroc, confusion_png, softmax, topk_accuracy
+from model.training.distill import DEFAULT_TEACHERS
+from model.training.head import HeadConfig, fit_temperature, head_logits, train_head
 from model.unknown import UNKNOWN_QUANTILE, UnknownFlag, nearest_cosine
 
 logger = logging.getLogger(__name__)
@@ -67,7 +66,7 @@ class TrainConfig:
     bank_views: int = 8
     held_out_group: int | None = None  # distill: only the honest teaching experiment for this group
     students: int = 1  # distill: students with seeds seed, seed+1, ... averaged weight by weight
-    # int8 weight bits: 7 trains the convolutions on onnxruntime's reduced grid (model.qat), so
+    # int8 weight bits: 7 trains the convolutions on onnxruntime's reduced grid (model.training.qat), so
     # the int8 file is exact on the fast kernels of CPUs without VNNI; distill, one student only
     weight_bits: int = 8
 
@@ -107,13 +106,6 @@ def _train_rows(f: dict[str, np.ndarray], idx: np.ndarray, split: str) -> tuple[
 def _eval_views(f: dict[str, np.ndarray], split: str, tta: bool) -> np.ndarray:
     c = f[f"{split}_centre"][:, None]
     return np.concatenate([c, f[f"{split}_tta"]], axis=1) if tta else c[:, 0]
-
-
-def _softmax_rows(z: np.ndarray, t: float) -> np.ndarray:
-    z = z / t
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
 
 
 def blocked_folds(paths: list[str], labels: np.ndarray, folds: int) -> list[np.ndarray]:
@@ -209,13 +201,13 @@ def held_out_classes(f: dict[str, np.ndarray], classes: list[str], cfg: HeadConf
         yk = np.array([remap[c] for c in f["val_labels"][va_known]])
         t = fit_temperature(lk, yk)
         temps.append(t)
-        known_p.append(_softmax_rows(lk, t).max(1))
+        known_p.append(softmax(lk, t).max(1))
         known_cos.append(lk.max(1) / scale)
         tr_out = np.where(~np.isin(f["train_labels"], keep))[0]
         va_out = np.where(~np.isin(f["val_labels"], keep))[0]
         lu = np.concatenate([head_logits(head, f["train_centre"][tr_out]),
                              head_logits(head, f["val_centre"][va_out])])
-        unknown_p.append(_softmax_rows(lu, t).max(1))
+        unknown_p.append(softmax(lu, t).max(1))
         unknown_cos.append(lu.max(1) / scale)
         # Teach: a vendor takes a handful of photos one after the other, so
         # consecutive train photos; test on val photos (another session).
@@ -268,8 +260,8 @@ def held_out_classes(f: dict[str, np.ndarray], classes: list[str], cfg: HeadConf
     thr = float(np.quantile(kp, threshold_quantile))
     return {
         "groups": groups,
-        "unknown_auroc_maxprob": _auroc(-up, -kp),
-        "unknown_auroc_maxcos": _auroc(-uc, -kc),
+        "unknown_auroc_maxprob": auroc(-up, -kp),
+        "unknown_auroc_maxcos": auroc(-uc, -kc),
         "threshold_at_quantile": thr,
         "known_flagged": float(np.mean(kp < thr)),
         "unknown_flagged": float(np.mean(up < thr)),
@@ -290,7 +282,7 @@ def held_out_classes(f: dict[str, np.ndarray], classes: list[str], cfg: HeadConf
 def calibrate(logits: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     """(temperature, unknown threshold on the top calibrated probability)."""
     t = fit_temperature(logits, y)
-    return t, float(np.quantile(_softmax_rows(logits, t).max(1), UNKNOWN_QUANTILE))
+    return t, float(np.quantile(softmax(logits, t).max(1), UNKNOWN_QUANTILE))
 
 
 def split_half_check(logits: np.ndarray, y: np.ndarray, seed: int) -> dict[str, float]:
@@ -300,31 +292,8 @@ def split_half_check(logits: np.ndarray, y: np.ndarray, seed: int) -> dict[str, 
     flagged = []
     for a, b in (halves, halves[::-1]):
         t, thr = calibrate(logits[a], y[a])
-        flagged.append(float(np.mean(_softmax_rows(logits[b], t).max(1) < thr)))
+        flagged.append(float(np.mean(softmax(logits[b], t).max(1) < thr)))
     return {"known_flagged_split_half": float(np.mean(flagged))}
-
-
-def confusion_png(y: np.ndarray, pred: np.ndarray, classes: list[str], path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    n = len(classes)
-    cm = np.zeros((n, n), np.int64)
-    for a, b in zip(y, pred, strict=True):
-        cm[a, b] += 1
-    fig, ax = plt.subplots(figsize=(13, 12))
-    norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
-    ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
-    ax.set_xticks(range(n), classes, rotation=90, fontsize=7)
-    ax.set_yticks(range(n), classes, fontsize=7)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    ax.set_title(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
 
 
 def per_class(y: np.ndarray, logits: np.ndarray, classes: list[str]) -> list[dict[str, Any]]:
@@ -342,11 +311,13 @@ def per_class(y: np.ndarray, logits: np.ndarray, classes: list[str]) -> list[dic
     return out
 
 
-def _build_net(cfg: TrainConfig, n_classes: int, prototypes: np.ndarray, log_scale: float,
+def build_net(cfg: TrainConfig, n_classes: int, prototypes: np.ndarray, log_scale: float,
                center: np.ndarray) -> Any:
+    """A ``RecognizerNet`` on ``cfg``'s pretrained trunk with the head fitted on its features
+    (prototypes, scale, training mean), in eval mode: where fine-tuning and distillation start."""
     import torch
 
-    from model.network import RecognizerNet, build_trunk
+    from model.training.network import RecognizerNet, build_trunk
 
     net = RecognizerNet(build_trunk(cfg.backbone, cfg.size), n_classes)
     with torch.no_grad():
@@ -360,8 +331,8 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
     """Train, evaluate, calibrate and export; returns the report."""
     import torch
 
-    from model.features import cached_features
-    from model.network import EMBEDDING_DIMS
+    from model.training.features import cached_features
+    from model.training.network import EMBEDDING_DIMS
 
     if cfg.held_out_group is not None and cfg.mode != "distill":
         raise ModelError("--held-out-group needs --mode distill")
@@ -379,7 +350,7 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
     n_classes = len(ds.classes)
     cache_dir = cfg.run_dir.parent / "features" if cfg.max_images is None else cfg.run_dir / "features"
     if cfg.mode == "distill":
-        from model.distill import as_feature_dict, build_bank, parse_teacher, teacher_features
+        from model.training.distill import as_feature_dict, build_bank, parse_teacher, teacher_features
 
         bank_size = max([cfg.size, *(parse_teacher(t)[1] for t in cfg.teachers)])
         bank = build_bank(ds, bank_size, cfg.bank_views, cfg.seed, cache_dir)
@@ -389,7 +360,7 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
         # frozen-trunk experiments below).
         own_feats = teachers[own] if own in teachers else teacher_features(bank, own, cache_dir, cfg.threads)
         if cfg.held_out_group is not None:
-            from model.distill import held_out_student
+            from model.training.distill import held_out_student
 
             result = held_out_student(ds, bank, teachers, own_feats, cfg, cfg.held_out_group)
             (cfg.run_dir / f"held-out-group-{cfg.held_out_group}.json").write_text(
@@ -423,14 +394,14 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
         gallery |= {"gain": ho["gallery_gain"], "bias": ho["gallery_bias"]}
         logger.info("held-out classes: %s", report["held_out_classes"])
 
-    net = _build_net(cfg, n_classes, prototypes, log_scale, center)
+    net = build_net(cfg, n_classes, prototypes, log_scale, center)
     if cfg.mode in ("finetune", "distill"):
         if cfg.mode == "finetune":
-            from model.finetune import finetune
+            from model.training.finetune import finetune
 
             net = finetune(net, ds, cfg)
         else:
-            from model.distill import distill_soup, soft_labels
+            from model.training.distill import distill_soup, soft_labels
 
             soft, report["teachers"] = soft_labels(teachers, bank.train_labels, bank.val_labels,
                                                    [str(s.path) for s in ds.train], n_classes,
@@ -522,8 +493,8 @@ def held_out_after_finetune(net: Any, ds: Dataset, size: int, head: HeadConfig,
     """
     import torch
 
-    from model.features import embed_batches
     from model.preprocess import read_image, square_resize
+    from model.training.features import embed_batches
 
     net.eval()
     f: dict[str, np.ndarray] = {}
@@ -627,7 +598,7 @@ def calibrated_on_val(meta: dict[str, Any], model: Path, ds: Dataset, size: int,
     if "teach" in meta:
         ex = Exemplars.read(model.with_name(str(meta["teach"]["exemplars"])), len(meta["labels"]),
                             int(meta["embedding_dim"]), str(meta["embedding_space"]))
-        flag = UnknownFlag.fit(_softmax_rows(logits, float(meta["temperature"])).max(1),
+        flag = UnknownFlag.fit(softmax(logits, float(meta["temperature"])).max(1),
                                nearest_cosine(unit(emb), unit(ex.embeddings)))
         logger.info("%s: unknown flag %s", model.name, flag)
         meta = {**meta, "unknown": {**meta.get("unknown", {}), "nearest_exemplar": flag.to_json()}}
@@ -640,9 +611,9 @@ def export_checkpoint(checkpoint: Path, out: Path, int8: bool = False,
     import torch
     import torch.nn.functional as F
 
-    from model.export import export_onnx, quantize_int8, write_metadata
-    from model.network import RecognizerNet, build_trunk
     from model.refit import write_exemplars
+    from model.training.export import export_onnx, quantize_int8, write_metadata
+    from model.training.network import RecognizerNet, build_trunk
 
     state = torch.load(checkpoint, weights_only=False)
     net = RecognizerNet(build_trunk(state["backbone"], state["size"], pretrained=False),

@@ -12,19 +12,19 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from model.augment import augment
 from model.data import Dataset
 from model.metrics import topk_accuracy
 from model.preprocess import preprocess, read_image, to_tensor
+from model.training.augment import augment
 
 if TYPE_CHECKING:
-    from model.network import RecognizerNet
-    from model.train import TrainConfig
+    from model.training.network import RecognizerNet
+    from model.training.train import TrainConfig
 
 logger = logging.getLogger(__name__)
 
 
-def _frozen_forward(net: RecognizerNet, x: torch.Tensor, n_frozen: int) -> torch.Tensor:
+def frozen_forward(net: RecognizerNet, x: torch.Tensor, n_frozen: int) -> torch.Tensor:
     """Stem and the first ``n_frozen`` blocks without autograd: the CPU saves their backward."""
     t: Any = net.trunk
     with torch.no_grad():
@@ -34,9 +34,11 @@ def _frozen_forward(net: RecognizerNet, x: torch.Tensor, n_frozen: int) -> torch
     return x
 
 
-def _trainable_forward(
+def trainable_forward(
     net: RecognizerNet, x: torch.Tensor, n_frozen: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The rest of the network from ``frozen_forward``'s output: (logits, embedding), with the
+    trunk's drop-connect; fine-tuning and distillation both train through it."""
     t: Any = net.trunk
     n = len(t._blocks)
     rate = t._global_params.drop_connect_rate
@@ -132,7 +134,7 @@ def finetune(net: RecognizerNet, ds: Dataset, cfg: TrainConfig) -> RecognizerNet
             y = torch.tensor([ds.train[i].label for i in idx])
             for g in opt.param_groups:
                 g["lr"] = lr_at(step)
-            logits, _ = _trainable_forward(net, _frozen_forward(net, x, n_frozen), n_frozen)
+            logits, _ = trainable_forward(net, frozen_forward(net, x, n_frozen), n_frozen)
             # No label smoothing: with the head's scale of ~90 it dominates the loss
             # (2.5 nats at step 0 against 0.24 without) and flattens the classes.
             loss = F.cross_entropy(logits, y)

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from model.metrics import softmax
 from model.refit import EXEMPLARS_PER_LABEL, REFIT_EPOCHS, Exemplars, build_head, exemplar_rows, unit
 from model.unknown import UnknownFlag, nearest_cosine
 
@@ -46,7 +47,7 @@ def teach_group(kept: dict[str, np.ndarray], shots: int = 5, draws: int = 10, se
     ``scales`` x ``steps`` x ``per_labels`` x ``REFIT_BIASES``; the unknown section's "nearest"
     flag is the one fitted with the first of ``per_labels`` exemplars per label.
     """
-    from model.train import GALLERY_BIASES, GALLERY_GAINS, _softmax_rows, calibrate, choose_gallery_setting
+    from model.training.train import GALLERY_BIASES, GALLERY_GAINS, calibrate, choose_gallery_setting
 
     etr, eva = kept["train"], kept["val"]
     trl, val = kept["train_labels"], kept["val_labels"]
@@ -64,7 +65,7 @@ def teach_group(kept: dict[str, np.ndarray], shots: int = 5, draws: int = 10, se
     # the unknown flag as the export calibrates it (on the catalogue's val photos, before any
     # teaching) and as the stall applies it to the refit head (same scale / temperature)
     temp, thr = calibrate(cat[~new], yq[~new])
-    p0 = _softmax_rows(cat, temp).max(1)
+    p0 = softmax(cat, temp).max(1)
     flag0 = p0 < thr
     eva_u = unit(eva)
     # per number of exemplars per label: the catalogue exemplars a model ships, and the flag that
@@ -122,8 +123,8 @@ def teach_group(kept: dict[str, np.ndarray], shots: int = 5, draws: int = 10, se
                 zzh = zh.copy()
                 zzh[:, nk:] += sc * b
                 for f, factor in enumerate(TEMPERATURE_FACTORS):
-                    p = _softmax_rows(zz, t_refit * factor).max(1)
-                    ph = _softmax_rows(zzh, t_refit * factor).max(1)
+                    p = softmax(zz, t_refit * factor).max(1)
+                    ph = softmax(zzh, t_refit * factor).max(1)
                     for acc, acc_h, unk, uh in ((flagged, flagged_half, p < thr, ph < thr),
                                                 (nflagged, nflagged_half, flag_pl.unknown(p, near),
                                                  flag_pl.unknown(ph, near_h))):

@@ -36,13 +36,13 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from model.augment import augment
 from model.data import Dataset
 from model.preprocess import read_image, square_resize, to_tensor, tta_views
+from model.training.augment import augment
 
 if TYPE_CHECKING:
-    from model.network import RecognizerNet
-    from model.train import TrainConfig
+    from model.training.network import RecognizerNet
+    from model.training.train import TrainConfig
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ DEFAULT_TEACHERS = (
 
 def parse_teacher(spec: str) -> tuple[str, int]:
     """``backbone@size`` -> (backbone, size); ValueError for anything else."""
-    from model.network import BACKBONES
+    from model.training.network import BACKBONES
 
     name, sep, size = spec.partition("@")
     if not sep or name not in BACKBONES or not size.isdigit() or int(size) < 32:
@@ -126,7 +126,7 @@ def resize_views(views: np.ndarray, size: int) -> list[np.ndarray]:
 def _export_pooled_trunk(backbone: str, size: int, path: Path) -> None:
     import torch
 
-    from model.network import build_trunk
+    from model.training.network import build_trunk
 
     class Pooled(torch.nn.Module):
         def __init__(self, trunk: Any) -> None:
@@ -189,7 +189,7 @@ def centred(feats: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], np.nda
 
 
 def as_feature_dict(feats: dict[str, np.ndarray], bank: ViewBank) -> dict[str, np.ndarray]:
-    """Raw unit features in the layout of ``model.features.cached_features``."""
+    """Raw unit features in the layout of ``model.training.features.cached_features``."""
     tr, va = _unit(feats["train"]), _unit(feats["val"])
     return {"train_centre": tr[:, 0], "train_aug": tr[:, 1:], "train_labels": bank.train_labels,
             "val_centre": va[:, 0], "val_tta": va[:, 1:], "val_labels": bank.val_labels}
@@ -205,9 +205,9 @@ def soft_labels(teachers: dict[str, dict[str, np.ndarray]], y: np.ndarray, val_l
     """
     import torch
 
-    from model.head import HeadConfig, head_logits, train_head
     from model.metrics import topk_accuracy
-    from model.train import blocked_folds
+    from model.training.head import HeadConfig, head_logits, train_head
+    from model.training.train import blocked_folds
 
     n = len(y)
     views = next(iter(teachers.values()))["train"].shape[1]
@@ -252,8 +252,8 @@ def distill(net: RecognizerNet, bank: ViewBank, teacher_logprob: np.ndarray, cfg
     import torch
     import torch.nn.functional as F
 
-    from model.finetune import _frozen_forward, _trainable_forward, warmup_cosine
     from model.metrics import topk_accuracy
+    from model.training.finetune import frozen_forward, trainable_forward, warmup_cosine
 
     torch.manual_seed(cfg.seed)
     with torch.no_grad():
@@ -262,7 +262,7 @@ def distill(net: RecognizerNet, bank: ViewBank, teacher_logprob: np.ndarray, cfg
         net.log_scale.fill_(math.log(cfg.distill_scale))
     net.log_scale.requires_grad_(False)
     if cfg.weight_bits == 7:
-        from model.qat import train_on_grid
+        from model.training.qat import train_on_grid
 
         logger.info("distill: %d convolutions trained on the 7-bit weight grid", train_on_grid(net))
     # ~1.7x faster depthwise convs on this CPU (Module.to takes memory_format; its stubs do not say so)
@@ -323,7 +323,7 @@ def distill(net: RecognizerNet, bank: ViewBank, teacher_logprob: np.ndarray, cfg
             target = torch.from_numpy(teacher_logprob[idx, v])
             for g in opt.param_groups:
                 g["lr"] = lr_at(step)
-            logits, _ = _trainable_forward(net, _frozen_forward(net, x, n_frozen), n_frozen)
+            logits, _ = trainable_forward(net, frozen_forward(net, x, n_frozen), n_frozen)
             kd = F.kl_div(F.log_softmax(logits, 1), target, log_target=True, reduction="batchmean")
             loss = alpha * kd + (1 - alpha) * F.cross_entropy(logits, y)
             opt.zero_grad()
@@ -341,7 +341,7 @@ def distill(net: RecognizerNet, bank: ViewBank, teacher_logprob: np.ndarray, cfg
         logger.info("distill epoch %d/%d: %s", epoch + 1, cfg.epochs, entry)
     net = net.to(memory_format=torch.contiguous_format).eval()  # type: ignore[call-overload]
     if cfg.weight_bits == 7:
-        from model.qat import bake
+        from model.training.qat import bake
 
         bake(net)
     return net, log
@@ -393,17 +393,17 @@ def held_out_student(ds: Dataset, bank: ViewBank, teachers: dict[str, dict[str, 
     out of the teachers' heads and of the student; each is then taught from
     ``shots`` consecutive train photos (one session, as a vendor would) and
     the val photos of every class (another session) are recognised with the
-    catalogue competing (``model.teaching.teach_group``).  The figures are kept
+    catalogue competing (``model.training.teaching.teach_group``).  The figures are kept
     for every taught-item bias: ``bench/teaching_bench.py`` chooses each
     group's on the other groups.
     """
     import torch
     import torch.nn.functional as F
 
-    from model.features import embed_batches
-    from model.head import HeadConfig, train_head
-    from model.teaching import teach_group
-    from model.train import _build_net
+    from model.training.features import embed_batches
+    from model.training.head import HeadConfig, train_head
+    from model.training.teaching import teach_group
+    from model.training.train import build_net
 
     n = len(ds.classes)
     if not 0 <= group < groups:
@@ -421,7 +421,7 @@ def held_out_student(ds: Dataset, bank: ViewBank, teachers: dict[str, dict[str, 
     d = f["train"].shape[-1]
     head = train_head(f["train"].reshape(-1, d), np.repeat(sub_train_labels, bank.views), len(keep),
                       HeadConfig(seed=cfg.seed))
-    net = _build_net(cfg, len(keep), head.prototypes.detach().numpy(), float(head.log_scale.detach()),
+    net = build_net(cfg, len(keep), head.prototypes.detach().numpy(), float(head.log_scale.detach()),
                      center)
     soft_sub, _ = soft_labels(tsub, sub_train_labels, sub_val_labels, [str(ds.train[i].path) for i in tri],
                               len(keep), cfg.kd_temperature, cfg.folds, cfg.seed)

@@ -9,8 +9,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from model.metrics import topk_accuracy  # noqa: F401 - re-exported for the trainer
-from model.network import CosineHead
+from model.training.network import CosineHead
 
 logger = logging.getLogger(__name__)
 

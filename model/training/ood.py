@@ -5,7 +5,7 @@ other photo set is at hand offline, so the "items outside the catalogue" check
 draws them: cartons, bottles, cans and bags with printed labels, barcodes and
 text, lit unevenly, on a steel or plastic plate.  They are easier than real
 packaged goods photos would be; the held-out-produce experiment in
-``model.train.held_out_classes`` is the hard (near) case.
+``model.training.train.held_out_classes`` is the hard (near) case.
 """
 
 from __future__ import annotations
