@@ -17,12 +17,13 @@ import pytest
 from playwright.sync_api import Browser, Page, expect
 
 from edge.camera import ImageFolderCamera
-from edge.config import StallConfig
+from edge.config import ScreensConfig, StallConfig
 from edge.demo_data import catalogue
 from edge.flow import FlowState
 from edge.stall import StallApp
 from tests.browser import chromium
 from tests.conftest import DATASET
+from tests.edge.test_feed import price_market, running, stall_config, start_market
 from tests.edge.test_stall import wait_for
 
 #: Recogniser labels of S02's items whose photos the guesses test may use.
@@ -273,3 +274,28 @@ def test_markup_in_names_stays_text(tmp_path: Path, browser: Browser) -> None:
             assert page.locator("main img, main script, header b").count() == 0
     finally:
         app.stop()
+
+
+def test_a_price_change_goes_to_the_market_and_comes_back_in_the_feed(tmp_path: Path) -> None:
+    srv, token = start_market(tmp_path / "market.db")
+    try:
+        price_market(srv, token)  # 西红柿 2001 at 3.20 元/500g, capped at 10.00
+        cfg = stall_config(tmp_path, srv.url, token).model_copy(update={"screens": ScreensConfig(port=0)})
+        with running(cfg) as app, httpx.Client(base_url=app.screens.url, timeout=10) as c:  # type: ignore[union-attr]
+            session = app.session
+            assert session is not None
+            assert wait_for(lambda: session.catalogue.get("2001").unit_price_fen == 320)
+            r = c.post("/api/price", json={"code": "2001", "unit_price_fen": 1200, "why": "涨价"})
+            assert r.status_code == 409 and r.json()["server_status"] == 409, r.text
+            r = c.post("/api/price", json={"code": "2001", "unit_price_fen": 340, "why": "进价涨了"})
+            assert r.status_code == 200, r.text
+            assert wait_for(lambda: session.catalogue.get("2001").unit_price_fen == 340)
+            assert wait_for(lambda: c.get("/api/search", params={"q": "2001"}).json()["items"][0]
+                            ["unit_price_fen"] == 340)
+        # In the market's price history, with the vendor's reason.
+        with srv.client() as s:
+            changes = s.get("/api/v1/prices/history", params={"plu": "2001", "stall_id": "S02"}).json()
+        newest = changes["changes"][0]
+        assert (newest["old_fen"], newest["new_fen"], newest["why"]) == (320, 340, "进价涨了")
+    finally:
+        srv.__exit__(None, None, None)
