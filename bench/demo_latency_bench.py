@@ -82,7 +82,8 @@ def main() -> int:
             token = c.post("/api/v1/stalls", json={"stall_id": "S02", "name": "bench"}).json()["token"]
         cfg = StallConfig(stall_id="S02", name="bench", data_dir=tmp / "S02", seed=3,
                           catalogue=catalogue("S02", "20261128"),
-                          server={"url": srv.url, "token": token})  # type: ignore[arg-type]
+                          server={"url": srv.url, "token": token},  # type: ignore[arg-type]
+                          screens={"enabled": False})  # type: ignore[arg-type]
         stall = StallApp(cfg)
         stall.start()
         watcher = SseWatcher(srv.url)

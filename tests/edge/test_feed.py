@@ -58,7 +58,8 @@ def stall_config(tmp_path: Path, url: str, token: str, **feed: Any) -> StallConf
                        catalogue=catalogue("S02", DAY), seed=3,
                        server={"url": url, "token": token},  # type: ignore[arg-type]
                        feed={"wait_s": 2, **feed},  # type: ignore[arg-type]
-                       printer={"type": "file"})  # type: ignore[arg-type]
+                       printer={"type": "file"},  # type: ignore[arg-type]
+                       screens={"enabled": False})  # type: ignore[arg-type]
 
 
 @contextmanager

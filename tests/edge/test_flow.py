@@ -76,10 +76,12 @@ def _stall(tmp_path: Path, camera: Path | None = None, auto_confirm: float = 0.9
                       catalogue=_catalogue(), seed=7,  # type: ignore[arg-type]
                       camera={"source": str(camera) if camera else None,  # type: ignore[arg-type]
                               "auto_confirm": auto_confirm},
-                      printer={"type": "file"})  # type: ignore[arg-type]
+                      printer={"type": "file"},  # type: ignore[arg-type]
+                      screens={"enabled": False})  # type: ignore[arg-type]
     app = StallApp(cfg)
     app.start()
     assert app.flow is not None
+    assert app.screens is None  # test stalls do not fight over port 8100
     assert wait_for(lambda: app.flow.state is FlowState.IDLE)  # type: ignore[union-attr]
     return app
 

@@ -166,7 +166,8 @@ def test_a_running_stall_uploads_its_scale_audit_log(tmp_path: Path, app_db: str
         cfg = StallConfig(stall_id="S02", name="李家蔬菜", data_dir=tmp_path / "S02",
                           catalogue=catalogue("S02", "20261128"), seed=7,
                           server={"url": srv.url, "token": token},  # type: ignore[arg-type]
-                          printer={"type": "file"})  # type: ignore[arg-type]
+                          printer={"type": "file"},  # type: ignore[arg-type]
+                          screens={"enabled": False})  # type: ignore[arg-type]
         stall = StallApp(cfg)
         stall.start()
         try:

@@ -43,7 +43,8 @@ def stall(market: tuple[LiveServer, str], tmp_path: Path) -> Iterator[StallApp]:
     cfg = StallConfig(stall_id="S02", name="李家蔬菜", vendor="李阿姨", data_dir=tmp_path / "S02",
                       catalogue=catalogue("S02", "20261128"), seed=7,
                       server={"url": srv.url, "token": token},  # type: ignore[arg-type]
-                      printer={"type": "file"})  # type: ignore[arg-type]
+                      printer={"type": "file"},  # type: ignore[arg-type]
+                      screens={"enabled": False})  # type: ignore[arg-type]
     app = StallApp(cfg)
     app.start()
     yield app
@@ -164,7 +165,8 @@ def test_raw_count_scale_weighs_only_with_its_sealed_calibration(tmp_path: Path)
     data = tmp_path / "S03"
     cfg = StallConfig(stall_id="S03", name="张氏", data_dir=data, seed=3,
                       catalogue=catalogue("S03", "20261128"),
-                      scale={"port": "sim", "protocol": "hx711-raw"})  # type: ignore[arg-type]
+                      scale={"port": "sim", "protocol": "hx711-raw"},  # type: ignore[arg-type]
+                      screens={"enabled": False})  # type: ignore[arg-type]
     with pytest.raises(BridgeError, match="calibrate first"):
         StallApp(cfg).start()
 
