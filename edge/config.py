@@ -86,6 +86,16 @@ class ScreensConfig(_Strict):
                                  "this many seconds")
 
 
+class GalleryConfig(_Strict):
+    """Taught items shared through the market server (``edge.gallery_share``); both opt-in,
+    both need ``[server] token`` and the recogniser."""
+
+    share: bool = Field(False, title="Offer the items taught at this stall to the market's other stalls")
+    accept: bool = Field(False, title="Import the items other stalls of the market shared "
+                         "(signed, same model only)")
+    interval_s: float = Field(30.0, ge=1, le=3600, title="Seconds between asks for new shared items")
+
+
 class PrinterConfig(_Strict):
     type: Literal["file", "dummy", "serial", "network", "usb"] = "file"
     path: str | None = Field(None, title="File printer: folder (one .bin per receipt) or file")
@@ -141,6 +151,7 @@ class StallConfig(_Strict):
     printer: PrinterConfig = PrinterConfig()
     feed: FeedConfig = FeedConfig()
     screens: ScreensConfig = ScreensConfig()
+    gallery: GalleryConfig = GalleryConfig()
     catalogue: list[CatalogueEntry] = Field(
         default_factory=list, title="The stall's items (PLU)",
         description="the offline seed: sold until the market's feed prices this stall")

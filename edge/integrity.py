@@ -27,6 +27,8 @@ Public API::
     sale_digest(sale) -> str
     sign_sale(sale, key) -> str
     verify_sale(sale, public_key_b64) -> bool
+    sign_digest(hex_digest, key) -> str                 any signed document (shared taught items)
+    verify_digest(hex_digest, signature, public_key_b64) -> bool
     seal_sale(sale, previous, key) -> Sale              sets prev_hash and signature
     chain_problems(sales) -> list[str]                  one stall's sales in receipt order
 """
@@ -144,22 +146,37 @@ def sale_digest(sale: Mapping[str, Any] | Sale) -> str:
     return hashlib.sha256(canonical_json(sale)).hexdigest()
 
 
+def sign_digest(digest: str, key: Ed25519PrivateKey) -> str:
+    """Ed25519 over the 32 raw bytes of a hex SHA-256 ``digest``, as urlsafe base64."""
+    return _b64encode(key.sign(bytes.fromhex(digest)))
+
+
+def verify_digest(digest: str, signature: str, public_key_b64: str) -> bool:
+    """True only if ``signature`` signs ``digest`` for this public key; never raises."""
+    try:
+        if not signature:
+            return False
+        public = Ed25519PublicKey.from_public_bytes(_b64decode(public_key_b64))
+        public.verify(_b64decode(signature), bytes.fromhex(digest))
+    except (InvalidSignature, ValueError, binascii.Error, TypeError) as exc:
+        logger.debug("signature does not verify: %s", exc)
+        return False
+    return True
+
+
 def sign_sale(sale: Mapping[str, Any] | Sale, key: Ed25519PrivateKey) -> str:
-    return _b64encode(key.sign(bytes.fromhex(sale_digest(sale))))
+    return sign_digest(sale_digest(sale), key)
 
 
 def verify_sale(sale: Mapping[str, Any] | Sale, public_key_b64: str) -> bool:
     """True only if the sale's signature is valid for this public key; never raises."""
     try:
         signature = sale.signature if isinstance(sale, Sale) else sale.get("signature", "")
-        if not signature:
-            return False
-        public = Ed25519PublicKey.from_public_bytes(_b64decode(public_key_b64))
-        public.verify(_b64decode(signature), bytes.fromhex(sale_digest(sale)))
-    except (InvalidSignature, IntegrityError, ValueError, binascii.Error, AttributeError) as exc:
+        digest = sale_digest(sale)
+    except (IntegrityError, ValueError, AttributeError) as exc:
         logger.debug("sale signature does not verify: %s", exc)
         return False
-    return True
+    return verify_digest(digest, signature, public_key_b64)
 
 
 def seal_sale(

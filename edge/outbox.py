@@ -12,6 +12,8 @@ import logging
 import threading
 from typing import Any
 
+import httpx
+
 from edge.backoff import BackoffSender
 from edge.journal import Journal, UploadState
 
@@ -35,13 +37,8 @@ class Outbox(BackoffSender):
         self._key_registered = public_key is None
 
     def _register_key(self) -> None:
-        r = self._client.put(f"/api/v1/stalls/{self.stall_id}/key",
-                             json={"public_key": self.public_key})
-        if r.status_code == 409:
-            logger.error("server holds a different signing key for stall %s: receipts will be "
-                         "flagged until the market manager resolves it", self.stall_id)
-        else:
-            r.raise_for_status()
+        assert self.public_key is not None
+        register_key(self._client, self.stall_id, self.public_key)
         self._key_registered = True
 
     def flush_once(self) -> int:
@@ -84,3 +81,14 @@ class Outbox(BackoffSender):
             self.journal.mark_refund(res["sale_id"], res["line_no"], state, res.get("reason"))
             settled += 1
         return settled
+
+
+def register_key(client: httpx.Client, stall_id: str, public_key: str) -> None:
+    """Register the stall's signing key with the market server (``PUT /api/v1/stalls/{id}/key``,
+    idempotent); a different key already there is logged, the manager resolves it."""
+    r = client.put(f"/api/v1/stalls/{stall_id}/key", json={"public_key": public_key})
+    if r.status_code == 409:
+        logger.error("server holds a different signing key for stall %s: receipts and shared "
+                     "items will be refused or flagged until the market manager resolves it", stall_id)
+    else:
+        r.raise_for_status()

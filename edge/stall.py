@@ -2,10 +2,10 @@
 
     journal -> signing key -> catalogue (saved feed, else the config's seed) -> scale
     (simulator) -> link -> session -> recognizer -> printer -> outbox -> flow -> screens
-    -> feed -> simulated vendor (demo)
+    -> feed -> shared taught items (``edge.gallery_share``, opt-in) -> simulated vendor (demo)
 
 Every worker thread ends on the stall's one stop event (``stop_event``): the link,
-the outbox, the scale-audit uploader, the feed, the flow's two threads, the
+the outbox, the scale-audit uploader, the feed, the shared-gallery sync, the flow's two threads, the
 screens (``edge.screens``: their state hub and their uvicorn) and the simulated
 vendor; ``stop()`` sets it first, then joins the parts in reverse.  The vendor's
 actions go through the flow (``edge.flow``), which prices through the session.  A
@@ -216,6 +216,14 @@ class StallApp:
             return  # the no-token warning is the outbox's
         self.feed.start(self.session.offer_catalogue)
 
+    def _start_gallery(self) -> None:
+        """Taught items offered to and taken from the market, if ``[gallery]`` opts in."""
+        from edge.gallery_share import start_sharing
+
+        assert self.session is not None
+        self._stops += start_sharing(self.cfg, self.recognizer, self.key, self.public_key,
+                                     self.session, self.stop_event)
+
     def _start_vendor(self) -> None:
         if not self.cfg.simulate_vendor:
             return
@@ -233,7 +241,7 @@ class StallApp:
         self.cfg.data_dir.mkdir(parents=True, exist_ok=True)
         for step in (self._start_journal, self._start_key, self._start_catalogue, self._start_scale,
                      self._start_camera, self._start_printer, self._start_outbox, self._start_flow,
-                     self._start_screens, self._start_feed, self._start_vendor):
+                     self._start_screens, self._start_feed, self._start_gallery, self._start_vendor):
             try:
                 step()
             except BaseException:

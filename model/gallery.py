@@ -10,7 +10,9 @@ model's metadata): a gallery taught with one model is meaningless for another,
 so loading or importing one from a different space is refused.
 
 ``export_to(file)`` writes one ``.npz`` the market server can pass to other
-stalls; ``import_from(file)`` merges such a file into this gallery.
+stalls; ``import_from(file)`` merges such a file into this gallery, and
+``import_arrays`` the same arrays received another way (another stall's taught
+item through the market server, ``edge.gallery_share``), with the same checks.
 """
 
 from __future__ import annotations
@@ -68,6 +70,7 @@ class Gallery:
         # Bumped on every change: the recognizer refits its classifier when it moves.
         self.version = 0
         self._listeners: list[Callable[[], None]] = []
+        self._taught_listeners: list[Callable[[str, np.ndarray], None]] = []
         # The stall recognises on one thread while the vendor teaches on another.
         self._lock = threading.RLock()
         if self.folder is not None and (self.folder / "gallery.npz").exists():
@@ -122,22 +125,35 @@ class Gallery:
 
     # -- changes ---------------------------------------------------------------
     def add(self, label: str, emb: np.ndarray) -> None:
+        self.add_many(label, np.asarray(emb, np.float32).reshape(1, -1))
+
+    def add_many(self, label: str, embs: np.ndarray) -> None:
+        """Teach ``label`` from the rows of ``embs`` (one photo's views): one change, and the
+        taught listeners (``add_taught_listener``) hear of it.  Imports never reach them."""
         label = label.strip()
         if not label:
             raise GalleryError("a taught item needs a non-empty label")
-        emb = np.asarray(emb, np.float32).reshape(-1)
-        if emb.shape[0] != self.dim:
-            raise GalleryError(f"embedding of size {emb.shape[0]} does not fit gallery of size {self.dim}")
-        n = float(np.linalg.norm(emb))
-        if not np.isfinite(n) or n == 0:
+        embs = np.asarray(embs, np.float32)
+        if embs.ndim != 2 or embs.shape[1] != self.dim or not len(embs):
+            raise GalleryError(f"embeddings of shape {embs.shape} do not fit gallery of size {self.dim}")
+        norms = np.linalg.norm(embs, axis=1, keepdims=True)
+        if not np.all(np.isfinite(norms)) or np.any(norms == 0):
             raise GalleryError("embedding is zero or not finite")
+        rows = embs / norms
         with self._lock:
-            self._emb = np.vstack([self._emb, emb[None] / n])
-            self._labels.append(label)
-            self._added = np.append(self._added, time.time())
+            self._emb = np.vstack([self._emb, rows])
+            self._labels += [label] * len(rows)
+            self._added = np.append(self._added, np.full(len(rows), time.time()))
             self._trim(label)
             self.version += 1
         self._changed()
+        for fn in self._taught_listeners:
+            fn(label, rows)
+
+    def add_taught_listener(self, fn: Callable[[str, np.ndarray], None]) -> None:
+        """Call ``fn(label, unit rows)`` after each item taught here (not after an import): the
+        stall offers what it was taught to the market (``edge.gallery_share``)."""
+        self._taught_listeners.append(fn)
 
     def remove(self, label: str) -> int:
         with self._lock:
@@ -145,6 +161,23 @@ class Gallery:
             removed = self._remove(label)
         self._changed()
         return removed
+
+    def remove_exemplars(self, label: str, rows: np.ndarray) -> int:
+        """Forget ``label``'s exemplars that are ``rows`` (unit vectors, to float precision): an
+        imported item taken back, leaving what the stall taught itself.  How many went."""
+        rows = np.asarray(rows, np.float32).reshape(-1, self.dim)
+        with self._lock:
+            drop = {i for i, lab in enumerate(self._labels)
+                    if lab == label and float(np.max(rows @ self._emb[i], initial=-1.0)) > 1 - 1e-5}
+            if not drop:
+                return 0
+            keep = [i for i in range(len(self._labels)) if i not in drop]
+            self._emb = self._emb[keep]
+            self._labels = [self._labels[i] for i in keep]
+            self._added = self._added[keep]
+            self.version += 1
+        self._changed()
+        return len(drop)
 
     def _remove(self, label: str) -> int:
         keep = [i for i, lab in enumerate(self._labels) if lab != label]
@@ -199,6 +232,16 @@ class Gallery:
         self._load_file(Path(path), merge=True)
         return len(self) - before
 
+    def import_arrays(self, embedding_space: str, labels: list[str], embeddings: np.ndarray,
+                      added: np.ndarray | None = None, source: str = "shared item") -> int:
+        """Merge exemplars received other than as a file (another stall's taught item, through
+        the market server), with the checks of :meth:`import_from`; how many were added."""
+        before = len(self)
+        emb = np.asarray(embeddings, np.float32)
+        stamps = np.asarray(added, np.float64) if added is not None else np.full(len(labels), time.time())
+        self._merge(source, embedding_space, emb, [str(s) for s in labels], stamps, merge=True)
+        return len(self) - before
+
     def _write_npz(self, path: Path) -> None:
         tmp = path.with_name(path.name + ".tmp")
         with self._lock, tmp.open("wb") as fh:
@@ -223,16 +266,24 @@ class Gallery:
             raise GalleryError(f"{path}: no such gallery file") from exc
         except (OSError, ValueError, KeyError, EOFError) as exc:
             raise GalleryError(f"{path}: not a readable gallery ({exc})") from exc
+        self._merge(str(path), space, emb, labels, added, merge)
+
+    def _merge(self, source: str, space: str, emb: np.ndarray, labels: list[str], added: np.ndarray,
+               merge: bool) -> None:
         if space != self.embedding_space:
             raise GalleryError(
-                f"{path}: taught with another model (embedding space {space[:12]}, "
+                f"{source}: taught with another model (embedding space {space[:12]}, "
                 f"this model {self.embedding_space[:12]}); teach the items again"
             )
         if emb.ndim != 2 or emb.shape[1] != self.dim or len(labels) != len(emb) or len(added) != len(emb):
-            raise GalleryError(f"{path}: inconsistent gallery arrays")
+            raise GalleryError(f"{source}: inconsistent gallery arrays")
         if not np.all(np.isfinite(emb)):
-            raise GalleryError(f"{path}: gallery holds non-finite embeddings")
+            raise GalleryError(f"{source}: gallery holds non-finite embeddings")
+        if any(not lab.strip() for lab in labels):
+            raise GalleryError(f"{source}: an exemplar without a label")
         norms = np.linalg.norm(emb, axis=1, keepdims=True)
+        if np.any(norms == 0):
+            raise GalleryError(f"{source}: gallery holds a zero embedding")
         # Saved rows are unit already and come back bit for bit (the recognizer's
         # refit cache is keyed on them); only a foreign file's rows are normalised.
         if not np.allclose(norms, 1.0, atol=1e-4):
@@ -248,4 +299,4 @@ class Gallery:
                 self._emb, self._labels, self._added = emb, labels, added
             self.version += 1
         self._changed()
-        logger.info("gallery %s: %d exemplars of %d labels", path, len(labels), len(set(labels)))
+        logger.info("gallery %s: %d exemplars of %d labels", source, len(labels), len(set(labels)))

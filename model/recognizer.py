@@ -444,8 +444,7 @@ class Recognizer:
         except Exception as exc:  # noqa: BLE001 - OpenCV errors on degenerate inputs
             raise ImageError(f"{_name(image)}: cannot preprocess ({exc})") from exc
         _, emb = self.runner.run(x)
-        for e in emb:
-            self.gallery.add(label, e)
+        self.gallery.add_many(label, emb)
         if save:
             self.gallery.save()
 
