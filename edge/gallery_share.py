@@ -76,7 +76,7 @@ OUTBOX_DIR = "gallery-outbox"
 IMPORTED_DIR = "gallery-shared"
 STATE_FILE = "gallery-shared.json"
 
-_MODEL = r"^[A-Za-z0-9._:+-]{1,128}$"
+MODEL_PATTERN = r"^[A-Za-z0-9._:+-]{1,128}$"
 _UUID = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
 
 
@@ -93,7 +93,7 @@ class SharedItemDoc(BaseModel):
                        description="the recogniser's label: a model label or the item's PLU")
     plu: str | None = Field(None, pattern=_PLU, description="the PLU it was sold as at that stall")
     name: str | None = Field(None, max_length=64, pattern=_TEXT, description="its name there")
-    model: str = Field(pattern=_MODEL, description="the model's identity: the recogniser's "
+    model: str = Field(pattern=MODEL_PATTERN, description="the model's identity: the recogniser's "
                        "embedding space; only stalls with the same one may use the item")
     model_sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$",
                                      description="SHA-256 of the teaching stall's ONNX file")
@@ -147,7 +147,7 @@ class SharedItemsDoc(BaseModel):
     """``GET /api/v1/gallery``: the market's shared items of one model, but the asking stall's."""
 
     format: Literal[1]
-    model: str = Field(pattern=_MODEL)
+    model: str = Field(pattern=MODEL_PATTERN)
     items: list[SharedItemOut] = Field(max_length=MAX_ITEMS, description="oldest first")
     withdrawn: list[int] = Field(description="ids of this model's items a manager withdrew")
 

@@ -27,6 +27,7 @@ from server.routes import (
     display,
     export,
     feed,
+    gallery,
     inspections,
     manage,
     managers,
@@ -99,7 +100,7 @@ def create_app(settings: Settings) -> FastAPI:
         return JSONResponse({"detail": detail}, status_code=422)
 
     for module in (stalls, sales, refunds, stats, export, catalogue, display, inspections, promotions, feed,
-                   scale_events, managers, manage, pages):
+                   gallery, scale_events, managers, manage, pages):
         app.include_router(module.router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 

@@ -389,6 +389,34 @@ class Alert(Base):
     acknowledged_by: Mapped[str | None] = mapped_column(String(64))
 
 
+class SharedItem(Base):
+    """An item taught at one stall and offered to the others (``edge.gallery_share``): the
+    signed document as received, the fields the listings filter on, and its withdrawal."""
+
+    __tablename__ = "shared_items"
+    __table_args__ = (
+        # an upload sent twice (its answer lost) is stored once
+        Index("ux_shared_items_stall_item", "stall_id", "item_id", unique=True),
+        # a stall asks for its model's items, in order
+        Index("ix_shared_items_model", "model", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    stall_id: Mapped[str] = mapped_column(ForeignKey("stalls.stall_id"))
+    item_id: Mapped[str] = mapped_column(String(36))
+    label: Mapped[str] = mapped_column(String(64))
+    plu: Mapped[str | None] = mapped_column(String(16))
+    name: Mapped[str | None] = mapped_column(String(64))
+    model: Mapped[str] = mapped_column(String(128))
+    dim: Mapped[int] = mapped_column(Integer)
+    count: Mapped[int] = mapped_column(Integer)
+    doc: Mapped[dict[str, object]] = mapped_column(JSON)
+    taught_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    received_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    withdrawn_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    withdrawn_by: Mapped[str | None] = mapped_column(String(64))
+
+
 def make_engine(db_url: str) -> Engine:
     url = db_url
     if url.startswith("postgresql://"):

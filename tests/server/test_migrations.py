@@ -157,3 +157,28 @@ def test_a_legacy_database_without_its_tables_stamped_keeps_its_rows(db_url: str
             assert current(conn) == head()
     finally:
         engine.dispose()
+
+
+def test_0004_adds_the_shared_items_and_goes_down_keeping_the_rest(db_url: str) -> None:
+    """Issue 18 item 4: a database at 0003 (a market already selling) gains ``shared_items``;
+    down to 0003 again drops only that table."""
+    engine = _engine(db_url)
+    try:
+        _at(engine, "0003")
+        assert "shared_items" not in inspect(engine).get_table_names()
+        with engine.begin() as conn:
+            conn.execute(text("INSERT INTO server_meta (key, value) VALUES ('probe', 'kept')"))
+        upgrade(engine)
+        assert {"id", "stall_id", "item_id", "model", "doc", "withdrawn_at"} <= _columns(
+            engine, "shared_items")
+        indexes = {i["name"]: i for i in inspect(engine).get_indexes("shared_items")}
+        assert indexes["ux_shared_items_stall_item"]["unique"]
+        assert indexes["ix_shared_items_model"]["column_names"] == ["model", "id"]
+        with engine.begin() as conn:
+            command.downgrade(alembic_config(conn), "0003")
+        assert "shared_items" not in inspect(engine).get_table_names()
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT value FROM server_meta WHERE key = 'probe'")).scalar() == "kept"
+            assert current(conn) == "0003"
+    finally:
+        engine.dispose()
