@@ -42,7 +42,7 @@ import threading
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import httpx
 import numpy as np
@@ -55,8 +55,8 @@ from edge.integrity import sign_digest, verify_digest
 from edge.outbox import register_key
 
 if TYPE_CHECKING:
+    from edge.catalogue import Catalogue, Plu
     from edge.config import StallConfig
-    from edge.session import Session
     from model.gallery import Gallery
 
 logger = logging.getLogger(__name__)
@@ -397,8 +397,21 @@ class SharedGalleryClient(BackoffSender):
 
 # ---- the stall's wiring -------------------------------------------------------------------
 
+class SessionLike(Protocol):
+    """``edge.session.Session`` as sharing uses it: what a label sells as, and whether a basket
+    is open (shared items are imported between baskets only)."""
+
+    @property
+    def catalogue(self) -> Catalogue: ...
+
+    @property
+    def lines(self) -> list[Any]: ...
+
+    def item_for_label(self, label: str) -> Plu | None: ...
+
+
 def start_sharing(cfg: StallConfig, recognizer: object, key: Ed25519PrivateKey, public_key: str,
-                  session: Session, stop_event: threading.Event) -> list[Callable[[], None]]:
+                  session: SessionLike, stop_event: threading.Event) -> list[Callable[[], None]]:
     """Start what ``[gallery]`` asks for; the stop functions of what was started."""
     from model.recognizer import Recognizer
 

@@ -1,0 +1,249 @@
+"""Items taught at one stall offered to the market's other stalls (issue 18 item 4), for real:
+a market server on 127.0.0.1 (SQLite; the server's own tests run PostgreSQL too), three
+stalls' recognisers (the shipped model) with their galleries on disk, the stalls' sharing
+started as ``StallApp`` starts it (``start_sharing``), photos of the grocery-store set.
+
+A teaches (its vendor's correction) -> the item is signed and uploaded -> B (accept) imports it
+between baskets and recognises it; C (opted out) never sees it; a forged or another model's
+item is refused at the stall, logged once; a withdrawn item leaves B's gallery again."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+
+from edge.catalogue import Catalogue, Plu
+from edge.config import StallConfig
+from edge.gallery_share import (
+    OUTBOX_DIR,
+    GalleryUploader,
+    SharedGalleryClient,
+    SharedItemsDoc,
+    make_item,
+    start_sharing,
+)
+from edge.integrity import load_or_create_key, public_key_b64
+from model.gallery import Gallery
+from model.recognizer import Recognizer
+from server.app import create_app
+from server.settings import Settings
+from tests.conftest import DATASET, LiveServer, free_port
+
+ADMIN = "test-admin-token"
+KIWI = sorted((DATASET / "train").rglob("Kiwi/*.jpg"))[:3]
+
+
+def wait_for(cond: Callable[[], object], timeout: float = 15.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(0.05)
+    return bool(cond())
+
+
+@dataclass
+class Counter:
+    """The stall's session as sharing reads it: its catalogue and whether a basket is open."""
+
+    catalogue: Catalogue
+    lines: list[Any] = field(default_factory=list)
+    labels: dict[str, str] = field(default_factory=dict)
+
+    def item_for_label(self, label: str) -> Plu | None:
+        code = self.labels.get(label)
+        return self.catalogue.get(code) if code is not None else None
+
+
+@dataclass
+class Stall:
+    stall_id: str
+    cfg: StallConfig
+    recognizer: Recognizer
+    counter: Counter
+    stops: list[Callable[[], None]]
+
+
+@pytest.fixture
+def market(tmp_path: Path) -> Iterator[LiveServer]:
+    if not KIWI:
+        pytest.fail(f"the grocery-store photos are missing at {DATASET}")
+    app = create_app(Settings(db_url=f"sqlite:///{tmp_path / 'market.db'}", admin_token=ADMIN))
+    with LiveServer(app) as srv:
+        yield srv
+
+
+def _catalogue() -> Catalogue:
+    return Catalogue([Plu(code="2099", name_zh="猕猴桃", name_en="Kiwi", price_unit="500g",
+                          unit_price_fen=800)])
+
+
+def _token(srv: LiveServer, stall_id: str) -> str:
+    """Registered by the manager without a key: the stall registers its own."""
+    with srv.client(ADMIN) as c:
+        r = c.post("/api/v1/stalls", json={"stall_id": stall_id, "name": f"摊位 {stall_id}"})
+    assert r.status_code == 201, r.text
+    return str(r.json()["token"])
+
+
+def _start(tmp_path: Path, srv: LiveServer, stop: threading.Event, stall_id: str, *,
+           share: bool = False, accept: bool = False) -> Stall:
+    cfg = StallConfig(stall_id=stall_id, name=f"摊位 {stall_id}", data_dir=tmp_path / stall_id,
+                      server={"url": srv.url, "token": _token(srv, stall_id)},  # type: ignore[arg-type]
+                      gallery={"share": share, "accept": accept, "interval_s": 1})  # type: ignore[arg-type]
+    key = load_or_create_key(cfg.data_dir / "stall.key")
+    rec = Recognizer.load(gallery_dir=cfg.data_dir / "gallery", background_refit=False)
+    counter = Counter(_catalogue())
+    stops = start_sharing(cfg, rec, key, public_key_b64(key), counter, stop)
+    return Stall(stall_id, cfg, rec, counter, stops)
+
+
+def _stop(stop: threading.Event, *stalls: Stall) -> None:
+    stop.set()
+    for s in stalls:
+        for fn in reversed(s.stops):
+            fn()
+
+
+def _shared(srv: LiveServer) -> list[dict[str, Any]]:
+    with srv.client(ADMIN) as c:
+        rows: list[dict[str, Any]] = c.get("/api/v1/gallery/all").json()
+        return rows
+
+
+def test_taught_at_a_is_recognised_at_b_and_never_reaches_c(tmp_path: Path, market: LiveServer) -> None:
+    stop = threading.Event()
+    a = _start(tmp_path, market, stop, "S01", share=True)
+    b = _start(tmp_path, market, stop, "S02", accept=True)
+    c = _start(tmp_path, market, stop, "S03")
+    try:
+        assert len(a.stops) == 1 and len(b.stops) == 1 and c.stops == []  # C opted out: no thread
+        b.counter.lines.append("a line of an open basket")
+        # The vendor at A corrects three weighings to 猕猴桃 (PLU 2099, no model label): taught
+        # under its PLU, as the flow does.
+        for photo in KIWI:
+            a.recognizer.teach("2099", photo)
+        assert wait_for(lambda: len(_shared(market)) == 3)
+        rows = _shared(market)
+        assert {(r["stall_id"], r["label"], r["plu"], r["name"], r["count"]) for r in rows} == {
+            ("S01", "2099", "2099", "猕猴桃", 4)}
+        assert wait_for(lambda: not list((a.cfg.data_dir / OUTBOX_DIR).glob("*.json")))
+
+        time.sleep(2.5)  # B's pulls while its basket is open import nothing
+        assert "2099" not in b.recognizer.gallery.labels
+        b.counter.lines.clear()
+        assert wait_for(lambda: b.recognizer.gallery.counts().get("2099") == 12)
+
+        for photo in KIWI:
+            at_a, at_b = a.recognizer.recognize(photo), b.recognizer.recognize(photo)
+            assert [lab for lab, _ in at_b.top] == [lab for lab, _ in at_a.top]
+            np.testing.assert_allclose([p for _, p in at_b.top], [p for _, p in at_a.top], atol=1e-4)
+            assert "2099" in dict(at_b.top)
+        assert b.recognizer.recognize(KIWI[0]).top[0][0] == "2099"
+        assert "2099" not in c.recognizer.gallery.labels
+        assert all("2099" not in dict(c.recognizer.recognize(p).top) for p in KIWI)
+        # B kept the imports on disk: a restarted B has them without asking again.
+        assert Gallery(b.recognizer.gallery.embedding_space, b.recognizer.gallery.dim,
+                       b.cfg.data_dir / "gallery").counts() == {"2099": 12}
+
+        # The manager withdraws one: B takes its four exemplars out again, its own stay.
+        b.recognizer.teach("Kiwi", KIWI[0])
+        with market.client(ADMIN) as m:
+            assert m.delete(f"/api/v1/gallery/{rows[0]['id']}").status_code == 200
+        assert wait_for(lambda: b.recognizer.gallery.counts().get("2099") == 8)
+        assert b.recognizer.gallery.counts()["Kiwi"] == 4
+    finally:
+        _stop(stop, a, b, c)
+
+
+def test_a_forged_or_another_models_item_is_refused_at_the_stall_once(
+        tmp_path: Path, market: LiveServer, caplog: pytest.LogCaptureFixture) -> None:
+    stop = threading.Event()
+    a = _start(tmp_path, market, stop, "S01", share=True)
+    b = _start(tmp_path, market, stop, "S02")  # its client driven by hand below
+    try:
+        a.recognizer.teach("2099", KIWI[0])
+        assert wait_for(lambda: len(_shared(market)) == 1)
+        # Another model's item, uploaded by A under that model's name.
+        key = load_or_create_key(a.cfg.data_dir / "stall.key")
+        rows = np.eye(4, 1280, dtype=np.float32)
+        other = make_item("S01", "2099", rows, model="mobilenet-v3-other-s0", key=key)
+        with market.client(a.cfg.server.token) as ca:
+            assert ca.post("/api/v1/gallery", json=other.model_dump(mode="json")).status_code == 201
+        client = SharedGalleryClient(b.cfg.data_dir, market.url, b.cfg.server.token, stall_id="S02",
+                                     gallery=b.recognizer.gallery)
+        with market.client(b.cfg.server.token) as cb:
+            mine = SharedItemsDoc.model_validate_json(
+                cb.get("/api/v1/gallery", params={"model": client.model}).content)
+            theirs = SharedItemsDoc.model_validate_json(
+                cb.get("/api/v1/gallery", params={"model": other.model}).content)
+        assert len(mine.items) == 1 and len(theirs.items) == 1
+        genuine = mine.items[0]
+        # What a hostile network could make of the server's answer: the label changed after
+        # signing, and an item passed off with another stall's key.
+        relabelled = genuine.model_copy(update={"id": 101, "item": genuine.item.model_copy(
+            update={"label": "Kiwi"})})
+        rekeyed = genuine.model_copy(update={"id": 102, "public_key": public_key_b64(
+            load_or_create_key(tmp_path / "intruder.key"))})
+        hostile = SharedItemsDoc(format=1, model=client.model, withdrawn=[],
+                                 items=[relabelled, rekeyed, theirs.items[0]])
+        caplog.set_level(logging.ERROR, logger="edge.gallery_share")
+        assert client.apply(hostile) == 0
+        assert client.apply(hostile) == 0  # again: nothing new logged
+        refusals = [r.getMessage() for r in caplog.records if "refused, never imported" in r.getMessage()]
+        assert len(refusals) == 3, refusals
+        assert sum("signature does not verify" in m for m in refusals) == 2
+        assert sum("another model (mobilenet-v3-other-s0)" in m for m in refusals) == 1
+        assert len(b.recognizer.gallery) == 0
+        # The genuine item still comes in; a restarted stall remembers what it refused.
+        assert client.poll_once() == 1 and b.recognizer.gallery.counts() == {"2099": 4}
+        client.stop()
+        caplog.clear()
+        again = SharedGalleryClient(b.cfg.data_dir, market.url, b.cfg.server.token, stall_id="S02",
+                                    gallery=b.recognizer.gallery)
+        assert again.apply(hostile) == 0 and not caplog.records
+        assert again.poll_once() == 0  # 304: unchanged
+        again.stop()
+    finally:
+        _stop(stop, a, b)
+
+
+def test_taught_items_wait_while_the_server_is_away(tmp_path: Path, market: LiveServer) -> None:
+    key = load_or_create_key(tmp_path / "S01" / "stall.key")
+    token = _token(market, "S01")
+    rec = Recognizer.load(gallery_dir=tmp_path / "S01" / "gallery", background_refit=False)
+
+    def uploader(url: str, k: Any = key) -> GalleryUploader:
+        return GalleryUploader(tmp_path / "S01", url, token, stall_id="S01", key=k,
+                               public_key=public_key_b64(k), model=rec.gallery.embedding_space,
+                               describe=lambda label: ("2099", "猕猴桃"))
+
+    away = uploader(f"http://127.0.0.1:{free_port()}")
+    rec.gallery.add_taught_listener(away.offer)
+    rec.teach("2099", KIWI[0])  # teaching goes on: the item waits on disk
+    assert len(away.pending()) == 1
+    with pytest.raises(httpx.ConnectError):
+        away.flush_once()
+    assert len(away.pending()) == 1
+    away.stop(drain_s=0)
+    back = uploader(market.url)  # the stall restarted, the server is back
+    assert back.flush_once() == 1 and back.pending() == []
+    assert [r["label"] for r in _shared(market)] == ["2099"]
+    back.stop(drain_s=0)
+    # An item signed with a key that is not the stall's registered one: refused, set aside,
+    # not sent again and again.
+    wrong = uploader(market.url, load_or_create_key(tmp_path / "other.key"))
+    wrong.offer("2099", np.eye(4, rec.gallery.dim, dtype=np.float32))
+    assert wrong.flush_once() == 1 and wrong.pending() == []
+    assert len(list((tmp_path / "S01" / OUTBOX_DIR).glob("*.refused"))) == 1
+    assert len(_shared(market)) == 1
+    wrong.stop(drain_s=0)
