@@ -4,14 +4,24 @@ The image folder is the honest fake for tests and the demo: real photos,
 decoded by the same OpenCV path as a real camera's frames.  For the demo the
 folder may be labelled (``.../<Label>/*.jpg``, as in the grocery-store data),
 so the simulated vendor can show the camera a photo of the item it weighs.
+
+A camera the stall cannot trust says why in ``fault`` (``None``: it can be used):
+``MissingCamera`` stands in for one that did not open, and ``CameraWatch`` looks at a
+live camera once a second (``missing`` when no frame comes, ``frozen`` when the same
+frame comes for ``frozen_s``: a live sensor's noise makes every frame differ).  The
+stall's flow recognises nothing while the camera has a fault: the vendor picks items
+by hand and both screens say so.
 """
 
 from __future__ import annotations
 
 import abc
+import hashlib
 import logging
 import random
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import cv2
@@ -33,6 +43,25 @@ class Camera(abc.ABC):
 
     def close(self) -> None:  # noqa: B027 - most cameras hold nothing to release
         """Release the device."""
+
+    @property
+    def fault(self) -> str | None:
+        """Why the camera cannot be used now (``missing``, ``frozen``), or None."""
+        return None
+
+
+class MissingCamera(Camera):
+    """A configured camera that could not be opened: the stall sells by hand."""
+
+    def __init__(self, source: str, error: str) -> None:
+        self.source, self.error = source, error
+
+    def read(self) -> np.ndarray | None:
+        return None
+
+    @property
+    def fault(self) -> str | None:
+        return "missing"
 
 
 class OpenCVCamera(Camera):
@@ -94,3 +123,76 @@ class ImageFolderCamera(Camera):
         if frame is None:
             logger.warning("unreadable camera image %s", path)
         return frame
+
+
+class CameraWatch(Camera):
+    """A live camera, looked at every ``probe_s``: ``missing`` after ``misses`` reads without
+    a frame, ``frozen`` when every frame for ``frozen_s`` was the same (a hung driver, a
+    stream stuck on its last picture).  Reads pass through and count as looks too.
+    ``on_change`` is called when the fault changes (the screens say it at once)."""
+
+    def __init__(self, camera: Camera, *, stop: threading.Event, frozen_s: float = 10.0,
+                 probe_s: float = 1.0, misses: int = 2,
+                 on_change: Callable[[], None] | None = None) -> None:
+        self.camera = camera
+        self.frozen_s = frozen_s
+        self.probe_s = probe_s
+        self.misses = misses
+        self.on_change = on_change or (lambda: None)
+        self._stop = stop
+        self._lock = threading.Lock()
+        self._digest: bytes | None = None
+        self._same_since = time.monotonic()
+        self._missed = 0
+        self._fault: str | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def fault(self) -> str | None:
+        return self._fault
+
+    @property
+    def frozen_for_s(self) -> float:
+        return time.monotonic() - self._same_since if self._fault == "frozen" else 0.0
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="camera-watch", daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        self.camera.close()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.probe_s):
+            try:
+                self.read()
+            except Exception:  # noqa: BLE001 - the watch must outlive one bad read
+                logger.exception("camera watch: read failed")
+
+    def read(self) -> np.ndarray | None:
+        frame = self.camera.read()
+        self._saw(frame)
+        return frame
+
+    def _saw(self, frame: np.ndarray | None, now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            old = self._fault
+            if frame is None:
+                self._missed += 1
+                if self._missed >= self.misses:
+                    self._fault = "missing"
+            else:
+                self._missed = 0
+                digest = hashlib.blake2b(np.ascontiguousarray(frame).data, digest_size=16).digest()
+                if digest != self._digest:
+                    self._digest, self._same_since = digest, now
+                self._fault = "frozen" if now - self._same_since >= self.frozen_s else None
+            new = self._fault
+        if new != old:
+            log = logger.info if new is None else logger.warning
+            log("camera %s", new or "back: recognition resumes")
+            self.on_change()

@@ -42,6 +42,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationErro
 
 from edge.backoff import BackoffSender
 from edge.catalogue import Catalogue, Plu, Promotion
+from edge.files import fsync_dir
 from edge.pricing import format_yuan
 from edge.sale import MAX_AMOUNT_FEN, PriceUnit
 
@@ -284,14 +285,6 @@ def _seed_item(doc: FeedDoc, local: Plu, market: FeedItem | None,
 # ---- the saved copy ------------------------------------------------------------------------
 
 
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def save_feed(folder: Path, etag: str, doc: FeedDoc) -> None:
     """Keep ``doc`` as ``feed.json`` (the one before as ``feed.prev.json``), atomically:
     written to a temporary file, synced, renamed; a crash leaves one or the other whole."""
@@ -305,7 +298,7 @@ def save_feed(folder: Path, etag: str, doc: FeedDoc) -> None:
     if current.exists():
         os.replace(current, folder / PREV_FILE)
     os.replace(tmp, current)
-    _fsync_dir(folder)
+    fsync_dir(folder)
 
 
 def load_saved(folder: Path, stall_id: str) -> SavedFeed | None:

@@ -25,7 +25,16 @@ hardware keypad can drive it; :meth:`StallFlow.snapshot` is what a screen render
 
 Threads: the flow's worker steps the machine after each scale reading (``wake``) and
 every 0.1 s; the recogniser's worker recognises and teaches off the vendor's and the
-link's threads.  Both end on the stall's one stop event.
+link's threads.  Both end on the stall's one stop event.  Whoever shows the flow
+registers with :meth:`StallFlow.on_change` and is called after every change (a
+transition, guesses, a vendor action, the session's basket or catalogue, the camera's
+fault), so a screen waits for news instead of polling.
+
+Faults a vendor sees (:class:`Fault`, in the snapshot, each with what the vendor should
+do and a short line for the customer): the scale offline or not calibrated (nothing is
+priced), the camera missing or frozen (no recognition: items are picked by PLU, name or
+pinyin), a receipt that did not print (kept, queued for reprint) and a basket restored
+after a restart.  The screens add the server's and the reprint queue's.
 """
 
 from __future__ import annotations
@@ -178,6 +187,14 @@ class SearchResult(_Model):
     items: list[ItemView]
 
 
+class Fault(_Model):
+    """Something a vendor must know: ``vendor`` says what to do, ``customer`` is short."""
+
+    kind: str          # scale, camera, printer, server, basket
+    vendor: str
+    customer: str
+
+
 class Snapshot(_Model):
     """Everything a vendor's or a customer's screen shows, as one consistent value."""
 
@@ -194,6 +211,7 @@ class Snapshot(_Model):
     basket: list[BasketLine]
     total_fen: int
     warnings: list[str]
+    faults: list[Fault]
     taught: int
     last_receipt: str | None
 
@@ -214,13 +232,18 @@ class StallFlow:
     def __init__(self, session: Session, *, stop: threading.Event,
                  camera: Camera | None = None, recognizer: RecognizerLike | None = None,
                  printer: PrinterLike | None = None, auto_confirm: float = 0.9,
-                 on_sale: Callable[[Sale], None] | None = None) -> None:
+                 on_sale: Callable[[Sale], None] | None = None,
+                 scale_fault: str | None = None) -> None:
         self.session = session
         self.camera = camera
         self.recognizer = recognizer
         self.printer = printer
         self.auto_confirm = auto_confirm
         self._on_sale = on_sale or (lambda _sale: None)
+        #: Why the stall has no scale at all (not calibrated): nothing is priced.
+        self.scale_fault = scale_fault
+        self._listeners: list[Callable[[], None]] = []
+        session.listen(lambda _what: self.changed())
         self._stop = stop
         self._lock = threading.RLock()
         self._wake = threading.Event()
@@ -259,6 +282,16 @@ class StallFlow:
     def wake(self) -> None:
         """A new scale reading arrived (the link's thread): step the machine now."""
         self._wake.set()
+
+    def on_change(self, fn: Callable[[], None]) -> None:
+        """``fn()`` after every change of what :meth:`snapshot` shows but the weight (the
+        link's readings come at their own pace).  Called on the thread that made the change,
+        sometimes with the flow's lock held: ``fn`` must only signal, never call back."""
+        self._listeners.append(fn)
+
+    def changed(self) -> None:
+        for fn in list(self._listeners):
+            fn()
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -308,6 +341,7 @@ class StallFlow:
         logger.info("flow %s: %s -> %s (scale %s)", self.session.info.stall_id, old.value,
                     new.value, scale.value)
         self._state = new
+        self.changed()
         if new is FlowState.IDLE or new is FlowState.NOT_READY and old in _ON_PLATE:
             self._hold = False
             self._forget_weighing()
@@ -324,8 +358,8 @@ class StallFlow:
         self._auto_tried = False
 
     def _start_recognition(self) -> None:
-        if self.camera is None or self.recognizer is None:
-            return
+        if self.camera is None or self.recognizer is None or self.camera.fault is not None:
+            return  # manual mode: the vendor picks by hand
         self._recognizing = True
         self._jobs.put(("recognize", self._weighing))
 
@@ -389,11 +423,13 @@ class StallFlow:
                     self.recognizer.teach(label, frame)
                     with self._lock:
                         self._taught += 1
+                    self.changed()
                     logger.info("taught %s from a correction", label)
             except Exception as exc:  # noqa: BLE001 - recognition helps, it never blocks a sale
                 logger.warning("recogniser %s failed: %s", job, exc)
                 with self._lock:
                     self._recognizing = False
+                self.changed()
 
     def _recognize(self, weighing: int) -> None:
         assert self.camera is not None and self.recognizer is not None
@@ -405,12 +441,15 @@ class StallFlow:
                 return  # the plate was emptied meanwhile
             self._recognizing = False
             if result is None:
-                self._last_error = "camera gave no frame: choose the item by hand"
+                self._last_error = ("摄像头没有画面，请手动选品 / "
+                                    "camera gave no frame: choose the item by hand")
+                self.changed()
                 return
             self._frame, self._recognition = frame, result
             self._guesses = self._guesses_of(result)
             logger.info("guesses %s%s", [(g.item.code, round(g.confidence, 3)) for g in self._guesses],
                         " (unknown)" if result.unknown else "")
+        self.changed()
         self.step()
 
     # -- items -------------------------------------------------------------------------
@@ -509,6 +548,7 @@ class StallFlow:
                 taught = self._teach_if_corrected(item)
                 if taught:
                     result = result.model_copy(update={"taught": taught})
+                self.changed()
             return result
 
     def _teach_if_corrected(self, item: Plu) -> str | None:
@@ -618,6 +658,7 @@ class StallFlow:
                     logger.error("receipt %d not printed, queued for reprint: %s", sale.receipt_no, exc)
             self._last_error = error
             self._last_receipt = sale.trace_code
+        self.changed()
         self._on_sale(sale)
         return CheckoutResult(ok=True, sale=sale, printed=printed, print_error=error)
 
@@ -642,13 +683,14 @@ class StallFlow:
                 guesses=list(self._guesses), chosen=chosen, basket=lines,
                 total_fen=sum(ln.amount_fen for ln in lines),
                 warnings=self._warnings(shown.state, shown.net_g),
+                faults=self._faults(shown.state),
                 taught=self._taught, last_receipt=self._last_receipt)
 
     def _warnings(self, weigh: WeighState, net_g: int | None) -> list[str]:
         out: list[str] = []
         spec = self.session.weigher.spec
         if weigh is WeighState.NOT_READY:
-            out.append("秤未就绪，不能计价 / scale not ready: no price")
+            pass  # a fault: said with what to do (_faults)
         elif weigh is WeighState.OVER_CAPACITY:
             out.append(f"超过最大称量 {spec.max_g} g / over capacity")
         elif weigh is WeighState.UNDER_ZERO and not self.session.weigher.tare_g:
@@ -657,7 +699,8 @@ class StallFlow:
             out.append(f"低于最小称量 {spec.min_g} g / below Min: not priced")
         if self._state is FlowState.PRICED:
             out.append("请清盘归零 / empty the scale before the next item")
-        if self.camera is None or self.recognizer is None:
+        if (self.camera is None or self.recognizer is None) and (self.camera is None or
+                                                                 self.camera.fault is None):
             out.append("无识别，手动选品 / no recognition: choose items by hand")
         if self._chosen is not None:
             out.append("等待稳定后计价 / priced once the weight is stable")
@@ -665,5 +708,32 @@ class StallFlow:
             out.append(self._last_error)
         if self.session.catalogue_pending:
             out.append("新价目表在本单结束后生效 / new prices apply after this basket")
+        return out
+
+    def _faults(self, weigh: WeighState) -> list[Fault]:
+        out: list[Fault] = []
+        if self.scale_fault is not None:
+            out.append(Fault(kind="scale", vendor=f"秤未标定，不能计价：请计量技术员标定（wetmarket "
+                             f"scale-calibrate）/ scale not calibrated, nothing is priced: call the "
+                             f"technician ({self.scale_fault})",
+                             customer="秤未标定，暂停计价 / scale not calibrated: no price"))
+        elif weigh is WeighState.NOT_READY:
+            out.append(Fault(kind="scale", vendor="秤无读数，不能计价：请检查秤的连线和电源 / "
+                             "scale offline, nothing is priced: check the scale's cable and power",
+                             customer="秤未就绪，暂停计价 / scale not ready: no price"))
+        fault = self.camera.fault if self.camera is not None else None
+        if fault is not None:
+            zh, en = (("摄像头未连接", "camera missing") if fault == "missing"
+                      else ("摄像头画面冻结", "camera frozen"))
+            out.append(Fault(kind="camera", vendor=f"{zh}：无识别，请按 PLU、品名或拼音首字母选品，"
+                             f"并检查摄像头 / {en}, no recognition: pick items by PLU, name or "
+                             "pinyin initials, and check the camera",
+                             customer="摊主手动选品 / the vendor picks items by hand"))
+        if self.session.restored:
+            n = len(self.session.lines)
+            out.append(Fault(kind="basket", vendor=f"已恢复重启前未结账的本单（{n} 行），请核对后"
+                             f"结账或作废 / open basket restored after a restart ({n} lines): check "
+                             "it, then check out or discard",
+                             customer="本单已恢复 / your basket was restored"))
         return out
 

@@ -189,9 +189,12 @@ class Journal:
             self._db.execute("UPDATE refunds SET upload_state = ?, upload_note = ? "
                              "WHERE sale_id = ? AND line_no = ?", (state, note, sale_id, line_no))
 
-    def find(self, *, receipt_no: int | None = None, trace_code: str | None = None) -> Sale | None:
+    def find(self, *, receipt_no: int | None = None, trace_code: str | None = None,
+             sale_id: str | None = None) -> Sale | None:
         with self._lock:
-            if receipt_no is not None:
+            if sale_id is not None:
+                row = self._db.execute("SELECT doc FROM sales WHERE sale_id = ?", (sale_id,)).fetchone()
+            elif receipt_no is not None:
                 row = self._db.execute("SELECT doc FROM sales WHERE receipt_no = ?", (receipt_no,)).fetchone()
             else:
                 row = self._db.execute("SELECT doc FROM sales WHERE json_extract(doc, '$.trace_code') = ?",

@@ -9,6 +9,11 @@ the lock.
 A new catalogue from the market's feed (``edge.feed``) is applied between baskets
 only: offered while a basket holds lines, it waits until that basket is checked out
 or discarded, so every line of one basket is priced from one catalogue.
+
+The open basket is saved on every change (``edge.open_basket``) when a store is given:
+:meth:`Session.restore` takes it back after a crash, with the catalogue its lines were
+priced under, and the scale must return to zero before it prices again (the load on the
+plate may be the line last priced).
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from edge.catalogue import Catalogue, Plu
 from edge.feed import FeedState
 from edge.integrity import sign_sale
 from edge.journal import Journal
+from edge.open_basket import OpenBasketStore, SavedBasket
 from edge.sale import Sale, SaleContext
 from edge.tracecode import make_trace_code, stall_number
 from edge.weighing import Weigher, WeighState
@@ -51,7 +57,8 @@ class StallInfo:
 class Session:
     def __init__(self, info: StallInfo, weigher: Weigher, catalogue: Catalogue,
                  labels: dict[str, str], journal: Journal, key: Ed25519PrivateKey,
-                 on_change: Callable[[str], None] | None = None) -> None:
+                 on_change: Callable[[str], None] | None = None,
+                 basket_store: OpenBasketStore | None = None) -> None:
         self.info = info
         self.weigher = weigher
         self.catalogue = catalogue
@@ -59,10 +66,15 @@ class Session:
         self.labels = labels
         self.journal = journal
         self.key = key
-        self._on_change = on_change or (lambda _what: None)
+        self._listeners: list[Callable[[str], None]] = [on_change] if on_change else []
         self._lock = threading.Lock()
         self._item: Plu | None = None
+        self._store = basket_store
         self._basket = self._new_basket()
+        #: The id the open basket's sale will carry (its saved copy names it too).
+        self._basket_id = str(uuid.uuid4())
+        #: The basket restored after a restart, while it is the open one.
+        self._restored_id: str | None = None
         #: A catalogue from the feed waiting for the open basket to close, and its labels.
         self._pending: tuple[Catalogue, dict[str, str], FeedState | None] | None = None
         #: The feed version the catalogue in use came from (None: the config's seed).
@@ -71,6 +83,69 @@ class Session:
     def _new_basket(self) -> Basket:
         spec = self.weigher.spec
         return Basket(self.catalogue, max_g=spec.max_g, e_g=spec.e_g, rule=self.info.rounding)
+
+    def _next_basket(self) -> None:
+        """A fresh basket for the next shopper (lock held)."""
+        self._basket = self._new_basket()
+        self._basket_id = str(uuid.uuid4())
+
+    def listen(self, fn: Callable[[str], None]) -> None:
+        """``fn(what)`` after each change: item, basket, tare, sale, catalogue."""
+        self._listeners.append(fn)
+
+    def _on_change(self, what: str) -> None:
+        for fn in list(self._listeners):
+            fn(what)
+
+    # -- the open basket on disk -------------------------------------------------------
+    def _persist(self) -> None:
+        """Save the open basket, or remove the copy once it holds nothing (lock held)."""
+        if self._store is None:
+            return
+        basket = self._basket
+        if not basket.all_lines or basket.closed:
+            self._store.clear()
+            return
+        self._store.save(SavedBasket(
+            basket_id=self._basket_id, saved_at=dt.datetime.now(dt.UTC), lines=basket.all_lines,
+            audit=basket.audit, catalogue=list(self.catalogue), labels=self.labels,
+            feed=self.feed_state))
+
+    def restore(self) -> int:
+        """Take back the basket that was open when the stall stopped; its live lines (0: none).
+        Its lines keep their prices and the basket goes on under its own catalogue; the one
+        the stall started with waits for it to close."""
+        if self._store is None:
+            return 0
+        saved = self._store.load()
+        if saved is None:
+            return 0
+        if self.journal.find(sale_id=saved.basket_id) is not None:
+            logger.info("open basket %s was sold before the stop: not restored", saved.basket_id)
+            self._store.clear()
+            return 0
+        then = Catalogue(saved.catalogue)
+        with self._lock:
+            if [i.model_dump() for i in then] != [i.model_dump() for i in self.catalogue] \
+                    or saved.labels != self.labels:
+                self._pending = (self.catalogue, self.labels, self.feed_state)
+                self.catalogue, self.labels, self.feed_state = then, saved.labels, saved.feed
+            self._basket = self._new_basket()
+            self._basket._lines = list(saved.lines)
+            self._basket.audit = list(saved.audit)
+            self._basket_id = self._restored_id = saved.basket_id
+            # What lies on the plate may be the line last priced: back to zero first.
+            self.weigher.mark_sold()
+            live = len(self._basket.lines)
+        logger.warning("open basket restored after a restart: %d lines, %d 分 (saved %s)",
+                       live, self._basket.total_fen, saved.saved_at.isoformat(timespec="seconds"))
+        self._on_change("basket")
+        return live
+
+    @property
+    def restored(self) -> bool:
+        """The open basket is the one restored after a restart."""
+        return self._restored_id is not None and self._restored_id == self._basket_id
 
     # -- inputs -------------------------------------------------------------------
     def on_reading(self, reading: Reading) -> None:
@@ -109,7 +184,7 @@ class Session:
             return False
         self.catalogue, self.labels, self.feed_state = self._pending
         self._pending = None
-        self._basket = self._new_basket()
+        self._basket = self._new_basket()  # empty: it keeps its id
         # The chosen item is taken again from the new catalogue (its price may have
         # changed), or dropped when the market removed or stopped it.
         if self._item is not None:
@@ -175,6 +250,7 @@ class Session:
                 raise PricingError(f"no stable legal weight to price (scale: {self.weigher.state.name})")
             self.weigher.mark_sold()
             self._item = None
+            self._persist()
         self._on_change("basket")
         return line
 
@@ -199,24 +275,30 @@ class Session:
     def add_pieces(self, code: str, quantity: int) -> BasketLine:
         with self._lock:
             line = self._basket.add_pieces(code, quantity)
+            self._persist()
         self._on_change("basket")
         return line
 
     def void(self, line_no: int, reason: str) -> BasketLine:
         with self._lock:
             line = self._basket.void(line_no, reason)
+            self._persist()
         self._on_change("basket")
         return line
 
     def discard(self, reason: str) -> None:
         """The shopper walks away: void every line, and keep the trail of what was weighed."""
         with self._lock:
-            basket, self._basket = self._basket, self._new_basket()
+            basket = self._basket
+            self._next_basket()
             applied = self._apply_pending()
         for line in basket.lines:
             basket.void(line.line_no, reason)
         if basket.audit:
             self.journal.record_audit(basket.audit)
+        with self._lock:
+            # After the trail is kept: a crash in between shows the basket again, never loses it.
+            self._persist()
         self._on_change("basket")
         if applied:
             self._on_change("catalogue")
@@ -237,12 +319,12 @@ class Session:
         """Journal the basket as one signed, chained sale (durable before anything else)."""
         info = self.info
         with self._lock:
-            basket = self._basket
+            basket, sale_id = self._basket, self._basket_id
             lines = basket.sale_lines()  # closes the basket; refuses an empty one
 
         def build(receipt_no: int, prev_hash: str) -> Sale:
             doc: dict[str, Any] = {
-                "sale_id": str(uuid.uuid4()),
+                "sale_id": sale_id,
                 "stall_id": info.stall_id,
                 "receipt_no": receipt_no,
                 "sold_at": dt.datetime.now(info.tz).isoformat(timespec="seconds"),
@@ -269,8 +351,9 @@ class Session:
             basket.closed = False  # nothing was journaled: the shopper's lines stay
             raise
         with self._lock:
-            self._basket = self._new_basket()
+            self._next_basket()
             applied = self._apply_pending()
+            self._persist()
         self._on_change("sale")
         if applied:
             self._on_change("catalogue")

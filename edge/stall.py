@@ -21,18 +21,21 @@ import zoneinfo
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from edge import BasketError, EdgeError
-from edge.camera import Camera, ImageFolderCamera, OpenCVCamera
+from edge import BasketError, ConfigError, EdgeError
+from edge.camera import Camera, CameraWatch, ImageFolderCamera, MissingCamera, OpenCVCamera
 from edge.catalogue import Catalogue
 from edge.config import StallConfig
 from edge.feed import FeedClient
 from edge.flow import RecognizerLike, StallFlow
 from edge.integrity import load_or_create_key, public_key_b64
 from edge.journal import Journal
+from edge.open_basket import FILE as OPEN_BASKET_FILE
+from edge.open_basket import OpenBasketStore
 from edge.outbox import Outbox
 from edge.sale import Sale
 from edge.session import Session, StallInfo
 from edge.weighing import Weigher
+from firmware_bridge import BridgeError
 from firmware_bridge.reading import Reading
 
 if TYPE_CHECKING:
@@ -63,6 +66,8 @@ class StallApp:
         self.session: Session | None = None
         self.journal: Journal | None = None
         self.sales_done = 0
+        #: Why the scale cannot weigh at all (not calibrated): the stall runs, prices nothing.
+        self.scale_fault: str | None = None
 
     # -- start steps, in order --------------------------------------------------------
     def _start_journal(self) -> None:
@@ -107,11 +112,21 @@ class StallApp:
         if self.cfg.scale.protocol == "hx711-raw":
             # A raw-count module weighs only with the sealed calibration that
             # `wetmarket scale-calibrate --store data_dir/calibration.json` wrote.
-            calibration = CalibrationStore(self.cfg.data_dir / "calibration.json", audit).load()
+            try:
+                calibration = CalibrationStore(self.cfg.data_dir / "calibration.json", audit).load()
+            except BridgeError as exc:
+                # The stall still starts: both screens say the scale is not calibrated and
+                # nothing is priced until the technician calibrates it.
+                logger.error("scale not calibrated, nothing is priced: %s", exc)
+                self.scale_fault = str(exc)
         spec = self.cfg.scale
         self.session = Session(info, Weigher(spec, audit=audit), self.catalogue, self.labels,
-                               self.journal, self.key)
+                               self.journal, self.key,
+                               basket_store=OpenBasketStore(self.cfg.data_dir / OPEN_BASKET_FILE))
         self.session.feed_state = self.feed.state
+        self.session.restore()  # the basket open when the stall was stopped, if any
+        if self.scale_fault is not None:
+            return
         self.link = Link(port, protocol=spec.protocol, on_reading=self._on_reading,
                          freshness_s=spec.freshness_s, max_g=spec.max_g, e_g=spec.e_g,
                          calibration=calibration, audit=audit, stop_event=self.stop_event)
@@ -136,7 +151,17 @@ class StallApp:
         if Path(src).is_dir():
             self.camera = ImageFolderCamera(src, seed=self.cfg.seed)
         else:
-            self.camera = OpenCVCamera(int(src) if src.isdigit() else src)
+            try:
+                live = OpenCVCamera(int(src) if src.isdigit() else src)
+            except ConfigError as exc:
+                # Selling goes on by hand; both screens say the camera is missing.
+                logger.error("%s: no recognition, items are picked by hand", exc)
+                self.camera = MissingCamera(src, str(exc))
+                return
+            watch = CameraWatch(live, stop=self.stop_event, frozen_s=self.cfg.camera.frozen_s,
+                                on_change=lambda: self.flow.changed() if self.flow is not None else None)
+            watch.start()
+            self.camera = watch
         self._stops.append(self.camera.close)
         try:
             from model.recognizer import Recognizer
@@ -188,7 +213,8 @@ class StallApp:
         self.flow = StallFlow(self.session, stop=self.stop_event, camera=self.camera,
                               recognizer=self.recognizer, printer=self.printer,
                               auto_confirm=self.cfg.camera.auto_confirm,
-                              on_sale=lambda _sale: outbox.notify() if outbox is not None else None)
+                              on_sale=lambda _sale: outbox.notify() if outbox is not None else None,
+                              scale_fault=self.scale_fault)
         self.flow.start()
         self._stops.append(self.flow.stop)
 

@@ -1,11 +1,15 @@
 """What both screens show, as one JSON state, published on every change.
 
-The flow (``edge.flow``) has no change callback: the hub reads :meth:`StallFlow.snapshot`
-on its own thread whenever it is poked (each scale reading, each vendor action) and at
-least every ``poll_s``, adds what the flow does not know (the stall's name, the server and
-its upload queue, the reprint queue, blocked batches, a basket open too long, the time the
-current weight became priceable, noted on the link's thread by :meth:`ScreenHub.on_reading`),
-and publishes the result only when it differs from the last.
+The hub reads :meth:`StallFlow.snapshot` on its own thread whenever it is poked: by the
+flow's change notification (:meth:`StallFlow.on_change`: transitions, guesses, actions,
+the basket, the catalogue, the camera), by a scale reading that changed what the scale
+shows, by each vendor action, and every ``poll_s`` (1 s) for what nobody announces (the
+server's state and upload queue, the reprint queue, a basket open too long).  It adds
+what the flow does not know (the stall's name, those, blocked batches, the time the
+current weight became priceable, noted on the link's thread by
+:meth:`ScreenHub.on_reading`) and publishes the result only when it differs from the last.
+The faults (the flow's, and the server's and printer's here) go out as ``faults``: the
+vendor's screen shows what to do, the customer's a short line.
 Subscribers (the live channel's streams, each on the server's event loop) are woken with
 ``call_soon_threadsafe``; they read the latest state, so a slow screen skips states rather
 than queueing them.
@@ -54,7 +58,7 @@ class Subscriber:
 
 class ScreenHub:
     def __init__(self, stall: StallApp, *, stop: threading.Event, basket_wait_s: float = 300.0,
-                 poll_s: float = 0.05) -> None:
+                 poll_s: float = SLOW_EVERY_S) -> None:
         self.stall = stall
         self.basket_wait_s = basket_wait_s
         self.poll_s = poll_s
@@ -68,12 +72,15 @@ class ScreenHub:
         self.state_json = "{}"
         self._body = ""
         self._stable_at_ms: float | None = None
+        self._shown: tuple[object, ...] | None = None
         self._basket_since: float | None = None
         self._slow: dict[str, Any] = {}
         self._slow_at = 0.0
 
     # -- life ------------------------------------------------------------------------------
     def start(self) -> None:
+        if self.stall.flow is not None:
+            self.stall.flow.on_change(self.poke)
         self.refresh()
         self._thread = threading.Thread(target=self._run, name=f"screens:{self.stall.cfg.stall_id}",
                                         daemon=True)
@@ -93,15 +100,21 @@ class ScreenHub:
     def on_reading(self) -> None:
         """The link's thread, right after the weigher took a reading: note when this
         weighing's weight became priceable (before the flow, on its own thread, may price
-        it), forget it once the load moves or leaves, and publish now."""
+        it), forget it once the load moves or leaves, and publish now if what the scale shows
+        changed (a scale sends readings many times a second, mostly the same)."""
         session = self.stall.session
-        if session is not None:
-            if session.priceable_g() is not None:
-                if self._stable_at_ms is None:
-                    self._stable_at_ms = time.time() * 1000
-            elif session.weigher.shown.state is not WeighState.STABLE_NET:
-                self._stable_at_ms = None
-        self._poke.set()
+        if session is None:
+            return
+        shown = session.weigher.shown
+        if session.priceable_g() is not None:
+            if self._stable_at_ms is None:
+                self._stable_at_ms = time.time() * 1000
+        elif shown.state is not WeighState.STABLE_NET:
+            self._stable_at_ms = None
+        now = (shown.state, shown.gross_g, shown.net_g, shown.tare_g, self._stable_at_ms)
+        if now != self._shown:
+            self._shown = now
+            self._poke.set()
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -188,7 +201,9 @@ class ScreenHub:
         pictures = self.pictures_dir()
         codes = {g.item.code for g in snap.guesses}
         server = self._server(self._slow)
-        warnings = list(snap.warnings) + self._warnings(snap, server, blocked, now)
+        faults = [f.model_dump() for f in snap.faults] + self._faults(server)
+        warnings = [f["vendor"] for f in faults] + list(snap.warnings) + \
+            self._warnings(server, blocked, now)
         return {
             "stall": {"id": cfg.stall_id, "name": cfg.name, "vendor": cfg.vendor,
                       "market": cfg.market.name, "legal": legal_id()},
@@ -203,6 +218,7 @@ class ScreenHub:
             "tare_presets_g": presets,
             "pictures": sorted(c for c in codes if (pictures / f"{c}.jpg").is_file()),
             "warnings": warnings,
+            "faults": faults,
         }
 
     def _server(self, slow: dict[str, Any]) -> dict[str, Any]:
@@ -235,21 +251,31 @@ class ScreenHub:
                          "origin": item.origin, "inspection": item.inspection,
                          "batch_code": item.batch_code}}
 
-    def _warnings(self, snap: Snapshot, server: dict[str, Any], blocked: list[dict[str, Any]],
+    def _faults(self, server: dict[str, Any]) -> list[dict[str, str]]:
+        out: list[dict[str, str]] = []
+        if server["configured"] and server["online"] is False:
+            out.append({"kind": "server",
+                        "vendor": f"市场服务器离线，照常销售，待上传 {server['queue']} 笔，恢复后自动上传 / "
+                                  f"server away: selling goes on, {server['queue']} sales queued, "
+                                  "sent when it is back",
+                        "customer": "离线销售，记录已保存 / offline: every sale is kept"})
+        reprints = self._slow.get("reprints", 0)
+        if reprints:
+            out.append({"kind": "printer",
+                        "vendor": f"打印机缺纸或故障：{reprints} 张小票待补打，销售已保存。装纸后点"
+                                  f"“补打队列” / printer out of paper or failing: {reprints} receipts "
+                                  "wait, the sales are kept; load paper, then tap 'Print queue'",
+                        "customer": "小票稍后补打 / your receipt will follow"})
+        return out
+
+    def _warnings(self, server: dict[str, Any], blocked: list[dict[str, Any]],
                   now: float) -> list[str]:
         out: list[str] = []
         if not server["configured"]:
             out.append("未连接市场服务器：销售留在本机 / no server token: sales stay on this stall")
-        elif server["online"] is False:
-            out.append(f"市场服务器离线，照常销售，待上传 {server['queue']} 笔 / "
-                       f"server away: selling goes on, {server['queue']} sales queued")
         if server["refused"]:
             out.append(f"{server['refused']} 笔销售被服务器拒收 / {server['refused']} sales refused "
                        "by the server")
-        reprints = self._slow.get("reprints", 0)
-        if reprints:
-            out.append(f"打印机故障：{reprints} 张小票待补打 / printer: {reprints} receipts wait "
-                       "for reprint")
         if blocked:
             names = "、".join(b["name_zh"] for b in blocked)
             names_en = ", ".join(b["name_en"] for b in blocked)

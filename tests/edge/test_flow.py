@@ -331,8 +331,12 @@ def test_scale_offline_prices_nothing(manual: StallApp) -> None:
     sim.unplug()
     assert wait_for(in_state(flow, FlowState.NOT_READY))
     snap = flow.snapshot()
-    assert any("not ready" in w for w in snap.warnings)
+    # A fault, said with what to do (the screens show it on both sides).
+    assert [(f.kind, f.customer) for f in snap.faults] == [
+        ("scale", "秤未就绪，暂停计价 / scale not ready: no price")]
+    assert "check the scale's cable and power" in snap.faults[0].vendor
     assert not flow.confirm("2003").ok
     assert flow.add_pieces("2011", 1).ok                 # pieces need no scale
     sim.replug()
     assert wait_for(in_state(flow, FlowState.IDLE))
+    assert flow.snapshot().faults == []

@@ -12,6 +12,7 @@ import pytest
 from edge import PricingError
 from edge.config import StallConfig
 from edge.demo_data import catalogue
+from edge.flow import FlowState
 from edge.stall import StallApp
 from server.app import create_app
 from server.settings import Settings
@@ -156,7 +157,6 @@ def test_audit_trail_and_refunds_are_durable(stall: StallApp) -> None:
 
 
 def test_raw_count_scale_weighs_only_with_its_sealed_calibration(tmp_path: Path) -> None:
-    from firmware_bridge import BridgeError
     from firmware_bridge.audit import AuditLog
     from firmware_bridge.calibration import CalibrationStore
     from firmware_bridge.link import Link
@@ -167,8 +167,23 @@ def test_raw_count_scale_weighs_only_with_its_sealed_calibration(tmp_path: Path)
                       catalogue=catalogue("S03", "20261128"),
                       scale={"port": "sim", "protocol": "hx711-raw"},  # type: ignore[arg-type]
                       screens={"enabled": False})  # type: ignore[arg-type]
-    with pytest.raises(BridgeError, match="calibrate first"):
-        StallApp(cfg).start()
+    # Not calibrated: the stall starts, prices nothing and says so (both screens' faults).
+    uncalibrated = StallApp(cfg)
+    uncalibrated.start()
+    try:
+        flow, sim = uncalibrated.flow, uncalibrated.sim
+        assert flow is not None and sim is not None and uncalibrated.link is None
+        assert "calibrate first" in (uncalibrated.scale_fault or "")
+        sim.place(800)
+        time.sleep(0.5)
+        snap = flow.snapshot()
+        assert snap.state is FlowState.NOT_READY and snap.priceable_g is None
+        assert [(f.kind, f.customer) for f in snap.faults] == [
+            ("scale", "秤未标定，暂停计价 / scale not calibrated: no price")]
+        assert not flow.confirm("3001").ok
+        sim.remove()
+    finally:
+        uncalibrated.stop()
 
     # The technician calibrates the module (same make and model as the stall's).
     data.mkdir(exist_ok=True)

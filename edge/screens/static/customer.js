@@ -65,6 +65,11 @@
       basket.append(li);
     }
     $("total").textContent = yuan(f.total_fen);
+
+    // Faults, one short line each (the vendor's screen says what to do).
+    const notices = $("notices");
+    clear(notices);
+    for (const fault of s.faults || []) notices.append(el("li", "fault-" + fault.kind, tr(fault.customer)));
     $("legal").textContent = "计量软件 / legal software " + s.stall.legal;
 
     const v = s.v;
