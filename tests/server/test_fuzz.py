@@ -109,7 +109,8 @@ include-name = ["POST /api/v1/managers", "GET /api/v1/managers",
                 "POST /api/v1/managers/{{username}}/disable", "POST /api/v1/managers/{{username}}/enable",
                 "PUT /api/v1/managers/{{username}}/password", "GET /api/v1/alerts",
                 "POST /api/v1/alerts/{{alert_id}}/ack", "POST /api/v1/stalls/{{stall_id}}/token",
-                "DELETE /api/v1/stalls/{{stall_id}}/key"]
+                "DELETE /api/v1/stalls/{{stall_id}}/key", "GET /api/v1/gallery/all",
+                "DELETE /api/v1/gallery/{{shared_id}}"]
 headers = {{ Authorization = "Bearer {ADMIN}" }}
 
 [[operations]]
