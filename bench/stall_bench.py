@@ -11,15 +11,26 @@ priceable (both clocks are this machine's).
 
 Baseline in the same run and the same page: the live channel's bare round trip
 (``POST /api/echo`` with the page's clock, back as an SSE ``echo`` event).  Also the
-stall process's CPU while idle with the screen connected, and its RSS.
+stall process's CPU while idle with the screens connected and the camera on, and its RSS.
 
-    .venv/bin/python bench/stall_bench.py [--samples 30] [--idle-s 5]
+The four guesses on ``/vendor`` after stable: the camera (an image folder of the stall's
+items, real photos, the shipped recogniser) is shown an item as it goes on the plate;
+recognition starts while the weight settles; measured from ``stable_at_ms`` to the
+vendor page's animation frame after it rendered the guesses with that stable weight.
+Auto-confirm is off (1.0) so the vendor's page keeps the guesses.
+
+Memory growth: one sale a second (weigh, confirm, empty, check out, receipt file) for
+``--growth-min`` minutes, the stall's RSS sampled every 10 s; the least-squares slope is
+reported in MB per hour (the target: no growth over an hour at one sale a second).
+
+    .venv/bin/python bench/stall_bench.py [--samples 30] [--idle-s 5] [--growth-min 3]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import sys
 import tempfile
@@ -37,6 +48,7 @@ from edge.demo_data import catalogue  # noqa: E402
 from edge.flow import FlowState  # noqa: E402
 from edge.stall import StallApp  # noqa: E402
 from tests.browser import chromium  # noqa: E402
+from tests.conftest import DATASET  # noqa: E402
 
 ECHO_JS = """async (n) => {
   const out = [];
@@ -56,6 +68,32 @@ PAINT_JS = """(stable) => {
 }"""
 
 
+GUESSES_JS = """(stable) => {
+  const p = window.paints.find((x) => x.stable_at_ms === stable && x.guesses === 4);
+  return p ? p.t - stable : null;
+}"""
+
+
+def camera_folder(tmp: Path, labels: list[str], per_label: int = 3) -> Path:
+    """Real photos of the stall's items, one folder per recogniser label."""
+    root = tmp / "camera"
+    for label in labels:
+        photos = sorted((DATASET / "val").rglob(f"{label}/*.jpg"))[:per_label]
+        if photos:
+            (root / label).mkdir(parents=True)
+            for path in photos:
+                shutil.copy(path, root / label / path.name)
+    return root
+
+
+def slope_mb_per_h(samples: list[tuple[float, float]]) -> float:
+    """Least-squares slope of (seconds, MB) samples, in MB per hour."""
+    ts, ms = [t for t, _ in samples], [m for _, m in samples]
+    t0, m0 = statistics.fmean(ts), statistics.fmean(ms)
+    var = sum((t - t0) ** 2 for t in ts)
+    return sum((t - t0) * (m - m0) for t, m in samples) / var * 3600 if var else 0.0
+
+
 def summary(xs: list[float]) -> dict[str, float]:
     return {"n": len(xs), "p50": round(statistics.median(xs), 1), "p95": round(pct(xs, 0.95), 1),
             "max": round(max(xs), 1)}
@@ -72,22 +110,33 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--samples", type=int, default=30)
     ap.add_argument("--idle-s", type=float, default=5.0)
+    ap.add_argument("--growth-min", type=float, default=3.0)
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="wm-stall-bench-"))
-    cfg = StallConfig(stall_id="S02", name="bench", data_dir=tmp / "S02", seed=3,
-                      catalogue=catalogue("S02", "20261202"),
+    items = catalogue("S02", "20261202")
+    camera = camera_folder(tmp, [str(i["label"]) for i in items if i.get("label")])
+    cfg = StallConfig(stall_id="S02", name="bench", data_dir=tmp / "S02", seed=3, catalogue=items,
+                      camera={"source": str(camera), "auto_confirm": 1.0},  # type: ignore[arg-type]
                       printer={"type": "file"}, screens={"port": 0})  # type: ignore[arg-type]
     stall = StallApp(cfg)
     stall.start()
-    flow, sim, screens = stall.flow, stall.sim, stall.screens
-    assert flow is not None and sim is not None and screens is not None
+    flow, sim, screens, cam = stall.flow, stall.sim, stall.screens, stall.camera
+    assert flow is not None and sim is not None and screens is not None and cam is not None
+    labels = [lab for lab in sorted({str(i["label"]) for i in items if i.get("label")})
+              if cam.show(lab)]  # type: ignore[attr-defined]
+    cam.show(None)  # type: ignore[attr-defined]
     paint_ms: list[float] = []
-    skipped = 0
+    guesses_ms: list[float] = []
+    rss: list[tuple[float, float]] = []
+    skipped = skipped_guesses = sales = 0
     try:
         with chromium() as browser, httpx.Client(base_url=screens.url, timeout=5) as c:
             page = browser.new_page(viewport={"width": 1280, "height": 800})
             page.goto(f"{screens.url}/customer")
             page.wait_for_function("document.getElementById('live').classList.contains('on')")
+            vendor = browser.new_page(viewport={"width": 1280, "height": 800})
+            vendor.goto(f"{screens.url}/vendor")
+            vendor.wait_for_function("document.getElementById('live').classList.contains('on')")
             _wait(lambda: flow.state is FlowState.IDLE)
 
             cpu0, wall0 = time.process_time(), time.monotonic()
@@ -119,6 +168,46 @@ def main() -> int:
                 c.post("/api/discard", json={"reason": "bench"})
 
             echo_ms = page.evaluate(ECHO_JS, args.samples)
+
+            # The four guesses on the vendor's screen after stable.
+            for i in range(args.samples):
+                cam.show(labels[i % len(labels)])  # type: ignore[attr-defined]
+                sim.place(400 + 41 * i)
+                ok = _wait(lambda: flow.state is FlowState.CHOOSING and screens.hub.state.get(
+                    "stable_at_ms") is not None, 5)
+                stable = screens.hub.state.get("stable_at_ms") if ok else None
+                latency = None
+                if stable is not None:
+                    deadline = time.monotonic() + 5
+                    while latency is None and time.monotonic() < deadline:
+                        latency = vendor.evaluate(GUESSES_JS, stable)
+                if latency is None:
+                    skipped_guesses += 1
+                else:
+                    guesses_ms.append(latency)
+                sim.remove()
+                _wait(lambda: flow.state is FlowState.IDLE)
+
+            # Memory: one sale a second, RSS every 10 s.
+            start = time.monotonic()
+            next_rss = start
+            while time.monotonic() - start < args.growth_min * 60:
+                tick = time.monotonic()
+                if tick >= next_rss:
+                    rss.append((tick - start, rss_mb()))
+                    next_rss += 10
+                sim.place(500 + 13 * (sales % 40))
+                if _wait(lambda: flow.state in (FlowState.SETTLING, FlowState.CHOOSING), 5) and \
+                        flow.confirm("2001").ok and _wait(lambda: flow.state is FlowState.PRICED, 5):
+                    sim.remove()
+                    _wait(lambda: flow.state is FlowState.IDLE, 5)
+                    if flow.checkout().ok:
+                        sales += 1
+                else:
+                    sim.remove()
+                    _wait(lambda: flow.state is FlowState.IDLE, 5)
+                time.sleep(max(0.0, 1.0 - (time.monotonic() - tick)))
+            rss.append((time.monotonic() - start, rss_mb()))
     finally:
         stall.stop()
     if not paint_ms:
@@ -130,8 +219,17 @@ def main() -> int:
         "stable_to_customer_paint_ms": summary(paint_ms),
         "baseline_sse_echo_round_trip_ms": summary(echo_ms),
         "ratio_p50_paint_vs_echo": round(statistics.median(paint_ms) / statistics.median(echo_ms), 1),
-        "stall_idle_cpu_pct_of_one_core": round(idle_cpu_pct, 1),
+        "guesses_on_vendor_screen_after_stable_ms": summary(guesses_ms) if guesses_ms else None,
+        "guesses_skipped": skipped_guesses,
+        "stall_idle_cpu_pct_of_one_core_camera_on": round(idle_cpu_pct, 1),
         "stall_process_rss_mb": round(rss_mb(), 1),
+        "growth_run": {"minutes": args.growth_min, "sales": sales,
+                       "rss_first_mb": round(rss[0][1], 1) if rss else None,
+                       "rss_last_mb": round(rss[-1][1], 1) if rss else None,
+                       "rss_slope_mb_per_hour": round(slope_mb_per_h(rss), 1) if len(rss) > 1 else None,
+                       # The first minutes include warming up (allocator, caches, JIT of numpy paths).
+                       "rss_slope_second_half_mb_per_hour": round(slope_mb_per_h(rss[len(rss) // 2:]), 1)
+                       if len(rss) > 3 else None},
     }
     print(json.dumps(res, indent=2))
     return 0

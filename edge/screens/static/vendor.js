@@ -290,7 +290,16 @@
     // The teach buttons depend on the camera.
     const hasTeach = Boolean(document.querySelector("#results .teach-btn"));
     if (results.length && hasTeach !== Boolean(s.camera)) renderResults();
+
+    // Paint times, read by bench/stall_bench.py: when the guesses were on screen.
+    const v = s.v;
+    requestAnimationFrame(() => {
+      window.paints.push({v, t: performance.timeOrigin + performance.now(), state: f.state,
+                          guesses: f.guesses.length, stable_at_ms: s.stable_at_ms});
+      if (window.paints.length > 500) window.paints.shift();
+    });
   }
 
+  window.paints = [];
   WM.connect(render);
 })();
