@@ -67,6 +67,7 @@ GUESSES = 4
 RANK_ALL = 10_000
 #: Items a search answers at most.
 SEARCH_LIMIT = 20
+NO_FRAME = "摄像头没有画面，请手动选品 / camera gave no frame: choose the item by hand"
 
 
 # -- the stall's parts, as the flow uses them -------------------------------------------
@@ -441,10 +442,11 @@ class StallFlow:
                 return  # the plate was emptied meanwhile
             self._recognizing = False
             if result is None:
-                self._last_error = ("摄像头没有画面，请手动选品 / "
-                                    "camera gave no frame: choose the item by hand")
+                self._last_error = NO_FRAME
                 self.changed()
                 return
+            if self._last_error == NO_FRAME:
+                self._last_error = None  # frames come again
             self._frame, self._recognition = frame, result
             self._guesses = self._guesses_of(result)
             logger.info("guesses %s%s", [(g.item.code, round(g.confidence, 3)) for g in self._guesses],
