@@ -100,6 +100,10 @@ class Link:
         self._module_tare_g = 0
         self._port: serial.SerialBase | None = None
         self._write_lock = threading.Lock()
+        # Held from a command's write until its audit entry is recorded, and by the reader
+        # before it records the module's reply: a fast module's refusal ("Z I") must follow
+        # the command in the audit log, never precede it.
+        self._command_lock = threading.Lock()
         # A stall passes its one stop event, which every worker of the stall ends on.
         self._own_stop = stop_event is None
         self._stop = threading.Event() if stop_event is None else stop_event
@@ -233,9 +237,10 @@ class Link:
             self._module_tare_g = current.gross_g
         elif name == "clear_tare":
             self._module_tare_g = 0
-        self._write(raw)
-        if self.audit is not None:
-            self.audit.record(name, f"{self.protocol} module command sent")
+        with self._command_lock:
+            self._write(raw)
+            if self.audit is not None:
+                self.audit.record(name, f"{self.protocol} module command sent")
         logger.info("%s: sent %s to the module", self.url, name)
 
     def _write(self, raw: bytes) -> None:
@@ -333,7 +338,8 @@ class Link:
         if frame.reply is not None:
             if frame.status != "ok":
                 logger.warning("%s: module refused a command: %s", self.url, frame.reply)
-                self._audit_quietly(f"module reply {frame.reply}")
+                with self._command_lock:
+                    self._audit_quietly(f"module reply {frame.reply}")
             return
         self._last_frame_mono = now_mono
         reading = self._reading(frame, now_mono, now_wall)
