@@ -60,11 +60,12 @@ MAX_WAIT_S = 30
 FEED_FILE = "feed.json"
 PREV_FILE = "feed.prev.json"
 
-_PLU = r"^[0-9A-Za-z-]{1,16}$"
+#: The patterns of the feed's fields, shared by what stalls exchange (edge.gallery_share).
+PLU_PATTERN = r"^[0-9A-Za-z-]{1,16}$"
 #: Text a screen or receipt shows: no control, format (a right-to-left override) or
 #: line-separator characters, whoever sent it.
-_TEXT = r"^[^\x00-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2060-\u206f\ufeff]*$"
-_STALL = r"^[A-Za-z0-9_-]{1,16}$"
+TEXT_PATTERN = r"^[^\x00-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2060-\u206f\ufeff]*$"
+STALL_PATTERN = r"^[A-Za-z0-9_-]{1,16}$"
 
 
 class _Doc(BaseModel):
@@ -76,14 +77,15 @@ class _Doc(BaseModel):
 class FeedItem(_Doc):
     """An active item of the market catalogue."""
 
-    plu: str = Field(pattern=_PLU)
-    name: str = Field(min_length=1, pattern=_TEXT, max_length=64, description="Chinese name, as on receipts")
-    name_en: str = Field(pattern=_TEXT, max_length=64)
-    category: str = Field(pattern=_TEXT, max_length=32)
+    plu: str = Field(pattern=PLU_PATTERN)
+    name: str = Field(min_length=1, pattern=TEXT_PATTERN, max_length=64,
+                      description="Chinese name, as on receipts")
+    name_en: str = Field(pattern=TEXT_PATTERN, max_length=64)
+    category: str = Field(pattern=TEXT_PATTERN, max_length=32)
     price_unit: PriceUnit = Field(description="kg, 500g or piece: never 斤")
-    picture: str | None = Field(None, pattern=_TEXT, max_length=256)
-    origin: str | None = Field(None, pattern=_TEXT, max_length=64)
-    label: str | None = Field(None, pattern=_TEXT, max_length=64, description="the recognizer's label")
+    picture: str | None = Field(None, pattern=TEXT_PATTERN, max_length=256)
+    origin: str | None = Field(None, pattern=TEXT_PATTERN, max_length=64)
+    label: str | None = Field(None, pattern=TEXT_PATTERN, max_length=64, description="the recognizer's label")
     cap_fen: int | None = Field(None, gt=0, le=MAX_AMOUNT_FEN,
                                 description="the market's price cap per price_unit")
     market_median_fen: int | None = Field(None, gt=0, le=MAX_AMOUNT_FEN,
@@ -93,7 +95,7 @@ class FeedItem(_Doc):
 class FeedPrice(_Doc):
     """This stall's price of an item, per the item's ``price_unit``."""
 
-    plu: str = Field(pattern=_PLU)
+    plu: str = Field(pattern=PLU_PATTERN)
     unit_price_fen: int = Field(gt=0, le=MAX_AMOUNT_FEN)
 
 
@@ -101,24 +103,24 @@ class FeedSpecial(_Doc):
     """A special (特价) of this stall: its price from ``starts_at`` until before ``ends_at``."""
 
     id: int = Field(ge=0)
-    plu: str = Field(pattern=_PLU)
+    plu: str = Field(pattern=PLU_PATTERN)
     special_price_fen: int = Field(gt=0, le=MAX_AMOUNT_FEN)
     starts_at: AwareDatetime
     ends_at: AwareDatetime
-    title: str | None = Field(None, pattern=_TEXT, max_length=64)
+    title: str | None = Field(None, pattern=TEXT_PATTERN, max_length=64)
 
 
 class FeedBlock(_Doc):
     """A batch at this stall whose latest rapid test failed: not for sale."""
 
-    batch_code: str = Field(min_length=1, pattern=_TEXT, max_length=32)
-    plu: str = Field(pattern=_PLU)
-    reason: str = Field(min_length=1, pattern=_TEXT, max_length=1000,
+    batch_code: str = Field(min_length=1, pattern=TEXT_PATTERN, max_length=32)
+    plu: str = Field(pattern=PLU_PATTERN)
+    reason: str = Field(min_length=1, pattern=TEXT_PATTERN, max_length=1000,
                         description="Chinese / English, for screens")
-    method: str = Field(pattern=_TEXT, max_length=64)
+    method: str = Field(pattern=TEXT_PATTERN, max_length=64)
     inhibition_permille: int | None = Field(None, ge=0, le=1000,
                                             description="enzyme inhibition in 0.1 %")
-    tester: str = Field(pattern=_TEXT, max_length=64)
+    tester: str = Field(pattern=TEXT_PATTERN, max_length=64)
     tested_at: AwareDatetime
     inspection_id: int = Field(ge=0)
 
@@ -128,9 +130,9 @@ class FeedDoc(_Doc):
 
     format: Literal[1] = Field(description="the feed's format (1)")
     version: int = Field(ge=0, description="server.feedversion: grows with every change")
-    stall_id: str = Field(pattern=_STALL)
+    stall_id: str = Field(pattern=STALL_PATTERN)
     server_time: AwareDatetime = Field(description="the server's clock, in market time")
-    timezone: str = Field(pattern=_TEXT, max_length=64, description="the market's zone")
+    timezone: str = Field(pattern=TEXT_PATTERN, max_length=64, description="the market's zone")
     items: list[FeedItem] = Field(max_length=MAX_ENTRIES, description="active items, by PLU")
     prices: list[FeedPrice] = Field(max_length=MAX_ENTRIES, description="this stall's prices")
     specials: list[FeedSpecial] = Field(max_length=MAX_ENTRIES,

@@ -37,7 +37,6 @@ import datetime as dt
 import hashlib
 import json
 import logging
-import os
 import threading
 import uuid
 from collections.abc import Callable
@@ -50,7 +49,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from edge.backoff import BackoffSender
-from edge.feed import _PLU, _STALL, _TEXT
+from edge.feed import PLU_PATTERN, STALL_PATTERN, TEXT_PATTERN
+from edge.files import write_atomic
 from edge.integrity import sign_digest, verify_digest
 from edge.outbox import register_key
 
@@ -88,11 +88,11 @@ class SharedItemDoc(BaseModel):
     format: Literal[1] = Field(description="the shared item's format (1)")
     item_id: str = Field(pattern=_UUID, description="the teaching stall's id of the item (uuid4): "
                          "an upload sent twice is stored once")
-    stall_id: str = Field(pattern=_STALL, description="the stall that was taught it")
-    label: str = Field(min_length=1, max_length=64, pattern=_TEXT,
+    stall_id: str = Field(pattern=STALL_PATTERN, description="the stall that was taught it")
+    label: str = Field(min_length=1, max_length=64, pattern=TEXT_PATTERN,
                        description="the recogniser's label: a model label or the item's PLU")
-    plu: str | None = Field(None, pattern=_PLU, description="the PLU it was sold as at that stall")
-    name: str | None = Field(None, max_length=64, pattern=_TEXT, description="its name there")
+    plu: str | None = Field(None, pattern=PLU_PATTERN, description="the PLU it was sold as at that stall")
+    name: str | None = Field(None, max_length=64, pattern=TEXT_PATTERN, description="its name there")
     model: str = Field(pattern=MODEL_PATTERN, description="the model's identity: the recogniser's "
                        "embedding space; only stalls with the same one may use the item")
     model_sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$",
@@ -172,15 +172,6 @@ def make_item(stall_id: str, label: str, rows: np.ndarray, *, model: str, key: E
     return doc.model_copy(update={"signature": sign_digest(doc.digest(), key)})
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 # ---- sending what this stall was taught ---------------------------------------------------
 
 class GalleryUploader(BackoffSender):
@@ -211,7 +202,7 @@ class GalleryUploader(BackoffSender):
             doc = make_item(self.stall_id, label, rows, model=self.model, key=self.key,
                             model_sha256=self.model_sha256, plu=plu, name=name)
             stamp = f"{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S%f}"
-            _write_atomic(self.folder / f"{stamp}-{doc.item_id}.json", doc.model_dump_json().encode())
+            write_atomic(self.folder / f"{stamp}-{doc.item_id}.json", doc.model_dump_json().encode())
         except Exception as exc:  # noqa: BLE001
             logger.error("taught item %s not queued for sharing: %s", label, exc)
             return
@@ -298,7 +289,7 @@ class SharedGalleryClient(BackoffSender):
     def _save_state(self) -> None:
         state = {"model": self.model, "etag": self.etag,
                  "refused": {str(k): v for k, v in self.refused.items()}}
-        _write_atomic(self.state_path, json.dumps(state, ensure_ascii=False, indent=1).encode())
+        write_atomic(self.state_path, json.dumps(state, ensure_ascii=False, indent=1).encode())
 
     def stop(self, drain_s: float = 2.0) -> None:
         """Stop without a last attempt: nothing waits to be sent."""
@@ -361,7 +352,7 @@ class SharedGalleryClient(BackoffSender):
                 logger.error("shared item %d (%s from stall %s) refused, never imported: %s", out.id,
                              out.item.label, out.item.stall_id, why)
                 continue
-            _write_atomic(self.folder / f"{out.id}.json", out.model_dump_json().encode())
+            write_atomic(self.folder / f"{out.id}.json", out.model_dump_json().encode())
             changed += 1
             logger.info("shared item %d imported: %s (PLU %s) taught at stall %s", out.id,
                         out.item.label, out.item.plu, out.item.stall_id)
