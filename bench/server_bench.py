@@ -477,17 +477,17 @@ SHANGHAI_ZONE: Any = None  # set in main(): zoneinfo.ZoneInfo("Asia/Shanghai")
 
 
 def stored_rows(sales: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """The rows the server stores for ``sales`` (``server.ingest._rows``), as the driver takes
+    """The rows the server stores for ``sales`` (``server.ingest.table_rows``), as the driver takes
     them (JSON as text, a time as SQLite's text or an aware datetime)."""
     from edge.sale import Sale
-    from server.ingest import _rows
+    from server.ingest import table_rows
 
     now = dt.datetime.now(dt.UTC)
     out_sales, out_lines = [], []
     for raw in sales:
         sale = Sale.model_validate(raw)
-        row, lines = _rows(sale, sale.to_json(), sale_digest(sale), [], sale.sold_at.astimezone(SHANGHAI),
-                           now)
+        row, lines = table_rows(sale, sale.to_json(), sale_digest(sale), [],
+                                sale.sold_at.astimezone(SHANGHAI), now)
         row = {**row, "flags": json.dumps(row["flags"]), "raw": json.dumps(row["raw"], ensure_ascii=False)}
         out_sales.append(row)
         out_lines += lines

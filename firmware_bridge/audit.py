@@ -26,7 +26,9 @@ GENESIS = "0" * 64
 __all__ = ["AuditError", "AuditEvent", "AuditLog"]
 
 
-def _entry_hash(entry: dict[str, object]) -> str:
+def entry_hash(entry: dict[str, object]) -> str:
+    """An entry's chained hash: SHA-256 of its fields but ``hash``, as sorted-key JSON (the
+    server checks uploaded logs with this very rule)."""
     body = {k: v for k, v in entry.items() if k != "hash"}
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
@@ -59,7 +61,7 @@ class AuditLog:
                 "detail": detail,
                 "prev": self.entries[-1]["hash"] if self.entries else GENESIS,
             }
-            entry["hash"] = _entry_hash(entry)
+            entry["hash"] = entry_hash(entry)
             if self.path is not None:
                 try:
                     with self.path.open("a", encoding="utf-8") as fh:
@@ -79,7 +81,7 @@ class AuditLog:
         for i, entry in enumerate(self.entries, 1):
             if entry.get("seq") != i or entry.get("prev") != prev:
                 raise AuditError(f"audit log broken at entry {i}: chain does not follow")
-            if _entry_hash(entry) != entry.get("hash"):
+            if entry_hash(entry) != entry.get("hash"):
                 raise AuditError(f"audit log broken at entry {i}: entry was altered")
             counter = int(entry["counter"])  # type: ignore[call-overload]
             if counter < last_counter:

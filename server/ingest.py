@@ -187,7 +187,7 @@ def prepare(session: Session, stall: db.Stall, raws: list[Any],
     the batch's order.  Reads at most the stall's trace-code number owner, writes nothing."""
     owner = _number_owner(session, stall)
     out: list[Prepared | IngestResult] = []
-    key = _verify_key(stall.public_key)
+    key = verify_key(stall.public_key)
     for raw in raws:
         sale = _validate(stall, raw, settings, owner)
         if isinstance(sale, IngestResult):
@@ -221,7 +221,7 @@ def _b64decode(text: str) -> bytes:
     return base64.urlsafe_b64decode((text + "=" * (-len(text) % 4)).encode("ascii"))
 
 
-def _verify_key(public_key: str | None) -> VerifyKey | None:
+def verify_key(public_key: str | None) -> VerifyKey | None:
     """The stall's Ed25519 key, or None when it has none; a key that cannot be read verifies
     nothing (the stall registered it, so each of its sales is flagged, not refused)."""
     if not public_key:
@@ -342,8 +342,9 @@ class _Rollups:
                     list(self.stall_items.values()), ("lines", "weight_g", "quantity", "amount_fen"))
 
 
-def _rows(sale: SaleModel, doc: dict[str, Any], digest: str, flags: list[str], local: dt.datetime,
-          now: dt.datetime) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def table_rows(sale: SaleModel, doc: dict[str, Any], digest: str, flags: list[str], local: dt.datetime,
+               now: dt.datetime) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The ``sales`` row and the ``sale_lines`` rows stored for a prepared sale."""
     sale_id = str(sale.sale_id)
     sale_row = {
         "sale_id": sale_id, "stall_id": sale.stall_id, "receipt_no": sale.receipt_no,
@@ -440,7 +441,7 @@ def _store(session: Session, batches: list[tuple[db.Stall, list[Prepared | Inges
             previous = prev_digest.get(sale.receipt_no - 1)
             if previous is not None and previous != sale.prev_hash:
                 flags.append("chain_mismatch")
-            sale_row, lines = _rows(sale, item.doc, digest, flags, item.local, now)
+            sale_row, lines = table_rows(sale, item.doc, digest, flags, item.local, now)
             if one_by_one:
                 try:
                     with session.begin_nested():

@@ -31,8 +31,10 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from firmware_bridge.audit import GENESIS
-from firmware_bridge.audit import _entry_hash as entry_hash  # the log's own hash rule
+from firmware_bridge.audit import (
+    GENESIS,
+    entry_hash,  # the log's own hash rule
+)
 from server import alerts, db
 from server.fields import EARLIEST, LATEST
 

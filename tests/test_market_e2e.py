@@ -30,7 +30,7 @@ from tests.conftest import free_port
 from tests.edge.test_feed import TOMATO_BATCH, running, stall_config, version_of, weigh
 from tests.edge.test_stall import wait_for
 from tests.server import server_process
-from tests.server.conftest import ADMIN, SHANGHAI, _reset_postgres
+from tests.server.conftest import ADMIN, SHANGHAI, reset_postgres
 from tests.server.manage_client import add_manager
 
 PASSWORD = "菜场-secret-1"
@@ -46,7 +46,7 @@ def market(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[server_pr
         db = f"sqlite:///{tmp_path / 'market.db'}"
     else:
         db = request.getfixturevalue("postgres_url")  # asked for only here: SQLite alone starts none
-        _reset_postgres(db)
+        reset_postgres(db)
     at = server_process.ServerAt(free_port())
     proc = server_process.start(db, at.port, tmp_path / "server.log", ADMIN)
     try:

@@ -20,7 +20,8 @@ ADMIN = "test-admin-token"
 SHANGHAI = dt.timezone(dt.timedelta(hours=8))
 
 
-def _reset_postgres(url: str = POSTGRES_URL) -> None:
+def reset_postgres(url: str = POSTGRES_URL) -> None:
+    """An empty ``public`` schema in the PostgreSQL database at ``url``."""
     engine = create_engine(url.replace("postgresql://", "postgresql+psycopg://"))
     with engine.begin() as conn:
         conn.execute(text("DROP SCHEMA public CASCADE"))
@@ -34,7 +35,7 @@ def db_url(request: pytest.FixtureRequest, tmp_path) -> str:  # type: ignore[no-
         return f"sqlite:///{tmp_path / 'market.db'}"
     # Asked for only here, so a run of SQLite tests alone starts no PostgreSQL server.
     url: str = request.getfixturevalue("postgres_url")
-    _reset_postgres(url)
+    reset_postgres(url)
     return url
 
 

@@ -50,7 +50,7 @@ from server import db
 from server.app import create_app
 from server.settings import Settings
 from tests.conftest import LiveServer
-from tests.server.conftest import ADMIN, SHANGHAI, StallSim, _reset_postgres, register_stall
+from tests.server.conftest import ADMIN, SHANGHAI, StallSim, register_stall, reset_postgres
 
 UTC = dt.UTC
 DBS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
@@ -211,6 +211,6 @@ def serve(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
         url = f"sqlite:///{tmp_path_factory.mktemp('stats') / 'market.db'}"
     else:
         url = request.getfixturevalue("postgres_url")
-        _reset_postgres(url)
+        reset_postgres(url)
     with LiveServer(create_app(Settings(db_url=url, admin_token=ADMIN))) as srv:
         yield build(srv)

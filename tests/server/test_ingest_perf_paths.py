@@ -40,7 +40,7 @@ from server import db
 from server.app import create_app
 from server.auth import stall_for_token
 from server.groupcommit import ConcurrentUpload, GroupCommit
-from server.ingest import _verify_key, prepare, signature_ok
+from server.ingest import prepare, signature_ok, verify_key
 from server.settings import Settings
 from tests.conftest import LiveServer, free_port
 from tests.server.conftest import ADMIN, SHANGHAI, StallSim, register_stall
@@ -96,7 +96,7 @@ def test_the_signature_check_answers_as_edge_integrity() -> None:
         }
         for name, (public, sale) in cases.items():
             digest = sale_digest(Sale.model_validate(sale))
-            vk = _verify_key(public)
+            vk = verify_key(public)
             got = vk is not None and signature_ok(vk, sale["signature"], digest)
             assert got == verify_sale(sale, public), name
             checked += got
@@ -300,9 +300,9 @@ def test_the_screen_gets_the_figures_without_an_upload_computing_them(server: Li
 def test_a_screen_on_another_server_process_sees_the_upload(postgres_url: str) -> None:
     """Two servers on one PostgreSQL database, as ``wetmarket server --workers 2`` runs them:
     a screen connected to one sees the sales uploaded to the other (LISTEN/NOTIFY)."""
-    from tests.server.conftest import _reset_postgres
+    from tests.server.conftest import reset_postgres
 
-    _reset_postgres(postgres_url)
+    reset_postgres(postgres_url)
     a = create_app(Settings(db_url=postgres_url, admin_token=ADMIN))
     b = create_app(Settings(db_url=postgres_url, admin_token=ADMIN))
     with LiveServer(a) as srv_a, LiveServer(b) as srv_b:
@@ -338,9 +338,9 @@ def test_an_sqlite_database_takes_one_server_process(tmp_path: Path) -> None:
 def test_several_server_processes_on_postgresql(postgres_url: str) -> None:
     """``wetmarket server --workers 2``: two processes under one port take uploads; every
     sale is stored once and counted."""
-    from tests.server.conftest import _reset_postgres
+    from tests.server.conftest import reset_postgres
 
-    _reset_postgres(postgres_url)
+    reset_postgres(postgres_url)
     port = free_port()
     proc = subprocess.Popen([_wetmarket(), "server", "--db", postgres_url, "--workers", "2",
                              "--port", str(port)], env={**os.environ, "WETMARKET_ADMIN_TOKEN": ADMIN},

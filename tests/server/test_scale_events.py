@@ -8,8 +8,7 @@ import json
 import time
 from typing import Any
 
-from firmware_bridge.audit import GENESIS, AuditLog
-from firmware_bridge.audit import _entry_hash as entry_hash
+from firmware_bridge.audit import GENESIS, AuditLog, entry_hash
 from tests.conftest import LiveServer
 from tests.server.conftest import ADMIN, StallSim, register_stall
 from tests.server.market_rows import alerts
