@@ -1,7 +1,8 @@
 """The camera seam: a device index, an RTSP/HTTP URL, a video file, or an image folder.
 
 The image folder is the honest fake for tests and the demo: real photos,
-decoded by the same OpenCV path as a real camera's frames.  For the demo the
+decoded by the same OpenCV path as a real camera's frames; the folder taken away
+is a camera unplugged (``missing``).  For the demo the
 folder may be labelled (``.../<Label>/*.jpg``, as in the grocery-store data),
 so the simulated vendor can show the camera a photo of the item it weighs.
 
@@ -106,6 +107,12 @@ class ImageFolderCamera(Camera):
     @property
     def labels(self) -> list[str]:
         return sorted(self._by_label)
+
+    @property
+    def fault(self) -> str | None:
+        # The folder taken away stands for a camera unplugged: the stall sells by hand and
+        # both screens say so, as with a live camera that gives no frame.
+        return None if self.root.is_dir() else "missing"
 
     def show(self, label: str | None) -> bool:
         """Put a photo of ``label`` in front of the camera (False if there is none)."""

@@ -41,6 +41,16 @@ def test_broken_photo_is_no_frame_not_a_crash(tmp_path: Path) -> None:
     assert any(f is None for f in frames) and any(f is not None for f in frames)
 
 
+def test_the_folder_taken_away_is_a_camera_unplugged(tmp_path: Path) -> None:
+    cam = ImageFolderCamera(_folder(tmp_path / "cam"), seed=1)
+    assert cam.fault is None
+    (tmp_path / "cam").rename(tmp_path / "away")
+    cam.show("Banana")
+    assert cam.fault == "missing" and cam.read() is None
+    (tmp_path / "away").rename(tmp_path / "cam")
+    assert cam.fault is None and cam.read() is not None
+
+
 def test_bad_sources_are_config_errors(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="does not exist"):
         ImageFolderCamera(tmp_path / "nope")
