@@ -3,7 +3,7 @@
 "use strict";
 
 (() => {
-  const {el, bi, tr, yuan, kg, unit, inspection, flowState, clear} = WM;
+  const {el, bi, tr, yuan, kg, unit, priceCell, inspection, flowState, clear} = WM;
   const $ = (id) => document.getElementById(id);
   // Paint times, read by bench/stall_bench.py: each state's version and when it was painted.
   window.paints = [];
@@ -57,10 +57,9 @@
     clear(basket);
     for (const line of f.basket) {
       if (line.voided) continue;
-      const u = unit(line.price_unit);
       const li = el("li");
       li.append(bi(line.name, line.name_en, "name"), el("span", "qty", lineText(line)),
-                el("span", "price", yuan(line.unit_price_fen) + " " + tr(u[0] + " / " + u[1])),
+                priceCell(line),
                 el("span", "amt", yuan(line.amount_fen)));
       basket.append(li);
     }

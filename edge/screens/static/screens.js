@@ -47,6 +47,14 @@ const WM = (() => {
   // The legal units: per kg, per 500 g or per piece, never per 斤.
   const UNITS = {kg: ["元/kg", "yuan/kg"], "500g": ["元/500g", "yuan/500 g"], piece: ["元/件", "yuan/piece"]};
   function unit(priceUnit) { return UNITS[priceUnit] || [priceUnit, priceUnit]; }
+  // One unit in a narrow column (a basket line): the legal Chinese one unless English only.
+  function unitShort(priceUnit) { const u = unit(priceUnit); return lang === "en" ? u[1] : u[0]; }
+  // A basket line's unit price: it may wrap between the number and its unit, never inside.
+  function priceCell(line) {
+    const cell = el("span", "price", yuan(line.unit_price_fen) + " ");
+    cell.append(el("span", "unit", unitShort(line.price_unit)));
+    return cell;
+  }
 
   const INSPECTION = {passed: ["快检合格", "rapid test passed"], failed: ["快检不合格", "rapid test failed"],
                       pending: ["待检", "test pending"], "not-tested": ["未检测", "not tested"]};
@@ -84,5 +92,5 @@ const WM = (() => {
     return {status: res.status, ok: res.ok, data};
   }
 
-  return {lang, el, bi, tr, yuan, kg, unit, inspection, flowState, clear, connect, call};
+  return {lang, el, bi, tr, yuan, kg, unit, priceCell, inspection, flowState, clear, connect, call};
 })();

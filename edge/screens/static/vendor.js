@@ -3,7 +3,7 @@
 "use strict";
 
 (() => {
-  const {el, bi, tr, yuan, kg, unit, flowState, clear, call} = WM;
+  const {el, bi, tr, yuan, kg, unit, priceCell, flowState, clear, call} = WM;
   const $ = (id) => document.getElementById(id);
   let state = null;
   let results = [];
@@ -270,9 +270,8 @@
     for (const line of f.basket) {
       const li = el("li", line.voided ? "voided" : "");
       const qty = line.weight_g !== null ? kg(line.weight_g) + " kg" : "× " + line.quantity;
-      const u = unit(line.price_unit);
       li.append(el("span", "no", line.line_no), bi(line.name, line.name_en, "name"), el("span", "qty", qty),
-                el("span", "price", yuan(line.unit_price_fen) + " " + tr(u[0] + " / " + u[1])),
+                priceCell(line),
                 el("span", "amt", yuan(line.amount_fen)));
       if (!line.voided) {
         const b = el("button", "small void-btn");
