@@ -83,16 +83,23 @@ def _run(args: argparse.Namespace) -> int:
     print(f"market server on http://{args.host}:{args.port}/display  (db {settings.db_url}"
           + (f", {workers} processes)" if workers > 1 else ")"), file=sys.stderr, flush=True)
     if workers == 1:
-        uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+        uvicorn.run(app, host=args.host, port=args.port, log_level="warning",
+                    timeout_graceful_shutdown=SHUTDOWN_GRACE_S)
         return 0
     # Several processes (PostgreSQL): each builds its own app from these settings; the
     # database is migrated and the admin token made already, by the app above.
     app.state.engine.dispose()
     os.environ[WORKER_SETTINGS_ENV] = settings.model_dump_json()
     uvicorn.run(f"{__name__}:worker_app", factory=True, workers=workers, host=args.host,
-                port=args.port, log_level="warning")
+                port=args.port, log_level="warning", timeout_graceful_shutdown=SHUTDOWN_GRACE_S)
     return 0
 
+
+#: How long a stopping server lets requests in flight finish.  Stalls long-poll the feed
+#: for up to 30 s and screens hold their event streams open: without a limit a restart
+#: waited for every one of them.  An upload cut off here is rolled back unanswered, and
+#: its stall sends it again.
+SHUTDOWN_GRACE_S = 5
 
 #: How ``wetmarket server --workers N`` hands its settings to each process it starts.
 WORKER_SETTINGS_ENV = "WETMARKET_WORKER_SETTINGS"

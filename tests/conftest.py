@@ -35,8 +35,9 @@ class LiveServer:
         self.app = app
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        # A stall's feed long poll keeps a request open: stopping waits 1 s for it, not 25.
         cfg = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning",
-                             lifespan="on")
+                             lifespan="on", timeout_graceful_shutdown=1)
         self.server = uvicorn.Server(cfg)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 

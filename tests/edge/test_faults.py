@@ -67,9 +67,18 @@ def weigh_and_pick(app: StallApp, code: str, grams: int) -> dict[str, Any]:
     assert app.sim is not None and app.flow is not None and app.screens is not None
     app.sim.place(grams)
     assert wait_for(lambda: app.flow.state is FlowState.CHOOSING)  # type: ignore[union-attr]
+    lines = len(app.flow.snapshot().basket)
     r = httpx.post(f"{app.screens.url}/api/confirm", json={"code": code}, timeout=5)
     assert r.status_code == 200, r.text
-    return dict(r.json())
+    body = dict(r.json())
+    if body["line"] is None and body["pending"]:
+        # The reading moved between CHOOSING and the tap (a busy machine): the flow prices
+        # the tap as soon as the weight is stable again, as it would for a vendor.
+        assert wait_for(lambda: app.flow.state is FlowState.PRICED)  # type: ignore[union-attr]
+        basket = app.flow.snapshot().basket  # type: ignore[union-attr]
+        assert len(basket) > lines
+        body["line"] = basket[-1].model_dump(mode="json")
+    return body
 
 
 @pytest.fixture(scope="module")
@@ -306,4 +315,7 @@ def weigh_and_pick_flow(app: StallApp, code: str, grams: int) -> Any:
     assert wait_for(lambda: app.flow.state is FlowState.CHOOSING)  # type: ignore[union-attr]
     result = app.flow.confirm(code)
     assert result.ok, result.reason
+    if result.line is None and result.pending:  # the weight moved again: priced once stable
+        assert wait_for(lambda: app.flow.state is FlowState.PRICED)  # type: ignore[union-attr]
+        return app.flow.snapshot().basket[-1]  # type: ignore[union-attr]
     return result.line
