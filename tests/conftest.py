@@ -82,3 +82,14 @@ def postgres_url() -> Iterator[str]:
     finally:
         if private is not None:
             private.stop()
+
+
+def require_real_dataset() -> Path:
+    """The grocery-store photos (always there in CI); their absence fails the test unless it
+    is allowed knowingly (``WETMARKET_ALLOW_NO_DATASET=1`` skips it instead)."""
+    if (DATASET / "classes.csv").exists():
+        return DATASET
+    if os.environ.get("WETMARKET_ALLOW_NO_DATASET") == "1":
+        pytest.skip(f"WETMARKET_ALLOW_NO_DATASET=1 and no photos at {DATASET}")
+    pytest.fail(f"the grocery-store photos are missing at {DATASET} (set "
+                "WETMARKET_ALLOW_NO_DATASET=1 to skip the tests that need them knowingly)")

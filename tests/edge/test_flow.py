@@ -5,7 +5,6 @@ and the file printer.  Only the flow's public calls drive it; the tests move the
 
 from __future__ import annotations
 
-import os
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -21,7 +20,7 @@ from edge.config import StallConfig
 from edge.demo_data import catalogue
 from edge.flow import FlowState, ScaleInput, StallFlow, next_state, pinyin_initials
 from edge.stall import StallApp
-from tests.conftest import DATASET
+from tests.conftest import DATASET, require_real_dataset
 from tests.edge.test_stall import wait_for
 
 #: S02's demo items and the recogniser's labels the photos are taken from.
@@ -33,10 +32,7 @@ def photos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A camera folder: for each label one photo the shipped model is sure of (``<label>``),
     one it recognises without being sure (``unsure``), one it calls unknown although its
     first label is one of the stall's items (``unknown``), and noise."""
-    if not (DATASET / "classes.csv").exists():
-        if os.environ.get("WETMARKET_ALLOW_NO_DATASET") == "1":
-            pytest.skip(f"WETMARKET_ALLOW_NO_DATASET=1 and no photos at {DATASET}")
-        pytest.fail(f"the grocery-store photos are missing at {DATASET}")
+    require_real_dataset()
     from model.recognizer import Recognizer
 
     rec = Recognizer.load(background_refit=False)

@@ -5,7 +5,6 @@ tapping /vendor while /customer, opened before, follows without a reload."""
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 from collections.abc import Iterator
@@ -22,7 +21,7 @@ from edge.demo_data import catalogue
 from edge.flow import FlowState
 from edge.stall import StallApp
 from tests.browser import chromium
-from tests.conftest import DATASET
+from tests.conftest import DATASET, require_real_dataset
 from tests.edge.test_feed import price_market, running, stall_config, start_market
 from tests.edge.test_stall import wait_for
 
@@ -76,10 +75,7 @@ def browser() -> Iterator[Browser]:
 def unsure_photo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A camera folder with one photo of a stall's item that the shipped model recognises,
     not surely (below the stall's auto-confirm): its guesses wait for the vendor's tap."""
-    if not (DATASET / "classes.csv").exists():
-        if os.environ.get("WETMARKET_ALLOW_NO_DATASET") == "1":
-            pytest.skip(f"WETMARKET_ALLOW_NO_DATASET=1 and no photos at {DATASET}")
-        pytest.fail(f"the grocery-store photos are missing at {DATASET}")
+    require_real_dataset()
     from model.recognizer import Recognizer
 
     rec = Recognizer.load(background_refit=False)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -10,6 +9,8 @@ from typing import Any
 import cv2
 import numpy as np
 import pytest
+
+from tests.conftest import require_real_dataset
 
 REPO = Path(__file__).resolve().parents[2]
 DATASET = REPO.parent / "shared" / "data" / "grocery-store"
@@ -41,12 +42,7 @@ def dataset_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def real_dataset() -> Path:
     """The real photos; their absence fails the test unless it is allowed knowingly."""
-    if (DATASET / "classes.csv").exists():
-        return DATASET
-    if os.environ.get("WETMARKET_ALLOW_NO_DATASET") == "1":
-        pytest.skip(f"WETMARKET_ALLOW_NO_DATASET=1 and no photos at {DATASET}")
-    pytest.fail(f"the grocery-store photos are missing at {DATASET} (set "
-                "WETMARKET_ALLOW_NO_DATASET=1 to skip the tests that need them knowingly)")
+    return require_real_dataset()
 
 
 @pytest.fixture(scope="session")
