@@ -21,6 +21,7 @@ from server.auth import admin_token_sha256
 from server.db import init_db, make_engine
 from server.events import Broker, watch_market_changes
 from server.groupcommit import GroupCommit
+from server.guard import document_refusals
 from server.live import LiveFigures
 from server.routes import (
     catalogue,
@@ -103,6 +104,7 @@ def create_app(settings: Settings) -> FastAPI:
                    gallery, scale_events, managers, manage, pages):
         app.include_router(module.router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    document_refusals(app)
 
     @app.get("/favicon.ico", include_in_schema=False)
     def favicon() -> FileResponse:

@@ -27,7 +27,7 @@ import logging
 from collections.abc import Callable, Coroutine, Iterator
 from typing import Any, Literal
 
-from fastapi import HTTPException, Request, Response, status
+from fastapi import FastAPI, HTTPException, Request, Response, status
 from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute
 from pydantic import BaseModel
@@ -81,6 +81,35 @@ def errors(*codes: int, **descriptions: str) -> dict[int | str, dict[str, Any]]:
         why = descriptions.get(f"e{code}", _DESCRIPTIONS.get(code, http.HTTPStatus(code).phrase))
         out[code] = {"model": ErrorOut, "description": why}
     return out
+
+
+def document_refusals(app: FastAPI) -> None:
+    """Document every 422 as what it may be: FastAPI's list of field errors when the request
+    does not fit its model, or one reason (:class:`ErrorOut`) when it fits but breaks a rule
+    of the market (``server.refusals.Refused``: a special already over, a test in the future)."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = generate()
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        components.setdefault("ErrorOut", ErrorOut.model_json_schema())
+        for path in schema.get("paths", {}).values():
+            for operation in path.values():
+                answer = operation.get("responses", {}).get("422")
+                if answer is None:
+                    continue
+                body = answer.setdefault("content", {}).setdefault("application/json", {})
+                kinds = [{"$ref": "#/components/schemas/ErrorOut"}]
+                if "schema" in body:
+                    kinds.insert(0, body["schema"])
+                body["schema"] = {"anyOf": kinds}
+                answer["description"] = "The request does not fit the model (a list of field errors), " \
+                    "or breaks a rule of the market (one reason)"
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def body_limit(limit: int) -> dict[str, Any]:

@@ -127,17 +127,23 @@ def _start_server(port: int, db: str) -> tuple[subprocess.Popen[str], str]:
 
 
 def _health_closing(port: int, p: subprocess.Popen[str]) -> int:
-    """GET /healthz with ``Connection: close``, so the server closes first and its side of the
-    connection (on the server's port) lingers in TIME_WAIT once it has stopped."""
+    """GET /healthz with ``Connection: close`` and read to the end before closing: the server
+    has closed first (that end of file is its FIN), so its side of the connection (on the
+    server's port) lingers in TIME_WAIT once it has stopped.  (An HTTP client may close as
+    soon as it has the body, before the server does, and then TIME_WAIT is on the client's
+    side: the port would be free and the test would prove nothing.)"""
     import time
-
-    import httpx
 
     deadline = time.monotonic() + 30
     while True:
         try:
-            return httpx.get(f"http://127.0.0.1:{port}/healthz", headers={"Connection": "close"}).status_code
-        except httpx.HTTPError:
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+                s.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+                answer = b""
+                while chunk := s.recv(4096):
+                    answer += chunk
+            return int(answer.split(b" ", 2)[1])
+        except OSError:
             assert p.poll() is None and time.monotonic() < deadline, "server did not answer"
             time.sleep(0.1)
 
