@@ -19,7 +19,8 @@ from fastapi_offline import FastAPIOffline
 from server import alerts, sessions
 from server.auth import admin_token_sha256
 from server.db import init_db, make_engine
-from server.events import Broker, watch_market_changes
+from server.events import MARKET_CHANNEL, Broker, PgListener, market_noted, watch_market_changes
+from server.groupcommit import CHANNEL as SALES_CHANNEL
 from server.groupcommit import GroupCommit
 from server.guard import document_refusals
 from server.live import LiveFigures
@@ -55,21 +56,32 @@ def create_app(settings: Settings) -> FastAPI:
     sessionmaker = init_db(engine, settings.tz)
     admin_sha256, generated = admin_token_sha256(sessionmaker, settings.admin_token)
     broker = Broker()
-    watch_market_changes(sessionmaker, broker)  # specials, tests, prices: to the big screen
-    write_lock = threading.Lock() if engine.dialect.name == "sqlite" else None
-    # Uploads stored together, one commit each group; the big screen's figures computed off
-    # the upload path (server.groupcommit, server.live; the origin tells this server's own
-    # PostgreSQL notices from other processes').
+    postgres = engine.dialect.name == "postgresql"
+    # The origin tells this server's own PostgreSQL notices from other processes'.
     origin = uuid.uuid4().hex
+    # Specials, tests, prices: to the big screens of this process and, through NOTIFY, of
+    # every other server process on the database.
+    watch_market_changes(sessionmaker, broker, origin=origin, notify=postgres)
+    write_lock = None if postgres else threading.Lock()
+    # Uploads stored together, one commit each group; the big screen's figures computed off
+    # the upload path (server.groupcommit, server.live).
     group_commit = GroupCommit(sessionmaker, write_lock=write_lock, origin=origin)
     live = LiveFigures(sessionmaker, settings, broker, origin=origin)
+    listener = None
+    if postgres:
+        listener = PgListener(settings.db_url, {SALES_CHANNEL: live.noted,
+                                                MARKET_CHANNEL: market_noted(broker, origin)})
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         broker.bind(asyncio.get_running_loop())
         checks = alerts.start_checks(app)  # silent stalls, sale prices (server.alerts)
         live.start()
+        if listener is not None:
+            listener.start()
         yield
+        if listener is not None:
+            listener.stop()
         live.stop()
         checks.cancel()
         engine.dispose()
@@ -89,6 +101,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.write_lock = write_lock
     app.state.group_commit = group_commit
     app.state.live = live
+    app.state.listener = listener
     app.state.contacts = alerts.Contacts()
     app.state.session_signer = sessions.Signer(sessions.load_secret(sessionmaker),
                                                settings.manage_session_s)

@@ -1,19 +1,28 @@
-"""In-process fan-out of live events to Server-Sent-Events subscribers.
+"""Fan-out of live events to Server-Sent-Events subscribers, within a process and across them.
 
 Publishers may be worker threads (sync request handlers), subscribers live on
 the event loop, so publishing hops onto the loop with ``call_soon_threadsafe``.
 A slow subscriber loses old events (bounded queue) rather than slowing ingest:
 every event carries the full figures, so the newest one is enough.
+
+Several server processes on one PostgreSQL database (``wetmarket server --workers N``, or
+servers on several machines) each hold their own screens' streams: a process tells the
+others through PostgreSQL ``NOTIFY`` in the very transaction that made the change (so a
+notice leaves with the commit, never for a rollback), and each process ``LISTEN``s
+(:class:`PgListener`) and publishes to its own subscribers.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import threading
+from collections.abc import Callable
 from itertools import chain
 from typing import Any
 
-from sqlalchemy import event
+from sqlalchemy import event, text
 from sqlalchemy.orm import Session, SessionTransaction, sessionmaker
 
 from server import db
@@ -30,6 +39,8 @@ WATCHED: dict[type[db.Base], str] = {
     db.Item: "items",
 }
 _PENDING = "market_changed"
+#: The PostgreSQL channel of market changes: ``{"origin": ..., "changed": [topics]}``.
+MARKET_CHANNEL = "wetmarket_market"
 
 
 class Broker:
@@ -65,9 +76,12 @@ class Broker:
         return len(self._subs)
 
 
-def watch_market_changes(maker: sessionmaker[Session], broker: Broker) -> None:
+def watch_market_changes(maker: sessionmaker[Session], broker: Broker, *, origin: str = "",
+                         notify: bool = False) -> None:
     """Publish ``{"type": "market", "changed": [topics]}`` after each commit, by any session
-    of ``maker``, that touched a :data:`WATCHED` table.
+    of ``maker``, that touched a :data:`WATCHED` table; with ``notify`` (PostgreSQL) also
+    ``NOTIFY`` :data:`MARKET_CHANNEL` in that transaction, for the other server processes
+    (:func:`market_noted` on their side; ``origin`` names this one).
 
     Watching the session rather than each route means every path that changes specials,
     inspections, prices or the catalogue (the API, the manager pages, a CLI) reaches the
@@ -82,6 +96,17 @@ def watch_market_changes(maker: sessionmaker[Session], broker: Broker) -> None:
             if topic is not None:
                 session.info.setdefault(_PENDING, set()).add(topic)
 
+    def committing(session: Session) -> None:
+        if session.in_nested_transaction():
+            return
+        session.flush()  # what commit would flush next: its topics belong in this one notice
+        changed = session.info.get(_PENDING)
+        if changed:
+            # In the transaction itself: PostgreSQL delivers it at commit, never for a rollback.
+            payload = json.dumps({"origin": origin, "changed": sorted(changed)})
+            session.execute(text("SELECT pg_notify(:channel, :payload)"),
+                            {"channel": MARKET_CHANNEL, "payload": payload})
+
     def committed(session: Session) -> None:
         if session.in_nested_transaction():
             return  # a savepoint released (after_commit fires for those too): not committed yet
@@ -94,5 +119,72 @@ def watch_market_changes(maker: sessionmaker[Session], broker: Broker) -> None:
             session.info.pop(_PENDING, None)
 
     event.listen(maker, "after_flush", flushed)
+    if notify:
+        event.listen(maker, "before_commit", committing)
     event.listen(maker, "after_commit", committed)
     event.listen(maker, "after_transaction_end", ended)
+
+
+def market_noted(broker: Broker, origin: str) -> Callable[[str], None]:
+    """The handler of :data:`MARKET_CHANNEL` notices: another process's changes, published
+    to this process's subscribers as its own would be (its own were published already)."""
+
+    def noted(payload: str) -> None:
+        try:
+            note = json.loads(payload)
+            if note.get("origin") == origin:
+                return
+            changed = sorted({str(topic) for topic in note["changed"]})
+        except (ValueError, KeyError, TypeError, AttributeError):
+            logger.warning("a notice on %s that is not ours: %.100r", MARKET_CHANNEL, payload)
+            return
+        if changed and broker.subscribers:
+            broker.publish({"type": "market", "changed": changed})
+
+    return noted
+
+
+class PgListener:
+    """One thread that ``LISTEN``s on PostgreSQL channels and hands each notice's payload to
+    its channel's handler (on that thread: handlers are quick or hop elsewhere).  It comes
+    back by itself after a lost connection; notices sent meanwhile are lost, which the
+    screens survive (their next event carries whole figures, and they fetch again on
+    reconnecting)."""
+
+    def __init__(self, url: str, handlers: dict[str, Callable[[str], None]]) -> None:
+        self._conninfo = url.replace("postgresql+psycopg://", "postgresql://")
+        self._handlers = dict(handlers)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        #: Set once the first connection listens (tests wait for it).
+        self.listening = threading.Event()
+
+    def start(self) -> None:
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="pg-listen", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+
+    def _run(self) -> None:
+        import psycopg
+
+        while not self._stop.is_set():
+            try:
+                with psycopg.connect(self._conninfo, autocommit=True, connect_timeout=5) as conn:
+                    for channel in self._handlers:
+                        conn.execute(f"LISTEN {channel}")
+                    self.listening.set()
+                    while not self._stop.is_set():
+                        for note in conn.notifies(timeout=0.5):
+                            handler = self._handlers.get(note.channel)
+                            if handler is not None:
+                                handler(note.payload)
+            except Exception as exc:  # noqa: BLE001 - the listener must come back
+                logger.warning("listening on %s failed (%s); again in 1 s",
+                               ", ".join(self._handlers), exc)
+                self._stop.wait(1.0)

@@ -14,7 +14,8 @@ since the event before).  Nothing is computed while no screen is subscribed.
 
 With several server processes on one PostgreSQL database (``wetmarket server --workers``)
 a screen is connected to one of them: every group commit NOTIFYs ``CHANNEL`` with what it
-stored (``server.groupcommit``), and each process LISTENs and publishes to its own screens.
+stored (``server.groupcommit``), and each process LISTENs (``server.events.PgListener``,
+handler :meth:`LiveFigures.noted`) and publishes to its own screens.
 """
 
 from __future__ import annotations
@@ -65,10 +66,6 @@ class LiveFigures:
     def start(self) -> None:
         self._stop.clear()
         self._threads = [threading.Thread(target=self._publish_loop, name="live-figures", daemon=True)]
-        url = self._settings.db_url
-        if url.startswith("postgresql"):
-            self._threads.append(threading.Thread(target=self._listen_loop, args=(url,),
-                                                  name="live-listen", daemon=True))
         for t in self._threads:
             t.start()
 
@@ -105,23 +102,8 @@ class LiveFigures:
             # Later uploads wait for the next round: at most one computation per interval.
             self._stop.wait(max(0.0, self._min_interval - (time.monotonic() - started)))
 
-    def _listen_loop(self, url: str) -> None:
-        """Other server processes' uploads (PostgreSQL NOTIFY from ``server.groupcommit``)."""
-        import psycopg
-
-        while not self._stop.is_set():
-            try:
-                conninfo = url.replace("postgresql+psycopg://", "postgresql://")
-                with psycopg.connect(conninfo, autocommit=True, connect_timeout=5) as conn:
-                    conn.execute(f"LISTEN {CHANNEL}")
-                    while not self._stop.is_set():
-                        for note in conn.notifies(timeout=0.5):
-                            self._noted(note.payload)
-            except Exception as exc:  # noqa: BLE001 - the listener must come back
-                logger.warning("live figures: listening on %s failed (%s); again in 1 s", CHANNEL, exc)
-                self._stop.wait(1.0)
-
-    def _noted(self, payload: str) -> None:
+    def noted(self, payload: str) -> None:
+        """A notice on ``CHANNEL``: another server process stored sales."""
         try:
             note = json.loads(payload)
             if note.get("origin") == self._origin:

@@ -605,6 +605,38 @@ def test_changes_that_commit_publish_a_market_event_and_refused_ones_do_not(serv
         events.close()
 
 
+@pytest.mark.postgres
+def test_a_screen_on_another_server_process_sees_market_changes(postgres_url: str) -> None:
+    """Two servers on one PostgreSQL database (``--workers 2``, or two machines): a screen on
+    one gets the market events of changes made on the other (NOTIFY in the change's own
+    transaction), and a refused change, rolled back, sends nothing."""
+    from server.app import create_app
+    from server.settings import Settings
+    from tests.server.conftest import reset_postgres
+
+    reset_postgres(postgres_url)
+    a = create_app(Settings(db_url=postgres_url, admin_token=ADMIN))
+    b = create_app(Settings(db_url=postgres_url, admin_token=ADMIN))
+    with LiveServer(a) as srv_a, LiveServer(b) as srv_b:
+        register_stall(srv_a, StallSim("S01"))
+        assert b.state.listener.listening.wait(10)
+        events = Events(srv_b)
+        try:
+            with srv_a.client(ADMIN) as c:
+                _ok(c.post("/api/v1/items", json={"plu": "1001", "name": "西红柿", "name_en": "Tomato",
+                                                  "category": "蔬菜", "price_unit": "500g", "cap_fen": 600}),
+                    201)
+                assert events.next() == ("market", {"type": "market", "changed": ["items", "prices"]})
+                _ok(c.put("/api/v1/prices/S01/1001", json={"unit_price_fen": 700, "why": "x"}), 409)
+                _ok(c.put("/api/v1/prices/S01/1001", json={"unit_price_fen": 300, "why": "开市"}))
+                # The refused change came first: had it been sent, it would be next.
+                assert events.next() == ("market", {"type": "market", "changed": ["prices"]})
+            with pytest.raises(queue.Empty):
+                events.next(timeout=1)
+        finally:
+            events.close()
+
+
 @pytest.mark.browser
 def test_the_screen_reconnects_by_itself_after_the_server_restarts(tmp_path: Path) -> None:
     db, port, log = f"sqlite:///{tmp_path / 'market.db'}", free_port(), tmp_path / "server.log"
