@@ -1,4 +1,4 @@
-"""Subcommands of this package (see edge.cli): recognize, enroll, model train|evaluate|export|gallery.
+"""Subcommands of this package (see edge.cli): recognize, enroll, model train|cv|evaluate|export|gallery.
 
 Registration is argparse only; the command functions import numpy, OpenCV,
 onnxruntime (and torch for training) when they run.
@@ -11,7 +11,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from model.recognizer import Recognizer
@@ -142,6 +142,48 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _folds_list(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.split(","))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected fold numbers like 0,1,2, got {text!r}") from exc
+
+
+def cmd_cv(args: argparse.Namespace) -> int:
+    import logging
+
+    from model import ModelError
+    from model.training.cv import CvConfig, run_cv
+    from model.training.distill import parse_teacher
+
+    teachers = tuple(args.teachers.split(","))
+    for spec in teachers:
+        try:
+            parse_teacher(spec)
+        except ValueError as exc:
+            raise ModelError(str(exc)) from None
+    if args.folds < 2:
+        raise ModelError(f"--folds {args.folds}: cross-validation needs at least 2 folds")
+    if args.only_folds and not all(0 <= k < args.folds for k in args.only_folds):
+        raise ModelError(f"--only-folds: fold numbers run from 0 to {args.folds - 1}")
+    logging.getLogger("model").setLevel(logging.INFO)
+    cfg = CvConfig(data=Path(args.data), run_dir=Path(args.run_dir), teachers=teachers, seed=args.seed,
+                   folds=args.folds, epochs=args.epochs, views=args.views, lr=args.lr, batch=args.batch,
+                   threads=args.threads, max_images=args.max_images, only_folds=args.only_folds)
+    report = run_cv(cfg)
+    summary: dict[str, Any] = {"report": str(cfg.run_dir / "cv-report.md")}
+    for t in report["teachers"]:
+        name = f"{t['teacher']}#{t['seed']}"
+        summary[name] = ({"folds_missing": t["folds_missing"]} if "folds_missing" in t else
+                         {"top1": t["finetuned"]["top1"], "top1_sd": t["finetuned"]["top1_sd"],
+                          "top5": t["finetuned"]["top5"], "epochs": t["chosen_epochs"],
+                          "linear_top1": t["linear"]["top1"]})
+    if "ensemble" in report:
+        summary["ensemble"] = {"top1": report["ensemble"]["top1"], "top5": report["ensemble"]["top5"]}
+    print(json.dumps(summary))
+    return 0
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from model.evaluate import evaluate
 
@@ -248,6 +290,23 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg,
     t.add_argument("--int8-out", help="where to write the int8 model (implies --int8)")
     t.add_argument("--max-images", type=int, help="train on a small slice (tests)")
     t.set_defaults(run=cmd_train)
+
+    v = msub.add_parser("cv", help="cross-validate fine-tuned teachers on blocked folds over train + val")
+    v.add_argument("--data", default=str(default_dataset_root()),
+                   help="Grocery Store layout or label/*.jpg tree")
+    v.add_argument("--run-dir", default="runs/cv", help="caches, one folder per teacher, cv-report.md")
+    v.add_argument("--teachers", default="efficientnet-lite0@224",
+                   help="comma-separated BACKBONE@SIZE; the i-th gets seed SEED+i")
+    v.add_argument("--folds", type=int, default=5, help="blocked folds (at least 2)")
+    v.add_argument("--only-folds", type=_folds_list, help="run only these folds now, e.g. 0,1")
+    v.add_argument("--epochs", type=_positive, default=6, help="fine-tuning epochs (the schedule's length)")
+    v.add_argument("--views", type=int, default=4, help="augmented views per photo in the cache")
+    v.add_argument("--lr", type=float, default=2e-4)
+    v.add_argument("--batch", type=_positive, default=32)
+    v.add_argument("--seed", type=int, default=0)
+    v.add_argument("--threads", type=_positive, default=2)
+    v.add_argument("--max-images", type=int, help="a small slice per split (tests)")
+    v.set_defaults(run=cmd_cv)
 
     e = msub.add_parser("evaluate", help="accuracy, unknown rate and latency of an ONNX model")
     e.add_argument("--model", help=model_help)

