@@ -33,6 +33,7 @@ from server.routes import (
     inspections,
     manage,
     managers,
+    orders,
     pages,
     promotions,
     refunds,
@@ -113,8 +114,9 @@ def create_app(settings: Settings) -> FastAPI:
                   for e in exc.errors()]
         return JSONResponse({"detail": detail}, status_code=422)
 
+    orders.install(app)  # the shop's cookies, rate limits and order watch (server.routes.orders)
     for module in (stalls, sales, refunds, stats, export, catalogue, display, inspections, promotions, feed,
-                   gallery, scale_events, managers, manage, pages):
+                   gallery, scale_events, managers, manage, pages, orders):
         app.include_router(module.router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     document_refusals(app)

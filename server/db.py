@@ -417,6 +417,92 @@ class SharedItem(Base):
     withdrawn_by: Mapped[str | None] = mapped_column(String(64))
 
 
+
+# ---- online orders (线上买菜, issue 19): server.orders -----------------------------------------
+
+
+class Order(Base):
+    """A shopper's order at one stall: an estimate until the stall weighs it; its final
+    amounts are those of the sale that fulfilled it (``sale_id``), to the 分."""
+
+    __tablename__ = "orders"
+    __table_args__ = (
+        Index("ix_orders_stall_state", "stall_id", "state"),
+        Index("ix_orders_phone", "phone_key", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    stall_id: Mapped[str] = mapped_column(ForeignKey("stalls.stall_id"))
+    #: HMAC of the phone number under the server secret: orders are found by it, the number
+    #: itself is never stored (``phone_masked`` is what the stall and managers see).
+    phone_key: Mapped[str] = mapped_column(String(64))
+    phone_masked: Mapped[str] = mapped_column(String(16))
+    #: placed, accepted, weighing, ready, picked_up, cancelled
+    state: Mapped[str] = mapped_column(String(16))
+    pickup_code: Mapped[str] = mapped_column(String(8))
+    slot_start: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    slot_end: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    note: Mapped[str | None] = mapped_column(String(200))
+    estimate_fen: Mapped[int] = mapped_column(BigInteger)
+    final_fen: Mapped[int | None] = mapped_column(BigInteger)
+    tolerance_pct: Mapped[int] = mapped_column(Integer)
+    #: The sale that fulfilled the order: one, never two (``server.ingest`` refuses a second).
+    sale_id: Mapped[str | None] = mapped_column(String(36), unique=True)
+    trace_code: Mapped[str | None] = mapped_column(String(20))
+    #: The market day of the fulfilling sale: the online share of a day's sales.
+    local_day: Mapped[dt.date | None] = mapped_column(Date, index=True)
+    payment: Mapped[str | None] = mapped_column(String(8))  # cash, qr
+    cancel_reason: Mapped[str | None] = mapped_column(String(200))
+    cancelled_by: Mapped[str | None] = mapped_column(String(64))
+    placed_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, index=True)
+    accepted_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    weighing_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    ready_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    picked_up_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    cancelled_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+
+    lines: Mapped[list[OrderLine]] = relationship(
+        back_populates="order", order_by="OrderLine.line_no", cascade="all, delete-orphan")
+
+
+class OrderLine(Base):
+    """One item of an order: an estimated weight (or a count), then what the scale weighed."""
+
+    __tablename__ = "order_lines"
+
+    order_id: Mapped[int] = mapped_column(ForeignKey("orders.id"), primary_key=True)
+    line_no: Mapped[int] = mapped_column(Integer, primary_key=True)  # 1-based
+    plu: Mapped[str] = mapped_column(String(16))
+    name: Mapped[str] = mapped_column(String(64))
+    name_en: Mapped[str] = mapped_column(String(64))
+    price_unit: Mapped[str] = mapped_column(String(8))
+    #: The stall's price when ordered (a special inside its window): the estimate's price.
+    unit_price_fen: Mapped[int] = mapped_column(BigInteger)
+    est_weight_g: Mapped[int | None] = mapped_column(Integer)
+    quantity: Mapped[int | None] = mapped_column(Integer)
+    est_amount_fen: Mapped[int] = mapped_column(BigInteger)
+    #: pending, accepted, declined, weighed, missing (accepted but not in the sale)
+    state: Mapped[str] = mapped_column(String(12))
+    final_weight_g: Mapped[int | None] = mapped_column(Integer)
+    final_quantity: Mapped[int | None] = mapped_column(Integer)
+    final_amount_fen: Mapped[int | None] = mapped_column(BigInteger)
+    #: The weighed amount differs from the estimate by more than the order's tolerance.
+    over_tolerance: Mapped[bool] = mapped_column(Boolean, default=False)
+
+    order: Mapped[Order] = relationship(back_populates="lines")
+
+
+class OrderDesk(Base):
+    """Whether a stall takes online orders now (the vendor pauses and resumes them)."""
+
+    __tablename__ = "order_desks"
+
+    stall_id: Mapped[str] = mapped_column(ForeignKey("stalls.stall_id"), primary_key=True)
+    open: Mapped[bool] = mapped_column(Boolean, default=True)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    updated_by: Mapped[str] = mapped_column(String(64))
+
+
 def make_engine(db_url: str) -> Engine:
     url = db_url
     if url.startswith("postgresql://"):

@@ -51,7 +51,7 @@ from edge.integrity import sale_digest
 from edge.pricing import check_sale
 from edge.sale import Sale as SaleModel
 from edge.tracecode import stall_id_aliases, stall_number
-from server import alerts, db
+from server import alerts, db, orders
 from server.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -410,8 +410,10 @@ def _look_up(session: Session, sales: list[Prepared]
 
 def _store(session: Session, batches: list[tuple[db.Stall, list[Prepared | IngestResult]]], *,
            one_by_one: bool) -> list[list[IngestResult]]:
-    known, taken, prev = _look_up(session, [p for _, items in batches for p in items
-                                            if isinstance(p, Prepared)])
+    prepared = [p for _, items in batches for p in items if isinstance(p, Prepared)]
+    known, taken, prev = _look_up(session, prepared)
+    # Online orders these sales fulfil (server.orders): one query, only when one names an order.
+    claimed = orders.claims(session, [(p.sale_id, p.sale) for p in prepared])
     now = dt.datetime.now(dt.UTC)
     out: list[list[IngestResult]] = []
     #: (stall id, what the alerts need of each stored sale, that stall's known receipts)
@@ -437,6 +439,12 @@ def _store(session: Session, batches: list[tuple[db.Stall, list[Prepared | Inges
                 results.append(IngestResult(sale_id, "refused", f"trace_code {sale.trace_code} already "
                                             f"used by sale {taken[sale.trace_code]}"))
                 continue
+            order_id = orders.order_id_of(sale)
+            if order_id is not None:
+                why = orders.refusal(claimed.get(order_id), order_id, stall.stall_id, sale_id)
+                if why is not None:  # never fulfilled twice, never another stall's order
+                    results.append(IngestResult(sale_id, "refused", why))
+                    continue
             flags = list(item.flags)
             previous = prev_digest.get(sale.receipt_no - 1)
             if previous is not None and previous != sale.prev_hash:
@@ -458,6 +466,8 @@ def _store(session: Session, batches: list[tuple[db.Stall, list[Prepared | Inges
                 line_rows += lines
             known[sale_id], taken[sale.trace_code] = digest, sale_id
             prev_digest[sale.receipt_no] = digest
+            if order_id is not None:
+                orders.fulfil(claimed[order_id], sale, item.local.date(), now)
             rollups.add(sale, item.local)
             if flags:
                 logger.warning("sale %s of stall %s stored with flags %s", sale_id, stall.stall_id, flags)

@@ -51,6 +51,20 @@ class Settings(BaseModel):
                                  description="the server's periodic checks: silent stalls, prices "
                                              "above 1.5x the market median")
 
+    # ---- online orders (server.orders, issue 19) ----
+    order_tolerance_pct: int = Field(
+        10, ge=0, le=100, title="Order tolerance (%)",
+        description="a weighed line differing from the shopper's estimate by more than this is "
+                    "shown to her with both amounts")
+    order_lead_min: int = Field(15, ge=0, le=24 * 60, title="Earliest pickup (minutes ahead)")
+    order_slot_min: int = Field(15, ge=5, le=120, title="Pickup slot length (minutes)")
+    order_days: int = Field(2, ge=1, le=7, title="Pickup days offered (today and the next)")
+    order_rate_phone: str = Field("10/minute;60/hour", title="Order calls per phone",
+                                  description="limits' notation; placing and cancelling orders")
+    order_rate_addr: str = Field("30/minute;300/hour", title="Order calls per client address",
+                                 description="limits' notation; sign-in, placing and cancelling")
+    shop_session_s: int = Field(30 * 24 * 3600, ge=60, title="Shopper session lifetime (s)")
+
     @field_validator("timezone")
     @classmethod
     def _known_zone(cls, v: str) -> str:
@@ -58,6 +72,17 @@ class Settings(BaseModel):
             zoneinfo.ZoneInfo(v)
         except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
             raise ValueError(f"unknown time zone {v!r}") from exc
+        return v
+
+    @field_validator("order_rate_phone", "order_rate_addr")
+    @classmethod
+    def _rate(cls, v: str) -> str:
+        from limits import parse_many
+
+        try:
+            parse_many(v)
+        except ValueError as exc:
+            raise ValueError(f"not a rate limit like '10/minute;60/hour': {v!r}") from exc
         return v
 
     @model_validator(mode="after")

@@ -1,0 +1,94 @@
+"""Who waits for orders to change: the shoppers' live pages and the stalls' long polls.
+
+Every commit, by any session of the server's sessionmaker, that adds or changes an
+order (``server.orders``: placed, accepted, fulfilled by an uploaded sale...) wakes the
+waiters of its stall and of its shopper (her phone's key) after the commit, never
+before, and never for a transaction that rolled back.  Waiters live on the server's
+event loop; commits happen on worker threads, so waking hops onto the loop.
+
+In this process only: a second server process on the same PostgreSQL database does not
+wake this one's waiters (a stall's long poll then answers at its timeout, a shopper's page
+at its next keep-alive read).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+from itertools import chain
+
+from sqlalchemy import event
+from sqlalchemy.orm import Session, SessionTransaction, sessionmaker
+
+from server import db
+
+logger = logging.getLogger(__name__)
+
+_PENDING = "orders_changed"
+
+
+class Waiter:
+    def __init__(self, loop: asyncio.AbstractEventLoop, stall_id: str | None, phone_key: str | None) -> None:
+        self.loop = loop
+        self.stall_id = stall_id
+        self.phone_key = phone_key
+        self.event = asyncio.Event()
+
+    def wake(self) -> None:
+        with contextlib.suppress(RuntimeError):  # its loop closed: the server stopped
+            self.loop.call_soon_threadsafe(self.event.set)
+
+
+class OrderWatch:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._waiters: set[Waiter] = set()
+
+    def subscribe(self, *, stall_id: str | None = None, phone_key: str | None = None) -> Waiter:
+        """Register before reading the orders, so a change between the read and the wait is
+        not missed."""
+        waiter = Waiter(asyncio.get_running_loop(), stall_id, phone_key)
+        with self._lock:
+            self._waiters.add(waiter)
+        return waiter
+
+    def unsubscribe(self, waiter: Waiter) -> None:
+        with self._lock:
+            self._waiters.discard(waiter)
+
+    def changed(self, keys: set[tuple[str, str]]) -> None:
+        """Orders of these (stall, phone key) pairs changed: wake their waiters."""
+        with self._lock:
+            waiters = list(self._waiters)
+        stalls = {s for s, _ in keys}
+        phones = {p for _, p in keys}
+        for w in waiters:
+            if (w.stall_id is not None and w.stall_id in stalls) or \
+                    (w.phone_key is not None and w.phone_key in phones):
+                w.wake()
+
+    def watch(self, maker: sessionmaker[Session]) -> None:
+        """Wake waiters after each commit of ``maker``'s sessions that touched an order."""
+
+        def flushed(session: Session, _context: object) -> None:
+            for obj in chain(session.new, session.dirty):
+                order = obj.order if isinstance(obj, db.OrderLine) else obj
+                if isinstance(order, db.Order):
+                    session.info.setdefault(_PENDING, set()).add((order.stall_id, order.phone_key))
+
+        def committed(session: Session) -> None:
+            if session.in_nested_transaction():
+                return
+            keys = session.info.pop(_PENDING, None)
+            if keys:
+                self.changed(keys)
+
+        def ended(session: Session, transaction: SessionTransaction) -> None:
+            if transaction.parent is None:
+                session.info.pop(_PENDING, None)
+
+        event.listen(maker, "after_flush", flushed)
+        event.listen(maker, "after_commit", committed)
+        event.listen(maker, "after_transaction_end", ended)

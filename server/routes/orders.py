@@ -1,0 +1,528 @@
+"""Online orders over HTTP: the shopper's (a signed cookie after sign-in with her phone number),
+the stall's (its bearer token) and the manager's list.  ``server.orders`` holds the rules."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import hashlib
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Request, Response, status
+from fastapi.responses import StreamingResponse
+from itsdangerous import BadSignature, URLSafeTimedSerializer
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
+
+from server import db, orders
+from server.auth import Credentials, ManagerDep
+from server.deps import SessionDep, SettingsDep, write_lock
+from server.guard import GuardedRoute, errors
+from server.order_watch import OrderWatch
+from server.ratelimit import RateLimits
+from server.refusals import as_http
+from server.routes.stats import Day, refused_as_422
+from server.sessions import load_secret
+from server.stats import check_day, local_today
+
+router = APIRouter(tags=["orders"], route_class=GuardedRoute)
+
+SHOP_COOKIE = "wm_shop"
+#: A stall's long poll answers at a change or after this many seconds.
+MAX_WAIT_S = 25
+#: The shopper's live page: a keep-alive comment this often.
+KEEPALIVE_S = 15.0
+
+OrderId = Annotated[int, Path(ge=1, le=2**31 - 1)]
+
+
+# -- the parts the routes share, made once per app --------------------------------------------
+@dataclass
+class Shop:
+    secret: str
+    cookies: URLSafeTimedSerializer
+    limits: RateLimits
+    watch: OrderWatch
+
+
+def shop(request: Request) -> Shop:
+    state = request.app.state
+    found: Shop | None = getattr(state, "shop", None)
+    if found is None:
+        raise RuntimeError("server.routes.orders.install was not called")
+    return found
+
+
+def install(app: Any) -> None:
+    """The shop's secret (the server's, kept in the database), cookies, rate limits and the
+    order watch; called by ``server.app.create_app``."""
+    settings = app.state.settings
+    secret = load_secret(app.state.sessionmaker)
+    watch = OrderWatch()
+    watch.watch(app.state.sessionmaker)
+    app.state.shop = Shop(secret, URLSafeTimedSerializer(secret, salt="wetmarket.shop.session"),
+                          RateLimits(settings.order_rate_phone, settings.order_rate_addr), watch)
+
+
+@dataclass(frozen=True, slots=True)
+class Shopper:
+    key: str
+    masked: str
+
+
+def shopper(request: Request) -> Shopper:
+    """The signed-in shopper (her session cookie), else 401."""
+    value = request.cookies.get(SHOP_COOKIE)
+    if value:
+        try:
+            data: Any = shop(request).cookies.loads(value, max_age=request.app.state.settings.shop_session_s)
+        except BadSignature:
+            data = None
+        if isinstance(data, dict) and isinstance(data.get("k"), str) and isinstance(data.get("m"), str):
+            return Shopper(data["k"], data["m"])
+    raise HTTPException(status.HTTP_401_UNAUTHORIZED, "请先用手机号登录 / sign in with your phone "
+                        "number first")
+
+
+ShopperDep = Annotated[Shopper, Depends(shopper)]
+
+
+# -- bodies and answers ---------------------------------------------------------------------
+class SignIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    phone: str = Field(min_length=11, max_length=16, description="mainland mobile number, 11 digits")
+
+
+class Me(BaseModel):
+    phone: str = Field(description="masked: 138****1234")
+
+
+class OrderLineOut(BaseModel):
+    line_no: int
+    plu: str
+    name: str
+    name_en: str
+    price_unit: str
+    unit_price_fen: int
+    est_weight_g: int | None
+    quantity: int | None
+    est_amount_fen: int
+    state: str  # pending, accepted, declined, weighed, missing
+    final_weight_g: int | None
+    final_quantity: int | None
+    final_amount_fen: int | None
+    over_tolerance: bool
+
+
+class OrderOut(BaseModel):
+    id: int
+    stall_id: str
+    stall_name: str
+    state: str
+    state_zh: str
+    state_en: str
+    pickup_code: str
+    slot_start: str
+    slot_end: str
+    note: str | None
+    estimate_fen: int
+    final_fen: int | None
+    tolerance_pct: int
+    partly_declined: bool
+    over_tolerance: bool
+    sale_id: str | None
+    trace_code: str | None
+    payment: str | None
+    cancel_reason: str | None
+    placed_at: str
+    accepted_at: str | None
+    weighing_at: str | None
+    ready_at: str | None
+    picked_up_at: str | None
+    cancelled_at: str | None
+    stall_online: bool | None
+    lines: list[OrderLineOut]
+    phone_masked: str | None = None
+
+
+class StallOrders(BaseModel):
+    stall_id: str
+    open: bool = Field(description="whether the stall takes online orders now")
+    tolerance_pct: int
+    orders: list[OrderOut]
+
+
+class ShopItem(BaseModel):
+    plu: str
+    name: str
+    name_en: str
+    category: str
+    price_unit: str
+    unit_price_fen: int = Field(description="the price now: a current special's, else the regular")
+    regular_price_fen: int
+    special_title: str | None
+    special_ends_at: str | None
+    origin: str | None
+    inspection: str | None = Field(description="the latest rapid test: pass, fail or null")
+    orderable: bool
+    why_not: str | None
+
+
+class ShopStall(BaseModel):
+    stall_id: str
+    name: str
+    open: bool
+    online: bool
+    items: list[ShopItem]
+
+
+class Slot(BaseModel):
+    start: str
+    end: str
+
+
+class Slots(BaseModel):
+    slots: list[Slot]
+    lead_min: int
+    slot_min: int
+
+
+class Accept(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    declined: list[Annotated[int, Field(ge=1, le=orders.MAX_LINES)]] = Field(
+        default_factory=list, max_length=orders.MAX_LINES, description="line numbers the stall cannot supply")
+
+
+class PickedUp(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    payment: orders.Payment = Field(description="how the shopper paid: cash or qr (a QR payment)")
+
+
+class CancelBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str = Field(min_length=1, max_length=200)
+
+
+class DeskBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    open: bool
+
+
+class OnlineShare(BaseModel):
+    day: str
+    online_sales: int
+    online_fen: int
+    sales: int
+    total_fen: int
+    share_pct: float | None
+
+
+def _out(session: SessionDep, request: Request, order: db.Order, *, for_stall: bool = False) -> OrderOut:
+    names = orders.stall_names(session, [order.stall_id])
+    online = orders.stall_online(session, request.app.state.contacts.peek(), [order.stall_id])
+    return OrderOut(**orders.to_json(order, names.get(order.stall_id, ""), request.app.state.settings.tz,
+                                     online=online[order.stall_id], for_stall=for_stall))
+
+
+def _many(session: SessionDep, request: Request, rows: list[db.Order], *,
+          for_stall: bool = False) -> list[OrderOut]:
+    names = orders.stall_names(session, [o.stall_id for o in rows])
+    online = orders.stall_online(session, request.app.state.contacts.peek(), names)
+    tz = request.app.state.settings.tz
+    return [OrderOut(**orders.to_json(o, names.get(o.stall_id, ""), tz, online=online.get(o.stall_id),
+                                      for_stall=for_stall)) for o in rows]
+
+
+def _allowed_slots(request: Request) -> list[dt.datetime]:
+    s = request.app.state.settings
+    return orders.slots(s.tz, s.market_opens, s.market_closes, lead_min=s.order_lead_min,
+                        slot_min=s.order_slot_min, days=s.order_days)
+
+
+# -- the shop's public part --------------------------------------------------------------------
+@router.get("/api/v1/shop/stalls", response_model=list[ShopStall])
+def shop_stalls(request: Request, session: SessionDep) -> list[ShopStall]:
+    """Every stall with its priced items: the price now with its legal unit, a current special,
+    the latest rapid test (a failed batch cannot be ordered), whether the stall takes orders."""
+    now = dt.datetime.now(dt.UTC)
+    tz = request.app.state.settings.tz
+    stalls = list(session.query(db.Stall).order_by(db.Stall.stall_id))
+    online = orders.stall_online(session, request.app.state.contacts.peek(),
+                                 [s.stall_id for s in stalls], now)
+    tests = orders.latest_tests(session)
+    desks = {d.stall_id: d.open for d in session.query(db.OrderDesk)}
+    out = []
+    for stall in stalls:
+        items = []
+        for item, price, regular, special in orders.stall_prices(session, stall.stall_id, now).values():
+            test = tests.get((stall.stall_id, item.plu))
+            failed = test is not None and test.result == "fail"
+            items.append(ShopItem(
+                plu=item.plu, name=item.name, name_en=item.name_en, category=item.category,
+                price_unit=item.price_unit, unit_price_fen=price, regular_price_fen=regular,
+                special_title=(special.title or "特价") if special is not None and price < regular else None,
+                special_ends_at=special.ends_at.astimezone(tz).isoformat()
+                if special is not None and price < regular else None,
+                origin=item.origin, inspection=test.result if test is not None else None,
+                orderable=not failed,
+                why_not="农残快检不合格，禁止销售 / failed the rapid test: not for sale" if failed else None))
+        out.append(ShopStall(stall_id=stall.stall_id, name=stall.name, open=desks.get(stall.stall_id, True),
+                             online=online[stall.stall_id], items=items))
+    return out
+
+
+@router.get("/api/v1/shop/slots", response_model=Slots)
+def shop_slots(request: Request) -> Slots:
+    """The pickup slots a shopper may choose now, in market time."""
+    s = request.app.state.settings
+    length = dt.timedelta(minutes=s.order_slot_min)
+    return Slots(slots=[Slot(start=t.isoformat(), end=(t + length).isoformat())
+                        for t in _allowed_slots(request)],
+                 lead_min=s.order_lead_min, slot_min=s.order_slot_min)
+
+
+@router.post("/api/v1/shop/sign-in", response_model=Me,
+             responses=errors(400, 413, 429, e429="Too many sign-ins from this address"))
+def sign_in(body: SignIn, request: Request, response: Response) -> Me:
+    """Sign in with a phone number: a signed session cookie (HttpOnly, SameSite=Strict).  A
+    deployment proves the number with a one-time SMS code before this step (not built here)."""
+    s = shop(request)
+    s.limits.address(request)
+    with as_http():
+        phone = orders.check_phone(body.phone)
+    key, masked = orders.phone_key(s.secret, phone), orders.mask_phone(phone)
+    response.set_cookie(SHOP_COOKIE, s.cookies.dumps({"k": key, "m": masked}),
+                        max_age=request.app.state.settings.shop_session_s, path="/", httponly=True,
+                        samesite="strict", secure=request.url.scheme == "https")
+    return Me(phone=masked)
+
+
+@router.post("/api/v1/shop/sign-out", status_code=204)
+def sign_out(request: Request) -> Response:
+    response = Response(status_code=204)
+    response.delete_cookie(SHOP_COOKIE, path="/", httponly=True, samesite="strict",
+                           secure=request.url.scheme == "https")
+    return response
+
+
+@router.get("/api/v1/shop/me", response_model=Me, responses=errors(401))
+def me(who: ShopperDep) -> Me:
+    return Me(phone=who.masked)
+
+
+# -- the shopper's orders --------------------------------------------------------------------
+@router.post("/api/v1/orders", status_code=status.HTTP_201_CREATED, response_model=OrderOut,
+             responses=errors(400, 401, 404, 409, 413, 429, e404="No such stall or item",
+                              e409="The stall is closed for orders, does not sell the item, or its "
+                              "batch failed the rapid test", e429="Too many orders from this phone "
+                              "or address"))
+def place_order(body: orders.OrderIn, request: Request, session: SessionDep, who: ShopperDep) -> OrderOut:
+    """Order at one stall: each line an estimated weight or a count, a pickup slot.  Answers
+    the order with its pickup code; it waits for the stall (``placed``) until the stall accepts."""
+    s = shop(request)
+    s.limits.address(request)
+    s.limits.phone(who.key)
+    settings = request.app.state.settings
+    with write_lock(request), as_http():
+        order = orders.place(session, body, key=who.key, masked=who.masked, tz=settings.tz,
+                             allowed_slots=_allowed_slots(request), slot_min=settings.order_slot_min,
+                             tolerance_pct=settings.order_tolerance_pct)
+        session.commit()
+    return _out(session, request, order)
+
+
+@router.get("/api/v1/orders", response_model=list[OrderOut], responses=errors(401))
+def my_orders(request: Request, session: SessionDep, who: ShopperDep) -> list[OrderOut]:
+    """The signed-in shopper's orders, newest first (her own only)."""
+    return _many(session, request, orders.list_for_phone(session, who.key))
+
+
+@router.get("/api/v1/orders/{order_id}", response_model=OrderOut, responses=errors(401, 404))
+def my_order(order_id: OrderId, request: Request, session: SessionDep, who: ShopperDep) -> OrderOut:
+    order = session.get(db.Order, order_id)
+    if order is None or order.phone_key != who.key:
+        raise HTTPException(404, f"没有订单 {order_id} / no order {order_id}")
+    return _out(session, request, order)
+
+
+@router.post("/api/v1/orders/{order_id}/cancel", response_model=OrderOut,
+             responses=errors(401, 404, 409, 429, e409="The stall accepted it already"))
+def cancel_mine(order_id: OrderId, request: Request, session: SessionDep, who: ShopperDep) -> OrderOut:
+    """The shopper cancels an order the stall has not accepted yet."""
+    s = shop(request)
+    s.limits.address(request)
+    s.limits.phone(who.key)
+    with write_lock(request), as_http():
+        order = orders.cancel(session, order_id, reason="顾客取消 / cancelled by the shopper",
+                              who="shopper", phone=who.key)
+        session.commit()
+    return _out(session, request, order)
+
+
+@router.get("/api/v1/shop/events", response_class=StreamingResponse, responses={
+    200: {"description": "Server-Sent Events: `orders` with the shopper's orders (as GET "
+                         "/api/v1/orders) at once and after every change of one of them",
+          "content": {"text/event-stream": {}}}, **errors(401)})
+async def my_events(request: Request, who: ShopperDep) -> StreamingResponse:
+    """The shopper's orders, live."""
+    watch = shop(request).watch
+    maker = request.app.state.sessionmaker
+
+    def read() -> str:
+        with maker() as session:
+            rows = _many(session, request, orders.list_for_phone(session, who.key))
+        return json.dumps([o.model_dump() for o in rows], ensure_ascii=False)
+
+    async def stream() -> AsyncIterator[str]:
+        waiter = watch.subscribe(phone_key=who.key)
+        try:
+            yield "retry: 2000\n\n"
+            sent = None
+            while not await request.is_disconnected():
+                waiter.event.clear()
+                body = await run_in_threadpool(read)
+                if body != sent:
+                    sent = body
+                    yield f"event: orders\ndata: {body}\n\n"
+                try:
+                    await asyncio.wait_for(waiter.event.wait(), KEEPALIVE_S)
+                except TimeoutError:
+                    yield ": keep-alive\n\n"
+        finally:
+            watch.unsubscribe(waiter)
+
+    return StreamingResponse(stream(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+# -- the stall's side ------------------------------------------------------------------------
+def _stall_id(request: Request) -> str:
+    stall: db.Stall = request.state.stall  # set by the guard's token check (server.auth)
+    return stall.stall_id
+
+
+def _stall_orders(request: Request) -> StallOrders:
+    stall_id = _stall_id(request)
+    with request.app.state.sessionmaker() as session:
+        rows = _many(session, request, orders.open_for_stall(session, stall_id), for_stall=True)
+        open_ = orders.desk_open(session, stall_id)
+    return StallOrders(stall_id=stall_id, open=open_, orders=rows,
+                       tolerance_pct=request.app.state.settings.order_tolerance_pct)
+
+
+def _tag(body: str) -> str:
+    return '"orders-' + hashlib.sha256(body.encode()).hexdigest()[:24] + '"'
+
+
+@router.get("/api/v1/stall/orders", response_model=StallOrders, responses={
+    200: {"description": "The stall's open orders; the ETag header names this answer",
+          "headers": {"ETag": {"schema": {"type": "string"}}}},
+    304: {"description": "Unchanged since the ETag sent as If-None-Match (no body)"}, **errors(401)})
+async def stall_orders(
+    request: Request, cred: Credentials,
+    wait: Annotated[int, Query(ge=0, le=MAX_WAIT_S, description=(
+        "long poll: with a current If-None-Match, answer when an order changes or after this "
+        "many seconds (304)"))] = 0,
+    if_none_match: Annotated[str | None, Header(max_length=1024)] = None,
+) -> Response:
+    """This stall's open orders (placed, accepted, weighing, ready), oldest first, and whether
+    it takes orders; a long poll the stall keeps open."""
+    assert cred is not None  # the guard answered 401 without one
+    watch = shop(request).watch
+    waiter = watch.subscribe(stall_id=_stall_id(request))
+    try:
+        answer = await run_in_threadpool(_stall_orders, request)
+        body = answer.model_dump_json()
+        if if_none_match == _tag(body) and wait > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(waiter.event.wait(), wait)
+            answer = await run_in_threadpool(_stall_orders, request)
+            body = answer.model_dump_json()
+    finally:
+        watch.unsubscribe(waiter)
+    tag = _tag(body)
+    if if_none_match == tag:
+        return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers={"ETag": tag})
+    return Response(body, media_type="application/json", headers={"ETag": tag, "Cache-Control": "no-store"})
+
+
+def _stall_change(request: Request, session: SessionDep, change: Any) -> OrderOut:
+    with write_lock(request), as_http():
+        order = change()
+        session.commit()
+    return _out(session, request, order, for_stall=True)
+
+
+@router.post("/api/v1/stall/orders/{order_id}/accept", response_model=OrderOut,
+             responses=errors(400, 401, 404, 409, 413, e409="Not waiting to be accepted"))
+def stall_accept(order_id: OrderId, body: Accept, request: Request, session: SessionDep,
+                 cred: Credentials) -> OrderOut:
+    """Accept the order, declining the lines the stall cannot supply (all declined: cancelled)."""
+    return _stall_change(request, session, lambda: orders.accept(session, order_id, _stall_id(request),
+                                                                 body.declined))
+
+
+@router.post("/api/v1/stall/orders/{order_id}/weighing", response_model=OrderOut,
+             responses=errors(401, 404, 409, e409="Not accepted, or over"))
+def stall_weighing(order_id: OrderId, request: Request, session: SessionDep, cred: Credentials) -> OrderOut:
+    """The vendor starts weighing the order at the scale."""
+    return _stall_change(request, session,
+                         lambda: orders.start_weighing(session, order_id, _stall_id(request)))
+
+
+@router.post("/api/v1/stall/orders/{order_id}/picked-up", response_model=OrderOut,
+             responses=errors(400, 401, 404, 409, 413, e409="Not ready (its sale not stored yet)"))
+def stall_picked_up(order_id: OrderId, body: PickedUp, request: Request, session: SessionDep,
+                    cred: Credentials) -> OrderOut:
+    """The shopper collected the order and paid (cash or QR payment, recorded)."""
+    return _stall_change(request, session, lambda: orders.picked_up(session, order_id, _stall_id(request),
+                                                                    body.payment))
+
+
+@router.post("/api/v1/stall/orders/{order_id}/cancel", response_model=OrderOut,
+             responses=errors(400, 401, 404, 409, 413, e409="Ready, collected or cancelled already"))
+def stall_cancel(order_id: OrderId, body: CancelBody, request: Request, session: SessionDep,
+                 cred: Credentials) -> OrderOut:
+    """The stall cannot fulfil the order (before its sale)."""
+    return _stall_change(request, session, lambda: orders.cancel(
+        session, order_id, reason=body.reason, who=f"stall:{_stall_id(request)}",
+        stall_id=_stall_id(request)))
+
+
+@router.put("/api/v1/stall/orders-desk", response_model=DeskBody, responses=errors(400, 401, 413))
+def stall_desk(body: DeskBody, request: Request, session: SessionDep, cred: Credentials) -> DeskBody:
+    """Pause or resume online orders at this stall (a paused stall is shown closed)."""
+    with write_lock(request):
+        desk = orders.set_desk(session, _stall_id(request), body.open, f"stall:{_stall_id(request)}")
+        session.commit()
+    return DeskBody(open=desk.open)
+
+
+# -- the manager's ---------------------------------------------------------------------------
+@router.get("/api/v1/orders-all", response_model=list[OrderOut], responses=errors(401))
+def all_orders(request: Request, session: SessionDep, _: ManagerDep,
+               state: Annotated[orders.State | None, Query()] = None,
+               limit: Annotated[int, Query(ge=1, le=500)] = 100) -> list[OrderOut]:
+    """Every order, newest first (the manager's list; phone numbers masked)."""
+    q = session.query(db.Order).order_by(db.Order.id.desc())
+    if state is not None:
+        q = q.filter(db.Order.state == state)
+    return _many(session, request, list(q.limit(limit)), for_stall=True)
+
+
+@router.get("/api/v1/stats/online-share", response_model=OnlineShare)
+def online_share(session: SessionDep, settings: SettingsDep, day: Day = None) -> OnlineShare:
+    """A market day's sales that fulfilled online orders against all its sales (their count and
+    amount; read from the orders and the day rollup, never from raw sales)."""
+    with refused_as_422():
+        when = check_day(day) if day is not None else local_today(settings.tz)
+    return OnlineShare(**orders.online_share(session, when))
