@@ -9,6 +9,14 @@ Each part runs as its own process, as in a real market: the server, and one
 pseudo-terminal, read through pyserial).  The children run in their own
 process group, so Ctrl-C reaches only us and we stop them in order: stalls
 first (their outbox drains), then the server.
+
+The demo supervises its children as systemd supervises them in a real market
+(``deploy/systemd/``, ``Restart=on-failure``): a child that dies is started again
+after a back-off (1 s, doubling to 30 s; a child that ran for a minute starts again
+at 1 s), each restart logged; one that dies ``START_LIMIT_BURST`` times within
+``START_LIMIT_INTERVAL_S`` stops the demo, as systemd's start limit stops a unit.
+A stall loses nothing by it: its journal is durable and its outbox sends again
+what the server has not answered for (the server answers a resent sale ``duplicate``).
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
@@ -35,6 +44,31 @@ from edge.demo_seed import seed_market
 logger = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parent.parent
+
+#: systemd's ``RestartSec`` and its growth (``RestartSteps``/``RestartMaxDelaySec``).
+RESTART_FIRST_S = 1.0
+RESTART_MAX_S = 30.0
+#: A child that ran this long was healthy: its next restart waits RESTART_FIRST_S again.
+RESTART_RESET_AFTER_S = 60.0
+#: systemd's ``StartLimitBurst`` within ``StartLimitIntervalSec``: a child that keeps
+#: dying (a broken config, a port taken) stops the demo instead of looping for ever.
+START_LIMIT_BURST = 5
+START_LIMIT_INTERVAL_S = 120.0
+
+
+@dataclass
+class Child:
+    """One supervised process: how to start it again, and its restarts."""
+
+    name: str
+    args: list[str]
+    env: dict[str, str]
+    proc: subprocess.Popen[bytes] | None = None
+    log: IO[bytes] | None = None
+    started_at: float = 0.0
+    delay_s: float = RESTART_FIRST_S
+    restart_at: float | None = None  # monotonic time of the pending restart
+    deaths: list[float] = field(default_factory=list)  # monotonic times, within the start limit
 
 
 def find_dataset() -> Path | None:
@@ -124,17 +158,53 @@ class Demo:
         self.data_dir = data_dir.resolve()
         self.duration = duration
         self.base = f"http://127.0.0.1:{port}"
-        self.procs: list[tuple[str, subprocess.Popen[bytes]]] = []
-        self._logs: list[IO[bytes]] = []
+        self.children: list[Child] = []
         self.stop = threading.Event()
 
+    @property
+    def procs(self) -> list[tuple[str, subprocess.Popen[bytes]]]:
+        """The children running now, by name (the server first)."""
+        return [(c.name, c.proc) for c in self.children if c.proc is not None]
+
     def _spawn(self, name: str, args: list[str], env: dict[str, str] | None = None) -> None:
-        log = open(self.data_dir / f"{name}.log", "wb")  # noqa: SIM115 - closed in shutdown()
-        self._logs.append(log)
-        proc = subprocess.Popen([sys.executable, "-m", "edge.cli", *args], stdout=log,
-                                stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
-                                start_new_session=True)
-        self.procs.append((name, proc))
+        child = Child(name, args, env or {})
+        self.children.append(child)
+        self._start(child)
+
+    def _start(self, child: Child) -> None:
+        if child.log is not None:
+            child.log.close()
+        # Appended to: a restarted child's log follows its earlier life's.
+        log = open(self.data_dir / f"{child.name}.log", "ab")  # noqa: SIM115 - closed in shutdown()
+        child.log = log
+        child.proc = subprocess.Popen([sys.executable, "-m", "edge.cli", *child.args], stdout=log,
+                                      stderr=subprocess.STDOUT, env={**os.environ, **child.env},
+                                      start_new_session=True)
+        child.started_at = time.monotonic()
+        child.restart_at = None
+
+    def _supervise(self, now: float) -> None:
+        """Restart the children that died, after their back-off; raise at the start limit."""
+        for child in self.children:
+            if child.restart_at is not None:
+                if now >= child.restart_at:
+                    logger.warning("restarting %s (restart %d)", child.name, len(child.deaths))
+                    self._start(child)
+                continue
+            if child.proc is None or child.proc.poll() is None:
+                continue
+            code = child.proc.returncode
+            if now - child.started_at >= RESTART_RESET_AFTER_S:
+                child.delay_s = RESTART_FIRST_S
+            child.deaths = [t for t in child.deaths if now - t < START_LIMIT_INTERVAL_S] + [now]
+            if len(child.deaths) >= START_LIMIT_BURST:
+                raise EdgeError(f"{child.name} exited with code {code} {len(child.deaths)} times "
+                                f"in {START_LIMIT_INTERVAL_S:.0f} s; see "
+                                f"{self.data_dir / (child.name + '.log')}")
+            logger.warning("%s exited with code %s; restarting it in %.0f s (see %s)", child.name, code,
+                           child.delay_s, self.data_dir / (child.name + ".log"))
+            child.restart_at = now + child.delay_s
+            child.delay_s = min(child.delay_s * 2, RESTART_MAX_S)
 
     def _wait_healthy(self, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
@@ -209,10 +279,7 @@ class Demo:
         while not self.stop.is_set():
             if self.duration is not None and time.monotonic() - start >= self.duration:
                 return
-            for name, proc in self.procs:
-                if proc.poll() is not None:
-                    raise EdgeError(f"{name} exited with code {proc.returncode}; "
-                                    f"see {self.data_dir / (name + '.log')}")
+            self._supervise(time.monotonic())
             if time.monotonic() - last_print >= 5:
                 last_print = time.monotonic()
                 try:
@@ -237,7 +304,7 @@ class Demo:
                     logger.warning("%s did not stop in time; killing it", name)
                     os.killpg(proc.pid, signal.SIGKILL)
                     proc.wait()
-        self.procs.clear()
-        for log in self._logs:
-            log.close()
-        self._logs.clear()
+        for child in self.children:
+            if child.log is not None:
+                child.log.close()
+        self.children.clear()

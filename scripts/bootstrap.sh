@@ -6,7 +6,8 @@
 #                          dependencies only (the recognizer runs on onnxruntime: no torch,
 #                          no training extras);
 #   bootstrap.sh test      what `make test`, `make lint` and `make bench` need (the default):
-#                          the runtime, Chromium for the page tests, Debian's PostgreSQL
+#                          the runtime, Chromium for the page tests, systemd-analyze and
+#                          nginx for the deployment's tests, Debian's PostgreSQL
 #                          server binaries when no server answers on 127.0.0.1:5432 (the tests
 #                          then start a private one), and the dev and train extras (CI tests the
 #                          training code on a tiny slice, so torch comes from the local CPU wheel).
@@ -31,6 +32,9 @@ need_apt=()
 fc-list 2>/dev/null | grep -qi "wenquanyi\|noto sans cjk" || need_apt+=(fonts-wqy-microhei)
 if [ "$target" = test ]; then
     command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
+    # tests/test_deploy.py: the systemd units verified and scored, the TLS proxy run.
+    command -v systemd-analyze >/dev/null 2>&1 || need_apt+=(systemd)
+    [ -x /usr/sbin/nginx ] || command -v nginx >/dev/null 2>&1 || need_apt+=(nginx)
     if ! postgres_answers && ! compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null; then
         need_apt+=(postgresql)
     fi
