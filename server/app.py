@@ -15,6 +15,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
+from sqlalchemy import orm
 
 from server import alerts, sessions
 from server.auth import admin_token_sha256
@@ -55,6 +56,11 @@ def create_app(settings: Settings) -> FastAPI:
         path.parent.mkdir(parents=True, exist_ok=True)
     engine = make_engine(settings.db_url)
     sessionmaker = init_db(engine, settings.tz)
+    # Statistics, the big screen's figures and the export may read a streaming replica: the
+    # schema is the primary's (migrated above), so nothing is migrated there.
+    read_engine = make_engine(settings.read_db_url) if settings.read_db_url else None
+    read_sessionmaker = (orm.sessionmaker(read_engine, expire_on_commit=False)
+                         if read_engine is not None else sessionmaker)
     admin_sha256, generated = admin_token_sha256(sessionmaker, settings.admin_token)
     broker = Broker()
     postgres = engine.dialect.name == "postgresql"
@@ -86,6 +92,8 @@ def create_app(settings: Settings) -> FastAPI:
         live.stop()
         checks.cancel()
         engine.dispose()
+        if read_engine is not None:
+            read_engine.dispose()
 
     # /docs loads Swagger UI from the installed fastapi-offline package, not from a CDN: the
     # market's network may have no internet.  ReDoc is off: its bundle still fetches its
@@ -95,6 +103,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.settings = settings
     app.state.engine = engine
     app.state.sessionmaker = sessionmaker
+    app.state.read_sessionmaker = read_sessionmaker
     app.state.broker = broker
     app.state.admin_sha256 = admin_sha256
     #: The admin token when this start generated it (the CLI prints it once), else None.

@@ -60,6 +60,7 @@ def _run(args: argparse.Namespace) -> int:
     token = os.environ.get("WETMARKET_ADMIN_TOKEN")
     kw: dict[str, object] = {
         "db_url": args.db or os.environ.get("WETMARKET_DB", DEFAULT_DB),
+        "read_db_url": args.read_db or os.environ.get("WETMARKET_READ_DB") or None,
     }
     if token:
         kw["admin_token"] = token
@@ -117,6 +118,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("server", help="run the market server",
                        description="Run the market server (FastAPI). Default database: an SQLite file.")
     p.add_argument("--db", help="database URL (default: sqlite:///var/market.db or $WETMARKET_DB)")
+    p.add_argument("--read-db", metavar="URL",
+                   help="a PostgreSQL streaming replica of --db: statistics, the big screen's "
+                        "figures and the export read from it ($WETMARKET_READ_DB)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--market-region", metavar="CODE",

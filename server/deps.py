@@ -20,6 +20,13 @@ def get_session(request: Request) -> Iterator[Session]:
         yield session
 
 
+def get_read_session(request: Request) -> Iterator[Session]:
+    """A session on the read replica (``Settings.read_db_url``), or the primary without one:
+    for what only reads and may be a moment behind (statistics, the big screen, export)."""
+    with request.app.state.read_sessionmaker() as session:
+        yield session
+
+
 @contextmanager
 def write_lock(request: Request) -> Iterator[None]:
     """Serialise writers on SQLite (one server process): a deferred transaction that
@@ -33,6 +40,7 @@ def write_lock(request: Request) -> Iterator[None]:
 
 
 SessionDep = Annotated[Session, Depends(get_session)]
+ReadSessionDep = Annotated[Session, Depends(get_read_session)]
 AdminDep = Annotated[None, Depends(require_admin)]
 
 

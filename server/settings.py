@@ -19,6 +19,11 @@ class Settings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     db_url: str = Field(DEFAULT_DB, title="Database URL", description="sqlite:///FILE or postgresql://...")
+    read_db_url: str | None = Field(
+        None, title="Read replica URL",
+        description="postgresql://... of a streaming replica of db_url (WETMARKET_READ_DB): the "
+        "statistics, the big screen's figures and the export read from it, so they cost the "
+        "primary nothing; unset, everything reads the primary")
     admin_token: str | None = Field(
         None,
         min_length=8,
@@ -99,6 +104,16 @@ class Settings(BaseModel):
         if not v.startswith(("sqlite://", "postgresql://", "postgresql+psycopg://")):
             raise ValueError(f"unsupported database URL {v!r}: use sqlite:///FILE or postgresql://...")
         return v
+
+    @model_validator(mode="after")
+    def _replica_of_postgresql(self) -> Settings:
+        if self.read_db_url is not None:
+            if not self.read_db_url.startswith(("postgresql://", "postgresql+psycopg://")):
+                raise ValueError(f"read_db_url {self.read_db_url!r}: a read replica is a PostgreSQL "
+                                 "streaming replica (postgresql://...)")
+            if self.sqlite_path() is not None or self.db_url.startswith("sqlite"):
+                raise ValueError("read_db_url: a read replica needs a PostgreSQL primary (db_url)")
+        return self
 
     @property
     def tz(self) -> zoneinfo.ZoneInfo:

@@ -78,10 +78,12 @@ def _server_user() -> str | None:
 
 
 class PrivatePostgres:
-    """A throw-away PostgreSQL server in a temporary folder (call :meth:`stop` when done)."""
+    """A throw-away PostgreSQL server in a temporary folder (call :meth:`stop` when done);
+    with ``primary``, a hot-standby streaming replica of that (running) private server."""
 
-    def __init__(self, bindir: Path) -> None:
+    def __init__(self, bindir: Path, *, primary: PrivatePostgres | None = None) -> None:
         self.bindir = bindir
+        self.primary = primary
         self.user = _server_user()
         self.root = Path(tempfile.mkdtemp(prefix="wetmarket-pg-"))
         self.data = self.root / "data"
@@ -103,16 +105,23 @@ class PrivatePostgres:
     def start(self) -> PrivatePostgres:
         if self.user is not None:
             shutil.chown(self.root, user=self.user)
-        # Speed over durability: the database is thrown away at the end of the session.
-        self._run("initdb", "-D", str(self.data), "-U", "postgres", "-A", "trust", "-E", "UTF8",
-                  "--locale=C", "--no-sync")
+        if self.primary is not None:
+            # A copy of the primary that streams its WAL (-R writes primary_conninfo and
+            # standby.signal; initdb's pg_hba lets 127.0.0.1 replicate with trust).
+            self._run("pg_basebackup", "-h", "127.0.0.1", "-p", str(self.primary.port), "-U", "postgres",
+                      "-D", str(self.data), "-R", "-X", "stream", "--no-sync", "--checkpoint=fast")
+        else:
+            # Speed over durability: the database is thrown away at the end of the session.
+            self._run("initdb", "-D", str(self.data), "-U", "postgres", "-A", "trust", "-E", "UTF8",
+                      "--locale=C", "--no-sync")
         options = (f"-c port={self.port} -c listen_addresses=127.0.0.1 "
                    f"-c unix_socket_directories={self.root} -c fsync=off "
                    "-c synchronous_commit=off -c full_page_writes=off")
         self._run("pg_ctl", "-D", str(self.data), "-l", str(self.log), "-o", options, "-w",
                   "-t", "60", "start")
         self._started = True
-        self._run("createdb", "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "test")
+        if self.primary is None:
+            self._run("createdb", "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "test")
         return self
 
     def stop(self) -> None:

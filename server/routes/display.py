@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, Field
 
 from server import display, stats
-from server.deps import SessionDep, SettingsDep
+from server.deps import ReadSessionDep, SettingsDep
 from server.guard import GuardedRoute
 from server.routes.inspections import InspectionOut, SummaryOut
 from server.routes.promotions import PromotionOut
@@ -111,7 +111,7 @@ def _periods(request: Request) -> display.PeriodCache:
 
 
 @router.get("/display", response_model=DisplayOut)
-def display_figures(request: Request, session: SessionDep, settings: SettingsDep,
+def display_figures(request: Request, session: ReadSessionDep, settings: SettingsDep,
                     trend_days: Annotated[int, Query(ge=7, le=30, description="days of the price "
                                                      "trend, up to today")] = display.DEFAULT_TREND_DAYS,
                     ) -> DisplayOut:

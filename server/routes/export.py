@@ -128,7 +128,7 @@ def export_table(
     with refused_as_422():
         stats.check_range(start, end, stats.MAX_EXPORT_DAYS)
     logger.info("export %s %s..%s as %s for %s", kind, start, end, fmt, reader)
-    chunks = export.rows(request.app.state.sessionmaker, kind, start, end)
+    chunks = export.rows(request.app.state.read_sessionmaker, kind, start, end)
     filename = f"wetmarket-{kind}-{start.isoformat()}-{end.isoformat()}.{fmt}"
     headers = {"Content-Disposition": f'attachment; filename="{filename}"'}
     if fmt == "csv":

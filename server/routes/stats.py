@@ -14,20 +14,20 @@ from fastapi.exceptions import RequestValidationError
 from sse_starlette.sse import EventSourceResponse
 
 from server import stats
-from server.deps import BrokerDep, SessionDep, SettingsDep
+from server.deps import BrokerDep, ReadSessionDep, SettingsDep
 from server.guard import GuardedRoute
 
 router = APIRouter(prefix="/api/v1", tags=["stats"], route_class=GuardedRoute)
 
 
 @router.get("/stats/today")
-def stats_today(session: SessionDep, settings: SettingsDep) -> dict[str, Any]:
+def stats_today(session: ReadSessionDep, settings: SettingsDep) -> dict[str, Any]:
     """Today's sales (the market's local day): count, total, stall ranking, hours, items."""
     return stats.today(session, settings.tz)
 
 
 @router.get("/sales-recent")
-def sales_recent(session: SessionDep, settings: SettingsDep) -> list[dict[str, Any]]:
+def sales_recent(session: ReadSessionDep, settings: SettingsDep) -> list[dict[str, Any]]:
     """The last 10 sales received, ``sold_at`` in the market's time with its UTC offset."""
     return stats.recent_sales(session, settings.tz)
 
@@ -91,7 +91,7 @@ Plus = Annotated[list[str] | None, Query(max_length=50, description="PLU codes (
 
 
 @router.get("/stats/item-prices", response_model=stats.ItemPrices)
-def item_prices(session: SessionDep, settings: SettingsDep,
+def item_prices(session: ReadSessionDep, settings: SettingsDep,
                 start: Annotated[dt.date | None, Query(description="first market day; default "
                                                        "end minus 6 days")] = None,
                 end: Annotated[dt.date | None, Query(description="last market day (included); "
@@ -108,7 +108,7 @@ def item_prices(session: SessionDep, settings: SettingsDep,
 
 
 @router.get("/stats/movers", response_model=stats.Movers)
-def movers(session: SessionDep, settings: SettingsDep, day: Day = None,
+def movers(session: ReadSessionDep, settings: SettingsDep, day: Day = None,
            limit: Annotated[int, Query(ge=1, le=50, description="items per list")] = 5,
            min_lines: Annotated[int, Query(ge=1, le=100_000, description="lines sold an item needs "
                                            "on both days to count")] = 5) -> stats.Movers:
@@ -120,7 +120,7 @@ def movers(session: SessionDep, settings: SettingsDep, day: Day = None,
 
 
 @router.get("/stats/categories", response_model=stats.Categories)
-def categories(session: SessionDep, settings: SettingsDep, day: Day = None) -> stats.Categories:
+def categories(session: ReadSessionDep, settings: SettingsDep, day: Day = None) -> stats.Categories:
     """Hot categories of a market day: amount, weight, pieces, share of the day's amount and
     the change from the day before."""
     with refused_as_422():
@@ -129,7 +129,7 @@ def categories(session: SessionDep, settings: SettingsDep, day: Day = None) -> s
 
 
 @router.get("/stats/stall-ranking", response_model=stats.StallRanking)
-def stall_ranking(session: SessionDep, settings: SettingsDep, day: Day = None,
+def stall_ranking(session: ReadSessionDep, settings: SettingsDep, day: Day = None,
                   period: Annotated[stats.Period, Query(description="the market day, the ISO "
                                                         "week (Monday to Sunday) or the calendar "
                                                         "month holding `day`")] = "day",
@@ -142,7 +142,7 @@ def stall_ranking(session: SessionDep, settings: SettingsDep, day: Day = None,
 
 
 @router.get("/stats/price-trend", response_model=stats.PriceTrend)
-def price_trend(session: SessionDep, settings: SettingsDep,
+def price_trend(session: ReadSessionDep, settings: SettingsDep,
                 end: Annotated[dt.date | None, Query(description="last market day; default today")] = None,
                 days: Annotated[int, Query(ge=1, le=stats.MAX_STATS_DAYS)] = 7,
                 plu: Plus = None,
