@@ -246,3 +246,56 @@ def test_a_client_cannot_choose_its_address_for_the_lockout(proxy: tuple[LiveSer
         addresses = set(session.execute(select(db.SignInFailure.subject)
                                         .where(db.SignInFailure.scope == "addr")).scalars())
     assert addresses == {"127.0.0.1"}
+
+
+def _deny_write_execute() -> None:
+    """PR_SET_MDWE (Linux 6.3+): no memory both writable and executable, ever, in this process
+    and what it executes: the rule the server's unit sets with MemoryDenyWriteExecute=yes."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(65, 1, 0, 0, 0) != 0:  # PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN
+        raise OSError(ctypes.get_errno(), "PR_SET_MDWE")
+
+
+def test_the_server_works_without_writable_code(tmp_path: Path) -> None:
+    """MemoryDenyWriteExecute=yes in the server's unit: argon2 (sign-in), libsodium (a sale's
+    signature), SQLite and the pages all run without writable code."""
+    port = free_port()
+    admin = "deploy-admin-token"
+    proc = subprocess.Popen([WETMARKET, "server", "--db", f"sqlite:///{tmp_path / 'm.db'}", "--port",
+                             str(port)], env={"PATH": "/usr/bin:/bin", "WETMARKET_ADMIN_TOKEN": admin},
+                            preexec_fn=_deny_write_execute, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                httpx.get(f"{base}/healthz", timeout=1)
+                break
+            except httpx.HTTPError:
+                assert proc.poll() is None and time.monotonic() < deadline, proc.stderr
+                time.sleep(0.1)
+        sim = StallSim("S01")
+        with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {admin}"}, timeout=10) as c:
+            assert c.post("/api/v1/managers", json={"username": "wang", "display_name": "王",
+                                                    "password": "菜场-secret-1"}).status_code == 201
+            r = c.post("/api/v1/stalls", json={"stall_id": "S01", "name": "王记",
+                                               "public_key": sim.public_key})
+            token = r.json()["token"]
+        sale = sim.sale([("1001", "西红柿", 512, 300, "500g")])
+        r = httpx.post(f"{base}/api/v1/sales", json={"sales": [sale]}, timeout=10,
+                       headers={"Authorization": f"Bearer {token}"})
+        assert r.json()["results"][0]["flags"] == [] and r.json()["accepted"] == 1, r.text
+        with httpx.Client(base_url=base, timeout=10) as browser:
+            form = browser.get("/manage/login")
+            assert browser.post("/manage/login", data={
+                "username": "wang", "password": "菜场-secret-1", "csrf_token": form_token(form),
+                "next": "/manage"}).status_code == 303
+            assert browser.get("/manage").status_code == 200
+            assert browser.get("/display").status_code == 200
+        assert proc.poll() is None
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
