@@ -132,6 +132,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         kd_temperature=args.kd_temperature, kd_alpha=args.kd_alpha,
         distill_scale=args.distill_scale, bank_views=args.bank_views, held_out_group=args.held_out_group,
         students=args.students, weight_bits=args.weight_bits,
+        cv_report=Path(args.cv_report) if args.cv_report else None,
     )
     report = run(cfg)
     if "held_out_student" in report:
@@ -157,7 +158,7 @@ def cmd_cv(args: argparse.Namespace) -> int:
     from model.training.distill import parse_teacher
 
     teachers = tuple(args.teachers.split(","))
-    for spec in teachers:
+    for spec in teachers + ((args.student,) if args.student else ()):
         try:
             parse_teacher(spec)
         except ValueError as exc:
@@ -169,7 +170,8 @@ def cmd_cv(args: argparse.Namespace) -> int:
     logging.getLogger("model").setLevel(logging.INFO)
     cfg = CvConfig(data=Path(args.data), run_dir=Path(args.run_dir), teachers=teachers, seed=args.seed,
                    folds=args.folds, epochs=args.epochs, views=args.views, lr=args.lr, batch=args.batch,
-                   threads=args.threads, max_images=args.max_images, only_folds=args.only_folds)
+                   threads=args.threads, max_images=args.max_images, only_folds=args.only_folds,
+                   student=args.student, kd_temperature=args.kd_temperature, kd_alpha=args.kd_alpha)
     report = run_cv(cfg)
     summary: dict[str, Any] = {"report": str(cfg.run_dir / "cv-report.md")}
     for t in report["teachers"]:
@@ -180,6 +182,11 @@ def cmd_cv(args: argparse.Namespace) -> int:
                           "linear_top1": t["linear"]["top1"]})
     if "ensemble" in report:
         summary["ensemble"] = {"top1": report["ensemble"]["top1"], "top5": report["ensemble"]["top5"]}
+    st = report.get("student")
+    if st:
+        summary["student"] = ({"top1": st["finetuned"]["top1"], "top1_sd": st["finetuned"]["top1_sd"],
+                               "top5": st["finetuned"]["top5"], "epochs": st["chosen_epochs"]}
+                              if "finetuned" in st else {"still_to_run": True})
     print(json.dumps(summary))
     return 0
 
@@ -289,6 +296,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg,
     t.add_argument("--int8", action="store_true", help="also write OUT.int8.onnx")
     t.add_argument("--int8-out", help="where to write the int8 model (implies --int8)")
     t.add_argument("--max-images", type=int, help="train on a small slice (tests)")
+    t.add_argument("--cv-report", help="cv-report.json of `model cv` for this recipe: the accuracy the "
+                                       "training report and the metadata quote")
     t.set_defaults(run=cmd_train)
 
     v = msub.add_parser("cv", help="cross-validate fine-tuned teachers on blocked folds over train + val")
@@ -298,6 +307,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg,
     v.add_argument("--teachers", default="efficientnet-lite0@224",
                    help="comma-separated BACKBONE@SIZE; the i-th gets seed SEED+i")
     v.add_argument("--folds", type=int, default=5, help="blocked folds (at least 2)")
+    v.add_argument("--student", help="BACKBONE@SIZE distilled on the same folds from the teachers "
+                                      "(each fold from their networks of that fold)")
+    v.add_argument("--kd-temperature", type=float, default=2.0, help="student: teacher temperature")
+    v.add_argument("--kd-alpha", type=float, default=0.7, help="student: weight of the soft labels")
     v.add_argument("--only-folds", type=_folds_list, help="run only these folds now, e.g. 0,1")
     v.add_argument("--epochs", type=_positive, default=6, help="fine-tuning epochs (the schedule's length)")
     v.add_argument("--views", type=int, default=4, help="augmented views per photo in the cache")

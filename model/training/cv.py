@@ -72,6 +72,10 @@ class CvConfig:
     threads: int = 2
     max_images: int | None = None  # a tiny slice per split (tests)
     only_folds: tuple[int, ...] | None = None  # run these folds only (split a run over sessions)
+    # a student (BACKBONE@SIZE, seed ``seed``) distilled on the same folds from the teachers above
+    student: str | None = None
+    kd_temperature: float = 2.0
+    kd_alpha: float = 0.7
 
 
 def _slice(ds: Dataset, n: int | None) -> Dataset:
@@ -189,8 +193,12 @@ def _unit(a: np.ndarray) -> np.ndarray:
 
 def run_fold(net: RecognizerNet, acts: np.ndarray, feats: np.ndarray, labels: np.ndarray,
              folds: Folds, k: int, n_frozen: int, n_classes: int, cfg: CvConfig, seed: int,
-             work: Path) -> dict[str, np.ndarray]:
-    """One fold: linear head, then the last blocks fine-tuned; held-out logits after each epoch."""
+             work: Path, soft: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """One fold: linear head, then the last blocks fine-tuned; held-out logits after each epoch.
+
+    ``soft``: per-photo teacher log-probabilities (N, C) to distil from, ``cfg.kd_alpha``
+    KL + the rest cross-entropy (only the fold's training rows are read).
+    """
     import torch
     import torch.nn.functional as F
 
@@ -243,6 +251,10 @@ def run_fold(net: RecognizerNet, acts: np.ndarray, feats: np.ndarray, labels: np
                 g["lr"] = warmup_cosine(epoch * steps + b // cfg.batch, cfg.lr, warm, total)
             logits, _ = _forward_rest(net, acts[idx, v], n_frozen)
             loss = F.cross_entropy(logits, torch.from_numpy(labels[idx]))
+            if soft is not None:
+                kd = F.kl_div(F.log_softmax(logits, 1), torch.from_numpy(soft[idx]), log_target=True,
+                              reduction="batchmean")
+                loss = cfg.kd_alpha * kd + (1 - cfg.kd_alpha) * loss
             opt.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 5.0)
@@ -290,14 +302,36 @@ def summarise(oof: np.ndarray, labels: np.ndarray, folds: Folds, split: np.ndarr
             "temperature": t, "unknown_threshold": thr, "known_flagged": float(np.mean(top < thr))}
 
 
+def _work(cfg: CvConfig, spec: str, seed: int, student: bool = False) -> Path:
+    backbone, size = spec.split("@")
+    return cfg.run_dir / f"{'student-' if student else ''}{backbone}-{size}-s{seed}"
+
+
+def student_targets(cfg: CvConfig, teachers: list[dict[str, Any]], k: int) -> np.ndarray:
+    """Fold ``k``'s soft labels (N, C log-probabilities): each teacher's fold-``k`` network (which
+    never saw fold ``k``'s held-out part) on every view of each photo, tempered, averaged over
+    views and teachers.  Per photo, not per view: each teacher's views are its own augmentations."""
+    probs = None
+    for t in teachers:
+        with np.load(_work(cfg, t["teacher"], t["seed"]) / f"fold-{k}.npz") as z:
+            p = softmax(z["views"].astype(np.float32).reshape(-1, z["views"].shape[-1]),
+                        cfg.kd_temperature).reshape(z["views"].shape).mean(1)
+        probs = p if probs is None else probs + p
+    assert probs is not None
+    return np.log(np.maximum(probs / len(teachers), 1e-8)).astype(np.float32)
+
+
 def teacher_cv(cfg: CvConfig, pool: Pool, folds: Folds, n_classes: int, spec: str,
-               seed: int) -> dict[str, Any]:
-    """Every fold of one teacher (resumable), then its figures; the pooled logits in ``oof.npz``."""
+               seed: int, teachers: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Every fold of one teacher (resumable), then its figures; the pooled logits in ``oof.npz``.
+
+    With ``teachers``: the student ``spec``, each fold distilled from their fold's networks.
+    """
     from model.training.distill import parse_teacher
     from model.training.network import RecognizerNet, build_trunk
 
     backbone, size = parse_teacher(spec)
-    work = cfg.run_dir / f"{backbone}-{size}-s{seed}"
+    work = _work(cfg, spec, seed, student=teachers is not None)
     work.mkdir(parents=True, exist_ok=True)
     base = RecognizerNet(build_trunk(backbone, size), n_classes).eval()
     n_frozen = first_trainable_block(base.trunk, size)
@@ -317,7 +351,8 @@ def teacher_cv(cfg: CvConfig, pool: Pool, folds: Folds, n_classes: int, spec: st
         base.load_state_dict(initial)
         for p in base.parameters():
             p.requires_grad_(True)
-        res = run_fold(base, acts, feats, pool.labels, folds, k, n_frozen, n_classes, cfg, seed, work)
+        soft = student_targets(cfg, teachers, k) if teachers is not None else None
+        res = run_fold(base, acts, feats, pool.labels, folds, k, n_frozen, n_classes, cfg, seed, work, soft)
         np.savez(out.with_suffix(".tmp.npz"), **res)  # type: ignore[arg-type]
         out.with_suffix(".tmp.npz").replace(out)
         (work / f"fold-{k}.pt").unlink(missing_ok=True)
@@ -344,8 +379,7 @@ def ensemble(cfg: CvConfig, results: list[dict[str, Any]], pool: Pool, folds: Fo
     """The out-of-fold ensemble: each teacher's tempered probabilities (its fitted temperature) averaged."""
     probs = None
     for r in results:
-        backbone, size = r["teacher"].split("@")
-        with np.load(cfg.run_dir / f"{backbone}-{size}-s{r['seed']}" / "oof.npz") as z:
+        with np.load(_work(cfg, r["teacher"], r["seed"]) / "oof.npz") as z:
             p = softmax(z["finetuned"], r["finetuned"]["temperature"])
         probs = p if probs is None else probs + p
     assert probs is not None
@@ -375,6 +409,11 @@ def run_cv(cfg: CvConfig) -> dict[str, Any]:
     }
     if len(done) > 1:
         report["ensemble"] = ensemble(cfg, done, pool, folds)
+    if cfg.student is not None:
+        report["student"] = (
+            teacher_cv(cfg, pool, folds, len(ds.classes), cfg.student, cfg.seed, done)
+            if done and len(done) == len(results) else {"teacher": cfg.student, "seed": cfg.seed,
+                                                        "waiting_for_teachers": True})
     (cfg.run_dir / "cv-report.json").write_text(json.dumps(report, indent=2, default=float) + "\n")
     (cfg.run_dir / "cv-report.md").write_text(render_cv_markdown(report))
     return report
@@ -408,4 +447,13 @@ def render_cv_markdown(r: dict[str, Any]) -> str:
     if "ensemble" in r:
         lines.append(f"- out-of-fold ensemble of {', '.join(r['ensemble']['teachers'])}: "
                      f"{_fmt(r['ensemble'])}")
+    st = r.get("student")
+    if st:
+        name = (f"student {st['teacher']} seed {st['seed']} (kd temperature {c['kd_temperature']}, "
+                f"alpha {c['kd_alpha']})")
+        if "finetuned" in st:
+            lines.append(f"- {name}, {st['chosen_epochs']} epochs (mean top-1 by epoch: "
+                         f"{', '.join(f'{x:.3f}' for x in st['epochs_top1'])}): {_fmt(st['finetuned'])}")
+        else:
+            lines.append(f"- {name}: still to run ({st.get('folds_missing', 'teachers unfinished')})")
     return "\n".join(lines) + "\n"

@@ -69,6 +69,8 @@ class TrainConfig:
     # int8 weight bits: 7 trains the convolutions on onnxruntime's reduced grid (model.training.qat), so
     # the int8 file is exact on the fast kernels of CPUs without VNNI; distill, one student only
     weight_bits: int = 8
+    # ``wetmarket model cv``'s cv-report.json for this recipe: the accuracy the report quotes
+    cv_report: Path | None = None
 
 
 def _subsample(ds: Dataset, n: int | None, seed: int) -> Dataset:
@@ -327,6 +329,24 @@ def build_net(cfg: TrainConfig, n_classes: int, prototypes: np.ndarray, log_scal
     return net.eval()
 
 
+def cv_figures(path: Path) -> dict[str, Any]:
+    """The cross-validated figures of ``wetmarket model cv``'s report: the student's when it ran,
+    else the first teacher's fine-tune; ModelError when the report has none yet."""
+    try:
+        r = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"{path}: cannot read a cross-validation report ({exc})") from exc
+    done = [t for t in [r.get("student") or {}, *r.get("teachers", [])] if "finetuned" in t]
+    if not done:
+        raise ModelError(f"{path}: no recipe has finished all its folds yet")
+    t = done[0]
+    f = t["finetuned"]
+    return {"recipe": f"{'student ' if t is r.get('student') else ''}{t['teacher']} seed {t['seed']}",
+            "folds": r["config"]["folds"], "file": str(path),
+            **{k: f[k] for k in ("top1", "top1_sd", "top5", "top5_sd", "per_fold_top1", "other_session",
+                                 "temperature", "unknown_threshold")}}
+
+
 def run(cfg: TrainConfig) -> dict[str, Any]:
     """Train, evaluate, calibrate and export; returns the report."""
     import torch
@@ -341,6 +361,7 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
     if cfg.weight_bits == 7 and (cfg.mode != "distill" or cfg.students != 1):
         raise ModelError("--weight-bits 7 needs --mode distill and one student "
                          "(an average of on-grid weights is off the grid)")
+    cv = cv_figures(cfg.cv_report) if cfg.cv_report is not None else None
     t_start = time.time()
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(cfg.threads)
@@ -422,6 +443,8 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
                              **split_half_check(val_logits, f["val_labels"], cfg.seed)}
 
     report["val"] = topk_accuracy(val_logits, f["val_labels"])
+    if cv is not None:
+        report["cv"] = cv
     report["per_class"] = per_class(f["val_labels"], val_logits, ds.classes)
     confusion_png(f["val_labels"], val_logits.argmax(1), ds.classes, cfg.run_dir / "confusion.png",
                   f"{cfg.backbone}@{cfg.size} {cfg.mode}: val top-1 {report['val'][1]:.3f}")
@@ -448,7 +471,10 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
         "seed": cfg.seed,
         "weight_bits": cfg.weight_bits,
         "metrics": {"val_top1": report["val"][1], "val_top5": report["val"][5],
-                    **({"cv_top1": report["linear_cv"]["top1"]} if "linear_cv" in report else {})},
+                    **({"cv_top1": report["linear_cv"]["top1"]} if "linear_cv" in report else {}),
+                    # the accuracy: blocked folds over train + val (wetmarket model cv)
+                    **({"cross_validated": {k: cv[k] for k in ("recipe", "folds", "top1", "top1_sd", "top5",
+                                                              "top5_sd")}} if cv is not None else {})},
         # optimistic (the trunk saw every class); kept with the model as the basis of its gallery settings
         **({"held_out_classes_finetuned": report["held_out_classes_finetuned"]}
            if "held_out_classes_finetuned" in report else {}),
@@ -527,7 +553,20 @@ def render_markdown(r: dict[str, Any]) -> str:
     lines = [f"# Recognizer training report ({r['config']['backbone']}@{r['config']['size']}, "
              f"{r['config']['mode']})", ""]
     lines.append(f"- photos: {r['n_train']} train, {r['n_val']} val, {len(r['classes'])} classes")
-    lines.append(f"- val: top-1 {r['val'][1]:.3f}, top-5 {r['val'][5]:.3f}")
+    if "cv" in r:
+        cv = r["cv"]
+        other = cv.get("other_session") or {}
+        lines.append(f"- **accuracy, cross-validated** ({cv['folds']} blocked folds over train + val, "
+                     f"`wetmarket model cv`, {cv['recipe']}): top-1 {cv['top1']:.3f} +- {cv['top1_sd']:.3f}, "
+                     f"top-5 {cv['top5']:.3f} +- {cv['top5_sd']:.3f} (folds "
+                     f"{', '.join(f'{x:.3f}' for x in cv['per_fold_top1'])})"
+                     + (f"; on the held-out val blocks (other sessions) top-1 {other['1']:.3f}"
+                        if "1" in other else ""))
+    else:
+        lines.append("- accuracy: not cross-validated by this run (`wetmarket model cv`, "
+                     "`--cv-report`); the val figures below are not it")
+    lines.append(f"- val photos (they chose between recipes for many sessions, so this is not the "
+                 f"accuracy): top-1 {r['val'][1]:.3f}, top-5 {r['val'][5]:.3f}")
     lines.append(f"- linear head val: {r['linear_val']}, with TTA {r['linear_val_tta']}")
     if "linear_cv" in r:
         cv = r["linear_cv"]

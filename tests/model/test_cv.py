@@ -68,7 +68,7 @@ def test_fewer_than_two_folds_is_refused(pool_and_folds) -> None:  # type: ignor
 
 def _cv(dataset_root: Path, run_dir: Path, *extra: str) -> int:
     return main(["model", "cv", "--data", str(dataset_root), "--run-dir", str(run_dir),
-                 "--teachers", "efficientnet-lite0@64", "--folds", "2", "--epochs", "2", "--views", "1",
+                 "--teachers", "efficientnet-lite0@64", "--folds", "2", "--epochs", "2", "--views", "0",
                  "--max-images", "60", *extra])
 
 
@@ -81,7 +81,8 @@ def test_cv_command_runs_fold_by_fold_and_resumes(dataset_root: Path, tmp_path: 
     fold0 = (work / "fold-0.npz").stat().st_mtime_ns
     assert not (work / "fold-0.pt").exists()  # the epoch checkpoint goes once the fold is done
 
-    assert _cv(dataset_root, tmp_path) == 0
+    # the rest, with a student distilled on the same folds from the teacher's networks of each fold
+    assert _cv(dataset_root, tmp_path, "--student", "efficientnet-lite0@64") == 0
     assert (work / "fold-0.npz").stat().st_mtime_ns == fold0  # fold 0 was not run again
     report = json.loads((tmp_path / "cv-report.json").read_text())
     t = report["teachers"][0]
@@ -96,12 +97,52 @@ def test_cv_command_runs_fold_by_fold_and_resumes(dataset_root: Path, tmp_path: 
         assert not set(a["held_out"]) & set(b["held_out"])
         assert len(a["held_out"]) + len(b["held_out"]) == report["photos"]["train"] + report["photos"]["val"]
     assert "blocked folds over train + val" in (tmp_path / "cv-report.md").read_text()
+    st = report["student"]
+    assert len(st["finetuned"]["per_fold_top1"]) == 2 and st["chosen_epochs"] in (1, 2)
+    assert (tmp_path / "student-efficientnet-lite0-64-s0" / "fold-1.npz").exists()
+    assert "student efficientnet-lite0@64" in (tmp_path / "cv-report.md").read_text()
+    from model.training.train import cv_figures
+
+    quoted = cv_figures(tmp_path / "cv-report.json")  # what `model train --cv-report` quotes: the student
+    assert quoted["recipe"] == "student efficientnet-lite0@64 seed 0"
+    assert quoted["top1"] == st["finetuned"]["top1"] and quoted["folds"] == 2
+
+
+def test_a_cv_report_without_finished_folds_is_refused(tmp_path: Path) -> None:
+    from model import ModelError
+    from model.training.train import cv_figures
+
+    report = tmp_path / "cv-report.json"
+    report.write_text(json.dumps({"config": {"folds": 5},
+                                  "teachers": [{"teacher": "efficientnet-lite0@224", "seed": 0,
+                                                "folds_missing": [3, 4]}]}))
+    with pytest.raises(ModelError, match="no recipe has finished"):
+        cv_figures(report)
+    with pytest.raises(ModelError, match="cannot read"):
+        cv_figures(tmp_path / "missing.json")
+
+
+def test_student_learns_each_fold_from_that_folds_teacher(tmp_path: Path) -> None:
+    """Fold k's soft labels come from the teachers' fold-k networks only (never saw fold k's part)."""
+    from model.training.cv import CvConfig, student_targets
+
+    cfg = CvConfig(data=tmp_path, run_dir=tmp_path, kd_temperature=1.0)
+    work = tmp_path / "efficientnet-lite0-64-s0"
+    work.mkdir()
+    for k in range(2):
+        views = np.zeros((3, 2, 4), np.float16)
+        views[:, :, k] = 20.0  # fold k's teacher is sure of class k
+        np.savez(work / f"fold-{k}.npz", views=views)
+    teachers = [{"teacher": "efficientnet-lite0@64", "seed": 0}]
+    for k in range(2):
+        assert np.all(student_targets(cfg, teachers, k).argmax(1) == k)
 
 
 @pytest.mark.parametrize(("args", "message"), [
     (["--teachers", "resnet@64"], "expected BACKBONE@SIZE"),
     (["--only-folds", "0,7"], "--only-folds"),
     (["--folds", "1"], "at least 2 folds"),
+    (["--student", "efficientnet-lite9@64"], "expected BACKBONE@SIZE"),
 ])
 def test_cv_command_refuses_bad_input(dataset_root: Path, tmp_path: Path, args: list[str], message: str,
                                       capsys: pytest.CaptureFixture[str]) -> None:
