@@ -375,12 +375,17 @@ def teacher_cv(cfg: CvConfig, pool: Pool, folds: Folds, n_classes: int, spec: st
             "finetuned": summarise(fine[best], pool.labels, folds, pool.split)}
 
 
-def ensemble(cfg: CvConfig, results: list[dict[str, Any]], pool: Pool, folds: Folds) -> dict[str, Any]:
-    """The out-of-fold ensemble: each teacher's tempered probabilities (its fitted temperature) averaged."""
+def ensemble(cfg: CvConfig, results: list[dict[str, Any]], pool: Pool, folds: Folds,
+             recipe: str = "finetuned") -> dict[str, Any]:
+    """The out-of-fold ensemble: each teacher's tempered probabilities (its fitted temperature) averaged.
+
+    ``recipe`` "linear": the frozen trunks' heads, the kind of ensemble the shipped model was
+    distilled from (``model.training.distill``).
+    """
     probs = None
     for r in results:
         with np.load(_work(cfg, r["teacher"], r["seed"]) / "oof.npz") as z:
-            p = softmax(z["finetuned"], r["finetuned"]["temperature"])
+            p = softmax(z[recipe], r[recipe]["temperature"])
         probs = p if probs is None else probs + p
     assert probs is not None
     return {"teachers": [f"{r['teacher']}#{r['seed']}" for r in results],
@@ -409,6 +414,7 @@ def run_cv(cfg: CvConfig) -> dict[str, Any]:
     }
     if len(done) > 1:
         report["ensemble"] = ensemble(cfg, done, pool, folds)
+        report["linear_ensemble"] = ensemble(cfg, done, pool, folds, "linear")
     if cfg.student is not None:
         report["student"] = (
             teacher_cv(cfg, pool, folds, len(ds.classes), cfg.student, cfg.seed, done)
@@ -447,6 +453,8 @@ def render_cv_markdown(r: dict[str, Any]) -> str:
     if "ensemble" in r:
         lines.append(f"- out-of-fold ensemble of {', '.join(r['ensemble']['teachers'])}: "
                      f"{_fmt(r['ensemble'])}")
+        lines.append(f"- the same trunks frozen, their linear heads' ensemble (what the shipped model was "
+                     f"distilled from): {_fmt(r['linear_ensemble'])}")
     st = r.get("student")
     if st:
         name = (f"student {st['teacher']} seed {st['seed']} (kd temperature {c['kd_temperature']}, "
