@@ -145,6 +145,15 @@ class StallConfig(_Strict):
     name: str = Field(title="Stall name")
     vendor: str = Field("", title="Vendor's name printed on receipts")
     data_dir: Path = Field(Path("var/stall"), title="Journal, key, receipts and gallery live here")
+
+    @field_validator("data_dir")
+    @classmethod
+    def _no_nul(cls, value: Path) -> Path:
+        # The OS takes no NUL in a path: refused here, naming the key, not at the first write.
+        if "\x00" in str(value):
+            raise ValueError("a path cannot hold a NUL character")
+        return value
+
     first_receipt_no: int = Field(1, ge=1, title="Receipt number of the stall's first sale")
     market: MarketConfig = MarketConfig()
     scale: ScaleConfig = ScaleConfig()
