@@ -20,6 +20,7 @@ CLI_MODULES: tuple[str, ...] = (
     "edge.demo_cli",
     "server.cli",
     "edge.stall_cli",
+    "edge.fair_scale_cli",
     "firmware_bridge.cli",
     "edge.receipt_cli",
     "model.cli",

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import (
     AliasChoices,
@@ -170,33 +170,45 @@ class StallConfig(_Strict):
     seed: int | None = Field(None, title="Demo: random seed of the simulated vendor")
 
 
-def load_config(path: Path | str) -> StallConfig:
+_Model = TypeVar("_Model", bound=BaseModel)
+
+
+def load_toml(path: Path | str, model: type[_Model], what: str) -> _Model:
+    """A TOML config validated by ``model``; its relative ``data_dir`` is the file's folder's,
+    and a readable token is warned of.  Every error is one :class:`ConfigError` naming the key."""
     path = Path(path)
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError as exc:
-        raise ConfigError(f"stall config {path} does not exist") from exc
+        raise ConfigError(f"{what} {path} does not exist") from exc
     except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read stall config {path}: {exc}") from exc
+        raise ConfigError(f"cannot read {what} {path}: {exc}") from exc
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"stall config {path} is not valid TOML: {exc}") from exc
+        raise ConfigError(f"{what} {path} is not valid TOML: {exc}") from exc
     try:
-        cfg = StallConfig.model_validate(raw)
+        cfg = model.model_validate(raw)
     except ValidationError as exc:
         err = exc.errors()[0]
         where = ".".join(str(p) for p in err["loc"])
-        raise ConfigError(f"stall config {path}: {where}: {err['msg']}") from exc
-    if not cfg.data_dir.is_absolute():
-        cfg = cfg.model_copy(update={"data_dir": (path.parent / cfg.data_dir).resolve()})
-    _warn_if_token_readable(path, cfg)
+        raise ConfigError(f"{what} {path}: {where}: {err['msg']}") from exc
+    data_dir = getattr(cfg, "data_dir", None)
+    if isinstance(data_dir, Path) and not data_dir.is_absolute():
+        cfg = cfg.model_copy(update={"data_dir": (path.parent / data_dir).resolve()})
+    server = getattr(cfg, "server", None)
+    if isinstance(server, ServerLink):
+        _warn_if_token_readable(path, server.token, what)
     return cfg
 
 
-def _warn_if_token_readable(path: Path, cfg: StallConfig) -> None:
-    """The stall's token lets anyone upload sales as this stall: say so when others can read it."""
-    if not cfg.server.token:
+def load_config(path: Path | str) -> StallConfig:
+    return load_toml(path, StallConfig, "stall config")
+
+
+def _warn_if_token_readable(path: Path, token: str, what: str) -> None:
+    """The token lets anyone send as this device: say so when others can read it."""
+    if not token:
         return
     mode = path.stat().st_mode & 0o777
     if mode & 0o077:
-        logger.warning("stall config %s holds the stall's server token but is readable by others "
-                       "(mode %03o): chmod 600 %s", path, mode, path)
+        logger.warning("%s %s holds a server token but is readable by others "
+                       "(mode %03o): chmod 600 %s", what, path, mode, path)

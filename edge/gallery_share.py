@@ -51,6 +51,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationErro
 from edge.backoff import BackoffSender
 from edge.feed import PLU_PATTERN, STALL_PATTERN, TEXT_PATTERN
 from edge.files import write_atomic
+from edge.folder_outbox import FolderOutbox
 from edge.integrity import sign_digest, verify_digest
 from edge.outbox import register_key
 
@@ -174,10 +175,9 @@ def make_item(stall_id: str, label: str, rows: np.ndarray, *, model: str, key: E
 
 # ---- sending what this stall was taught ---------------------------------------------------
 
-class GalleryUploader(BackoffSender):
+class GalleryUploader(FolderOutbox):
     """Signs each item taught here (``offer``), queues it on disk and uploads it."""
 
-    retry_errors = (httpx.HTTPError, OSError, ValueError)
     kept = "taught items stay queued in gallery-outbox"
 
     def __init__(self, data_dir: Path, server_url: str, token: str, *, stall_id: str,
@@ -185,10 +185,9 @@ class GalleryUploader(BackoffSender):
                  describe: Callable[[str], tuple[str | None, str | None]] | None = None,
                  poll_s: float = 30.0, max_backoff_s: float = 60.0, timeout_s: float = 10.0,
                  stop_event: threading.Event | None = None) -> None:
-        super().__init__(f"gallery-up-{stall_id}", server_url, token, poll_s=poll_s,
-                         max_backoff_s=max_backoff_s, timeout_s=timeout_s, stop_event=stop_event)
-        self.folder = data_dir / OUTBOX_DIR
-        self.folder.mkdir(parents=True, exist_ok=True)
+        super().__init__(f"gallery-up-{stall_id}", data_dir / OUTBOX_DIR, "/api/v1/gallery", server_url,
+                         token, poll_s=poll_s, max_backoff_s=max_backoff_s, timeout_s=timeout_s,
+                         stop_event=stop_event)
         self.stall_id, self.key, self.public_key = stall_id, key, public_key
         self.model, self.model_sha256 = model, model_sha256
         self.describe = describe
@@ -201,48 +200,20 @@ class GalleryUploader(BackoffSender):
             plu, name = self.describe(label) if self.describe is not None else (None, None)
             doc = make_item(self.stall_id, label, rows, model=self.model, key=self.key,
                             model_sha256=self.model_sha256, plu=plu, name=name)
-            stamp = f"{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S%f}"
-            write_atomic(self.folder / f"{stamp}-{doc.item_id}.json", doc.model_dump_json().encode())
+            self.put(doc.item_id, doc.model_dump_json().encode())
         except Exception as exc:  # noqa: BLE001
             logger.error("taught item %s not queued for sharing: %s", label, exc)
             return
         logger.info("taught item %s queued for the market (%d exemplars)", label, doc.count)
         self.notify()
 
-    def pending(self) -> list[Path]:
-        return sorted(self.folder.glob("*.json"))
-
-    def flush_once(self) -> int:
-        """Upload the oldest queued item; 1 when the server settled it (stored or refused)."""
-        queued = self.pending()
-        if not queued:
-            return 0
+    def before_send(self) -> None:
         if not self._key_registered:
             register_key(self._client, self.stall_id, self.public_key)
             self._key_registered = True
-        path = queued[0]
-        r = self._client.post("/api/v1/gallery", content=path.read_bytes(),
-                              headers={"Content-Type": "application/json"})
-        if r.status_code in (200, 201):
-            path.unlink()
-            logger.info("taught item %s shared with the market (%s)", path.stem, r.json().get("status"))
-            return 1
-        if 400 <= r.status_code < 500 and r.status_code not in (401, 408, 429):
-            # Sending it again would be refused again: kept aside for a look, not retried.
-            path.rename(path.with_suffix(".refused"))
-            logger.error("market server refused taught item %s (%d): %s", path.stem, r.status_code,
-                         _detail(r))
-            return 1
-        r.raise_for_status()
-        return 0
 
-
-def _detail(r: httpx.Response) -> str:
-    try:
-        detail = r.json().get("detail")
-    except ValueError:
-        detail = None
-    return str(detail if detail is not None else r.text[:300])
+    def settled(self, path: Path, answer: dict[str, Any]) -> None:
+        logger.info("taught item %s shared with the market (%s)", path.stem, answer.get("status"))
 
 
 # ---- taking what other stalls were taught -------------------------------------------------

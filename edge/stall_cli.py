@@ -5,15 +5,12 @@ from __future__ import annotations
 import argparse
 import signal
 import threading
+from collections.abc import Callable
 from types import FrameType
 
 
-def _run(args: argparse.Namespace) -> int:
-    from edge.config import load_config
-    from edge.stall import StallApp
-
-    cfg = load_config(args.config)
-    app = StallApp(cfg)
+def run_until_signalled(start: Callable[[], None], stop: Callable[[], None]) -> None:
+    """Start, run until SIGTERM or SIGINT, stop: an edge process as a service manager runs it."""
     done = threading.Event()
 
     def _stop(_sig: int, _frame: FrameType | None) -> None:
@@ -21,12 +18,20 @@ def _run(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
-    app.start()
+    start()
     try:
         while not done.wait(0.5):
             pass
     finally:
-        app.stop()
+        stop()
+
+
+def _run(args: argparse.Namespace) -> int:
+    from edge.config import load_config
+    from edge.stall import StallApp
+
+    app = StallApp(load_config(args.config))
+    run_until_signalled(app.start, app.stop)
     return 0
 
 

@@ -55,7 +55,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 KINDS = ("price_high", "receipt_gap", "bad_chain", "bad_signature", "scale_event",
-         "stall_silent", "inspection_failed")
+         "stall_silent", "inspection_failed", "short_weight")
 
 
 def raise_alert(session: Session, kind: str, key: str, detail: str, *, stall_id: str | None = None,

@@ -29,6 +29,7 @@ from server.routes import (
     catalogue,
     display,
     export,
+    fair_checks,
     feed,
     gallery,
     inspections,
@@ -125,7 +126,7 @@ def create_app(settings: Settings) -> FastAPI:
 
     orders.install(app)  # the shop's cookies, rate limits and order watch (server.routes.orders)
     for module in (stalls, sales, refunds, stats, export, catalogue, display, inspections, promotions, feed,
-                   gallery, scale_events, managers, manage, pages, orders):
+                   gallery, scale_events, managers, manage, pages, fair_checks, orders):
         app.include_router(module.router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     document_refusals(app)

@@ -103,6 +103,18 @@ def require_stall_or_manager(request: Request, cred: Credentials) -> Actor:
 StallOrManagerDep = Annotated[Actor, Depends(require_stall_or_manager)]
 
 
+def require_fair_scale(request: Request, cred: Credentials) -> None:
+    """The market's fair scale (公平秤) by the token a manager issued it
+    (``PUT /api/v1/fair-scale/token``, ``server.meta_token``)."""
+    from server.meta_token import FAIR_SCALE  # it imports this module
+
+    if cred is None:
+        raise _unauthorized("the fair scale's bearer token required")
+    with request.app.state.sessionmaker() as session:
+        if not FAIR_SCALE.matches(session, cred.credentials):
+            raise _unauthorized("unknown fair-scale token")
+
+
 def stall_for_token(session: Session, cred: HTTPAuthorizationCredentials | None) -> db.Stall:
     if cred is None:
         raise _unauthorized("stall bearer token required")
@@ -115,7 +127,7 @@ def stall_for_token(session: Session, cred: HTTPAuthorizationCredentials | None)
 
 
 async def check_token(request: Request,
-                      kind: Literal["admin", "manager", "stall", "stall_or_manager"]) -> None:
+                      kind: Literal["admin", "manager", "stall", "stall_or_manager", "fair_scale"]) -> None:
     """The route's own token check (``require_admin``, ``require_manager`` or
     ``stall_for_token``), run before the route reads its body; raises the same 401."""
     cred = await bearer(request)
@@ -127,6 +139,9 @@ async def check_token(request: Request,
         return
     if kind == "stall_or_manager":
         await run_in_threadpool(require_stall_or_manager, request, cred)
+        return
+    if kind == "fair_scale":
+        await run_in_threadpool(require_fair_scale, request, cred)
         return
 
     def look_up() -> None:

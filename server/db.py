@@ -389,6 +389,40 @@ class Alert(Base):
     acknowledged_by: Mapped[str | None] = mapped_column(String(64))
 
 
+class FairCheck(Base):
+    """A shopper's re-weighing of a receipt at the market's fair scale (公平秤), recorded
+    whatever it found (``server.fair_checks``); ``check_id`` (the scale's) makes a check sent
+    twice (its answer lost, or queued while the server was away) one row."""
+
+    __tablename__ = "fair_checks"
+    __table_args__ = (
+        Index("ix_fair_checks_day_stall", "local_day", "stall_id"),  # complaint rate per stall
+        Index("ix_fair_checks_checked_at", "checked_at"),  # the manager's newest first
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    check_id: Mapped[str] = mapped_column(String(36), unique=True)
+    checked_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    local_day: Mapped[dt.date] = mapped_column(Date)
+    received_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    #: As scanned (a forged one is kept as it came); the sale and its stall when it is one.
+    trace_code: Mapped[str] = mapped_column(String(64))
+    sale_id: Mapped[str | None] = mapped_column(String(36))
+    stall_id: Mapped[str | None] = mapped_column(String(16))
+    #: 1-based as on the receipt; NULL: the receipt's whole weight.
+    line_no: Mapped[int | None] = mapped_column(Integer)
+    receipt_g: Mapped[int | None] = mapped_column(Integer)
+    measured_g: Mapped[int] = mapped_column(Integer)
+    #: measured minus receipt (negative: short); NULL when there is no receipt weight.
+    diff_g: Mapped[int | None] = mapped_column(Integer)
+    #: the legal tolerance in milligrams (an MPE of 0.5 e is 2.5 g: exact in mg)
+    tolerance_mg: Mapped[int | None] = mapped_column(Integer)
+    e_g: Mapped[int] = mapped_column(Integer)
+    #: ok, short, refunded, forged, unverified
+    verdict: Mapped[str] = mapped_column(String(16))
+    alert_id: Mapped[int | None] = mapped_column(Integer)
+
+
 class SharedItem(Base):
     """An item taught at one stall and offered to the others (``edge.gallery_share``): the
     signed document as received, the fields the listings filter on, and its withdrawal."""

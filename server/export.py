@@ -6,15 +6,13 @@ read from the rollups (``rollup_item_day``, ``rollup_stall_day``) and the small
 refund and inspection tables, a month of market days at a time, each month in its
 own short session, so a year's export is streamed without holding the database.
 
-The bureau reads with its own token (``issue_token``): it reads the export and
+The bureau reads with its own token (``server.meta_token.EXPORT``): it reads the export and
 nothing else, and a manager can replace or revoke it; only its SHA-256 is kept.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import hmac
-import json
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,7 +23,7 @@ from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from server import db, stats
-from server.auth import Actor, new_token, token_hash
+from server.meta_token import EXPORT
 
 logger = logging.getLogger(__name__)
 
@@ -205,56 +203,6 @@ def rows(maker: sessionmaker[Session], kind: Kind, start: dt.date, end: dt.date)
         first = last + dt.timedelta(days=1)
 
 
-# ---- the bureau's read token ------------------------------------------------------------------
+# ---- the bureau's read token (server.meta_token) --------------------------------------------
 
-TOKEN_KEY = "export_token"
-
-
-class TokenInfo(BaseModel):
-    issued: bool
-    issued_by: str | None = None
-    issued_at: dt.datetime | None = None
-
-
-class IssuedToken(TokenInfo):
-    token: str = Field(description="shown once; only its SHA-256 is kept")
-
-
-def _stored(session: Session) -> dict[str, str] | None:
-    value = session.execute(select(db.Meta.value).where(db.Meta.key == TOKEN_KEY)).scalar()
-    return json.loads(value) if value else None
-
-
-def token_info(session: Session) -> TokenInfo:
-    stored = _stored(session)
-    if stored is None:
-        return TokenInfo(issued=False)
-    return TokenInfo(issued=True, issued_by=stored["by"], issued_at=dt.datetime.fromisoformat(stored["at"]))
-
-
-def issue_token(session: Session, actor: Actor) -> IssuedToken:
-    """A new bureau token, replacing any before it (the caller commits)."""
-    token, now = new_token(), dt.datetime.now(dt.UTC)
-    value = json.dumps({"sha256": token_hash(token), "by": actor.who, "at": now.isoformat()})
-    row = session.get(db.Meta, TOKEN_KEY)
-    if row is None:
-        session.add(db.Meta(key=TOKEN_KEY, value=value))
-    else:
-        row.value = value
-    logger.info("bureau export token issued by %s", actor.who)
-    return IssuedToken(issued=True, issued_by=actor.who, issued_at=now, token=token)
-
-
-def revoke_token(session: Session, actor: Actor) -> bool:
-    """Revoke the bureau's token (the caller commits); False if there was none."""
-    row = session.get(db.Meta, TOKEN_KEY)
-    if row is None:
-        return False
-    session.delete(row)
-    logger.info("bureau export token revoked by %s", actor.who)
-    return True
-
-
-def is_bureau_token(session: Session, token: str) -> bool:
-    stored = _stored(session)
-    return stored is not None and hmac.compare_digest(stored["sha256"], token_hash(token))
+is_bureau_token = EXPORT.matches

@@ -11,7 +11,7 @@ own routing decides which route it is, and the answer is the usual JSON error):
    refused as soon as it passes the limit, so at most the limit is ever held;
 2. the bearer token of a route that needs one (found in its dependencies:
    ``require_admin`` means the manager's, ``require_stall_or_manager`` a stall's or the
-   manager's, ``Credentials`` alone a stall's), with the
+   manager's, ``require_fair_scale`` the fair scale's, ``Credentials`` alone a stall's), with the
    same checks as the handler's own (``server.auth``); for a manager's route, a
    ``/manage`` session cookie instead, with its CSRF token on anything that changes
    state (``server.sessions``: 403 without it).
@@ -33,7 +33,14 @@ from fastapi.routing import APIRoute
 from pydantic import BaseModel
 from starlette.types import Message, Receive
 
-from server.auth import bearer, check_token, require_admin, require_manager, require_stall_or_manager
+from server.auth import (
+    bearer,
+    check_token,
+    require_admin,
+    require_fair_scale,
+    require_manager,
+    require_stall_or_manager,
+)
 from server.sessions import sign_in_by_cookie
 
 logger = logging.getLogger(__name__)
@@ -54,7 +61,7 @@ REFUNDS_BODY_LIMIT = 1024 * 1024
 #: OpenAPI document shows clients.
 LIMIT_KEY = "x-max-body-bytes"
 
-TokenKind = Literal["admin", "manager", "stall", "stall_or_manager"]
+TokenKind = Literal["admin", "manager", "stall", "stall_or_manager", "fair_scale"]
 
 
 class ErrorOut(BaseModel):
@@ -128,6 +135,8 @@ def token_kind(dependant: Dependant) -> TokenKind | None:
     calls = list(_calls(dependant))
     if require_stall_or_manager in calls:  # before the stall's: it reads the bearer too
         return "stall_or_manager"
+    if require_fair_scale in calls:  # before the stall's: it reads the bearer too
+        return "fair_scale"
     if require_admin in calls:
         return "admin"
     if require_manager in calls:

@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, Protocol
 
 import httpx
 import uvicorn
@@ -30,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from edge import CatalogueError, EdgeError
 from edge.flow import ActionResult, CheckoutResult, SearchResult, StallFlow, TareResult
-from edge.screens.hub import ScreenHub
+from edge.screens.hub import ScreenHub, Subscriber
 
 if TYPE_CHECKING:
     from edge.stall import StallApp
@@ -92,6 +92,15 @@ class Echo(_Body):
     sent_ms: float = Field(description="the page's clock; sent back on the live channel")
 
 
+async def invalid_body(_request: Request, exc: Exception) -> JSONResponse:
+    """A body that is not the action's: 422 with the fields it got wrong in ``message``."""
+    assert isinstance(exc, RequestValidationError)
+    errors = jsonable_encoder(exc.errors())
+    message = "; ".join(f"{'.'.join(str(p) for p in e['loc'] if p != 'body') or 'body'}: {e['msg']}"
+                        for e in errors)
+    return JSONResponse({"ok": False, "detail": errors, "message": message}, status_code=422)
+
+
 def _answer(result: ActionResult | TareResult | CheckoutResult, hub: ScreenHub) -> JSONResponse:
     hub.poke()
     return JSONResponse(result.model_dump(mode="json"), status_code=200 if result.ok else 409)
@@ -99,6 +108,45 @@ def _answer(result: ActionResult | TareResult | CheckoutResult, hub: ScreenHub) 
 
 def _refused(reason: str, status: int = 409, **more: Any) -> JSONResponse:
     return JSONResponse({"ok": False, "reason": reason, **more}, status_code=status)
+
+
+class HubLike(Protocol):
+    """What the live channel reads of a screen's state hub (``ScreenHub``, the fair scale's)."""
+
+    version: int
+    state_json: str
+
+    def subscribe(self, loop: asyncio.AbstractEventLoop) -> Subscriber: ...
+
+    def unsubscribe(self, sub: Subscriber) -> None: ...
+
+
+def event_stream(hub: HubLike, stop: threading.Event) -> StreamingResponse:
+    """The live channel: ``state`` at once and after every change (a slow page skips states
+    rather than queueing them), ``echo`` events, a keep-alive comment when nothing changes."""
+    sub = hub.subscribe(asyncio.get_running_loop())
+
+    async def stream() -> AsyncIterator[str]:
+        sent = -1
+        try:
+            yield "retry: 1000\n\n"
+            while not stop.is_set():
+                while sub.echoes:
+                    yield f"event: echo\ndata: {sub.echoes.popleft()}\n\n"
+                if hub.version != sent:
+                    sent, body = hub.version, hub.state_json
+                    yield f"event: state\ndata: {body}\n\n"
+                    continue
+                try:
+                    await asyncio.wait_for(sub.wake.wait(), timeout=KEEPALIVE_S)
+                except TimeoutError:
+                    yield ": keep-alive\n\n"
+                sub.wake.clear()
+        finally:
+            hub.unsubscribe(sub)
+
+    return StreamingResponse(stream(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
 def create_app(stall: StallApp, hub: ScreenHub, stop: threading.Event) -> FastAPI:
@@ -111,12 +159,7 @@ def create_app(stall: StallApp, hub: ScreenHub, stop: threading.Event) -> FastAP
         assert stall.flow is not None
         return stall.flow
 
-    @app.exception_handler(RequestValidationError)
-    async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = jsonable_encoder(exc.errors())
-        message = "; ".join(f"{'.'.join(str(p) for p in e['loc'] if p != 'body') or 'body'}: {e['msg']}"
-                            for e in errors)
-        return JSONResponse({"detail": errors, "message": message}, status_code=422)
+    app.add_exception_handler(RequestValidationError, invalid_body)
 
     # -- pages ------------------------------------------------------------------------------
     @app.get("/", include_in_schema=False)
@@ -144,29 +187,7 @@ def create_app(stall: StallApp, hub: ScreenHub, stop: threading.Event) -> FastAP
                        "GET /api/state, `v` counting up), `echo` answering POST /api/echo",
         "content": {"text/event-stream": {}}}})
     async def events() -> StreamingResponse:
-        sub = hub.subscribe(asyncio.get_running_loop())
-
-        async def stream() -> AsyncIterator[str]:
-            sent = -1
-            try:
-                yield "retry: 1000\n\n"
-                while not stop.is_set():
-                    while sub.echoes:
-                        yield f"event: echo\ndata: {sub.echoes.popleft()}\n\n"
-                    if hub.version != sent:
-                        sent, body = hub.version, hub.state_json
-                        yield f"event: state\ndata: {body}\n\n"
-                        continue
-                    try:
-                        await asyncio.wait_for(sub.wake.wait(), timeout=KEEPALIVE_S)
-                    except TimeoutError:
-                        yield ": keep-alive\n\n"
-                    sub.wake.clear()
-            finally:
-                hub.unsubscribe(sub)
-
-        return StreamingResponse(stream(), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        return event_stream(hub, stop)
 
     @app.post("/api/echo", tags=["screens"], status_code=204)
     def echo(body: Echo) -> Response:
@@ -363,15 +384,11 @@ class _Server(uvicorn.Server):
         return self._stop.is_set() or await super().on_tick(counter)
 
 
-class ScreenServer:
-    """The screens' uvicorn in a thread of the stall, on 127.0.0.1 only."""
+class HttpThread:
+    """A FastAPI app's uvicorn in a thread, on 127.0.0.1 only, ending on ``stop``."""
 
-    def __init__(self, stall: StallApp, *, port: int, stop: threading.Event,
-                 basket_wait_s: float = 300.0) -> None:
-        self.stop_event = stop
-        self.hub = ScreenHub(stall, stop=stop, basket_wait_s=basket_wait_s)
-        self.app = create_app(stall, self.hub, stop)
-        self._port = port
+    def __init__(self, app: FastAPI, *, port: int, stop: threading.Event, name: str) -> None:
+        self.app, self._port, self.stop_event, self.name = app, port, stop, name
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
         self.port: int | None = None
@@ -380,33 +397,63 @@ class ScreenServer:
     def url(self) -> str:
         return f"http://{HOST}:{self.port}"
 
-    def start(self) -> None:
-        # Bound here, so that a port in use is an error of this call, not of a thread.
+    def bind(self) -> socket.socket:
+        """Bound here, so that a port in use is an error of this call, not of a thread."""
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((HOST, self._port))
         except OSError as exc:
             sock.close()
-            raise EdgeError(f"screens: cannot listen on {HOST}:{self._port}: {exc}") from exc
+            raise EdgeError(f"{self.name}: cannot listen on {HOST}:{self._port}: {exc}") from exc
         sock.listen(64)
         self.port = int(sock.getsockname()[1])
-        self.hub.start()
+        return sock
+
+    def serve(self, sock: socket.socket) -> None:
         config = uvicorn.Config(self.app, log_level="warning", lifespan="off",
                                 timeout_graceful_shutdown=2)
         self._server = _Server(config, self.stop_event)
         self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [sock]},
-                                        name="screens-http", daemon=True)
+                                        name=f"{self.name}-http", daemon=True)
         self._thread.start()
         deadline = time.monotonic() + 10
         while not self._server.started and self._thread.is_alive() and time.monotonic() < deadline:
             time.sleep(0.01)
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        if self._server is not None:
+            self._server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+
+class ScreenServer:
+    """The screens' uvicorn in a thread of the stall, on 127.0.0.1 only."""
+
+    def __init__(self, stall: StallApp, *, port: int, stop: threading.Event,
+                 basket_wait_s: float = 300.0) -> None:
+        self.stop_event = stop
+        self.hub = ScreenHub(stall, stop=stop, basket_wait_s=basket_wait_s)
+        self.app = create_app(stall, self.hub, stop)
+        self._http = HttpThread(self.app, port=port, stop=stop, name="screens")
+
+    @property
+    def port(self) -> int | None:
+        return self._http.port
+
+    @property
+    def url(self) -> str:
+        return self._http.url
+
+    def start(self) -> None:
+        sock = self._http.bind()
+        self.hub.start()
+        self._http.serve(sock)
         logger.info("screens: %s/vendor and %s/customer", self.url, self.url)
 
     def stop(self) -> None:
         self.stop_event.set()
         self.hub.stop()
-        if self._server is not None:
-            self._server.should_exit = True
-        if self._thread is not None:
-            self._thread.join(timeout=5)
+        self._http.stop()

@@ -56,21 +56,58 @@ class Subscriber:
             self.loop.call_soon_threadsafe(self.wake.set)
 
 
-class ScreenHub:
+class Publisher:
+    """One JSON state, its version and the live streams woken when it changes."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._subs: list[Subscriber] = []
+        self.version = 0
+        self.state: dict[str, Any] = {}
+        self.state_json = "{}"
+        self._body = ""
+
+    def subscribe(self, loop: asyncio.AbstractEventLoop) -> Subscriber:
+        sub = Subscriber(loop)
+        with self._lock:
+            self._subs.append(sub)
+        return sub
+
+    def unsubscribe(self, sub: Subscriber) -> None:
+        with self._lock:
+            if sub in self._subs:
+                self._subs.remove(sub)
+
+    def _notify_all(self) -> None:
+        with self._lock:
+            subs = list(self._subs)
+        for sub in subs:
+            sub.notify()
+
+    def publish(self, state: dict[str, Any]) -> bool:
+        """``state`` as the new one if it differs from the last (then True, streams woken)."""
+        body = json.dumps(state, ensure_ascii=False, sort_keys=True)
+        if body == self._body:
+            return False
+        with self._lock:
+            self.version += 1
+            self._body = body
+            self.state = {**state, "v": self.version}
+            self.state_json = json.dumps(self.state, ensure_ascii=False)
+        self._notify_all()
+        return True
+
+
+class ScreenHub(Publisher):
     def __init__(self, stall: StallApp, *, stop: threading.Event, basket_wait_s: float = 300.0,
                  poll_s: float = SLOW_EVERY_S) -> None:
+        super().__init__()
         self.stall = stall
         self.basket_wait_s = basket_wait_s
         self.poll_s = poll_s
         self._stop = stop
         self._poke = threading.Event()
-        self._lock = threading.Lock()
-        self._subs: list[Subscriber] = []
         self._thread: threading.Thread | None = None
-        self.version = 0
-        self.state: dict[str, Any] = {}
-        self.state_json = "{}"
-        self._body = ""
         self._stable_at_ms: float | None = None
         self._shown: tuple[object, ...] | None = None
         self._basket_since: float | None = None
@@ -126,23 +163,6 @@ class ScreenHub:
                 logger.exception("screen state not refreshed")
 
     # -- subscribers -----------------------------------------------------------------------
-    def subscribe(self, loop: asyncio.AbstractEventLoop) -> Subscriber:
-        sub = Subscriber(loop)
-        with self._lock:
-            self._subs.append(sub)
-        return sub
-
-    def unsubscribe(self, sub: Subscriber) -> None:
-        with self._lock:
-            if sub in self._subs:
-                self._subs.remove(sub)
-
-    def _notify_all(self) -> None:
-        with self._lock:
-            subs = list(self._subs)
-        for sub in subs:
-            sub.notify()
-
     def echo(self, sent_ms: float) -> None:
         """The live channel's bare round trip: ``sent_ms`` goes back to every stream as is."""
         with self._lock:
@@ -166,17 +186,7 @@ class ScreenHub:
             self._basket_since = now
         if now - self._slow_at >= SLOW_EVERY_S:
             self._slow, self._slow_at = self._read_slow(), now
-        state = self._compose(snap, now)
-        body = json.dumps(state, ensure_ascii=False, sort_keys=True)
-        if body == self._body:
-            return False
-        with self._lock:
-            self.version += 1
-            self._body = body
-            self.state = {**state, "v": self.version}
-            self.state_json = json.dumps(self.state, ensure_ascii=False)
-        self._notify_all()
-        return True
+        return self.publish(self._compose(snap, now))
 
     def _read_slow(self) -> dict[str, Any]:
         """What costs a query: the journal's upload counts, the reprint queue's length."""

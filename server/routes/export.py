@@ -10,15 +10,17 @@ import logging
 from collections.abc import Iterator
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response, status
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
 from fastapi.responses import StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from server import export, stats
-from server.auth import ManagerDep, require_manager
-from server.deps import SessionDep, SettingsDep, write_lock
+from server.auth import require_manager
+from server.deps import SettingsDep
 from server.guard import GuardedRoute, errors
+from server.meta_token import EXPORT
 from server.routes.stats import refused_as_422
+from server.routes.tokens import add_token_routes
 
 logger = logging.getLogger(__name__)
 
@@ -140,27 +142,4 @@ def export_table(
     return StreamingResponse(_json(chunks, head), media_type="application/json", headers=headers)
 
 
-@router.get("/token", response_model=export.TokenInfo, responses=errors(401))
-def token_info(session: SessionDep, _: ManagerDep) -> export.TokenInfo:
-    """Whether the bureau has an export token, and who issued it when."""
-    return export.token_info(session)
-
-
-@router.put("/token", response_model=export.IssuedToken, responses=errors(401))
-def issue_token(session: SessionDep, actor: ManagerDep, request: Request) -> export.IssuedToken:
-    """A new read token for the commerce bureau (it replaces the one before); shown once."""
-    with write_lock(request):
-        issued = export.issue_token(session, actor)
-        session.commit()
-    return issued
-
-
-@router.delete("/token", status_code=status.HTTP_204_NO_CONTENT, response_class=Response,
-               responses=errors(401, 404, e404="The bureau has no export token"))
-def revoke_token(session: SessionDep, actor: ManagerDep, request: Request) -> Response:
-    """Revoke the bureau's export token."""
-    with write_lock(request):
-        if not export.revoke_token(session, actor):
-            raise HTTPException(status.HTTP_404_NOT_FOUND, "the bureau has no export token")
-        session.commit()
-    return Response(status_code=status.HTTP_204_NO_CONTENT)
+add_token_routes(router, "/token", EXPORT, "the bureau", "a read token for the commerce bureau's export")

@@ -27,7 +27,7 @@ from server import alerts, db, managers, sessions, stalls
 from server.auth import ManagerDep
 from server.deps import SessionDep, SettingsDep, write_lock
 from server.refusals import Refused
-from server.routes import manage_market
+from server.routes import manage_fair, manage_market
 from server.routes.manage_common import (
     FormDep,
     PageRoute,
@@ -48,6 +48,7 @@ ONLINE_MIN = 10
 
 router = APIRouter(prefix="/manage", include_in_schema=False, route_class=PageRoute)
 router.include_router(manage_market.router)  # items, prices and caps, rapid tests, specials
+router.include_router(manage_fair.router)  # the fair scale's checks and complaint rates
 
 
 # ---- sign-in --------------------------------------------------------------------------------

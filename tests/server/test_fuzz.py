@@ -87,7 +87,10 @@ def test_every_answer_is_documented(fuzz_server, tmp_path) -> None:  # type: ign
     """schemathesis's own runner (examples, boundary cases, fuzzing) against the live server:
     every status code, content type and JSON body it sees must be in /openapi.json."""
     srv, token, _ = fuzz_server
-    # The stall's token everywhere, the manager's where the route wants it.
+    with srv.client(ADMIN) as c:
+        fair = c.put("/api/v1/fair-scale/token").json()["token"]
+    # The stall's token everywhere, the manager's where the route wants it, the fair scale's on its
+    # own routes.
     config = tmp_path / "schemathesis.toml"
     config.write_text(f'''
 headers = {{ Authorization = "Bearer {token}" }}
@@ -112,6 +115,21 @@ include-name = ["POST /api/v1/managers", "GET /api/v1/managers",
                 "DELETE /api/v1/stalls/{{stall_id}}/key", "GET /api/v1/gallery/all",
                 "DELETE /api/v1/gallery/{{shared_id}}"]
 headers = {{ Authorization = "Bearer {ADMIN}" }}
+
+[[operations]]
+include-name = "GET /api/v1/stats/complaints"
+headers = {{ Authorization = "Bearer {ADMIN}" }}
+
+[[operations]]
+include-path-regex = "^/api/v1/fair-checks$"
+include-method = "GET"
+headers = {{ Authorization = "Bearer {ADMIN}" }}
+
+# The fair scale's token on its token's routes too (answered 401): the admin's would replace it.
+[[operations]]
+include-name = ["GET /api/v1/fair-checks/receipt", "POST /api/v1/fair-checks", "GET /api/v1/fair-scale/token",
+                "PUT /api/v1/fair-scale/token", "DELETE /api/v1/fair-scale/token"]
+headers = {{ Authorization = "Bearer {fair}" }}
 
 [[operations]]
 include-name = "GET /api/v1/events"

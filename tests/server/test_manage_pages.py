@@ -163,7 +163,7 @@ def test_every_page_fits_a_phone(server: LiveServer) -> None:
         _sign_in(page, server)
         expect(page.locator("h1")).to_contain_text("概览")
         for path in ("", "/stalls", "/items", "/prices", "/inspections", "/specials", "/alerts",
-                     "/managers", "/account"):
+                     "/managers", "/account", "/fair-scale"):
             page.goto(f"{server.url}/manage{path}")
             width = page.evaluate("[document.documentElement.scrollWidth, window.innerWidth]")
             assert width[0] <= width[1], f"/manage{path} is {width[0]} px wide on a {width[1]} px phone"
