@@ -3,7 +3,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 export VENV
 
-.PHONY: setup setup-runtime demo test lint bench
+.PHONY: setup setup-runtime demo test lint bench audit
 
 # What the demo and a stall need: runtime dependencies only (no torch, no training extras).
 setup-runtime:
@@ -27,3 +27,8 @@ lint: setup
 
 bench: setup
 	$(BIN)/python bench/run_all.py
+
+# pip-audit of the installed dependencies (scripts/audit_deps.sh): fails on a known
+# vulnerability, and also (exit 3, saying why) when the advisory data cannot be reached.
+audit: setup
+	./scripts/audit_deps.sh

@@ -230,7 +230,8 @@ class Demo:
         # Owner only: the stalls' configs hold their tokens, and their folders their keys.
         self.data_dir.mkdir(parents=True, mode=0o700)
         admin = os.urandom(18).hex()
-        self._spawn("server", ["server", "--db", f"sqlite:///{self.data_dir / 'market.db'}",
+        # INFO: the server's log says what happened (stalls registered, sign-ins), never a secret.
+        self._spawn("server", ["-v", "server", "--db", f"sqlite:///{self.data_dir / 'market.db'}",
                                "--port", str(self.port)], {"WETMARKET_ADMIN_TOKEN": admin})
         try:
             self._wait_healthy()

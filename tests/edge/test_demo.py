@@ -123,6 +123,18 @@ def test_demo_runs_for_its_duration_and_cleans_up(tmp_path: Path) -> None:
         assert ((data / sid).stat().st_mode & 0o777) == 0o700
         assert ((data / sid / "stall.toml").stat().st_mode & 0o777) == 0o600
     assert _left_running(str(data)) == []
+    # No secret in any log of the whole run: the admin token, the manager's password (both
+    # printed on the console for the person running the demo) and the stalls' tokens.
+    secrets = [re.search(r"^admin token:  (\S+)$", out, re.MULTILINE).group(1),  # type: ignore[union-attr]
+               re.search(r"password (\S+)\)$", second).group(1)]  # type: ignore[union-attr]
+    secrets += [re.search(r'^token = "([^"]+)"$', (data / sid / "stall.toml").read_text(),
+                          re.MULTILINE).group(1) for sid in ("S01", "S02", "S03")]  # type: ignore[union-attr]
+    logs = {log.name: log.read_text(errors="replace") for log in data.glob("*.log")}
+    assert sorted(logs) == ["S01.log", "S02.log", "S03.log", "server.log"]
+    assert "stall S01 registered by admin" in logs["server.log"]  # the server logs at INFO
+    for name, text in logs.items():
+        for secret in secrets:
+            assert len(secret) >= 8 and secret not in text, f"{name} logs {secret[:4]}..."
     # Every stall sold from the market's feed (its logs say so), not only from its seed.
     for sid in ("S01", "S02", "S03"):
         log = (data / f"{sid}.log").read_text()
