@@ -120,6 +120,21 @@ def test_key_file_is_created_private_and_reloaded(tmp_path: pathlib.Path) -> Non
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
 
 
+@pytest.mark.parametrize("mode", [0o644, 0o640, 0o604, 0o660])
+def test_a_key_others_can_read_is_warned_about_and_made_private(
+        tmp_path: pathlib.Path, caplog: pytest.LogCaptureFixture, mode: int) -> None:
+    """A stall's signing key copied in with the wrong mode (a restore, a new device): said in
+    the log (the journal, under systemd) and set back to owner only before it is used."""
+    path = tmp_path / "stall.key"
+    key = load_or_create_key(path)
+    os.chmod(path, mode)
+    with caplog.at_level("WARNING", logger="edge.integrity"):
+        again = load_or_create_key(path)
+    assert f"signing key {path} had mode {mode:o}; set to 600" in caplog.text
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert public_key_b64(again) == public_key_b64(key)
+
+
 def test_a_corrupt_key_file_is_refused(tmp_path: pathlib.Path) -> None:
     path = tmp_path / "stall.key"
     path.write_bytes(b"garbage")
