@@ -18,7 +18,7 @@ import pathlib
 
 logger = logging.getLogger(__name__)
 
-LEGAL_VERSION = "1.1.0"
+LEGAL_VERSION = "1.2.0"
 
 _EDGE = pathlib.Path(__file__).resolve().parent
 
@@ -33,6 +33,7 @@ LEGAL_FILES: tuple[str, ...] = (
     "receipt/layout.py",
     "receipt/escpos_bytes.py",
     "receipt/ean13.py",
+    "tolerance.py",
 )
 
 

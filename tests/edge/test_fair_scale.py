@@ -1,0 +1,96 @@
+"""The fair scale's own parts (``edge.fair_scale``): what a receipt's QR code says, its config
+(the one in docs/architecture.md included), and its screen's answers to bad input with the
+market server away (a pty scale simulator, the screen on 127.0.0.1, no mocks)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from edge import ConfigError, EdgeError
+from edge.fair_scale import FairScale, FairScaleConfig, load_fair_config, read_scan
+from tests.conftest import REPO, free_port
+from tests.edge.test_stall import wait_for
+
+CODE = "31010600100000012"  # the shape matters here, not the check digit: the server judges it
+
+
+def test_a_receipts_qr_code_gives_its_trace_code_and_signature() -> None:
+    scan = read_scan(f"http://192.168.1.5:8000/t/{CODE}?s=Ab-_c1==\n")
+    assert (scan.trace_code, scan.signature) == (CODE, "Ab-_c1==")
+    assert read_scan(f"https://market.example/x/t/{CODE}").signature is None
+    assert read_scan(f" {CODE} ").trace_code == CODE  # typed, or read without the URL
+    for bad in ("", "hello", f"http://x/t/{CODE}?s=not base64!", f"http://x/p/{CODE}", "12a4"):
+        with pytest.raises(EdgeError, match="not a receipt's QR code"):
+            read_scan(bad)
+
+
+def _doc_config() -> str:
+    text = (REPO / "docs" / "architecture.md").read_text(encoding="utf-8")
+    section = text[text.index("## The fair scale"):]
+    return re.search(r"```\n(device_id = .*?)```", section, re.DOTALL).group(1)  # type: ignore[union-attr]
+
+
+def test_the_documented_config_loads_and_a_coarse_or_wrong_one_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "fair-scale.toml"
+    path.write_text(_doc_config(), encoding="utf-8")
+    cfg = load_fair_config(path)
+    assert (cfg.scale.e_g, cfg.check.vendor_e_g, cfg.camera.source) == (2, 5, "0")
+    path.write_text(_doc_config().replace("e_g = 2", "e_g = 10"), encoding="utf-8")
+    with pytest.raises(ConfigError, match="coarser than the stall scales"):
+        load_fair_config(path)
+    path.write_text(_doc_config() + "\n[check2]\nx = 1\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="fair-scale config .*check2"):
+        load_fair_config(path)
+
+
+@pytest.fixture(scope="module")
+def offline_fair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FairScale]:
+    """A fair scale whose market server is not there (a free port nobody listens on)."""
+    cfg = FairScaleConfig.model_validate({
+        "data_dir": tmp_path_factory.mktemp("fair"), "scale": {"port": "sim", "e_g": 2},
+        "server": {"url": f"http://127.0.0.1:{free_port()}", "token": "t"}, "screen": {"port": 0}})
+    fair = FairScale(cfg)
+    fair.start()
+    yield fair
+    fair.stop()
+
+
+def test_bad_input_on_the_screen_is_answered_with_the_reason(offline_fair: FairScale) -> None:
+    url = offline_fair.http.url
+    with httpx.Client(base_url=url, timeout=5) as c:
+        r = c.post("/api/check")
+        assert r.status_code == 409 and "scan the receipt's QR code first" in r.json()["reason"]
+        r = c.post("/api/scan", json={"text": "hello"})
+        assert r.status_code == 409 and "not a receipt's QR code" in r.json()["reason"]
+        assert c.get("/api/state").json()["message"].startswith("这不是小票上的二维码")
+        for body in ({"text": ""}, {"text": "x" * 600}, {"code": CODE}):
+            r = c.post("/api/scan", json=body)
+            assert r.status_code == 422 and r.json()["message"], body
+        r = c.post("/api/line", json={"line_no": "1"})
+        assert r.status_code == 422 and "line_no" in r.json()["message"]
+
+
+def test_with_the_server_away_the_weight_shows_and_the_check_waits(offline_fair: FairScale) -> None:
+    assert offline_fair.sim is not None and offline_fair.outbox is not None
+    with httpx.Client(base_url=offline_fair.http.url, timeout=5) as c:
+        assert c.post("/api/scan", json={"text": CODE}).status_code == 200
+        state = c.get("/api/state").json()
+        assert state["receipt"]["state"] == "offline" and "server is away" in state["message"]
+        r = c.post("/api/check")
+        assert r.status_code == 409 and "stable weight" in r.json()["reason"]  # nothing on the plate
+        offline_fair.sim.place(1234)
+        assert wait_for(lambda: offline_fair.weigher.priceable_net_g == 1234)
+        r = c.post("/api/check")
+        assert r.status_code == 200, r.text
+        assert wait_for(lambda: c.get("/api/state").json()["server"] == {
+            "configured": True, "online": False, "queue": 1})
+        state = c.get("/api/state").json()
+        assert state["result"] == {"queued": True, "measured_g": 1234, "line_no": None}
+        assert state["weight"]["stable_g"] == 1234
+    queued = offline_fair.outbox.pending()
+    assert len(queued) == 1 and f'"trace_code": "{CODE}"' in queued[0].read_text()
