@@ -297,8 +297,11 @@ def summarise(oof: np.ndarray, labels: np.ndarray, folds: Folds, split: np.ndarr
     top = softmax(oof, t).max(1)
     thr = float(np.quantile(top, UNKNOWN_QUANTILE))
     other = split == "val"
+    per = [topk_accuracy(oof[other & (folds.fold == k)], labels[other & (folds.fold == k)])[1]
+           for k in range(folds.k) if np.any(other & (folds.fold == k))]
     return {**_fold_figures(oof, labels, folds),
             "other_session": topk_accuracy(oof[other], labels[other]) if other.any() else {},
+            "other_session_per_fold_top1": per,
             "temperature": t, "unknown_threshold": thr, "known_flagged": float(np.mean(top < thr))}
 
 
@@ -427,7 +430,9 @@ def run_cv(cfg: CvConfig) -> dict[str, Any]:
 
 def _fmt(s: dict[str, Any]) -> str:
     other = s.get("other_session") or {}
-    tail = f"; other-session blocks top-1 {other[1]:.3f}" if other else ""
+    per = s.get("other_session_per_fold_top1") or []
+    tail = (f"; other-session blocks top-1 {other[1]:.3f}, top-5 {other[5]:.3f} (folds: "
+            f"{', '.join(f'{x:.3f}' for x in per)})" if other else "")
     return (f"top-1 {s['top1']:.3f} +- {s['top1_sd']:.3f}, top-5 {s['top5']:.3f} +- {s['top5_sd']:.3f} "
             f"(folds: {', '.join(f'{x:.3f}' for x in s['per_fold_top1'])}){tail}; temperature "
             f"{s['temperature']:.3f}, unknown threshold {s['unknown_threshold']:.3f}")
