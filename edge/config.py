@@ -98,6 +98,14 @@ class GalleryConfig(_Strict):
     interval_s: float = Field(30.0, ge=1, le=3600, title="Seconds between asks for new shared items")
 
 
+class OrdersConfig(_Strict):
+    """Online orders of shoppers at this stall (``edge.orders``); needs ``[server] token``."""
+
+    enabled: bool = Field(True, title="Show the market's online orders on the vendor's screen")
+    wait_s: int = Field(25, ge=0, le=30, title="Long poll: the server answers at a change or after "
+                        "this many seconds")
+
+
 class PrinterConfig(_Strict):
     type: Literal["file", "dummy", "serial", "network", "usb"] = "file"
     path: str | None = Field(None, title="File printer: folder (one .bin per receipt) or file")
@@ -163,6 +171,7 @@ class StallConfig(_Strict):
     feed: FeedConfig = FeedConfig()
     screens: ScreensConfig = ScreensConfig()
     gallery: GalleryConfig = GalleryConfig()
+    orders: OrdersConfig = OrdersConfig()
     catalogue: list[CatalogueEntry] = Field(
         default_factory=list, title="The stall's items (PLU)",
         description="the offline seed: sold until the market's feed prices this stall")

@@ -215,6 +215,8 @@ class Snapshot(_Model):
     faults: list[Fault]
     taught: int
     last_receipt: str | None
+    #: The online order the open basket fulfils (``edge.orders``), if any.
+    order_id: int | None = None
 
 
 # -- pinyin initials ---------------------------------------------------------------------
@@ -630,6 +632,17 @@ class StallFlow:
                 return self._refused(str(exc))
             return ActionResult(ok=True, state=self._state, line=line)
 
+    def attach_order(self, order_id: int | None) -> ActionResult:
+        """The open basket (empty) fulfils online order ``order_id``: each of its lines is then
+        weighed as any other, and its sale carries the order's id.  None detaches it."""
+        with self._lock:
+            try:
+                self.session.attach_order(order_id)
+            except EdgeError as exc:
+                return ActionResult(ok=False, state=self._state, reason=str(exc))
+        self.changed()
+        return ActionResult(ok=True, state=self._state)
+
     def discard(self, reason: str) -> ActionResult:
         """The shopper walks away: every line void, the trail kept."""
         with self._lock:
@@ -686,7 +699,7 @@ class StallFlow:
                 total_fen=sum(ln.amount_fen for ln in lines),
                 warnings=self._warnings(shown.state, shown.net_g),
                 faults=self._faults(shown.state),
-                taught=self._taught, last_receipt=self._last_receipt)
+                taught=self._taught, last_receipt=self._last_receipt, order_id=session.order_id)
 
     def _warnings(self, weigh: WeighState, net_g: int | None) -> list[str]:
         out: list[str] = []

@@ -45,6 +45,8 @@ class SavedBasket(BaseModel):
     catalogue: list[Plu]
     labels: dict[str, str]
     feed: FeedState | None = None
+    #: The online order the basket fulfils (``edge.orders``), if any.
+    order_id: int | None = None
 
 
 class OpenBasketStore:

@@ -79,6 +79,8 @@ class Session:
         self._pending: tuple[Catalogue, dict[str, str], FeedState | None] | None = None
         #: The feed version the catalogue in use came from (None: the config's seed).
         self.feed_state: FeedState | None = None
+        #: The online order the open basket fulfils (``edge.orders``): its sale carries the id.
+        self._order_id: int | None = None
 
     def _new_basket(self) -> Basket:
         spec = self.weigher.spec
@@ -88,6 +90,7 @@ class Session:
         """A fresh basket for the next shopper (lock held)."""
         self._basket = self._new_basket()
         self._basket_id = str(uuid.uuid4())
+        self._order_id = None
 
     def listen(self, fn: Callable[[str], None]) -> None:
         """``fn(what)`` after each change: item, basket, tare, sale, catalogue."""
@@ -109,7 +112,7 @@ class Session:
         self._store.save(SavedBasket(
             basket_id=self._basket_id, saved_at=dt.datetime.now(dt.UTC), lines=basket.all_lines,
             audit=basket.audit, catalogue=list(self.catalogue), labels=self.labels,
-            feed=self.feed_state))
+            feed=self.feed_state, order_id=self._order_id))
 
     def restore(self) -> int:
         """Take back the basket that was open when the stall stopped; its live lines (0: none).
@@ -134,6 +137,7 @@ class Session:
             self._basket._lines = list(saved.lines)
             self._basket.audit = list(saved.audit)
             self._basket_id = self._restored_id = saved.basket_id
+            self._order_id = saved.order_id
             # What lies on the plate may be the line last priced: back to zero first.
             self.weigher.mark_sold()
             live = len(self._basket.lines)
@@ -165,6 +169,24 @@ class Session:
     def item_for_label(self, label: str) -> Plu | None:
         code = self.labels.get(label)
         return self.catalogue.get(code) if code is not None else None
+
+    # -- an online order ----------------------------------------------------------------
+    @property
+    def order_id(self) -> int | None:
+        """The online order the open basket fulfils, if any."""
+        with self._lock:
+            return self._order_id
+
+    def attach_order(self, order_id: int | None) -> None:
+        """The open basket fulfils online order ``order_id`` (None: no order); an empty
+        basket only, so every line of its sale is weighed for the order."""
+        with self._lock:
+            if order_id is not None and self._basket.lines:
+                raise BasketError("本单已有商品，请先结账或作废 / the basket holds lines: check out or "
+                                  "discard it first")
+            self._order_id = order_id
+            self._persist()
+        self._on_change("order")
 
     # -- the market's feed -----------------------------------------------------------
     def offer_catalogue(self, catalogue: Catalogue, labels: dict[str, str],
@@ -319,7 +341,7 @@ class Session:
         """Journal the basket as one signed, chained sale (durable before anything else)."""
         info = self.info
         with self._lock:
-            basket, sale_id = self._basket, self._basket_id
+            basket, sale_id, order_id = self._basket, self._basket_id, self._order_id
             lines = basket.sale_lines()  # closes the basket; refuses an empty one
 
         def build(receipt_no: int, prev_hash: str) -> Sale:
@@ -339,6 +361,8 @@ class Session:
                 doc["vendor"] = info.vendor
             if info.rounding != "half-up":
                 doc["rounding"] = info.rounding
+            if order_id is not None:
+                doc["order_id"] = order_id  # the server settles the order from this sale
             doc["signature"] = sign_sale(doc, self.key)
             # The checks the market server runs (its market, this stall's own trace code,
             # a time it can take): what could never upload is never journaled.

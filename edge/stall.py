@@ -2,10 +2,12 @@
 
     journal -> signing key -> catalogue (saved feed, else the config's seed) -> scale
     (simulator) -> link -> session -> recognizer -> printer -> outbox -> flow -> screens
-    -> feed -> shared taught items (``edge.gallery_share``, opt-in) -> simulated vendor (demo)
+    -> feed -> shared taught items (``edge.gallery_share``, opt-in) -> online orders
+    (``edge.orders``) -> simulated vendor (demo)
 
 Every worker thread ends on the stall's one stop event (``stop_event``): the link,
-the outbox, the scale-audit uploader, the feed, the shared-gallery sync, the flow's two threads, the
+the outbox, the scale-audit uploader, the feed, the shared-gallery sync, the order desk, the
+flow's two threads, the
 screens (``edge.screens``: their state hub and their uvicorn) and the simulated
 vendor; ``stop()`` sets it first, then joins the parts in reverse.  The vendor's
 actions go through the flow (``edge.flow``), which prices through the session.  A
@@ -31,6 +33,7 @@ from edge.integrity import load_or_create_key, public_key_b64
 from edge.journal import Journal
 from edge.open_basket import FILE as OPEN_BASKET_FILE
 from edge.open_basket import OpenBasketStore
+from edge.orders import OrderDesk
 from edge.outbox import Outbox
 from edge.sale import Sale
 from edge.session import Session, StallInfo
@@ -61,6 +64,7 @@ class StallApp:
         self.screens: ScreenServer | None = None
         self.outbox: Outbox | None = None
         self.feed: FeedClient | None = None
+        self.orders: OrderDesk | None = None
         self.catalogue: Catalogue | None = None
         self.labels: dict[str, str] = {}
         self.session: Session | None = None
@@ -250,6 +254,19 @@ class StallApp:
         self._stops += start_sharing(self.cfg, self.recognizer, self.key, self.public_key,
                                      self.session, self.stop_event)
 
+    def _start_orders(self) -> None:
+        """Shoppers' online orders at this stall, live on the vendor's screen."""
+        cfg = self.cfg
+        if not (cfg.orders.enabled and cfg.server.token):
+            return
+        desk = OrderDesk(cfg.server.url, cfg.server.token, stall_id=cfg.stall_id, wait_s=cfg.orders.wait_s,
+                         stop_event=self.stop_event)
+        if self.screens is not None:
+            desk.listen(self.screens.hub.poke)
+        desk.start()
+        self.orders = desk
+        self._stops.append(desk.stop)
+
     def _start_vendor(self) -> None:
         if not self.cfg.simulate_vendor:
             return
@@ -267,7 +284,8 @@ class StallApp:
         self.cfg.data_dir.mkdir(parents=True, exist_ok=True)
         for step in (self._start_journal, self._start_key, self._start_catalogue, self._start_scale,
                      self._start_camera, self._start_printer, self._start_outbox, self._start_flow,
-                     self._start_screens, self._start_feed, self._start_gallery, self._start_vendor):
+                     self._start_screens, self._start_feed, self._start_gallery, self._start_orders,
+                     self._start_vendor):
             try:
                 step()
             except BaseException:

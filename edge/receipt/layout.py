@@ -113,14 +113,14 @@ LABELS: dict[str, dict[str, str]] = {
         "head_item": "品名 重量x单价", "head_amount": "金额", "piece": "个",
         "batch": "批次", "total": "合计", "count": "共{n}项", "trace": "追溯码",
         "scan": "扫码查验真伪与溯源", "software": "计价软件 v{version} 校验码 {checksum}",
-        "reprint": "*** 重印 第{n}次 ***",
+        "reprint": "*** 重印 第{n}次 ***", "order": "网上订单 #{n}",
     },
     "en": {
         "stall": "Stall", "vendor": "Vendor", "time": "Time", "receipt": "Receipt",
         "head_item": "Item weight x price", "head_amount": "Amount", "piece": "pc",
         "batch": "Batch", "total": "TOTAL", "count": "{n} item(s)", "trace": "Trace",
         "scan": "Scan to verify and trace", "software": "Software v{version} check {checksum}",
-        "reprint": "*** REPRINT {n} ***",
+        "reprint": "*** REPRINT {n} ***", "order": "Online order #{n}",
     },
 }
 
@@ -322,6 +322,9 @@ def layout_receipt(sale: Sale, meta: ReceiptMeta, width: int = 58,
     blocks += rows(stall)
     blocks.append(Text(f"{labels['time']} {sale.sold_at:%Y-%m-%d %H:%M:%S}"))
     blocks.append(Text(f"{labels['receipt']} {sale.receipt_no:07d}"))
+    order_id = (sale.model_extra or {}).get("order_id")
+    if isinstance(order_id, int):  # an online order (edge.orders): the shopper's number
+        blocks.append(Text(labels["order"].format(n=order_id), bold=True))
     blocks.append(Text(rule_line))
     blocks += [Text(row) for row in spread(labels["head_item"], labels["head_amount"], columns,
                                            encoding)]

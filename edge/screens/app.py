@@ -359,6 +359,9 @@ def create_app(stall: StallApp, hub: ScreenHub, stop: threading.Event) -> FastAP
         hub.poke()
         return JSONResponse({"ok": True, "code": item.code, "label": label})
 
+    from edge.screens.orders import add_order_routes
+
+    add_order_routes(app, stall, hub)  # online orders (edge.orders)
     return app
 
 

@@ -229,7 +229,35 @@ class ScreenHub(Publisher):
             "pictures": sorted(c for c in codes if (pictures / f"{c}.jpg").is_file()),
             "warnings": warnings,
             "faults": faults,
+            "orders": self._orders(snap),
         }
+
+    def _orders(self, snap: Snapshot) -> dict[str, Any] | None:
+        """The stall's online orders (``edge.orders``), and for the order being weighed each
+        accepted line's weight so far against the shopper's estimate and the tolerance."""
+        desk = self.stall.orders
+        if desk is None:
+            return None
+        view = desk.view()
+        view["attached"] = snap.order_id
+        order = desk.get(snap.order_id) if snap.order_id is not None else None
+        progress = []
+        for ln in order.lines if order is not None else []:
+            if ln.state != "accepted":
+                continue
+            got = [b for b in snap.basket if not b.voided and b.plu == ln.plu]
+            weight = sum(b.weight_g or 0 for b in got)
+            pieces = sum(b.quantity or 0 for b in got)
+            if ln.price_unit == "piece":
+                over = bool(got) and pieces != ln.quantity
+            else:
+                est = ln.est_weight_g or 0
+                over = bool(got) and abs(weight - est) * 100 > desk.tolerance_pct * est
+            progress.append({"line_no": ln.line_no, "plu": ln.plu, "weighed": bool(got), "weight_g": weight,
+                             "quantity": pieces, "amount_fen": sum(b.amount_fen for b in got),
+                             "over_tolerance": over})
+        view["progress"] = progress
+        return view
 
     def _server(self, slow: dict[str, Any]) -> dict[str, Any]:
         outbox, feed = self.stall.outbox, self.stall.feed

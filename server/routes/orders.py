@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Request, Response, status
-from fastapi.responses import StreamingResponse
+from fastapi.responses import HTMLResponse, StreamingResponse
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
@@ -25,6 +25,7 @@ from server.guard import GuardedRoute, errors
 from server.order_watch import OrderWatch
 from server.ratelimit import RateLimits
 from server.refusals import as_http
+from server.routes.pages import templates
 from server.routes.stats import Day, refused_as_422
 from server.sessions import load_secret
 from server.stats import check_day, local_today
@@ -249,6 +250,13 @@ def _allowed_slots(request: Request) -> list[dt.datetime]:
 
 
 # -- the shop's public part --------------------------------------------------------------------
+@router.get("/shop", response_class=HTMLResponse)
+def shop_page(request: Request, settings: SettingsDep) -> HTMLResponse:
+    """The shopper's ordering page (phone-first; Chinese, ``?lang=en`` for English)."""
+    return templates.TemplateResponse(request, "shop.html", {"market": settings.market_name},
+                                      headers={"Cache-Control": "no-cache"})
+
+
 @router.get("/api/v1/shop/stalls", response_model=list[ShopStall])
 def shop_stalls(request: Request, session: SessionDep) -> list[ShopStall]:
     """Every stall with its priced items: the price now with its legal unit, a current special,

@@ -300,5 +300,6 @@
   }
 
   window.paints = [];
-  WM.connect(render);
+  // The online orders' panel renders from the same state (orders.js).
+  WM.connect((s) => { render(s); if (window.WMOrders) window.WMOrders.render(s); });
 })();
