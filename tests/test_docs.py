@@ -91,4 +91,6 @@ def test_ci_runs_the_readme_test_command() -> None:
     readme_test = next(line.split("#")[0].strip() for line in two.splitlines() if "make test" in line)
     ci = [line.strip() for line in (REPO / ".ci/run").read_text().splitlines()
           if line.strip() and not line.lstrip().startswith(("#", "set ", "cd "))]
-    assert ci == [readme_test]
+    # Then the dependency audit, which the README documents too (it needs the network).
+    assert ci == [readme_test, "make audit"]
+    assert "make audit" in (REPO / "README.md").read_text(encoding="utf-8")

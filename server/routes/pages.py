@@ -25,11 +25,28 @@ def yuan(fen: int) -> str:
 
 templates.env.filters["yuan"] = yuan
 
+#: The public pages run the package's own scripts only: a tag or an event handler injected
+#: into a name would not run even if escaping failed (no 'unsafe-inline' for scripts).
+#: 'unsafe-eval' stays: the pages never call eval, but the browser tests' polling
+#: (Playwright's wait_for_function) does, in the page.  Inline style stays allowed (the
+#: trace page's own <style>).
+PUBLIC_CSP = ("default-src 'self'; script-src 'self' 'unsafe-eval'; style-src 'self' 'unsafe-inline'; "
+              "img-src 'self' data:; connect-src 'self'; form-action 'self'; "
+              "frame-ancestors 'self'; base-uri 'none'")
+
+
+def _public(response: HTMLResponse) -> HTMLResponse:
+    response.headers["Content-Security-Policy"] = PUBLIC_CSP
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    # The trace page's address carries the receipt's signature: not for other sites.
+    response.headers["Referrer-Policy"] = "same-origin"
+    return response
+
 
 @router.get("/display", response_class=HTMLResponse)
 def display(request: Request, settings: SettingsDep) -> HTMLResponse:
-    return templates.TemplateResponse(request, "display.html", {"market": settings.market_name,
-                                                                 "timezone": settings.timezone})
+    return _public(templates.TemplateResponse(request, "display.html", {
+        "market": settings.market_name, "timezone": settings.timezone}))
 
 
 @router.get("/t/{trace_code}", response_class=HTMLResponse, responses={404: {
@@ -42,14 +59,14 @@ def trace_page(trace_code: str, request: Request, session: SessionDep, settings:
     found = check_receipt(session, trace_code, s)
     if found.sale is None:
         ctx.update(verdict=found.verdict, reason=found.reason)
-        return templates.TemplateResponse(request, "trace.html", ctx, status_code=404)
+        return _public(templates.TemplateResponse(request, "trace.html", ctx, status_code=404))
     row, stall, verdict = found.sale, found.stall, found.verdict
     # Stored in UTC (server.db.UTCDateTime), shown in the market's zone: never the machine's TZ.
     sold_at = row.sold_at.astimezone(settings.tz)
     ctx.update(verdict=verdict, sale=row, stall=stall, flags=row.flags,
                sold_at=sold_at.strftime("%Y-%m-%d %H:%M:%S"), sold_at_iso=sold_at.isoformat(),
                tests=_batch_tests(session, row, settings.tz))
-    return templates.TemplateResponse(request, "trace.html", ctx)
+    return _public(templates.TemplateResponse(request, "trace.html", ctx))
 
 
 def _batch_tests(session: Session, sale: db.Sale, tz: zoneinfo.ZoneInfo) -> dict[str, dict[str, Any]]:
