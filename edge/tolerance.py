@@ -11,7 +11,9 @@ load m                 MPE on initial verification  MPE in service (x2)
 2000 e < m             ±1.5 e                       ±3 e
 =====================  ==========================  ====================
 
-A stall's scale in use is held to the in-service MPE (twice the initial one, R 76-1 3.5.2),
+The same table and the in-service factor stand in EU law (Directive 90/384/EEC; as UK law
+SI 1995/1907, schedule 2 paragraph 4: table 3, and "the maximum permissible errors in service
+are twice ...").  A stall's scale in use is held to the in-service MPE (R 76-1 3.5.2),
 so a shopper's line is short beyond tolerance when the receipt's weight exceeds the fair
 scale's stable reading by more than the in-service MPE of the stall's scale at the
 receipt's load.  A receipt's whole weight was weighed line by line, so its tolerance is the

@@ -60,6 +60,25 @@ def weigh(fair: FairScale, page: Page, grams: int) -> None:
     expect(page.locator("#measured-g")).to_have_text(f"{grams // 1000}.{grams % 1000:03d}")
 
 
+def _luminance(rgb: str) -> float:
+    """WCAG relative luminance of a computed ``rgb(r, g, b)``."""
+    def channel(c: float) -> float:
+        c /= 255
+        return c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4
+
+    r, g, b = (float(x) for x in re.findall(r"[\d.]+", rgb)[:3])
+    return 0.2126 * channel(r) + 0.7152 * channel(g) + 0.0722 * channel(b)
+
+
+def contrast(page: Page, selector: str) -> float:
+    """The WCAG contrast ratio of ``selector``'s text against its figure's background."""
+    fg, bg = page.evaluate("""(sel) => { const v = document.querySelector(sel);
+        return [getComputedStyle(v).color, getComputedStyle(v.closest('.fig')).backgroundColor]; }""",
+                           selector)
+    light, dark = sorted((_luminance(fg), _luminance(bg)), reverse=True)
+    return (light + 0.05) / (dark + 0.05)
+
+
 def test_a_1_kg_line_40_g_short_raises_the_alert(tmp_path: Path, browser: Browser) -> None:
     market = Market(tmp_path)
     market.start()
@@ -100,6 +119,8 @@ def test_a_1_kg_line_40_g_short_raises_the_alert(tmp_path: Path, browser: Browse
         expect(page.locator("#receipt-g")).to_have_text("1.000")
         weigh(fair, page, 960)
         expect(page.locator("#diff-g")).to_have_text("-40")
+        for figure in ("#receipt-g", "#measured-g", "#diff-g"):  # read from a step away (WCAG AAA: 7)
+            assert contrast(page, figure) >= 7, figure
         page.click("#btn-check")
         expect(page.locator("#verdict")).to_have_attribute("data-verdict", "short")
         expect(page.locator("#verdict")).to_contain_text("短斤少两")

@@ -89,6 +89,7 @@
     WM.clear(v);
     const res = s.result;
     v.dataset.verdict = res ? (res.verdict || (res.queued ? "queued" : "none")) : "none";
+    v.dataset.check = res && res.check_id ? res.check_id : "";
     if (res && res.verdict) {
       v.append(WM.bi(res.message_zh, res.message_en, "big"));
       if (res.receipt_g !== null) {
