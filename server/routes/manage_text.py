@@ -151,4 +151,23 @@ EN: dict[str, str] = {
     "hot_stalls": "Stall ranking today",
 }
 
+# Online orders (server.routes.manage_orders).
+ZH.update({
+    "orders": "线上订单", "online_share": "线上订单占当日销售", "online_sales": "线上单数",
+    "no_orders": "还没有线上订单", "order_phone": "手机", "order_state": "状态", "order_placed_at": "下单",
+    "order_slot": "取货时段", "order_estimate": "预估", "order_final": "实收", "order_payment": "支付",
+    "order_placed": "待接单", "order_accepted": "已接单",
+    "order_weighing": "称重中", "order_ready": "已备好", "order_picked_up": "已取货",
+    "order_cancelled": "已取消", "order_partly": "部分缺货", "pay_cash": "现金", "pay_qr": "扫码",
+})
+EN.update({
+    "orders": "Online orders", "online_share": "Online orders' share of the day's sales",
+    "online_sales": "online sales", "no_orders": "No online orders yet", "order_phone": "Phone",
+    "order_state": "State", "order_placed_at": "Placed", "order_slot": "Pickup slot",
+    "order_estimate": "Estimate", "order_final": "Final", "order_payment": "Paid by",
+    "order_placed": "Not accepted yet", "order_accepted": "Accepted",
+    "order_weighing": "Being weighed", "order_ready": "Ready", "order_picked_up": "Picked up",
+    "order_cancelled": "Cancelled", "order_partly": "partly declined", "pay_cash": "cash", "pay_qr": "QR",
+})
+
 TEXT = {"zh": ZH, "en": EN}

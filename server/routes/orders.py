@@ -25,6 +25,7 @@ from server.guard import GuardedRoute, errors
 from server.order_watch import OrderWatch
 from server.ratelimit import RateLimits
 from server.refusals import as_http
+from server.routes import manage_orders
 from server.routes.pages import templates
 from server.routes.stats import Day, refused_as_422
 from server.sessions import load_secret
@@ -534,3 +535,7 @@ def online_share(session: SessionDep, settings: SettingsDep, day: Day = None) ->
     with refused_as_422():
         when = check_day(day) if day is not None else local_today(settings.tz)
     return OnlineShare(**orders.online_share(session, when))
+
+
+# The manager's page of orders, /manage/orders (server.routes.manage_orders).
+router.include_router(manage_orders.router)

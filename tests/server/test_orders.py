@@ -140,7 +140,12 @@ def test_an_order_is_placed_accepted_weighed_and_settled_by_its_sale(server: Liv
     assert share["share_pct"] == 100.0
     with server.client(ADMIN) as m:
         listed = m.get("/api/v1/orders-all").json()
-    assert [(o["id"], o["state"], o["phone_masked"]) for o in listed] == [(oid, "picked_up", "138****8000")]
+        assert [(o["id"], o["state"], o["phone_masked"]) for o in listed] == \
+            [(oid, "picked_up", "138****8000")]
+        page = m.get("/manage/orders")  # the manager's page: the order and the day's online share
+    assert page.status_code == 200, page.text
+    assert f'data-id="{oid}" data-state="picked_up"' in page.text and "138****8000" in page.text
+    assert '<span class="num" id="share-pct">100.0 %</span>' in page.text
 
 
 def _resign(sim: StallSim, sale: dict[str, Any], *, extra_line: dict[str, Any]) -> dict[str, Any]:
