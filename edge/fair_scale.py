@@ -27,6 +27,7 @@ import logging
 import re
 import threading
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -38,6 +39,7 @@ from edge.camera import Camera, ImageFolderCamera, OpenCVCamera
 from edge.config import MarketConfig, ScaleConfig, ServerLink, load_toml
 from edge.folder_outbox import FolderOutbox, detail
 from edge.legal import legal_id
+from edge.parts import start_in_order, stop_in_reverse
 from edge.screens.hub import Publisher
 from edge.weighing import Weigher
 
@@ -134,7 +136,7 @@ class FairScale:
     def __init__(self, cfg: FairScaleConfig) -> None:
         self.cfg = cfg
         self.stop_event = threading.Event()
-        self._stops: list[Any] = []
+        self._stops: list[Callable[[], object]] = []
         self.sim: Simulator | None = None
         self.link: Link | None = None
         self.weigher = Weigher(cfg.scale)
@@ -157,23 +159,14 @@ class FairScale:
     # -- life ----------------------------------------------------------------------------------
     def start(self) -> None:
         self.cfg.data_dir.mkdir(parents=True, exist_ok=True)
-        try:
-            for step in (self._start_scale, self._start_outbox, self._start_camera, self._start_screen):
-                step()
-        except BaseException:
-            self.stop()
-            raise
+        start_in_order((self._start_scale, self._start_outbox, self._start_camera, self._start_screen),
+                       self.stop)
         logger.info("fair scale %s started", self.cfg.device_id)
 
     def stop(self) -> None:
         self.stop_event.set()
         self._wake.set()
-        while self._stops:
-            fn = self._stops.pop()
-            try:
-                fn()
-            except Exception:  # noqa: BLE001 - keep stopping the rest
-                logger.exception("error while stopping %s", fn)
+        stop_in_reverse(self._stops)
         self._client.close()
 
     def _start_scale(self) -> None:

@@ -35,6 +35,7 @@ from edge.open_basket import FILE as OPEN_BASKET_FILE
 from edge.open_basket import OpenBasketStore
 from edge.orders import OrderDesk
 from edge.outbox import Outbox
+from edge.parts import start_in_order, stop_in_reverse
 from edge.sale import Sale
 from edge.session import Session, StallInfo
 from edge.weighing import Weigher
@@ -282,25 +283,15 @@ class StallApp:
 
     def start(self) -> None:
         self.cfg.data_dir.mkdir(parents=True, exist_ok=True)
-        for step in (self._start_journal, self._start_key, self._start_catalogue, self._start_scale,
-                     self._start_camera, self._start_printer, self._start_outbox, self._start_flow,
-                     self._start_screens, self._start_feed, self._start_gallery, self._start_orders,
-                     self._start_vendor):
-            try:
-                step()
-            except BaseException:
-                self.stop()
-                raise
+        start_in_order((self._start_journal, self._start_key, self._start_catalogue, self._start_scale,
+                        self._start_camera, self._start_printer, self._start_outbox, self._start_flow,
+                        self._start_screens, self._start_feed, self._start_gallery, self._start_orders,
+                        self._start_vendor), self.stop)
         logger.info("stall %s started", self.cfg.stall_id)
 
     def stop(self) -> None:
         self.stop_event.set()
-        while self._stops:
-            fn = self._stops.pop()
-            try:
-                fn()
-            except Exception:  # noqa: BLE001 - keep stopping the rest
-                logger.exception("error while stopping %s", fn)
+        stop_in_reverse(self._stops)
 
     # -- the vendor's "print" button ---------------------------------------------------------
     def checkout(self) -> Sale:
