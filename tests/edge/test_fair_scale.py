@@ -5,6 +5,8 @@ market server away (a pty scale simulator, the screen on 127.0.0.1, no mocks).""
 from __future__ import annotations
 
 import re
+import signal
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -94,3 +96,33 @@ def test_with_the_server_away_the_weight_shows_and_the_check_waits(offline_fair:
         assert state["weight"]["stable_g"] == 1234
     queued = offline_fair.outbox.pending()
     assert len(queued) == 1 and f'"trace_code": "{CODE}"' in queued[0].read_text()
+
+
+def test_wetmarket_fair_scale_runs_as_a_process_and_stops_on_sigterm(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from edge.cli import main
+    from tests.edge.test_cli import WETMARKET
+
+    config = tmp_path / "fair-scale.toml"
+    config.write_text('data_dir = "fair"\n[scale]\nport = "sim"\ne_g = 2\n[screen]\nport = 0\n'
+                      f'[server]\nurl = "http://127.0.0.1:{free_port()}"\n', encoding="utf-8")
+    proc = subprocess.Popen([WETMARKET, "fair-scale", "--config", str(config)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()  # "fair scale F01: http://127.0.0.1:PORT/fair", once it serves
+        url = re.search(r"(http://127\.0\.0\.1:\d+)/fair", line)
+        assert url is not None, line + proc.stderr.read() if proc.stderr else line
+        state = httpx.get(f"{url.group(1)}/api/state", timeout=5).json()
+        assert state["device"]["id"] == "F01" and state["server"]["configured"] is False
+        assert "公平秤" in httpx.get(f"{url.group(1)}/fair", timeout=5).text
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(15) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+    assert (tmp_path / "fair" / "check-outbox").is_dir()  # data_dir beside the config file
+    assert main(["fair-scale", "--config", str(tmp_path / "nope.toml")]) == 1
+    assert capsys.readouterr().err.splitlines() == [
+        f"wetmarket fair-scale: error: fair-scale config {tmp_path / 'nope.toml'} does not exist"]
