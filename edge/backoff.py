@@ -59,6 +59,17 @@ class BackoffSender:
             self._thread.join(timeout=drain_s + self._client.timeout.read + 1)  # type: ignore[operator]
         self._client.close()
 
+    def stop_now(self, drain_s: float = 2.0) -> None:
+        """Stop without a last attempt and without waiting for a long poll in flight (nothing
+        waits to be sent): the thread, a daemon, ends with the server's answer; its client
+        closes then."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=drain_s)
+        if self._thread is None or not self._thread.is_alive():
+            self._client.close()
+
     def _run(self) -> None:
         backoff = 0.5
         while True:

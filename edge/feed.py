@@ -394,12 +394,7 @@ class FeedClient(BackoffSender):
     def stop(self, drain_s: float = 2.0) -> None:
         """Stop without a last attempt: nothing waits to be sent.  A long poll in flight
         ends when the server answers (the thread is a daemon); its client closes then."""
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout=drain_s)
-        if self._thread is None or not self._thread.is_alive():
-            self._client.close()
+        self.stop_now(drain_s)
 
     def flush_once(self) -> int:
         return int(self.poll_once(self.wait_s))

@@ -119,14 +119,8 @@ class OrderDesk(BackoffSender):
 
     # -- the long poll ---------------------------------------------------------------------
     def stop(self, drain_s: float = 2.0) -> None:
-        """Stop without waiting for a long poll in flight (nothing waits to be sent): the
-        thread, a daemon, ends with the server's answer."""
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout=drain_s)
-        if self._thread is None or not self._thread.is_alive():
-            self._client.close()
+        """Stop without waiting for a long poll in flight (nothing waits to be sent)."""
+        self.stop_now(drain_s)
 
     def flush_once(self) -> int:
         return int(self.poll_once(self.wait_s))

@@ -37,6 +37,7 @@ MARKET_ENV = {
     "market_region": "WETMARKET_MARKET_REGION",
     "market_number": "WETMARKET_MARKET_NUMBER",
     "timezone": "WETMARKET_TIMEZONE",
+    "order_tolerance_pct": "WETMARKET_ORDER_TOLERANCE_PCT",
 }
 
 
@@ -132,6 +133,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--timezone", metavar="ZONE",
                    help="the market's time zone: its local day and every time shown "
                         "(default Asia/Shanghai or $WETMARKET_TIMEZONE)")
+    p.add_argument("--order-tolerance-pct", metavar="PCT",
+                   help="an online order's weighed line differing from the shopper's estimate by more "
+                        "than this is shown to her with both amounts (default 10 or "
+                        "$WETMARKET_ORDER_TOLERANCE_PCT)")
     p.add_argument("--workers", type=int, default=1, metavar="N",
                    help="server processes (default 1; several on PostgreSQL only: each takes "
                         "uploads and serves pages, and a big screen on any of them sees every "

@@ -83,13 +83,15 @@ def add_order_routes(app: FastAPI, stall: StallApp, hub: ScreenHub) -> None:
             return _refused("本单已有商品，请先结账或作废 / the basket holds lines: check out or "
                             "discard it first")
         result = d.start_weighing(order_id)
-        if not result.ok:
+        if not result.ok and not result.offline:
             return answer(result)
+        # The server away: weighing goes on (the sale carries the order's id and settles it
+        # when the outbox uploads it); only the shopper's "being weighed" waits.
         attached = flow.attach_order(order_id)
         hub.poke()
         if not attached.ok:
             return _refused(attached.reason or "")
-        return JSONResponse({"ok": True, "order_id": order_id})
+        return JSONResponse({"ok": True, "order_id": order_id, "server": result.ok})
 
     @app.post("/api/orders/detach", tags=["orders"], responses=refusals)
     def detach() -> JSONResponse:

@@ -21,6 +21,7 @@ from starlette.concurrency import run_in_threadpool
 from server import db, orders
 from server.auth import Credentials, ManagerDep
 from server.deps import SessionDep, SettingsDep, write_lock
+from server.feed import etag_matches
 from server.guard import GuardedRoute, errors
 from server.order_watch import OrderWatch
 from server.ratelimit import RateLimits
@@ -451,7 +452,7 @@ async def stall_orders(
     try:
         answer = await run_in_threadpool(_stall_orders, request)
         body = answer.model_dump_json()
-        if if_none_match == _tag(body) and wait > 0:
+        if etag_matches(if_none_match, _tag(body)) and wait > 0:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(waiter.event.wait(), wait)
             answer = await run_in_threadpool(_stall_orders, request)
@@ -459,7 +460,7 @@ async def stall_orders(
     finally:
         watch.unsubscribe(waiter)
     tag = _tag(body)
-    if if_none_match == tag:
+    if etag_matches(if_none_match, tag):
         return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers={"ETag": tag})
     return Response(body, media_type="application/json", headers={"ETag": tag, "Cache-Control": "no-store"})
 

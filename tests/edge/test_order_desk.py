@@ -1,0 +1,78 @@
+"""The stall's order desk (``edge.orders``) against a live market server: it long-polls this
+stall's open orders, counts the new ones (the vendor's chime), sends the vendor's decisions
+with the server's refusals as they are, and says when the server is away (nothing changed)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from edge.orders import OrderDesk
+from server.app import create_app
+from server.settings import Settings
+from tests.conftest import LiveServer, free_port
+from tests.server.conftest import ADMIN, StallSim, register_stall
+from tests.server.test_orders import PHONE_A, _set_up, _shopper, _slot
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[LiveServer]:
+    with LiveServer(create_app(Settings(db_url=f"sqlite:///{tmp_path / 'm.db'}", admin_token=ADMIN))) as srv:
+        yield srv
+
+
+def test_the_desk_follows_the_orders_and_sends_the_vendors_decisions(server: LiveServer) -> None:
+    sim, token = _set_up(server)
+    stop = threading.Event()
+    desk = OrderDesk(server.url, token, stall_id=sim.stall_id, wait_s=0, stop_event=stop)
+    assert desk.poll_once() and desk.view()["list"] == [] and desk.arrived == 0
+    assert not desk.poll_once()  # unchanged: 304 with the ETag
+    shopper = _shopper(server, PHONE_A)
+    r = shopper.post("/api/v1/orders", json={"stall_id": sim.stall_id, "slot_start": _slot(shopper),
+                                              "lines": [{"plu": "1001", "est_weight_g": 500},
+                                                        {"plu": "3001", "quantity": 2}]})
+    oid = r.json()["id"]
+    assert desk.poll_once()
+    view = desk.view()
+    assert (desk.arrived, view["waiting"], view["tolerance_pct"]) == (1, 1, 10)
+    assert [(o["id"], o["phone_masked"]) for o in view["list"]] == [(oid, "138****8000")]
+
+    done = desk.accept(oid, [2])
+    assert done.ok and done.order is not None and done.order.state == "accepted"
+    assert [ln.state for ln in done.order.lines] == ["accepted", "declined"]
+    again = desk.accept(oid, [])
+    assert not again.ok and not again.offline and "cannot accept" in (again.reason or "")
+    assert desk.start_weighing(oid).order.state == "weighing"  # type: ignore[union-attr]
+    paused = desk.set_open(False)
+    assert paused.ok and desk.view()["open"] is False
+    assert shopper.get("/api/v1/shop/stalls").json()[0]["open"] is False
+    assert desk.arrived == 1  # an order seen again is no new arrival
+    desk.poll_once()
+    assert desk.arrived == 1
+
+    away = OrderDesk(f"http://127.0.0.1:{free_port()}", token, stall_id=sim.stall_id, wait_s=0,
+                     stop_event=stop, timeout_s=1)
+    result = away.accept(oid, [])
+    assert not result.ok and result.offline and "server away" in (result.reason or "")
+    try:
+        away.poll_once()
+    except httpx.HTTPError:
+        pass
+    else:
+        raise AssertionError("a server away must raise for the back-off loop")
+
+
+def test_another_stalls_token_sees_none_of_the_orders(server: LiveServer) -> None:
+    sim, _ = _set_up(server)
+    other_token = register_stall(server, StallSim("S03"), name="张记")
+    shopper = _shopper(server, PHONE_A)
+    oid = shopper.post("/api/v1/orders", json={"stall_id": sim.stall_id, "slot_start": _slot(shopper),
+                                                "lines": [{"plu": "1001", "est_weight_g": 500}]}).json()["id"]
+    desk = OrderDesk(server.url, other_token, stall_id="S03", wait_s=0)
+    assert desk.poll_once() and desk.view()["list"] == []
+    refused = desk.accept(oid, [])
+    assert not refused.ok and "no order" in (refused.reason or "")
