@@ -400,6 +400,7 @@ def _json(value: object) -> str:
 class Writer:
     """Bulk writes into one database; subclasses per dialect."""
 
+    def months(self, first: dt.date, last: dt.date) -> None: ...
     def begin_bulk(self) -> None: ...
     def write(self, table: str, columns: tuple[str, ...], rows: list[tuple[Any, ...]]) -> None: ...
     def end_bulk(self) -> None: ...
@@ -455,9 +456,27 @@ class PostgresWriter(Writer):
     def __init__(self, url: str) -> None:
         import psycopg
 
+        self.url = url
         self.conn = psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://"), autocommit=False)
         self.dropped_constraints: list[tuple[str, str, str]] = []
         self.dropped_indexes: list[str] = []
+
+    def months(self, first: dt.date, last: dt.date) -> None:
+        """The sales partitions of the history's months, as the server makes them for its own
+        (``server.partitions``): else the history would all land in the default partition."""
+        from server import partitions
+        from server.db import make_engine
+
+        engine = make_engine(self.url)
+        try:
+            with engine.begin() as conn:
+                if partitions.is_partitioned(conn):
+                    month = partitions.month_of(first)
+                    while month <= last:
+                        partitions.add_month(conn, month)
+                        month = partitions.next_month(month)
+        finally:
+            engine.dispose()
 
     def begin_bulk(self) -> None:
         cur = self.conn.cursor()
@@ -602,6 +621,7 @@ def generate(url: str, plan: Plan, *, state: Path | None = None, jobs: int = 1,
                 [(s.stall_id, CATALOGUE[i][0], history.price_fen(s, i, last), now)
                  for s in history.stalls for i in s.items])
         w.finish()
+        w.months(history.first_day, history.last_day)
         w.begin_bulk()
         t0, done = time.perf_counter(), 0
         for d, (sale_rows, line_rows) in enumerate(_days(history, dialect, jobs)):

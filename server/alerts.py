@@ -31,7 +31,7 @@ import logging
 import statistics
 import threading
 from collections import defaultdict
-from collections.abc import Collection, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -43,7 +43,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
-from server import db
+from server import db, partitions
 from server.refusals import NotFound
 
 if TYPE_CHECKING:
@@ -301,12 +301,18 @@ class Checker:
     maker: Any  # sessionmaker[Session]
     contacts: Contacts
     write_lock: threading.Lock | None = None
+    #: Makes the sales partitions around a day (``server.partitions.ensure``): once a day.
+    ensure_partitions: Callable[[dt.date], object] | None = None
     #: Today's sales count when the sold prices were last checked: unchanged, nothing to do.
     _sold_seen: tuple[dt.date, int] | None = field(default=None, repr=False)
+    _partitions_day: dt.date | None = field(default=None, repr=False)
 
     def run_once(self, now: dt.datetime | None = None) -> None:
         now = now or _now()
         day = now.astimezone(self.settings.tz).date()
+        if self.ensure_partitions is not None and self._partitions_day != day:
+            self.ensure_partitions(day)  # before the month turns, whatever the uptime
+            self._partitions_day = day
         seen = self.contacts.take()
         try:
             with self.write_lock or nullcontext(), self.maker.begin() as session:
@@ -339,7 +345,8 @@ async def run_checks(checker: Checker, interval_s: float) -> None:
 def start_checks(app: FastAPI) -> asyncio.Task[None]:
     """The server's background task of periodic checks (cancel it at shutdown)."""
     state = app.state
-    checker = Checker(state.settings, state.sessionmaker, state.contacts, state.write_lock)
+    checker = Checker(state.settings, state.sessionmaker, state.contacts, state.write_lock,
+                      ensure_partitions=lambda day: partitions.ensure(state.engine, day))
     state.alert_checker = checker
     return asyncio.create_task(run_checks(checker, state.settings.alert_check_s),
                                name="wetmarket-alert-checks")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 import threading
 import uuid
@@ -17,7 +18,7 @@ from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 from sqlalchemy import orm
 
-from server import alerts, sessions
+from server import alerts, partitions, sessions
 from server.auth import admin_token_sha256
 from server.db import init_db, make_engine
 from server.events import MARKET_CHANNEL, Broker, PgListener, market_noted, watch_market_changes
@@ -57,6 +58,9 @@ def create_app(settings: Settings) -> FastAPI:
         path.parent.mkdir(parents=True, exist_ok=True)
     engine = make_engine(settings.db_url)
     sessionmaker = init_db(engine, settings.tz)
+    # PostgreSQL: this month's sales partition and the next ones exist before any upload
+    # (then once a day: server.alerts).
+    partitions.ensure(engine, dt.datetime.now(settings.tz).date())
     # Statistics, the big screen's figures and the export may read a streaming replica: the
     # schema is the primary's (migrated above), so nothing is migrated there.
     read_engine = make_engine(settings.read_db_url) if settings.read_db_url else None

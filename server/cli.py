@@ -9,7 +9,7 @@ import os
 import socket
 import sys
 
-from server import ConfigError, manager_cli
+from server import ConfigError, manager_cli, sales_cli
 
 logger = logging.getLogger(__name__)
 
@@ -143,3 +143,4 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "stored sale)")
     p.set_defaults(run=_run)
     manager_cli.register(sub)
+    sales_cli.register(sub)

@@ -51,7 +51,7 @@ from edge.integrity import sale_digest
 from edge.pricing import check_sale
 from edge.sale import Sale as SaleModel
 from edge.tracecode import stall_id_aliases, stall_number
-from server import alerts, db, orders
+from server import alerts, db, orders, partitions
 from server.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -370,17 +370,24 @@ def _insert(session: Session, sale_rows: list[dict[str, Any]], line_rows: list[d
     session.execute(_LINE_INSERT, line_rows)
 
 
-_S = db.Sale
-_FOUND = (_S.sale_id, _S.trace_code, _S.stall_id, _S.receipt_no, _S.digest)
-#: What the database holds of the sales being stored, in one round trip: rows with one of
-#: their sale ids, one of their trace codes, or a previous receipt of one of their stalls;
-#: each part reads its own index (primary key, unique trace code, stall and receipt).
-_LOOK_UP = union_all(
-    select(*_FOUND).where(_S.sale_id.in_(bindparam("ids", expanding=True))),
-    select(*_FOUND).where(_S.trace_code.in_(bindparam("codes", expanding=True))),
-    select(*_FOUND).where(_S.stall_id.in_(bindparam("stalls", expanding=True)),
-                          _S.receipt_no.in_(bindparam("nos", expanding=True))),
-)
+def _look_up_query(sale_id: Any, trace_code: Any, stall_id: Any, receipt_no: Any, digest: Any) -> Any:
+    """What the database holds of the sales being stored, in one round trip: rows with one
+    of their sale ids, one of their trace codes, or a previous receipt of one of their
+    stalls; each part reads its own index (primary key, unique trace code, stall and receipt)."""
+    found = (sale_id, trace_code, stall_id, receipt_no, digest)
+    return union_all(
+        select(*found).where(sale_id.in_(bindparam("ids", expanding=True))),
+        select(*found).where(trace_code.in_(bindparam("codes", expanding=True))),
+        select(*found).where(stall_id.in_(bindparam("stalls", expanding=True)),
+                             receipt_no.in_(bindparam("nos", expanding=True))),
+    )
+
+
+_S, _K = db.Sale, partitions.SALE_KEYS.c
+_LOOK_UP = _look_up_query(_S.sale_id, _S.trace_code, _S.stall_id, _S.receipt_no, _S.digest)
+#: PostgreSQL: the same from ``sale_keys``, which holds every sale's keys, archived months'
+#: too (``server.partitions``): one unpartitioned table with unique indexes.
+_LOOK_UP_KEYS = _look_up_query(_K.sale_id, _K.trace_code, _K.stall_id, _K.receipt_no, _K.digest)
 
 
 def _look_up(session: Session, sales: list[Prepared]
@@ -395,7 +402,8 @@ def _look_up(session: Session, sales: list[Prepared]
     ids = {p.sale_id for p in sales}
     codes = {p.sale.trace_code for p in sales}
     wanted = {(p.sale.stall_id, p.sale.receipt_no - 1) for p in sales}
-    rows = session.execute(_LOOK_UP, {"ids": sorted(ids), "codes": sorted(codes),
+    query = _LOOK_UP_KEYS if session.get_bind().dialect.name == "postgresql" else _LOOK_UP
+    rows = session.execute(query, {"ids": sorted(ids), "codes": sorted(codes),
                                       "stalls": sorted({s for s, _ in wanted}),
                                       "nos": sorted({n for _, n in wanted})})
     for sale_id, code, stall_id, receipt_no, digest in rows:

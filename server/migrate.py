@@ -24,7 +24,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, inspect, text
 from sqlalchemy.exc import SQLAlchemyError
 
-from server import ConfigError
+from server import ConfigError, partitions
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +39,12 @@ def alembic_config(connection: Connection | None = None) -> Config:
     if connection is not None:
         cfg.attributes["connection"] = connection
     return cfg
+
+
+def include_name(name: str | None, type_: str, _parents: object) -> bool:
+    """What autogenerate and the schema comparison look at: not the tables the sales
+    partitioning adds on PostgreSQL (``server.partitions``), which no model describes."""
+    return not (type_ == "table" and name is not None and partitions.is_partition_table(name))
 
 
 def head() -> str:

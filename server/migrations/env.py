@@ -10,6 +10,7 @@ from alembic import context
 from sqlalchemy import Connection
 
 from server.db import Base, make_engine
+from server.migrate import include_name
 
 config = context.config
 target_metadata = Base.metadata
@@ -22,6 +23,7 @@ def _run(connection: Connection) -> None:
         # SQLite cannot ALTER most things: alembic rebuilds the table ("batch" mode).
         render_as_batch=connection.dialect.name == "sqlite",
         compare_type=True,
+        include_name=include_name,  # not the sales partitions (server.partitions)
     )
     with context.begin_transaction():
         context.run_migrations()

@@ -64,7 +64,8 @@ def test_statistics_screen_and_export_read_the_replica(pair) -> None:  # type: i
 
         def upload(grams: int) -> None:
             with srv.client(token) as c:
-                r = c.post("/api/v1/sales", json={"sales": [sim.sale([("1001", "西红柿", grams, 300, "500g")])]})
+                sale = sim.sale([("1001", "西红柿", grams, 300, "500g")])
+                r = c.post("/api/v1/sales", json={"sales": [sale]})
             assert r.status_code == 200 and r.json()["accepted"] == 1, r.text
 
         def figures() -> tuple[int, int, int]:
