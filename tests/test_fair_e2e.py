@@ -157,6 +157,17 @@ def test_a_1_kg_line_40_g_short_raises_the_alert(tmp_path: Path, browser: Browse
         page.click("#btn-check")
         expect(page.locator("#verdict")).to_have_attribute("data-verdict", "ok")
 
+        # a receipt this market never printed (another receipt number): said so, and recorded
+        page.click("#btn-reset")
+        forged = sale["trace_code"][:-2] + "9" + sale["trace_code"][-1]
+        page.locator("#scan").press_sequentially(forged)
+        page.locator("#scan").press("Enter")
+        expect(page.locator("#receipt")).to_have_attribute("data-state", "forged")
+        expect(page.locator("#receipt")).to_contain_text("收据无效")
+        expect(page.locator("#lines button")).to_have_count(0)
+        page.click("#btn-check")
+        expect(page.locator("#verdict")).to_have_attribute("data-verdict", "forged")
+
         # the server away: the weight is shown, the check waits in the queue
         market.stop()
         fair.sim.remove()
@@ -173,7 +184,8 @@ def test_a_1_kg_line_40_g_short_raises_the_alert(tmp_path: Path, browser: Browse
         assert wait_for(lambda: not fair.outbox.pending(), timeout=20)  # type: ignore[union-attr]
         checks = market.get("/api/v1/fair-checks")
         assert [(c["verdict"], c["line_no"], c["receipt_g"], c["measured_g"]) for c in checks] == [
-            ("short", None, 1500, 1400), ("ok", None, 1500, 1492), ("short", 1, 1000, 960)]
+            ("short", None, 1500, 1400), ("forged", None, None, 1492), ("ok", None, 1500, 1492),
+            ("short", 1, 1000, 960)]
         assert len(market.get("/api/v1/alerts?kind=short_weight")) == 2
         assert page.evaluate("window.__marker") == 1 and not errors
     finally:

@@ -83,7 +83,8 @@
     $("measured-g").textContent = WM.kg(shown);
     $("measured-g").dataset.stable = String(w.stable_g !== null);
     $("diff-g").textContent = receiptG !== null && w.stable_g !== null ? String(w.stable_g - receiptG) : "—";
-    $("btn-check").disabled = !(s.receipt && w.stable_g !== null && rs !== "forged");
+    // A forged receipt is checked too: the market keeps the record of it.
+    $("btn-check").disabled = !(s.receipt && w.stable_g !== null);
 
     const v = $("verdict");
     WM.clear(v);
