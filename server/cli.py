@@ -38,6 +38,8 @@ MARKET_ENV = {
     "market_number": "WETMARKET_MARKET_NUMBER",
     "timezone": "WETMARKET_TIMEZONE",
     "order_tolerance_pct": "WETMARKET_ORDER_TOLERANCE_PCT",
+    "order_rate_phone": "WETMARKET_ORDER_RATE_PHONE",  # limits' notation: 10/minute;60/hour
+    "order_rate_addr": "WETMARKET_ORDER_RATE_ADDR",
 }
 
 

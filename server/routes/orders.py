@@ -16,17 +16,20 @@ from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Requ
 from fastapi.responses import HTMLResponse, StreamingResponse
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import func, select
 from starlette.concurrency import run_in_threadpool
 
 from server import db, orders
 from server.auth import Credentials, ManagerDep
 from server.deps import SessionDep, SettingsDep, write_lock
 from server.feed import etag_matches
+from server.fields import STALL_PATTERN
 from server.guard import GuardedRoute, errors
 from server.order_watch import OrderWatch
 from server.ratelimit import RateLimits
 from server.refusals import as_http
 from server.routes import manage_orders
+from server.routes.manage_common import CSP
 from server.routes.pages import templates
 from server.routes.stats import Day, refused_as_422
 from server.sessions import load_secret
@@ -184,6 +187,14 @@ class ShopStall(BaseModel):
     items: list[ShopItem]
 
 
+class ShopStallSummary(BaseModel):
+    stall_id: str
+    name: str
+    open: bool = Field(description="whether the stall takes online orders now")
+    online: bool = Field(description="heard from within the last 90 s")
+    items: int = Field(description="how many items it prices")
+
+
 class Slot(BaseModel):
     start: str
     end: str
@@ -255,39 +266,54 @@ def _allowed_slots(request: Request) -> list[dt.datetime]:
 @router.get("/shop", response_class=HTMLResponse)
 def shop_page(request: Request, settings: SettingsDep) -> HTMLResponse:
     """The shopper's ordering page (phone-first; Chinese, ``?lang=en`` for English)."""
+    # The page's script and style are files of its own: no inline code may run on it.
     return templates.TemplateResponse(request, "shop.html", {"market": settings.market_name},
-                                      headers={"Cache-Control": "no-cache"})
+                                      headers={"Cache-Control": "no-cache", "Content-Security-Policy": CSP,
+                                               "Referrer-Policy": "same-origin"})
 
 
-@router.get("/api/v1/shop/stalls", response_model=list[ShopStall])
-def shop_stalls(request: Request, session: SessionDep) -> list[ShopStall]:
-    """Every stall with its priced items: the price now with its legal unit, a current special,
-    the latest rapid test (a failed batch cannot be ordered), whether the stall takes orders."""
+@router.get("/api/v1/shop/stalls", response_model=list[ShopStallSummary])
+def shop_stalls(request: Request, session: SessionDep) -> list[ShopStallSummary]:
+    """Every stall: whether it takes orders, whether it is online, how many items it prices."""
+    now = dt.datetime.now(dt.UTC)
+    stalls = list(session.execute(select(db.Stall.stall_id, db.Stall.name).order_by(db.Stall.stall_id)))
+    online = orders.stall_online(session, request.app.state.contacts.peek(), [s for s, _ in stalls], now)
+    desks = dict(session.execute(select(db.OrderDesk.stall_id, db.OrderDesk.open)).all())
+    counts = dict(session.execute(
+        select(db.StallPrice.stall_id, func.count()).join(db.Item, db.Item.plu == db.StallPrice.plu)
+        .where(db.Item.active.is_(True)).group_by(db.StallPrice.stall_id)).all())
+    return [ShopStallSummary(stall_id=sid, name=name, open=desks.get(sid, True), online=online[sid],
+                             items=counts.get(sid, 0)) for sid, name in stalls]
+
+
+@router.get("/api/v1/shop/stalls/{stall_id}", response_model=ShopStall, responses=errors(404))
+def shop_stall(stall_id: Annotated[str, Path(pattern=STALL_PATTERN)], request: Request,
+               session: SessionDep) -> ShopStall:
+    """One stall's priced items: the price now with its legal unit, a current special, the
+    latest rapid test (a failed batch cannot be ordered), whether the stall takes orders."""
     now = dt.datetime.now(dt.UTC)
     tz = request.app.state.settings.tz
-    stalls = list(session.query(db.Stall).order_by(db.Stall.stall_id))
-    online = orders.stall_online(session, request.app.state.contacts.peek(),
-                                 [s.stall_id for s in stalls], now)
-    tests = orders.latest_tests(session)
-    desks = {d.stall_id: d.open for d in session.query(db.OrderDesk)}
-    out = []
-    for stall in stalls:
-        items = []
-        for item, price, regular, special in orders.stall_prices(session, stall.stall_id, now).values():
-            test = tests.get((stall.stall_id, item.plu))
-            failed = test is not None and test.result == "fail"
-            items.append(ShopItem(
-                plu=item.plu, name=item.name, name_en=item.name_en, category=item.category,
-                price_unit=item.price_unit, unit_price_fen=price, regular_price_fen=regular,
-                special_title=(special.title or "特价") if special is not None and price < regular else None,
-                special_ends_at=special.ends_at.astimezone(tz).isoformat()
-                if special is not None and price < regular else None,
-                origin=item.origin, inspection=test.result if test is not None else None,
-                orderable=not failed,
-                why_not="农残快检不合格，禁止销售 / failed the rapid test: not for sale" if failed else None))
-        out.append(ShopStall(stall_id=stall.stall_id, name=stall.name, open=desks.get(stall.stall_id, True),
-                             online=online[stall.stall_id], items=items))
-    return out
+    stall = session.get(db.Stall, stall_id)
+    if stall is None:
+        raise HTTPException(404, f"没有摊位 {stall_id} / no stall {stall_id}")
+    online = orders.stall_online(session, request.app.state.contacts.peek(), [stall_id], now)
+    tests = orders.latest_tests(session, stall_id)
+    items = []
+    for item, price, regular, special in orders.stall_prices(session, stall_id, now).values():
+        test = tests.get((stall_id, item.plu))
+        failed = test is not None and test.result == "fail"
+        on_special = special is not None and price < regular
+        items.append(ShopItem(
+            plu=item.plu, name=item.name, name_en=item.name_en, category=item.category,
+            price_unit=item.price_unit, unit_price_fen=price, regular_price_fen=regular,
+            special_title=(special.title or "特价") if special is not None and on_special else None,
+            special_ends_at=special.ends_at.astimezone(tz).isoformat()
+            if special is not None and on_special else None,
+            origin=item.origin, inspection=test.result if test is not None else None,
+            orderable=not failed,
+            why_not="农残快检不合格，禁止销售 / failed the rapid test: not for sale" if failed else None))
+    return ShopStall(stall_id=stall_id, name=stall.name, open=orders.desk_open(session, stall_id),
+                     online=online[stall_id], items=items)
 
 
 @router.get("/api/v1/shop/slots", response_model=Slots)

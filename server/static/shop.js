@@ -106,7 +106,7 @@
       li.dataset.stall = s.stall_id;
       const b = el("button", null, `${s.stall_id} ${s.name}`);
       b.type = "button";
-      b.addEventListener("click", () => { current = s; renderItems(); });
+      b.addEventListener("click", () => loadStall(s.stall_id));
       li.append(b);
       li.append(el("span", "badge " + (s.open ? (s.online ? "on" : "off") : "off"),
         !s.open ? T("暂停接单", "closed") : s.online ? T("在线", "online") : T("离线，上线后接单", "offline: accepts when back")));
@@ -165,8 +165,14 @@
     const r = await api("GET", "/api/v1/shop/stalls");
     if (!r.ok) { say(detail(r.data)); return; }
     stalls = r.data;
-    if (current) current = stalls.find((s) => s.stall_id === current.stall_id) || null;
     renderStalls();
+  }
+
+  // One stall's items, with the prices, specials and tests of now.
+  async function loadStall(stallId) {
+    const r = await api("GET", `/api/v1/shop/stalls/${encodeURIComponent(stallId)}`);
+    if (!r.ok) { say(detail(r.data)); return; }
+    current = r.data;
     renderItems();
   }
 
@@ -296,6 +302,7 @@
     const me = await api("GET", "/api/v1/shop/me");
     showAccount(me.ok ? me.data.phone : null);
     await Promise.all([loadStalls(), loadSlots()]);
-    setInterval(loadStalls, 30000);  // prices and badges follow the market
+    // Prices, badges and the stalls' state follow the market.
+    setInterval(() => { loadStalls(); if (current) loadStall(current.stall_id); }, 30000);
   })();
 })();

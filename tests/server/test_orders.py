@@ -56,7 +56,9 @@ def _slot(c: httpx.Client) -> str:
 def test_an_order_is_placed_accepted_weighed_and_settled_by_its_sale(server: LiveServer) -> None:
     sim, token = _set_up(server)
     stalls = httpx.get(f"{server.url}/api/v1/shop/stalls").json()
-    items = {i["plu"]: i for i in stalls[0]["items"]}
+    assert [(s["stall_id"], s["open"], s["online"], s["items"]) for s in stalls] == [("S01", True, False, 4)]
+    assert httpx.get(f"{server.url}/api/v1/shop/stalls/S77").status_code == 404
+    items = {i["plu"]: i for i in httpx.get(f"{server.url}/api/v1/shop/stalls/S01").json()["items"]}
     assert items["1001"]["unit_price_fen"] == 800 and items["1001"]["price_unit"] == "kg"
     assert items["1003"]["inspection"] == "fail" and not items["1003"]["orderable"]
 
