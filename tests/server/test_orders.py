@@ -36,6 +36,12 @@ def _set_up(srv: LiveServer) -> tuple[StallSim, str]:
             "batch_code": "B-1003", "plu": "1003", "stall_id": "S01", "inhibition_percent": 62.5,
             "tester": "张检", "tested_at": dt.datetime.now(SHANGHAI).isoformat()})
         assert r.status_code == 201, r.text
+        now = dt.datetime.now(SHANGHAI)
+        r = c.post("/api/v1/promotions", json={  # cucumbers on special: 3.00 instead of 3.50 元/500g
+            "stall_id": "S01", "plu": "1002", "special_price_fen": 300, "title": "晚市特价",
+            "starts_at": (now - dt.timedelta(hours=1)).isoformat(),
+            "ends_at": (now + dt.timedelta(hours=3)).isoformat()})
+        assert r.status_code == 201, r.text
     return sim, token
 
 
@@ -61,6 +67,9 @@ def test_an_order_is_placed_accepted_weighed_and_settled_by_its_sale(server: Liv
     items = {i["plu"]: i for i in httpx.get(f"{server.url}/api/v1/shop/stalls/S01").json()["items"]}
     assert items["1001"]["unit_price_fen"] == 800 and items["1001"]["price_unit"] == "kg"
     assert items["1003"]["inspection"] == "fail" and not items["1003"]["orderable"]
+    cucumber = items["1002"]
+    assert (cucumber["unit_price_fen"], cucumber["regular_price_fen"], cucumber["special_title"],
+            cucumber["price_unit"]) == (300, 350, "晚市特价", "500g")
 
     a, b = _shopper(server, PHONE_A), _shopper(server, PHONE_B)
     slot = _slot(a)
@@ -72,7 +81,7 @@ def test_an_order_is_placed_accepted_weighed_and_settled_by_its_sale(server: Liv
     order = r.json()
     oid = order["id"]
     assert order["state"] == "placed" and order["state_zh"] == "待摊位接单"
-    assert order["estimate_fen"] == 800 + 350 + 750
+    assert order["estimate_fen"] == 800 + 300 + 750  # the special's price while it runs
     assert len(order["pickup_code"]) == 4 and order["stall_online"] is False
     assert "phone_masked" not in order or order["phone_masked"] is None
     # Her own only: the other shopper sees none of it, and no order by its number.
