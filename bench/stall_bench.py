@@ -35,6 +35,7 @@ import statistics
 import sys
 import tempfile
 import time
+import tracemalloc
 from pathlib import Path
 
 import httpx
@@ -111,6 +112,9 @@ def main() -> int:
     ap.add_argument("--samples", type=int, default=30)
     ap.add_argument("--idle-s", type=float, default=5.0)
     ap.add_argument("--growth-min", type=float, default=3.0)
+    ap.add_argument("--tracemalloc", type=int, default=0, metavar="N",
+                    help="print the N allocation sites (Python objects) that grew most over the "
+                         "memory run, traced from its start (slower allocations)")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="wm-stall-bench-"))
     items = catalogue("S02", "20261202")
@@ -189,6 +193,9 @@ def main() -> int:
                 _wait(lambda: flow.state is FlowState.IDLE)
 
             # Memory: one sale a second, RSS every 10 s.
+            if args.tracemalloc:
+                tracemalloc.start(12)
+                traced0 = tracemalloc.take_snapshot()
             start = time.monotonic()
             next_rss = start
             while time.monotonic() - start < args.growth_min * 60:
@@ -208,6 +215,15 @@ def main() -> int:
                     _wait(lambda: flow.state is FlowState.IDLE, 5)
                 time.sleep(max(0.0, 1.0 - (time.monotonic() - tick)))
             rss.append((time.monotonic() - start, rss_mb()))
+            if args.tracemalloc:
+                grown = tracemalloc.take_snapshot().compare_to(traced0, "traceback")
+                print(f"traced Python memory grew {sum(d.size_diff for d in grown) / 1e6:.1f} MB "
+                      f"over {sales} sales; the sites that grew most:", file=sys.stderr)
+                for d in grown[:args.tracemalloc]:
+                    print(f"  {d.size_diff / 1e3:+.0f} KB in {d.count_diff:+d} blocks:", file=sys.stderr)
+                    for line in d.traceback.format()[-8:]:
+                        print("     " + line, file=sys.stderr)
+                tracemalloc.stop()
     finally:
         stall.stop()
     if not paint_ms:
