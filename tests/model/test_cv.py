@@ -149,3 +149,43 @@ def test_cv_command_refuses_bad_input(dataset_root: Path, tmp_path: Path, args: 
     assert main(["model", "cv", "--data", str(dataset_root), "--run-dir", str(tmp_path), *args]) != 0
     assert message in capsys.readouterr().err
     assert not (tmp_path / "cv-report.json").exists()
+
+
+def test_activation_cache_goes_on_where_it_stopped(dataset_root: Path, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    import model.preprocess
+    from model.data import Dataset, load_dataset
+    from model.training import cv
+    from model.training.folds import pooled
+    from model.training.network import RecognizerNet, build_trunk
+
+    ds = load_dataset(dataset_root)
+    pool = pooled(Dataset(ds.root, ds.classes, ds.train[:5], []))
+    net = RecognizerNet(build_trunk("efficientnet-lite0", 64), len(ds.classes)).eval()
+    whole = cv.activation_cache(pool, net, "efficientnet-lite0", 11, 64, 1, 0, tmp_path / "whole")
+
+    monkeypatch.setattr(cv, "CHUNK", 2)
+    real = model.preprocess.read_image
+    calls: list[Path] = []
+
+    def dies_on_the_fifth(path, target=224):  # type: ignore[no-untyped-def]
+        calls.append(path)
+        if len(calls) == 5:
+            raise KeyboardInterrupt  # the run is stopped in its third chunk
+        return real(path, target)
+
+    monkeypatch.setattr(model.preprocess, "read_image", dies_on_the_fifth)
+    with pytest.raises(KeyboardInterrupt):
+        cv.activation_cache(pool, net, "efficientnet-lite0", 11, 64, 1, 0, tmp_path / "cut")
+    assert [p.read_text() for p in (tmp_path / "cut").glob("*.done")] == ["4"]
+    read_again: list[Path] = []
+
+    def counts(path, target=224):  # type: ignore[no-untyped-def]
+        read_again.append(path)
+        return real(path, target)
+
+    monkeypatch.setattr(model.preprocess, "read_image", counts)
+    again = cv.activation_cache(pool, net, "efficientnet-lite0", 11, 64, 1, 0, tmp_path / "cut")
+    assert read_again == [pool.samples[4].path]  # only the photo after the last saved chunk
+    assert np.array_equal(np.asarray(again), np.asarray(whole))
+    assert not list((tmp_path / "cut").glob("*.done"))
