@@ -159,8 +159,8 @@ class FairScale:
     # -- life ----------------------------------------------------------------------------------
     def start(self) -> None:
         self.cfg.data_dir.mkdir(parents=True, exist_ok=True)
-        start_in_order((self._start_scale, self._start_outbox, self._start_camera, self._start_screen),
-                       self.stop)
+        start_in_order((self._start_scale, self._start_outbox, self._start_camera, self._refresh,
+                        self._start_screen), self.stop)
         logger.info("fair scale %s started", self.cfg.device_id)
 
     def stop(self) -> None:
@@ -243,9 +243,17 @@ class FairScale:
             self._wake.wait(0.2)
             self._wake.clear()
             try:
-                self.hub.publish(self.state())
+                self._refresh()
             except Exception:  # noqa: BLE001 - the screen must outlive one bad read
                 logger.exception("fair-scale state not published")
+
+    def _refresh(self) -> None:
+        """Publish what the screen shows now.  Actions call it before they answer, so the page
+        (and a test) that reads the state after an action's answer sees its effect; one at a
+        time (under the state's own lock: an action may hold it), so an older state never
+        replaces a newer one."""
+        with self._lock:
+            self.hub.publish(self.state())
 
     def _scan_loop(self) -> None:
         import cv2
@@ -292,7 +300,7 @@ class FairScale:
             self.message = None if online else (
                 "市场服务器暂不可达：照常称重，核对结果稍后由服务器判定 / the market server is away: "
                 "the weight is shown, the check is judged when it is back")
-        self._wake.set()
+        self._refresh()
         return Outcome(ok=True)
 
     def choose(self, line_no: int | None) -> Outcome:
@@ -309,7 +317,7 @@ class FairScale:
                     return self._refuse(f"第 {line_no} 行按件计价，请点数 / line {line_no} is sold by "
                                         "the piece: count it")
             self.line_no, self.result, self.message = line_no, None, None
-        self._wake.set()
+        self._refresh()
         return Outcome(ok=True)
 
     def check(self) -> Outcome:
@@ -340,20 +348,20 @@ class FairScale:
                 self.message = f"服务器拒绝 / refused by the server: {answer['refused']}"
             else:
                 self.result, self.message = answer, None
-        self._wake.set()
+        self._refresh()
         return Outcome(ok=answer is None or "refused" not in answer, reason=self.message)
 
     def reset(self) -> Outcome:
         with self._lock:
             self.scan_ = self.receipt = self.result = self.message = None
             self.line_no, self._last_qr = None, None
-        self._wake.set()
+        self._refresh()
         return Outcome(ok=True)
 
     def _refuse(self, reason: str) -> Outcome:
         with self._lock:
             self.message = reason
-        self._wake.set()
+        self._refresh()
         return Outcome(ok=False, reason=reason)
 
     # -- what the screen shows ------------------------------------------------------------------
