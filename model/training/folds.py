@@ -25,8 +25,9 @@ Every photo is held out exactly once; the training part of a fold is every
 other photo.  What blocking cannot do: an item's train photos come from one or
 a few occasions, so the train blocks of a fold share them with its training
 part; measured, the pooled figure is ~17 points over the one on the val blocks
-(other occasions), which is the figure that tracks photos a stall will see.  Choices (epochs, temperature, unknown threshold) are read off
-the pooled out-of-fold outputs, never off val alone.
+(other occasions), which is the figure that tracks photos a stall will see.
+Choices (epochs, temperature, unknown threshold) are read off the pooled
+out-of-fold outputs, never off val alone.
 """
 
 from __future__ import annotations
