@@ -76,3 +76,33 @@ def test_another_stalls_token_sees_none_of_the_orders(server: LiveServer) -> Non
     assert desk.poll_once() and desk.view()["list"] == []
     refused = desk.accept(oid, [])
     assert not refused.ok and "no order" in (refused.reason or "")
+
+
+def test_an_order_attached_to_the_basket_survives_a_restart_and_goes_into_the_sale(tmp_path: Path) -> None:
+    """The open basket fulfils order 7 (no server needed): kept with the basket across a
+    restart, its sale carries ``order_id`` and its receipt the order's number."""
+    from tests.edge.test_faults import config, start
+
+    cfg = config(tmp_path, screens={"enabled": False})
+    app = start(cfg)
+    try:
+        assert app.flow is not None and app.orders is None  # no token: no order desk
+        assert app.flow.attach_order(7).ok and app.flow.snapshot().order_id == 7
+        assert app.flow.add_pieces("2011", 2).ok
+        refused = app.flow.attach_order(8)  # a basket with lines takes no other order
+        assert not refused.ok and "check out or discard" in (refused.reason or "")
+    finally:
+        app.stop()
+    again = start(cfg)
+    try:
+        assert again.flow is not None
+        snap = again.flow.snapshot()
+        assert snap.order_id == 7 and [ln.plu for ln in snap.basket] == ["2011"]
+        result = again.flow.checkout()
+        assert result.ok and result.sale is not None
+        assert (result.sale.model_extra or {})["order_id"] == 7
+        receipt = sorted((cfg.data_dir / "receipts").glob("*.bin"))[-1].read_bytes()
+        assert "网上订单 #7".encode("gb18030") in receipt
+        assert again.flow.snapshot().order_id is None  # the next basket is a walk-in's
+    finally:
+        again.stop()
