@@ -91,6 +91,11 @@ class FairScaleConfig(_Strict):
             raise ValueError(f"scale.e_g {self.scale.e_g} g is coarser than the stall scales' "
                              f"check.vendor_e_g {self.check.vendor_e_g} g: a fair scale must be at least "
                              "as fine as the scales it checks")
+        if self.scale.protocol == "hx711-raw":
+            # A raw-count module weighs only with a sealed calibration (the stall's
+            # calibration.json); the fair scale does not load one yet.
+            raise ValueError("scale.protocol hx711-raw needs a sealed calibration, which the fair scale "
+                             "does not load yet: use a module that reports grams")
         return self
 
 

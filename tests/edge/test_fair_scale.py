@@ -45,6 +45,9 @@ def test_the_documented_config_loads_and_a_coarse_or_wrong_one_is_refused(tmp_pa
     path.write_text(_doc_config().replace("e_g = 2", "e_g = 10"), encoding="utf-8")
     with pytest.raises(ConfigError, match="coarser than the stall scales"):
         load_fair_config(path)
+    path.write_text(_doc_config().replace('"cas"', '"hx711-raw"'), encoding="utf-8")
+    with pytest.raises(ConfigError, match="sealed calibration"):
+        load_fair_config(path)
     path.write_text(_doc_config() + "\n[check2]\nx = 1\n", encoding="utf-8")
     with pytest.raises(ConfigError, match="fair-scale config .*check2"):
         load_fair_config(path)
