@@ -69,7 +69,7 @@ def test_fewer_than_two_folds_is_refused(pool_and_folds) -> None:  # type: ignor
 def _cv(dataset_root: Path, run_dir: Path, *extra: str) -> int:
     return main(["model", "cv", "--data", str(dataset_root), "--run-dir", str(run_dir),
                  "--teachers", "efficientnet-lite0@64", "--folds", "2", "--epochs", "2", "--views", "0",
-                 "--max-images", "60", *extra])
+                 "--max-images", "60", "--threads", "1", *extra])
 
 
 def test_cv_command_runs_fold_by_fold_and_resumes(dataset_root: Path, tmp_path: Path,
