@@ -26,6 +26,7 @@ from server.groupcommit import CHANNEL as SALES_CHANNEL
 from server.groupcommit import GroupCommit
 from server.guard import document_refusals
 from server.live import LiveFigures
+from server.order_watch import ORDERS_CHANNEL, OrderWatch
 from server.routes import (
     catalogue,
     display,
@@ -79,10 +80,15 @@ def create_app(settings: Settings) -> FastAPI:
     # the upload path (server.groupcommit, server.live).
     group_commit = GroupCommit(sessionmaker, write_lock=write_lock, origin=origin)
     live = LiveFigures(sessionmaker, settings, broker, origin=origin)
+    # Online orders: the stalls' long polls and the shoppers' pages, woken after each change
+    # (through NOTIFY in every process on PostgreSQL).
+    order_watch = OrderWatch()
+    order_watch.watch(sessionmaker, notify=postgres)
     listener = None
     if postgres:
         listener = PgListener(settings.db_url, {SALES_CHANNEL: live.noted,
-                                                MARKET_CHANNEL: market_noted(broker, origin)})
+                                                MARKET_CHANNEL: market_noted(broker, origin),
+                                                ORDERS_CHANNEL: order_watch.noted})
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -128,7 +134,7 @@ def create_app(settings: Settings) -> FastAPI:
                   for e in exc.errors()]
         return JSONResponse({"detail": detail}, status_code=422)
 
-    orders.install(app)  # the shop's cookies, rate limits and order watch (server.routes.orders)
+    orders.install(app, order_watch)  # the shop's cookies and rate limits (server.routes.orders)
     for module in (stalls, sales, refunds, stats, export, catalogue, display, inspections, promotions, feed,
                    gallery, scale_events, managers, manage, pages, fair_checks, orders):
         app.include_router(module.router)

@@ -6,20 +6,22 @@ waiters of its stall and of its shopper (her phone's key) after the commit, neve
 before, and never for a transaction that rolled back.  Waiters live on the server's
 event loop; commits happen on worker threads, so waking hops onto the loop.
 
-In this process only: a second server process on the same PostgreSQL database does not
-wake this one's waiters (a stall's long poll then answers at its timeout, a shopper's page
-at its next keep-alive read).
+On PostgreSQL the commit also carries a ``NOTIFY`` on :data:`ORDERS_CHANNEL` (sent in the
+transaction itself: delivered with the commit, never for a rollback), and every server
+process on the database hands the notices it hears (``server.events.PgListener``) to its
+own watch: an order placed through one process wakes a stall waiting on another.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import threading
 from itertools import chain
 
-from sqlalchemy import event
+from sqlalchemy import event, text
 from sqlalchemy.orm import Session, SessionTransaction, sessionmaker
 
 from server import db
@@ -27,6 +29,8 @@ from server import db
 logger = logging.getLogger(__name__)
 
 _PENDING = "orders_changed"
+#: The PostgreSQL channel of order changes: ``[[stall_id, phone_key], ...]``.
+ORDERS_CHANNEL = "wetmarket_orders"
 
 
 class Waiter:
@@ -69,14 +73,34 @@ class OrderWatch:
                     (w.phone_key is not None and w.phone_key in phones):
                 w.wake()
 
-    def watch(self, maker: sessionmaker[Session]) -> None:
-        """Wake waiters after each commit of ``maker``'s sessions that touched an order."""
+    def noted(self, payload: str) -> None:
+        """A notice on :data:`ORDERS_CHANNEL` (this process's own too: a second wake only
+        makes a waiter read once more)."""
+        try:
+            keys = {(str(s), str(p)) for s, p in json.loads(payload)}
+        except (ValueError, TypeError):
+            logger.warning("a notice on %s that is not ours: %.100r", ORDERS_CHANNEL, payload)
+            return
+        self.changed(keys)
+
+    def watch(self, maker: sessionmaker[Session], *, notify: bool = False) -> None:
+        """Wake waiters after each commit of ``maker``'s sessions that touched an order; with
+        ``notify`` (PostgreSQL) also ``NOTIFY`` the other server processes in that commit."""
 
         def flushed(session: Session, _context: object) -> None:
             for obj in chain(session.new, session.dirty):
                 order = obj.order if isinstance(obj, db.OrderLine) else obj
                 if isinstance(order, db.Order):
                     session.info.setdefault(_PENDING, set()).add((order.stall_id, order.phone_key))
+
+        def committing(session: Session) -> None:
+            if session.in_nested_transaction():
+                return
+            session.flush()  # what the commit would flush next belongs in this notice
+            keys = session.info.get(_PENDING)
+            if keys:
+                session.execute(text("SELECT pg_notify(:channel, :payload)"),
+                                {"channel": ORDERS_CHANNEL, "payload": json.dumps(sorted(keys))})
 
         def committed(session: Session) -> None:
             if session.in_nested_transaction():
@@ -90,5 +114,7 @@ class OrderWatch:
                 session.info.pop(_PENDING, None)
 
         event.listen(maker, "after_flush", flushed)
+        if notify:
+            event.listen(maker, "before_commit", committing)
         event.listen(maker, "after_commit", committed)
         event.listen(maker, "after_transaction_end", ended)

@@ -63,13 +63,12 @@ def shop(request: Request) -> Shop:
     return found
 
 
-def install(app: Any) -> None:
+def install(app: Any, watch: OrderWatch) -> None:
     """The shop's secret (the server's, kept in the database), cookies, rate limits and the
-    order watch; called by ``server.app.create_app``."""
+    order watch (``server.app.create_app`` makes it: its PostgreSQL listener hears the other
+    processes' order changes)."""
     settings = app.state.settings
     secret = load_secret(app.state.sessionmaker)
-    watch = OrderWatch()
-    watch.watch(app.state.sessionmaker)
     app.state.shop = Shop(secret, URLSafeTimedSerializer(secret, salt="wetmarket.shop.session"),
                           RateLimits(settings.order_rate_phone, settings.order_rate_addr), watch)
 

@@ -8,9 +8,11 @@ from __future__ import annotations
 import datetime as dt
 import json
 import threading
+import time
 from typing import Any
 
 import httpx
+import pytest
 
 from edge.pricing import line_amount_fen
 from server.app import create_app
@@ -249,3 +251,50 @@ def test_a_phone_number_that_is_not_one_is_refused(tmp_path) -> None:  # type: i
             text = json.dumps(r.json(), ensure_ascii=False)
             assert "手机号" in text or r.json()["detail"][0]["loc"] == ["body", "phone"], text
             assert "set-cookie" not in r.headers
+
+
+@pytest.mark.postgres
+def test_an_order_placed_on_one_server_process_wakes_the_stall_waiting_on_another(postgres_url: str) -> None:
+    """Two servers on one PostgreSQL database (``--workers 2``): the stall's long poll on one
+    is woken by an order placed through the other (NOTIFY in the order's own transaction),
+    and the shopper's live page on the first by the stall's accept on the second."""
+    from tests.server.conftest import reset_postgres
+
+    reset_postgres(postgres_url)
+    a = create_app(Settings(db_url=postgres_url, admin_token=ADMIN))
+    b = create_app(Settings(db_url=postgres_url, admin_token=ADMIN))
+    with LiveServer(a) as srv_a, LiveServer(b) as srv_b:
+        _, token = _set_up(srv_a)
+        assert a.state.listener.listening.wait(10) and b.state.listener.listening.wait(10)
+        with srv_b.client(token) as st:
+            tag = st.get("/api/v1/stall/orders").headers["etag"]
+            shopper = _shopper(srv_a, PHONE_A)
+            answer: dict[str, Any] = {}
+
+            def poll() -> None:
+                with srv_b.client(token) as c2:
+                    answer["r"] = c2.get("/api/v1/stall/orders", params={"wait": 20},
+                                         headers={"If-None-Match": tag})
+                    answer["at"] = time.monotonic()
+
+            waiter = threading.Thread(target=poll)
+            waiter.start()
+            time.sleep(0.5)  # the long poll waits on server b
+            r = shopper.post("/api/v1/orders", json={"stall_id": "S01", "slot_start": _slot(shopper),
+                                                     "lines": [{"plu": "1001", "est_weight_g": 500}]})
+            placed = time.monotonic()
+            assert r.status_code == 201, r.text
+            waiter.join(20)
+            assert answer["r"].status_code == 200 and answer["at"] - placed < 5  # not the 20 s timeout
+            oid = r.json()["id"]
+            assert [o["id"] for o in answer["r"].json()["orders"]] == [oid]
+
+            with shopper.stream("GET", "/api/v1/shop/events") as events:  # on server a
+                lines = events.iter_lines()
+                first = next(line for line in lines if line.startswith("data: "))
+                assert json.loads(first[6:])[0]["state"] == "placed"
+                accepted = time.monotonic()
+                assert st.post(f"/api/v1/stall/orders/{oid}/accept", json={}).status_code == 200
+                later = next(line for line in lines if line.startswith("data: "))
+                assert json.loads(later[6:])[0]["state"] == "accepted"
+                assert time.monotonic() - accepted < 5  # woken, not the 15 s keep-alive
