@@ -54,6 +54,13 @@ def test_the_desk_follows_the_orders_and_sends_the_vendors_decisions(server: Liv
     desk.poll_once()
     assert desk.arrived == 1
 
+    # Another stall's token sees none of it, and cannot decide for it.
+    other_token = register_stall(server, StallSim("S03"), name="张记")
+    other = OrderDesk(server.url, other_token, stall_id="S03", wait_s=0)
+    assert other.poll_once() and other.view()["list"] == []
+    refused = other.cancel(oid, "不是我的 / not mine")
+    assert not refused.ok and "no order" in (refused.reason or "")
+
     away = OrderDesk(f"http://127.0.0.1:{free_port()}", token, stall_id=sim.stall_id, wait_s=0,
                      stop_event=stop, timeout_s=1)
     result = away.accept(oid, [])
@@ -64,18 +71,6 @@ def test_the_desk_follows_the_orders_and_sends_the_vendors_decisions(server: Liv
         pass
     else:
         raise AssertionError("a server away must raise for the back-off loop")
-
-
-def test_another_stalls_token_sees_none_of_the_orders(server: LiveServer) -> None:
-    sim, _ = _set_up(server)
-    other_token = register_stall(server, StallSim("S03"), name="张记")
-    shopper = _shopper(server, PHONE_A)
-    oid = shopper.post("/api/v1/orders", json={"stall_id": sim.stall_id, "slot_start": _slot(shopper),
-                                                "lines": [{"plu": "1001", "est_weight_g": 500}]}).json()["id"]
-    desk = OrderDesk(server.url, other_token, stall_id="S03", wait_s=0)
-    assert desk.poll_once() and desk.view()["list"] == []
-    refused = desk.accept(oid, [])
-    assert not refused.ok and "no order" in (refused.reason or "")
 
 
 def test_an_order_attached_to_the_basket_survives_a_restart_and_goes_into_the_sale(tmp_path: Path) -> None:

@@ -142,6 +142,7 @@ window.WMOrders = (() => {
     if (!orders) { panel.hidden = true; badge.hidden = true; return; }
     panel.hidden = false;
     badge.hidden = false;
+    badge.onclick = () => panel.scrollIntoView({behavior: "smooth"});  // the panel is below the scale
     $("orders-count").textContent = String(orders.waiting);
     if (arrived !== null && orders.arrived > arrived) chime();
     arrived = orders.arrived;
