@@ -191,7 +191,7 @@ class SearchResult(_Model):
 class Fault(_Model):
     """Something a vendor must know: ``vendor`` says what to do, ``customer`` is short."""
 
-    kind: str          # scale, camera, printer, server, basket
+    kind: str          # scale, camera, printer, server, basket, disk
     vendor: str
     customer: str
 
@@ -744,6 +744,12 @@ class StallFlow:
                              f"并检查摄像头 / {en}, no recognition: pick items by PLU, name or "
                              "pinyin initials, and check the camera",
                              customer="摊主手动选品 / the vendor picks items by hand"))
+        if self.session.disk_error is not None:
+            out.append(Fault(kind="disk", vendor="本机存储写不进（磁盘已满或故障）：不能结账，本单未保存，"
+                             "请清理空间或联系技术员 / the stall's disk cannot be written (full or "
+                             "failing): no sale can be kept, so checkout is refused and nothing prints; "
+                             f"free space or call the technician ({self.session.disk_error})",
+                             customer="暂停结账，请稍候 / checkout paused, please wait"))
         if self.session.restored:
             n = len(self.session.lines)
             out.append(Fault(kind="basket", vendor=f"已恢复重启前未结账的本单（{n} 行），请核对后"

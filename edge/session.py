@@ -29,7 +29,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from edge import BasketError, EdgeError, PricingError
+from edge import BasketError, EdgeError, JournalError, PricingError
 from edge.basket import Basket, BasketLine, Refund, refund
 from edge.catalogue import Catalogue, Plu
 from edge.feed import FeedState
@@ -75,6 +75,9 @@ class Session:
         self._basket_id = str(uuid.uuid4())
         #: The basket restored after a restart, while it is the open one.
         self._restored_id: str | None = None
+        #: Why the stall's disk could not be written (full, failing), until a write succeeds:
+        #: the screens say it, and checkout is refused by the journal before any receipt.
+        self.disk_error: str | None = None
         #: A catalogue from the feed waiting for the open basket to close, and its labels.
         self._pending: tuple[Catalogue, dict[str, str], FeedState | None] | None = None
         #: The feed version the catalogue in use came from (None: the config's seed).
@@ -106,13 +109,22 @@ class Session:
         if self._store is None:
             return
         basket = self._basket
-        if not basket.all_lines or basket.closed:
-            self._store.clear()
+        try:
+            if not basket.all_lines or basket.closed:
+                self._store.clear()
+                return
+            self._store.save(SavedBasket(
+                basket_id=self._basket_id, saved_at=dt.datetime.now(dt.UTC), lines=basket.all_lines,
+                audit=basket.audit, catalogue=list(self.catalogue), labels=self.labels,
+                feed=self.feed_state, order_id=self._order_id))
+        except OSError as exc:
+            # A full or failing disk: the line stays in the basket (the vendor sees it and the
+            # screens say why), only its crash copy is missing; checkout will be refused.
+            if self.disk_error is None:
+                logger.error("open basket not saved to %s: %s", self._store.path, exc)
+            self.disk_error = f"{self._store.path.name}: {exc.strerror or exc}"
             return
-        self._store.save(SavedBasket(
-            basket_id=self._basket_id, saved_at=dt.datetime.now(dt.UTC), lines=basket.all_lines,
-            audit=basket.audit, catalogue=list(self.catalogue), labels=self.labels,
-            feed=self.feed_state, order_id=self._order_id))
+        self.disk_error = None
 
     def restore(self) -> int:
         """Take back the basket that was open when the stall stopped; its live lines (0: none).
@@ -371,9 +383,12 @@ class Session:
 
         try:
             sale = self.journal.append(build, audit=basket.audit)
-        except BaseException:
+        except BaseException as exc:
             basket.closed = False  # nothing was journaled: the shopper's lines stay
+            if isinstance(exc, JournalError):
+                self.disk_error = str(exc)
             raise
+        self.disk_error = None
         with self._lock:
             self._next_basket()
             applied = self._apply_pending()
