@@ -8,12 +8,13 @@ journal doubles as the upload outbox: each row carries its upload state.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import logging
 import sqlite3
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -185,9 +186,18 @@ class Journal:
         return [dict(zip(keys, r, strict=True)) for r in rows]
 
     def mark_refund(self, sale_id: str, line_no: int, state: UploadState, note: str | None = None) -> None:
-        with self._lock:
+        with self._lock, self._writing():
             self._db.execute("UPDATE refunds SET upload_state = ?, upload_note = ? "
                              "WHERE sale_id = ? AND line_no = ?", (state, note, sale_id, line_no))
+
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[None]:
+        """An upload state's write: a full or failing disk is a JournalError, which the outbox
+        retries (a raw sqlite3 error would end its thread, and every upload with it)."""
+        try:
+            yield
+        except sqlite3.Error as exc:
+            raise JournalError(f"cannot write sale journal {self.path}: {exc}") from exc
 
     def find(self, *, receipt_no: int | None = None, trace_code: str | None = None,
              sale_id: str | None = None) -> Sale | None:
@@ -210,7 +220,7 @@ class Journal:
         return [json.loads(r[0]) for r in rows]
 
     def mark(self, sale_id: str, state: UploadState, note: str | None = None) -> None:
-        with self._lock:
+        with self._lock, self._writing():
             self._db.execute(
                 "UPDATE sales SET upload_state = ?, upload_note = ?, uploaded_at = ? "
                 "WHERE sale_id = ?",

@@ -14,6 +14,7 @@ from typing import Any
 
 import httpx
 
+from edge import JournalError
 from edge.backoff import BackoffSender
 from edge.journal import Journal, UploadState
 
@@ -24,6 +25,9 @@ class Outbox(BackoffSender):
     """``start``, ``notify`` (a new sale is in the journal), ``stop``: ``edge.backoff``."""
 
     kept = "sales stay in the journal"
+    #: A journal that cannot mark a sale sent (a full disk) is retried as the server is: the
+    #: sale stays pending and is sent again, answered "duplicate", once the disk has room.
+    retry_errors = (*BackoffSender.retry_errors, JournalError)
 
     def __init__(self, journal: Journal, server_url: str, token: str, *, stall_id: str,
                  public_key: str | None = None, batch: int = 50, max_backoff_s: float = 30.0,

@@ -16,6 +16,7 @@ scale and the server are fine.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import signal
@@ -121,6 +122,15 @@ class Market:
             server_process.stop(self.proc)
             self.proc = None
 
+    def sold_at(self, sale_id: str) -> dt.datetime:
+        """The sale's time as the server stored it (UTC)."""
+        db = sqlite3.connect(f"file:{self.db_path}?mode=ro", uri=True, timeout=10)
+        try:
+            (raw,) = db.execute("SELECT sold_at FROM sales WHERE sale_id = ?", (sale_id,)).fetchone()
+        finally:
+            db.close()
+        return dt.datetime.fromisoformat(str(raw)).replace(tzinfo=dt.UTC)
+
     def sales(self, stall_id: str) -> list[tuple[str, int]]:
         """(sale_id, total_fen) of every row the server stored for the stall (read straight
         from its database, so a sale stored twice shows twice)."""
@@ -175,12 +185,13 @@ class Stall:
         write_private(self.config, "\n".join(lines) + "\n")
 
     # -- the process ---------------------------------------------------------------------------
-    def spawn(self) -> None:
+    def spawn(self, env: dict[str, str] | None = None) -> None:
+        """Start the stall process (with ``env`` added to its environment, if given)."""
         assert self.proc is None or self.proc.poll() is not None
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen([sys.executable, "-m", "edge.cli", "-v", "stall", "--config",
                                           str(self.config)], cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
-                                         start_new_session=True)
+                                         env={**os.environ, **(env or {})}, start_new_session=True)
 
     def wait_up(self, timeout: float = 60) -> dict[str, Any]:
         """Until its screens answer with the flow running; that state."""

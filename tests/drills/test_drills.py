@@ -7,6 +7,7 @@ the 分, every stall's screen back to normal.  Each prints its time to recover
 
 from __future__ import annotations
 
+import datetime as dt
 import errno
 import os
 import shutil
@@ -28,6 +29,9 @@ pytestmark = [pytest.mark.drills, pytest.mark.timeout(240)]
 RECOVER_S = 30.0
 
 RECOVERY: dict[str, float] = {}
+
+#: Debian's libfaketime (package faketime), for the stall whose clock is off.
+FAKETIME = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1")
 
 
 def recovered(name: str, since: float) -> float:
@@ -271,17 +275,25 @@ def test_full_disk_refuses_the_sale_before_its_receipt(system: System) -> None:
         pytest.skip(f"no size-limited tmpfs for S02's data: mount -t tmpfs failed: {why}")
     s = system.stalls["S02"]
     receipts = s.dir / "receipts"
-    printed = len(list(receipts.glob("*.bin")))
     filler = s.data_dir / "filler"
     assert shutil.disk_usage(s.data_dir).free > 1 << 20  # the stall ran with room to spare
-    try:  # the disk fills up (logs, photos...)
-        with filler.open("wb") as fh:
-            while True:
-                fh.write(b"\0" * 65536)
-                fh.flush()
-    except OSError as exc:
-        assert exc.errno == errno.ENOSPC, exc
+    # A sale whose upload is answered while the disk is full: the journal cannot mark it sent.
+    system.market.pause()
     try:
+        uploading = s.sell_pieces()
+        time.sleep(0.3)  # the outbox sends it and waits for the answer
+        try:  # the disk fills up (logs, photos...)
+            with filler.open("wb") as fh:
+                while True:
+                    fh.write(b"\0" * 65536)
+                    fh.flush()
+        except OSError as exc:
+            assert exc.errno == errno.ENOSPC, exc
+    finally:
+        system.market.resume()
+    printed = len(list(receipts.glob("*.bin")))
+    try:
+        until(lambda: uploading["sale_id"] in dict(system.market.sales("S02")), 10, "the upload answered")
         s.pieces("2011", 2)  # priced and shown; its crash copy cannot be written
         disk = until(lambda: {f["kind"]: f for f in s.state()["faults"]}.get("disk"), 10, "disk fault shown")
         assert "disk cannot be written" in disk["vendor"] and disk["customer"].startswith("暂停结账")
@@ -299,3 +311,31 @@ def test_full_disk_refuses_the_sale_before_its_receipt(system: System) -> None:
     system.settle()
     recovered("full disk at the stall, space freed", t0)
     assert shutil.disk_usage(s.data_dir).free > 0 and os.path.ismount(s.data_dir)
+
+
+def test_stall_clock_ten_minutes_ahead(system: System) -> None:
+    if not FAKETIME.is_file():
+        pytest.skip(f"no {FAKETIME}: apt-get install faketime")
+    s = system.stalls["S01"]
+    assert s.stop() == 0
+    # Its clock 10 minutes ahead of the market's (libfaketime preloaded into the stall itself,
+    # not the faketime command, which would stand between the stall and its SIGTERM).
+    s.spawn({"LD_PRELOAD": str(FAKETIME), "FAKETIME": "+10m"})
+    try:
+        s.wait_up()
+        sale = s.sell_pieces()
+        system.settle()  # taken as any other sale: nothing lost, nothing doubled
+        ahead = system.market.sold_at(sale["sale_id"]) - dt.datetime.now(dt.UTC)
+        # Stored as stamped: the server has no check of a stall's clock (docs/architecture.md).
+        assert dt.timedelta(minutes=9) < ahead <= dt.timedelta(minutes=10, seconds=5), ahead
+    finally:
+        # Killed, not stopped: under libfaketime the stall's timed waits keep SIGTERM from
+        # ending it for ~20 s (seen); its sale is journaled and uploaded already.
+        s.kill9()
+    t0 = time.monotonic()
+    s.spawn()  # the clock set right (NTP): its next sale is stamped now, after the early one
+    s.wait_up()
+    recovered("stall clock 10 min ahead, set right", t0)
+    later = s.sell_pieces()
+    system.settle()
+    assert abs(system.market.sold_at(later["sale_id"]) - dt.datetime.now(dt.UTC)) < dt.timedelta(minutes=1)
