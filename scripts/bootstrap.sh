@@ -35,6 +35,8 @@ if [ "$target" = test ]; then
     # tests/test_deploy.py: the systemd units verified and scored, the TLS proxy run.
     command -v systemd-analyze >/dev/null 2>&1 || need_apt+=(systemd)
     [ -x /usr/sbin/nginx ] || command -v nginx >/dev/null 2>&1 || need_apt+=(nginx)
+    # tests/drills: a stall whose clock is 10 minutes off (libfaketime preloaded).
+    compgen -G "/usr/lib/*/faketime/libfaketimeMT.so.1" >/dev/null || need_apt+=(faketime)
     if ! postgres_answers && ! compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null; then
         need_apt+=(postgresql)
     fi

@@ -30,8 +30,10 @@ RECOVER_S = 30.0
 
 RECOVERY: dict[str, float] = {}
 
-#: Debian's libfaketime (package faketime), for the stall whose clock is off.
-FAKETIME = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1")
+#: Debian's libfaketime (package faketime, which scripts/bootstrap.sh installs for the
+#: tests), for the stall whose clock is off.
+FAKETIME = next(iter(sorted(Path("/usr/lib").glob("*/faketime/libfaketimeMT.so.1"))),
+                Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1"))
 
 
 def recovered(name: str, since: float) -> float:
@@ -45,9 +47,14 @@ def recovered(name: str, since: float) -> float:
 def _mount_small_disk(path: Path) -> str | None:
     """A 16 MiB tmpfs at ``path`` for S02's data folder; None, or why it cannot be mounted."""
     path.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m,mode=0700", "tmpfs", str(path)],
+    r = subprocess.run([*_AS_ROOT, "mount", "-t", "tmpfs", "-o",
+                        f"size=16m,mode=0700,uid={os.getuid()},gid={os.getgid()}", "tmpfs", str(path)],
                        capture_output=True, text=True)
     return None if r.returncode == 0 else (r.stderr.strip() or f"mount exited {r.returncode}")
+
+
+#: Mounting takes root: as root, or through sudo without a password (a CI runner's user).
+_AS_ROOT = [] if os.geteuid() == 0 else ["sudo", "-n"]
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +70,7 @@ def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
     finally:
         sysm.stop()
         if why is None:
-            subprocess.run(["umount", str(disk)], check=False)
+            subprocess.run([*_AS_ROOT, "umount", str(disk)], check=False)
         if RECOVERY:
             print("\ndrill recovery times: " + ", ".join(f"{k} {v:.2f} s" for k, v in RECOVERY.items()))
 
@@ -315,7 +322,7 @@ def test_full_disk_refuses_the_sale_before_its_receipt(system: System) -> None:
 
 def test_stall_clock_ten_minutes_ahead(system: System) -> None:
     if not FAKETIME.is_file():
-        pytest.skip(f"no {FAKETIME}: apt-get install faketime")
+        pytest.skip(f"no {FAKETIME}: apt-get install faketime (scripts/bootstrap.sh test does)")
     s = system.stalls["S01"]
     assert s.stop() == 0
     # Its clock 10 minutes ahead of the market's (libfaketime preloaded into the stall itself,
