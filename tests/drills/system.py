@@ -288,6 +288,8 @@ class System:
         self.paper = TcpPrinter()
         self.stalls: dict[str, Stall] = {}
         self.full_disk = full_disk
+        #: Why S02's small disk could not be mounted (its data folder is then an ordinary one).
+        self.no_small_disk: str | None = None
 
     def start(self) -> None:
         self.market.start()
