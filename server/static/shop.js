@@ -114,6 +114,8 @@
     }
   }
 
+  const picked = new Map();  // "stall/plu" -> the amount chosen in its list, kept across redraws
+
   function renderItems() {
     if (!current) return;
     $("items-card").hidden = false;
@@ -144,6 +146,10 @@
           pick.append(o);
         }
         if (it.price_unit !== "piece") pick.value = "500";
+        // A live update redraws the list: what she picked stays picked.
+        const key = `${current.stall_id}/${it.plu}`;
+        if (picked.has(key) && choices.includes(Number(picked.get(key)))) pick.value = picked.get(key);
+        pick.addEventListener("change", () => picked.set(key, pick.value));
         const add = el("button", "add", T("加入", "Add"));
         add.type = "button";
         add.addEventListener("click", () => {
