@@ -17,6 +17,7 @@ for a day is forgotten.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
 import math
 import re
@@ -37,9 +38,12 @@ USERNAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{1,31}$")
 PASSWORD_MIN, PASSWORD_MAX = 8, 128
 
 _hasher = PasswordHasher()
-#: Verified against when the username is unknown, so that answer takes as long as a wrong
-#: password and does not tell which usernames exist.
-_DUMMY_HASH = _hasher.hash("wetmarket: no such manager")
+@functools.cache
+def _dummy_hash() -> str:
+    """Verified against when the username is unknown, so that answer takes as long as a wrong
+    password and does not tell which usernames exist.  Made at the first sign-in, not at
+    import: an argon2id hash costs ~0.3 s, which every process importing the server paid."""
+    return _hasher.hash("wetmarket: no such manager")
 
 
 class Forbidden(Refused):
@@ -256,7 +260,7 @@ def sign_in(session: Session, username: str, password: str, address: str,
     if wait:
         raise SignInLocked(wait)
     manager = session.get(db.Manager, username) if USERNAME_RE.fullmatch(username) else None
-    good = _verify(manager.password_hash if manager else _DUMMY_HASH, password[:PASSWORD_MAX * 4])
+    good = _verify(manager.password_hash if manager else _dummy_hash(), password[:PASSWORD_MAX * 4])
     if manager is None or not good or manager.disabled:
         record_failure(session, username, address, now)
         # An unknown name is not logged: people type their password into the name field.

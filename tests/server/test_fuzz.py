@@ -138,7 +138,7 @@ max-stream-events = 1
     st = Path(sys.executable).parent / "st"
     run = subprocess.run(
         [str(st), "--no-color", "--config-file", str(config), "run", f"{srv.url}/openapi.json",
-         "--checks", CONFORMANCE, "--phases", "examples,coverage,fuzzing", "--max-examples", "30",
+         "--checks", CONFORMANCE, "--phases", "examples,coverage,fuzzing", "--max-examples", "15",
          "--workers", "1", "--request-timeout", "10", "--max-failures", "20"],
         capture_output=True, text=True, timeout=240, cwd=tmp_path)
     assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]
