@@ -60,6 +60,16 @@ def _procs() -> dict[int, tuple[str, int, int, float]]:
 Procs = dict[int, tuple[str, int, int, float]]
 
 
+def busiest_server_process(before: Procs, after: Procs, server_group: int, seconds: float) -> float:
+    """The CPU of the busiest server process, in cores: near 1.0 it is bound by its own GIL."""
+    best = 0.0
+    for pid, (name, _ppid, group, cpu) in after.items():
+        if group == server_group:
+            used = cpu - (before[pid][3] if pid in before and before[pid][0] == name else 0.0)
+            best = max(best, used / seconds)
+    return best
+
+
 def _cpu_by_kind(before: Procs, after: Procs, server_group: int, client_s: float) -> dict[str, float]:
     """CPU seconds spent between the two readings, per kind of process: the server's
     processes, PostgreSQL's, the load client (a child of ours, gone by now: ``client_s``) and
@@ -131,8 +141,13 @@ def _wal(url: str) -> dict[str, float]:
     return {"wal_records": float(row[0]), "wal_sync": float(row[1]), "wal_write": float(row[2])}
 
 
-def _verdict(cpu: dict[str, float], seconds: float, waits: collections.Counter[str], samples: int) -> str:
+def _verdict(cpu: dict[str, float], seconds: float, waits: collections.Counter[str], samples: int,
+             busiest: float) -> str:
     busy = sum(cpu.values()) / (seconds * CORES)
+    if busy < 0.9 and busiest >= 0.75:
+        return (f"one server process's GIL (it ran {busiest:.2f} of a core; the machine {busy:.0%} of "
+                f"{CORES} cores); backends waiting per sample: "
+                + (", ".join(f"{w} {n / max(samples, 1):.2f}" for w, n in waits.most_common(3)) or "-"))
     top = waits.most_common(3)
     waits_text = ", ".join(f"{w} {n / max(samples, 1):.2f}" for w, n in top) or "no busy backend"
     share = {k: round(v / seconds / CORES, 2) for k, v in sorted(cpu.items())}
@@ -160,6 +175,7 @@ def run_load(workers: int, mode: str, *, stalls: int, per_stall: int, batch: int
         seconds = time.monotonic() - t0
         after, wal1 = _procs(), _wal(url)
         cpu = _cpu_by_kind(before, after, srv.proc.pid, _children_cpu() - children0)
+        busiest = busiest_server_process(before, after, srv.proc.pid, seconds)
     sb.drop_db(url)
     total = sum(len(s) for s in sales.values())
     return {
@@ -169,7 +185,8 @@ def run_load(workers: int, mode: str, *, stalls: int, per_stall: int, batch: int
         "cpu_s": {k: round(v, 1) for k, v in cpu.items()}, "seconds": round(seconds, 1),
         "wal_syncs_per_s": round((wal1["wal_sync"] - wal0["wal_sync"]) / seconds),
         "top_waits": {w: round(n / max(sampler.samples, 1), 2) for w, n in sampler.waits.most_common(4)},
-        "limit": _verdict(cpu, seconds, sampler.waits, sampler.samples), "load_before": load,
+        "busiest_server_process_cores": round(busiest, 2),
+        "limit": _verdict(cpu, seconds, sampler.waits, sampler.samples, busiest), "load_before": load,
     }
 
 
