@@ -18,7 +18,7 @@ import asyncio
 import json
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Hashable, Iterable
 from itertools import chain
 from typing import Any
 
@@ -76,6 +76,53 @@ class Broker:
         return len(self._subs)
 
 
+def watch_commits(maker: sessionmaker[Session], pending_key: str,
+                  collect: Callable[[object], Iterable[Hashable]],
+                  on_commit: Callable[[set[Any]], None],
+                  notice: Callable[[set[Any]], tuple[str, str]] | None = None) -> None:
+    """After each commit by a session of ``maker``, ``on_commit(what)`` with what
+    ``collect(obj)`` found in the objects its flushes wrote; with ``notice`` (PostgreSQL),
+    ``SELECT pg_notify(*notice(what))`` in that very transaction, so other server processes
+    hear of it with the commit and never of a rollback.  A savepoint released is not a
+    commit; a transaction that rolls back leaves nothing behind.
+    """
+
+    def flushed(session: Session, _context: object) -> None:
+        # after_flush still lists what the flush wrote in new, dirty and deleted.
+        for obj in chain(session.new, session.dirty, session.deleted):
+            found = collect(obj)
+            if found:
+                session.info.setdefault(pending_key, set()).update(found)
+
+    def committing(session: Session) -> None:
+        assert notice is not None
+        if session.in_nested_transaction():
+            return
+        session.flush()  # what the commit would flush next belongs in this one notice
+        what = session.info.get(pending_key)
+        if what:
+            channel, payload = notice(what)
+            session.execute(text("SELECT pg_notify(:channel, :payload)"),
+                            {"channel": channel, "payload": payload})
+
+    def committed(session: Session) -> None:
+        if session.in_nested_transaction():
+            return  # a savepoint released (after_commit fires for those too): not committed yet
+        what = session.info.pop(pending_key, None)
+        if what:
+            on_commit(what)
+
+    def ended(session: Session, transaction: SessionTransaction) -> None:
+        if transaction.parent is None:  # the whole transaction: what it did not commit is gone
+            session.info.pop(pending_key, None)
+
+    event.listen(maker, "after_flush", flushed)
+    if notice is not None:
+        event.listen(maker, "before_commit", committing)
+    event.listen(maker, "after_commit", committed)
+    event.listen(maker, "after_transaction_end", ended)
+
+
 def watch_market_changes(maker: sessionmaker[Session], broker: Broker, *, origin: str = "",
                          notify: bool = False) -> None:
     """Publish ``{"type": "market", "changed": [topics]}`` after each commit, by any session
@@ -89,40 +136,18 @@ def watch_market_changes(maker: sessionmaker[Session], broker: Broker, *, origin
     publishes nothing.
     """
 
-    def flushed(session: Session, _context: object) -> None:
-        # after_flush still lists what the flush wrote in new, dirty and deleted.
-        for obj in chain(session.new, session.dirty, session.deleted):
-            topic = WATCHED.get(type(obj))
-            if topic is not None:
-                session.info.setdefault(_PENDING, set()).add(topic)
+    def collect(obj: object) -> tuple[str, ...]:
+        topic = WATCHED.get(type(obj))  # type: ignore[arg-type]
+        return (topic,) if topic is not None else ()
 
-    def committing(session: Session) -> None:
-        if session.in_nested_transaction():
-            return
-        session.flush()  # what commit would flush next: its topics belong in this one notice
-        changed = session.info.get(_PENDING)
-        if changed:
-            # In the transaction itself: PostgreSQL delivers it at commit, never for a rollback.
-            payload = json.dumps({"origin": origin, "changed": sorted(changed)})
-            session.execute(text("SELECT pg_notify(:channel, :payload)"),
-                            {"channel": MARKET_CHANNEL, "payload": payload})
-
-    def committed(session: Session) -> None:
-        if session.in_nested_transaction():
-            return  # a savepoint released (after_commit fires for those too): not committed yet
-        changed = session.info.pop(_PENDING, None)
-        if changed and broker.subscribers:
+    def published(changed: set[Any]) -> None:
+        if broker.subscribers:
             broker.publish({"type": "market", "changed": sorted(changed)})
 
-    def ended(session: Session, transaction: SessionTransaction) -> None:
-        if transaction.parent is None:  # the whole transaction: what it did not commit is gone
-            session.info.pop(_PENDING, None)
+    def notice(changed: set[Any]) -> tuple[str, str]:
+        return MARKET_CHANNEL, json.dumps({"origin": origin, "changed": sorted(changed)})
 
-    event.listen(maker, "after_flush", flushed)
-    if notify:
-        event.listen(maker, "before_commit", committing)
-    event.listen(maker, "after_commit", committed)
-    event.listen(maker, "after_transaction_end", ended)
+    watch_commits(maker, _PENDING, collect, published, notice if notify else None)
 
 
 def market_noted(broker: Broker, origin: str) -> Callable[[str], None]:

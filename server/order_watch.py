@@ -19,12 +19,12 @@ import contextlib
 import json
 import logging
 import threading
-from itertools import chain
+from typing import Any
 
-from sqlalchemy import event, text
-from sqlalchemy.orm import Session, SessionTransaction, sessionmaker
+from sqlalchemy.orm import Session, sessionmaker
 
 from server import db
+from server.events import watch_commits
 
 logger = logging.getLogger(__name__)
 
@@ -87,34 +87,11 @@ class OrderWatch:
         """Wake waiters after each commit of ``maker``'s sessions that touched an order; with
         ``notify`` (PostgreSQL) also ``NOTIFY`` the other server processes in that commit."""
 
-        def flushed(session: Session, _context: object) -> None:
-            for obj in chain(session.new, session.dirty):
-                order = obj.order if isinstance(obj, db.OrderLine) else obj
-                if isinstance(order, db.Order):
-                    session.info.setdefault(_PENDING, set()).add((order.stall_id, order.phone_key))
+        def collect(obj: object) -> tuple[tuple[str, str], ...]:
+            order = obj.order if isinstance(obj, db.OrderLine) else obj
+            return ((order.stall_id, order.phone_key),) if isinstance(order, db.Order) else ()
 
-        def committing(session: Session) -> None:
-            if session.in_nested_transaction():
-                return
-            session.flush()  # what the commit would flush next belongs in this notice
-            keys = session.info.get(_PENDING)
-            if keys:
-                session.execute(text("SELECT pg_notify(:channel, :payload)"),
-                                {"channel": ORDERS_CHANNEL, "payload": json.dumps(sorted(keys))})
+        def notice(keys: set[Any]) -> tuple[str, str]:
+            return ORDERS_CHANNEL, json.dumps(sorted(keys))
 
-        def committed(session: Session) -> None:
-            if session.in_nested_transaction():
-                return
-            keys = session.info.pop(_PENDING, None)
-            if keys:
-                self.changed(keys)
-
-        def ended(session: Session, transaction: SessionTransaction) -> None:
-            if transaction.parent is None:
-                session.info.pop(_PENDING, None)
-
-        event.listen(maker, "after_flush", flushed)
-        if notify:
-            event.listen(maker, "before_commit", committing)
-        event.listen(maker, "after_commit", committed)
-        event.listen(maker, "after_transaction_end", ended)
+        watch_commits(maker, _PENDING, collect, self.changed, notice if notify else None)
