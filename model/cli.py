@@ -171,7 +171,8 @@ def cmd_cv(args: argparse.Namespace) -> int:
     cfg = CvConfig(data=Path(args.data), run_dir=Path(args.run_dir), teachers=teachers, seed=args.seed,
                    folds=args.folds, epochs=args.epochs, views=args.views, lr=args.lr, batch=args.batch,
                    threads=args.threads, max_images=args.max_images, only_folds=args.only_folds,
-                   student=args.student, kd_temperature=args.kd_temperature, kd_alpha=args.kd_alpha)
+                   student=args.student, kd_temperature=args.kd_temperature, kd_alpha=args.kd_alpha,
+                   final=Path(args.final) if args.final else None)
     report = run_cv(cfg)
     summary: dict[str, Any] = {"report": str(cfg.run_dir / "cv-report.md")}
     for t in report["teachers"]:
@@ -187,6 +188,8 @@ def cmd_cv(args: argparse.Namespace) -> int:
         summary["student"] = ({"top1": st["finetuned"]["top1"], "top1_sd": st["finetuned"]["top1_sd"],
                                "top5": st["finetuned"]["top5"], "epochs": st["chosen_epochs"]}
                               if "finetuned" in st else {"still_to_run": True})
+    if "final" in report:
+        summary["final"] = report["final"]
     print(json.dumps(summary))
     return 0
 
@@ -319,6 +322,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg,
     v.add_argument("--seed", type=int, default=0)
     v.add_argument("--threads", type=_positive, default=2)
     v.add_argument("--max-images", type=int, help="a small slice per split (tests)")
+    v.add_argument("--final", metavar="OUT.onnx",
+                   help="once every fold has run: the student (or the one teacher) trained on all of "
+                        "train + val for the epochs the folds chose, exported to OUT.onnx and "
+                        "OUT.int8.onnx with the temperature and unknown flag fitted out of fold")
     v.set_defaults(run=cmd_cv)
 
     e = msub.add_parser("evaluate", help="accuracy, unknown rate and latency of an ONNX model")

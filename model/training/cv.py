@@ -76,6 +76,8 @@ class CvConfig:
     student: str | None = None
     kd_temperature: float = 2.0
     kd_alpha: float = 0.7
+    # the chosen recipe trained on all of train + val and exported here (``ship``)
+    final: Path | None = None
 
 
 def _slice(ds: Dataset, n: int | None) -> Dataset:
@@ -192,25 +194,32 @@ def _unit(a: np.ndarray) -> np.ndarray:
 
 
 def run_fold(net: RecognizerNet, acts: np.ndarray, feats: np.ndarray, labels: np.ndarray,
-             folds: Folds, k: int, n_frozen: int, n_classes: int, cfg: CvConfig, seed: int,
-             work: Path, soft: np.ndarray | None = None) -> dict[str, np.ndarray]:
-    """One fold: linear head, then the last blocks fine-tuned; held-out logits after each epoch.
+             tr: np.ndarray, te: np.ndarray, k: int, n_frozen: int, n_classes: int, cfg: CvConfig,
+             seed: int, work: Path, soft: np.ndarray | None = None, stop: int | None = None,
+             name: str | None = None) -> dict[str, np.ndarray]:
+    """One fold (training rows ``tr``, held-out rows ``te``): linear head, then the last blocks
+    fine-tuned; held-out logits after each epoch, and each held-out photo's cosine to the nearest
+    of the fold's exemplars (``refit.exemplar_rows`` of its training part, as shipped), which the
+    unknown flag is fitted on.
 
     ``soft``: per-photo teacher log-probabilities (N, C) to distil from, ``cfg.kd_alpha``
-    KL + the rest cross-entropy (only the fold's training rows are read).
+    KL + the rest cross-entropy (only the fold's training rows are read).  ``stop``: end after
+    this many epochs of the ``cfg.epochs`` schedule (the final model stops where the folds chose).
+    With ``te`` empty (the final model, on every photo) nothing is measured.
     """
     import torch
     import torch.nn.functional as F
 
+    from model.refit import exemplar_rows
     from model.training.finetune import warmup_cosine
     from model.training.head import HeadConfig, head_logits, train_head
+    from model.unknown import nearest_cosine
 
-    tr, te = folds.training(k), folds.held_out(k)
     center = _unit(feats[tr, 0]).mean(0)
     cf = _unit(_unit(feats) - center)
     head = train_head(cf[tr].reshape(-1, cf.shape[-1]), np.repeat(labels[tr], cf.shape[1]), n_classes,
                       HeadConfig(seed=seed + k))
-    linear = head_logits(head, cf[te, 0])
+    linear = head_logits(head, cf[te, 0]) if len(te) else np.zeros((0, n_classes), np.float32)
     with torch.no_grad():
         net.prototypes.copy_(head.prototypes.detach())
         net.center.copy_(torch.from_numpy(center.astype(np.float32)))
@@ -225,7 +234,7 @@ def run_fold(net: RecognizerNet, acts: np.ndarray, feats: np.ndarray, labels: np
                             lr=cfg.lr)
     steps = math.ceil(len(tr) / cfg.batch)
     total, warm = cfg.epochs * steps, max(1, steps // 2)
-    ckpt = work / f"fold-{k}.pt"
+    ckpt = work / f"{name or f'fold-{k}'}.pt"
     per_epoch: list[np.ndarray] = []
     start = 0
     if ckpt.exists():
@@ -235,7 +244,7 @@ def run_fold(net: RecognizerNet, acts: np.ndarray, feats: np.ndarray, labels: np
         per_epoch, start = list(state["per_epoch"]), state["epoch"]
         logger.info("fold %d: resuming after epoch %d", k, start)
     torch.manual_seed(seed + k)
-    for epoch in range(start, cfg.epochs):
+    for epoch in range(start, cfg.epochs if stop is None else min(stop, cfg.epochs)):
         net.train()
         for m in net.modules():  # ImageNet's batch-norm statistics: batches of 32 are too small
             if isinstance(m, torch.nn.BatchNorm2d):
@@ -261,13 +270,15 @@ def run_fold(net: RecognizerNet, acts: np.ndarray, feats: np.ndarray, labels: np
             opt.step()
             loss_sum += float(loss.detach()) * len(idx)
         net.eval()
-        with torch.no_grad():
-            held = np.concatenate([_forward_rest(net, acts[te[i : i + 64], 0], n_frozen)[0].numpy()
-                                   for i in range(0, len(te), 64)])
-        per_epoch.append(held)
-        acc = topk_accuracy(held, labels[te])
-        logger.info("fold %d epoch %d/%d: loss %.3f, held-out top-1 %.3f top-5 %.3f (%.0f s)", k,
-                    epoch + 1, cfg.epochs, loss_sum / len(tr), acc[1], acc[5], time.time() - t0)
+        if len(te):
+            held = _rest_outputs(net, acts, te, n_frozen)[0]
+            per_epoch.append(held)
+            acc = topk_accuracy(held, labels[te])
+            logger.info("fold %d epoch %d/%d: loss %.3f, held-out top-1 %.3f top-5 %.3f (%.0f s)", k,
+                        epoch + 1, cfg.epochs, loss_sum / len(tr), acc[1], acc[5], time.time() - t0)
+        else:
+            logger.info("%s epoch %d/%d: loss %.3f (%.0f s)", name or f"fold {k}", epoch + 1, cfg.epochs,
+                        loss_sum / len(tr), time.time() - t0)
         torch.save({"net": net.state_dict(), "opt": opt.state_dict(), "per_epoch": per_epoch,
                     "epoch": epoch + 1}, ckpt)
     with torch.no_grad():
@@ -276,8 +287,23 @@ def run_fold(net: RecognizerNet, acts: np.ndarray, feats: np.ndarray, labels: np
         views = np.concatenate([_forward_rest(net, acts[i : i + 16].reshape(-1, *acts.shape[2:]),
                                               n_frozen)[0].numpy().reshape(-1, acts.shape[1], n_classes)
                                 for i in range(0, len(acts), 16)])
-    return {"held_out": te, "linear": linear.astype(np.float32),
-            "finetuned": np.stack(per_epoch).astype(np.float32), "views": views.astype(np.float16)}
+    out = {"held_out": te, "linear": linear.astype(np.float32), "views": views.astype(np.float16)}
+    if len(te):
+        ex = tr[exemplar_rows(labels[tr], range(n_classes))]
+        out["finetuned"] = np.stack(per_epoch).astype(np.float32)
+        out["near"] = nearest_cosine(_rest_outputs(net, acts, te, n_frozen)[1],
+                                     _rest_outputs(net, acts, np.sort(ex), n_frozen)[1]).astype(np.float32)
+    return out
+
+
+def _rest_outputs(net: RecognizerNet, acts: np.ndarray, rows: np.ndarray,
+                  n_frozen: int) -> tuple[np.ndarray, np.ndarray]:
+    """(logits, embeddings) of the centre view of ``rows`` (eval mode, no gradient)."""
+    import torch
+
+    with torch.no_grad():
+        out = [_forward_rest(net, acts[rows[i : i + 64], 0], n_frozen) for i in range(0, len(rows), 64)]
+    return (np.concatenate([lo.numpy() for lo, _ in out]), np.concatenate([e.numpy() for _, e in out]))
 
 
 def _fold_figures(logits: np.ndarray, labels: np.ndarray, folds: Folds) -> dict[str, Any]:
@@ -289,9 +315,15 @@ def _fold_figures(logits: np.ndarray, labels: np.ndarray, folds: Folds) -> dict[
             "per_fold_top1": t1.tolist(), "per_fold_top5": t5.tolist()}
 
 
-def summarise(oof: np.ndarray, labels: np.ndarray, folds: Folds, split: np.ndarray) -> dict[str, Any]:
-    """Figures of one recipe from its out-of-fold logits (N, C), with the choices fitted on them."""
+def summarise(oof: np.ndarray, labels: np.ndarray, folds: Folds, split: np.ndarray,
+              near: np.ndarray | None = None) -> dict[str, Any]:
+    """Figures of one recipe from its out-of-fold logits (N, C), with the choices fitted on them.
+
+    ``near``: each photo's out-of-fold cosine to its fold's nearest exemplar; with it, the unknown
+    flag (``model.unknown.UnknownFlag``) is fitted on the same out-of-fold outputs.
+    """
     from model.training.head import fit_temperature
+    from model.unknown import UnknownFlag
 
     t = fit_temperature(oof, labels)
     top = softmax(oof, t).max(1)
@@ -299,10 +331,11 @@ def summarise(oof: np.ndarray, labels: np.ndarray, folds: Folds, split: np.ndarr
     other = split == "val"
     per = [topk_accuracy(oof[other & (folds.fold == k)], labels[other & (folds.fold == k)])[1]
            for k in range(folds.k) if np.any(other & (folds.fold == k))]
+    flag = {} if near is None else {"unknown_flag": UnknownFlag.fit(top, near).to_json()}
     return {**_fold_figures(oof, labels, folds),
             "other_session": topk_accuracy(oof[other], labels[other]) if other.any() else {},
             "other_session_per_fold_top1": per,
-            "temperature": t, "unknown_threshold": thr, "known_flagged": float(np.mean(top < thr))}
+            "temperature": t, "unknown_threshold": thr, "known_flagged": float(np.mean(top < thr)), **flag}
 
 
 def _work(cfg: CvConfig, spec: str, seed: int, student: bool = False) -> Path:
@@ -310,13 +343,14 @@ def _work(cfg: CvConfig, spec: str, seed: int, student: bool = False) -> Path:
     return cfg.run_dir / f"{'student-' if student else ''}{backbone}-{size}-s{seed}"
 
 
-def student_targets(cfg: CvConfig, teachers: list[dict[str, Any]], k: int) -> np.ndarray:
+def student_targets(cfg: CvConfig, teachers: list[dict[str, Any]], k: int,
+                    name: str | None = None) -> np.ndarray:
     """Fold ``k``'s soft labels (N, C log-probabilities): each teacher's fold-``k`` network (which
     never saw fold ``k``'s held-out part) on every view of each photo, tempered, averaged over
     views and teachers.  Per photo, not per view: each teacher's views are its own augmentations."""
     probs = None
     for t in teachers:
-        with np.load(_work(cfg, t["teacher"], t["seed"]) / f"fold-{k}.npz") as z:
+        with np.load(_work(cfg, t["teacher"], t["seed"]) / f"{name or f'fold-{k}'}.npz") as z:
             p = softmax(z["views"].astype(np.float32).reshape(-1, z["views"].shape[-1]),
                         cfg.kd_temperature).reshape(z["views"].shape).mean(1)
         probs = p if probs is None else probs + p
@@ -324,17 +358,14 @@ def student_targets(cfg: CvConfig, teachers: list[dict[str, Any]], k: int) -> np
     return np.log(np.maximum(probs / len(teachers), 1e-8)).astype(np.float32)
 
 
-def teacher_cv(cfg: CvConfig, pool: Pool, folds: Folds, n_classes: int, spec: str,
-               seed: int, teachers: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-    """Every fold of one teacher (resumable), then its figures; the pooled logits in ``oof.npz``.
-
-    With ``teachers``: the student ``spec``, each fold distilled from their fold's networks.
-    """
+def _prepared(cfg: CvConfig, pool: Pool, n_classes: int, spec: str, seed: int,
+              work: Path) -> tuple[RecognizerNet, int, np.ndarray, np.ndarray]:
+    """``spec``'s pretrained network, where its trainable part starts, its activation cache and
+    its frozen embeddings (both kept on disk)."""
     from model.training.distill import parse_teacher
     from model.training.network import RecognizerNet, build_trunk
 
     backbone, size = parse_teacher(spec)
-    work = _work(cfg, spec, seed, student=teachers is not None)
     work.mkdir(parents=True, exist_ok=True)
     base = RecognizerNet(build_trunk(backbone, size), n_classes).eval()
     n_frozen = first_trainable_block(base.trunk, size)
@@ -345,6 +376,17 @@ def teacher_cv(cfg: CvConfig, pool: Pool, folds: Folds, n_classes: int, spec: st
     else:
         feats = frozen_embeddings(base, acts, n_frozen)
         np.save(feats_path, feats)
+    return base, n_frozen, acts, feats
+
+
+def teacher_cv(cfg: CvConfig, pool: Pool, folds: Folds, n_classes: int, spec: str,
+               seed: int, teachers: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Every fold of one teacher (resumable), then its figures; the pooled logits in ``oof.npz``.
+
+    With ``teachers``: the student ``spec``, each fold distilled from their fold's networks.
+    """
+    work = _work(cfg, spec, seed, student=teachers is not None)
+    base, n_frozen, acts, feats = _prepared(cfg, pool, n_classes, spec, seed, work)
     initial = {k: v.clone() for k, v in base.state_dict().items()}
     wanted = cfg.only_folds if cfg.only_folds is not None else tuple(range(folds.k))
     for k in wanted:
@@ -355,7 +397,8 @@ def teacher_cv(cfg: CvConfig, pool: Pool, folds: Folds, n_classes: int, spec: st
         for p in base.parameters():
             p.requires_grad_(True)
         soft = student_targets(cfg, teachers, k) if teachers is not None else None
-        res = run_fold(base, acts, feats, pool.labels, folds, k, n_frozen, n_classes, cfg, seed, work, soft)
+        res = run_fold(base, acts, feats, pool.labels, folds.training(k), folds.held_out(k), k, n_frozen,
+                       n_classes, cfg, seed, work, soft)
         np.savez(out.with_suffix(".tmp.npz"), **res)  # type: ignore[arg-type]
         out.with_suffix(".tmp.npz").replace(out)
         (work / f"fold-{k}.pt").unlink(missing_ok=True)
@@ -365,17 +408,22 @@ def teacher_cv(cfg: CvConfig, pool: Pool, folds: Folds, n_classes: int, spec: st
     n = len(pool)
     linear = np.zeros((n, n_classes), np.float32)
     fine = np.zeros((cfg.epochs, n, n_classes), np.float32)
+    near: np.ndarray | None = np.zeros(n, np.float32)
     for k in range(folds.k):
         with np.load(work / f"fold-{k}.npz") as z:
             linear[z["held_out"]] = z["linear"]
             fine[:, z["held_out"]] = z["finetuned"]
+            if near is not None and "near" in z:
+                near[z["held_out"]] = z["near"]
+            else:  # a fold run before the exemplar cosines were kept: no unknown flag from the folds
+                near = None
     by_epoch = [_fold_figures(fine[e], pool.labels, folds)["top1"] for e in range(cfg.epochs)]
     best = int(np.argmax(by_epoch))
     np.savez(work / "oof.npz", linear=linear, finetuned=fine[best], labels=pool.labels)
     return {"teacher": spec, "seed": seed, "trainable_from_block": n_frozen,
             "epochs_top1": by_epoch, "chosen_epochs": best + 1,
             "linear": summarise(linear, pool.labels, folds, pool.split),
-            "finetuned": summarise(fine[best], pool.labels, folds, pool.split)}
+            "finetuned": summarise(fine[best], pool.labels, folds, pool.split, near)}
 
 
 def ensemble(cfg: CvConfig, results: list[dict[str, Any]], pool: Pool, folds: Folds,
@@ -423,9 +471,16 @@ def run_cv(cfg: CvConfig) -> dict[str, Any]:
             teacher_cv(cfg, pool, folds, len(ds.classes), cfg.student, cfg.seed, done)
             if done and len(done) == len(results) else {"teacher": cfg.student, "seed": cfg.seed,
                                                         "waiting_for_teachers": True})
-    (cfg.run_dir / "cv-report.json").write_text(json.dumps(report, indent=2, default=float) + "\n")
-    (cfg.run_dir / "cv-report.md").write_text(render_cv_markdown(report))
+    _write_report(cfg.run_dir, report)
+    if cfg.final is not None:
+        report["final"] = ship(cfg, report, ds, pool)
+        _write_report(cfg.run_dir, report)
     return report
+
+
+def _write_report(run_dir: Path, report: dict[str, Any]) -> None:
+    (run_dir / "cv-report.json").write_text(json.dumps(report, indent=2, default=float) + "\n")
+    (run_dir / "cv-report.md").write_text(render_cv_markdown(report))
 
 
 def _fmt(s: dict[str, Any]) -> str:
@@ -435,7 +490,9 @@ def _fmt(s: dict[str, Any]) -> str:
             f"{', '.join(f'{x:.3f}' for x in per)})" if other else "")
     return (f"top-1 {s['top1']:.3f} +- {s['top1_sd']:.3f}, top-5 {s['top5']:.3f} +- {s['top5_sd']:.3f} "
             f"(folds: {', '.join(f'{x:.3f}' for x in s['per_fold_top1'])}){tail}; temperature "
-            f"{s['temperature']:.3f}, unknown threshold {s['unknown_threshold']:.3f}")
+            f"{s['temperature']:.3f}, unknown threshold {s['unknown_threshold']:.3f}"
+            + (f", unknown flag (probability + nearest exemplar) threshold "
+               f"{s['unknown_flag']['threshold']:.3f}" if "unknown_flag" in s else ""))
 
 
 def render_cv_markdown(r: dict[str, Any]) -> str:
@@ -469,4 +526,109 @@ def render_cv_markdown(r: dict[str, Any]) -> str:
                          f"{', '.join(f'{x:.3f}' for x in st['epochs_top1'])}): {_fmt(st['finetuned'])}")
         else:
             lines.append(f"- {name}: still to run ({st.get('folds_missing', 'teachers unfinished')})")
+    if "final" in r:
+        lines.append(f"- **shipped**: {r['final']['recipe']} trained on all of train + val for "
+                     f"{r['final']['epochs']} epochs, temperature and unknown flag fitted out of fold: "
+                     f"{', '.join(Path(p).name for p in r['final']['files'])}")
     return "\n".join(lines) + "\n"
+
+
+FINAL = "final"  # the run on every photo of train + val: final.npz (its views' logits), final-net.pt
+
+
+def final_network(cfg: CvConfig, pool: Pool, n_classes: int, spec: str, seed: int, epochs: int,
+                  teachers: list[dict[str, Any]] | None = None) -> RecognizerNet:
+    """``spec`` trained on every photo of train + val, by the recipe the folds measured, stopped
+    after the ``epochs`` they chose (same schedule); with ``teachers``: distilled from their
+    final networks.  Resumable like a fold; the network is kept as ``final-net.pt``."""
+    import torch
+
+    work = _work(cfg, spec, seed, student=teachers is not None)
+    base, n_frozen, acts, feats = _prepared(cfg, pool, n_classes, spec, seed, work)
+    done, state = work / f"{FINAL}.npz", work / f"{FINAL}-net.pt"
+    if done.exists() and state.exists():
+        base.load_state_dict(torch.load(state))
+        return base.eval()
+    for p in base.parameters():
+        p.requires_grad_(True)
+    soft = student_targets(cfg, teachers, 0, FINAL) if teachers is not None else None
+    every = np.arange(len(pool))
+    res = run_fold(base, acts, feats, pool.labels, every, every[:0], cfg.folds, n_frozen, n_classes, cfg,
+                   seed, work, soft, stop=epochs, name=FINAL)
+    torch.save(base.state_dict(), state)
+    np.savez(done.with_suffix(".tmp.npz"), views=res["views"])
+    done.with_suffix(".tmp.npz").replace(done)
+    (work / f"{FINAL}.pt").unlink(missing_ok=True)
+    return base.eval()
+
+
+def ship(cfg: CvConfig, report: dict[str, Any], ds: Dataset, pool: Pool) -> dict[str, Any]:
+    """The model the stall runs: the cross-validated recipe trained on all of train + val, exported
+    (float and int8) with the temperature and unknown flag fitted on its out-of-fold outputs."""
+    import torch
+
+    from model.training.distill import parse_teacher
+    from model.training.network import EMBEDDING_DIMS
+    from model.training.train import MODEL_VERSION, export_checkpoint, model_io, portable
+
+    assert cfg.final is not None
+    teachers = report["teachers"]
+    if any("folds_missing" in t for t in teachers):
+        raise ModelError("--final: every fold of every teacher must have run first")
+    if cfg.student is not None:
+        chosen = report.get("student") or {}
+        if "finetuned" not in chosen:
+            raise ModelError("--final: the student's folds must have run first")
+        for t in teachers:
+            final_network(cfg, pool, len(ds.classes), t["teacher"], t["seed"], t["chosen_epochs"])
+        net = final_network(cfg, pool, len(ds.classes), cfg.student, cfg.seed, chosen["chosen_epochs"],
+                            teachers)
+    elif len(teachers) == 1:
+        chosen = teachers[0]
+        net = final_network(cfg, pool, len(ds.classes), chosen["teacher"], chosen["seed"],
+                            chosen["chosen_epochs"])
+    else:
+        raise ModelError("--final: several teachers ship as one distilled student: give --student")
+    f = chosen["finetuned"]
+    if "unknown_flag" not in f:
+        raise ModelError("--final: these folds ran before the exemplar cosines were kept; run them again "
+                         "(delete the fold-*.npz of the recipe) to fit the unknown flag out of fold")
+    backbone, size = parse_teacher(chosen["teacher"])
+    mode = "cv-student" if cfg.student is not None else "cv-finetune"
+    key = hashlib.sha256(_pool_key(pool).encode()).hexdigest()[:12]
+    other = f.get("other_session") or {}
+    meta = {
+        "version": MODEL_VERSION,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "labels": ds.classes,
+        **model_io(size),
+        "backbone": backbone,
+        "mode": mode,
+        "scale": cfg.train_scale,
+        "temperature": f["temperature"],
+        "unknown": {"score": "max calibrated probability", "threshold": f["unknown_threshold"],
+                    "nearest_exemplar": f["unknown_flag"]},
+        "gallery": {"k": 3, "gain": 1.0, "bias": 0.0},
+        "embedding_dim": EMBEDDING_DIMS[backbone],
+        "embedding_space": f"{backbone}-{size}-{mode}-{key}-s{chosen['seed']}",
+        "training_list_sha256": hashlib.sha256(
+            "".join(f"{s.path.as_posix()}\t{s.label}\n" for s in pool.samples).encode()).hexdigest(),
+        "trained_on": f"train + val ({len(ds.train)} + {len(ds.val)} photos), "
+                      f"{chosen['chosen_epochs']} epochs",
+        "calibration": f"out of fold ({cfg.folds} blocked folds over train + val, wetmarket model cv)",
+        "dataset": portable(cfg.data),
+        "seed": chosen["seed"],
+        "weight_bits": 8,
+        "metrics": {"cross_validated": {
+            "recipe": f"{'student ' if cfg.student else ''}{chosen['teacher']} seed {chosen['seed']}",
+            "folds": cfg.folds, **{k: f[k] for k in ("top1", "top1_sd", "top5", "top5_sd")},
+            **({"other_session_top1": other[1], "other_session_top5": other[5]} if other else {})}},
+    }
+    checkpoint = cfg.run_dir / "final-model.pt"
+    torch.save({"state": net.state_dict(), "meta": meta, "backbone": backbone, "size": size,
+                "n_classes": len(ds.classes), "data": str(cfg.data)}, checkpoint)
+    written = export_checkpoint(checkpoint, cfg.final, int8=True, data=ds,
+                                int8_out=cfg.final.with_name(cfg.final.stem + ".int8.onnx"), calibrated=True)
+    logger.info("final model: %s", ", ".join(str(p) for p in written))
+    return {"recipe": meta["metrics"]["cross_validated"]["recipe"], "epochs": chosen["chosen_epochs"],
+            "files": [str(p) for p in written]}

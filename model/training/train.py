@@ -453,11 +453,7 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
         "version": MODEL_VERSION,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "labels": ds.classes,
-        "input": {"name": "image", "size": cfg.size, "mean": 127.0, "std": 128.0,
-                  "color": "RGB", "layout": "NCHW", "dtype": "float32",
-                  "resize": "shorter side to size (INTER_AREA), centre crop"},
-        "outputs": {"logits": "scale * cosine to each label's prototype",
-                    "embedding": "L2-normalised global-average-pooled trunk features"},
+        **model_io(cfg.size),
         "backbone": cfg.backbone,
         "mode": cfg.mode,
         "scale": float(np.exp(log_scale)),
@@ -467,7 +463,7 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
         "embedding_dim": EMBEDDING_DIMS[cfg.backbone],
         "embedding_space": f"{cfg.backbone}-{cfg.size}-{cfg.mode}-{ds.training_list_hash()[:12]}-s{cfg.seed}",
         "training_list_sha256": ds.training_list_hash(),
-        "dataset": _portable(cfg.data),
+        "dataset": portable(cfg.data),
         "seed": cfg.seed,
         "weight_bits": cfg.weight_bits,
         "metrics": {"val_top1": report["val"][1], "val_top5": report["val"][5],
@@ -490,7 +486,16 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
     return report
 
 
-def _portable(path: Path) -> str:
+def model_io(size: int) -> dict[str, Any]:
+    """The metadata's ``input`` and ``outputs``: what ``model.preprocess`` and the runner rely on."""
+    return {"input": {"name": "image", "size": size, "mean": 127.0, "std": 128.0,
+                      "color": "RGB", "layout": "NCHW", "dtype": "float32",
+                      "resize": "shorter side to size (INTER_AREA), centre crop"},
+            "outputs": {"logits": "scale * cosine to each label's prototype",
+                        "embedding": "L2-normalised global-average-pooled trunk features"}}
+
+
+def portable(path: Path) -> str:
     """``path`` relative to the repository when it lies beside it (``../shared/...``), else as given."""
     import os
 
@@ -644,9 +649,54 @@ def calibrated_on_val(meta: dict[str, Any], model: Path, ds: Dataset, size: int,
     return meta
 
 
+def carried_to_int8(meta: dict[str, Any], fp32: Path, int8: Path, ds: Dataset, size: int,
+                    n: int = 400) -> dict[str, Any]:
+    """The float model's out-of-fold thresholds moved by how far quantisation moves each score.
+
+    Both models score the same ``n`` photos (spread over train and val, each model with its own
+    exemplars); the median paired difference is added to each threshold.  Quantisation shifted
+    the score of every photo alike (a threshold fitted on the float model flagged 11 % of val
+    produce on the int8 one instead of 8 %); the photos were trained on, which does not matter
+    for a difference between two copies of one network.
+    """
+    from model.preprocess import preprocess, read_image
+    from model.recognizer import ModelRunner, int8_needs_exact_kernels
+    from model.refit import Exemplars, unit
+
+    photos = [*ds.train, *ds.val]
+    pick = [photos[i] for i in np.linspace(0, len(photos) - 1, min(n, len(photos))).astype(int)]
+    flag = UnknownFlag.from_json(meta["unknown"]["nearest_exemplar"])
+    temperature = float(meta["temperature"])
+    scores = []
+    for path in (fp32, int8):
+        m = json.loads(path.with_suffix(".json").read_text()) if path == fp32 else meta
+        runner = ModelRunner(path, size, exact_int8=int8_needs_exact_kernels(m))
+        out = [runner.run(preprocess(read_image(s.path, size), size)) for s in pick]
+        logits, emb = np.stack([lo[0] for lo, _ in out]), np.stack([e[0] for _, e in out])
+        ex = Exemplars.read(path.with_name(str(m["teach"]["exemplars"])), len(m["labels"]),
+                            int(m["embedding_dim"]), str(m["embedding_space"]))
+        prob = softmax(logits, temperature).max(1)
+        scores.append((prob, flag.score(prob, nearest_cosine(unit(emb), unit(ex.embeddings)))))
+    d_prob = float(np.median(scores[1][0] - scores[0][0]))
+    d_score = float(np.median(scores[1][1] - scores[0][1]))
+    logger.info("%s: int8 moves the top probability by %+.4f and the unknown score by %+.4f (median of %d)",
+                int8.name, d_prob, d_score, len(pick))
+    moved = UnknownFlag(flag.prob_mean, flag.prob_std, flag.near_mean, flag.near_std,
+                        flag.threshold + d_score)
+    return {**meta, "unknown": {**meta["unknown"], "threshold": float(meta["unknown"]["threshold"]) + d_prob,
+                                "nearest_exemplar": moved.to_json()},
+            "int8_shift": {"top_probability": d_prob, "unknown_score": d_score, "photos": len(pick)}}
+
+
 def export_checkpoint(checkpoint: Path, out: Path, int8: bool = False,
-                      data: Path | None = None, int8_out: Path | None = None) -> list[Path]:
-    """``model.pt`` of a run -> ``OUT.onnx`` + ``OUT.json`` (and the int8 pair)."""
+                      data: Path | Dataset | None = None, int8_out: Path | None = None,
+                      calibrated: bool = False) -> list[Path]:
+    """``model.pt`` of a run -> ``OUT.onnx`` + ``OUT.json`` (and the int8 pair).
+
+    ``calibrated``: the checkpoint's temperature and unknown flag were fitted out of fold (``model
+    cv``) and val is in its training set: they are kept, and carried to the int8 copy by
+    ``carried_to_int8`` instead of refitted on val.
+    """
     import torch
     import torch.nn.functional as F
 
@@ -663,7 +713,7 @@ def export_checkpoint(checkpoint: Path, out: Path, int8: bool = False,
     export_onnx(net, state["size"], out)
     written = [out, out.with_suffix(".json")]
     try:
-        ds: Dataset | None = load_dataset(data or Path(state["data"]))
+        ds: Dataset | None = data if isinstance(data, Dataset) else load_dataset(data or Path(state["data"]))
     except DatasetError as exc:
         if int8:
             raise
@@ -674,8 +724,9 @@ def export_checkpoint(checkpoint: Path, out: Path, int8: bool = False,
     space = str(meta["embedding_space"])
     if ds is not None:
         meta = {**meta, "teach": write_exemplars(out, ds, state["size"], space, protos)}
-        # the float model keeps the temperature fitted in training; it only gains the unknown flag
-        meta = calibrated_on_val(meta, out, ds, state["size"], recalibrate=False)
+        if not calibrated:
+            # the float model keeps the temperature fitted in training; it only gains the unknown flag
+            meta = calibrated_on_val(meta, out, ds, state["size"], recalibrate=False)
         written.append(out.with_name(out.stem + ".exemplars.npz"))
     write_metadata(out.with_suffix(".json"), meta, out)
     if int8 and ds is not None:
@@ -686,7 +737,8 @@ def export_checkpoint(checkpoint: Path, out: Path, int8: bool = False,
         # read by ModelRunner: 7-bit weights cannot saturate the fast kernels, so they need no exact ones
         int8_meta = {"weight_bits": bits, "depthwise_weight_bits": 8}
         qmeta = {**meta, "int8": int8_meta, "teach": write_exemplars(q, ds, state["size"], space, protos)}
-        qmeta = calibrated_on_val(qmeta, q, ds, state["size"], recalibrate=True)
+        qmeta = (carried_to_int8(qmeta, out, q, ds, state["size"]) if calibrated else
+                 calibrated_on_val(qmeta, q, ds, state["size"], recalibrate=True))
         write_metadata(q.with_suffix(".json"), qmeta, q)
         written += [q, q.with_suffix(".json"), q.with_name(q.stem + ".exemplars.npz")]
     return written

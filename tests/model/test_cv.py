@@ -106,6 +106,34 @@ def test_cv_command_runs_fold_by_fold_and_resumes(dataset_root: Path, tmp_path: 
     quoted = cv_figures(tmp_path / "cv-report.json")  # what `model train --cv-report` quotes: the student
     assert quoted["recipe"] == "student efficientnet-lite0@64 seed 0"
     assert quoted["top1"] == st["finetuned"]["top1"] and quoted["folds"] == 2
+    # the unknown flag was fitted on the folds' held-out photos and their fold's exemplars
+    flag = st["finetuned"]["unknown_flag"]
+    assert flag["near_std"] > 0 and flag["prob_std"] > 0
+
+    # the final model: the student trained on every photo, its calibration carried from the folds
+    out = tmp_path / "shipped" / "recognizer.onnx"
+    out.parent.mkdir()
+    assert _cv(dataset_root, tmp_path, "--student", "efficientnet-lite0@64", "--final", str(out)) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["final"]["epochs"] == st["chosen_epochs"]
+    meta = json.loads(out.with_suffix(".json").read_text())
+    assert meta["temperature"] == st["finetuned"]["temperature"]
+    assert meta["unknown"]["nearest_exemplar"]["near_mean"] == flag["near_mean"]
+    assert meta["metrics"]["cross_validated"]["top1"] == st["finetuned"]["top1"]
+    assert "val_top1" not in meta["metrics"]  # val was trained on: never quoted
+    q = out.with_name("recognizer.int8.onnx")
+    qmeta = json.loads(q.with_suffix(".json").read_text())
+    assert qmeta["int8_shift"]["photos"] > 0
+    assert qmeta["unknown"]["nearest_exemplar"]["threshold"] == pytest.approx(
+        flag["threshold"] + qmeta["int8_shift"]["unknown_score"])
+    from model.recognizer import Recognizer
+
+    photo = next((dataset_root / "train").rglob("*.jpg"))
+    for model in (out, q):  # both load and answer with the catalogue's labels
+        r = Recognizer.load(model, top_k=3).recognize(photo)
+        assert len(r.top) == 3 and {label for label, _ in r.top} <= set(meta["labels"])
+    for name in ("efficientnet-lite0-64-s0", "student-efficientnet-lite0-64-s0"):
+        assert (tmp_path / name / "final-net.pt").exists()
+    assert "**shipped**" in (tmp_path / "cv-report.md").read_text()
 
 
 def test_a_cv_report_without_finished_folds_is_refused(tmp_path: Path) -> None:
