@@ -58,7 +58,8 @@ class Order(_Doc):
     state: str
     state_zh: str
     state_en: str
-    pickup_code: str = Field(max_length=8)
+    # never in the stall's view: the shopper shows it, the vendor types it, the server checks it
+    pickup_code: str | None = Field(default=None, max_length=8)
     slot_start: str
     slot_end: str
     note: str | None = None
@@ -195,8 +196,9 @@ class OrderDesk(BackoffSender):
     def start_weighing(self, order_id: int) -> DeskResult:
         return self._send("POST", f"/api/v1/stall/orders/{order_id}/weighing")
 
-    def picked_up(self, order_id: int, payment: str) -> DeskResult:
-        return self._send("POST", f"/api/v1/stall/orders/{order_id}/picked-up", {"payment": payment})
+    def picked_up(self, order_id: int, payment: str, pickup_code: str) -> DeskResult:
+        return self._send("POST", f"/api/v1/stall/orders/{order_id}/picked-up",
+                          {"payment": payment, "pickup_code": pickup_code})
 
     def cancel(self, order_id: int, reason: str) -> DeskResult:
         return self._send("POST", f"/api/v1/stall/orders/{order_id}/cancel", {"reason": reason})

@@ -40,6 +40,8 @@ MARKET_ENV = {
     "order_tolerance_pct": "WETMARKET_ORDER_TOLERANCE_PCT",
     "order_rate_phone": "WETMARKET_ORDER_RATE_PHONE",  # limits' notation: 10/minute;60/hour
     "order_rate_addr": "WETMARKET_ORDER_RATE_ADDR",
+    # how a shopper's sign-in code reaches her phone: command:PROGRAM ARGS... or display
+    "shop_code_sender": "WETMARKET_SHOP_CODE_SENDER",
 }
 
 

@@ -302,11 +302,18 @@ def start_weighing(session: Session, order_id: int, stall_id: str,
     return order
 
 
-def picked_up(session: Session, order_id: int, stall_id: str, payment: Payment,
+def picked_up(session: Session, order_id: int, stall_id: str, payment: Payment, pickup_code: str,
               now: dt.datetime | None = None) -> db.Order:
+    """The shopper collected the order: she gave the pickup code her page shows, the vendor typed
+    it.  The stall's view of an order never carries the code, so a bag is handed to the one who
+    ordered it, not to whoever names the stall and the slot."""
     order = _get(session, order_id, stall_id=stall_id)
     if order.state != "ready":
         raise _refuse_state(order, ("取货", "hand it over (it is ready once its sale is stored)"))
+    if not secrets.compare_digest(pickup_code.encode(), order.pickup_code.encode()):
+        logger.info("order %d: a wrong pickup code typed at stall %s", order.id, stall_id)
+        raise OrderError(f"取货码不对，请顾客出示下单页上的取货码 / that is not order {order.id}'s pickup "
+                         "code: ask the shopper for the code her order page shows")
     order.state, order.payment = "picked_up", payment
     order.picked_up_at = now or dt.datetime.now(dt.UTC)
     return order
@@ -425,7 +432,9 @@ def to_json(order: db.Order, stall_name: str, tz: zoneinfo.ZoneInfo, *, online: 
     } for ln in order.lines]
     out: dict[str, Any] = {
         "id": order.id, "stall_id": order.stall_id, "stall_name": stall_name, "state": order.state,
-        "state_zh": zh, "state_en": en, "pickup_code": order.pickup_code,
+        "state_zh": zh, "state_en": en,
+        # the shopper's proof at the stall: the stall's own view never shows it (``picked_up``)
+        "pickup_code": None if for_stall else order.pickup_code,
         "slot_start": local(order.slot_start), "slot_end": local(order.slot_end), "note": order.note,
         "estimate_fen": order.estimate_fen, "final_fen": order.final_fen,
         "tolerance_pct": order.tolerance_pct,

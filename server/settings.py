@@ -69,6 +69,15 @@ class Settings(BaseModel):
     order_rate_addr: str = Field("30/minute;300/hour", title="Order calls per client address",
                                  description="limits' notation; sign-in, placing and cancelling")
     shop_session_s: int = Field(30 * 24 * 3600, ge=60, title="Shopper session lifetime (s)")
+    shop_code_sender: str = Field(
+        "display", title="How a shopper's sign-in code reaches her phone",
+        description="'command:PROGRAM ARGS...' (run with the phone number last, the SMS text on "
+                    "stdin: an SMS gateway's client) or 'display' (the code shown on the page: "
+                    "the demo and trials only; server/shop_codes.py)")
+    shop_code_rate: str = Field("1/30second;5/hour", title="Sign-in codes sent per phone",
+                                description="limits' notation")
+    shop_code_tries: str = Field("5/10minute;20/day", title="Sign-in code tries per phone",
+                                 description="limits' notation; a wrong code counts")
 
     @field_validator("timezone")
     @classmethod
@@ -79,7 +88,15 @@ class Settings(BaseModel):
             raise ValueError(f"unknown time zone {v!r}") from exc
         return v
 
-    @field_validator("order_rate_phone", "order_rate_addr")
+    @field_validator("shop_code_sender")
+    @classmethod
+    def _sender(cls, v: str) -> str:
+        from server.shop_codes import CodeSender
+
+        CodeSender.parse(v)
+        return v
+
+    @field_validator("order_rate_phone", "order_rate_addr", "shop_code_rate", "shop_code_tries")
     @classmethod
     def _rate(cls, v: str) -> str:
         from limits import parse_many

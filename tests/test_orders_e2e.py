@@ -70,6 +70,14 @@ def test_order_online_the_stall_weighs_it_and_the_shopper_sees_it_ready(
     shop.on("pageerror", lambda exc: errors.append(f"shop: {exc}"))
     shop.goto(f"{srv.url}/shop")
     shop.fill("#phone", "138 0013 8000")
+    shop.click("#send-code")  # the market of this test shows the code (shop_code_sender=display)
+    expect(shop.locator("#shown-code")).to_contain_text("验证码")
+    code = re.search(r"[0-9]{6}", shop.locator("#shown-code").inner_text())
+    assert code is not None
+    shop.fill("#code", f"{(int(code[0]) + 1) % 10**6:06d}")
+    shop.click("#sign-in")
+    expect(shop.locator("#message")).to_contain_text("验证码不对")
+    shop.fill("#code", code[0])
     shop.click("#sign-in")
     expect(shop.locator("#me")).to_have_text("138****8000")
     expect(shop.locator(f"#stalls li[data-stall='{STALL}'] .badge")).to_contain_text("离线")
@@ -145,8 +153,17 @@ def test_order_online_the_stall_weighs_it_and_the_shopper_sees_it_ready(
         assert (first["state"], first["sale_id"], first["final_fen"]) == ("ready", sale["sale_id"],
                                                                          sale["total_fen"])
 
-        # 5. Handed over, paid by QR.
+        # 5. Handed over against the code on the shopper's page (the stall never sees it), paid by QR.
+        code = mine.locator(".code").inner_text().strip()
+        assert re.fullmatch(r"[0-9]{4}", code) and code not in card.inner_text()
         expect(card.locator("button.paid-qr")).to_be_visible(timeout=FOLLOW_MS)
+        card.locator("button.paid-qr").click()  # no code typed: said, nothing sent
+        expect(vendor.locator("#message")).to_contain_text("取货码")
+        card.locator("input.pickup-code").fill(f"{(int(code) + 1) % 10_000:04d}")
+        card.locator("button.paid-qr").click()
+        expect(vendor.locator("#message")).to_contain_text("取货码不对")
+        expect(mine.locator(".state")).to_have_text("已备好，可取货")
+        card.locator("input.pickup-code").fill(code)
         card.locator("button.paid-qr").click()
         expect(mine.locator(".state")).to_have_text("已取货", timeout=FOLLOW_MS)
         share = httpx.get(f"{srv.url}/api/v1/stats/online-share", timeout=5).json()

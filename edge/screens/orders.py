@@ -34,6 +34,8 @@ class Accept(_Body):
 
 class PickedUp(_Body):
     payment: Literal["cash", "qr"] = Field(description="cash, or a QR payment")
+    pickup_code: str = Field(pattern=r"^[0-9]{4,8}$",
+                             description="the pickup code the shopper shows (the server checks it)")
 
 
 class Cancel(_Body):
@@ -105,9 +107,11 @@ def add_order_routes(app: FastAPI, stall: StallApp, hub: ScreenHub) -> None:
 
     @app.post("/api/orders/{order_id}/picked-up", tags=["orders"], responses=refusals)
     def picked_up(order_id: OrderId, body: PickedUp) -> JSONResponse:
-        """The shopper collected the order and paid: the vendor records how."""
+        """The shopper gave her pickup code and paid: the vendor types the code and records how she
+        paid; the server refuses a code that is not the order's."""
         d = desk()
-        return answer(d.picked_up(order_id, body.payment)) if d is not None else _refused(no_desk)
+        return (answer(d.picked_up(order_id, body.payment, body.pickup_code)) if d is not None
+                else _refused(no_desk))
 
     @app.post("/api/orders/{order_id}/cancel", tags=["orders"], responses=refusals)
     def cancel(order_id: OrderId, body: Cancel) -> JSONResponse:

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import func, select
 from starlette.concurrency import run_in_threadpool
 
-from server import db, orders
+from server import db, orders, shop_codes
 from server.auth import Credentials, ManagerDep
 from server.deps import SessionDep, SettingsDep, write_lock
 from server.feed import etag_matches
@@ -33,11 +33,14 @@ from server.routes.manage_common import CSP
 from server.routes.pages import templates
 from server.routes.stats import Day, refused_as_422
 from server.sessions import load_secret
+from server.shop_codes import CodeSender
 from server.stats import check_day, local_today
 
 router = APIRouter(tags=["orders"], route_class=GuardedRoute)
 
 SHOP_COOKIE = "wm_shop"
+#: The code sent to her phone, pending (server.shop_codes): its HMAC, never the code.
+CODE_COOKIE = "wm_shop_code"
 #: A stall's long poll answers at a change or after this many seconds.
 MAX_WAIT_S = 25
 #: The shopper's live page: a keep-alive comment this often.
@@ -53,6 +56,10 @@ class Shop:
     cookies: URLSafeTimedSerializer
     limits: RateLimits
     watch: OrderWatch
+    codes: URLSafeTimedSerializer  # the pending code's cookie: another salt, never a session
+    sender: CodeSender
+    code_sends: RateLimits  # codes sent per phone (and sign-ins per address)
+    code_tries: RateLimits  # codes tried per phone
 
 
 def shop(request: Request) -> Shop:
@@ -69,8 +76,12 @@ def install(app: Any, watch: OrderWatch) -> None:
     processes' order changes)."""
     settings = app.state.settings
     secret = load_secret(app.state.sessionmaker)
+    sender = CodeSender.parse(settings.shop_code_sender)
     app.state.shop = Shop(secret, URLSafeTimedSerializer(secret, salt="wetmarket.shop.session"),
-                          RateLimits(settings.order_rate_phone, settings.order_rate_addr), watch)
+                          RateLimits(settings.order_rate_phone, settings.order_rate_addr), watch,
+                          URLSafeTimedSerializer(secret, salt="wetmarket.shop.code"), sender,
+                          RateLimits(settings.shop_code_rate, settings.order_rate_addr),
+                          RateLimits(settings.shop_code_tries, settings.order_rate_addr))
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,10 +108,22 @@ ShopperDep = Annotated[Shopper, Depends(shopper)]
 
 
 # -- bodies and answers ---------------------------------------------------------------------
-class SignIn(BaseModel):
+class CodeAsk(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     phone: str = Field(min_length=11, max_length=16, description="mainland mobile number, 11 digits")
+
+
+class CodeSent(BaseModel):
+    phone: str = Field(description="masked: 138****1234")
+    expires_s: int = Field(description="the code is good for this many seconds")
+    shown_code: str | None = Field(None, description="the code itself, only where the market shows it "
+                                                     "on the page instead of sending it "
+                                                     "(shop_code_sender=display)")
+
+
+class SignIn(CodeAsk):
+    code: str = Field(pattern=r"^[0-9]{6}$", description="the 6-digit code sent to the phone")
 
 
 class Me(BaseModel):
@@ -131,7 +154,8 @@ class OrderOut(BaseModel):
     state: str
     state_zh: str
     state_en: str
-    pickup_code: str
+    pickup_code: str | None = Field(description="the shopper's code to collect it with; null in the stall's "
+                                                "view (the vendor types what the shopper shows)")
     slot_start: str
     slot_end: str
     note: str | None
@@ -216,6 +240,8 @@ class PickedUp(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     payment: orders.Payment = Field(description="how the shopper paid: cash or qr (a QR payment)")
+    pickup_code: str = Field(pattern=r"^[0-9]{4,8}$",
+                             description="the pickup code the shopper's order page shows, as she gave it")
 
 
 class CancelBody(BaseModel):
@@ -325,16 +351,55 @@ def shop_slots(request: Request) -> Slots:
                  lead_min=s.order_lead_min, slot_min=s.order_slot_min)
 
 
+def _cookie(request: Request, response: Response, name: str, value: str, max_age: int) -> None:
+    response.set_cookie(name, value, max_age=max_age, path="/", httponly=True, samesite="strict",
+                        secure=request.url.scheme == "https")
+
+
+@router.post("/api/v1/shop/code", response_model=CodeSent,
+             responses=errors(400, 413, 429, 503, e429="Too many codes for this phone or address",
+                              e503="The code could not be sent: try again"))
+def send_code(body: CodeAsk, request: Request, response: Response) -> CodeSent:
+    """Send a one-time 6-digit code to the phone (SMS, through the market's gateway), good for 5
+    minutes; its proof rides in a short-lived cookie of its own (server/shop_codes.py)."""
+    s = shop(request)
+    s.code_sends.address(request)
+    with as_http():
+        phone = orders.check_phone(body.phone)
+    key = orders.phone_key(s.secret, phone)
+    s.code_sends.phone(key)
+    code, pending = shop_codes.issue(s.secret, key)
+    try:
+        s.sender.send(phone, code)
+    except shop_codes.CodeSendFailed:
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "验证码发送失败，请稍后再试 / the code "
+                            "could not be sent: try again in a minute") from None
+    _cookie(request, response, CODE_COOKIE, s.codes.dumps(pending), shop_codes.CODE_TTL_S)
+    return CodeSent(phone=orders.mask_phone(phone), expires_s=shop_codes.CODE_TTL_S,
+                    shown_code=code if s.sender.display else None)
+
+
 @router.post("/api/v1/shop/sign-in", response_model=Me,
-             responses=errors(400, 413, 429, e429="Too many sign-ins from this address"))
+             responses=errors(400, 401, 413, 429, e401="Not the code sent to this phone, or expired",
+                              e429="Too many tries for this phone or address"))
 def sign_in(body: SignIn, request: Request, response: Response) -> Me:
-    """Sign in with a phone number: a signed session cookie (HttpOnly, SameSite=Strict).  A
-    deployment proves the number with a one-time SMS code before this step (not built here)."""
+    """Sign in with a phone number and the code sent to it: a signed session cookie (HttpOnly,
+    SameSite=Strict).  Tries are counted per phone, a wrong code among them."""
     s = shop(request)
     s.limits.address(request)
     with as_http():
         phone = orders.check_phone(body.phone)
     key, masked = orders.phone_key(s.secret, phone), orders.mask_phone(phone)
+    s.code_tries.phone(key)
+    try:
+        pending = s.codes.loads(request.cookies.get(CODE_COOKIE, ""), max_age=shop_codes.CODE_TTL_S)
+    except BadSignature:
+        pending = None
+    if not shop_codes.check(s.secret, pending, key, body.code):
+        raise HTTPException(status.HTTP_401_UNAUTHORIZED, "验证码不对或已过期，请重新获取 / that is not "
+                            "the code sent to this phone, or it expired: ask for a new one")
+    response.delete_cookie(CODE_COOKIE, path="/", httponly=True, samesite="strict",
+                           secure=request.url.scheme == "https")
     response.set_cookie(SHOP_COOKIE, s.cookies.dumps({"k": key, "m": masked}),
                         max_age=request.app.state.settings.shop_session_s, path="/", httponly=True,
                         samesite="strict", secure=request.url.scheme == "https")
@@ -518,9 +583,9 @@ def stall_weighing(order_id: OrderId, request: Request, session: SessionDep, cre
              responses=errors(400, 401, 404, 409, 413, e409="Not ready (its sale not stored yet)"))
 def stall_picked_up(order_id: OrderId, body: PickedUp, request: Request, session: SessionDep,
                     cred: Credentials) -> OrderOut:
-    """The shopper collected the order and paid (cash or QR payment, recorded)."""
+    """The shopper collected the order, with its pickup code, and paid (cash or QR payment, recorded)."""
     return _stall_change(request, session, lambda: orders.picked_up(session, order_id, _stall_id(request),
-                                                                    body.payment))
+                                                                    body.payment, body.pickup_code))
 
 
 @router.post("/api/v1/stall/orders/{order_id}/cancel", response_model=OrderOut,

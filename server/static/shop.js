@@ -84,10 +84,32 @@
     if (signedIn) listen(); else if (events) { events.close(); events = null; }
   }
 
+  const typedPhone = () => $("phone").value.replace(/[\s-]/g, "");
+  // The number is proven by a code sent to it (SMS); a market trying the system out shows the
+  // code on the page instead (shown_code).
+  $("send-code").addEventListener("click", async () => {
+    const r = await api("POST", "/api/v1/shop/code", {phone: typedPhone()});
+    if (!r.ok) { say(detail(r.data)); return; }
+    $("code-row").hidden = false;
+    $("sign-in").hidden = false;
+    const shown = $("shown-code");
+    shown.hidden = !r.data.shown_code;
+    shown.textContent = r.data.shown_code
+      ? T(`演示模式：验证码 ${r.data.shown_code}（正式使用时以短信发送）`,
+          `trial mode: your code is ${r.data.shown_code} (sent by SMS in real use)`) : "";
+    say(T(`验证码已发送到 ${r.data.phone}，${Math.round(r.data.expires_s / 60)} 分钟内有效`,
+          `a code was sent to ${r.data.phone}, good for ${Math.round(r.data.expires_s / 60)} minutes`), true);
+    $("code").focus();
+  });
   $("sign-in-form").addEventListener("submit", async (ev) => {
     ev.preventDefault();
-    const r = await api("POST", "/api/v1/shop/sign-in", {phone: $("phone").value.replace(/[\s-]/g, "")});
+    if ($("sign-in").hidden) { $("send-code").click(); return; }  // Enter in the phone field
+    const r = await api("POST", "/api/v1/shop/sign-in", {phone: typedPhone(), code: $("code").value.trim()});
     if (!r.ok) { say(detail(r.data)); return; }
+    $("code").value = "";
+    $("code-row").hidden = true;
+    $("sign-in").hidden = true;
+    $("shown-code").hidden = true;
     say(T("已登录", "signed in"), true);
     showAccount(r.data.phone);
   });

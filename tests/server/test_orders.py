@@ -49,7 +49,9 @@ def _set_up(srv: LiveServer) -> tuple[StallSim, str]:
 
 def _shopper(srv: LiveServer, phone: str) -> httpx.Client:
     c = httpx.Client(base_url=srv.url, timeout=10)
-    r = c.post("/api/v1/shop/sign-in", json={"phone": phone})
+    sent = c.post("/api/v1/shop/code", json={"phone": phone})
+    assert sent.status_code == 200, sent.text
+    r = c.post("/api/v1/shop/sign-in", json={"phone": phone, "code": sent.json()["shown_code"]})
     assert r.status_code == 200, r.text
     assert r.json() == {"phone": f"{phone[:3]}****{phone[-4:]}"}
     return c
@@ -98,6 +100,8 @@ def test_an_order_is_placed_accepted_weighed_and_settled_by_its_sale(server: Liv
         assert first.status_code == 200
         assert [(o["id"], o["state"], o["phone_masked"]) for o in first.json()["orders"]] == \
             [(oid, "placed", "138****8000")]
+        # the stall never sees the pickup code: the shopper shows it, the vendor types it
+        assert first.json()["orders"][0]["pickup_code"] is None
         tag = first.headers["etag"]
         assert st.get("/api/v1/stall/orders", headers={"If-None-Match": tag}).status_code == 304
         answer: dict[str, Any] = {}
@@ -115,7 +119,9 @@ def test_an_order_is_placed_accepted_weighed_and_settled_by_its_sale(server: Liv
         assert answer["r"].status_code == 200
         assert answer["r"].json()["orders"][0]["state"] == "accepted"
         assert st.post(f"/api/v1/stall/orders/{oid}/accept", json={}).status_code == 409
-        assert st.post(f"/api/v1/stall/orders/{oid}/picked-up", json={"payment": "cash"}).status_code == 409
+        code = order["pickup_code"]
+        assert st.post(f"/api/v1/stall/orders/{oid}/picked-up",
+                       json={"payment": "cash", "pickup_code": code}).status_code == 409
         assert st.post(f"/api/v1/stall/orders/{oid}/weighing").json()["state"] == "weighing"
         # The shopper can no longer cancel: the stall accepted it.
         assert a.post(f"/api/v1/orders/{oid}/cancel").status_code == 409
@@ -144,7 +150,13 @@ def test_an_order_is_placed_accepted_weighed_and_settled_by_its_sale(server: Liv
         assert lines["1002"]["state"] == "declined" and done["partly_declined"]
         assert (lines["3001"]["final_quantity"], lines["3001"]["final_amount_fen"]) == (3, 750)
 
-        r = st.post(f"/api/v1/stall/orders/{oid}/picked-up", json={"payment": "qr"})
+        # handed over only against the shopper's code: a wrong one, or none, is refused and changes nothing
+        wrong = f"{(int(code) + 1) % 10_000:04d}"
+        r = st.post(f"/api/v1/stall/orders/{oid}/picked-up", json={"payment": "qr", "pickup_code": wrong})
+        assert r.status_code == 422 and "取货码不对" in r.json()["detail"], r.text
+        assert st.post(f"/api/v1/stall/orders/{oid}/picked-up", json={"payment": "qr"}).status_code == 422
+        assert a.get(f"/api/v1/orders/{oid}").json()["state"] == "ready"
+        r = st.post(f"/api/v1/stall/orders/{oid}/picked-up", json={"payment": "qr", "pickup_code": code})
         assert (r.json()["state"], r.json()["payment"]) == ("picked_up", "qr")
         assert st.get("/api/v1/stall/orders").json()["orders"] == []
 
@@ -228,7 +240,7 @@ def test_order_endpoints_are_rate_limited_per_phone_and_address(tmp_path) -> Non
                         order_rate_phone="3/minute", order_rate_addr="7/minute")
     with LiveServer(create_app(settings)) as srv:
         _set_up(srv)
-        a = _shopper(srv, PHONE_A)  # one sign-in counted against the address
+        a = _shopper(srv, PHONE_A)  # one sign-in counted against the address (codes sent: their own)
         slot = _slot(a)
         body = {"stall_id": "S01", "slot_start": slot, "lines": [{"plu": "1001", "est_weight_g": 500}]}
         codes = [a.post("/api/v1/orders", json=body).status_code for _ in range(4)]
@@ -246,7 +258,7 @@ def test_order_endpoints_are_rate_limited_per_phone_and_address(tmp_path) -> Non
 def test_a_phone_number_that_is_not_one_is_refused(tmp_path) -> None:  # type: ignore[no-untyped-def]
     with LiveServer(create_app(Settings(db_url=f"sqlite:///{tmp_path / 'm.db'}", admin_token=ADMIN))) as srv:
         for phone in ("12345678901", "2380013800x", "138 0013 80001", "abcdefghijk", "12"):
-            r = httpx.post(f"{srv.url}/api/v1/shop/sign-in", json={"phone": phone})
+            r = httpx.post(f"{srv.url}/api/v1/shop/code", json={"phone": phone})
             assert r.status_code == 422, (phone, r.text)
             text = json.dumps(r.json(), ensure_ascii=False)
             assert "手机号" in text or r.json()["detail"][0]["loc"] == ["body", "phone"], text

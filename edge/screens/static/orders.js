@@ -11,6 +11,7 @@ window.WMOrders = (() => {
   let audio = null;
   let shown = "";                 // the orders last rendered (the state changes with every reading)
   const declined = new Map();     // order id -> line numbers the vendor unticked
+  const codes = new Map();        // order id -> the pickup code typed so far (kept across redraws)
 
   function say(res, okText) {
     const box = $("message");
@@ -64,7 +65,6 @@ window.WMOrders = (() => {
     li.dataset.state = o.state;
     const head = el("div", "o-head");
     head.append(el("span", null, `#${o.id}`));
-    head.append(el("span", "o-code", o.pickup_code));
     head.append(el("span", null, `${o.slot_start.slice(11, 16)}–${o.slot_end.slice(11, 16)}`));
     head.append(bi(o.state_zh, o.state_en, "o-state"));
     li.append(head);
@@ -126,10 +126,28 @@ window.WMOrders = (() => {
       actions.append(el("span", "sub", "称完后点“结账打印” / weigh each line, then Checkout"));
       actions.append(button("暂不配货 / Not now", "detach", () => act("/api/orders/detach")));
     } else if (o.state === "ready") {
-      actions.append(button("现金已付 / Paid cash", "paid-cash", () =>
-        act(`/api/orders/${o.id}/picked-up`, {payment: "cash"}, "已取货 / picked up")));
-      actions.append(button("扫码已付 / Paid by QR", "paid-qr", () =>
-        act(`/api/orders/${o.id}/picked-up`, {payment: "qr"}, "已取货 / picked up")));
+      // The shopper's page shows her pickup code; the stall never sees it, the server checks it.
+      const code = el("input", "pickup-code");
+      Object.assign(code, {type: "text", inputMode: "numeric", maxLength: 8, autocomplete: "off",
+                           placeholder: "取货码 / pickup code"});
+      code.dataset.id = String(o.id);
+      code.value = codes.get(o.id) || "";
+      code.addEventListener("input", () => {
+        code.value = code.value.replace(/[^0-9]/g, "");
+        codes.set(o.id, code.value);
+      });
+      actions.append(code);
+      const handOver = (payment) => () => {
+        const typed = codes.get(o.id) || "";
+        if (typed.length < 4) {
+          say({ok: false, status: 0, data: {reason: "请输入顾客的取货码 / type the shopper's pickup code"}});
+          code.focus();
+          return;
+        }
+        act(`/api/orders/${o.id}/picked-up`, {payment, pickup_code: typed}, "已取货 / picked up");
+      };
+      actions.append(button("现金已付 / Paid cash", "paid-cash", handOver("cash")));
+      actions.append(button("扫码已付 / Paid by QR", "paid-qr", handOver("qr")));
     }
     li.append(actions);
     return li;
@@ -153,8 +171,14 @@ window.WMOrders = (() => {
     open.textContent = orders.open ? "暂停接单 / Pause orders" : "恢复接单 / Resume orders";
     open.onclick = () => act("/api/orders/open", {open: !orders.open});
     const list = $("orders-list");
+    const typing = document.activeElement && document.activeElement.classList.contains("pickup-code")
+      ? document.activeElement.dataset.id : null;
     clear(list);
     for (const o of orders.list) list.append(renderOrder(o, orders));
+    if (typing !== null) {  // a new order arriving must not take the code field from the vendor
+      const again = list.querySelector(`input.pickup-code[data-id="${typing}"]`);
+      if (again) { again.focus(); again.setSelectionRange(again.value.length, again.value.length); }
+    }
   }
 
   return {render, get rings() { return rings; }};
