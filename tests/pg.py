@@ -132,6 +132,20 @@ class PrivatePostgres:
             shutil.rmtree(self.root, ignore_errors=True)
 
 
+def worker_database(url: str, worker: str) -> str:
+    """``url`` with its database swapped for the pytest-xdist ``worker``'s own (``test_gw0``...),
+    made when missing: the tests empty the ``public`` schema of their database, and NOTIFY
+    channels are per database, so two workers never see each other's rows or events."""
+    from sqlalchemy.engine import make_url
+
+    base = make_url(url)
+    name = f"{base.database}_{worker}"
+    with psycopg.connect(url, autocommit=True, connect_timeout=5) as conn:
+        if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone() is None:
+            conn.execute(f'CREATE DATABASE "{name}"')
+    return base.set(database=name).render_as_string(hide_password=False)
+
+
 def provide(*, start_private: bool = True) -> tuple[str, PrivatePostgres | None]:
     """The URL of a PostgreSQL server for the tests, and the private server to stop, if any.
 

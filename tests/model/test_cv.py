@@ -114,7 +114,8 @@ def test_cv_command_runs_fold_by_fold_and_resumes(dataset_root: Path, tmp_path: 
     out = tmp_path / "shipped" / "recognizer.onnx"
     out.parent.mkdir()
     assert _cv(dataset_root, tmp_path, "--student", "efficientnet-lite0@64", "--final", str(out)) == 0
-    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["final"]["epochs"] == st["chosen_epochs"]
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["final"]["epochs"] == st["chosen_epochs"]
     meta = json.loads(out.with_suffix(".json").read_text())
     assert meta["temperature"] == st["finetuned"]["temperature"]
     assert meta["unknown"]["nearest_exemplar"]["near_mean"] == flag["near_mean"]
