@@ -44,7 +44,7 @@ from model import ModelError
 from model.data import Dataset, load_dataset
 from model.metrics import softmax, topk_accuracy
 from model.training.folds import Folds, Pool, blocked_folds, pooled
-from model.unknown import UNKNOWN_QUANTILE
+from model.unknown import OUT_OF_FOLD_QUANTILE
 
 if TYPE_CHECKING:
     import torch
@@ -327,11 +327,17 @@ def summarise(oof: np.ndarray, labels: np.ndarray, folds: Folds, split: np.ndarr
 
     t = fit_temperature(oof, labels)
     top = softmax(oof, t).max(1)
-    thr = float(np.quantile(top, UNKNOWN_QUANTILE))
+    thr = float(np.quantile(top, OUT_OF_FOLD_QUANTILE))
     other = split == "val"
     per = [topk_accuracy(oof[other & (folds.fold == k)], labels[other & (folds.fold == k)])[1]
            for k in range(folds.k) if np.any(other & (folds.fold == k))]
-    flag = {} if near is None else {"unknown_flag": UnknownFlag.fit(top, near).to_json()}
+    flag: dict[str, Any] = {}
+    if near is not None:
+        fitted = UnknownFlag.fit(top, near, OUT_OF_FOLD_QUANTILE)
+        flagged = fitted.unknown(top, near)
+        flag = {"unknown_flag": fitted.to_json(), "unknown_flag_flagged": float(np.mean(flagged)),
+                # whole sessions of other occasions: what a stall's produce is flagged at, nearer
+                "unknown_flag_flagged_other_session": float(np.mean(flagged[other])) if other.any() else None}
     return {**_fold_figures(oof, labels, folds),
             "other_session": topk_accuracy(oof[other], labels[other]) if other.any() else {},
             "other_session_per_fold_top1": per,
@@ -492,7 +498,13 @@ def _fmt(s: dict[str, Any]) -> str:
             f"(folds: {', '.join(f'{x:.3f}' for x in s['per_fold_top1'])}){tail}; temperature "
             f"{s['temperature']:.3f}, unknown threshold {s['unknown_threshold']:.3f}"
             + (f", unknown flag (probability + nearest exemplar) threshold "
-               f"{s['unknown_flag']['threshold']:.3f}" if "unknown_flag" in s else ""))
+               f"{s['unknown_flag']['threshold']:.3f} flags {s['unknown_flag_flagged']:.1%} of the "
+               f"out-of-fold produce ({_pct(s.get('unknown_flag_flagged_other_session'))} of the "
+               f"other-session blocks)" if "unknown_flag" in s else ""))
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{x:.1%}"
 
 
 def render_cv_markdown(r: dict[str, Any]) -> str:
