@@ -324,8 +324,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg,
     v.add_argument("--max-images", type=int, help="a small slice per split (tests)")
     v.add_argument("--final", metavar="OUT.onnx",
                    help="once every fold has run: the student (or the one teacher) trained on all of "
-                        "train + val for the epochs the folds chose, exported to OUT.onnx and "
-                        "OUT.int8.onnx with the temperature and unknown flag fitted out of fold")
+                        "train + val for the epochs the folds chose, exported as OUT.onnx (int8, what "
+                        "the stall runs) and OUT.fp32.onnx, with the temperature and unknown flag "
+                        "fitted out of fold")
     v.set_defaults(run=cmd_cv)
 
     e = msub.add_parser("evaluate", help="accuracy, unknown rate and latency of an ONNX model")

@@ -639,8 +639,9 @@ def ship(cfg: CvConfig, report: dict[str, Any], ds: Dataset, pool: Pool) -> dict
     checkpoint = cfg.run_dir / "final-model.pt"
     torch.save({"state": net.state_dict(), "meta": meta, "backbone": backbone, "size": size,
                 "n_classes": len(ds.classes), "data": str(cfg.data)}, checkpoint)
-    written = export_checkpoint(checkpoint, cfg.final, int8=True, data=ds,
-                                int8_out=cfg.final.with_name(cfg.final.stem + ".int8.onnx"), calibrated=True)
+    # the shipped layout: the int8 model the stall runs at OUT, the float one beside it
+    written = export_checkpoint(checkpoint, cfg.final.with_name(cfg.final.stem + ".fp32.onnx"), int8=True,
+                                data=ds, int8_out=cfg.final, calibrated=True)
     logger.info("final model: %s", ", ".join(str(p) for p in written))
     return {"recipe": meta["metrics"]["cross_validated"]["recipe"], "epochs": chosen["chosen_epochs"],
             "files": [str(p) for p in written]}

@@ -116,12 +116,13 @@ def test_cv_command_runs_fold_by_fold_and_resumes(dataset_root: Path, tmp_path: 
     assert _cv(dataset_root, tmp_path, "--student", "efficientnet-lite0@64", "--final", str(out)) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["final"]["epochs"] == st["chosen_epochs"]
-    meta = json.loads(out.with_suffix(".json").read_text())
+    fp32 = out.with_name("recognizer.fp32.onnx")  # the shipped layout: int8 at OUT, the float beside
+    meta = json.loads(fp32.with_suffix(".json").read_text())
     assert meta["temperature"] == st["finetuned"]["temperature"]
     assert meta["unknown"]["nearest_exemplar"]["near_mean"] == flag["near_mean"]
     assert meta["metrics"]["cross_validated"]["top1"] == st["finetuned"]["top1"]
     assert "val_top1" not in meta["metrics"]  # val was trained on: never quoted
-    q = out.with_name("recognizer.int8.onnx")
+    q = out
     qmeta = json.loads(q.with_suffix(".json").read_text())
     assert qmeta["int8_shift"]["photos"] > 0
     assert qmeta["unknown"]["nearest_exemplar"]["threshold"] == pytest.approx(
@@ -129,7 +130,7 @@ def test_cv_command_runs_fold_by_fold_and_resumes(dataset_root: Path, tmp_path: 
     from model.recognizer import Recognizer
 
     photo = next((dataset_root / "train").rglob("*.jpg"))
-    for model in (out, q):  # both load and answer with the catalogue's labels
+    for model in (fp32, q):  # both load and answer with the catalogue's labels
         r = Recognizer.load(model, top_k=3).recognize(photo)
         assert len(r.top) == 3 and {label for label, _ in r.top} <= set(meta["labels"])
     for name in ("efficientnet-lite0-64-s0", "student-efficientnet-lite0-64-s0"):
