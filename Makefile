@@ -17,9 +17,12 @@ setup:
 demo: setup-runtime
 	$(BIN)/wetmarket demo
 
-# Lint and type checks first (seconds), then the whole suite.
+# Lint and type checks first (seconds), then the whole suite on two pytest-xdist workers, a test
+# file at a time each: many tests wait on servers, browsers and subprocesses, so two share two
+# cores; each worker has its own PostgreSQL database (tests/pg.py). TEST_WORKERS=0: one process.
+TEST_WORKERS ?= 2
 test: lint
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
 
 lint: setup
 	$(BIN)/ruff check edge model server firmware_bridge tests bench scripts
