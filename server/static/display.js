@@ -311,10 +311,16 @@ function renderAll(d) {
 const stallNames = {};
 let refreshTimer = null, refreshAt = Infinity;
 
+let liveSeq = 0, lastSales = null;  // the sales events seen, the latest one
+
 async function refresh() {
+  const seq = liveSeq;
   const r = await fetch("/api/v1/display");
   if (!r.ok) throw new Error(`/api/v1/display: ${r.status}`);
   renderAll(await r.json());
+  // A sales event that came while this answer was on its way is newer than its day figures
+  // (the answer may have been read before that sale was stored): put the event's back.
+  if (liveSeq !== seq && lastSales) applySales(lastSales, 0);
 }
 
 // Fetch again in `ms` at the latest: an earlier request wins, a later one waits for it.
@@ -329,8 +335,15 @@ function refreshSoon(ms) {
 
 function onSales(ev) {
   const d = JSON.parse(ev.data);
+  liveSeq += 1;
+  lastSales = d;
+  if (!window.display.data) return;
+  applySales(d, d.new);
+  refreshSoon(15000);  // categories, prices, week and month follow, at most every 15 s
+}
+
+function applySales(d, fresh) {
   const data = window.display.data;
-  if (!data) return;
   for (const r of d.today.ranking) stallNames[r.stall_id] = r.name;
   if (d.today.day === data.today.day) {
     data.today = d.today;
@@ -339,8 +352,7 @@ function onSales(ev) {
     refreshSoon(0);  // a new market day: everything moves on
   }
   data.recent = d.recent.map(s => ({ ...s, stall_name: stallNames[s.stall_id] || "" }));
-  renderRecent(data.recent, d.new);
-  refreshSoon(15000);  // categories, prices, week and month follow, at most every 15 s
+  renderRecent(data.recent, fresh);
 }
 
 function setLive(on) {
