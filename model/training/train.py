@@ -499,7 +499,7 @@ def portable(path: Path) -> str:
     """``path`` relative to the repository when it lies beside it (``../shared/...``), else as given."""
     import os
 
-    repo = Path(__file__).resolve().parent.parent
+    repo = Path(__file__).resolve().parents[2]  # model/training/train.py
     try:
         rel = os.path.relpath(Path(path).resolve(), repo)
     except ValueError:  # another drive
@@ -653,25 +653,30 @@ def carried_to_int8(meta: dict[str, Any], fp32: Path, int8: Path, ds: Dataset, s
                     n: int = 400) -> dict[str, Any]:
     """The float model's out-of-fold thresholds moved by how far quantisation moves each score.
 
-    Both models score the same ``n`` photos (spread over train and val, each model with its own
-    exemplars); the median paired difference is added to each threshold.  Quantisation shifted
-    the score of every photo alike (a threshold fitted on the float model flagged 11 % of val
-    produce on the int8 one instead of 8 %); the photos were trained on, which does not matter
-    for a difference between two copies of one network.
+    Both models score the same ``n`` plate-camera views (``training.augment``) of photos spread
+    over train and val, each model with its own exemplars; the median paired difference is added
+    to each threshold.  Quantisation shifted the score of every photo alike (a threshold fitted
+    on the float model flagged 11 % of val produce on the int8 one instead of 8 %).  Augmented
+    views, not the photos themselves: the network trained on those, whose top probability sits
+    at 1.0 in both copies and whose nearest exemplar is often the photo itself, so their median
+    difference is 0 whatever quantisation does.
     """
-    from model.preprocess import preprocess, read_image
+    from model.preprocess import read_image, to_tensor
     from model.recognizer import ModelRunner, int8_needs_exact_kernels
     from model.refit import Exemplars, unit
+    from model.training.augment import augment
 
     photos = [*ds.train, *ds.val]
     pick = [photos[i] for i in np.linspace(0, len(photos) - 1, min(n, len(photos))).astype(int)]
+    views = [to_tensor(augment(read_image(p.path, size), np.random.default_rng([int(meta.get("seed", 0)), i]),
+                               size)) for i, p in enumerate(pick)]
     flag = UnknownFlag.from_json(meta["unknown"]["nearest_exemplar"])
     temperature = float(meta["temperature"])
     scores = []
     for path in (fp32, int8):
         m = json.loads(path.with_suffix(".json").read_text()) if path == fp32 else meta
         runner = ModelRunner(path, size, exact_int8=int8_needs_exact_kernels(m))
-        out = [runner.run(preprocess(read_image(s.path, size), size)) for s in pick]
+        out = [runner.run(v) for v in views]
         logits, emb = np.stack([lo[0] for lo, _ in out]), np.stack([e[0] for _, e in out])
         ex = Exemplars.read(path.with_name(str(m["teach"]["exemplars"])), len(m["labels"]),
                             int(m["embedding_dim"]), str(m["embedding_space"]))
@@ -684,7 +689,8 @@ def carried_to_int8(meta: dict[str, Any], fp32: Path, int8: Path, ds: Dataset, s
     moved = UnknownFlag(flag.prob_mean, flag.prob_std, flag.near_mean, flag.near_std,
                         flag.threshold + d_score)
     return {**meta, "unknown": {**meta["unknown"], "threshold": float(meta["unknown"]["threshold"]) + d_prob,
-                                "nearest_exemplar": moved.to_json()},
+                                "nearest_exemplar": {**moved.to_json(),
+                                                     "score": meta["unknown"]["nearest_exemplar"]["score"]}},
             "int8_shift": {"top_probability": d_prob, "unknown_score": d_score, "photos": len(pick)}}
 
 

@@ -5,7 +5,6 @@ and the file printer.  Only the flow's public calls drive it; the tests move the
 
 from __future__ import annotations
 
-import shutil
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,7 +19,8 @@ from edge.config import StallConfig
 from edge.demo_data import catalogue
 from edge.flow import FlowState, ScaleInput, StallFlow, next_state, pinyin_initials
 from edge.stall import StallApp
-from tests.conftest import DATASET, require_real_dataset
+from tests.conftest import require_real_dataset
+from tests.edge.camera_photos import find_photo
 from tests.edge.test_stall import wait_for
 
 #: S02's demo items and the recogniser's labels the photos are taken from.
@@ -31,7 +31,8 @@ LABELS = {"Carrots": "2003", "Cucumber": "2002", "Yellow-Onion": "2007", "Auberg
 def photos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A camera folder: for each label one photo the shipped model is sure of (``<label>``),
     one it recognises without being sure (``unsure``), one it calls unknown although its
-    first label is one of the stall's items (``unknown``), and noise."""
+    first label is one of the stall's items (``unknown``), and noise (camera views of val
+    photos where the photo itself does not do: ``tests/edge/camera_photos.py``)."""
     require_real_dataset()
     from model.recognizer import Recognizer
 
@@ -39,15 +40,15 @@ def photos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("camera")
     found: dict[str, Path] = {}
     for label in LABELS:
-        for path in sorted((DATASET / "val").rglob(f"{label}/*.jpg"))[:12]:
-            r = rec.recognize(path)
-            sure = not r.unknown and r.top[0] == (label, r.top[0][1]) and r.top[0][1] >= 0.95
-            unsure = not r.unknown and 0.3 < r.top[0][1] < 0.85 and label in dict(r.top)
-            unknown = r.unknown and r.top[0][0] in LABELS
-            key = label if sure else "unsure" if unsure else "unknown" if unknown else None
-            if key is not None and key not in found:
-                (root / key).mkdir()
-                found[key] = shutil.copy(path, root / key / path.name)
+        sure = find_photo(rec, [label], lambda lb, r: not r.unknown and r.top[0][0] == lb
+                          and r.top[0][1] >= 0.95, root / label)
+        if sure is not None:
+            found[label] = sure
+    unsure = find_photo(rec, list(LABELS), lambda lb, r: not r.unknown and 0.3 < r.top[0][1] < 0.85
+                        and lb in dict(r.top), root / "unsure")
+    unknown = find_photo(rec, list(LABELS), lambda lb, r: r.unknown and r.top[0][0] in LABELS,
+                         root / "unknown")
+    found |= {k: v for k, v in (("unsure", unsure), ("unknown", unknown)) if v is not None}
     noise = np.random.default_rng(0).integers(0, 256, size=(240, 320, 3), dtype=np.uint8)
     (root / "noise").mkdir()
     cv2.imwrite(str(root / "noise" / "noise.png"), noise)

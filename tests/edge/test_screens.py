@@ -6,7 +6,6 @@ tapping /vendor while /customer, opened before, follows without a reload."""
 from __future__ import annotations
 
 import re
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,8 @@ from edge.demo_data import catalogue
 from edge.flow import FlowState
 from edge.stall import StallApp
 from tests.browser import chromium
-from tests.conftest import DATASET, require_real_dataset
+from tests.conftest import require_real_dataset
+from tests.edge.camera_photos import find_photo
 from tests.edge.test_feed import price_market, running, stall_config, start_market
 from tests.edge.test_stall import wait_for
 
@@ -73,21 +73,18 @@ def browser() -> Iterator[Browser]:
 
 @pytest.fixture(scope="module")
 def unsure_photo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A camera folder with one photo of a stall's item that the shipped model recognises,
-    not surely (below the stall's auto-confirm): its guesses wait for the vendor's tap."""
+    """A camera folder with one photo (or camera view of one, ``tests/edge/camera_photos.py``)
+    of a stall's item that the shipped model recognises, not surely (below the stall's
+    auto-confirm): its guesses wait for the vendor's tap."""
     require_real_dataset()
     from model.recognizer import Recognizer
 
     rec = Recognizer.load(background_refit=False)
     root = tmp_path_factory.mktemp("camera")
-    for label in LABELS:
-        for path in sorted((DATASET / "val").rglob(f"{label}/*.jpg"))[:10]:
-            r = rec.recognize(path)
-            if not r.unknown and r.top[0][0] in LABELS and 0.3 < r.top[0][1] < 0.85:
-                (root / "photo").mkdir()
-                shutil.copy(path, root / "photo" / path.name)
-                return root
-    pytest.fail("no photo the model is unsure of among the stall's items")
+    if find_photo(rec, list(LABELS), lambda lb, r: not r.unknown and r.top[0][0] in LABELS
+                  and 0.3 < r.top[0][1] < 0.85, root / "photo") is None:
+        pytest.fail("no photo the model is unsure of among the stall's items")
+    return root
 
 
 def open_screen(browser: Browser, app: StallApp, path: str) -> Page:

@@ -249,10 +249,12 @@ def test_runtime_needs_no_torch_and_little_memory(shipped_model: Path,
 
 
 def test_shipped_models_accuracy_on_the_val_photos(real_dataset: Path) -> None:
-    """The shipped files, as the stall runs them, still make their documented figures.
+    """The shipped files, as the stall runs them, still recognise the val photos.
 
     Guards the weights, their metadata and the preprocessing together: a wrong
-    colour order, resize or normalisation costs tens of points, not one.
+    colour order, resize or normalisation costs tens of points, not one.  Not an
+    accuracy: the shipped model trained on val too (``model cv --final``); its
+    accuracy is the cross-validated one its metadata quotes.
     """
     from model.evaluate import evaluate
     from model.recognizer import DEFAULT_MODEL
@@ -261,8 +263,11 @@ def test_shipped_models_accuracy_on_the_val_photos(real_dataset: Path) -> None:
         report = evaluate(model, real_dataset).report
         assert report["n"] == 196
         assert report["top1"] >= floor and report["top5"] >= 0.97, (model.name, report["top1"])
-        # the unknown threshold was fitted to flag 8 % of val produce on this very file
+        # fitted to flag 5 % of produce of other occasions, out of fold: photos it trained on, fewer
         assert report["unknown_rate"] <= 0.10, (model.name, report["unknown_rate"])
+    meta = json.loads(DEFAULT_MODEL.with_suffix(".json").read_text())
+    cv = meta["metrics"]["cross_validated"]
+    assert "val_top1" not in meta["metrics"] and cv["folds"] == 5 and cv["other_session_top1"] > 0.7
 
 
 
