@@ -13,7 +13,8 @@ How the code reaches the phone is the deployment's (``shop_code_sender``):
   and the message on stdin (an SMS gateway's client, a ``curl`` script); a non-zero exit, or
   no exit within 10 s, is a failed send (503, the shopper is told to try again);
 * ``display``: the code is given back in the answer and shown on the page (the demo, the
-  tests, a market trying the system out); logged as a warning at start, never the code.
+  tests, a market trying the system out); a warning in the log at the first code a process
+  gives out, never the code itself.
 """
 
 from __future__ import annotations

@@ -58,8 +58,8 @@ class Shop:
     watch: OrderWatch
     codes: URLSafeTimedSerializer  # the pending code's cookie: another salt, never a session
     sender: CodeSender
-    code_sends: RateLimits  # codes sent per phone (and sign-ins per address)
-    code_tries: RateLimits  # codes tried per phone
+    code_sends: RateLimits  # codes sent per phone and per address
+    code_tries: RateLimits  # codes tried per phone (sign-ins per address count in ``limits``)
 
 
 def shop(request: Request) -> Shop:
@@ -351,9 +351,15 @@ def shop_slots(request: Request) -> Slots:
                  lead_min=s.order_lead_min, slot_min=s.order_slot_min)
 
 
-def _cookie(request: Request, response: Response, name: str, value: str, max_age: int) -> None:
-    response.set_cookie(name, value, max_age=max_age, path="/", httponly=True, samesite="strict",
-                        secure=request.url.scheme == "https")
+def _cookie(request: Request, response: Response, name: str, value: str | None, max_age: int = 0) -> None:
+    """Set (or, with ``value`` None, drop) one of the shop's cookies: HttpOnly, SameSite=Strict,
+    Secure over https; the order calls need no CSRF token because of it."""
+    opts: dict[str, Any] = {"path": "/", "httponly": True, "samesite": "strict",
+                            "secure": request.url.scheme == "https"}
+    if value is None:
+        response.delete_cookie(name, **opts)
+    else:
+        response.set_cookie(name, value, max_age=max_age, **opts)
 
 
 @router.post("/api/v1/shop/code", response_model=CodeSent,
@@ -398,19 +404,16 @@ def sign_in(body: SignIn, request: Request, response: Response) -> Me:
     if not shop_codes.check(s.secret, pending, key, body.code):
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, "验证码不对或已过期，请重新获取 / that is not "
                             "the code sent to this phone, or it expired: ask for a new one")
-    response.delete_cookie(CODE_COOKIE, path="/", httponly=True, samesite="strict",
-                           secure=request.url.scheme == "https")
-    response.set_cookie(SHOP_COOKIE, s.cookies.dumps({"k": key, "m": masked}),
-                        max_age=request.app.state.settings.shop_session_s, path="/", httponly=True,
-                        samesite="strict", secure=request.url.scheme == "https")
+    _cookie(request, response, CODE_COOKIE, None)
+    _cookie(request, response, SHOP_COOKIE, s.cookies.dumps({"k": key, "m": masked}),
+            request.app.state.settings.shop_session_s)
     return Me(phone=masked)
 
 
 @router.post("/api/v1/shop/sign-out", status_code=204)
 def sign_out(request: Request) -> Response:
     response = Response(status_code=204)
-    response.delete_cookie(SHOP_COOKIE, path="/", httponly=True, samesite="strict",
-                           secure=request.url.scheme == "https")
+    _cookie(request, response, SHOP_COOKIE, None)
     return response
 
 
