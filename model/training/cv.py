@@ -343,12 +343,35 @@ def summarise(oof: np.ndarray, labels: np.ndarray, folds: Folds, split: np.ndarr
         fitted = UnknownFlag.fit(top[cal], near[cal], OUT_OF_FOLD_QUANTILE)
         flagged = fitted.unknown(top, near)
         flag = {"unknown_flag": fitted.to_json(), "unknown_flag_flagged": float(np.mean(flagged)),
-                "unknown_flag_flagged_other_session": float(np.mean(flagged[other])) if other.any() else None}
+                "unknown_flag_flagged_other_session": float(np.mean(flagged[other])) if other.any() else None,
+                "unknown_flag_flagged_other_session_crossfit": _crossfit_flagged(oof, labels, near, other,
+                                                                                 folds)}
     return {**_fold_figures(oof, labels, folds),
             "other_session": topk_accuracy(oof[other], labels[other]) if other.any() else {},
             "other_session_per_fold_top1": per,
             "calibrated_on": "other_session" if cal is other else "pooled",
             "temperature": t, "unknown_threshold": thr, "known_flagged": float(np.mean(top < thr)), **flag}
+
+
+def _crossfit_flagged(oof: np.ndarray, labels: np.ndarray, near: np.ndarray, other: np.ndarray,
+                      folds: Folds) -> float | None:
+    """The share of other-session produce the flag takes when it was fitted without it: per fold,
+    temperature and flag fitted on the other folds' other-session rows, applied to this fold's.
+    The shipped flag is fitted on all of those rows, so its own share (5 % by construction)
+    says nothing; this one does."""
+    from model.training.head import fit_temperature
+    from model.unknown import UnknownFlag
+
+    flagged, n = 0, 0
+    for k in range(folds.k):
+        mine, rest = other & (folds.fold == k), other & (folds.fold != k)
+        if not mine.any() or rest.sum() < 2:
+            continue
+        t = fit_temperature(oof[rest], labels[rest])
+        flag = UnknownFlag.fit(softmax(oof[rest], t).max(1), near[rest], OUT_OF_FOLD_QUANTILE)
+        flagged += int(np.sum(flag.unknown(softmax(oof[mine], t).max(1), near[mine])))
+        n += int(mine.sum())
+    return flagged / n if n else None
 
 
 def _work(cfg: CvConfig, spec: str, seed: int, student: bool = False) -> Path:
@@ -507,7 +530,9 @@ def _fmt(s: dict[str, Any]) -> str:
             + (f", unknown flag (probability + nearest exemplar) threshold "
                f"{s['unknown_flag']['threshold']:.3f} flags {s['unknown_flag_flagged']:.1%} of the "
                f"out-of-fold produce ({_pct(s.get('unknown_flag_flagged_other_session'))} of the "
-               f"other-session blocks)" if "unknown_flag" in s else ""))
+               f"other-session blocks it was fitted on; "
+               f"{_pct(s.get('unknown_flag_flagged_other_session_crossfit'))} of each fold's "
+               f"other-session blocks when fitted on the other folds)" if "unknown_flag" in s else ""))
 
 
 def _pct(x: float | None) -> str:

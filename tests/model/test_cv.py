@@ -109,6 +109,8 @@ def test_cv_command_runs_fold_by_fold_and_resumes(dataset_root: Path, tmp_path: 
     # the unknown flag was fitted on the folds' held-out photos and their fold's exemplars
     flag = st["finetuned"]["unknown_flag"]
     assert flag["near_std"] > 0 and flag["prob_std"] > 0
+    crossfit = st["finetuned"]["unknown_flag_flagged_other_session_crossfit"]
+    assert crossfit is None or 0 <= crossfit <= 1  # fitted without the rows it is measured on
 
     # the final model: the student trained on every photo, its calibration carried from the folds
     out = tmp_path / "shipped" / "recognizer.onnx"
