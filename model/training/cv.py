@@ -353,6 +353,27 @@ def summarise(oof: np.ndarray, labels: np.ndarray, folds: Folds, split: np.ndarr
             "temperature": t, "unknown_threshold": thr, "known_flagged": float(np.mean(top < thr)), **flag}
 
 
+def nested_epochs(fine: np.ndarray, labels: np.ndarray, folds: Folds, split: np.ndarray) -> dict[str, Any]:
+    """The figures the epoch choice would give if it had not seen the fold it is read on: per fold,
+    the epoch with the best mean top-1 over the *other* folds, then this fold's top-1 at it.  The
+    chosen epoch's own figure is read on the folds that chose it (a small optimistic bias); this
+    one is not.  ``fine``: (epochs, N, C) out-of-fold logits after each epoch."""
+    per_fold = np.array([[topk_accuracy(fine[e][folds.held_out(k)], labels[folds.held_out(k)])[1]
+                          for k in range(folds.k)] for e in range(fine.shape[0])])  # (epochs, folds)
+    other = split == "val"
+    picked, top1, rows = [], [], np.zeros(fine.shape[1:], np.float32)
+    for k in range(folds.k):
+        rest = [j for j in range(folds.k) if j != k]
+        e = int(np.argmax(per_fold[:, rest].mean(1))) if rest else int(np.argmax(per_fold[:, k]))
+        picked.append(e + 1)
+        top1.append(per_fold[e, k])
+        rows[folds.held_out(k)] = fine[e][folds.held_out(k)]
+    t1 = np.array(top1)
+    return {"epochs_picked_per_fold": picked, "top1": float(t1.mean()),
+            "top1_sd": float(t1.std(ddof=1)) if len(t1) > 1 else 0.0,
+            "other_session_top1": topk_accuracy(rows[other], labels[other])[1] if other.any() else None}
+
+
 def _crossfit_flagged(oof: np.ndarray, labels: np.ndarray, near: np.ndarray, other: np.ndarray,
                       folds: Folds) -> float | None:
     """The share of other-session produce the flag takes when it was fitted without it: per fold,
@@ -458,6 +479,7 @@ def teacher_cv(cfg: CvConfig, pool: Pool, folds: Folds, n_classes: int, spec: st
     np.savez(work / "oof.npz", linear=linear, finetuned=fine[best], labels=pool.labels)
     return {"teacher": spec, "seed": seed, "trainable_from_block": n_frozen,
             "epochs_top1": by_epoch, "chosen_epochs": best + 1,
+            "epochs_nested": nested_epochs(fine, pool.labels, folds, pool.split),
             "linear": summarise(linear, pool.labels, folds, pool.split),
             "finetuned": summarise(fine[best], pool.labels, folds, pool.split, near)}
 
@@ -539,6 +561,16 @@ def _pct(x: float | None) -> str:
     return "-" if x is None else f"{x:.1%}"
 
 
+def _nested(t: dict[str, Any]) -> str:
+    n = t.get("epochs_nested")
+    if not n:
+        return ""
+    other = n.get("other_session_top1")
+    return (f"\n  - epochs chosen without the fold they are read on (per fold "
+            f"{', '.join(str(e) for e in n['epochs_picked_per_fold'])}): top-1 {n['top1']:.3f} +- "
+            f"{n['top1_sd']:.3f}" + (f", other-session top-1 {other:.3f}" if other is not None else ""))
+
+
 def render_cv_markdown(r: dict[str, Any]) -> str:
     c, p = r["config"], r["photos"]
     lines = [f"# Recognizer cross-validation ({c['folds']} blocked folds over train + val)", "",
@@ -556,7 +588,8 @@ def render_cv_markdown(r: dict[str, Any]) -> str:
         lines.append(f"- {name}, linear head on the frozen trunk: {_fmt(t['linear'])}")
         lines.append(f"- {name}, last blocks (from block {t['trainable_from_block']}) fine-tuned, "
                      f"{t['chosen_epochs']} epochs (mean top-1 by epoch: "
-                     f"{', '.join(f'{x:.3f}' for x in t['epochs_top1'])}): {_fmt(t['finetuned'])}")
+                     f"{', '.join(f'{x:.3f}' for x in t['epochs_top1'])}): {_fmt(t['finetuned'])}"
+                     + _nested(t))
     if "ensemble" in r:
         lines.append(f"- out-of-fold ensemble of {', '.join(r['ensemble']['teachers'])}: "
                      f"{_fmt(r['ensemble'])}")
@@ -568,7 +601,8 @@ def render_cv_markdown(r: dict[str, Any]) -> str:
                 f"alpha {c['kd_alpha']})")
         if "finetuned" in st:
             lines.append(f"- {name}, {st['chosen_epochs']} epochs (mean top-1 by epoch: "
-                         f"{', '.join(f'{x:.3f}' for x in st['epochs_top1'])}): {_fmt(st['finetuned'])}")
+                         f"{', '.join(f'{x:.3f}' for x in st['epochs_top1'])}): {_fmt(st['finetuned'])}"
+                         + _nested(st))
         else:
             lines.append(f"- {name}: still to run ({st.get('folds_missing', 'teachers unfinished')})")
     if "final" in r:

@@ -221,3 +221,30 @@ def test_activation_cache_goes_on_where_it_stopped(dataset_root: Path, tmp_path:
     assert read_again == [pool.samples[4].path]  # only the photo after the last saved chunk
     assert np.array_equal(np.asarray(again), np.asarray(whole))
     assert not list((tmp_path / "cut").glob("*.done"))
+
+
+def test_nested_epochs_choose_each_folds_epoch_without_that_fold() -> None:
+    """Fold 0 is right only after epoch 1, the other folds only after epoch 2: each fold is read
+    at the epoch the other folds prefer, so fold 0 counts as wrong."""
+    from model.training.cv import nested_epochs
+    from model.training.folds import Folds
+
+    n, c, k = 40, 4, 4
+    labels = np.arange(n) % c
+    fold = np.arange(n) % k
+    folds = Folds(fold=fold, block=np.arange(n), k=k)
+    split = np.where(np.arange(n) < 20, "train", "val")
+    right, wrong = np.eye(c)[labels] * 5, np.eye(c)[(labels + 1) % c] * 5
+    fine = np.stack([np.where((fold == 0)[:, None], right, wrong),
+                     np.where((fold == 0)[:, None], wrong, right)]).astype(np.float32)
+    out = nested_epochs(fine, labels, folds, split)
+    assert out["epochs_picked_per_fold"] == [2, 2, 2, 2]
+    assert out["top1"] == pytest.approx(0.75)  # fold 0 wrong at the epoch the others chose
+    assert out["other_session_top1"] == pytest.approx(15 / 20)
+    # with fold 0 the only fold that improves at epoch 1 and two folds only, the nested pick differs
+    folds2 = Folds(fold=np.arange(n) % 2, block=np.arange(n), k=2)
+    fine2 = np.stack([np.where((np.arange(n) % 2 == 0)[:, None], right, wrong),
+                      np.where((np.arange(n) % 2 == 0)[:, None], wrong, right)]).astype(np.float32)
+    out2 = nested_epochs(fine2, labels, folds2, split)
+    assert out2["epochs_picked_per_fold"] == [2, 1]  # each fold's epoch is the other's best
+    assert out2["top1"] == 0.0  # the honest figure: each fold read at the epoch it did not pick
