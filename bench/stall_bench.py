@@ -23,7 +23,7 @@ Memory growth: one sale a second (weigh, confirm, empty, check out, receipt file
 ``--growth-min`` minutes, the stall's RSS sampled every 10 s; the least-squares slope is
 reported in MB per hour (the target: no growth over an hour at one sale a second).
 
-    .venv/bin/python bench/stall_bench.py [--samples 30] [--idle-s 5] [--growth-min 3]
+    .venv/bin/python bench/stall_bench.py [--samples 30] [--idle-s 5] [--growth-min 3] [--heap-defaults]
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ import shutil
 import statistics
 import sys
 import tempfile
+import threading
 import time
 import tracemalloc
 from pathlib import Path
@@ -107,6 +108,26 @@ def rss_mb() -> float:
     return float("nan")
 
 
+def heap_defaults() -> None:
+    """The stall as it was before its heap settings: for the memory run's baseline."""
+    import onnxruntime as ort
+
+    from edge import allocator
+
+    class ArenaOn(ort.SessionOptions):
+        enable_cpu_mem_arena = property(lambda self: True, lambda self, value: None)
+
+    ort.SessionOptions = ArenaOn
+    allocator.tune = lambda: False
+
+    def no_trim(stop: threading.Event, every_s: float = 0.0) -> threading.Thread:
+        thread = threading.Thread(target=stop.wait)
+        thread.start()
+        return thread
+
+    allocator.housekeeping = no_trim
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--samples", type=int, default=30)
@@ -115,7 +136,12 @@ def main() -> int:
     ap.add_argument("--tracemalloc", type=int, default=0, metavar="N",
                     help="print the N allocation sites (Python objects) that grew most over the "
                          "memory run, traced from its start (slower allocations)")
+    ap.add_argument("--heap-defaults", action="store_true",
+                    help="the baseline: glibc's and onnxruntime's default heaps (no edge.allocator "
+                         "settings, no trim, onnxruntime's arena on)")
     args = ap.parse_args()
+    if args.heap_defaults:
+        heap_defaults()
     tmp = Path(tempfile.mkdtemp(prefix="wm-stall-bench-"))
     items = catalogue("S02", "20261202")
     camera = camera_folder(tmp, [str(i["label"]) for i in items if i.get("label")])
@@ -245,7 +271,9 @@ def main() -> int:
                        "rss_slope_mb_per_hour": round(slope_mb_per_h(rss), 1) if len(rss) > 1 else None,
                        # The first minutes include warming up (allocator, caches, JIT of numpy paths).
                        "rss_slope_second_half_mb_per_hour": round(slope_mb_per_h(rss[len(rss) // 2:]), 1)
-                       if len(rss) > 3 else None},
+                       if len(rss) > 3 else None,
+                       # Every sample (seconds, MB): whether it levels off, and when.
+                       "rss_series": [[round(t), round(m, 1)] for t, m in rss]},
     }
     print(json.dumps(res, indent=2))
     return 0

@@ -1,11 +1,11 @@
 """One stall's edge process: the parts started in order, stopped in reverse.
 
-    journal -> signing key -> catalogue (saved feed, else the config's seed) -> scale
+    heap settings -> journal -> signing key -> catalogue (saved feed, else the config's seed) -> scale
     (simulator) -> link -> session -> recognizer -> printer -> outbox -> flow -> screens
     -> feed -> shared taught items (``edge.gallery_share``, opt-in) -> online orders
     (``edge.orders``) -> simulated vendor (demo)
 
-Every worker thread ends on the stall's one stop event (``stop_event``): the link,
+Every worker thread ends on the stall's one stop event (``stop_event``): the heap trim, the link,
 the outbox, the scale-audit uploader, the feed, the shared-gallery sync, the order desk, the
 flow's two threads, the
 screens (``edge.screens``: their state hub and their uvicorn) and the simulated
@@ -23,7 +23,7 @@ import zoneinfo
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from edge import BasketError, ConfigError, EdgeError
+from edge import BasketError, ConfigError, EdgeError, allocator
 from edge.camera import Camera, CameraWatch, ImageFolderCamera, MissingCamera, OpenCVCamera
 from edge.catalogue import Catalogue
 from edge.config import StallConfig
@@ -281,12 +281,18 @@ class StallApp:
         vendor.start()
         self._stops.append(vendor.stop)
 
+    def _start_heap(self) -> None:
+        # Before the parts start their threads: the arena limit binds arenas made after it.
+        allocator.tune()
+        thread = allocator.housekeeping(self.stop_event)
+        self._stops.append(lambda: thread.join(timeout=5))
+
     def start(self) -> None:
         self.cfg.data_dir.mkdir(parents=True, exist_ok=True)
-        start_in_order((self._start_journal, self._start_key, self._start_catalogue, self._start_scale,
-                        self._start_camera, self._start_printer, self._start_outbox, self._start_flow,
-                        self._start_screens, self._start_feed, self._start_gallery, self._start_orders,
-                        self._start_vendor), self.stop)
+        start_in_order((self._start_heap, self._start_journal, self._start_key, self._start_catalogue,
+                        self._start_scale, self._start_camera, self._start_printer, self._start_outbox,
+                        self._start_flow, self._start_screens, self._start_feed, self._start_gallery,
+                        self._start_orders, self._start_vendor), self.stop)
         logger.info("stall %s started", self.cfg.stall_id)
 
     def stop(self) -> None:

@@ -183,6 +183,11 @@ class ModelRunner:
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # onnxruntime's own arena keeps the largest buffers it ever needed; the C heap
+        # (edge.allocator) hands freed ones back.  Off, the shipped model's p50 is the same
+        # (5.54 against 5.51 ms, interleaved, one core), and the stall ended an hour of sales
+        # 26 MB smaller with edge.allocator's settings (docs/benchmarks.md, "Stall screens").
+        opts.enable_cpu_mem_arena = False
         # On x86 CPUs without VNNI the default u8 x s8 kernels saturate: the shipped
         # int8 model read 77.6 % top-1 there against 85.7 % with VNNI.  This option
         # makes onnxruntime use exact u8 x u8 kernels, but it is not free where it is
