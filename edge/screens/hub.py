@@ -113,6 +113,7 @@ class ScreenHub(Publisher):
         self._basket_since: float | None = None
         self._slow: dict[str, Any] = {}
         self._slow_at = 0.0
+        self._slow_receipt: str | None = None
 
     # -- life ------------------------------------------------------------------------------
     def start(self) -> None:
@@ -184,8 +185,11 @@ class ScreenHub(Publisher):
             self._basket_since = None
         elif self._basket_since is None:
             self._basket_since = now
-        if now - self._slow_at >= SLOW_EVERY_S:
+        # Read again at once after a sale: the upload queue shown must count it from the
+        # moment it is journaled, never say "nothing queued" while it waits.
+        if now - self._slow_at >= SLOW_EVERY_S or snap.last_receipt != self._slow_receipt:
             self._slow, self._slow_at = self._read_slow(), now
+            self._slow_receipt = snap.last_receipt
         return self.publish(self._compose(snap, now))
 
     def _read_slow(self) -> dict[str, Any]:

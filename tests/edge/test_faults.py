@@ -216,6 +216,31 @@ def test_server_away_selling_goes_on_with_the_queue_shown(tmp_path: Path) -> Non
         app.stop()
 
 
+def test_the_queue_shown_counts_a_sale_from_the_moment_it_is_journaled(tmp_path: Path) -> None:
+    """The screens read the journal's counts once a second; a sale must not wait for that
+    read: the state that first shows its receipt counts it as queued (the drills read "queue
+    0" as "everything is sent")."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        away = f"http://127.0.0.1:{s.getsockname()[1]}"
+    app = start(config(tmp_path, server={"url": away, "token": "stall-token"}, feed={"enabled": False}))
+    try:
+        assert app.flow is not None
+        for n in range(1, 4):  # three sales well inside one second of the screens' slow read
+            assert app.flow.add_pieces("2011", 1).ok
+            sale = app.flow.checkout().sale
+            assert sale is not None
+            deadline = time.monotonic() + 10
+            shown = state(app)
+            while shown["flow"]["last_receipt"] != sale.trace_code and time.monotonic() < deadline:
+                time.sleep(0.01)
+                shown = state(app)
+            assert shown["flow"]["last_receipt"] == sale.trace_code
+            assert shown["server"]["queue"] == n
+    finally:
+        app.stop()
+
+
 # -- kill -9 mid-basket ------------------------------------------------------------------------
 CHILD = textwrap.dedent("""
     import dataclasses, json, sys, time
