@@ -83,6 +83,12 @@ def _extra_problem(extra: dict[str, Any] | None, max_bytes: int) -> str | None:
         if not _EXTRA_NAME.fullmatch(name):
             return (f"extra field name {name[:40]!r} must be a letter or _ and up to 31 more "
                     "letters, digits or _")
+    # What stalls send (a line's name_en): flat ASCII text, which JSON writes in at most six
+    # bytes a character (\uXXXX), so within the limit even at its longest without being
+    # written out; the server checks every line of every upload here.
+    if all(isinstance(value, str) and value.isascii() for value in extra.values()) and sum(
+            len(name) + 6 * len(value) + 6 for name, value in extra.items()) + 2 <= max_bytes:
+        return None
     # Walk before serialising: a deep nest would exhaust the stack, a 50 MB string the time.
     budget = max_bytes
     stack: list[tuple[object, int]] = [(value, 1) for value in extra.values()]

@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from edge import EdgeError
@@ -120,6 +122,29 @@ def test_a_line_has_a_smaller_extra_budget() -> None:
     with pytest.raises(ValidationError, match="lines.0\n  Value error, extra fields take 1037 "
                                               "bytes of JSON, at most 1024"):
         _sale(lines=[line])
+
+
+@settings(max_examples=400, deadline=None)
+@given(extra=st.dictionaries(st.from_regex(r"[A-Za-z_][A-Za-z0-9_]{0,31}", fullmatch=True),
+                             st.text(alphabet=st.characters(max_codepoint=0x7F)) | st.text(),
+                             max_size=16),
+       budget=st.integers(min_value=2, max_value=1100))
+def test_flat_text_extras_are_judged_by_their_exact_json_size(extra: dict[str, str], budget: int) -> None:
+    """The shortcut for flat ASCII text (every uploaded line's name_en) says what writing the
+    JSON out says: refused exactly when the JSON is over the budget (or cannot be UTF-8)."""
+    from edge.sale import _extra_problem
+
+    try:
+        size: int | None = len(json.dumps(extra, ensure_ascii=False, separators=(",", ":")).encode())
+    except UnicodeEncodeError:  # a lone surrogate, which JSON text can carry as \ud800
+        size = None
+    if not extra:
+        assert _extra_problem(extra, budget) is None
+    elif size is None:
+        with pytest.raises(UnicodeEncodeError):
+            _extra_problem(extra, budget)
+    else:
+        assert (_extra_problem(extra, budget) is None) == (size <= budget)
 
 
 def test_the_stall_journals_only_sales_the_server_can_take(tmp_path: Path) -> None:
