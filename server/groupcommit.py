@@ -32,8 +32,8 @@ from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from server import ServerError, db
-from server.ingest import IngestResult, Prepared, store
+from server import ServerError
+from server.ingest import IngestResult, Prepared, StallLike, store
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ class ConcurrentUpload(ServerError):
 
 @dataclass(eq=False)
 class _Upload:
-    stall: db.Stall
+    stall: StallLike
     prepared: list[Prepared | IngestResult]
     done: threading.Event = field(default_factory=threading.Event)
     lead: bool = False
@@ -78,7 +78,7 @@ class GroupCommit:
         self.commits = 0
         self.uploads = 0
 
-    def store(self, stall: db.Stall, prepared: list[Prepared | IngestResult]) -> list[IngestResult]:
+    def store(self, stall: StallLike, prepared: list[Prepared | IngestResult]) -> list[IngestResult]:
         """Store one stall's prepared batch; its results once they are committed."""
         upload = _Upload(stall, prepared)
         with self._mutex:

@@ -35,7 +35,7 @@ import weakref
 from collections import defaultdict
 from dataclasses import dataclass, field
 from operator import itemgetter
-from typing import Any, Literal, cast
+from typing import Any, Literal, Protocol, cast
 
 from nacl.exceptions import BadSignatureError
 from nacl.signing import VerifyKey
@@ -57,6 +57,17 @@ from server.settings import Settings
 logger = logging.getLogger(__name__)
 
 Outcome = Literal["accepted", "duplicate", "refused"]
+
+
+class StallLike(Protocol):
+    """What ingest reads of the posting stall: a ``db.Stall`` or the guard's
+    ``server.auth.StallAuth``."""
+
+    @property
+    def stall_id(self) -> str: ...
+
+    @property
+    def public_key(self) -> str | None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,7 +94,7 @@ def _raw_id(raw: Any) -> str | None:
     return sid if isinstance(sid, str) else None
 
 
-def _validate(stall: db.Stall, raw: Any, settings: Settings,
+def _validate(stall: StallLike, raw: Any, settings: Settings,
               number_owner: str | None) -> SaleModel | IngestResult:
     if number_owner is not None and number_owner != stall.stall_id:
         return IngestResult(_raw_id(raw), "refused",
@@ -111,7 +122,7 @@ def _validate(stall: db.Stall, raw: Any, settings: Settings,
 _OWNERS: weakref.WeakKeyDictionary[Any, dict[str, str]] = weakref.WeakKeyDictionary()
 
 
-def _number_owner(session: Session, stall: db.Stall) -> str | None:
+def _number_owner(session: Session, stall: StallLike) -> str | None:
     """The stall that owns the posting stall's trace-code number: the first registered of
     the ids that share it (S1, S01, S001...), so a later alias can never take its codes."""
     bind = session.get_bind()
@@ -161,7 +172,7 @@ def _table(model: type[db.Base]) -> Table:
     return cast(Table, model.__table__)
 
 
-def ingest_batch(session: Session, stall: db.Stall, raws: list[Any],
+def ingest_batch(session: Session, stall: StallLike, raws: list[Any],
                  settings: Settings) -> list[IngestResult]:
     """Validate, verify and store a stall's batch; the caller commits (``prepare`` then
     ``store``)."""
@@ -181,7 +192,7 @@ class Prepared:
     doc: dict[str, Any]
 
 
-def prepare(session: Session, stall: db.Stall, raws: list[Any],
+def prepare(session: Session, stall: StallLike, raws: list[Any],
             settings: Settings) -> list[Prepared | IngestResult]:
     """Each sale of a stall's batch checked and verified, or refused with the reason, in
     the batch's order.  Reads at most the stall's trace-code number owner, writes nothing."""
@@ -252,7 +263,7 @@ def signature_ok(key: VerifyKey, signature: str, digest: str) -> bool:
     return True
 
 
-def store(session: Session, batches: list[tuple[db.Stall, list[Prepared | IngestResult]]], *,
+def store(session: Session, batches: list[tuple[StallLike, list[Prepared | IngestResult]]], *,
           own_transaction: bool = False) -> list[list[IngestResult]]:
     """Store prepared batches of one or many stalls; each batch's results, in order.  The
     caller commits.
@@ -416,7 +427,7 @@ def _look_up(session: Session, sales: list[Prepared]
     return known, taken, prev
 
 
-def _store(session: Session, batches: list[tuple[db.Stall, list[Prepared | IngestResult]]], *,
+def _store(session: Session, batches: list[tuple[StallLike, list[Prepared | IngestResult]]], *,
            one_by_one: bool) -> list[list[IngestResult]]:
     prepared = [p for _, items in batches for p in items if isinstance(p, Prepared)]
     known, taken, prev = _look_up(session, prepared)

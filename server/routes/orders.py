@@ -20,7 +20,7 @@ from sqlalchemy import func, select
 from starlette.concurrency import run_in_threadpool
 
 from server import db, orders, shop_codes
-from server.auth import Credentials, ManagerDep
+from server.auth import Credentials, ManagerDep, StallAuth
 from server.deps import SessionDep, SettingsDep, write_lock
 from server.feed import etag_matches
 from server.fields import STALL_PATTERN
@@ -509,7 +509,7 @@ async def my_events(request: Request, who: ShopperDep) -> StreamingResponse:
 
 # -- the stall's side ------------------------------------------------------------------------
 def _stall_id(request: Request) -> str:
-    stall: db.Stall = request.state.stall  # set by the guard's token check (server.auth)
+    stall: StallAuth = request.state.stall  # set by the guard's token check (server.auth)
     return stall.stall_id
 
 
