@@ -13,6 +13,7 @@ import httpx
 import pytest
 import uvicorn
 
+from server.cli import SERVER_HTTP, SERVER_LOOP
 from tests import pg
 
 REPO = Path(__file__).resolve().parent.parent
@@ -36,8 +37,11 @@ class LiveServer:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         # A stall's feed long poll keeps a request open: stopping waits 1 s for it, not 25.
+        # On the market server's own event loop and HTTP parser (server.cli), so that what the
+        # tests send is parsed as in production.
         cfg = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning",
-                             lifespan="on", timeout_graceful_shutdown=1)
+                             lifespan="on", timeout_graceful_shutdown=1, loop=SERVER_LOOP,
+                             http=SERVER_HTTP)
         self.server = uvicorn.Server(cfg)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 

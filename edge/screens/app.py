@@ -414,8 +414,11 @@ class HttpThread:
         return sock
 
     def serve(self, sock: socket.socket) -> None:
-        config = uvicorn.Config(self.app, log_level="warning", lifespan="off",
-                                timeout_graceful_shutdown=2)
+        # asyncio and h11, named rather than left to uvicorn's "auto": the stall's paint
+        # latency and memory (docs/benchmarks.md, "Stall screens") were measured on them, and
+        # one or two local browsers gain nothing from the market server's uvloop and httptools.
+        config = uvicorn.Config(self.app, log_level="warning", lifespan="off", loop="asyncio",
+                                http="h11", timeout_graceful_shutdown=2)
         self._server = _Server(config, self.stop_event)
         self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [sock]},
                                         name=f"{self.name}-http", daemon=True)
