@@ -30,11 +30,15 @@ M_ARENA_MAX = -8
 #: Two arenas: the stall's hot paths (recognition, the link, the screens) rarely allocate at
 #: the same moment, and fewer arenas fragment less.
 ARENAS = 2
-#: Buffers of this size and above (a camera frame, a decoded photo: 100 KB to a few MB) are
-#: mapped and unmapped on their own; a fixed threshold also keeps glibc from raising it.
-MMAP_THRESHOLD = 128 * 1024
+#: Buffers of this size and above (a 720p camera frame, a decoded photo of a few MB) are
+#: mapped and unmapped on their own; a fixed threshold also keeps glibc from raising it (to
+#: 32 MB).  Not lower: onnxruntime without its arena and the teaching refit's numpy allocate
+#: 0.1 to 1 MB buffers on every run, and at 128 KB each was mapped, faulted in page by page
+#: and unmapped again: one recognition took 11 to 13.6 ms instead of 7 to 8 (the int8 model
+#: on one core, min of 3 runs of 300), a refit 1.2 s of CPU instead of 0.8.
+MMAP_THRESHOLD = 1024 * 1024
 #: Free memory above this at the top of the heap goes back to the system at once.
-TRIM_THRESHOLD = 128 * 1024
+TRIM_THRESHOLD = 1024 * 1024
 #: How often the housekeeping thread hands freed memory back (``trim``).
 TRIM_EVERY_S = 60.0
 
