@@ -27,6 +27,20 @@ logger = logging.getLogger(__name__)
 
 UploadState = Literal["pending", "sent", "refused"]
 
+#: SQLite's page cache for each file the stall keeps open (the journal, the reprint queue), in
+#: KiB.  SQLite keeps every page it reads or writes until its cache is full, 2,000 KiB by
+#: default: at one sale a second the journal's cache grew about 1 KB a sale for the first
+#: 2,000 sales (half an hour to an hour of a busy stall), which was the growth left in the
+#: stall's RSS once warm (docs/benchmarks.md, "Stall screens").  What a sale touches (the
+#: tables' last pages, the indexes' paths, the upload counts' index) fits in far less; a miss
+#: is read again from the operating system's cache, not from the disk.
+CACHE_KIB = 256
+
+
+def bound_cache(db: sqlite3.Connection) -> None:
+    """Hold ``db``'s page cache to ``CACHE_KIB`` (negative ``cache_size``: KiB, not pages)."""
+    db.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS sales (
     receipt_no   INTEGER PRIMARY KEY,
@@ -74,6 +88,7 @@ class Journal:
             self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
+            bound_cache(self._db)
             self._db.executescript(_SCHEMA)
         except (sqlite3.Error, OSError) as exc:
             raise JournalError(f"cannot open sale journal {self.path}: {exc}") from exc

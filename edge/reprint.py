@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from edge import PrinterError
+from edge.journal import bound_cache
 from edge.receipt import ReceiptMeta, render_receipt
 from edge.sale import Sale
 
@@ -84,6 +85,7 @@ class ReprintQueue:
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")  # a queued receipt survives a power cut
+        bound_cache(self._db)  # a printer offline for hours queues a receipt a sale
         self._db.executescript(_SCHEMA)
 
     def close(self) -> None:

@@ -106,3 +106,13 @@ def test_queue_is_idempotent_per_sale(tmp_path: pathlib.Path) -> None:
     # Re-rendered as queued: GBK and 80 mm (48 columns, so the banner centres further).
     assert decode(printer.output, "gbk").text[1] == " " * 15 + "*** 重印 第1次 ***"
     queue.close()
+
+
+def test_queue_page_cache_is_bounded(tmp_path: pathlib.Path) -> None:
+    # A printer offline for hours queues a receipt a sale: the queue's SQLite cache is held to
+    # the journal's bound (edge.journal.CACHE_KIB), not SQLite's default 2,000 KiB.
+    from edge.journal import CACHE_KIB
+
+    queue = ReprintQueue(tmp_path / "q.sqlite3")
+    assert queue._db.execute("PRAGMA cache_size").fetchone()[0] == -CACHE_KIB
+    queue.close()
