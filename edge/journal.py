@@ -251,6 +251,17 @@ class Journal:
         out.update({state: n for state, n in rows})
         return out
 
+    #: The screens' count of what still waits: a range of the upload-state index per state,
+    #: so its cost follows the sales waiting, not the journal's age (``counts`` reads every sale
+    #: ever journaled, and the screens ask once a second).
+    _WAITING = ("SELECT 'pending', COUNT(*) FROM sales WHERE upload_state = 'pending' "
+                "UNION ALL SELECT 'refused', COUNT(*) FROM sales WHERE upload_state = 'refused'")
+
+    def waiting(self) -> dict[str, int]:
+        """The sales not yet stored at the server: ``pending`` and ``refused``."""
+        with self._lock:
+            return {state: n for state, n in self._db.execute(self._WAITING).fetchall()}
+
     def all_sales(self) -> list[dict[str, Any]]:
         with self._lock:
             rows = self._db.execute("SELECT doc FROM sales ORDER BY receipt_no").fetchall()

@@ -195,7 +195,7 @@ class ScreenHub(Publisher):
     def _read_slow(self) -> dict[str, Any]:
         """What costs a query: the journal's upload counts, the reprint queue's length."""
         stall = self.stall
-        counts = stall.journal.counts() if stall.journal is not None else {}
+        counts = stall.journal.waiting() if stall.journal is not None else {}
         printer = stall.printer
         queue = printer.queue if printer is not None else None
         return {"pending": counts.get("pending", 0), "refused": counts.get("refused", 0),

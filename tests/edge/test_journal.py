@@ -73,6 +73,17 @@ def test_upload_states(tmp_path: Path) -> None:
     j.mark(str(a.sale_id), "sent")
     j.mark(str(b.sale_id), "refused", "bad amount")
     assert j.pending() == [] and j.counts() == {"pending": 0, "sent": 1, "refused": 1}
+    j.append(_builder(sim))
+    assert j.waiting() == {"pending": 1, "refused": 1}
+
+
+def test_what_waits_is_counted_without_reading_the_sales_sent(tmp_path: Path) -> None:
+    """The screens ask once a second for a journal that is never pruned: the count reads a
+    range of the upload-state index for each state shown, never every sale."""
+    j = Journal(tmp_path / "j.sqlite3")
+    plan = " ".join(row[-1] for row in j._db.execute(f"EXPLAIN QUERY PLAN {j._WAITING}"))  # noqa: SLF001
+    assert plan.count("USING COVERING INDEX sales_pending (upload_state=?)") == 2, plan
+    assert "SCAN" not in plan, plan
 
 
 def _append_then_die(path: str) -> None:
