@@ -104,8 +104,8 @@ def _run(args: argparse.Namespace) -> int:
 
 #: uvloop's event loop and httptools' HTTP parser (both dependencies), named so that a missing
 #: one fails at start instead of uvicorn falling back to asyncio and h11 unseen: the same
-#: server answered /healthz 1.8 times and single-sale uploads 1.4 times as fast on them
-#: (docs/benchmarks.md, "Market server").
+#: server took single-sale uploads 1.3 to 1.4 times and answered /healthz 1.3 to 1.6 times as
+#: fast on them (docs/benchmarks.md, "Market server").
 SERVER_LOOP = "uvloop" if sys.platform != "win32" else "asyncio"
 SERVER_HTTP = "httptools"
 
