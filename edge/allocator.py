@@ -8,7 +8,8 @@ only goes back to the system when it happens to be the last block.  Measured at 
 a second (``bench/stall_bench.py``, docs/benchmarks.md, "Stall screens"), the stall with
 these settings ended 30 minutes at 252.8 MB against 275.0 MB with the defaults in the same
 run (an hour: 252.7 against 279.2 MB): the defaults grow in steps of 4 to 22 MB, these
-settings by about 4 MB an hour after the first ten minutes.
+settings by about 4 MB an hour after the first ten minutes, which was SQLite's page cache of
+the sale journal filling (``edge.journal.CACHE_KIB``), not the heap.
 
 ``tune()`` is called once, as the stall starts; ``trim()`` by the stall's housekeeping
 thread once a minute.  Elsewhere than on glibc both do nothing and say so.
