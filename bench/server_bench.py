@@ -15,6 +15,13 @@ receipt chains and tokens).
         single-sale requests/s, 8 stalls at once, a big screen subscribed to /api/v1/events, at
         each history size; baselines: /healthz requests/s (same client, same concurrency) and
         commits/s of a raw one-row SQLite insert with synchronous=FULL in the same folder.
+    .venv/bin/python bench/server_bench.py store [--db sqlite|postgresql|both] [--group 3]
+        what the group commit's writer costs with nothing beside it: single-sale uploads of 8
+        stalls checked (``prepare``), then stored ``--group`` uploads to a transaction and
+        committed, all in this one thread, no HTTP; per group, the milliseconds of the store
+        and of the commit and the thread's CPU, next to the same database's raw commit rate.
+        The server's own writer, timed inside ``wetmarket server`` under ``single``, is what
+        this is the floor of.
     .venv/bin/python bench/server_bench.py endpoints --sales 10000000 [--url PATH ...]
         p50/p95 of each URL (default: the big screen's /api/v1/stats/today and
         /api/v1/sales-recent, the first event of /api/v1/events, and how long an upload takes
@@ -558,6 +565,67 @@ def bench_single(kind: str, history: int, *, per_stall: int, concurrency: int, s
             "healthz_rps": round(health["rps"]), "load": load}
 
 
+def bench_store(kind: str, *, per_stall: int, group: int) -> dict[str, Any]:
+    """Single-sale uploads of 8 stalls stored ``group`` to a transaction in this one thread
+    (``server.ingest.prepare`` then ``store``, then the commit): the writer's floor."""
+    if CODE is not None:
+        sys.path.insert(0, str(CODE))
+    from server.app import create_app
+    from server.auth import StallAuth
+    from server.ingest import Prepared, prepare, store
+    from server.settings import Settings
+
+    url, state = with_history(kind, "store", 0)
+    stall_ids = [f"S{i + 1:03d}" for i in range(8)]
+    bench_stalls = BenchStall.from_state(state, stall_ids)
+    sales = sales_of(bench_stalls, per_stall)
+    app = create_app(Settings(db_url=url, admin_token=ADMIN))
+    try:
+        maker = app.state.sessionmaker
+        with maker() as session:
+            keys = {sid: session.execute(text_query("SELECT public_key FROM stalls WHERE stall_id = :s"),
+                                         {"s": sid}).scalar_one() for sid in stall_ids}
+        auths = {sid: StallAuth(sid, keys[sid]) for sid in stall_ids}
+        settings = app.state.settings
+        ready: list[list[tuple[StallAuth, list[Prepared | Any]]]] = []
+        with maker() as session:  # checked first: prepare runs beside the writer in the server
+            for i in range(per_stall):
+                uploads = [(auths[sid], prepare(session, auths[sid], [sales[sid][i]], settings))
+                           for sid in stall_ids]
+                ready += [uploads[j:j + group] for j in range(0, len(uploads), group)]
+        store_s: list[float] = []
+        commit_s: list[float] = []
+        cpu0, wall0 = time.thread_time(), time.perf_counter()
+        for batch in ready:
+            with maker() as session:
+                t0 = time.perf_counter()
+                results = store(session, batch, own_transaction=True)
+                t1 = time.perf_counter()
+                session.commit()
+                commit_s.append(time.perf_counter() - t1)
+                store_s.append(t1 - t0)
+            assert all(r.status == "accepted" for res in results for r in res), results
+        wall, cpu = time.perf_counter() - wall0, time.thread_time() - cpu0
+    finally:
+        app.state.engine.dispose()
+    drop_db(url)
+    n, stored = len(ready), sum(len(batch) for batch in ready)
+    return {"db": kind, "what": "store", "group": group, "groups": n, "sales": stored,
+            "sales_per_s": round(stored / wall),
+            "per_group_ms": {"store_p50": round(statistics.median(store_s) * 1000, 3),
+                             "store_mean": round(sum(store_s) / n * 1000, 3),
+                             "commit_p50": round(statistics.median(commit_s) * 1000, 3),
+                             "commit_mean": round(sum(commit_s) / n * 1000, 3),
+                             "thread_cpu": round(cpu / n * 1000, 3), "wall": round(wall / n * 1000, 3)},
+            "load": load_average()}
+
+
+def text_query(sql: str) -> Any:
+    from sqlalchemy import text
+
+    return text(sql)
+
+
 DEFAULT_URLS = ("/api/v1/stats/today", "/api/v1/sales-recent", "/api/v1/display")
 #: What the big screen and the bureau's statistics read, and the stall's feed (``--all``).
 ALL_URLS = (*DEFAULT_URLS, "/api/v1/stats/item-prices", "/api/v1/stats/movers",
@@ -685,7 +753,7 @@ def main(argv: list[str] | None = None) -> int:
         return client_main(argv[1])
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="what")
-    for name in ("ingest", "single", "endpoints"):
+    for name in ("ingest", "single", "store", "endpoints"):
         p = sub.add_parser(name)
         p.add_argument("--db", choices=("sqlite", "postgresql", "both"), default="both")
         p.add_argument("--workers", type=int, help="server processes (wetmarket server --workers)")
@@ -696,6 +764,10 @@ def main(argv: list[str] | None = None) -> int:
                                        help="comma-separated history sizes (sales stored first)")
     sub.choices["single"].add_argument("--concurrency", type=int, default=8)
     sub.choices["single"].add_argument("--per-stall", type=int, default=400)
+    sub.choices["store"].add_argument("--group", type=int, default=3,
+                                      help="uploads to a transaction (the server's groups hold about 3 "
+                                           "with 8 stalls sending one sale each)")
+    sub.choices["store"].add_argument("--per-stall", type=int, default=600)
     sub.choices["single"].add_argument("--no-screen", action="store_true",
                                        help="no big screen subscribed to /api/v1/events")
     ep = sub.choices["endpoints"]
@@ -722,7 +794,7 @@ def main(argv: list[str] | None = None) -> int:
         out.append(result)  # and each figure on stderr as soon as it is measured
         print(json.dumps(result, ensure_ascii=False), file=sys.stderr, flush=True)
 
-    if args.what in (None, "single"):
+    if args.what in (None, "single", "store"):
         add(sqlite_commit_rate())
     for kind in kinds:
         if args.what is None:
@@ -731,6 +803,8 @@ def main(argv: list[str] | None = None) -> int:
         elif args.what == "ingest":
             add(bench_ingest(kind, per_stall=args.per_stall, batch=args.batch, stalls=args.stalls,
                              workers=args.workers))
+        elif args.what == "store":
+            add(bench_store(kind, per_stall=args.per_stall, group=args.group))
         elif args.what == "single":
             for n in (int(x) for x in args.history.split(",")):
                 add(bench_single(kind, n, per_stall=args.per_stall, concurrency=args.concurrency,

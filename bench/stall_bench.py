@@ -24,6 +24,7 @@ Memory growth: one sale a second (weigh, confirm, empty, check out, receipt file
 reported in MB per hour (the target: no growth over an hour at one sale a second).
 
     .venv/bin/python bench/stall_bench.py [--samples 30] [--idle-s 5] [--growth-min 3] [--heap-defaults]
+        [--memory-detail MB]   # where the RSS grew, each time it grew by MB between two samples
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ import threading
 import time
 import tracemalloc
 from pathlib import Path
+from typing import cast
 
 import httpx
 
@@ -108,6 +110,41 @@ def rss_mb() -> float:
     return float("nan")
 
 
+def memory_detail() -> dict[str, object]:
+    """What the RSS is made of now: the kernel's split (anonymous, file, shared), the threads,
+    Python's allocated blocks, and each mapping's resident KB (``/proc/self/smaps``)."""
+    status = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines()
+                  if ":" in line)
+    maps: dict[str, int] = {}
+    head = ""
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        first = line.split(None, 1)[0]
+        if "-" in first and not first.endswith(":"):
+            parts = line.split(None, 5)
+            # By where it starts: a heap or arena that grows keeps its start, not its end.
+            head = f"{parts[0].split('-')[0]} {parts[5] if len(parts) > 5 else '[anon]'}"
+        elif first == "Rss:":
+            maps[head] = int(line.split()[1])
+    return {"anon_kb": int(status["RssAnon"].split()[0]), "file_kb": int(status["RssFile"].split()[0]),
+            "shmem_kb": int(status["RssShmem"].split()[0]), "threads": int(status["Threads"]),
+            "py_blocks": sys.getallocatedblocks(), "maps": maps}
+
+
+def report_step(t: float, before: dict[str, object], after: dict[str, object], min_kb: int = 256) -> None:
+    """Print, on stderr, where the RSS changed between two samples: the split, and each mapping
+    whose resident size moved by at least ``min_kb`` (a new one counts from zero, a gone one
+    to zero)."""
+    old, new = cast(dict[str, int], before["maps"]), cast(dict[str, int], after["maps"])
+    moved = sorted(((new.get(name, 0) - old.get(name, 0), name) for name in old.keys() | new.keys()
+                    if abs(new.get(name, 0) - old.get(name, 0)) >= min_kb), reverse=True)
+    split = ", ".join(f"{k} {cast(int, after[k]) - cast(int, before[k]):+d}"
+                      for k in ("anon_kb", "file_kb", "shmem_kb", "threads", "py_blocks"))
+    print(f"memory step at {t:.0f} s: {split}", file=sys.stderr)
+    for kb, name in moved[:10]:
+        tag = "  (new)" if name not in old else "  (gone)" if name not in new else ""
+        print(f"  {kb:+d} KB  {name}{tag}", file=sys.stderr)
+
+
 def heap_defaults() -> None:
     """The stall as it was before its heap settings: for the memory run's baseline."""
     import onnxruntime as ort
@@ -136,6 +173,9 @@ def main() -> int:
     ap.add_argument("--tracemalloc", type=int, default=0, metavar="N",
                     help="print the N allocation sites (Python objects) that grew most over the "
                          "memory run, traced from its start (slower allocations)")
+    ap.add_argument("--memory-detail", type=float, default=0.0, metavar="MB",
+                    help="memory run: print where the RSS grew (the kernel's split, each mapping "
+                         "that grew) whenever it grew by at least MB between two samples")
     ap.add_argument("--heap-defaults", action="store_true",
                     help="the baseline: glibc's and onnxruntime's default heaps (no edge.allocator "
                          "settings, no trim, onnxruntime's arena on)")
@@ -224,11 +264,17 @@ def main() -> int:
                 traced0 = tracemalloc.take_snapshot()
             start = time.monotonic()
             next_rss = start
+            detail = memory_detail() if args.memory_detail else None
             while time.monotonic() - start < args.growth_min * 60:
                 tick = time.monotonic()
                 if tick >= next_rss:
                     rss.append((tick - start, rss_mb()))
                     next_rss += 10
+                    if detail is not None:
+                        now = memory_detail()
+                        if len(rss) > 1 and rss[-1][1] - rss[-2][1] >= args.memory_detail:
+                            report_step(tick - start, detail, now)
+                        detail = now
                 sim.place(500 + 13 * (sales % 40))
                 if _wait(lambda: flow.state in (FlowState.SETTLING, FlowState.CHOOSING), 5) and \
                         flow.confirm("2001").ok and _wait(lambda: flow.state is FlowState.PRICED, 5):
