@@ -31,16 +31,17 @@ import httpx
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fastapi.security import HTTPAuthorizationCredentials
-from sqlalchemy import event, select
+from sqlalchemy import event, func, select
+from sqlalchemy.exc import DataError
 
 from edge.integrity import public_key_b64, sale_digest, sign_sale, verify_sale
 from edge.pricing import check_sale
 from edge.sale import Sale
-from server import db
+from server import db, ingest
 from server.app import create_app
 from server.auth import stall_for_token
 from server.groupcommit import ConcurrentUpload, GroupCommit
-from server.ingest import prepare, signature_ok, verify_key
+from server.ingest import prepare, signature_ok, store, verify_key
 from server.settings import Settings
 from tests.conftest import LiveServer, free_port
 from tests.server.conftest import ADMIN, SHANGHAI, StallSim, register_stall
@@ -168,6 +169,65 @@ def test_uploads_that_arrive_together_share_one_commit(app_db: Any) -> None:
         assert per_stall == {s.stall_id: 3 for s in stalls}
         tomato = session.execute(select(db.ItemDay.lines, db.ItemDay.weight_g)).one()
         assert tomato == (24, 8 * (500 + 501 + 502))
+
+
+POSTGRES = pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+
+
+@POSTGRES
+def test_a_group_is_three_statements_on_postgresql(app_db: Any) -> None:
+    """On PostgreSQL the writer's floor is round trips: a group of uploads is the look-up, the
+    sales, and one statement for the lines and the four rollups.  A second group adds to the
+    rollup rows the first created."""
+    sims = [StallSim(f"S0{i + 1}") for i in range(3)]
+    stalls = _register_direct(app_db, sims)
+    settings: Settings = app_db.state.settings
+    statements: list[str] = []
+
+    @event.listens_for(app_db.state.engine, "before_cursor_execute")
+    def _seen(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, many: bool) -> None:
+        statements.append(statement.lstrip().split(None, 3)[0].upper())
+
+    for round_ in range(2):
+        with app_db.state.sessionmaker() as session:
+            batches: list[Any] = [(stall, prepare(session, stall, [
+                sim.sale([("1001", "西红柿", 500, 300, "500g"), ("2", "香蕉", 1000, 690, "kg")])], settings))
+                for stall, sim in zip(stalls, sims, strict=True)]
+            statements.clear()
+            results = store(session, batches, own_transaction=True)
+            session.commit()
+        assert statements == ["SELECT", "INSERT", "WITH"], (round_, statements)
+        assert [r.status for res in results for r in res] == ["accepted"] * 3
+    with app_db.state.sessionmaker() as session:
+        assert session.execute(select(func.count()).select_from(db.SaleLine)).scalar_one() == 12
+        items = dict(session.execute(select(db.ItemDay.plu, db.ItemDay.weight_g)).all())
+        assert items == {"1001": 3000, "2": 6000}
+        per_stall = dict(session.execute(select(db.StallDay.stall_id, db.StallDay.total_fen)).all())
+        assert per_stall == {s.stall_id: 2 * (300 + 690) for s in stalls}
+        hours = session.execute(select(func.sum(db.StallHour.sales))).scalar_one()
+        assert hours == 6
+        mine = session.execute(select(db.StallItemDay.lines).where(
+            db.StallItemDay.stall_id == "S01", db.StallItemDay.plu == "2")).scalar_one()
+        assert mine == 2
+
+
+@POSTGRES
+def test_postgresql_refuses_a_value_too_long_for_its_column_and_never_cuts_it(app_db: Any) -> None:
+    """The rows go to PostgreSQL as arrays of text: the insert itself refuses a name longer than
+    its column (the sale is then refused with the reason), where a cast to varchar(64) would
+    have cut it short without a word."""
+    day = dt.date(2026, 12, 4)
+    for name, refused in (("长" * 64, False), ("长" * 65, True)):
+        rollups = ingest._Rollups()
+        rollups.items[(day, "1")] = {"local_day": day, "plu": "1", "name": name, "name_en": None,
+                                     "lines": 1, "weight_g": 500, "quantity": 0, "amount_fen": 300}
+        with app_db.state.sessionmaker() as session:
+            if refused:
+                with pytest.raises(DataError, match="too long"):
+                    ingest._pg_write(session, [], rollups)
+            else:
+                ingest._pg_write(session, [], rollups)
+                assert session.execute(select(db.ItemDay.name)).scalar_one() == name
 
 
 def test_a_failed_group_fails_its_uploads_and_the_next_group_is_written(app_db: Any) -> None:
