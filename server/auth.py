@@ -145,6 +145,10 @@ def stall_by_token(engine: Engine, cred: HTTPAuthorizationCredentials | None) ->
     if cred is None:
         raise _unauthorized("stall bearer token required")
     with engine.connect() as conn:
+        if conn.dialect.name == "postgresql":
+            # One statement needs no transaction: without one, psycopg sends no BEGIN before
+            # it and no ROLLBACK after it (two round trips of this request's four).
+            conn.execution_options(isolation_level="AUTOCOMMIT")
         row = conn.execute(_STALL_BY_TOKEN, {"token_sha256": token_hash(cred.credentials)}).first()
     if row is None:
         raise _unauthorized("unknown stall token")

@@ -212,6 +212,29 @@ def test_a_group_is_three_statements_on_postgresql(app_db: Any) -> None:
 
 
 @POSTGRES
+def test_the_token_read_outside_a_transaction_leaves_the_pool_as_it_was(app_db: Any) -> None:
+    """The stall's token is read on PostgreSQL without BEGIN and ROLLBACK (autocommit); the
+    connection goes back to the pool in its usual mode, so the next session is a transaction."""
+    from server.auth import Actor, stall_by_token
+    from server.stalls import register
+
+    sim = StallSim("S01")
+    with app_db.state.sessionmaker() as session:
+        token = register(session, Actor("admin", "admin"), "S01", "S01", sim.public_key)
+        session.commit()
+    engine = app_db.state.engine
+    engine.dispose()  # one connection from here on, the one the token read uses
+    stall = stall_by_token(engine, HTTPAuthorizationCredentials(scheme="Bearer", credentials=token))
+    assert (stall.stall_id, stall.public_key) == ("S01", sim.public_key)
+    assert engine.pool.checkedin() == 1
+    with engine.connect() as conn:
+        assert conn.connection.dbapi_connection.autocommit is False  # type: ignore[union-attr]
+        conn.exec_driver_sql("CREATE TEMP TABLE t (x int)")
+        conn.rollback()  # in a transaction: the table is gone with it
+        assert conn.exec_driver_sql("SELECT to_regclass('pg_temp.t')").scalar() is None
+
+
+@POSTGRES
 def test_postgresql_refuses_a_value_too_long_for_its_column_and_never_cuts_it(app_db: Any) -> None:
     """The rows go to PostgreSQL as arrays of text: the insert itself refuses a name longer than
     its column (the sale is then refused with the reason), where a cast to varchar(64) would
