@@ -22,24 +22,20 @@ is gone) fails each of its uploads with that error, as one upload alone would.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import threading
 from dataclasses import dataclass, field
-from typing import Any
 
-from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from server import ServerError
-from server.ingest import IngestResult, Prepared, StallLike, store
+from server.ingest import SALES_CHANNEL, IngestResult, Prepared, StallLike, store
 
 logger = logging.getLogger(__name__)
 
-#: PostgreSQL's channel for "sales were stored": every server process on the same database
-#: listens (``server.live``), so a big screen connected to any of them sees every upload.
-CHANNEL = "wetmarket_sales"
+#: PostgreSQL's channel for "sales were stored" (``server.ingest.store``'s ``announce``).
+CHANNEL = SALES_CHANNEL
 
 
 class ConcurrentUpload(ServerError):
@@ -123,8 +119,7 @@ class GroupCommit:
             for attempt in (1, 2):
                 try:
                     results = store(session, [(u.stall, u.prepared) for u in group],
-                                    own_transaction=True)
-                    _notify(session, group, results, self.origin)
+                                    own_transaction=True, announce=self.origin)
                     session.commit()
                     break
                 except IntegrityError:
@@ -139,19 +134,3 @@ class GroupCommit:
         for upload, mine in zip(group, results, strict=True):
             upload.results = mine
 
-
-def _notify(session: Session, group: list[_Upload], results: list[list[IngestResult]],
-            origin: str) -> None:
-    """On PostgreSQL, tell every server process's live stream (``server.live``) what was
-    stored; the notice leaves with the commit, never before."""
-    if session.get_bind().dialect.name != "postgresql":
-        return
-    stored: dict[str, int] = {}
-    for upload, mine in zip(group, results, strict=True):
-        n = sum(r.status == "accepted" for r in mine)
-        if n:
-            stored[upload.stall.stall_id] = stored.get(upload.stall.stall_id, 0) + n
-    if stored:
-        payload: dict[str, Any] = {"origin": origin, "stored": stored}
-        session.execute(text("SELECT pg_notify(:channel, :payload)"),
-                        {"channel": CHANNEL, "payload": json.dumps(payload)})

@@ -60,6 +60,10 @@ logger = logging.getLogger(__name__)
 
 Outcome = Literal["accepted", "duplicate", "refused"]
 
+#: PostgreSQL's channel for "sales were stored": every server process on the same database
+#: listens (``server.live``), so a big screen connected to any of them sees every upload.
+SALES_CHANNEL = "wetmarket_sales"
+
 
 class StallLike(Protocol):
     """What ingest reads of the posting stall: a ``db.Stall`` or the guard's
@@ -266,7 +270,7 @@ def signature_ok(key: VerifyKey, signature: str, digest: str) -> bool:
 
 
 def store(session: Session, batches: list[tuple[StallLike, list[Prepared | IngestResult]]], *,
-          own_transaction: bool = False) -> list[list[IngestResult]]:
+          own_transaction: bool = False, announce: str | None = None) -> list[list[IngestResult]]:
     """Store prepared batches of one or many stalls; each batch's results, in order.  The
     caller commits.
 
@@ -277,6 +281,10 @@ def store(session: Session, batches: list[tuple[StallLike, list[Prepared | Inges
     its own savepoint.  A database that fails as a whole (connection, disk) is no
     sale's fault: that error goes up and the stall sends again later.
 
+    ``announce``: on PostgreSQL, NOTIFY ``SALES_CHANNEL`` with what was stored, per stall,
+    this server named ``announce`` as its origin (``server.live``: every server process's
+    big screens see every upload); the notice leaves with the commit.
+
     ``own_transaction``: the session's transaction holds nothing else (a group commit),
     so a refused bulk insert rolls it all back instead of a savepoint around the bulk.
     """
@@ -286,18 +294,18 @@ def store(session: Session, batches: list[tuple[StallLike, list[Prepared | Inges
 
     if own_transaction:
         try:
-            return _store(session, batches, one_by_one=False)
+            return _store(session, batches, one_by_one=False, announce=announce)
         except DataError as exc:
             refused(exc)
             session.rollback()
-        return _store(session, batches, one_by_one=True)
+        return _store(session, batches, one_by_one=True, announce=announce)
     try:
         with session.begin_nested():
-            return _store(session, batches, one_by_one=False)
+            return _store(session, batches, one_by_one=False, announce=announce)
     except DataError as exc:
         refused(exc)
     with session.begin_nested():
-        return _store(session, batches, one_by_one=True)
+        return _store(session, batches, one_by_one=True, announce=announce)
 
 
 def _db_reason(exc: DBAPIError) -> str:
@@ -405,12 +413,27 @@ def _pg_upsert(spec: _Sum, prefix: str) -> str:
 #: writers still take the rollup rows' locks in one order (``_upsert_sum``).
 _PG_SPECS: list[tuple[str, _Sum]] = [("h_", _HOURS), ("d_", _DAYS), ("i_", _ITEMS), ("s_", _STALL_ITEMS)]
 _PG_WRITE = text(
-    "WITH " + ", ".join(f"{p}w AS ({_pg_upsert(spec, p)})" for p, spec in _PG_SPECS[:3])
+    "WITH " + ", ".join(f"{p}w AS ({_pg_upsert(spec, p)})" for p, spec in _PG_SPECS)
     + f", l_w AS ({_pg_unnest(_table(db.SaleLine), 'l_')}) "
-    + _pg_upsert(_PG_SPECS[3][1], _PG_SPECS[3][0]))
+    # The notice (``store``'s ``announce``) rides the same statement; PostgreSQL sends it
+    # with the commit, never before, and not at all if the transaction rolls back.
+    + f"SELECT pg_notify('{SALES_CHANNEL}', CAST(:notice AS text)) WHERE CAST(:notice AS text) IS NOT NULL")
 
 
 _PG_SALES = text(_pg_unnest(_table(db.Sale), "x_"))
+
+
+def _notice(batches: list[tuple[StallLike, list[Prepared | IngestResult]]],
+            results: list[list[IngestResult]], origin: str | None) -> str | None:
+    """The NOTIFY payload for what was stored, per stall, or None when nothing was."""
+    if origin is None:
+        return None
+    stored: dict[str, int] = {}
+    for (stall, _), mine in zip(batches, results, strict=True):
+        n = sum(r.status == "accepted" for r in mine)
+        if n:
+            stored[stall.stall_id] = stored.get(stall.stall_id, 0) + n
+    return json.dumps({"origin": origin, "stored": stored}) if stored else None
 
 
 def _pg_columns(table: Table, prefix: str, rows: list[dict[str, Any]], params: dict[str, Any]) -> None:
@@ -433,9 +456,11 @@ def _pg_insert_sales(session: Session, sale_rows: list[dict[str, Any]]) -> None:
     session.execute(_PG_SALES, params)
 
 
-def _pg_write(session: Session, line_rows: list[dict[str, Any]], rollups: _Rollups) -> None:
-    """``sale_lines`` and the rollups of stored sales, in one PostgreSQL statement."""
-    params: dict[str, Any] = {}
+def _pg_write(session: Session, line_rows: list[dict[str, Any]], rollups: _Rollups,
+              notice: str | None = None) -> None:
+    """``sale_lines`` and the rollups of stored sales, and the notice of them, in one
+    PostgreSQL statement."""
+    params: dict[str, Any] = {"notice": notice}
     _pg_columns(_table(db.SaleLine), "l_", line_rows, params)
     for (prefix, spec), (_, rows) in zip(_PG_SPECS, rollups.tables(), strict=True):
         table, keys, _sums = spec
@@ -519,7 +544,7 @@ def _look_up(session: Session, sales: list[Prepared]
 
 
 def _store(session: Session, batches: list[tuple[StallLike, list[Prepared | IngestResult]]], *,
-           one_by_one: bool) -> list[list[IngestResult]]:
+           one_by_one: bool, announce: str | None) -> list[list[IngestResult]]:
     prepared = [p for _, items in batches for p in items if isinstance(p, Prepared)]
     known, taken, prev = _look_up(session, prepared)
     # Online orders these sales fulfil (server.orders): one query, only when one names an order.
@@ -589,7 +614,7 @@ def _store(session: Session, batches: list[tuple[StallLike, list[Prepared | Inge
     if session.get_bind().dialect.name == "postgresql":
         if sale_rows:
             _pg_insert_sales(session, sale_rows)
-        _pg_write(session, line_rows, rollups)
+        _pg_write(session, line_rows, rollups, _notice(batches, out, announce))
     else:
         if sale_rows:
             _insert(session, sale_rows, line_rows)

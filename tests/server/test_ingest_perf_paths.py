@@ -177,8 +177,8 @@ POSTGRES = pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
 @POSTGRES
 def test_a_group_is_three_statements_on_postgresql(app_db: Any) -> None:
     """On PostgreSQL the writer's floor is round trips: a group of uploads is the look-up, the
-    sales, and one statement for the lines and the four rollups.  A second group adds to the
-    rollup rows the first created."""
+    sales, and one statement for the lines, the four rollups and the notice to the other
+    server processes.  A second group adds to the rollup rows the first created."""
     sims = [StallSim(f"S0{i + 1}") for i in range(3)]
     stalls = _register_direct(app_db, sims)
     settings: Settings = app_db.state.settings
@@ -194,7 +194,7 @@ def test_a_group_is_three_statements_on_postgresql(app_db: Any) -> None:
                 sim.sale([("1001", "西红柿", 500, 300, "500g"), ("2", "香蕉", 1000, 690, "kg")])], settings))
                 for stall, sim in zip(stalls, sims, strict=True)]
             statements.clear()
-            results = store(session, batches, own_transaction=True)
+            results = store(session, batches, own_transaction=True, announce="test")
             session.commit()
         assert statements == ["SELECT", "INSERT", "WITH"], (round_, statements)
         assert [r.status for res in results for r in res] == ["accepted"] * 3
