@@ -41,7 +41,7 @@ from typing import Any, Literal, Protocol, cast
 from nacl.exceptions import BadSignatureError
 from nacl.signing import VerifyKey
 from pydantic import ValidationError
-from sqlalchemy import JSON, String, Table, bindparam, insert, select, text, union_all
+from sqlalchemy import String, Table, bindparam, insert, select, text, union_all
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -420,9 +420,6 @@ _PG_WRITE = text(
     + f"SELECT pg_notify('{SALES_CHANNEL}', CAST(:notice AS text)) WHERE CAST(:notice AS text) IS NOT NULL")
 
 
-_PG_SALES = text(_pg_unnest(_table(db.Sale), "x_"))
-
-
 def _notice(batches: list[tuple[StallLike, list[Prepared | IngestResult]]],
             results: list[list[IngestResult]], origin: str | None) -> str | None:
     """The NOTIFY payload for what was stored, per stall, or None when nothing was."""
@@ -438,22 +435,7 @@ def _notice(batches: list[tuple[StallLike, list[Prepared | IngestResult]]],
 
 def _pg_columns(table: Table, prefix: str, rows: list[dict[str, Any]], params: dict[str, Any]) -> None:
     for c in table.columns:
-        values = [r[c.name] for r in rows]
-        if isinstance(c.type, JSON):
-            # as SQLAlchemy's JSON type writes them (json.dumps), to a column that keeps the text
-            values = [None if v is None else json.dumps(v) for v in values]
-        elif isinstance(c.type, db.UTCDateTime):
-            values = [c.type.process_bind_param(v, _PG) for v in values]
-        params[prefix + c.name] = values
-
-
-def _pg_insert_sales(session: Session, sale_rows: list[dict[str, Any]]) -> None:
-    """The sales, as one array per column: binding 14 columns of many rows one by one was
-    an eighth of a batch's time.  A statement of its own, so that its trigger has filled
-    ``sale_keys`` before the lines that refer to it are written."""
-    params: dict[str, Any] = {}
-    _pg_columns(_table(db.Sale), "x_", sale_rows, params)
-    session.execute(_PG_SALES, params)
+        params[prefix + c.name] = [r[c.name] for r in rows]
 
 
 def _pg_write(session: Session, line_rows: list[dict[str, Any]], rollups: _Rollups,
@@ -613,7 +595,7 @@ def _store(session: Session, batches: list[tuple[StallLike, list[Prepared | Inge
 
     if session.get_bind().dialect.name == "postgresql":
         if sale_rows:
-            _pg_insert_sales(session, sale_rows)
+            session.execute(_SALE_INSERT, sale_rows)
         _pg_write(session, line_rows, rollups, _notice(batches, out, announce))
     else:
         if sale_rows:
