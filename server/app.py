@@ -22,9 +22,9 @@ from server import alerts, partitions, sessions
 from server.auth import admin_token_sha256
 from server.db import init_db, make_engine
 from server.events import MARKET_CHANNEL, Broker, PgListener, market_noted, watch_market_changes
-from server.groupcommit import CHANNEL as SALES_CHANNEL
 from server.groupcommit import GroupCommit
 from server.guard import document_refusals
+from server.ingest import SALES_CHANNEL
 from server.live import LiveFigures
 from server.order_watch import ORDERS_CHANNEL, OrderWatch
 from server.routes import (

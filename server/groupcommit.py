@@ -30,12 +30,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from server import ServerError
-from server.ingest import SALES_CHANNEL, IngestResult, Prepared, StallLike, store
+from server.ingest import IngestResult, Prepared, StallLike, store
 
 logger = logging.getLogger(__name__)
-
-#: PostgreSQL's channel for "sales were stored" (``server.ingest.store``'s ``announce``).
-CHANNEL = SALES_CHANNEL
 
 
 class ConcurrentUpload(ServerError):

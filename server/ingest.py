@@ -34,6 +34,7 @@ import json
 import logging
 import weakref
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import Any, Literal, Protocol, cast
@@ -168,10 +169,16 @@ def _upsert_sum(session: Session, table: Table, keys: tuple[str, ...],
     if stmt is None:
         ins = (pg_insert if dialect == "postgresql" else sqlite_insert)(table)
         update = {c: table.c[c] + ins.excluded[c] for c in sums}
-        update.update({c: ins.excluded[c] for c in columns if c not in keys and c not in sums})
+        update.update({c: ins.excluded[c] for c in _replaced(columns, keys, sums)})
         stmt = _UPSERTS[(dialect, table.name, columns)] = ins.on_conflict_do_update(
             index_elements=list(keys), set_=update)
     session.execute(stmt, rows)
+
+
+def _replaced(columns: Iterable[str], keys: tuple[str, ...], sums: tuple[str, ...]) -> list[str]:
+    """The columns an upsert sets to the new row's value: neither the key nor a sum (an item's
+    name as the latest sale wrote it)."""
+    return [c for c in columns if c not in keys and c not in sums]
 
 
 def _table(model: type[db.Base]) -> Table:
@@ -399,8 +406,7 @@ def _pg_upsert(spec: _Sum, prefix: str) -> str:
     q = _PG.identifier_preparer.quote
     name = q(table.name)
     sets = [f"{q(c)} = {name}.{q(c)} + excluded.{q(c)}" for c in sums]
-    sets += [f"{q(c.name)} = excluded.{q(c.name)}" for c in table.columns
-             if c.name not in keys and c.name not in sums]
+    sets += [f"{q(c)} = excluded.{q(c)}" for c in _replaced(table.columns.keys(), keys, sums)]
     return (f"{_pg_unnest(table, prefix)} ON CONFLICT ({', '.join(q(k) for k in keys)}) "
             f"DO UPDATE SET {', '.join(sets)}")
 

@@ -13,7 +13,7 @@ figures, so the newest one is all a screen needs; its ``new`` counts every sale 
 since the event before).  Nothing is computed while no screen is subscribed.
 
 With several server processes on one PostgreSQL database (``wetmarket server --workers``)
-a screen is connected to one of them: every group commit NOTIFYs ``CHANNEL`` with what it
+a screen is connected to one of them: every group commit NOTIFYs ``SALES_CHANNEL`` with what it
 stored (``server.groupcommit``), and each process LISTENs (``server.events.PgListener``,
 handler :meth:`LiveFigures.noted`) and publishes to its own screens.
 """
@@ -30,7 +30,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from server import stats
 from server.events import Broker
-from server.groupcommit import CHANNEL
+from server.ingest import SALES_CHANNEL
 from server.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -103,7 +103,7 @@ class LiveFigures:
             self._stop.wait(max(0.0, self._min_interval - (time.monotonic() - started)))
 
     def noted(self, payload: str) -> None:
-        """A notice on ``CHANNEL``: another server process stored sales."""
+        """A notice on ``SALES_CHANNEL``: another server process stored sales."""
         try:
             note = json.loads(payload)
             if note.get("origin") == self._origin:
@@ -111,4 +111,4 @@ class LiveFigures:
             for stall_id, n in dict(note["stored"]).items():
                 self.stored(str(stall_id), int(n))
         except (ValueError, KeyError, TypeError, AttributeError):
-            logger.warning("live figures: a notice on %s that is not ours: %.100r", CHANNEL, payload)
+            logger.warning("live figures: a notice on %s that is not ours: %.100r", SALES_CHANNEL, payload)
