@@ -169,7 +169,8 @@ def cmd_cv(args: argparse.Namespace) -> int:
         raise ModelError(f"--only-folds: fold numbers run from 0 to {args.folds - 1}")
     logging.getLogger("model").setLevel(logging.INFO)
     cfg = CvConfig(data=Path(args.data), run_dir=Path(args.run_dir), teachers=teachers, seed=args.seed,
-                   folds=args.folds, epochs=args.epochs, views=args.views, lr=args.lr, batch=args.batch,
+                   folds=args.folds, epochs=args.epochs, views=args.views, scales=args.scales,
+                   lr=args.lr, batch=args.batch,
                    threads=args.threads, max_images=args.max_images, only_folds=args.only_folds,
                    student=args.student, kd_temperature=args.kd_temperature, kd_alpha=args.kd_alpha,
                    final=Path(args.final) if args.final else None)
@@ -317,6 +318,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg,
     v.add_argument("--only-folds", type=_folds_list, help="run only these folds now, e.g. 0,1")
     v.add_argument("--epochs", type=_positive, default=6, help="fine-tuning epochs (the schedule's length)")
     v.add_argument("--views", type=int, default=4, help="augmented views per photo in the cache")
+    v.add_argument("--scales", type=_positive, default=1,
+                   help="fine-tune the blocks whose outputs are at the trunk's N smallest scales "
+                        "(1: the last stages; 2: from the stride-16 stages on, about 2x the compute)")
     v.add_argument("--lr", type=float, default=2e-4)
     v.add_argument("--batch", type=_positive, default=32)
     v.add_argument("--seed", type=int, default=0)

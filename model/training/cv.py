@@ -66,6 +66,9 @@ class CvConfig:
     folds: int = 5
     epochs: int = 6
     views: int = 4
+    # the blocks whose outputs are at the trunk's ``scales`` smallest scales are fine-tuned (1: the
+    # last stages, blocks 11-15 of Lite0; 2: from block 5, 2.2x the compute of an epoch)
+    scales: int = 1
     lr: float = 2e-4
     batch: int = 32
     # a cosine head at the linear head's scale (~90-120) wrecks the trunk in the first batches
@@ -96,8 +99,9 @@ def _slice(ds: Dataset, n: int | None) -> Dataset:
     return Dataset(ds.root, ds.classes, take(ds.train), take(ds.val))
 
 
-def first_trainable_block(trunk: Any, size: int) -> int:
-    """Index of the first block whose output is at the trunk's smallest scale (the last stages)."""
+def first_trainable_block(trunk: Any, size: int, scales: int = 1) -> int:
+    """Index of the first block whose output is at one of the trunk's ``scales`` smallest scales
+    (1: the last stages)."""
     import torch
 
     x = torch.zeros(1, 3, size, size)
@@ -107,7 +111,8 @@ def first_trainable_block(trunk: Any, size: int) -> int:
         for b in trunk._blocks:
             x = b(x)
             sizes.append(int(x.shape[-1]))
-    return sizes.index(min(sizes))
+    kept = sorted(set(sizes))[:scales]
+    return sizes.index(max(kept))
 
 
 def _pool_key(pool: Pool) -> str:
@@ -397,7 +402,8 @@ def _crossfit_flagged(oof: np.ndarray, labels: np.ndarray, near: np.ndarray, oth
 
 def _work(cfg: CvConfig, spec: str, seed: int, student: bool = False) -> Path:
     backbone, size = spec.split("@")
-    return cfg.run_dir / f"{'student-' if student else ''}{backbone}-{size}-s{seed}"
+    deeper = f"-x{cfg.scales}" if cfg.scales != 1 else ""
+    return cfg.run_dir / f"{'student-' if student else ''}{backbone}-{size}-s{seed}{deeper}"
 
 
 def student_targets(cfg: CvConfig, teachers: list[dict[str, Any]], k: int,
@@ -425,7 +431,7 @@ def _prepared(cfg: CvConfig, pool: Pool, n_classes: int, spec: str, seed: int,
     backbone, size = parse_teacher(spec)
     work.mkdir(parents=True, exist_ok=True)
     base = RecognizerNet(build_trunk(backbone, size), n_classes).eval()
-    n_frozen = first_trainable_block(base.trunk, size)
+    n_frozen = first_trainable_block(base.trunk, size, cfg.scales)
     acts = activation_cache(pool, base, backbone, n_frozen, size, cfg.views, seed, cfg.run_dir / "cache")
     feats_path = work / "frozen-embeddings.npy"
     if feats_path.exists():

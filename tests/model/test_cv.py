@@ -248,3 +248,18 @@ def test_nested_epochs_choose_each_folds_epoch_without_that_fold() -> None:
     out2 = nested_epochs(fine2, labels, folds2, split)
     assert out2["epochs_picked_per_fold"] == [2, 1]  # each fold's epoch is the other's best
     assert out2["top1"] == 0.0  # the honest figure: each fold read at the epoch it did not pick
+
+
+def test_deeper_fine_tune_starts_at_the_second_smallest_scale() -> None:
+    from model.training.cv import CvConfig, _work, first_trainable_block
+    from model.training.network import build_trunk
+
+    trunk = build_trunk("efficientnet-lite0", 224, pretrained=False)
+    # Lite0's blocks end at 112, 56, 56, 28, 28, 14 x 6, 7 x 5 pixels
+    assert first_trainable_block(trunk, 224) == 11
+    assert first_trainable_block(trunk, 224, scales=2) == 5
+    assert first_trainable_block(trunk, 224, scales=3) == 3
+    # each depth keeps its own fold checkpoints: a deeper run never resumes a shallower one's
+    shallow = _work(CvConfig(data=Path("d"), run_dir=Path("r")), "efficientnet-lite0@224", 0)
+    deep = _work(CvConfig(data=Path("d"), run_dir=Path("r"), scales=2), "efficientnet-lite0@224", 0)
+    assert shallow != deep
