@@ -602,8 +602,11 @@ def bench_store(kind: str, *, per_stall: int, group: int) -> dict[str, Any]:
         notice = text_query("SELECT pg_notify('wetmarket_sales', '{}')") if (
             kind == "postgresql" and not extra) else None
         cpu0, wall0 = time.thread_time(), time.perf_counter()
+        # the group commit's own connections where the code has them (on PostgreSQL, planned
+        # for each statement; server.db.make_engine)
+        writer = getattr(app.state, "write_sessionmaker", maker)
         for batch in ready:
-            with maker() as session:
+            with writer() as session:
                 t0 = time.perf_counter()
                 results = store(session, batch, own_transaction=True, **extra)
                 if notice is not None:
@@ -616,6 +619,8 @@ def bench_store(kind: str, *, per_stall: int, group: int) -> dict[str, Any]:
         wall, cpu = time.perf_counter() - wall0, time.thread_time() - cpu0
     finally:
         app.state.engine.dispose()
+        if getattr(app.state, "write_engine", None) is not None:
+            app.state.write_engine.dispose()
     drop_db(url)
     n, stored = len(ready), sum(len(batch) for batch in ready)
     return {"db": kind, "what": "store", "group": group, "groups": n, "sales": stored,

@@ -77,8 +77,12 @@ def create_app(settings: Settings) -> FastAPI:
     watch_market_changes(sessionmaker, broker, origin=origin, notify=postgres)
     write_lock = None if postgres else threading.Lock()
     # Uploads stored together, one commit each group; the big screen's figures computed off
-    # the upload path (server.groupcommit, server.live).
-    group_commit = GroupCommit(sessionmaker, write_lock=write_lock, origin=origin)
+    # the upload path (server.groupcommit, server.live).  On PostgreSQL through connections
+    # of their own, whose statements are planned for the tables as they are (db.make_engine).
+    write_engine = make_engine(settings.db_url, writer=True) if postgres else engine
+    write_sessionmaker = (orm.sessionmaker(write_engine, expire_on_commit=False) if postgres
+                          else sessionmaker)
+    group_commit = GroupCommit(write_sessionmaker, write_lock=write_lock, origin=origin)
     live = LiveFigures(sessionmaker, settings, broker, origin=origin)
     # Online orders: the stalls' long polls and the shoppers' pages, woken after each change
     # (through NOTIFY in every process on PostgreSQL).
@@ -103,6 +107,8 @@ def create_app(settings: Settings) -> FastAPI:
         live.stop()
         checks.cancel()
         engine.dispose()
+        if write_engine is not engine:
+            write_engine.dispose()
         if read_engine is not None:
             read_engine.dispose()
 
@@ -114,6 +120,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.settings = settings
     app.state.engine = engine
     app.state.sessionmaker = sessionmaker
+    app.state.write_engine = write_engine
+    app.state.write_sessionmaker = write_sessionmaker
     app.state.read_sessionmaker = read_sessionmaker
     app.state.broker = broker
     app.state.admin_sha256 = admin_sha256
