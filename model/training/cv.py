@@ -701,7 +701,8 @@ def ship(cfg: CvConfig, report: dict[str, Any], ds: Dataset, pool: Pool) -> dict
         "training_list_sha256": hashlib.sha256(
             "".join(f"{s.path.as_posix()}\t{s.label}\n" for s in pool.samples).encode()).hexdigest(),
         "trained_on": f"train + val ({len(ds.train)} + {len(ds.val)} photos), "
-                      f"{chosen['chosen_epochs']} epochs",
+                      f"{chosen['chosen_epochs']} epochs, the trunk fine-tuned from block "
+                      f"{chosen['trainable_from_block']}",
         "calibration": f"out of fold ({cfg.folds} blocked folds over train + val, wetmarket model cv)",
         "dataset": portable(cfg.data),
         "seed": chosen["seed"],
