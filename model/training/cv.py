@@ -55,6 +55,9 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 CHUNK = 64  # photos per step of the activation cache (its progress is saved after each)
+#: Weight-space ensembles measured per fold (WiSE-FT, Wortsman et al. 2022): the network at
+#: ``start + alpha * (fine-tuned - start)``, ``start`` the pretrained trunk with the linear head.
+WISE_ALPHAS = (0.25, 0.5, 0.75)
 
 
 @dataclass
@@ -235,6 +238,7 @@ def run_fold(net: RecognizerNet, acts: np.ndarray, feats: np.ndarray, labels: np
               *(q for b in net.trunk._blocks[:n_frozen] for q in b.parameters())]:
         p.requires_grad_(False)
     params = [p for p in net.parameters() if p.requires_grad]
+    head_start = {n: p.detach().clone() for n, p in net.named_parameters()}  # the weight-space ensembles' end
     opt = torch.optim.AdamW([{"params": [p for p in params if p.ndim > 1], "weight_decay": 1e-4},
                              {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}],
                             lr=cfg.lr)
@@ -299,7 +303,26 @@ def run_fold(net: RecognizerNet, acts: np.ndarray, feats: np.ndarray, labels: np
         out["finetuned"] = np.stack(per_epoch).astype(np.float32)
         out["near"] = nearest_cosine(_rest_outputs(net, acts, te, n_frozen)[1],
                                      _rest_outputs(net, acts, np.sort(ex), n_frozen)[1]).astype(np.float32)
+        out["wise"] = _wise_outputs(net, head_start, acts, te, n_frozen)
     return out
+
+
+def _wise_outputs(net: RecognizerNet, start: dict[str, torch.Tensor], acts: np.ndarray, rows: np.ndarray,
+                  n_frozen: int) -> np.ndarray:
+    """Held-out logits (len(WISE_ALPHAS), N, C) of the networks between ``start`` and ``net``'s
+    weights; ``net`` is left as it was.  Its batch-norm statistics are ImageNet's at both ends."""
+    import torch
+
+    final = {n: p.detach().clone() for n, p in net.named_parameters()}
+    out = []
+    with torch.no_grad():
+        for alpha in WISE_ALPHAS:
+            for n, p in net.named_parameters():
+                p.copy_(start[n] + alpha * (final[n] - start[n]))
+            out.append(_rest_outputs(net, acts, rows, n_frozen)[0])
+        for n, p in net.named_parameters():
+            p.copy_(final[n])
+    return np.stack(out).astype(np.float32)
 
 
 def _rest_outputs(net: RecognizerNet, acts: np.ndarray, rows: np.ndarray,
@@ -483,11 +506,52 @@ def teacher_cv(cfg: CvConfig, pool: Pool, folds: Folds, n_classes: int, spec: st
     by_epoch = [_fold_figures(fine[e], pool.labels, folds)["top1"] for e in range(cfg.epochs)]
     best = int(np.argmax(by_epoch))
     np.savez(work / "oof.npz", linear=linear, finetuned=fine[best], labels=pool.labels)
-    return {"teacher": spec, "seed": seed, "trainable_from_block": n_frozen,
+    wise = _wise_oof(work, folds, n, n_classes)
+    extra = {"wise": wise_figures(wise, fine[-1], pool.labels, folds, pool.split)} if wise is not None else {}
+    return {"teacher": spec, "seed": seed, "trainable_from_block": n_frozen, **extra,
             "epochs_top1": by_epoch, "chosen_epochs": best + 1,
             "epochs_nested": nested_epochs(fine, pool.labels, folds, pool.split),
             "linear": summarise(linear, pool.labels, folds, pool.split),
             "finetuned": summarise(fine[best], pool.labels, folds, pool.split, near)}
+
+
+def _wise_oof(work: Path, folds: Folds, n: int, n_classes: int) -> np.ndarray | None:
+    """The weight-space ensembles' out-of-fold logits (alphas, N, C), when every fold kept them."""
+    wise = np.zeros((len(WISE_ALPHAS), n, n_classes), np.float32)
+    for k in range(folds.k):
+        with np.load(work / f"fold-{k}.npz") as z:
+            if "wise" not in z or z["wise"].shape[0] != len(WISE_ALPHAS):
+                return None
+            wise[:, z["held_out"]] = z["wise"]
+    return wise
+
+
+def wise_figures(wise: np.ndarray, last: np.ndarray, labels: np.ndarray, folds: Folds,
+                 split: np.ndarray) -> dict[str, Any]:
+    """Each weight-space ensemble's pooled and other-session top-1 next to the last epoch's
+    (alpha 1), and the alpha chosen without the fold it is read on (per fold, the best mean
+    other-session top-1 over the other folds; then that fold's other-session rows at it)."""
+    alphas = [*WISE_ALPHAS, 1.0]
+    logits = np.concatenate([wise, last[None]])
+    other = split == "val"
+    per_fold = np.array([[topk_accuracy(lg[other & (folds.fold == k)], labels[other & (folds.fold == k)])[1]
+                          if np.any(other & (folds.fold == k)) else np.nan for k in range(folds.k)]
+                         for lg in logits])  # (alphas, folds)
+    picked, rows = [], np.zeros(last.shape, np.float32)
+    for k in range(folds.k):
+        rest = [j for j in range(folds.k) if j != k]
+        a = int(np.nanargmax(np.nanmean(per_fold[:, rest], 1))) if rest else len(alphas) - 1
+        picked.append(alphas[a])
+        rows[folds.held_out(k)] = logits[a][folds.held_out(k)]
+    return {"alphas": alphas,
+            "pooled_top1": [_fold_figures(lg, labels, folds)["top1"] for lg in logits],
+            "other_session_top1": [topk_accuracy(lg[other], labels[other])[1] if other.any() else None
+                                   for lg in logits],
+            "other_session_top5": [topk_accuracy(lg[other], labels[other])[5] if other.any() else None
+                                   for lg in logits],
+            "alphas_picked_per_fold": picked,
+            "nested_other_session_top1": (topk_accuracy(rows[other], labels[other])[1] if other.any()
+                                          else None)}
 
 
 def ensemble(cfg: CvConfig, results: list[dict[str, Any]], pool: Pool, folds: Folds,
@@ -596,6 +660,16 @@ def render_cv_markdown(r: dict[str, Any]) -> str:
                      f"{t['chosen_epochs']} epochs (mean top-1 by epoch: "
                      f"{', '.join(f'{x:.3f}' for x in t['epochs_top1'])}): {_fmt(t['finetuned'])}"
                      + _nested(t))
+        if "wise" in t:
+            w = t["wise"]
+            lines.append(f"- {name}, weight-space ensembles of the linear head's start and the last "
+                         "epoch, alpha: pooled top-1 / other-session top-1 / top-5: " + "; ".join(
+                             f"{a}: {_pct(p)} / {_pct(o)} / {_pct(f)}" for a, p, o, f in zip(
+                                 w["alphas"], w["pooled_top1"], w["other_session_top1"],
+                                 w["other_session_top5"], strict=True))
+                         + "; alpha chosen on the other folds' other sessions: "
+                         f"{w['alphas_picked_per_fold']}, "
+                         f"nested other-session top-1 {_pct(w['nested_other_session_top1'])}")
     if "ensemble" in r:
         lines.append(f"- out-of-fold ensemble of {', '.join(r['ensemble']['teachers'])}: "
                      f"{_fmt(r['ensemble'])}")

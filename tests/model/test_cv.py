@@ -97,6 +97,15 @@ def test_cv_command_runs_fold_by_fold_and_resumes(dataset_root: Path, tmp_path: 
         assert not set(a["held_out"]) & set(b["held_out"])
         assert len(a["held_out"]) + len(b["held_out"]) == report["photos"]["train"] + report["photos"]["val"]
     assert "blocked folds over train + val" in (tmp_path / "cv-report.md").read_text()
+    # the weight-space ensembles between the linear head's start and the last epoch, out of fold
+    w = t["wise"]
+    assert w["alphas"] == [0.25, 0.5, 0.75, 1.0]
+    assert w["pooled_top1"][-1] == pytest.approx(t["epochs_top1"][-1])  # alpha 1: the last epoch
+    assert all(0 <= x <= 1 for x in w["pooled_top1"]) and len(w["alphas_picked_per_fold"]) == 2
+    with np.load(work / "fold-0.npz") as a:
+        assert a["wise"].shape == (3, len(a["held_out"]), a["finetuned"].shape[-1])
+        assert not np.allclose(a["wise"][0], a["finetuned"][-1])
+    assert "weight-space ensembles" in (tmp_path / "cv-report.md").read_text()
     st = report["student"]
     assert len(st["finetuned"]["per_fold_top1"]) == 2 and st["chosen_epochs"] in (1, 2)
     assert (tmp_path / "student-efficientnet-lite0-64-s0" / "fold-1.npz").exists()
