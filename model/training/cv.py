@@ -303,26 +303,40 @@ def run_fold(net: RecognizerNet, acts: np.ndarray, feats: np.ndarray, labels: np
         out["finetuned"] = np.stack(per_epoch).astype(np.float32)
         out["near"] = nearest_cosine(_rest_outputs(net, acts, te, n_frozen)[1],
                                      _rest_outputs(net, acts, np.sort(ex), n_frozen)[1]).astype(np.float32)
-        out["wise"] = _wise_outputs(net, head_start, acts, te, n_frozen)
+        out["wise"], out["wise_near"] = _wise_outputs(net, head_start, acts, te, np.sort(ex), n_frozen)
     return out
 
 
-def _wise_outputs(net: RecognizerNet, start: dict[str, torch.Tensor], acts: np.ndarray, rows: np.ndarray,
-                  n_frozen: int) -> np.ndarray:
-    """Held-out logits (len(WISE_ALPHAS), N, C) of the networks between ``start`` and ``net``'s
-    weights; ``net`` is left as it was.  Its batch-norm statistics are ImageNet's at both ends."""
+def wise_blend(net: RecognizerNet, start: dict[str, torch.Tensor], alpha: float) -> dict[str, torch.Tensor]:
+    """Set ``net``'s weights to ``start + alpha * (net - start)``; its weights before, to restore."""
     import torch
 
     final = {n: p.detach().clone() for n, p in net.named_parameters()}
-    out = []
     with torch.no_grad():
-        for alpha in WISE_ALPHAS:
-            for n, p in net.named_parameters():
-                p.copy_(start[n] + alpha * (final[n] - start[n]))
-            out.append(_rest_outputs(net, acts, rows, n_frozen)[0])
         for n, p in net.named_parameters():
-            p.copy_(final[n])
-    return np.stack(out).astype(np.float32)
+            p.copy_(start[n] + alpha * (final[n] - start[n]))
+    return final
+
+
+def _wise_outputs(net: RecognizerNet, start: dict[str, torch.Tensor], acts: np.ndarray, rows: np.ndarray,
+                  exemplars: np.ndarray, n_frozen: int) -> tuple[np.ndarray, np.ndarray]:
+    """Held-out logits (len(WISE_ALPHAS), N, C) of the networks between ``start`` and ``net``'s
+    weights, and each held-out photo's cosine to the nearest exemplar under each (alphas, N);
+    ``net`` is left as it was.  Its batch-norm statistics are ImageNet's at both ends."""
+    import torch
+
+    from model.unknown import nearest_cosine
+
+    logits, near = [], []
+    for alpha in WISE_ALPHAS:
+        final = wise_blend(net, start, alpha)
+        held, emb = _rest_outputs(net, acts, rows, n_frozen)
+        logits.append(held)
+        near.append(nearest_cosine(emb, _rest_outputs(net, acts, exemplars, n_frozen)[1]))
+        with torch.no_grad():
+            for n, p in net.named_parameters():
+                p.copy_(final[n])
+    return np.stack(logits).astype(np.float32), np.stack(near).astype(np.float32)
 
 
 def _rest_outputs(net: RecognizerNet, acts: np.ndarray, rows: np.ndarray,
