@@ -163,6 +163,8 @@ def cmd_cv(args: argparse.Namespace) -> int:
             parse_teacher(spec)
         except ValueError as exc:
             raise ModelError(str(exc)) from None
+    if args.wise and not args.final:
+        raise ModelError("--wise says which model to ship: give --final OUT.onnx too")
     if args.folds < 2:
         raise ModelError(f"--folds {args.folds}: cross-validation needs at least 2 folds")
     if args.only_folds and not all(0 <= k < args.folds for k in args.only_folds):
@@ -173,7 +175,7 @@ def cmd_cv(args: argparse.Namespace) -> int:
                    lr=args.lr, batch=args.batch,
                    threads=args.threads, max_images=args.max_images, only_folds=args.only_folds,
                    student=args.student, kd_temperature=args.kd_temperature, kd_alpha=args.kd_alpha,
-                   final=Path(args.final) if args.final else None)
+                   final=Path(args.final) if args.final else None, wise=args.wise)
     report = run_cv(cfg)
     summary: dict[str, Any] = {"report": str(cfg.run_dir / "cv-report.md")}
     for t in report["teachers"]:
@@ -331,6 +333,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg,
                         "train + val for the epochs the folds chose, exported as OUT.onnx (int8, what "
                         "the stall runs) and OUT.fp32.onnx, with the temperature and unknown flag "
                         "fitted out of fold")
+    v.add_argument("--wise", action="store_true",
+                   help="with --final: ship the weight-space ensemble of the linear head's start and the "
+                        "fine-tuned network (WiSE-FT) at the alpha with the best out-of-fold other-session "
+                        "top-1, calibrated on its out-of-fold outputs")
     v.set_defaults(run=cmd_cv)
 
     e = msub.add_parser("evaluate", help="accuracy, unknown rate and latency of an ONNX model")

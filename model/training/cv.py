@@ -85,6 +85,8 @@ class CvConfig:
     kd_alpha: float = 0.7
     # the chosen recipe trained on all of train + val and exported here (``ship``)
     final: Path | None = None
+    # ship the weight-space ensemble at the alpha the folds chose instead of the plain fine-tune
+    wise: bool = False
 
 
 def _slice(ds: Dataset, n: int | None) -> Dataset:
@@ -205,7 +207,7 @@ def _unit(a: np.ndarray) -> np.ndarray:
 def run_fold(net: RecognizerNet, acts: np.ndarray, feats: np.ndarray, labels: np.ndarray,
              tr: np.ndarray, te: np.ndarray, k: int, n_frozen: int, n_classes: int, cfg: CvConfig,
              seed: int, work: Path, soft: np.ndarray | None = None, stop: int | None = None,
-             name: str | None = None) -> dict[str, np.ndarray]:
+             name: str | None = None, wise_alpha: float | None = None) -> dict[str, np.ndarray]:
     """One fold (training rows ``tr``, held-out rows ``te``): linear head, then the last blocks
     fine-tuned; held-out logits after each epoch, and each held-out photo's cosine to the nearest
     of the fold's exemplars (``refit.exemplar_rows`` of its training part, as shipped), which the
@@ -214,7 +216,8 @@ def run_fold(net: RecognizerNet, acts: np.ndarray, feats: np.ndarray, labels: np
     ``soft``: per-photo teacher log-probabilities (N, C) to distil from, ``cfg.kd_alpha``
     KL + the rest cross-entropy (only the fold's training rows are read).  ``stop``: end after
     this many epochs of the ``cfg.epochs`` schedule (the final model stops where the folds chose).
-    With ``te`` empty (the final model, on every photo) nothing is measured.
+    With ``te`` empty (the final model, on every photo) nothing is measured.  ``wise_alpha``: the
+    network ends as the weight-space ensemble of its start (the linear head) and its last epoch.
     """
     import torch
     import torch.nn.functional as F
@@ -291,6 +294,8 @@ def run_fold(net: RecognizerNet, acts: np.ndarray, feats: np.ndarray, labels: np
                         loss_sum / len(tr), time.time() - t0)
         torch.save({"net": net.state_dict(), "opt": opt.state_dict(), "per_epoch": per_epoch,
                     "epoch": epoch + 1}, ckpt)
+    if wise_alpha is not None:
+        wise_blend(net, head_start, wise_alpha)
     with torch.no_grad():
         # every view of every photo after the last epoch: a student of this fold learns from these
         # (the fold's held-out part is unseen by the teacher, so by the student too)
@@ -520,8 +525,9 @@ def teacher_cv(cfg: CvConfig, pool: Pool, folds: Folds, n_classes: int, spec: st
     by_epoch = [_fold_figures(fine[e], pool.labels, folds)["top1"] for e in range(cfg.epochs)]
     best = int(np.argmax(by_epoch))
     np.savez(work / "oof.npz", linear=linear, finetuned=fine[best], labels=pool.labels)
-    wise = _wise_oof(work, folds, n, n_classes)
-    extra = {"wise": wise_figures(wise, fine[-1], pool.labels, folds, pool.split)} if wise is not None else {}
+    blends = _wise_oof(work, folds, n, n_classes)
+    extra = ({"wise": wise_figures(blends[0], fine[-1], pool.labels, folds, pool.split, blends[1])}
+             if blends is not None else {})
     return {"teacher": spec, "seed": seed, "trainable_from_block": n_frozen, **extra,
             "epochs_top1": by_epoch, "chosen_epochs": best + 1,
             "epochs_nested": nested_epochs(fine, pool.labels, folds, pool.split),
@@ -529,22 +535,28 @@ def teacher_cv(cfg: CvConfig, pool: Pool, folds: Folds, n_classes: int, spec: st
             "finetuned": summarise(fine[best], pool.labels, folds, pool.split, near)}
 
 
-def _wise_oof(work: Path, folds: Folds, n: int, n_classes: int) -> np.ndarray | None:
-    """The weight-space ensembles' out-of-fold logits (alphas, N, C), when every fold kept them."""
+def _wise_oof(work: Path, folds: Folds, n: int, n_classes: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """The weight-space ensembles' out-of-fold logits (alphas, N, C) and nearest-exemplar cosines
+    (alphas, N), when every fold kept them."""
     wise = np.zeros((len(WISE_ALPHAS), n, n_classes), np.float32)
+    near = np.zeros((len(WISE_ALPHAS), n), np.float32)
     for k in range(folds.k):
         with np.load(work / f"fold-{k}.npz") as z:
-            if "wise" not in z or z["wise"].shape[0] != len(WISE_ALPHAS):
+            if "wise_near" not in z or z["wise"].shape[0] != len(WISE_ALPHAS):
                 return None
             wise[:, z["held_out"]] = z["wise"]
-    return wise
+            near[:, z["held_out"]] = z["wise_near"]
+    return wise, near
 
 
 def wise_figures(wise: np.ndarray, last: np.ndarray, labels: np.ndarray, folds: Folds,
-                 split: np.ndarray) -> dict[str, Any]:
+                 split: np.ndarray, near: np.ndarray | None = None) -> dict[str, Any]:
     """Each weight-space ensemble's pooled and other-session top-1 next to the last epoch's
     (alpha 1), and the alpha chosen without the fold it is read on (per fold, the best mean
-    other-session top-1 over the other folds; then that fold's other-session rows at it)."""
+    other-session top-1 over the other folds; then that fold's other-session rows at it).
+    ``chosen``: the alpha with the best other-session top-1 over every fold, what ``--final
+    --wise`` ships, with its figures and calibration (``summarise``; ``near``: the ensembles'
+    nearest-exemplar cosines, for its unknown flag)."""
     alphas = [*WISE_ALPHAS, 1.0]
     logits = np.concatenate([wise, last[None]])
     other = split == "val"
@@ -557,7 +569,11 @@ def wise_figures(wise: np.ndarray, last: np.ndarray, labels: np.ndarray, folds: 
         a = int(np.nanargmax(np.nanmean(per_fold[:, rest], 1))) if rest else len(alphas) - 1
         picked.append(alphas[a])
         rows[folds.held_out(k)] = logits[a][folds.held_out(k)]
-    return {"alphas": alphas,
+    other_top1 = [topk_accuracy(lg[other], labels[other])[1] if other.any() else 0.0 for lg in logits]
+    best = int(np.argmax(other_top1[:-1]))  # the best blend (alpha 1 is the plain fine-tune)
+    chosen = {"alpha": alphas[best], **summarise(logits[best], labels, folds, split,
+                                                 None if near is None else near[best])}
+    return {"alphas": alphas, "chosen": chosen,
             "pooled_top1": [_fold_figures(lg, labels, folds)["top1"] for lg in logits],
             "other_session_top1": [topk_accuracy(lg[other], labels[other])[1] if other.any() else None
                                    for lg in logits],
@@ -710,7 +726,8 @@ FINAL = "final"  # the run on every photo of train + val: final.npz (its views' 
 
 
 def final_network(cfg: CvConfig, pool: Pool, n_classes: int, spec: str, seed: int, epochs: int,
-                  teachers: list[dict[str, Any]] | None = None) -> RecognizerNet:
+                  teachers: list[dict[str, Any]] | None = None,
+                  wise_alpha: float | None = None) -> RecognizerNet:
     """``spec`` trained on every photo of train + val, by the recipe the folds measured, stopped
     after the ``epochs`` they chose (same schedule); with ``teachers``: distilled from their
     final networks.  Resumable like a fold; the network is kept as ``final-net.pt``."""
@@ -718,7 +735,8 @@ def final_network(cfg: CvConfig, pool: Pool, n_classes: int, spec: str, seed: in
 
     work = _work(cfg, spec, seed, student=teachers is not None)
     base, n_frozen, acts, feats = _prepared(cfg, pool, n_classes, spec, seed, work)
-    done, state = work / f"{FINAL}.npz", work / f"{FINAL}-net.pt"
+    tag = FINAL if wise_alpha is None else f"{FINAL}-wise{wise_alpha:g}"
+    done, state = work / f"{tag}.npz", work / f"{tag}-net.pt"
     if done.exists() and state.exists():
         base.load_state_dict(torch.load(state))
         return base.eval()
@@ -727,11 +745,11 @@ def final_network(cfg: CvConfig, pool: Pool, n_classes: int, spec: str, seed: in
     soft = student_targets(cfg, teachers, 0, FINAL) if teachers is not None else None
     every = np.arange(len(pool))
     res = run_fold(base, acts, feats, pool.labels, every, every[:0], cfg.folds, n_frozen, n_classes, cfg,
-                   seed, work, soft, stop=epochs, name=FINAL)
+                   seed, work, soft, stop=epochs, name=tag, wise_alpha=wise_alpha)
     torch.save(base.state_dict(), state)
     np.savez(done.with_suffix(".tmp.npz"), views=res["views"])
     done.with_suffix(".tmp.npz").replace(done)
-    (work / f"{FINAL}.pt").unlink(missing_ok=True)
+    (work / f"{tag}.pt").unlink(missing_ok=True)
     return base.eval()
 
 
@@ -745,6 +763,8 @@ def ship(cfg: CvConfig, report: dict[str, Any], ds: Dataset, pool: Pool) -> dict
     from model.training.train import MODEL_VERSION, export_checkpoint, model_io, portable
 
     assert cfg.final is not None
+    if cfg.wise and cfg.student is not None:
+        raise ModelError("--final --wise ships one teacher's weight-space ensemble, not a student")
     teachers = report["teachers"]
     if any("folds_missing" in t for t in teachers):
         raise ModelError("--final: every fold of every teacher must have run first")
@@ -758,16 +778,27 @@ def ship(cfg: CvConfig, report: dict[str, Any], ds: Dataset, pool: Pool) -> dict
                             teachers)
     elif len(teachers) == 1:
         chosen = teachers[0]
-        net = final_network(cfg, pool, len(ds.classes), chosen["teacher"], chosen["seed"],
-                            chosen["chosen_epochs"])
     else:
         raise ModelError("--final: several teachers ship as one distilled student: give --student")
     f = chosen["finetuned"]
+    alpha: float | None = None
+    if cfg.wise:
+        if cfg.student is not None or "wise" not in chosen or "unknown_flag" not in chosen["wise"]["chosen"]:
+            raise ModelError("--final --wise: one teacher whose folds kept their weight-space ensembles "
+                             "(run its folds again with this code)")
+        f = chosen["wise"]["chosen"]
+        alpha = float(f["alpha"])
+        # the blend the folds measured: the whole schedule's last epoch, then toward the start
+        net = final_network(cfg, pool, len(ds.classes), chosen["teacher"], chosen["seed"], cfg.epochs,
+                            wise_alpha=alpha)
+    elif cfg.student is None:
+        net = final_network(cfg, pool, len(ds.classes), chosen["teacher"], chosen["seed"],
+                            chosen["chosen_epochs"])
     if "unknown_flag" not in f:
         raise ModelError("--final: these folds ran before the exemplar cosines were kept; run them again "
                          "(delete the fold-*.npz of the recipe) to fit the unknown flag out of fold")
     backbone, size = parse_teacher(chosen["teacher"])
-    mode = "cv-student" if cfg.student is not None else "cv-finetune"
+    mode = "cv-student" if cfg.student is not None else "cv-finetune" if alpha is None else "cv-finetune-wise"
     key = hashlib.sha256(_pool_key(pool).encode()).hexdigest()[:12]
     other = f.get("other_session") or {}
     meta = {
@@ -789,14 +820,17 @@ def ship(cfg: CvConfig, report: dict[str, Any], ds: Dataset, pool: Pool) -> dict
         "training_list_sha256": hashlib.sha256(
             "".join(f"{s.path.as_posix()}\t{s.label}\n" for s in pool.samples).encode()).hexdigest(),
         "trained_on": f"train + val ({len(ds.train)} + {len(ds.val)} photos), "
-                      f"{chosen['chosen_epochs']} epochs, the trunk fine-tuned from block "
-                      f"{chosen['trainable_from_block']}",
+                      + (f"{chosen['chosen_epochs']} epochs" if alpha is None else
+                         f"{cfg.epochs} epochs, then the weights blended {alpha:g} : {1 - alpha:g} with "
+                         "the linear head's start (WiSE-FT)")
+                      + f", the trunk fine-tuned from block {chosen['trainable_from_block']}",
         "calibration": f"out of fold ({cfg.folds} blocked folds over train + val, wetmarket model cv)",
         "dataset": portable(cfg.data),
         "seed": chosen["seed"],
         "weight_bits": 8,
         "metrics": {"cross_validated": {
-            "recipe": f"{'student ' if cfg.student else ''}{chosen['teacher']} seed {chosen['seed']}",
+            "recipe": f"{'student ' if cfg.student else ''}{chosen['teacher']} seed {chosen['seed']}"
+                      + (f", weight-space ensemble alpha {alpha:g}" if alpha is not None else ""),
             "folds": cfg.folds, **{k: f[k] for k in ("top1", "top1_sd", "top5", "top5_sd")},
             **({"other_session_top1": other[1], "other_session_top5": other[5]} if other else {})}},
     }
@@ -807,5 +841,6 @@ def ship(cfg: CvConfig, report: dict[str, Any], ds: Dataset, pool: Pool) -> dict
     written = export_checkpoint(checkpoint, cfg.final.with_name(cfg.final.stem + ".fp32.onnx"), int8=True,
                                 data=ds, int8_out=cfg.final, calibrated=True)
     logger.info("final model: %s", ", ".join(str(p) for p in written))
-    return {"recipe": meta["metrics"]["cross_validated"]["recipe"], "epochs": chosen["chosen_epochs"],
+    return {"recipe": meta["metrics"]["cross_validated"]["recipe"],
+            "epochs": chosen["chosen_epochs"] if alpha is None else cfg.epochs,
             "files": [str(p) for p in written]}

@@ -148,6 +148,20 @@ def test_cv_command_runs_fold_by_fold_and_resumes(dataset_root: Path, tmp_path: 
         assert (tmp_path / name / "final-net.pt").exists()
     assert "**shipped**" in (tmp_path / "cv-report.md").read_text()
 
+    # the teacher's weight-space ensemble at the alpha its folds chose, calibrated on its folds
+    wise = tmp_path / "wise" / "recognizer.onnx"
+    wise.parent.mkdir()
+    assert _cv(dataset_root, tmp_path, "--final", str(wise), "--wise") == 0
+    chosen = json.loads((tmp_path / "cv-report.json").read_text())["teachers"][0]["wise"]["chosen"]
+    assert chosen["alpha"] in (0.25, 0.5, 0.75)
+    wmeta = json.loads(wise.with_name("recognizer.fp32.json").read_text())
+    assert wmeta["mode"] == "cv-finetune-wise" and wmeta["temperature"] == chosen["temperature"]
+    assert f"alpha {chosen['alpha']:g}" in wmeta["metrics"]["cross_validated"]["recipe"]
+    assert wmeta["unknown"]["nearest_exemplar"]["near_mean"] == chosen["unknown_flag"]["near_mean"]
+    assert (tmp_path / "efficientnet-lite0-64-s0" / f"final-wise{chosen['alpha']:g}-net.pt").exists()
+    r = Recognizer.load(wise, top_k=3).recognize(photo)
+    assert len(r.top) == 3
+
 
 def test_a_cv_report_without_finished_folds_is_refused(tmp_path: Path) -> None:
     from model import ModelError
@@ -184,6 +198,7 @@ def test_student_learns_each_fold_from_that_folds_teacher(tmp_path: Path) -> Non
     (["--only-folds", "0,7"], "--only-folds"),
     (["--folds", "1"], "at least 2 folds"),
     (["--student", "efficientnet-lite9@64"], "expected BACKBONE@SIZE"),
+    (["--wise"], "give --final"),
 ])
 def test_cv_command_refuses_bad_input(dataset_root: Path, tmp_path: Path, args: list[str], message: str,
                                       capsys: pytest.CaptureFixture[str]) -> None:
