@@ -163,6 +163,8 @@ def cmd_cv(args: argparse.Namespace) -> int:
             parse_teacher(spec)
         except ValueError as exc:
             raise ModelError(str(exc)) from None
+    if args.from_block is not None and args.from_block < 0:
+        raise ModelError(f"--from-block {args.from_block}: blocks are numbered from 0")
     if args.wise and not args.final:
         raise ModelError("--wise says which model to ship: give --final OUT.onnx too")
     if args.folds < 2:
@@ -172,6 +174,7 @@ def cmd_cv(args: argparse.Namespace) -> int:
     logging.getLogger("model").setLevel(logging.INFO)
     cfg = CvConfig(data=Path(args.data), run_dir=Path(args.run_dir), teachers=teachers, seed=args.seed,
                    folds=args.folds, epochs=args.epochs, views=args.views, scales=args.scales,
+                   from_block=args.from_block,
                    lr=args.lr, batch=args.batch,
                    threads=args.threads, max_images=args.max_images, only_folds=args.only_folds,
                    student=args.student, kd_temperature=args.kd_temperature, kd_alpha=args.kd_alpha,
@@ -323,6 +326,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg,
     v.add_argument("--scales", type=_positive, default=1,
                    help="fine-tune the blocks whose outputs are at the trunk's N smallest scales "
                         "(1: the last stages; 2: from the stride-16 stages on, about 2x the compute)")
+    v.add_argument("--from-block", type=int, metavar="N",
+                   help="fine-tune from block N on instead (Lite0 has 16; 16: the head convolution only)")
     v.add_argument("--lr", type=float, default=2e-4)
     v.add_argument("--batch", type=_positive, default=32)
     v.add_argument("--seed", type=int, default=0)

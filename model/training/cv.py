@@ -72,6 +72,8 @@ class CvConfig:
     # the blocks whose outputs are at the trunk's ``scales`` smallest scales are fine-tuned (1: the
     # last stages, blocks 11-15 of Lite0; 2: from block 5, 2.2x the compute of an epoch)
     scales: int = 1
+    # or fine-tune from this block on (overrides ``scales``; the number of blocks: the head only)
+    from_block: int | None = None
     lr: float = 2e-4
     batch: int = 32
     # a cosine head at the linear head's scale (~90-120) wrecks the trunk in the first batches
@@ -444,7 +446,8 @@ def _crossfit_flagged(oof: np.ndarray, labels: np.ndarray, near: np.ndarray, oth
 
 def _work(cfg: CvConfig, spec: str, seed: int, student: bool = False) -> Path:
     backbone, size = spec.split("@")
-    deeper = f"-x{cfg.scales}" if cfg.scales != 1 else ""
+    deeper = (f"-b{cfg.from_block}" if cfg.from_block is not None else
+              f"-x{cfg.scales}" if cfg.scales != 1 else "")
     return cfg.run_dir / f"{'student-' if student else ''}{backbone}-{size}-s{seed}{deeper}"
 
 
@@ -473,7 +476,8 @@ def _prepared(cfg: CvConfig, pool: Pool, n_classes: int, spec: str, seed: int,
     backbone, size = parse_teacher(spec)
     work.mkdir(parents=True, exist_ok=True)
     base = RecognizerNet(build_trunk(backbone, size), n_classes).eval()
-    n_frozen = first_trainable_block(base.trunk, size, cfg.scales)
+    n_frozen = (first_trainable_block(base.trunk, size, cfg.scales) if cfg.from_block is None
+                else min(cfg.from_block, len(base.trunk._blocks)))
     acts = activation_cache(pool, base, backbone, n_frozen, size, cfg.views, seed, cfg.run_dir / "cache")
     feats_path = work / "frozen-embeddings.npy"
     if feats_path.exists():

@@ -199,6 +199,7 @@ def test_student_learns_each_fold_from_that_folds_teacher(tmp_path: Path) -> Non
     (["--folds", "1"], "at least 2 folds"),
     (["--student", "efficientnet-lite9@64"], "expected BACKBONE@SIZE"),
     (["--wise"], "give --final"),
+    (["--from-block", "-1"], "numbered from 0"),
 ])
 def test_cv_command_refuses_bad_input(dataset_root: Path, tmp_path: Path, args: list[str], message: str,
                                       capsys: pytest.CaptureFixture[str]) -> None:
@@ -287,3 +288,5 @@ def test_deeper_fine_tune_starts_at_the_second_smallest_scale() -> None:
     shallow = _work(CvConfig(data=Path("d"), run_dir=Path("r")), "efficientnet-lite0@224", 0)
     deep = _work(CvConfig(data=Path("d"), run_dir=Path("r"), scales=2), "efficientnet-lite0@224", 0)
     assert shallow != deep
+    last = _work(CvConfig(data=Path("d"), run_dir=Path("r"), from_block=15), "efficientnet-lite0@224", 0)
+    assert last not in (shallow, deep)
