@@ -157,6 +157,9 @@ def test_cv_command_runs_fold_by_fold_and_resumes(dataset_root: Path, tmp_path: 
     wmeta = json.loads(wise.with_name("recognizer.fp32.json").read_text())
     assert wmeta["mode"] == "cv-finetune-wise" and wmeta["temperature"] == chosen["temperature"]
     assert f"alpha {chosen['alpha']:g}" in wmeta["metrics"]["cross_validated"]["recipe"]
+    # the blend's alpha was chosen on the other-session rows: quoted is the nested figure
+    assert chosen["nested_other_session_top1"] is not None
+    assert wmeta["metrics"]["cross_validated"]["other_session_top1"] == chosen["nested_other_session_top1"]
     assert wmeta["unknown"]["nearest_exemplar"]["near_mean"] == chosen["unknown_flag"]["near_mean"]
     assert (tmp_path / "efficientnet-lite0-64-s0" / f"final-wise{chosen['alpha']:g}-net.pt").exists()
     r = Recognizer.load(wise, top_k=3).recognize(photo)
