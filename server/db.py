@@ -558,11 +558,14 @@ def make_engine(db_url: str, *, writer: bool = False) -> Engine:
             extra = make_url(url).query.get("options")
             extra = " ".join(extra) if isinstance(extra, tuple) else (extra or "")
             options["connect_args"] = {"options": f"{extra} -c plan_cache_mode=force_custom_plan".strip()}
+            # One group is written at a time per process (server.groupcommit): one connection.
+            options.update(pool_size=1, max_overflow=1)
         # Each upload, its group commit, the token check and the live figures hold a
         # connection for a moment: with the default 5 kept, a burst of stalls opened and
         # closed connections (SQLite's pragmas run again each time) on every request.  An
         # SQLite file cannot go away under the server: no ping before each use.
-        engine = create_engine(url, pool_pre_ping=not sqlite, pool_size=20, max_overflow=20, **options)
+        engine = create_engine(url, **{"pool_pre_ping": not sqlite, "pool_size": 20, "max_overflow": 20,
+                                       **options})
     except (SQLAlchemyError, ImportError, ValueError) as exc:
         raise ConfigError(f"cannot use database {db_url!r}: {exc}") from exc
     if engine.dialect.name == "sqlite":
