@@ -360,14 +360,21 @@ def test_impossible_times_never_block_their_batch(server: LiveServer) -> None:
     assert today["sales"] == 3 and today["total_fen"] == 3 * 690
 
 
-def test_a_row_the_database_refuses_never_blocks_its_batch(server: LiveServer, db_url: str) -> None:
+@pytest.mark.parametrize("where", ["line", "sale"])
+def test_a_row_the_database_refuses_never_blocks_its_batch(server: LiveServer, db_url: str,
+                                                           where: str) -> None:
     """PostgreSQL refuses a NUL character in a text column at insert time: that sale alone
-    is refused, its batch is stored (SQLite stores the NUL as it is)."""
+    is refused, its batch is stored (SQLite stores the NUL as it is).  In a line's name it
+    fails the lines' statement; in the sale's own columns (its signature, which then fails its
+    check and would be stored flagged) it fails the sales' ``COPY``; either way the batch is
+    stored again sale by sale."""
     sim = StallSim("S01")
     token = _register(server, sim)
     batch = [sim.sale([("1", "香蕉", 1000, 690, "kg")]),
-             sim.sale([("2", "香\x00蕉", 500, 690, "kg")]),
+             sim.sale([("2", "香\x00蕉" if where == "line" else "香蕉", 500, 690, "kg")]),
              sim.sale([("3", "黄瓜", 500, 260, "500g")])]
+    if where == "sale":
+        batch[1]["signature"] = "\x00" + batch[1]["signature"][1:]
     with server.client(token) as c:
         first = c.post("/api/v1/sales", json={"sales": batch})
         again = c.post("/api/v1/sales", json={"sales": batch}).json()
@@ -382,6 +389,7 @@ def test_a_row_the_database_refuses_never_blocks_its_batch(server: LiveServer, d
         assert sorted(it["plu"] for it in today["items"]) == ["1", "3"]
     else:
         assert _statuses(first.json()) == ["accepted"] * 3
+        assert first.json()["results"][1]["flags"] == ([] if where == "line" else ["bad_signature"])
         assert today["sales"] == 3
 
 
