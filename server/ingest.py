@@ -481,11 +481,15 @@ def table_rows(sale: SaleModel, doc: dict[str, Any], digest: str, flags: list[st
 
 _SALE_INSERT = insert(_table(db.Sale))
 _LINE_INSERT = insert(_table(db.SaleLine))
-#: PostgreSQL: a group's sales by ``COPY``, not an ``INSERT`` per row.  Measured in process on
-#: batches of 100 (``docs/benchmarks.md``): the writer's CPU 57 -> 26 us a sale, and
-#: PostgreSQL's own 151 -> 99 us (no statement to parse, bind and plan per row).  The
-#: trigger that fills ``sale_keys`` fires for each copied row as for an inserted one, so a
-#: duplicate fails the copy as it failed the insert.
+#: PostgreSQL: a group's sales by ``COPY``, not an ``INSERT`` per row, from this many on.
+#: Measured in process on batches of 100 (``docs/benchmarks.md``): the writer's CPU a third
+#: less a sale, PostgreSQL's a fifth less (no statement to parse, bind and plan per row).  A
+#: copy costs a round trip more than the inserts, which psycopg pipelines into one: for the
+#: groups of 2 or 3 single sales that 8 stalls make, the inserts are faster (903 and 941
+#: against 737 and 774 sales/s, ``bench/server_bench.py store --group 3``).  The trigger that
+#: fills ``sale_keys`` fires for each copied row as for an inserted one, so a duplicate fails
+#: the copy as it failed the insert.
+_PG_COPY_FROM = 8
 _SALE_COLUMNS = tuple(c.name for c in _table(db.Sale).columns)
 _PG_COPY_SALES = (f"COPY {_PG.identifier_preparer.quote(_table(db.Sale).name)} "
                   f"({', '.join(_PG.identifier_preparer.quote(c) for c in _SALE_COLUMNS)}) FROM STDIN")
@@ -656,8 +660,10 @@ def _store(session: Session, batches: list[tuple[StallLike, list[Prepared | Inge
         stored_by_stall.append((stall.stall_id, stored, prev_digest))
 
     if session.get_bind().dialect.name == "postgresql":
-        if sale_rows:
+        if len(sale_rows) >= _PG_COPY_FROM:
             _pg_copy_sales(session, sale_rows)
+        elif sale_rows:
+            session.execute(_SALE_INSERT, sale_rows)
         _pg_write(session, line_rows, rollups, _notice(batches, out, announce))
     else:
         if sale_rows:

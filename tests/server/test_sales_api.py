@@ -370,27 +370,28 @@ def test_a_row_the_database_refuses_never_blocks_its_batch(server: LiveServer, d
     stored again sale by sale."""
     sim = StallSim("S01")
     token = _register(server, sim)
-    batch = [sim.sale([("1", "香蕉", 1000, 690, "kg")]),
-             sim.sale([("2", "香\x00蕉" if where == "line" else "香蕉", 500, 690, "kg")]),
-             sim.sale([("3", "黄瓜", 500, 260, "500g")])]
+    # 9 sales: enough for PostgreSQL to copy them (server.ingest._PG_COPY_FROM)
+    batch = [sim.sale([("1", "香蕉", 1000, 690, "kg")]) for _ in range(4)]
+    batch.append(sim.sale([("2", "香\x00蕉" if where == "line" else "香蕉", 500, 690, "kg")]))
+    batch += [sim.sale([("3", "黄瓜", 500, 260, "500g")]) for _ in range(4)]
     if where == "sale":
-        batch[1]["signature"] = "\x00" + batch[1]["signature"][1:]
+        batch[4]["signature"] = "\x00" + batch[4]["signature"][1:]
     with server.client(token) as c:
         first = c.post("/api/v1/sales", json={"sales": batch})
         again = c.post("/api/v1/sales", json={"sales": batch}).json()
         today = c.get("/api/v1/stats/today").json()
     assert first.status_code == 200, first.text
     if db_url.startswith("postgresql"):
-        assert _statuses(first.json()) == ["accepted", "refused", "accepted"]
-        assert first.json()["results"][1]["reason"] == ("the database refused this sale: PostgreSQL "
+        assert _statuses(first.json()) == ["accepted"] * 4 + ["refused"] + ["accepted"] * 4
+        assert first.json()["results"][4]["reason"] == ("the database refused this sale: PostgreSQL "
                                                         "text fields cannot contain NUL (0x00) bytes")
-        assert _statuses(again) == ["duplicate", "refused", "duplicate"]
-        assert today["sales"] == 2 and today["total_fen"] == 690 + 260
+        assert _statuses(again) == ["duplicate"] * 4 + ["refused"] + ["duplicate"] * 4
+        assert today["sales"] == 8 and today["total_fen"] == 4 * (690 + 260)
         assert sorted(it["plu"] for it in today["items"]) == ["1", "3"]
     else:
-        assert _statuses(first.json()) == ["accepted"] * 3
-        assert first.json()["results"][1]["flags"] == ([] if where == "line" else ["bad_signature"])
-        assert today["sales"] == 3
+        assert _statuses(first.json()) == ["accepted"] * 9
+        assert first.json()["results"][4]["flags"] == ([] if where == "line" else ["bad_signature"])
+        assert today["sales"] == 9
 
 
 def test_integers_must_be_json_numbers(server: LiveServer) -> None:
