@@ -493,17 +493,18 @@ _PG_COPY_FROM = 8
 _SALE_COLUMNS = tuple(c.name for c in _table(db.Sale).columns)
 _PG_COPY_SALES = (f"COPY {_PG.identifier_preparer.quote(_table(db.Sale).name)} "
                   f"({', '.join(_PG.identifier_preparer.quote(c) for c in _SALE_COLUMNS)}) FROM STDIN")
-_PROCESSORS: dict[str, list[tuple[str, Any]]] = {}
+_PROCESSORS: weakref.WeakKeyDictionary[Dialect, list[tuple[str, Any]]] = weakref.WeakKeyDictionary()
 
 
 def _bind_processors(dialect: Dialect) -> list[tuple[str, Any]]:
     """Each sales column's name and what turns a row's value into the driver's (the same
-    as an ``INSERT`` binds: UTC instants, JSON text), once per dialect."""
-    procs = _PROCESSORS.get(dialect.name)
+    as an ``INSERT`` binds: UTC instants, JSON text by the engine's serializer), once per
+    engine's dialect."""
+    procs = _PROCESSORS.get(dialect)
     if procs is None:
         procs = [(c.name, c.type.dialect_impl(dialect).bind_processor(dialect))
                  for c in _table(db.Sale).columns]
-        _PROCESSORS[dialect.name] = procs
+        _PROCESSORS[dialect] = procs
     return procs
 
 

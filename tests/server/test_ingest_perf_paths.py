@@ -225,6 +225,41 @@ def test_a_group_is_three_statements_on_postgresql(app_db: Any) -> None:
 
 
 @POSTGRES
+def test_copied_sales_read_back_as_the_rows_they_were(app_db: Any) -> None:
+    """From ``_PG_COPY_FROM`` sales on, a group's sales are copied, not inserted: each column
+    reads back as the row ``table_rows`` made for it, as an inserted row does (instants in
+    UTC, the market day, the flags and the raw JSON with its backslashes and quotes, the
+    signature's verdict)."""
+    sim = StallSim("S01")
+    (stall,) = _register_direct(app_db, [sim])
+    settings: Settings = app_db.state.settings
+    raws = [sim.sale([("2", "香蕉", 1000 + i, 690, "kg"), ("3", 'Qing "jiang\\cai', 333, 260, "500g")],
+                     sold_at=dt.datetime(2026, 12, 4, 23, 59, 30, tzinfo=SHANGHAI) if i == 1 else None,
+                     extra={"vendor": '王记 "老店"\\1'} if i == 2 else None,
+                     line_extra={"name_en": "Banana"} if i == 3 else None, sign=i != 4)
+            for i in range(ingest._PG_COPY_FROM)]
+    before = dt.datetime.now(dt.UTC)
+    with app_db.state.sessionmaker() as session:
+        prepared = [p for p in prepare(session, stall, raws, settings) if isinstance(p, ingest.Prepared)]
+        results = store(session, [(stall, list(prepared))], own_transaction=True)
+        session.commit()
+    assert [r.status for r in results[0]] == ["accepted"] * len(raws), results
+    with app_db.state.sessionmaker() as session:
+        rows = {row.sale_id: row for row in session.execute(select(db.Sale)).scalars()}
+    assert len(rows) == len(prepared) == len(raws)
+    for p in prepared:
+        want, _ = ingest.table_rows(p.sale, p.doc, p.digest, list(p.flags), p.local, before)
+        got = rows[p.sale_id]
+        for column, value in want.items():
+            if column == "received_at":
+                assert before <= got.received_at <= dt.datetime.now(dt.UTC)
+            else:
+                assert getattr(got, column) == value, (p.sale.receipt_no, column)
+    assert rows[prepared[4].sale_id].flags == ["bad_signature"]
+    assert rows[prepared[1].sale_id].local_day == dt.date(2026, 12, 4)
+
+
+@POSTGRES
 def test_the_writer_reads_the_indexes_of_sale_keys_however_much_it_has_grown(app_db: Any) -> None:
     """PostgreSQL keeps one generic plan of a statement run often, and of the foreign-key check
     each stored line fires, made from what it knew of the tables then.  Made while ``sale_keys``
