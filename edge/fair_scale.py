@@ -160,6 +160,9 @@ class FairScale:
         self.result: dict[str, Any] | None = None
         self.message: str | None = None
         self._last_qr: str | None = None
+        #: Counts the shopper's resets: a scan begun before one (a camera frame read, a look-up
+        #: under way) is dropped instead of bringing the last shopper's receipt back.
+        self._resets = 0
 
     # -- life ----------------------------------------------------------------------------------
     def start(self) -> None:
@@ -266,6 +269,7 @@ class FairScale:
         detector = cv2.QRCodeDetector()
         while not self.stop_event.wait(self.cfg.camera.scan_every_s):
             camera = self.camera
+            resets = self.resets
             frame = camera.read() if camera is not None else None
             if frame is None:
                 continue
@@ -273,13 +277,19 @@ class FairScale:
                 text, _points, _ = detector.detectAndDecode(frame)
             except cv2.error:
                 continue
-            if text and text != self._last_qr:
-                self._last_qr = text  # the receipt stays in view: scanned once
-                self.scan(text)
+            with self._lock:
+                if not text or text == self._last_qr or resets != self._resets:
+                    continue  # the receipt stays in view: scanned once; a frame from before a reset
+                self._last_qr = text
+            self.scan(text, resets)
 
     # -- the shopper's actions -----------------------------------------------------------------
-    def scan(self, text: str) -> Outcome:
-        """A receipt's QR content (camera or code reader): look it up at the server."""
+    def scan(self, text: str, resets: int | None = None) -> Outcome:
+        """A receipt's QR content (camera or code reader): look it up at the server.  ``resets``:
+        the count of resets when the camera's frame was read (a scan that a reset overtook
+        while it was looked up is dropped)."""
+        if resets is None:
+            resets = self.resets
         try:
             scan = read_scan(text)
         except EdgeError as exc:
@@ -300,6 +310,8 @@ class FairScale:
             self.outbox.online = online
         weighed = [ln for ln in receipt.get("lines", []) if ln.get("weight_g") is not None]
         with self._lock:
+            if resets != self._resets:
+                return Outcome(ok=False, reason="reset while the receipt was looked up")
             self.scan_, self.receipt, self.result = scan, receipt, None
             self.line_no = weighed[0]["line_no"] if len(weighed) == 1 and len(receipt["lines"]) == 1 else None
             self.message = None if online else (
@@ -356,10 +368,17 @@ class FairScale:
         self._refresh()
         return Outcome(ok=answer is None or "refused" not in answer, reason=self.message)
 
+    @property
+    def resets(self) -> int:
+        """How many times the screen was reset for the next shopper (see ``scan``)."""
+        with self._lock:
+            return self._resets
+
     def reset(self) -> Outcome:
         with self._lock:
             self.scan_ = self.receipt = self.result = self.message = None
             self.line_no, self._last_qr = None, None
+            self._resets += 1
         self._refresh()
         return Outcome(ok=True)
 

@@ -101,6 +101,22 @@ def test_with_the_server_away_the_weight_shows_and_the_check_waits(offline_fair:
     assert len(queued) == 1 and f'"trace_code": "{CODE}"' in queued[0].read_text()
 
 
+def test_a_scan_a_reset_overtook_does_not_bring_the_last_receipt_back(offline_fair: FairScale) -> None:
+    """The camera read a frame of the last shopper's receipt, and the screen was reset while
+    that frame was decoded or its receipt looked up: that scan is dropped (seen in a CI run:
+    the old receipt came back after the reset).  A scan begun after the reset counts."""
+    begun = offline_fair.resets
+    offline_fair.reset()
+    assert offline_fair.resets == begun + 1
+    outcome = offline_fair.scan(CODE, begun)
+    assert not outcome.ok and "reset" in (outcome.reason or "")
+    assert offline_fair.state()["receipt"] is None
+    assert offline_fair.scan(CODE).ok
+    assert offline_fair.state()["receipt"]["trace_code"] == CODE
+    offline_fair.reset()
+    assert offline_fair.state()["receipt"] is None
+
+
 def test_wetmarket_fair_scale_runs_as_a_process_and_stops_on_sigterm(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from edge.cli import main
