@@ -482,13 +482,13 @@ def table_rows(sale: SaleModel, doc: dict[str, Any], digest: str, flags: list[st
 _SALE_INSERT = insert(_table(db.Sale))
 _LINE_INSERT = insert(_table(db.SaleLine))
 #: PostgreSQL: a group's sales by ``COPY``, not an ``INSERT`` per row, from this many on.
-#: Measured in process on batches of 100 (``docs/benchmarks.md``): the writer's CPU a third
-#: less a sale, PostgreSQL's a fifth less (no statement to parse, bind and plan per row).  A
-#: copy costs a round trip more than the inserts, which psycopg pipelines into one: for the
-#: groups of 2 or 3 single sales that 8 stalls make, the inserts are faster (903 and 941
-#: against 737 and 774 sales/s, ``bench/server_bench.py store --group 3``).  The trigger that
-#: fills ``sale_keys`` fires for each copied row as for an inserted one, so a duplicate fails
-#: the copy as it failed the insert.
+#: With the look-up bound as arrays, measured in process on batches of 100
+#: (``docs/benchmarks.md``): the writer's CPU a fifth to a quarter less a sale, PostgreSQL's a
+#: fifth less (no statement to parse, bind and plan per row).  A copy costs a round trip more
+#: than the inserts, which psycopg pipelines into one: for the groups of 2 or 3 single sales
+#: that 8 stalls make, the inserts are faster (903 and 941 against 737 and 774 sales/s,
+#: ``bench/server_bench.py store --group 3``).  The trigger that fills ``sale_keys`` fires for
+#: each copied row as for an inserted one, so a duplicate fails the copy as it failed the insert.
 _PG_COPY_FROM = 8
 _SALE_COLUMNS = tuple(c.name for c in _table(db.Sale).columns)
 _PG_COPY_SALES = (f"COPY {_PG.identifier_preparer.quote(_table(db.Sale).name)} "
