@@ -311,7 +311,8 @@ class FairScale:
         weighed = [ln for ln in receipt.get("lines", []) if ln.get("weight_g") is not None]
         with self._lock:
             if resets != self._resets:
-                return Outcome(ok=False, reason="reset while the receipt was looked up")
+                return Outcome(ok=False, reason="已重置，请重新扫描 / reset while the receipt was looked up: "
+                                                "scan it again")
             self.scan_, self.receipt, self.result = scan, receipt, None
             self.line_no = weighed[0]["line_no"] if len(weighed) == 1 and len(receipt["lines"]) == 1 else None
             self.message = None if online else (

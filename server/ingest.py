@@ -490,9 +490,9 @@ _LINE_INSERT = insert(_table(db.SaleLine))
 #: ``bench/server_bench.py store --group 3``).  The trigger that fills ``sale_keys`` fires for
 #: each copied row as for an inserted one, so a duplicate fails the copy as it failed the insert.
 _PG_COPY_FROM = 8
-_SALE_COLUMNS = tuple(c.name for c in _table(db.Sale).columns)
 _PG_COPY_SALES = (f"COPY {_PG.identifier_preparer.quote(_table(db.Sale).name)} "
-                  f"({', '.join(_PG.identifier_preparer.quote(c) for c in _SALE_COLUMNS)}) FROM STDIN")
+                  f"({', '.join(_PG.identifier_preparer.quote(c.name) for c in _table(db.Sale).columns)}) "
+                  "FROM STDIN")
 _PROCESSORS: weakref.WeakKeyDictionary[Dialect, list[tuple[str, Any]]] = weakref.WeakKeyDictionary()
 
 
@@ -529,41 +529,38 @@ def _insert(session: Session, sale_rows: list[dict[str, Any]], line_rows: list[d
     session.execute(_LINE_INSERT, line_rows)
 
 
-def _look_up_query(sale_id: Any, trace_code: Any, stall_id: Any, receipt_no: Any, digest: Any) -> Any:
+def _in_list(column: Any, name: str, _kind: Any) -> Any:
+    """``column IN (...)``, one parameter per value (SQLite)."""
+    return column.in_(bindparam(name, expanding=True))
+
+
+def _in_array(column: Any, name: str, kind: Any) -> Any:
+    """``column = ANY(array)`` (PostgreSQL): the list bound as one array, so the statement's
+    text is the same for every group; psycopg converts it once and PostgreSQL plans four
+    parameters, not several hundred (a group of 100 sales: 27 -> 12 us of the writer's CPU
+    a sale)."""
+    return column == any_(sql_cast(bindparam(name), postgresql.ARRAY(kind)))
+
+
+def _look_up_query(sale_id: Any, trace_code: Any, stall_id: Any, receipt_no: Any, digest: Any,
+                   member: Any) -> Any:
     """What the database holds of the sales being stored, in one round trip: rows with one
     of their sale ids, one of their trace codes, or a previous receipt of one of their
-    stalls; each part reads its own index (primary key, unique trace code, stall and receipt)."""
+    stalls; each part reads its own index (primary key, unique trace code, stall and receipt).
+    ``member(column, parameter, type)``: how a column is matched against a bound list."""
     found = (sale_id, trace_code, stall_id, receipt_no, digest)
     return union_all(
-        select(*found).where(sale_id.in_(bindparam("ids", expanding=True))),
-        select(*found).where(trace_code.in_(bindparam("codes", expanding=True))),
-        select(*found).where(stall_id.in_(bindparam("stalls", expanding=True)),
-                             receipt_no.in_(bindparam("nos", expanding=True))),
+        select(*found).where(member(sale_id, "ids", Text)),
+        select(*found).where(member(trace_code, "codes", Text)),
+        select(*found).where(member(stall_id, "stalls", Text), member(receipt_no, "nos", Integer)),
     )
 
 
 _S, _K = db.Sale, partitions.SALE_KEYS.c
-_LOOK_UP = _look_up_query(_S.sale_id, _S.trace_code, _S.stall_id, _S.receipt_no, _S.digest)
-
-
-def _pg_look_up_query() -> Any:
-    """PostgreSQL: the same from ``sale_keys``, which holds every sale's keys, archived months'
-    too (``server.partitions``): one unpartitioned table with unique indexes.  Each list is
-    bound as one array (``= ANY``), not one parameter per value: the statement's text is the
-    same for every group, so psycopg converts it once and PostgreSQL plans four parameters,
-    not several hundred (a group of 100 sales: 27 -> 12 us of the writer's CPU a sale)."""
-    def each(name: str, kind: Any) -> Any:
-        return any_(sql_cast(bindparam(name), postgresql.ARRAY(kind)))
-
-    found = (_K.sale_id, _K.trace_code, _K.stall_id, _K.receipt_no, _K.digest)
-    return union_all(
-        select(*found).where(_K.sale_id == each("ids", Text)),
-        select(*found).where(_K.trace_code == each("codes", Text)),
-        select(*found).where(_K.stall_id == each("stalls", Text), _K.receipt_no == each("nos", Integer)),
-    )
-
-
-_LOOK_UP_KEYS = _pg_look_up_query()
+_LOOK_UP = _look_up_query(_S.sale_id, _S.trace_code, _S.stall_id, _S.receipt_no, _S.digest, _in_list)
+#: PostgreSQL: the same from ``sale_keys``, which holds every sale's keys, archived months'
+#: too (``server.partitions``): one unpartitioned table with unique indexes.
+_LOOK_UP_KEYS = _look_up_query(_K.sale_id, _K.trace_code, _K.stall_id, _K.receipt_no, _K.digest, _in_array)
 
 
 def _look_up(session: Session, sales: list[Prepared]
