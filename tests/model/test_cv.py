@@ -293,3 +293,25 @@ def test_deeper_fine_tune_starts_at_the_second_smallest_scale() -> None:
     assert shallow != deep
     last = _work(CvConfig(data=Path("d"), run_dir=Path("r"), from_block=15), "efficientnet-lite0@224", 0)
     assert last not in (shallow, deep)
+
+
+def test_the_ensembles_nested_figure_fits_its_members_without_the_fold_it_reads() -> None:
+    """Member B is sure and right on folds 1 and 2 and sure and wrong on fold 0.  Fitted on every
+    row, B's temperature flattens it and the sure member A carries fold 0 (all right); fitted
+    without fold 0, B looks perfect, is sharpened, and outvotes A there: the nested figure must
+    show that fold 0 is lost, as a stall would see it."""
+    from model.training.cv import _nested_ensemble
+    from model.training.folds import Folds
+
+    n = 30
+    fold = np.repeat(np.arange(3), n)
+    labels = np.zeros(3 * n, np.int64)
+    split = np.array(["val"] * (3 * n))
+    a = np.tile([1.0, 0.0], (3 * n, 1))
+    b = np.tile([5.0, 0.0], (3 * n, 1))
+    b[fold == 0] = [0.0, 5.0]
+    folds = Folds(fold=fold, block=fold.copy(), k=3)
+    assert _nested_ensemble([a, b], labels, folds, split) == pytest.approx(2 / 3)
+    assert _nested_ensemble([a, a.copy()], labels, folds, split) == 1.0
+    # no other-session rows: no figure, rather than one read on the pooled rows
+    assert _nested_ensemble([a, b], labels, folds, np.array(["train"] * (3 * n))) is None
