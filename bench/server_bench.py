@@ -16,10 +16,13 @@ receipt chains and tokens).
         each history size; baselines: /healthz requests/s (same client, same concurrency) and
         commits/s of a raw one-row SQLite insert with synchronous=FULL in the same folder.
     .venv/bin/python bench/server_bench.py store [--db sqlite|postgresql|both] [--group 3]
-        what the group commit's writer costs with nothing beside it: single-sale uploads of 8
-        stalls checked (``prepare``), then stored ``--group`` uploads to a transaction and
-        committed, all in this one thread, no HTTP; per group, the milliseconds of the store
-        and of the commit and the thread's CPU, next to the same database's raw commit rate.
+            [--batch 1] [--copy-from N]
+        what the group commit's writer costs with nothing beside it: uploads of 8 stalls
+        (``--batch`` sales each) checked (``prepare``), then stored ``--group`` uploads to a
+        transaction and committed, all in this one thread, no HTTP; per group, the milliseconds
+        of the store and of the commit and the thread's CPU, next to the same database's raw
+        commit rate; per sale, the CPU microseconds of the checks (and apart, of validation,
+        digest and signature), of the writer, and of PostgreSQL's backends (from ``/proc``).
         The server's own writer, timed inside ``wetmarket server`` under ``single``, is what
         this is the floor of.
     .venv/bin/python bench/server_bench.py endpoints --sales 10000000 [--url PATH ...]
@@ -566,20 +569,64 @@ def bench_single(kind: str, history: int, *, per_stall: int, concurrency: int, s
             "healthz_rps": round(health["rps"]), "load": load}
 
 
-def bench_store(kind: str, *, per_stall: int, group: int) -> dict[str, Any]:
-    """Single-sale uploads of 8 stalls stored ``group`` to a transaction in this one thread
-    (``server.ingest.prepare`` then ``store``, then the commit): the writer's floor."""
+def postgres_cpu(db: str) -> dict[int, float]:
+    """CPU seconds (user + system) so far of each PostgreSQL backend serving ``db``, read from
+    ``/proc`` (the server is on this machine); empty where it cannot be read."""
+    out: dict[int, float] = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            title = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            if not title.startswith("postgres: ") or f" {db} " not in title:
+                continue
+            fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        out[int(proc.name)] = (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
+def _cpu_between(before: dict[int, float], after: dict[int, float]) -> float:
+    return sum(t - before.get(pid, 0.0) for pid, t in after.items())
+
+
+def _thread_us(f: Any, items: list[Any]) -> float:
+    """This thread's CPU microseconds per item of ``f`` over ``items``."""
+    t0 = time.thread_time()
+    for item in items:
+        f(item)
+    return (time.thread_time() - t0) / max(1, len(items)) * 1e6
+
+
+def bench_store(kind: str, *, per_stall: int, group: int, batch: int = 1,
+                copy_from: int | None = None) -> dict[str, Any]:
+    """Uploads of 8 stalls (``batch`` sales each) stored ``group`` uploads to a transaction in
+    this one thread (``server.ingest.prepare`` then ``store``, then the commit): the writer's
+    floor, and what each sale costs of CPU, step by step: the checks (``prepare``, and apart
+    its validation, digest and signature check on the same sales), the writer's store and
+    commit, and PostgreSQL's backends.  ``copy_from``: the group size from which the writer
+    copies the sales on PostgreSQL (``server.ingest._PG_COPY_FROM``, set in this process)."""
     if CODE is not None:
         sys.path.insert(0, str(CODE))
+    import server.ingest as ingest
+    from edge.integrity import sale_digest
+    from edge.pricing import check_sale
+    from edge.sale import Sale
     from server.app import create_app
     from server.auth import StallAuth
-    from server.ingest import Prepared, prepare, store
+    from server.ingest import Prepared, prepare, signature_ok, store, verify_key
     from server.settings import Settings
 
+    if copy_from is not None:
+        if not hasattr(ingest, "_PG_COPY_FROM"):
+            raise SystemExit("--copy-from: this code copies no sales (no server.ingest._PG_COPY_FROM)")
+        ingest._PG_COPY_FROM = copy_from  # noqa: SLF001 - the bench's knob, this process only
     url, state = with_history(kind, "store", 0)
     stall_ids = [f"S{i + 1:03d}" for i in range(8)]
     bench_stalls = BenchStall.from_state(state, stall_ids)
-    sales = sales_of(bench_stalls, per_stall)
+    sales = sales_of(bench_stalls, per_stall * batch)
     app = create_app(Settings(db_url=url, admin_token=ADMIN))
     try:
         maker = app.state.sessionmaker
@@ -589,11 +636,25 @@ def bench_store(kind: str, *, per_stall: int, group: int) -> dict[str, Any]:
         auths = {sid: StallAuth(sid, keys[sid]) for sid in stall_ids}
         settings = app.state.settings
         ready: list[list[tuple[StallAuth, list[Prepared | Any]]]] = []
+        cpu0 = time.thread_time()
         with maker() as session:  # checked first: prepare runs beside the writer in the server
             for i in range(per_stall):
-                uploads = [(auths[sid], prepare(session, auths[sid], [sales[sid][i]], settings))
+                uploads = [(auths[sid], prepare(session, auths[sid], sales[sid][i * batch:(i + 1) * batch],
+                                                settings))
                            for sid in stall_ids]
                 ready += [uploads[j:j + group] for j in range(0, len(uploads), group)]
+        checks_us = (time.thread_time() - cpu0) / (per_stall * batch * len(stall_ids)) * 1e6
+        # the parts of the checks, on the first stall's sales (the same kind of sale for all)
+        mine = sales[stall_ids[0]]
+        context = settings.sale_context(stall_ids[0])
+        models = [Sale.model_validate(raw, context=context) for raw in mine]
+        digests = [sale_digest(m) for m in models]
+        key = verify_key(keys[stall_ids[0]])
+        parts = {"validate": _thread_us(lambda raw: check_sale(Sale.model_validate(raw, context=context)),
+                                        mine),
+                 "digest": _thread_us(sale_digest, models),
+                 "signature": _thread_us(lambda i: signature_ok(key, models[i].signature, digests[i]),
+                                         list(range(len(models))))}
         store_s: list[float] = []
         commit_s: list[float] = []
         # the server's group commit announces what it stored (PostgreSQL's NOTIFY); older code
@@ -601,14 +662,17 @@ def bench_store(kind: str, *, per_stall: int, group: int) -> dict[str, Any]:
         extra = {"announce": "bench"} if "announce" in inspect.signature(store).parameters else {}
         notice = text_query("SELECT pg_notify('wetmarket_sales', '{}')") if (
             kind == "postgresql" and not extra) else None
-        cpu0, wall0 = time.thread_time(), time.perf_counter()
         # the group commit's own connections where the code has them (on PostgreSQL, planned
         # for each statement; server.db.make_engine)
         writer = getattr(app.state, "write_sessionmaker", maker)
-        for batch in ready:
+        with writer() as session:  # the writer's connection opened before PostgreSQL's CPU is read
+            session.execute(text_query("SELECT 1"))
+        pg0 = postgres_cpu(PG_BENCH_DB) if kind == "postgresql" else {}
+        cpu0, wall0 = time.thread_time(), time.perf_counter()
+        for group_ in ready:
             with writer() as session:
                 t0 = time.perf_counter()
-                results = store(session, batch, own_transaction=True, **extra)
+                results = store(session, group_, own_transaction=True, **extra)
                 if notice is not None:
                     session.execute(notice)
                 t1 = time.perf_counter()
@@ -617,19 +681,25 @@ def bench_store(kind: str, *, per_stall: int, group: int) -> dict[str, Any]:
                 store_s.append(t1 - t0)
             assert all(r.status == "accepted" for res in results for r in res), results
         wall, cpu = time.perf_counter() - wall0, time.thread_time() - cpu0
+        pg_cpu = _cpu_between(pg0, postgres_cpu(PG_BENCH_DB)) if pg0 else None
     finally:
         app.state.engine.dispose()
         if getattr(app.state, "write_engine", None) is not None:
             app.state.write_engine.dispose()
     drop_db(url)
-    n, stored = len(ready), sum(len(batch) for batch in ready)
-    return {"db": kind, "what": "store", "group": group, "groups": n, "sales": stored,
+    n, stored = len(ready), sum(len(p) for g in ready for _, p in g)
+    return {"db": kind, "what": "store", "group": group, "batch": batch, "groups": n, "sales": stored,
+            "copy_from": getattr(ingest, "_PG_COPY_FROM", None) if kind == "postgresql" else None,
             "sales_per_s": round(stored / wall),
             "per_group_ms": {"store_p50": round(statistics.median(store_s) * 1000, 3),
                              "store_mean": round(sum(store_s) / n * 1000, 3),
                              "commit_p50": round(statistics.median(commit_s) * 1000, 3),
                              "commit_mean": round(sum(commit_s) / n * 1000, 3),
                              "thread_cpu": round(cpu / n * 1000, 3), "wall": round(wall / n * 1000, 3)},
+            "cpu_us_per_sale": {"checks": round(checks_us, 1),
+                                **{k: round(v, 1) for k, v in parts.items()},
+                                "writer": round(cpu / stored * 1e6, 1),
+                                "postgresql": None if pg_cpu is None else round(pg_cpu / stored * 1e6, 1)},
             "load": load_average()}
 
 
@@ -780,7 +850,11 @@ def main(argv: list[str] | None = None) -> int:
     sub.choices["store"].add_argument("--group", type=int, default=3,
                                       help="uploads to a transaction (the server's groups hold about 3 "
                                            "with 8 stalls sending one sale each)")
-    sub.choices["store"].add_argument("--per-stall", type=int, default=600)
+    sub.choices["store"].add_argument("--per-stall", type=int, default=600, help="uploads per stall")
+    sub.choices["store"].add_argument("--batch", type=int, default=1, help="sales per upload")
+    sub.choices["store"].add_argument("--copy-from", type=int,
+                                      help="copy a group's sales on PostgreSQL from this many on "
+                                           "(server.ingest._PG_COPY_FROM, in the bench's process)")
     sub.choices["single"].add_argument("--no-screen", action="store_true",
                                        help="no big screen subscribed to /api/v1/events")
     ep = sub.choices["endpoints"]
@@ -817,7 +891,8 @@ def main(argv: list[str] | None = None) -> int:
             add(bench_ingest(kind, per_stall=args.per_stall, batch=args.batch, stalls=args.stalls,
                              workers=args.workers))
         elif args.what == "store":
-            add(bench_store(kind, per_stall=args.per_stall, group=args.group))
+            add(bench_store(kind, per_stall=args.per_stall, group=args.group, batch=args.batch,
+                            copy_from=args.copy_from))
         elif args.what == "single":
             for n in (int(x) for x in args.history.split(",")):
                 add(bench_single(kind, n, per_stall=args.per_stall, concurrency=args.concurrency,
