@@ -601,10 +601,10 @@ def ensemble(cfg: CvConfig, results: list[dict[str, Any]], pool: Pool, folds: Fo
     probs = sum(softmax(lg, r[recipe]["temperature"]) for lg, r in zip(logits, results, strict=True))
     return {"teachers": [f"{r['teacher']}#{r['seed']}" for r in results],
             **summarise(np.log(np.maximum(probs / len(results), 1e-12)), pool.labels, folds, pool.split),
-            "nested_other_session_top1": _nested_ensemble(logits, pool.labels, folds, pool.split)}
+            "nested_other_session_top1": nested_ensemble_top1(logits, pool.labels, folds, pool.split)}
 
 
-def _nested_ensemble(logits: list[np.ndarray], labels: np.ndarray, folds: Folds,
+def nested_ensemble_top1(logits: list[np.ndarray], labels: np.ndarray, folds: Folds,
                      split: np.ndarray) -> float | None:
     """The ensemble's other-session top-1 with each member's temperature fitted without the fold it
     is read on: the plain figure weighs the members by temperatures fitted on the very rows it

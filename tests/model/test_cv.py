@@ -300,7 +300,7 @@ def test_the_ensembles_nested_figure_fits_its_members_without_the_fold_it_reads(
     row, B's temperature flattens it and the sure member A carries fold 0 (all right); fitted
     without fold 0, B looks perfect, is sharpened, and outvotes A there: the nested figure must
     show that fold 0 is lost, as a stall would see it."""
-    from model.training.cv import _nested_ensemble
+    from model.training.cv import nested_ensemble_top1
     from model.training.folds import Folds
 
     n = 30
@@ -311,7 +311,7 @@ def test_the_ensembles_nested_figure_fits_its_members_without_the_fold_it_reads(
     b = np.tile([5.0, 0.0], (3 * n, 1))
     b[fold == 0] = [0.0, 5.0]
     folds = Folds(fold=fold, block=fold.copy(), k=3)
-    assert _nested_ensemble([a, b], labels, folds, split) == pytest.approx(2 / 3)
-    assert _nested_ensemble([a, a.copy()], labels, folds, split) == 1.0
+    assert nested_ensemble_top1([a, b], labels, folds, split) == pytest.approx(2 / 3)
+    assert nested_ensemble_top1([a, a.copy()], labels, folds, split) == 1.0
     # no other-session rows: no figure, rather than one read on the pooled rows
-    assert _nested_ensemble([a, b], labels, folds, np.array(["train"] * (3 * n))) is None
+    assert nested_ensemble_top1([a, b], labels, folds, np.array(["train"] * (3 * n))) is None
