@@ -53,7 +53,9 @@ from sqlalchemy import (
     Text,
     any_,
     bindparam,
+    func,
     insert,
+    literal_column,
     select,
     text,
     union_all,
@@ -541,9 +543,11 @@ def _insert(conn: Connection, sale_rows: list[dict[str, Any]], line_rows: list[d
     conn.execute(_LINE_INSERT, line_rows)
 
 
-def _in_list(column: Any, name: str, _kind: Any) -> Any:
-    """``column IN (...)``, one parameter per value (SQLite)."""
-    return column.in_(bindparam(name, expanding=True))
+def _in_json(column: Any, name: str, _kind: Any) -> Any:
+    """``column IN (SELECT value FROM json_each(:list))`` (SQLite): the list bound as one JSON
+    text, so the statement's text is the same for every group and SQLite prepares it once
+    (an expanding ``IN`` made a new text, compiled and prepared, for each list length)."""
+    return column.in_(select(literal_column("value")).select_from(func.json_each(bindparam(name))))
 
 
 def _in_array(column: Any, name: str, kind: Any) -> Any:
@@ -569,7 +573,7 @@ def _look_up_query(sale_id: Any, trace_code: Any, stall_id: Any, receipt_no: Any
 
 
 _S, _K = db.Sale, partitions.SALE_KEYS.c
-_LOOK_UP = _look_up_query(_S.sale_id, _S.trace_code, _S.stall_id, _S.receipt_no, _S.digest, _in_list)
+_LOOK_UP = _look_up_query(_S.sale_id, _S.trace_code, _S.stall_id, _S.receipt_no, _S.digest, _in_json)
 #: PostgreSQL: the same from ``sale_keys``, which holds every sale's keys, archived months'
 #: too (``server.partitions``): one unpartitioned table with unique indexes.
 _LOOK_UP_KEYS = _look_up_query(_K.sale_id, _K.trace_code, _K.stall_id, _K.receipt_no, _K.digest, _in_array)
@@ -587,10 +591,12 @@ def _look_up(conn: Connection, sales: list[Prepared]
     ids = {p.sale_id for p in sales}
     codes = {p.sale.trace_code for p in sales}
     wanted = {(p.sale.stall_id, p.sale.receipt_no - 1) for p in sales}
-    query = _LOOK_UP_KEYS if conn.dialect.name == "postgresql" else _LOOK_UP
-    rows = conn.execute(query, {"ids": sorted(ids), "codes": sorted(codes),
-                                      "stalls": sorted({s for s, _ in wanted}),
-                                      "nos": sorted({n for _, n in wanted})})
+    lists = {"ids": sorted(ids), "codes": sorted(codes), "stalls": sorted({s for s, _ in wanted}),
+             "nos": sorted({n for _, n in wanted})}
+    if conn.dialect.name == "postgresql":
+        rows = conn.execute(_LOOK_UP_KEYS, lists)
+    else:
+        rows = conn.execute(_LOOK_UP, {k: json.dumps(v) for k, v in lists.items()})
     for sale_id, code, stall_id, receipt_no, digest in rows:
         if sale_id in ids:
             known[sale_id] = digest
