@@ -605,7 +605,7 @@ def ensemble(cfg: CvConfig, results: list[dict[str, Any]], pool: Pool, folds: Fo
 
 
 def nested_ensemble_top1(logits: list[np.ndarray], labels: np.ndarray, folds: Folds,
-                     split: np.ndarray) -> float | None:
+                         split: np.ndarray) -> float | None:
     """The ensemble's other-session top-1 with each member's temperature fitted without the fold it
     is read on: the plain figure weighs the members by temperatures fitted on the very rows it
     reads (mildly optimistic); this one does not."""
