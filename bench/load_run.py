@@ -38,35 +38,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import server_bench as sb  # noqa: E402
 
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 CORES = os.cpu_count() or 1
 
-
-def _procs() -> dict[int, tuple[str, int, int, float]]:
-    """pid -> (command name, parent pid, process group, CPU seconds so far)."""
-    out = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            text = stat.read_text()
-        except OSError:
-            continue
-        name = text[text.index("(") + 1:text.rindex(")")]
-        fields = text[text.rindex(")") + 2:].split()
-        cpu = (int(fields[11]) + int(fields[12])) / CLK_TCK
-        out[int(stat.parent.name)] = (name, int(fields[1]), int(fields[2]), cpu)
-    return out
-
-
-Procs = dict[int, tuple[str, int, int, float]]
+_procs = sb.process_cpu
+Procs = sb.Procs
 
 
 def busiest_server_process(before: Procs, after: Procs, server_group: int, seconds: float) -> float:
     """The CPU of the busiest server process, in cores: near 1.0 it is bound by its own GIL."""
     best = 0.0
-    for pid, (name, _ppid, group, cpu) in after.items():
+    for pid, (_name, _ppid, group, _cpu) in after.items():
         if group == server_group:
-            used = cpu - (before[pid][3] if pid in before and before[pid][0] == name else 0.0)
-            best = max(best, used / seconds)
+            best = max(best, sb.cpu_spent(before, after, pid) / seconds)
     return best
 
 
@@ -75,8 +58,8 @@ def _cpu_by_kind(before: Procs, after: Procs, server_group: int, client_s: float
     processes, PostgreSQL's, the load client (a child of ours, gone by now: ``client_s``) and
     everything else on the machine (other users of these shared cores)."""
     spent: dict[str, float] = collections.Counter({"client": client_s})
-    for pid, (name, _ppid, group, cpu) in after.items():
-        used = cpu - (before[pid][3] if pid in before and before[pid][0] == name else 0.0)
+    for pid, (name, _ppid, group, _cpu) in after.items():
+        used = sb.cpu_spent(before, after, pid)
         if group == server_group:
             kind = "server"
         elif name.startswith("postgres"):

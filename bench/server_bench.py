@@ -569,27 +569,44 @@ def bench_single(kind: str, history: int, *, per_stall: int, concurrency: int, s
             "healthz_rps": round(health["rps"]), "load": load}
 
 
-def postgres_cpu(db: str) -> dict[int, float]:
-    """CPU seconds (user + system) so far of each PostgreSQL backend serving ``db``, read from
-    ``/proc`` (the server is on this machine); empty where it cannot be read."""
-    out: dict[int, float] = {}
+#: pid -> (command name, parent pid, process group, CPU seconds so far)
+Procs = dict[int, tuple[str, int, int, float]]
+
+
+def process_cpu() -> Procs:
+    """Every process's CPU seconds (user + system) so far, read from ``/proc``."""
     tick = os.sysconf("SC_CLK_TCK")
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
+    out = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
-            title = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            if not title.startswith("postgres: ") or f" {db} " not in title:
-                continue
-            fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+            text = stat.read_text()
         except OSError:
             continue
-        out[int(proc.name)] = (int(fields[11]) + int(fields[12])) / tick
+        name = text[text.index("(") + 1:text.rindex(")")]
+        fields = text[text.rindex(")") + 2:].split()
+        cpu = (int(fields[11]) + int(fields[12])) / tick
+        out[int(stat.parent.name)] = (name, int(fields[1]), int(fields[2]), cpu)
     return out
 
 
-def _cpu_between(before: dict[int, float], after: dict[int, float]) -> float:
-    return sum(t - before.get(pid, 0.0) for pid, t in after.items())
+def cpu_spent(before: Procs, after: Procs, pid: int) -> float:
+    """CPU seconds process ``pid`` of ``after`` spent since ``before`` (all of it if it is new,
+    or if its pid was another process's then)."""
+    name, _ppid, _group, cpu = after[pid]
+    return cpu - (before[pid][3] if pid in before and before[pid][0] == name else 0.0)
+
+
+def postgres_backends(db: str) -> set[int]:
+    """The pids of the PostgreSQL backends serving database ``db`` (their titles name it)."""
+    out = set()
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            title = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if title.startswith("postgres: ") and f" {db} " in title:
+            out.add(int(cmdline.parent.name))
+    return out
 
 
 def _thread_us(f: Any, items: list[Any]) -> float:
@@ -650,6 +667,7 @@ def bench_store(kind: str, *, per_stall: int, group: int, batch: int = 1,
         models = [Sale.model_validate(raw, context=context) for raw in mine]
         digests = [sale_digest(m) for m in models]
         key = verify_key(keys[stall_ids[0]])
+        assert key is not None, "the bench's stalls have keys"
         parts = {"validate": _thread_us(lambda raw: check_sale(Sale.model_validate(raw, context=context)),
                                         mine),
                  "digest": _thread_us(sale_digest, models),
@@ -667,7 +685,7 @@ def bench_store(kind: str, *, per_stall: int, group: int, batch: int = 1,
         writer = getattr(app.state, "write_sessionmaker", maker)
         with writer() as session:  # the writer's connection opened before PostgreSQL's CPU is read
             session.execute(text_query("SELECT 1"))
-        pg0 = postgres_cpu(PG_BENCH_DB) if kind == "postgresql" else {}
+        pg0 = process_cpu() if kind == "postgresql" else {}
         cpu0, wall0 = time.thread_time(), time.perf_counter()
         for group_ in ready:
             with writer() as session:
@@ -681,7 +699,12 @@ def bench_store(kind: str, *, per_stall: int, group: int, batch: int = 1,
                 store_s.append(t1 - t0)
             assert all(r.status == "accepted" for res in results for r in res), results
         wall, cpu = time.perf_counter() - wall0, time.thread_time() - cpu0
-        pg_cpu = _cpu_between(pg0, postgres_cpu(PG_BENCH_DB)) if pg0 else None
+        if pg0:
+            pg1 = process_cpu()
+            pg_cpu: float | None = sum(cpu_spent(pg0, pg1, pid) for pid in postgres_backends(PG_BENCH_DB)
+                                       if pid in pg1)
+        else:
+            pg_cpu = None
     finally:
         app.state.engine.dispose()
         if getattr(app.state, "write_engine", None) is not None:
