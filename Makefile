@@ -26,7 +26,7 @@ test: lint
 
 lint: setup
 	$(BIN)/ruff check edge model server firmware_bridge tests bench scripts
-	$(BIN)/mypy edge model server firmware_bridge
+	$(BIN)/mypy edge model server firmware_bridge bench
 
 bench: setup
 	$(BIN)/python bench/run_all.py

@@ -36,7 +36,7 @@ from tests.conftest import LiveServer  # noqa: E402
 ADMIN = "bench-admin"
 
 
-def _wait(cond, timeout: float = 10.0, step: float = 0.001) -> bool:  # type: ignore[no-untyped-def]
+def wait_until(cond, timeout: float = 10.0, step: float = 0.001) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if cond():
@@ -82,8 +82,8 @@ def main() -> int:
             token = c.post("/api/v1/stalls", json={"stall_id": "S02", "name": "bench"}).json()["token"]
         cfg = StallConfig(stall_id="S02", name="bench", data_dir=tmp / "S02", seed=3,
                           catalogue=catalogue("S02", "20261128"),
-                          server={"url": srv.url, "token": token},  # type: ignore[arg-type]
-                          screens={"enabled": False})  # type: ignore[arg-type]
+                          server={"url": srv.url, "token": token},
+                          screens={"enabled": False})
         stall = StallApp(cfg)
         stall.start()
         watcher = SseWatcher(srv.url)
@@ -91,13 +91,13 @@ def main() -> int:
         watcher.ready.wait(10)
         session, sim = stall.session, stall.sim
         assert session is not None and sim is not None
-        _wait(lambda: session.weigh_state.name == "STABLE_ZERO")
+        wait_until(lambda: session.weigh_state.name == "STABLE_ZERO")
 
         from_settle, from_stable, checkout_ms = [], [], []
         for i in range(args.sales):
             session.select("2001")
             sim.place(300 + 37 * i)
-            if not _wait(lambda: session.current_line() is not None):
+            if not wait_until(lambda: session.current_line() is not None):
                 print("scale never settled", file=sys.stderr)
                 return 1
             t_stable = time.monotonic()
@@ -107,14 +107,14 @@ def main() -> int:
             t0 = time.perf_counter()
             stall.checkout()
             checkout_ms.append((time.perf_counter() - t0) * 1000)
-            if not _wait(lambda n=n: len(watcher.arrivals) > n):
+            if not wait_until(lambda n=n: len(watcher.arrivals) > n):
                 print("sale never arrived", file=sys.stderr)
                 return 1
             t_seen = watcher.arrivals[n]
             from_stable.append((t_seen - t_stable) * 1000)
             from_settle.append((t_seen - t_settle) * 1000)
             sim.remove()
-            _wait(lambda: session.weigh_state.name == "STABLE_ZERO")
+            wait_until(lambda: session.weigh_state.name == "STABLE_ZERO")
 
         rtt = []
         with httpx.Client(base_url=srv.url) as c:

@@ -32,7 +32,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -41,7 +41,7 @@ import server_bench as sb  # noqa: E402
 CORES = os.cpu_count() or 1
 
 _procs = sb.process_cpu
-Procs = sb.Procs
+Procs: TypeAlias = sb.Procs
 
 
 def busiest_server_process(before: Procs, after: Procs, server_group: int, seconds: float) -> float:
@@ -57,7 +57,7 @@ def _cpu_by_kind(before: Procs, after: Procs, server_group: int, client_s: float
     """CPU seconds spent between the two readings, per kind of process: the server's
     processes, PostgreSQL's, the load client (a child of ours, gone by now: ``client_s``) and
     everything else on the machine (other users of these shared cores)."""
-    spent: dict[str, float] = collections.Counter({"client": client_s})
+    spent: dict[str, float] = collections.defaultdict(float, {"client": client_s})
     for pid, (name, _ppid, group, _cpu) in after.items():
         used = sb.cpu_spent(before, after, pid)
         if group == server_group:

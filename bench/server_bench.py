@@ -633,7 +633,7 @@ def bench_store(kind: str, *, per_stall: int, group: int, batch: int = 1,
     from edge.sale import Sale
     from server.app import create_app
     from server.auth import StallAuth
-    from server.ingest import Prepared, prepare, signature_ok, store, verify_key
+    from server.ingest import IngestResult, Prepared, StallLike, prepare, signature_ok, store, verify_key
     from server.settings import Settings
 
     if copy_from is not None:
@@ -652,13 +652,14 @@ def bench_store(kind: str, *, per_stall: int, group: int, batch: int = 1,
                                          {"s": sid}).scalar_one() for sid in stall_ids}
         auths = {sid: StallAuth(sid, keys[sid]) for sid in stall_ids}
         settings = app.state.settings
-        ready: list[list[tuple[StallAuth, list[Prepared | Any]]]] = []
+        ready: list[list[tuple[StallLike, list[Prepared | IngestResult]]]] = []
         cpu0 = time.thread_time()
         with maker() as session:  # checked first: prepare runs beside the writer in the server
             for i in range(per_stall):
-                uploads = [(auths[sid], prepare(session, auths[sid], sales[sid][i * batch:(i + 1) * batch],
-                                                settings))
-                           for sid in stall_ids]
+                uploads: list[tuple[StallLike, list[Prepared | IngestResult]]] = [
+                    (auths[sid],
+                     prepare(session, auths[sid], sales[sid][i * batch:(i + 1) * batch], settings))
+                    for sid in stall_ids]
                 ready += [uploads[j:j + group] for j in range(0, len(uploads), group)]
         checks_us = (time.thread_time() - cpu0) / (per_stall * batch * len(stall_ids)) * 1e6
         # the parts of the checks, on the first stall's sales (the same kind of sale for all)
@@ -668,8 +669,12 @@ def bench_store(kind: str, *, per_stall: int, group: int, batch: int = 1,
         digests = [sale_digest(m) for m in models]
         key = verify_key(keys[stall_ids[0]])
         assert key is not None, "the bench's stalls have keys"
-        parts = {"validate": _thread_us(lambda raw: check_sale(Sale.model_validate(raw, context=context)),
-                                        mine),
+        # the server's own checks where the code names them (server.ingest.validate); older
+        # code (--code) ran the same two steps inside prepare
+        checks = getattr(ingest, "validate", None)
+        validate_one = ((lambda raw: checks(auths[stall_ids[0]], raw, settings, None)) if checks is not None
+                        else (lambda raw: check_sale(Sale.model_validate(raw, context=context))))
+        parts = {"validate": _thread_us(validate_one, mine),
                  "digest": _thread_us(sale_digest, models),
                  "signature": _thread_us(lambda i: signature_ok(key, models[i].signature, digests[i]),
                                          list(range(len(models))))}

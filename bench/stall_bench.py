@@ -45,8 +45,10 @@ import httpx
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
 
-from bench.demo_latency_bench import _wait, pct  # noqa: E402
+from demo_latency_bench import pct, wait_until  # noqa: E402
+
 from edge.config import StallConfig  # noqa: E402
 from edge.demo_data import catalogue  # noqa: E402
 from edge.flow import FlowState  # noqa: E402
@@ -186,8 +188,8 @@ def main() -> int:
     items = catalogue("S02", "20261202")
     camera = camera_folder(tmp, [str(i["label"]) for i in items if i.get("label")])
     cfg = StallConfig(stall_id="S02", name="bench", data_dir=tmp / "S02", seed=3, catalogue=items,
-                      camera={"source": str(camera), "auto_confirm": 1.0},  # type: ignore[arg-type]
-                      printer={"type": "file"}, screens={"port": 0})  # type: ignore[arg-type]
+                      camera={"source": str(camera), "auto_confirm": 1.0},
+                      printer={"type": "file"}, screens={"port": 0})
     stall = StallApp(cfg)
     stall.start()
     flow, sim, screens, cam = stall.flow, stall.sim, stall.screens, stall.camera
@@ -207,7 +209,7 @@ def main() -> int:
             vendor = browser.new_page(viewport={"width": 1280, "height": 800})
             vendor.goto(f"{screens.url}/vendor")
             vendor.wait_for_function("document.getElementById('live').classList.contains('on')")
-            _wait(lambda: flow.state is FlowState.IDLE)
+            wait_until(lambda: flow.state is FlowState.IDLE)
 
             cpu0, wall0 = time.process_time(), time.monotonic()
             time.sleep(args.idle_s)
@@ -215,14 +217,14 @@ def main() -> int:
 
             for i in range(args.samples):
                 sim.place(300 + 37 * i)
-                if not _wait(lambda: flow.state is FlowState.SETTLING, 5):
+                if not wait_until(lambda: flow.state is FlowState.SETTLING, 5):
                     skipped += 1
                     sim.remove()
-                    _wait(lambda: flow.state is FlowState.IDLE)
+                    wait_until(lambda: flow.state is FlowState.IDLE)
                     continue
                 r = c.post("/api/confirm", json={"code": "2001"})
                 ok = r.status_code == 200 and r.json()["pending"]
-                ok = ok and _wait(lambda: flow.state is FlowState.PRICED, 5)
+                ok = ok and wait_until(lambda: flow.state is FlowState.PRICED, 5)
                 stable = screens.hub.state.get("stable_at_ms") if ok else None
                 latency = None
                 if stable is not None:
@@ -234,7 +236,7 @@ def main() -> int:
                 else:
                     paint_ms.append(latency)
                 sim.remove()
-                _wait(lambda: flow.state is FlowState.IDLE)
+                wait_until(lambda: flow.state is FlowState.IDLE)
                 c.post("/api/discard", json={"reason": "bench"})
 
             echo_ms = page.evaluate(ECHO_JS, args.samples)
@@ -243,7 +245,7 @@ def main() -> int:
             for i in range(args.samples):
                 cam.show(labels[i % len(labels)])  # type: ignore[attr-defined]
                 sim.place(400 + 41 * i)
-                ok = _wait(lambda: flow.state is FlowState.CHOOSING and screens.hub.state.get(
+                ok = wait_until(lambda: flow.state is FlowState.CHOOSING and screens.hub.state.get(
                     "stable_at_ms") is not None, 5)
                 stable = screens.hub.state.get("stable_at_ms") if ok else None
                 latency = None
@@ -256,7 +258,7 @@ def main() -> int:
                 else:
                     guesses_ms.append(latency)
                 sim.remove()
-                _wait(lambda: flow.state is FlowState.IDLE)
+                wait_until(lambda: flow.state is FlowState.IDLE)
 
             # Memory: one sale a second, RSS every 10 s.
             if args.tracemalloc:
@@ -276,15 +278,15 @@ def main() -> int:
                             report_step(tick - start, detail, now)
                         detail = now
                 sim.place(500 + 13 * (sales % 40))
-                if _wait(lambda: flow.state in (FlowState.SETTLING, FlowState.CHOOSING), 5) and \
-                        flow.confirm("2001").ok and _wait(lambda: flow.state is FlowState.PRICED, 5):
+                if wait_until(lambda: flow.state in (FlowState.SETTLING, FlowState.CHOOSING), 5) and \
+                        flow.confirm("2001").ok and wait_until(lambda: flow.state is FlowState.PRICED, 5):
                     sim.remove()
-                    _wait(lambda: flow.state is FlowState.IDLE, 5)
+                    wait_until(lambda: flow.state is FlowState.IDLE, 5)
                     if flow.checkout().ok:
                         sales += 1
                 else:
                     sim.remove()
-                    _wait(lambda: flow.state is FlowState.IDLE, 5)
+                    wait_until(lambda: flow.state is FlowState.IDLE, 5)
                 time.sleep(max(0.0, 1.0 - (time.monotonic() - tick)))
             rss.append((time.monotonic() - start, rss_mb()))
             if args.tracemalloc:

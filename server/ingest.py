@@ -119,8 +119,10 @@ def _raw_id(raw: Any) -> str | None:
     return sid if isinstance(sid, str) else None
 
 
-def _validate(stall: StallLike, raw: Any, settings: Settings,
-              number_owner: str | None) -> SaleModel | IngestResult:
+def validate(stall: StallLike, raw: Any, settings: Settings,
+             number_owner: str | None) -> SaleModel | IngestResult:
+    """One sale's legal checks (what ``prepare`` runs before the digest and signature): the
+    sale as the model reads it, or the refusal to answer with."""
     if number_owner is not None and number_owner != stall.stall_id:
         return IngestResult(_raw_id(raw), "refused",
                             f"stall {stall.stall_id} has the trace-code stall number of {number_owner}, "
@@ -231,7 +233,7 @@ def prepare(session: Session, stall: StallLike, raws: list[Any],
     out: list[Prepared | IngestResult] = []
     key = verify_key(stall.public_key)
     for raw in raws:
-        sale = _validate(stall, raw, settings, owner)
+        sale = validate(stall, raw, settings, owner)
         if isinstance(sale, IngestResult):
             out.append(sale)
             continue

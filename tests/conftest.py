@@ -32,7 +32,7 @@ def free_port() -> int:
 class LiveServer:
     """A uvicorn server in a thread, on a free port of 127.0.0.1."""
 
-    def __init__(self, app) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, app) -> None:
         self.app = app
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"

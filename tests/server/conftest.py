@@ -30,7 +30,7 @@ def reset_postgres(url: str = POSTGRES_URL) -> None:
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def db_url(request: pytest.FixtureRequest, tmp_path) -> str:  # type: ignore[no-untyped-def]
+def db_url(request: pytest.FixtureRequest, tmp_path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'market.db'}"
     # Asked for only here, so a run of SQLite tests alone starts no PostgreSQL server.
