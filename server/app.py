@@ -18,8 +18,7 @@ from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 from sqlalchemy import orm
 
-from server import alerts, partitions, sessions
-from server.auth import admin_token_sha256
+from server import alerts, auth, partitions, sessions
 from server.db import init_db, make_engine
 from server.events import MARKET_CHANNEL, Broker, PgListener, market_noted, watch_market_changes
 from server.groupcommit import GroupCommit
@@ -67,7 +66,7 @@ def create_app(settings: Settings) -> FastAPI:
     read_engine = make_engine(settings.read_db_url) if settings.read_db_url else None
     read_sessionmaker = (orm.sessionmaker(read_engine, expire_on_commit=False)
                          if read_engine is not None else sessionmaker)
-    admin_sha256, generated = admin_token_sha256(sessionmaker, settings.admin_token)
+    admin_sha256, generated = auth.admin_token_sha256(sessionmaker, settings.admin_token)
     broker = Broker()
     postgres = engine.dialect.name == "postgresql"
     # The origin tells this server's own PostgreSQL notices from other processes'.
@@ -88,11 +87,17 @@ def create_app(settings: Settings) -> FastAPI:
     # (through NOTIFY in every process on PostgreSQL).
     order_watch = OrderWatch()
     order_watch.watch(sessionmaker, notify=postgres)
+    # Stalls found by their tokens, forgotten at every change of a stall in any process
+    # (server.auth.StallTokens); on PostgreSQL trusted only while the listener listens.
+    stall_tokens = auth.StallTokens(settings.stall_token_cache_s, trusting=not postgres)
+    auth.watch_stall_changes(sessionmaker, stall_tokens, notify=postgres)
     listener = None
     if postgres:
         listener = PgListener(settings.db_url, {SALES_CHANNEL: live.noted,
                                                 MARKET_CHANNEL: market_noted(broker, origin),
-                                                ORDERS_CHANNEL: order_watch.noted})
+                                                ORDERS_CHANNEL: order_watch.noted,
+                                                auth.STALLS_CHANNEL: auth.stalls_noted(stall_tokens)},
+                              on_listening=stall_tokens.trust)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -132,6 +137,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.live = live
     app.state.listener = listener
     app.state.contacts = alerts.Contacts()
+    app.state.stall_tokens = stall_tokens
     app.state.session_signer = sessions.Signer(sessions.load_secret(sessionmaker),
                                                settings.manage_session_s)
     @app.exception_handler(RequestValidationError)

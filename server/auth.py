@@ -4,17 +4,25 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
+import logging
 import secrets
+import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import Engine, bindparam, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
 from server import db
+from server.events import watch_commits
+
+logger = logging.getLogger(__name__)
 
 #: ``Authorization: Bearer ...``; a route that depends on it checks a token, and
 #: ``server.guard`` checks that token before the route reads its body.
@@ -144,15 +152,122 @@ def stall_by_token(engine: Engine, cred: HTTPAuthorizationCredentials | None) ->
     here, on every upload and feed request of every stall)."""
     if cred is None:
         raise _unauthorized("stall bearer token required")
+    return _stall_by_sha256(engine, token_hash(cred.credentials))
+
+
+def _stall_by_sha256(engine: Engine, sha256: str) -> StallAuth:
     with engine.connect() as conn:
         if conn.dialect.name == "postgresql":
             # One statement needs no transaction: without one, psycopg sends no BEGIN before
             # it and no ROLLBACK after it (two round trips of this request's four).
             conn.execution_options(isolation_level="AUTOCOMMIT")
-        row = conn.execute(_STALL_BY_TOKEN, {"token_sha256": token_hash(cred.credentials)}).first()
+        row = conn.execute(_STALL_BY_TOKEN, {"token_sha256": sha256}).first()
     if row is None:
         raise _unauthorized("unknown stall token")
     return StallAuth(row[0], row[1])
+
+
+#: PostgreSQL's channel for "a stall's token or key changed": every server process on the
+#: database forgets the stalls it knew by their tokens (:class:`StallTokens`).
+STALLS_CHANNEL = "wetmarket_stalls"
+
+
+class StallTokens:
+    """The stalls this process has lately found by their bearer tokens (``check_token``).
+
+    A stall's upload or feed request whose token is known here is let through without a
+    thread hop and a database read: that read was 9 % of the server's GIL time under
+    single-sale uploads, and on PostgreSQL a round trip and a statement of its backend's.
+    Only tokens that named a stall are kept, so an unknown token costs the read every time
+    and fills nothing.
+
+    A stall's token is replaced (``server.stalls.rotate_token``) or its key set in some server
+    process's session: :func:`watch_stall_changes` makes the commit forget every known token
+    in this process and, through PostgreSQL's ``NOTIFY`` sent in that very transaction, in
+    every other one (and a listener that lost its connection forgets them on coming back, as
+    it may have missed a notice).  So an old token stops working with the commit here and a
+    notice's delivery later elsewhere.  ``ttl_s`` bounds a change made to the database behind
+    the servers' backs (an operator's ``UPDATE``).
+
+    A look-up that began before a change may end after it: each one notes the
+    :attr:`generation` it began in, and what it found is kept only if nothing was forgotten
+    meanwhile.  With ``trusting=False`` (PostgreSQL, until the listener listens) nothing is
+    kept: :meth:`trust` follows the listener (``server.events.PgListener``).
+    """
+
+    def __init__(self, ttl_s: float, clock: Callable[[], float] = time.monotonic, *,
+                 trusting: bool = True) -> None:
+        self._ttl = ttl_s
+        self._clock = clock
+        self._known: dict[str, tuple[StallAuth, float]] = {}
+        self._generation = 0
+        self._trusting = trusting
+        self._lock = threading.Lock()
+
+    @property
+    def generation(self) -> int:
+        return self._generation
+
+    def get(self, sha256: str) -> StallAuth | None:
+        hit = self._known.get(sha256)
+        if hit is None:
+            return None
+        if self._clock() - hit[1] >= self._ttl:
+            with self._lock:
+                if self._known.get(sha256) is hit:
+                    del self._known[sha256]
+            return None
+        return hit[0]
+
+    def put(self, sha256: str, stall: StallAuth, generation: int) -> None:
+        if self._ttl <= 0:
+            return
+        with self._lock:
+            if self._trusting and generation == self._generation:
+                self._known[sha256] = (stall, self._clock())
+
+    def forget(self) -> None:
+        with self._lock:
+            self._generation += 1
+            self._known.clear()
+
+    def trust(self, listening: bool) -> None:
+        """Keep what look-ups find only while every change is heard of (``listening``);
+        forget in either case, as a notice may have been missed in between."""
+        with self._lock:
+            self._trusting = listening
+            self._generation += 1
+            self._known.clear()
+
+    def __len__(self) -> int:
+        return len(self._known)
+
+
+def watch_stall_changes(maker: sessionmaker[Session], tokens: StallTokens, *,
+                        notify: bool = False) -> None:
+    """After each commit, by a session of ``maker``, that added, changed or deleted a stall,
+    ``tokens.forget()``; with ``notify`` (PostgreSQL) also ``NOTIFY`` :data:`STALLS_CHANNEL` in
+    that transaction, which every server process's listener answers the same way."""
+
+    def collect(obj: object) -> tuple[str, ...]:
+        return ("stalls",) if isinstance(obj, db.Stall) else ()
+
+    def committed(_what: set[Any]) -> None:
+        tokens.forget()
+
+    def notice(_what: set[Any]) -> tuple[str, str]:
+        return STALLS_CHANNEL, json.dumps({"changed": ["stalls"]})
+
+    watch_commits(maker, "stalls_changed", collect, committed, notice if notify else None)
+
+
+def stalls_noted(tokens: StallTokens) -> Callable[[str], None]:
+    """The handler of :data:`STALLS_CHANNEL` notices: whatever they say, forget."""
+
+    def noted(_payload: str) -> None:
+        tokens.forget()
+
+    return noted
 
 
 async def check_token(request: Request,
@@ -173,9 +288,21 @@ async def check_token(request: Request,
         await run_in_threadpool(require_fair_scale, request, cred)
         return
 
+    if cred is None:
+        raise _unauthorized("stall bearer token required")
+    sha256 = token_hash(cred.credentials)
+    tokens: StallTokens = request.app.state.stall_tokens
+    known = tokens.get(sha256)
+    if known is not None:
+        request.state.stall = known  # the route need not look it up again (routes/sales.py)
+        request.app.state.contacts.seen(known.stall_id)  # silent-stall alerts (server.alerts)
+        return
+    generation = tokens.generation
+
     def look_up() -> None:
-        stall = stall_by_token(request.app.state.engine, cred)
-        request.state.stall = stall  # the route need not look it up again (routes/sales.py)
-        request.app.state.contacts.seen(stall.stall_id)  # silent-stall alerts (server.alerts)
+        stall = _stall_by_sha256(request.app.state.engine, sha256)
+        tokens.put(sha256, stall, generation)
+        request.state.stall = stall
+        request.app.state.contacts.seen(stall.stall_id)
 
     await run_in_threadpool(look_up)

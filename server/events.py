@@ -174,11 +174,15 @@ class PgListener:
     its channel's handler (on that thread: handlers are quick or hop elsewhere).  It comes
     back by itself after a lost connection; notices sent meanwhile are lost, which the
     screens survive (their next event carries whole figures, and they fetch again on
-    reconnecting)."""
+    reconnecting).  ``on_listening(True)`` is called each time a connection listens on every
+    channel, ``on_listening(False)`` each time one is lost: what cannot afford a lost notice
+    (``server.auth.StallTokens``) trusts itself only in between."""
 
-    def __init__(self, url: str, handlers: dict[str, Callable[[str], None]]) -> None:
+    def __init__(self, url: str, handlers: dict[str, Callable[[str], None]],
+                 on_listening: Callable[[bool], None] | None = None) -> None:
         self._conninfo = url.replace("postgresql+psycopg://", "postgresql://")
         self._handlers = dict(handlers)
+        self._on_listening = on_listening
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         #: Set once the first connection listens (tests wait for it).
@@ -203,6 +207,8 @@ class PgListener:
                 with psycopg.connect(self._conninfo, autocommit=True, connect_timeout=5) as conn:
                     for channel in self._handlers:
                         conn.execute(f"LISTEN {channel}")
+                    if self._on_listening is not None:
+                        self._on_listening(True)
                     self.listening.set()
                     while not self._stop.is_set():
                         for note in conn.notifies(timeout=0.5):
@@ -210,6 +216,10 @@ class PgListener:
                             if handler is not None:
                                 handler(note.payload)
             except Exception as exc:  # noqa: BLE001 - the listener must come back
+                if self._on_listening is not None:
+                    self._on_listening(False)
                 logger.warning("listening on %s failed (%s); again in 1 s",
                                ", ".join(self._handlers), exc)
                 self._stop.wait(1.0)
+        if self._on_listening is not None:
+            self._on_listening(False)

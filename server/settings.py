@@ -55,6 +55,12 @@ class Settings(BaseModel):
     alert_check_s: float = Field(60.0, gt=0, le=3600, title="Alert checks every (s)",
                                  description="the server's periodic checks: silent stalls, prices "
                                              "above 1.5x the market median")
+    stall_token_cache_s: float = Field(
+        30.0, ge=0, le=3600, title="Stall tokens remembered for (s)",
+        description="how long a server process trusts a stall's token it has looked up; any change "
+                    "of a stall made through any server process on this database forgets them at "
+                    "once, so this only bounds a change made to the database behind the servers' "
+                    "backs; 0 looks every request's token up")
 
     # ---- online orders (server.orders, issue 19) ----
     order_tolerance_pct: int = Field(

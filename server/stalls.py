@@ -51,7 +51,9 @@ def get(session: Session, stall_id: str) -> db.Stall:
 
 
 def rotate_token(session: Session, actor: Actor, stall_id: str) -> str:
-    """A new bearer token for the stall; the old one stops working at the commit.  Caller commits."""
+    """A new bearer token for the stall; the old one stops working at the commit (in the other
+    server processes when the commit's notice reaches them: ``server.auth.StallTokens``).
+    Caller commits."""
     stall = get(session, stall_id)
     token = new_token()
     stall.token_sha256 = token_hash(token)
