@@ -25,6 +25,10 @@ receipt chains and tokens).
         digest and signature), of the writer, and of PostgreSQL's backends (from ``/proc``).
         The server's own writer, timed inside ``wetmarket server`` under ``single``, is what
         this is the floor of.
+    .venv/bin/python bench/server_bench.py figures [--db ...] [--history 30000] [--repeat 300]
+        what the big screen's live view costs each time the server publishes it (today's
+        figures and the latest sales, ``server.live.LiveFigures.figures``), in this one thread
+        on a generated history: CPU and wall milliseconds per computation.
     .venv/bin/python bench/server_bench.py endpoints --sales 10000000 [--url PATH ...]
         p50/p95 of each URL (default: the big screen's /api/v1/stats/today and
         /api/v1/sales-recent, the first event of /api/v1/events, and how long an upload takes
@@ -731,6 +735,36 @@ def bench_store(kind: str, *, per_stall: int, group: int, batch: int = 1,
             "load": load_average()}
 
 
+def bench_figures(kind: str, *, history: int, repeat: int) -> dict[str, Any]:
+    """What the big screen's live view costs the server each time it publishes
+    (``server.live.LiveFigures.figures``: today's figures and the latest sales, computed in a
+    thread after every few uploads while a screen is subscribed), in this one thread on a
+    generated history: CPU and wall milliseconds per computation."""
+    if CODE is not None:
+        sys.path.insert(0, str(CODE))
+    from server.app import create_app
+    from server.settings import Settings
+
+    url, _ = with_history(kind, "figures", history)
+    app = create_app(Settings(db_url=url, admin_token=ADMIN))
+    try:
+        live = app.state.live
+        live.figures(1, None)  # statements compiled, connections opened
+        cpu: list[float] = []
+        wall: list[float] = []
+        for _ in range(repeat):
+            c0, w0 = time.thread_time(), time.perf_counter()
+            live.figures(1, None)
+            cpu.append((time.thread_time() - c0) * 1e3)
+            wall.append((time.perf_counter() - w0) * 1e3)
+    finally:
+        app.state.engine.dispose()
+    return {"db": kind, "what": "figures", "history": history, "repeat": repeat,
+            "cpu_ms_p50": round(statistics.median(cpu), 3), "wall_ms_p50": round(statistics.median(wall), 3),
+            "wall_ms_p95": round(_percentiles([w / 1e3 for w in wall])["p95_ms"], 3),
+            "load": load_average()}
+
+
 def text_query(sql: str) -> Any:
     from sqlalchemy import text
 
@@ -864,7 +898,7 @@ def main(argv: list[str] | None = None) -> int:
         return client_main(argv[1])
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="what")
-    for name in ("ingest", "single", "store", "endpoints"):
+    for name in ("ingest", "single", "store", "endpoints", "figures"):
         p = sub.add_parser(name)
         p.add_argument("--db", choices=("sqlite", "postgresql", "both"), default="both")
         p.add_argument("--workers", type=int, help="server processes (wetmarket server --workers)")
@@ -885,6 +919,8 @@ def main(argv: list[str] | None = None) -> int:
                                            "(server.ingest._PG_COPY_FROM, in the bench's process)")
     sub.choices["single"].add_argument("--no-screen", action="store_true",
                                        help="no big screen subscribed to /api/v1/events")
+    sub.choices["figures"].add_argument("--history", type=int, default=30000, help="sales stored first")
+    sub.choices["figures"].add_argument("--repeat", type=int, default=300)
     ep = sub.choices["endpoints"]
     ep.add_argument("--sales", type=int, default=10_000_000)
     ep.add_argument("--url", action="append", default=[], help="PATH, stall:PATH or admin:PATH")
@@ -921,6 +957,8 @@ def main(argv: list[str] | None = None) -> int:
         elif args.what == "store":
             add(bench_store(kind, per_stall=args.per_stall, group=args.group, batch=args.batch,
                             copy_from=args.copy_from))
+        elif args.what == "figures":
+            add(bench_figures(kind, history=args.history, repeat=args.repeat))
         elif args.what == "single":
             for n in (int(x) for x in args.history.split(",")):
                 add(bench_single(kind, n, per_stall=args.per_stall, concurrency=args.concurrency,

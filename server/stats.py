@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from typing import Any, Literal, cast
 
 from pydantic import BaseModel, Field
-from sqlalchemy import ColumnElement, func, select
-from sqlalchemy.orm import Session, selectinload
+from sqlalchemy import ColumnElement, bindparam, func, select
+from sqlalchemy.orm import Session
 
 from edge.pricing import GRAMS_PER_UNIT, PRICE_UNITS, round_fraction_fen
 from server import ServerError, db
@@ -32,30 +32,36 @@ def local_today(tz: zoneinfo.ZoneInfo, now: dt.datetime | None = None) -> dt.dat
     return now.astimezone(tz).date()
 
 
+# The live figures' statements, built once: the big screen's live view reads them after every
+# few uploads, and building a statement costs more than SQLite running it.
+_SH = db.StallHour
+_DAY_RANKING = (select(_SH.stall_id, db.Stall.name, func.sum(_SH.sales), func.sum(_SH.total_fen))
+                .join(db.Stall, db.Stall.stall_id == _SH.stall_id)
+                .where(_SH.local_day == bindparam("day"))
+                .group_by(_SH.stall_id, db.Stall.name)
+                .order_by(func.sum(_SH.total_fen).desc(), _SH.stall_id))
+_DAY_ITEMS = (select(db.ItemDay.plu, db.ItemDay.name, db.ItemDay.name_en, db.ItemDay.lines,
+                     db.ItemDay.weight_g, db.ItemDay.quantity, db.ItemDay.amount_fen)
+              .where(db.ItemDay.local_day == bindparam("day"))
+              .order_by(db.ItemDay.amount_fen.desc())
+              .limit(10))
+_DAY_REFUNDS = (select(func.count(), func.coalesce(func.sum(db.Refund.amount_fen), 0))
+                .where(db.Refund.local_day == bindparam("day")))
+_DAY_HOURS = (select(_SH.hour, func.sum(_SH.sales), func.sum(_SH.total_fen))
+              .where(_SH.local_day == bindparam("day"))
+              .group_by(_SH.hour)
+              .order_by(_SH.hour))
+
+
 def today(session: Session, tz: zoneinfo.ZoneInfo, day: dt.date | None = None) -> dict[str, Any]:
     day = day or local_today(tz)
-    sh = db.StallHour
-    ranking_rows = session.execute(
-        select(sh.stall_id, db.Stall.name, func.sum(sh.sales), func.sum(sh.total_fen))
-        .join(db.Stall, db.Stall.stall_id == sh.stall_id)
-        .where(sh.local_day == day)
-        .group_by(sh.stall_id, db.Stall.name)
-        .order_by(func.sum(sh.total_fen).desc(), sh.stall_id)
-    ).all()
+    conn = session.connection()
     ranking = [
         {"stall_id": sid, "name": name, "sales": int(n), "total_fen": int(total)}
-        for sid, name, n, total in ranking_rows
+        for sid, name, n, total in conn.execute(_DAY_RANKING, {"day": day})
     ]
-    items = session.execute(
-        select(db.ItemDay)
-        .where(db.ItemDay.local_day == day)
-        .order_by(db.ItemDay.amount_fen.desc())
-        .limit(10)
-    ).scalars().all()
-    refunds, refunds_fen = session.execute(
-        select(func.count(), func.coalesce(func.sum(db.Refund.amount_fen), 0))
-        .where(db.Refund.local_day == day)
-    ).one()
+    items = conn.execute(_DAY_ITEMS, {"day": day}).all()
+    refunds, refunds_fen = conn.execute(_DAY_REFUNDS, {"day": day}).one()
     return {
         "day": day.isoformat(),
         "refunds": int(refunds),
@@ -75,13 +81,7 @@ def today(session: Session, tz: zoneinfo.ZoneInfo, day: dt.date | None = None) -
 def hours(session: Session, day: dt.date) -> list[dict[str, int]]:
     """A market day's sales and amount per local hour, the hours with sales only, in order
     (the big screen's trend, and its comparison with the day before and a week before)."""
-    sh = db.StallHour
-    rows = session.execute(
-        select(sh.hour, func.sum(sh.sales), func.sum(sh.total_fen))
-        .where(sh.local_day == day)
-        .group_by(sh.hour)
-        .order_by(sh.hour)
-    ).all()
+    rows = session.connection().execute(_DAY_HOURS, {"day": day}).all()
     return [{"hour": h, "sales": int(n), "total_fen": int(t)} for h, n, t in rows]
 
 
@@ -95,23 +95,36 @@ def _names_en(raw: dict[str, object]) -> list[str | None]:
     return names
 
 
+_RECENT = (select(db.Sale.sale_id, db.Sale.stall_id, db.Sale.trace_code, db.Sale.sold_at,
+                  db.Sale.total_fen, db.Sale.verified, db.Sale.raw)
+           .order_by(db.Sale.received_at.desc(), db.Sale.sale_id).limit(bindparam("limit")))
+_RECENT_LINES = (select(db.SaleLine.sale_id, db.SaleLine.name)
+                 .where(db.SaleLine.sale_id.in_(bindparam("ids", expanding=True)))
+                 .order_by(db.SaleLine.sale_id, db.SaleLine.idx))
+
+
 def recent_sales(session: Session, tz: zoneinfo.ZoneInfo, limit: int = 10) -> list[dict[str, Any]]:
-    """The last sales received; ``sold_at`` in the market's time with its offset."""
-    rows = session.execute(
-        select(db.Sale).options(selectinload(db.Sale.lines))
-        .order_by(db.Sale.received_at.desc(), db.Sale.sale_id).limit(limit)
-    ).scalars().all()
+    """The last sales received; ``sold_at`` in the market's time with its offset.
+
+    Rows, not ORM objects: the big screen's live figures read this after every few uploads,
+    and loading the sales and their lines as objects cost most of it."""
+    conn = session.connection()
+    rows = conn.execute(_RECENT, {"limit": limit}).all()
+    names: dict[str, list[str]] = {row.sale_id: [] for row in rows}
+    if names:
+        for sale_id, name in conn.execute(_RECENT_LINES, {"ids": list(names)}):
+            names[sale_id].append(name)
     return [
         {
-            "stall_id": s.stall_id,
-            "trace_code": s.trace_code,
-            "sold_at": s.sold_at.astimezone(tz).isoformat(),
-            "total_fen": s.total_fen,
-            "items": [ln.name for ln in s.lines],
-            "items_en": _names_en(s.raw),
-            "verified": s.verified,
+            "stall_id": row.stall_id,
+            "trace_code": row.trace_code,
+            "sold_at": row.sold_at.astimezone(tz).isoformat(),
+            "total_fen": row.total_fen,
+            "items": names[row.sale_id],
+            "items_en": _names_en(row.raw),
+            "verified": row.verified,
         }
-        for s in rows
+        for row in rows
     ]
 
 
