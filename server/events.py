@@ -169,6 +169,11 @@ def market_noted(broker: Broker, origin: str) -> Callable[[str], None]:
     return noted
 
 
+#: libpq's keepalive settings of the listening connection (seconds): first probe after 10 s
+#: of silence, then every 5 s, given up after 3 unanswered.
+KEEPALIVES = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5, "keepalives_count": 3}
+
+
 class PgListener:
     """One thread that ``LISTEN``s on PostgreSQL channels and hands each notice's payload to
     its channel's handler (on that thread: handlers are quick or hop elsewhere).  It comes
@@ -187,6 +192,8 @@ class PgListener:
         self._thread: threading.Thread | None = None
         #: Set once the first connection listens (tests wait for it).
         self.listening = threading.Event()
+        #: The listening connection, None while there is none (tests and diagnostics).
+        self.connection: Any = None
 
     def start(self) -> None:
         self._stop.clear()
@@ -204,7 +211,12 @@ class PgListener:
 
         while not self._stop.is_set():
             try:
-                with psycopg.connect(self._conninfo, autocommit=True, connect_timeout=5) as conn:
+                # TCP keepalives: a connection whose peer vanished without a reset (a network
+                # cut) would otherwise look alive for ever while every notice is lost; probed,
+                # it fails within about 25 s and the listener says so and comes back.
+                with psycopg.connect(self._conninfo, autocommit=True, connect_timeout=5,
+                                     **KEEPALIVES) as conn:
+                    self.connection = conn
                     for channel in self._handlers:
                         conn.execute(f"LISTEN {channel}")
                     if self._on_listening is not None:
@@ -216,10 +228,12 @@ class PgListener:
                             if handler is not None:
                                 handler(note.payload)
             except Exception as exc:  # noqa: BLE001 - the listener must come back
+                self.connection = None
                 if self._on_listening is not None:
                     self._on_listening(False)
                 logger.warning("listening on %s failed (%s); again in 1 s",
                                ", ".join(self._handlers), exc)
                 self._stop.wait(1.0)
+        self.connection = None
         if self._on_listening is not None:
             self._on_listening(False)

@@ -5,6 +5,8 @@ token refused from the next request on, is ``test_security.test_a_replaced_token
 
 from __future__ import annotations
 
+import os
+import socket
 import time
 
 import psycopg
@@ -136,3 +138,28 @@ def test_an_unknown_token_is_never_kept(tmp_path) -> None:  # type: ignore[no-un
             r = c.post("/api/v1/sales", json={"sales": [sim.sale(LINE)]})
         assert r.status_code == 200, r.text
         assert "no_stall_key" in r.json()["results"][0]["flags"], r.text
+
+
+@pytest.mark.postgres
+def test_the_listener_probes_its_connection(postgres_url: str) -> None:
+    """A network cut without a reset leaves a connection that looks alive while every notice
+    is lost: the listener's TCP connection is probed (keepalives), so it fails and comes back."""
+    from server.events import KEEPALIVES, PgListener
+
+    listener = PgListener(postgres_url, {"wetmarket_probe": lambda _payload: None})
+    listener.start()
+    try:
+        assert listener.listening.wait(10)
+        conn = listener.connection
+        assert conn is not None
+        with socket.socket(fileno=os.dup(conn.fileno())) as sock:
+            if sock.family == socket.AF_UNIX:
+                pytest.skip("PostgreSQL reached by a Unix socket here: no TCP to probe")
+            tcp = socket.IPPROTO_TCP
+            assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+            assert sock.getsockopt(tcp, socket.TCP_KEEPIDLE) == KEEPALIVES["keepalives_idle"]
+            assert sock.getsockopt(tcp, socket.TCP_KEEPINTVL) == KEEPALIVES["keepalives_interval"]
+            assert sock.getsockopt(tcp, socket.TCP_KEEPCNT) == KEEPALIVES["keepalives_count"]
+    finally:
+        listener.stop()
+    assert listener.connection is None
