@@ -171,7 +171,8 @@ def market_noted(broker: Broker, origin: str) -> Callable[[str], None]:
 
 #: libpq's keepalive settings of the listening connection (seconds): first probe after 10 s
 #: of silence, then every 5 s, given up after 3 unanswered.
-KEEPALIVES = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5, "keepalives_count": 3}
+KEEPALIVES: dict[str, Any] = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5,
+                              "keepalives_count": 3}
 
 
 class PgListener:
