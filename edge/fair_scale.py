@@ -384,6 +384,7 @@ class FairScale:
         return Outcome(ok=True)
 
     def _refuse(self, reason: str) -> Outcome:
+        logger.info("refused: %s", reason)
         with self._lock:
             self.message = reason
         self._refresh()
