@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import random
 import threading
+from collections.abc import Callable
 
 import httpx
 
@@ -38,6 +39,20 @@ class BackoffSender:
         self._thread: threading.Thread | None = None
         self.online = False
         self.last_error: str | None = None
+        self._listeners: list[Callable[[], None]] = []
+
+    def listen(self, fn: Callable[[], None]) -> None:
+        """Call ``fn`` (on this sender's thread) when it settled items or the server came or
+        went, or when a subclass announces a change of its own (an order): a screen showing it
+        says so at once, not at its next poll."""
+        self._listeners.append(fn)
+
+    def _changed(self) -> None:
+        for fn in list(self._listeners):
+            try:
+                fn()
+            except Exception:  # noqa: BLE001 - a listener's fault must not stop the uploads
+                logger.exception("%s: a listener failed", self.name)
 
     def flush_once(self) -> int:
         """Send one batch; how many items the server settled (0: nothing left to send)."""
@@ -78,18 +93,24 @@ class BackoffSender:
             self._wake.clear()
             try:
                 settled = self.flush_once()
-                if not self.online:
+                came = not self.online
+                if came:
                     logger.info("%s: market server reachable", self.name)
                 self.online, self.last_error, backoff = True, None, 0.5
+                if settled or came:
+                    self._changed()
                 if settled:
                     continue  # more may be pending
                 if self._stop.is_set():
                     return
                 self._wake.wait(timeout=self.poll_s)
             except self.retry_errors as exc:
-                if self.online or self.last_error is None:
+                went = self.online or self.last_error is None
+                if went:
                     logger.warning("%s: upload failed, %s: %s", self.name, self.kept, exc)
                 self.online, self.last_error = False, str(exc)
+                if went:
+                    self._changed()
                 if self._stop.is_set():
                     return
                 self._stop.wait(timeout=backoff * random.uniform(0.5, 1.5))

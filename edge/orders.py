@@ -103,20 +103,14 @@ class OrderDesk(BackoffSender):
         self.stall_id = stall_id
         self._lock = threading.Lock()
         self._etag: str | None = None
-        self._listeners: list[Callable[[], None]] = [on_change] if on_change else []
+        if on_change is not None:
+            self.listen(on_change)
         self.orders: list[Order] = []
         self.open = True
         self.tolerance_pct = 10
         #: Counts orders seen placed for the first time: the vendor screen rings on a rise.
         self.arrived = 0
         self._seen: set[int] = set()
-
-    def listen(self, fn: Callable[[], None]) -> None:
-        self._listeners.append(fn)
-
-    def _changed(self) -> None:
-        for fn in list(self._listeners):
-            fn()
 
     # -- the long poll ---------------------------------------------------------------------
     def stop(self, drain_s: float = 2.0) -> None:

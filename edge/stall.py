@@ -240,6 +240,8 @@ class StallApp:
             return
         self.screens = screens
         self._stops.append(screens.stop)
+        if self.outbox is not None:
+            self.outbox.listen(screens.hub.uploads_changed)
 
     def _start_feed(self) -> None:
         assert self.feed is not None and self.session is not None

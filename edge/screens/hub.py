@@ -3,8 +3,9 @@
 The hub reads :meth:`StallFlow.snapshot` on its own thread whenever it is poked: by the
 flow's change notification (:meth:`StallFlow.on_change`: transitions, guesses, actions,
 the basket, the catalogue, the camera), by a scale reading that changed what the scale
-shows, by each vendor action, and every ``poll_s`` (1 s) for what nobody announces (the
-server's state and upload queue, the reprint queue, a basket open too long).  It adds
+shows, by each vendor action, by the outbox when it settled sales or the server came or
+went (:meth:`ScreenHub.uploads_changed`), and every ``poll_s`` (1 s) for what nobody
+announces (the reprint queue, a basket open too long).  It adds
 what the flow does not know (the stall's name, those, blocked batches, the time the
 current weight became priceable, noted on the link's thread by
 :meth:`ScreenHub.on_reading`) and publishes the result only when it differs from the last.
@@ -113,6 +114,7 @@ class ScreenHub(Publisher):
         self._basket_since: float | None = None
         self._slow: dict[str, Any] = {}
         self._slow_at = 0.0
+        self._slow_stale = False
         self._slow_receipt: str | None = None
 
     # -- life ------------------------------------------------------------------------------
@@ -133,6 +135,12 @@ class ScreenHub(Publisher):
 
     def poke(self) -> None:
         """Something changed (an action): publish now, not at the next poll."""
+        self._poke.set()
+
+    def uploads_changed(self) -> None:
+        """The outbox settled sales or the server came or went: read the upload queue again
+        and publish now (the queue shown drops to 0 with the upload, not a poll later)."""
+        self._slow_stale = True
         self._poke.set()
 
     def on_reading(self) -> None:
@@ -187,7 +195,8 @@ class ScreenHub(Publisher):
             self._basket_since = now
         # Read again at once after a sale: the upload queue shown must count it from the
         # moment it is journaled, never say "nothing queued" while it waits.
-        if now - self._slow_at >= SLOW_EVERY_S or snap.last_receipt != self._slow_receipt:
+        if self._slow_stale or now - self._slow_at >= SLOW_EVERY_S or snap.last_receipt != self._slow_receipt:
+            self._slow_stale = False  # before the read: a change announced during it reads again
             self._slow, self._slow_at = self._read_slow(), now
             self._slow_receipt = snap.last_receipt
         return self.publish(self._compose(snap, now))

@@ -29,10 +29,14 @@ from edge.camera import CameraWatch, MissingCamera, OpenCVCamera
 from edge.config import StallConfig
 from edge.flow import FlowState
 from edge.stall import StallApp
+from server.app import create_app
+from server.settings import Settings
 from tests.browser import chromium
+from tests.conftest import LiveServer
 from tests.edge.printer_sims import TcpPrinter
 from tests.edge.test_screens import _catalogue, open_screen, yuan
 from tests.edge.test_stall import wait_for
+from tests.server.conftest import ADMIN
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -239,6 +243,32 @@ def test_the_queue_shown_counts_a_sale_from_the_moment_it_is_journaled(tmp_path:
             assert shown["server"]["queue"] == n
     finally:
         app.stop()
+
+
+def test_the_queue_shown_drops_to_zero_when_the_server_takes_the_sale(tmp_path: Path) -> None:
+    """The outbox tells the screens when it settled sales: with the screens' own poll
+    stretched to an hour, the queue shown still goes 1 -> 0 with the upload.  (The drill with
+    the stall's clock 10 minutes ahead found the screens waiting for that poll: under
+    libfaketime a timed wait does not end, and only the scale's noise used to poke them.)"""
+    with LiveServer(create_app(Settings(db_url=f"sqlite:///{tmp_path / 'market.db'}",
+                                        admin_token=ADMIN))) as srv:
+        with srv.client(ADMIN) as c:
+            token = c.post("/api/v1/stalls", json={"stall_id": "S02", "name": "李家蔬菜"}).json()["token"]
+        app = start(config(tmp_path, server={"url": srv.url, "token": token}, feed={"enabled": False},
+                           orders={"enabled": False}))
+        try:
+            assert app.screens is not None and app.flow is not None
+            assert wait_for(lambda: state(app)["server"]["online"] is True)
+            app.screens.hub.poll_s = 3600.0
+            app.screens.hub.poke()  # the poll in progress ends; the next one waits an hour
+            assert app.flow.add_pieces("2011", 1).ok
+            assert app.flow.checkout().ok
+            assert wait_for(lambda: state(app)["server"]["queue"] == 0 and state(app)["flow"]["last_receipt"],
+                            timeout=10), state(app)["server"]
+            with srv.client() as c:
+                assert c.get("/api/v1/stats/today").json()["sales"] == 1
+        finally:
+            app.stop()
 
 
 # -- kill -9 mid-basket ------------------------------------------------------------------------
