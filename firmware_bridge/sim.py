@@ -48,6 +48,8 @@ logger = logging.getLogger(__name__)
 STREAM_HZ = {"cas": 20.0, "mt-continuous": 20.0, "xk3190-a9": 10.0, "hx711-raw": 80.0, "aclas-pbx": 10.0}
 # How often a module's firmware samples its ADC (its own motion detection runs on these).
 ADC_HZ = 50.0
+# The firmware's digital filter ahead of its motion detection: a mean of this many ADC samples.
+FILTER_SAMPLES = 4
 # Line noise: what a UART hands over after a glitch (framing errors, a floating line).
 NOISE_BYTES = b"\x00\xff\xfe\xf8\xe0\x80"
 
@@ -153,6 +155,8 @@ class Module:
         self.zero_offset = 0.0
         self.tare_g = 0
         self._history: deque[tuple[float, float]] = deque()
+        self._recent: deque[float] = deque(maxlen=FILTER_SAMPLES)
+        self._filtered: deque[tuple[float, float]] = deque()
         self._last_track = time.monotonic()
         self._shown = 0
         self._shown_since = 0.0
@@ -164,17 +168,25 @@ class Module:
         hist.append((t, gross))
         while hist and hist[0][0] < t - 0.16:
             hist.popleft()
+        recent = self._recent
+        recent.append(gross)
+        filtered = self._filtered
+        filtered.append((t, sum(recent) / len(recent)))
+        while filtered and filtered[0][0] < t - 0.16:
+            filtered.popleft()
         return gross
 
     def _stable(self) -> bool:
-        hist = self._history
+        # Judged, as firmware does, on its filtered value (the mean of the last FILTER_SAMPLES
+        # ADC samples), each one of the window within 0.5e of the newest: on raw samples, ADC
+        # noise of 0.1e dropped the flag of a still load on one frame in 300, and a tap on
+        # such a frame was refused.  Against the newest value, not the window's mean, so a
+        # load still creeping by 1e in the window is not called stable.
+        hist = self._filtered
         if len(hist) < 3 or hist[-1][0] - hist[0][0] < 0.08:
             return False
-        # Against the window's mean, as firmware judges motion on its filtered value: against
-        # the newest raw sample, ADC noise of 0.1e made one frame in 300 of a still load
-        # unstable, and a shopper's tap on such a frame refused.
-        mean = sum(g for _, g in hist) / len(hist)
-        return all(abs(g - mean) <= self.e_g * 0.5 for _, g in hist)
+        newest = hist[-1][1]
+        return all(abs(g - newest) <= self.e_g * 0.5 for _, g in hist)
 
     def _quantize(self, grams: float) -> int:
         # Display hysteresis, as real modules have: a value sitting on a rounding
@@ -233,7 +245,10 @@ class Module:
             total = self.zero_offset + gross
             ok = stable and not self.tare_g and abs(total) <= 0.04 * self.capacity_g
             if ok:
-                self.zero_offset += gross
+                # The firmware zeroes its filtered internal value, not the displayed one:
+                # zeroing 40 g shown for 41.2 g left 1.2 g, shown as 2 g for good (zero
+                # tracking only follows drift under 0.5e).
+                self.zero_offset += self._filtered[-1][1] if self._filtered else gross
         elif cmd == "tare":
             ok = stable and current.status == "ok" and gross > 0
             if ok:
