@@ -50,6 +50,8 @@ STREAM_HZ = {"cas": 20.0, "mt-continuous": 20.0, "xk3190-a9": 10.0, "hx711-raw":
 ADC_HZ = 50.0
 # The firmware's digital filter ahead of its motion detection: a mean of this many ADC samples.
 FILTER_SAMPLES = 4
+# How far back its motion detection looks: every filtered value within 0.5e of the newest.
+MOTION_WINDOW_S = 0.16
 # Line noise: what a UART hands over after a glitch (framing errors, a floating line).
 NOISE_BYTES = b"\x00\xff\xfe\xf8\xe0\x80"
 
@@ -154,8 +156,8 @@ class Module:
         self.cell = LoadCell(e_g, drift_g_per_min=drift_g_per_min)
         self.zero_offset = 0.0
         self.tare_g = 0
-        self._history: deque[tuple[float, float]] = deque()
         self._recent: deque[float] = deque(maxlen=FILTER_SAMPLES)
+        # (time, filtered gross) over the last MOTION_WINDOW_S: what motion detection judges.
         self._filtered: deque[tuple[float, float]] = deque()
         self._last_track = time.monotonic()
         self._shown = 0
@@ -164,15 +166,11 @@ class Module:
     def _gross(self, t: float) -> float:
         raw = self.cell.value(t) + self.rng.gauss(0.0, self.noise_g)
         gross = raw - self.zero_offset
-        hist = self._history
-        hist.append((t, gross))
-        while hist and hist[0][0] < t - 0.16:
-            hist.popleft()
         recent = self._recent
         recent.append(gross)
         filtered = self._filtered
         filtered.append((t, sum(recent) / len(recent)))
-        while filtered and filtered[0][0] < t - 0.16:
+        while filtered and filtered[0][0] < t - MOTION_WINDOW_S:
             filtered.popleft()
         return gross
 
@@ -200,9 +198,9 @@ class Module:
     def frame(self, t: float) -> Frame:
         # The firmware samples its ADC at ADC_HZ whatever its output rate, so its motion
         # detection works the same for a module that sends 10 frames a second.
-        hist = self._history
+        hist = self._filtered
         if hist:
-            ts = max(hist[-1][0], t - 0.16) + 1.0 / ADC_HZ
+            ts = max(hist[-1][0], t - MOTION_WINDOW_S) + 1.0 / ADC_HZ
             while ts < t:
                 self._gross(ts)
                 ts += 1.0 / ADC_HZ
@@ -248,7 +246,7 @@ class Module:
                 # The firmware zeroes its filtered internal value, not the displayed one:
                 # zeroing 40 g shown for 41.2 g left 1.2 g, shown as 2 g for good (zero
                 # tracking only follows drift under 0.5e).
-                self.zero_offset += self._filtered[-1][1] if self._filtered else gross
+                self.zero_offset += self._filtered[-1][1]  # frame(t) above filled it
         elif cmd == "tare":
             ok = stable and current.status == "ok" and gross > 0
             if ok:

@@ -29,14 +29,11 @@ from edge.camera import CameraWatch, MissingCamera, OpenCVCamera
 from edge.config import StallConfig
 from edge.flow import FlowState
 from edge.stall import StallApp
-from server.app import create_app
-from server.settings import Settings
 from tests.browser import chromium
-from tests.conftest import LiveServer
 from tests.edge.printer_sims import TcpPrinter
+from tests.edge.test_feed import start_market
 from tests.edge.test_screens import _catalogue, open_screen, yuan
 from tests.edge.test_stall import wait_for
-from tests.server.conftest import ADMIN
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -250,10 +247,8 @@ def test_the_queue_shown_drops_to_zero_when_the_server_takes_the_sale(tmp_path: 
     stretched to an hour, the queue shown still goes 1 -> 0 with the upload.  (The drill with
     the stall's clock 10 minutes ahead found the screens waiting for that poll: under
     libfaketime a timed wait does not end, and only the scale's noise used to poke them.)"""
-    with LiveServer(create_app(Settings(db_url=f"sqlite:///{tmp_path / 'market.db'}",
-                                        admin_token=ADMIN))) as srv:
-        with srv.client(ADMIN) as c:
-            token = c.post("/api/v1/stalls", json={"stall_id": "S02", "name": "李家蔬菜"}).json()["token"]
+    srv, token = start_market(tmp_path / "market.db")
+    try:
         app = start(config(tmp_path, server={"url": srv.url, "token": token}, feed={"enabled": False},
                            orders={"enabled": False}))
         try:
@@ -269,6 +264,8 @@ def test_the_queue_shown_drops_to_zero_when_the_server_takes_the_sale(tmp_path: 
                 assert c.get("/api/v1/stats/today").json()["sales"] == 1
         finally:
             app.stop()
+    finally:
+        srv.__exit__(None, None, None)
 
 
 # -- kill -9 mid-basket ------------------------------------------------------------------------
