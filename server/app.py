@@ -162,6 +162,8 @@ def create_app(settings: Settings) -> FastAPI:
     for module in (sales, feed, scale_events, refunds, gallery, pages, orders, stats, display,
                    inspections, promotions, catalogue, stalls, fair_checks, export, managers, manage):
         app.include_router(module.router)
+    # Before all of them: a known stall's plain upload, past FastAPI's layers (server.routes.sales).
+    app.router.routes.insert(0, sales.UploadShortcut())
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     document_refusals(app)
 
