@@ -570,7 +570,11 @@ def bench_single(kind: str, history: int, *, per_stall: int, concurrency: int, s
             "workers": workers or 1, "requests": out["requests"], "sales_per_s": round(out["rps"]),
             "p50_ms": out.get("p50_ms"), "p95_ms": out.get("p95_ms"), "errors": out["errors"],
             "first_errors": out["first_errors"], "screen_events": out["screen_events"],
-            "healthz_rps": round(health["rps"]), "load": load}
+            "healthz_rps": round(health["rps"]),
+            # what one sale costs in this machine's own /healthz requests (the target,
+            # 800 sales/s beside about 1,000 /healthz, asks for about 1.25)
+            "healthz_per_sale": round(health["rps"] / out["rps"], 2) if out["rps"] else None,
+            "load": load}
 
 
 #: pid -> (command name, parent pid, process group, CPU seconds so far)
