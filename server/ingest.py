@@ -35,7 +35,8 @@ import json
 import logging
 import weakref
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import Any, Literal, Protocol, cast
@@ -502,7 +503,8 @@ _LINE_INSERT = insert(_table(db.SaleLine))
 #: With the look-up bound as arrays, measured in process on batches of 100
 #: (``docs/benchmarks.md``): the writer's CPU a fifth to a quarter less a sale, PostgreSQL's a
 #: fifth less (no statement to parse, bind and plan per row).  A copy costs a round trip more
-#: than the inserts, which psycopg pipelines into one: for the groups of 2 or 3 single sales
+#: than the inserts, which go in one pipeline with the statement after them (``pg_pipeline``;
+#: a copy cannot be pipelined): for the groups of 2 or 3 single sales
 #: that 8 stalls make, the inserts are faster (903 and 941 against 737 and 774 sales/s,
 #: ``bench/server_bench.py store --group 3``).  The trigger that fills ``sale_keys`` fires for
 #: each copied row as for an inserted one, so a duplicate fails the copy as it failed the insert.
@@ -538,6 +540,25 @@ def _pg_copy_sales(conn: Connection, rows: list[dict[str, Any]]) -> None:
                 copy.write_row([row[name] if proc is None else proc(row[name]) for name, proc in procs])
     except psycopg.Error as exc:
         raise DBAPIError.instance(_PG_COPY_SALES, None, exc, psycopg.Error, dialect=conn.dialect) from exc
+
+
+@contextmanager
+def pg_pipeline(conn: Connection) -> Iterator[None]:
+    """The statements run inside sent in one round trip (psycopg's pipeline mode), their
+    errors raised at its end as SQLAlchemy's (``IntegrityError``, ``DataError``...), as each
+    statement's would be, so ``store`` and the group commit treat them alike.
+
+    A group of single sales sent its sales and then the lines, rollups and notice as two
+    round trips; each is a wait for PostgreSQL and then for the GIL (``docs/benchmarks.md``).
+    """
+    driver = conn.connection.driver_connection
+    assert isinstance(driver, psycopg.Connection)
+    try:
+        with driver.pipeline():
+            yield
+    except psycopg.Error as exc:
+        raise DBAPIError.instance("(the statements of a pipeline)", None, exc, psycopg.Error,
+                                  dialect=conn.dialect) from exc
 
 
 def _insert(conn: Connection, sale_rows: list[dict[str, Any]], line_rows: list[dict[str, Any]]) -> None:
@@ -685,11 +706,15 @@ def _store(session: Session, batches: list[tuple[StallLike, list[Prepared | Inge
         stored_by_stall.append((stall.stall_id, stored, prev_digest))
 
     if conn.dialect.name == "postgresql":
+        notice = _notice(batches, out, announce)
         if len(sale_rows) >= _PG_COPY_FROM:
-            _pg_copy_sales(conn, sale_rows)
-        elif sale_rows:
-            conn.execute(_SALE_INSERT, sale_rows)
-        _pg_write(conn, line_rows, rollups, _notice(batches, out, announce))
+            _pg_copy_sales(conn, sale_rows)  # a copy cannot go in a pipeline
+            _pg_write(conn, line_rows, rollups, notice)
+        else:
+            with pg_pipeline(conn):
+                if sale_rows:
+                    conn.execute(_SALE_INSERT, sale_rows)
+                _pg_write(conn, line_rows, rollups, notice)
     else:
         if sale_rows:
             _insert(conn, sale_rows, line_rows)

@@ -32,7 +32,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fastapi.security import HTTPAuthorizationCredentials
 from sqlalchemy import event, func, select, text
-from sqlalchemy.exc import DataError
+from sqlalchemy.exc import DataError, IntegrityError
 
 from edge.integrity import public_key_b64, sale_digest, sign_sale, verify_sale
 from edge.pricing import check_sale
@@ -178,9 +178,9 @@ POSTGRES = pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
 @POSTGRES
 def test_a_group_is_three_statements_on_postgresql(app_db: Any) -> None:
     """On PostgreSQL the writer's floor is round trips: a group of uploads is the look-up, the
-    sales (an insert each, pipelined into one round trip, or from 8 sales on one ``COPY``),
-    and one statement for the lines, the four rollups and the notice to the other server
-    processes, then the commit.  Counted as PostgreSQL received them (its own
+    sales (an insert each, or from 8 sales on one ``COPY``), and one statement for the lines,
+    the four rollups and the notice to the other server processes (the inserts and it in one
+    pipeline, one round trip), then the commit.  Counted as PostgreSQL received them (its own
     ``log_statement``, sent back to this connection as notices), since the copy goes past
     SQLAlchemy.  The second group, of 9 sales, adds to the rollup rows the first created."""
     sims = [StallSim(f"S0{i + 1}") for i in range(3)]
@@ -222,6 +222,29 @@ def test_a_group_is_three_statements_on_postgresql(app_db: Any) -> None:
         mine = session.execute(select(db.StallItemDay.lines).where(
             db.StallItemDay.stall_id == "S01", db.StallItemDay.plu == "2")).scalar_one()
         assert mine == 4
+
+
+@POSTGRES
+def test_an_error_at_the_end_of_a_pipeline_comes_up_as_sqlalchemy_s(app_db: Any) -> None:
+    """A group's sales and the statement after them go in one pipeline (``ingest.pg_pipeline``),
+    where PostgreSQL's errors arrive at its end, from psycopg.  The group commit retries on
+    SQLAlchemy's ``IntegrityError`` (another process stored the same sale meanwhile) and
+    ``store`` goes sale by sale on its ``DataError``: they come up as those, and the
+    connection works again after the rollback."""
+    with app_db.state.engine.connect() as conn:
+        for statement, error in (("INSERT INTO once VALUES (1, 'b')", IntegrityError),
+                                 ("INSERT INTO once VALUES (2, 'too long')", DataError)):
+            conn.execute(text("CREATE TEMPORARY TABLE once (k int PRIMARY KEY, t varchar(2))"))
+            conn.execute(text("INSERT INTO once VALUES (1, 'a')"))
+            with pytest.raises(error), ingest.pg_pipeline(conn):
+                conn.execute(text("INSERT INTO once VALUES (3, 'c')"))
+                conn.execute(text(statement))
+            conn.rollback()
+        with ingest.pg_pipeline(conn):
+            conn.execute(text("CREATE TEMPORARY TABLE once (k int PRIMARY KEY)"))
+            conn.execute(text("INSERT INTO once VALUES (1)"))
+        assert conn.execute(text("SELECT k FROM once")).scalars().all() == [1]
+        conn.rollback()
 
 
 @POSTGRES
