@@ -376,8 +376,18 @@ class StallFlow:
         if code is not None:
             result = self._price(code, auto=auto)
             if not result.ok:
+                if self._moved():  # tried again at the next stable frame
+                    self._auto_tried = self._auto_tried and not auto
+                    return
                 logger.warning("not priced: %s", result.reason)
                 self._chosen = None
+
+    def _moved(self) -> bool:
+        """The weight is no longer priceable: it moved after this flow last looked at it.  The
+        link's thread updates the scale while this one prices, so a reading in motion can land
+        between the look and the pricing; the vendor's tap (or a sure guess) then waits for the
+        next stable frame, as one made while settling, instead of being lost."""
+        return self.session.priceable_g() is None
 
     def _sure_guess(self) -> str | None:
         rec = self._recognition
@@ -538,6 +548,9 @@ class StallFlow:
                 result = self._add_pieces(item, quantity or 1)
             elif self._state is FlowState.CHOOSING:
                 result = self._price(code, auto=False)
+                if not result.ok and self._moved():
+                    self._chosen = code
+                    result = ActionResult(ok=True, state=self._state, pending=True)
             elif self._state is FlowState.SETTLING:
                 self._chosen = code
                 result = ActionResult(ok=True, state=self._state, pending=True)

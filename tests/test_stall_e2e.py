@@ -100,13 +100,23 @@ def pick_on_keypad(vendor: Page, code: str) -> None:
     vendor.click("#keypad [data-key='ok']")
 
 
+def priced(app: StallApp, vendor: Page) -> None:
+    """The load is priced; on failure, where the flow and the scale stopped and what the
+    vendor's screen says (a refusal says why)."""
+    flow = app.flow
+    assert flow is not None
+    if not wait_for(lambda: flow.state is FlowState.PRICED):
+        raise AssertionError(f"not priced: flow {flow.state.value}, scale {flow.session.weigher.state.name}, "
+                             f"the vendor's message {vendor.locator('#message').text_content()!r}")
+
+
 def weigh_by_hand(app: StallApp, vendor: Page, customer: Page, code: str, grams: int) -> None:
     """Put ``grams`` on the plate, pick ``code`` on the keypad, see it priced, empty the plate."""
     assert app.sim is not None and app.flow is not None
     app.sim.place(grams)
     expect(vendor.locator("#state")).to_have_attribute("data-state", "choosing")
     pick_on_keypad(vendor, code)
-    assert wait_for(lambda: app.flow is not None and app.flow.state is FlowState.PRICED)
+    priced(app, vendor)
     line = app.flow.snapshot().basket[-1]
     assert (line.plu, line.weight_g) == (code, grams)
     expect(customer.locator("#amount")).to_have_text(yuan(line.amount_fen))
@@ -150,7 +160,7 @@ def test_sell_with_the_screens_through_camera_scale_and_server_faults(
         expect(guesses).to_have_count(4)
         code = guesses.nth(1).get_attribute("data-code")
         guesses.nth(1).click()
-        assert wait_for(lambda: app.flow is not None and app.flow.state is FlowState.PRICED)
+        priced(app, vendor)
         line = app.flow.snapshot().basket[-1]
         assert (line.plu, line.weight_g) == (code, 1200)
         expect(customer.locator("#weight")).to_have_text("1.200")

@@ -232,6 +232,35 @@ def test_a_load_in_motion_is_never_priced(manual: StallApp) -> None:
     assert wait_for(in_state(flow, FlowState.IDLE))
 
 
+def test_a_choice_survives_a_reading_in_motion_that_lands_as_it_is_priced(manual: StallApp) -> None:
+    """The link's thread updates the scale while the flow's thread prices.  A reading in motion
+    landing between the flow's look at the scale and the pricing used to drop the vendor's tap
+    (a warning in the log, nothing on the screen, the load never priced).  Here one lands just
+    there, sent by a listener of the flow when it enters CHOOSING: the tap is priced on the
+    next stable frame instead."""
+    from firmware_bridge.reading import Reading
+
+    flow, sim, _ = parts(manual)
+    assert manual.session is not None
+    session = manual.session
+    moved: list[int] = []
+
+    def move_once() -> None:
+        if not moved and flow.state is FlowState.CHOOSING:
+            moved.append(1)
+            session.on_reading(Reading(gross_g=812, tare_g=0, net_g=812, stable=False, status="motion"))
+
+    flow.on_change(move_once)  # on the flow's thread, in the window: a test device, not a screen
+    sim.place(800)
+    assert wait_for(in_state(flow, FlowState.SETTLING), 2.0)
+    assert flow.confirm("2001").pending  # tapped while settling: priced at the first stable frame
+    assert wait_for(in_state(flow, FlowState.PRICED), 5.0), flow.snapshot()
+    assert moved
+    assert [(ln.plu, ln.weight_g) for ln in flow.snapshot().basket] == [("2001", 800)]
+    sim.remove()
+    assert wait_for(in_state(flow, FlowState.IDLE))
+
+
 def test_piece_items_need_no_weight(manual: StallApp) -> None:
     flow, sim, _ = parts(manual)
     result = flow.add_pieces("2011", 3)
