@@ -281,7 +281,10 @@ class FairScale:
                 if not text or text == self._last_qr or resets != self._resets:
                     continue  # the receipt stays in view: scanned once; a frame from before a reset
                 self._last_qr = text
-            self.scan(text, resets)
+            try:
+                self.scan(text, resets)
+            except Exception:  # noqa: BLE001 - the scanner must outlive one bad scan
+                logger.exception("receipt code %r not scanned", text[:80])
 
     # -- the shopper's actions -----------------------------------------------------------------
     def scan(self, text: str, resets: int | None = None) -> Outcome:

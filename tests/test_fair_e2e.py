@@ -53,6 +53,16 @@ def qr_folder(root: Path, text: str) -> Path:
     return root
 
 
+def receipt_state(page: Page, expected: str) -> None:
+    """The receipt's state shown; on failure the screen's message says why (a refusal of the
+    code read, the server)."""
+    try:
+        expect(page.locator("#receipt")).to_have_attribute("data-state", expected)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\nthe screen's message: {page.locator('#message').text_content()!r}"
+                             ) from None
+
+
 def verdict(page: Page, expected: str) -> None:
     """The verdict shown; on failure the screen's message says why (a refusal, the server)."""
     try:
@@ -120,7 +130,7 @@ def test_a_1_kg_line_40_g_short_raises_the_alert(tmp_path: Path, browser: Browse
         page.evaluate("window.__marker = 1")  # gone if the page reloads
 
         # the camera reads the receipt: genuine, its stall, its two lines
-        expect(page.locator("#receipt")).to_have_attribute("data-state", "genuine")
+        receipt_state(page, "genuine")
         expect(page.locator("#receipt")).to_contain_text("王记蔬菜")
         expect(page.locator("#lines button.line")).to_have_count(3)  # the whole receipt, line 1, line 2
         page.click("#lines [data-line='1']")
@@ -153,13 +163,13 @@ def test_a_1_kg_line_40_g_short_raises_the_alert(tmp_path: Path, browser: Browse
         fair.camera.show(None)  # type: ignore[attr-defined]
         fair.sim.remove()
         page.click("#btn-reset")
-        expect(page.locator("#receipt")).to_have_attribute("data-state", "none")
+        receipt_state(page, "none")
         page.locator("#scan").press_sequentially("not a receipt")
         page.locator("#scan").press("Enter")
         expect(page.locator("#message")).to_contain_text("不是小票上的二维码")
         page.locator("#scan").press_sequentially(qr)
         page.locator("#scan").press("Enter")
-        expect(page.locator("#receipt")).to_have_attribute("data-state", "genuine")
+        receipt_state(page, "genuine")
         page.click("#lines [data-line='all']")
         expect(page.locator("#receipt-g")).to_have_text("1.500")
         weigh(fair, page, 1492)  # 8 g under 1.5 kg: within 5 + 5 g
@@ -171,7 +181,7 @@ def test_a_1_kg_line_40_g_short_raises_the_alert(tmp_path: Path, browser: Browse
         forged = sale["trace_code"][:-2] + "9" + sale["trace_code"][-1]
         page.locator("#scan").press_sequentially(forged)
         page.locator("#scan").press("Enter")
-        expect(page.locator("#receipt")).to_have_attribute("data-state", "forged")
+        receipt_state(page, "forged")
         expect(page.locator("#receipt")).to_contain_text("收据无效")
         expect(page.locator("#lines button")).to_have_count(0)
         page.click("#btn-check")
@@ -183,7 +193,7 @@ def test_a_1_kg_line_40_g_short_raises_the_alert(tmp_path: Path, browser: Browse
         page.click("#btn-reset")
         page.locator("#scan").press_sequentially(qr)
         page.locator("#scan").press("Enter")
-        expect(page.locator("#receipt")).to_have_attribute("data-state", "offline")
+        receipt_state(page, "offline")
         weigh(fair, page, 1400)
         page.click("#btn-check")
         verdict(page, "queued")
