@@ -270,6 +270,16 @@ def stalls_noted(tokens: StallTokens) -> Callable[[str], None]:
     return noted
 
 
+def known_stall(state: Any, sha256: str) -> StallAuth | None:
+    """The stall of a token this process knows (:class:`StallTokens`), counted as the stall's
+    contact (silent-stall alerts, ``server.alerts``); None for a token it must look up."""
+    tokens: StallTokens = state.stall_tokens
+    known = tokens.get(sha256)
+    if known is not None:
+        state.contacts.seen(known.stall_id)
+    return known
+
+
 async def check_token(request: Request,
                       kind: Literal["admin", "manager", "stall", "stall_or_manager", "fair_scale"]) -> None:
     """The route's own token check (``require_admin``, ``require_manager`` or
@@ -291,12 +301,11 @@ async def check_token(request: Request,
     if cred is None:
         raise _unauthorized("stall bearer token required")
     sha256 = token_hash(cred.credentials)
-    tokens: StallTokens = request.app.state.stall_tokens
-    known = tokens.get(sha256)
+    known = known_stall(request.app.state, sha256)
     if known is not None:
         request.state.stall = known  # the route need not look it up again (routes/sales.py)
-        request.app.state.contacts.seen(known.stall_id)  # silent-stall alerts (server.alerts)
         return
+    tokens: StallTokens = request.app.state.stall_tokens
     generation = tokens.generation
 
     def look_up() -> None:

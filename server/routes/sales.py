@@ -15,7 +15,7 @@ from starlette.routing import BaseRoute, Match
 from starlette.types import Message, Receive, Scope, Send
 
 from server import db
-from server.auth import Credentials, StallAuth, StallTokens, stall_for_token, token_hash
+from server.auth import Credentials, StallAuth, known_stall, stall_for_token, token_hash
 from server.deps import AdminDep, SessionDep
 from server.groupcommit import ConcurrentUpload, GroupCommit
 from server.guard import SALES_BODY_LIMIT, GuardedRoute, body_limit, errors
@@ -117,11 +117,10 @@ class UploadShortcut(BaseRoute):
 
     This route is registered first and takes only the plain case, judged from the headers:
     ``Content-Type: application/json``, a ``Content-Length`` within :data:`SALES_BODY_LIMIT`,
-    and a bearer token of a stall this process already knows (``server.auth.StallTokens``,
-    which forgets at every change of a stall, as the guard's check does).  Its body must
-    then be a JSON object of one key, ``sales``, a list of 1 to :data:`MAX_BATCH` items:
-    what :class:`SalesBatch` accepts.  The sales go to :func:`upload`, the route's own work,
-    and the answer is the route's.
+    and a bearer token of a stall this process already knows (``server.auth.known_stall``, the
+    guard's own check, which forgets at every change of a stall).  Its body must then be
+    what the route takes, checked by the route's own model (:class:`SalesBatch`).  The sales
+    go to :func:`upload`, the route's own work, and the answer is the route's.
 
     Everything else, and any body it cannot take, goes on to the documented route
     (:func:`upload_sales`) exactly as it came, the body replayed: every refusal (401, 413,
@@ -154,8 +153,8 @@ class UploadShortcut(BaseRoute):
         scheme, token = get_authorization_scheme_param(authorization.decode("latin-1"))
         if scheme.lower() != "bearer" or not token:
             return Match.NONE, {}
-        tokens: StallTokens = scope["app"].state.stall_tokens
-        stall = tokens.get(token_hash(token))
+        # Its contact counted here, as the guard's check counts it before the body is read.
+        stall = known_stall(scope["app"].state, token_hash(token))
         if stall is None:
             return Match.NONE, {}
         return Match.FULL, {"wetmarket.stall": stall}
@@ -176,7 +175,6 @@ class UploadShortcut(BaseRoute):
             return
         state: State = scope["app"].state
         stall: StallAuth = scope["wetmarket.stall"]
-        state.contacts.seen(stall.stall_id)  # silent-stall alerts, as the guard's check does
         self.taken += 1
         # HTTPException (409) goes up to the app's handler, as it does from the route.
         result = await run_in_threadpool(upload, state, stall, sales)
@@ -199,14 +197,9 @@ class UploadShortcut(BaseRoute):
 
 
 def _sales_of(body: bytes) -> list[Any] | None:
-    """The sales of a body :class:`SalesBatch` would accept as it is, else None."""
+    """The sales of a body the route takes, read and validated as FastAPI reads and validates
+    it (``json.loads``, then :class:`SalesBatch`), else None: the route will say why."""
     try:
-        doc = json.loads(body)  # as FastAPI reads a JSON body
-    except Exception:  # noqa: BLE001 - not JSON, or not JSON we read: the route will say what
+        return SalesBatch.model_validate(json.loads(body)).sales
+    except Exception:  # noqa: BLE001 - not JSON, or not a batch: handed on, refused there
         return None
-    if type(doc) is not dict or len(doc) != 1:
-        return None
-    sales = doc.get("sales")
-    if type(sales) is not list or not 1 <= len(sales) <= MAX_BATCH:
-        return None
-    return sales
