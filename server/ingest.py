@@ -527,38 +527,38 @@ def _bind_processors(dialect: Dialect) -> list[tuple[str, Any]]:
     return procs
 
 
-def _pg_copy_sales(conn: Connection, rows: list[dict[str, Any]]) -> None:
-    """The sales rows copied into ``sales`` on the session's connection, in its transaction.
-    psycopg's errors come up as SQLAlchemy's (``DataError``, ``IntegrityError``...), as an
-    insert's would, so ``store`` and the group commit treat a refused copy alike."""
-    procs = _bind_processors(conn.dialect)
+@contextmanager
+def _pg_driver(conn: Connection, what: str) -> Iterator[psycopg.Connection[Any]]:
+    """The session connection's psycopg connection, for work past SQLAlchemy (a copy, a
+    pipeline): psycopg's errors come up as SQLAlchemy's (``DataError``, ``IntegrityError``...),
+    as a statement's would, so ``store`` and the group commit treat them alike.  ``what``
+    names the work in the error."""
     driver = conn.connection.driver_connection
     assert isinstance(driver, psycopg.Connection)
     try:
-        with driver.cursor() as cur, cur.copy(_PG_COPY_SALES) as copy:
-            for row in rows:
-                copy.write_row([row[name] if proc is None else proc(row[name]) for name, proc in procs])
+        yield driver
     except psycopg.Error as exc:
-        raise DBAPIError.instance(_PG_COPY_SALES, None, exc, psycopg.Error, dialect=conn.dialect) from exc
+        raise DBAPIError.instance(what, None, exc, psycopg.Error, dialect=conn.dialect) from exc
+
+
+def _pg_copy_sales(conn: Connection, rows: list[dict[str, Any]]) -> None:
+    """The sales rows copied into ``sales`` on the session's connection, in its transaction."""
+    procs = _bind_processors(conn.dialect)
+    with _pg_driver(conn, _PG_COPY_SALES) as driver, driver.cursor() as cur, cur.copy(_PG_COPY_SALES) as copy:
+        for row in rows:
+            copy.write_row([row[name] if proc is None else proc(row[name]) for name, proc in procs])
 
 
 @contextmanager
 def pg_pipeline(conn: Connection) -> Iterator[None]:
     """The statements run inside sent in one round trip (psycopg's pipeline mode), their
-    errors raised at its end as SQLAlchemy's (``IntegrityError``, ``DataError``...), as each
-    statement's would be, so ``store`` and the group commit treat them alike.
+    errors raised at its end as SQLAlchemy's, as each statement's would be.
 
     A group of single sales sent its sales and then the lines, rollups and notice as two
     round trips; each is a wait for PostgreSQL and then for the GIL (``docs/benchmarks.md``).
     """
-    driver = conn.connection.driver_connection
-    assert isinstance(driver, psycopg.Connection)
-    try:
-        with driver.pipeline():
-            yield
-    except psycopg.Error as exc:
-        raise DBAPIError.instance("(the statements of a pipeline)", None, exc, psycopg.Error,
-                                  dialect=conn.dialect) from exc
+    with _pg_driver(conn, "(the statements of a pipeline)") as driver, driver.pipeline():
+        yield
 
 
 def _insert(conn: Connection, sale_rows: list[dict[str, Any]], line_rows: list[dict[str, Any]]) -> None:
