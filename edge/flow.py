@@ -377,7 +377,8 @@ class StallFlow:
             result = self._price(code, auto=auto)
             if not result.ok:
                 if self._moved():  # tried again at the next stable frame
-                    self._auto_tried = self._auto_tried and not auto
+                    if auto:
+                        self._auto_tried = False
                     return
                 logger.warning("not priced: %s", result.reason)
                 self._chosen = None
