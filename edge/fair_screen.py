@@ -57,7 +57,7 @@ def create_app(fair: FairScale) -> FastAPI:
     @app.get("/api/state")
     def state() -> Response:
         """What the screen shows now (the JSON the live channel sends)."""
-        return Response(fair.hub.state_json, media_type="application/json")
+        return Response(fair.hub.latest[1], media_type="application/json")
 
     @app.get("/api/events", response_class=StreamingResponse)
     async def events() -> StreamingResponse:

@@ -113,8 +113,8 @@ def _refused(reason: str, status: int = 409, **more: Any) -> JSONResponse:
 class HubLike(Protocol):
     """What the live channel reads of a screen's state hub (``ScreenHub``, the fair scale's)."""
 
-    version: int
-    state_json: str
+    #: (version, its state's JSON), read as one attribute (see ``Publisher.latest``).
+    latest: tuple[int, str]
 
     def subscribe(self, loop: asyncio.AbstractEventLoop) -> Subscriber: ...
 
@@ -133,8 +133,9 @@ def event_stream(hub: HubLike, stop: threading.Event) -> StreamingResponse:
             while not stop.is_set():
                 while sub.echoes:
                     yield f"event: echo\ndata: {sub.echoes.popleft()}\n\n"
-                if hub.version != sent:
-                    sent, body = hub.version, hub.state_json
+                version, body = hub.latest
+                if version != sent:
+                    sent = version
                     yield f"event: state\ndata: {body}\n\n"
                     continue
                 try:
@@ -180,7 +181,7 @@ def create_app(stall: StallApp, hub: ScreenHub, stop: threading.Event) -> FastAP
     @app.get("/api/state", tags=["screens"])
     def state() -> Response:
         """What both screens show now (the same JSON the live channel sends)."""
-        return Response(hub.state_json, media_type="application/json")
+        return Response(hub.latest[1], media_type="application/json")
 
     @app.get("/api/events", tags=["screens"], response_class=StreamingResponse, responses={200: {
         "description": "Server-Sent Events: `state` at once and after every change (the JSON of "

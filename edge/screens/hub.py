@@ -63,9 +63,11 @@ class Publisher:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._subs: list[Subscriber] = []
-        self.version = 0
         self.state: dict[str, Any] = {}
-        self.state_json = "{}"
+        #: The version and its JSON, replaced in one assignment: a stream on another thread
+        #: that read them as two attributes could pair the new version with the old JSON
+        #: during a publish, and then never send the new state (it believes it did).
+        self.latest: tuple[int, str] = (0, "{}")
         self._body = ""
 
     def subscribe(self, loop: asyncio.AbstractEventLoop) -> Subscriber:
@@ -91,10 +93,10 @@ class Publisher:
         if body == self._body:
             return False
         with self._lock:
-            self.version += 1
+            version = self.latest[0] + 1
             self._body = body
-            self.state = {**state, "v": self.version}
-            self.state_json = json.dumps(self.state, ensure_ascii=False)
+            self.state = {**state, "v": version}
+            self.latest = (version, json.dumps(self.state, ensure_ascii=False))
         self._notify_all()
         return True
 
