@@ -176,7 +176,8 @@ class UploadShortcut(BaseRoute):
         state: State = scope["app"].state
         stall: StallAuth = scope["wetmarket.stall"]
         self.taken += 1
-        # HTTPException (409) goes up to the app's handler, as it does from the route.
+        # HTTPException (409) goes up to the app's handler, as it does from the route
+        # (test_a_group_the_database_refuses_twice_is_409_either_way).
         result = await run_in_threadpool(upload, state, stall, sales)
         await Response(result.model_dump_json(), media_type="application/json")(scope, receive, send)
 

@@ -121,6 +121,34 @@ def test_the_same_requests_get_the_same_answers_and_rows_either_way(markets: tup
     assert len([r for r in fast.rows() if len(r) == 11]) == 4
 
 
+def test_a_group_the_database_refuses_twice_is_409_either_way(markets: tuple[Market, Market]) -> None:
+    """``ConcurrentUpload`` (the database refused the group's insert, looked again, and refused
+    it again) is the route's 409 from the shortcut too, through the app's own handler.  Here the
+    stall's row is taken out of the database behind the process's back (as another process or
+    a hand in the database would), while its token stays known: every insert of its sales then
+    breaks the foreign key, as a concurrent insert of the same sales breaks the primary key."""
+    fast, plain = markets
+    sim = StallSim("S01")
+    sales = [sim.sale([("1001", "西红柿", 512, 300, "500g")]) for _ in range(2)]
+    for m in markets:
+        m.token = register_stall(m.live, copy.deepcopy(sim))
+        assert _post(m, json.dumps({"sales": [sales[0]]}).encode(), token=m.token)[0] == 200
+        engine = create_engine(m.url)
+        with engine.begin() as conn:
+            conn.execute(text("PRAGMA foreign_keys=OFF"))
+            conn.execute(text("DELETE FROM stalls WHERE stall_id = 'S01'"))
+        engine.dispose()
+    body = json.dumps({"sales": [sales[1]]}).encode()
+    before = fast.shortcut.taken
+    answers = [_post(m, body, token=m.token) for m in markets]
+    assert fast.shortcut.taken == before + 1  # the token still known: the shortcut took it
+    assert answers[0] == answers[1]
+    assert answers[0] == (409, "application/json",
+                          {"detail": "concurrent upload of the same sales; send again"})
+    assert fast.rows() == plain.rows()
+    assert len([r for r in fast.rows() if len(r) == 11]) == 1  # the first sale only
+
+
 def _scope(headers: dict[bytes, bytes], *, path: str = "/api/v1/sales", method: str = "POST",
            app: Any = None) -> dict[str, Any]:
     return {"type": "http", "path": path, "method": method, "headers": list(headers.items()), "app": app}
