@@ -52,6 +52,14 @@ ADC_HZ = 50.0
 FILTER_SAMPLES = 4
 # How far back its motion detection looks: every filtered value within 0.5e of the newest.
 MOTION_WINDOW_S = 0.16
+# How long a module holds a zero or tare command sent while the load moves, waiting for a
+# stable weight, before it refuses it.  MT-SICS documents the pair: ``Z`` zeroes once the
+# weight is stable (``Z I`` when stability is not reached in time), ``ZI`` at once whatever it
+# is (e.g. Kepware's UDD profile of the Mettler Toledo SICS commands); indicators' ZERO keys
+# behave the same.  Without the wait, a command that met one frame's dip of the stable flag
+# was refused (the zero test failed 4 times in 300 seeds).
+STABLE_WAIT_S = 2.0
+WAITS_FOR_STABLE: frozenset[str] = frozenset({"zero", "tare"})
 # Line noise: what a UART hands over after a glitch (framing errors, a floating line).
 NOISE_BYTES = b"\x00\xff\xfe\xf8\xe0\x80"
 
@@ -234,11 +242,16 @@ class Module:
             step = max(-0.5 * self.e_g * dt, min(0.5 * self.e_g * dt, gross))
             self.zero_offset += step
 
-    def command(self, cmd: Command, t: float) -> tuple[bool, Frame]:
+    def command(self, cmd: Command, t: float, *, may_wait: bool = False) -> tuple[bool | None, Frame]:
+        """Carry out ``cmd`` at ``t``: (done?, the frame).  With ``may_wait``, a zero or tare
+        that only the motion stops answers None: the firmware holds it for a stable weight
+        (the caller asks again, see ``Simulator``)."""
         current = self.frame(t)
         stable = bool(current.stable)
         gross = (current.weight_g or 0) + self.tare_g
         ok = False
+        if may_wait and not stable and cmd in WAITS_FOR_STABLE:
+            return None, current
         if cmd == "zero":
             total = self.zero_offset + gross
             ok = stable and not self.tare_g and abs(total) <= 0.04 * self.capacity_g
@@ -306,6 +319,8 @@ class Simulator:
         self._mangle_until = 0.0
         self._hang_until = 0.0
         self._powerup_until = 0.0
+        #: Zero and tare commands held for a stable weight, with their deadlines.
+        self._held: list[tuple[Command, float]] = []
         self._script: list[tuple[float, str, str]] = []
         self._script_t0 = 0.0
         self._plug()
@@ -495,6 +510,8 @@ class Simulator:
                 if ready:
                     self._serve(master)
             now = time.monotonic()
+            if self._held:
+                self._held_commands(now)
             if streaming and now >= next_tick:
                 self._send(now)
                 next_tick += period
@@ -524,10 +541,23 @@ class Simulator:
             if cmd == "probe":
                 self._write(self.codec.encode_reply(cmd, True, Frame(None, None)))
                 continue
-            with self._lock:
-                ok, frame = self.module.command(cmd, now)
-            logger.info("module %s: %s", cmd, "done" if ok else "refused")
-            self._write(self.codec.encode_reply(cmd, ok, frame))
+            self._carry_out(cmd, now, now + STABLE_WAIT_S)
+
+    def _carry_out(self, cmd: Command, now: float, deadline: float) -> None:
+        """Carry out a command now, or hold it for a stable weight until ``deadline``."""
+        with self._lock:
+            ok, frame = self.module.command(cmd, now, may_wait=now < deadline)
+            if ok is None:
+                self._held.append((cmd, deadline))
+                return
+        logger.info("module %s: %s", cmd, "done" if ok else "refused")
+        self._write(self.codec.encode_reply(cmd, ok, frame))
+
+    def _held_commands(self, now: float) -> None:
+        with self._lock:
+            held, self._held = self._held, []
+        for cmd, deadline in held:
+            self._carry_out(cmd, now, deadline)
 
     def _send(self, now: float) -> None:
         if now < self._hang_until:

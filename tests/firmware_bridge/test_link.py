@@ -167,6 +167,51 @@ def test_module_refusing_zero_is_audited(sim: Simulator) -> None:
     ]
 
 
+@pytest.mark.parametrize("sim", ["mt-sics"], indirect=True)
+def test_a_zero_sent_while_the_load_settles_is_done_once_it_is_stable(sim: Simulator) -> None:
+    """MT-SICS ``Z`` zeroes once the weight is stable: a leaf dropped on the plate and zeroed
+    at once is zeroed when it settles, not refused for the motion (``Z I``)."""
+    audit = AuditLog()
+    with Link(sim.port, protocol="mt-sics", audit=audit) as link:
+        assert link.wait_for(_stable_near(0), 3)
+        sim.place(40)
+        assert link.wait_for(lambda r: not r.stable, 2)  # the leaf still bouncing
+        link.zero()
+        assert link.wait_for(_stable_near(0, tol=0), 4) is not None
+    assert [e["event"] for e in audit.entries] == ["zero"]  # no refusal
+    assert [c for _, c in sim.commands if c != "request"] == ["zero"]  # sent once, not again
+
+
+@pytest.mark.parametrize("sim", ["mt-sics"], indirect=True)
+def test_a_zero_that_never_sees_a_stable_weight_is_refused_after_its_wait(sim: Simulator) -> None:
+    """A hand pressing on the plate: the module holds the zero for STABLE_WAIT_S, then refuses
+    it (``Z I``), and the load is not zeroed."""
+    from firmware_bridge.sim import STABLE_WAIT_S
+
+    audit = AuditLog()
+    with Link(sim.port, protocol="mt-sics", audit=audit) as link:
+        stop = time.monotonic() + STABLE_WAIT_S + 1.5
+        sim.place(40)
+        time.sleep(0.05)
+        sent = time.monotonic()
+        link.zero()
+        refused_at = None
+        grams = 40
+        while time.monotonic() < stop:
+            grams = 100 if grams == 40 else 40  # pressed and let go, ten times a second
+            sim.place(grams)
+            time.sleep(0.1)
+            if refused_at is None and len(audit.entries) >= 2:
+                refused_at = time.monotonic()
+        sim.place(40)
+        assert link.wait_for(_stable_near(40), 4)  # not zeroed
+    assert [(e["event"], e["detail"]) for e in audit.entries][:2] == [
+        ("zero", "mt-sics module command sent"),
+        ("error", "module reply Z I"),
+    ]
+    assert refused_at is not None and refused_at - sent >= STABLE_WAIT_S - 0.2  # held, then refused
+
+
 def test_any_pyserial_url_opens(tmp_path) -> None:
     # loop:// echoes what we write: a cas module that only ever says what we send.
     with Link("loop://", protocol="cas") as link:
