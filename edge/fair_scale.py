@@ -163,6 +163,10 @@ class FairScale:
         #: Counts the shopper's resets: a scan begun before one (a camera frame read, a look-up
         #: under way) is dropped instead of bringing the last shopper's receipt back.
         self._resets = 0
+        #: The scanner's counts: frames looked at, codes read in them (the screen's "no code in
+        #: view" and a test's failure message read them).
+        self.frames_looked = 0
+        self.codes_read = 0
 
     # -- life ----------------------------------------------------------------------------------
     def start(self) -> None:
@@ -273,10 +277,13 @@ class FairScale:
             frame = camera.read() if camera is not None else None
             if frame is None:
                 continue
+            self.frames_looked += 1
             try:
                 text, _points, _ = detector.detectAndDecode(frame)
             except cv2.error:
                 continue
+            if text:
+                self.codes_read += 1
             with self._lock:
                 if not text or text == self._last_qr or resets != self._resets:
                     continue  # the receipt stays in view: scanned once; a frame from before a reset
