@@ -53,7 +53,8 @@ def qr_folder(root: Path, text: str) -> Path:
     return root
 
 
-def receipt_state(page: Page, expected: str, fair: FairScale | None = None) -> None:
+def receipt_state(page: Page, expected: str, fair: FairScale | None = None,
+                  errors: list[str] | None = None) -> None:
     """The receipt's state shown; on failure the screen's message says why (a refusal of the
     code read, the server), and the fair scale's side what it holds (a receipt the page did
     not get, or none: the scanner's counts say whether it saw a code)."""
@@ -66,6 +67,8 @@ def receipt_state(page: Page, expected: str, fair: FairScale | None = None) -> N
             held = (f"\nthe fair scale holds: receipt {receipt.get('state') if receipt else None!r}, "
                     f"frames looked at {fair.frames_looked}, codes read {fair.codes_read}, "
                     f"resets {fair.resets}, state version {fair.hub.latest[0]}")
+        if errors:
+            held += f"\nthe page's script errors: {errors}"
         raise AssertionError(f"{exc}\nthe screen's message: {page.locator('#message').text_content()!r}"
                              f"{held}") from None
 
@@ -137,7 +140,7 @@ def test_a_1_kg_line_40_g_short_raises_the_alert(tmp_path: Path, browser: Browse
         page.evaluate("window.__marker = 1")  # gone if the page reloads
 
         # the camera reads the receipt: genuine, its stall, its two lines
-        receipt_state(page, "genuine", fair)
+        receipt_state(page, "genuine", fair, errors)
         expect(page.locator("#receipt")).to_contain_text("王记蔬菜")
         expect(page.locator("#lines button.line")).to_have_count(3)  # the whole receipt, line 1, line 2
         page.click("#lines [data-line='1']")
@@ -170,13 +173,13 @@ def test_a_1_kg_line_40_g_short_raises_the_alert(tmp_path: Path, browser: Browse
         fair.camera.show(None)  # type: ignore[attr-defined]
         fair.sim.remove()
         page.click("#btn-reset")
-        receipt_state(page, "none", fair)
+        receipt_state(page, "none", fair, errors)
         page.locator("#scan").press_sequentially("not a receipt")
         page.locator("#scan").press("Enter")
         expect(page.locator("#message")).to_contain_text("不是小票上的二维码")
         page.locator("#scan").press_sequentially(qr)
         page.locator("#scan").press("Enter")
-        receipt_state(page, "genuine", fair)
+        receipt_state(page, "genuine", fair, errors)
         page.click("#lines [data-line='all']")
         expect(page.locator("#receipt-g")).to_have_text("1.500")
         weigh(fair, page, 1492)  # 8 g under 1.5 kg: within 5 + 5 g
@@ -188,7 +191,7 @@ def test_a_1_kg_line_40_g_short_raises_the_alert(tmp_path: Path, browser: Browse
         forged = sale["trace_code"][:-2] + "9" + sale["trace_code"][-1]
         page.locator("#scan").press_sequentially(forged)
         page.locator("#scan").press("Enter")
-        receipt_state(page, "forged", fair)
+        receipt_state(page, "forged", fair, errors)
         expect(page.locator("#receipt")).to_contain_text("收据无效")
         expect(page.locator("#lines button")).to_have_count(0)
         page.click("#btn-check")
@@ -200,7 +203,7 @@ def test_a_1_kg_line_40_g_short_raises_the_alert(tmp_path: Path, browser: Browse
         page.click("#btn-reset")
         page.locator("#scan").press_sequentially(qr)
         page.locator("#scan").press("Enter")
-        receipt_state(page, "offline", fair)
+        receipt_state(page, "offline", fair, errors)
         weigh(fair, page, 1400)
         page.click("#btn-check")
         verdict(page, "queued")
