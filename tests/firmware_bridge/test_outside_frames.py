@@ -26,7 +26,7 @@ from firmware_bridge.sim import Simulator
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE / "fixtures"))
 sys.path.insert(0, str(HERE))
-from outside_frames import CASES, Outside  # noqa: E402
+from outside_frames import CASES, SICS_MANUAL, SICS_REPLIES, Outside  # noqa: E402
 from replay import Replayer  # noqa: E402
 
 WETMARKET = [sys.executable, "-m", "edge.cli"]
@@ -212,3 +212,19 @@ def test_probe_errors_are_clear() -> None:
         link.probe()
     with pytest.raises(BridgeError, match="cannot open"):
         Link("/nonexistent/ttyUSB9", "toledo-8217").probe()
+
+
+@pytest.mark.parametrize(("raw", "reply", "done", "tare_g"), SICS_REPLIES, ids=[r[1] for r in SICS_REPLIES])
+def test_mt_sics_command_replies_from_the_manual(raw: bytes, reply: str, done: bool,
+                                                 tare_g: int | None) -> None:
+    """The MT-SICS manual's replies (``SICS_MANUAL``): each is a command's answer, never a
+    weight; a refusal is not ok (the link audits it: ``test_link.py``, the zero held past its
+    wait)."""
+    frames = get_protocol("mt-sics").feed(raw)
+    assert len(frames) == 1, SICS_MANUAL
+    frame = frames[0]
+    assert frame.reply == reply and frame.weight_g is None
+    assert (frame.status == "ok") is done
+    if tare_g is not None:
+        assert frame.tare_g == tare_g
+
