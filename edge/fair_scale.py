@@ -163,8 +163,8 @@ class FairScale:
         #: Counts the shopper's resets: a scan begun before one (a camera frame read, a look-up
         #: under way) is dropped instead of bringing the last shopper's receipt back.
         self._resets = 0
-        #: The scanner's counts: frames looked at, codes read in them (the screen's "no code in
-        #: view" and a test's failure message read them).
+        #: The scanner's counts: frames looked at, codes read in them (what to look at when a
+        #: receipt in view is never scanned; the fair e2e's failure message reports them).
         self.frames_looked = 0
         self.codes_read = 0
 

@@ -53,20 +53,17 @@ def qr_folder(root: Path, text: str) -> Path:
     return root
 
 
-def receipt_state(page: Page, expected: str, fair: FairScale | None = None,
-                  errors: list[str] | None = None) -> None:
+def receipt_state(page: Page, expected: str, fair: FairScale, errors: list[str]) -> None:
     """The receipt's state shown; on failure the screen's message says why (a refusal of the
     code read, the server), and the fair scale's side what it holds (a receipt the page did
     not get, or none: the scanner's counts say whether it saw a code)."""
     try:
         expect(page.locator("#receipt")).to_have_attribute("data-state", expected)
     except AssertionError as exc:
-        held = ""
-        if fair is not None:
-            receipt = fair.receipt
-            held = (f"\nthe fair scale holds: receipt {receipt.get('state') if receipt else None!r}, "
-                    f"frames looked at {fair.frames_looked}, codes read {fair.codes_read}, "
-                    f"resets {fair.resets}, state version {fair.hub.latest[0]}")
+        receipt = fair.receipt
+        held = (f"\nthe fair scale holds: receipt {receipt.get('state') if receipt else None!r}, "
+                f"frames looked at {fair.frames_looked}, codes read {fair.codes_read}, "
+                f"resets {fair.resets}, state version {fair.hub.latest[0]}")
         if errors:
             held += f"\nthe page's script errors: {errors}"
         raise AssertionError(f"{exc}\nthe screen's message: {page.locator('#message').text_content()!r}"
