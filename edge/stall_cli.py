@@ -10,7 +10,11 @@ from types import FrameType
 
 
 def run_until_signalled(start: Callable[[], None], stop: Callable[[], None]) -> None:
-    """Start, run until SIGTERM or SIGINT, stop: an edge process as a service manager runs it."""
+    """Start, run until SIGTERM or SIGINT, stop: an edge process as a service manager runs it.
+    Once started, what it built is out of the collector's full passes
+    (:func:`edge.allocator.freeze_startup_objects`)."""
+    from edge import allocator
+
     done = threading.Event()
 
     def _stop(_sig: int, _frame: FrameType | None) -> None:
@@ -19,6 +23,7 @@ def run_until_signalled(start: Callable[[], None], stop: Callable[[], None]) -> 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
     start()
+    allocator.freeze_startup_objects()
     try:
         while not done.wait(0.5):
             pass

@@ -58,6 +58,7 @@ def _run(args: argparse.Namespace) -> int:
     import uvicorn
     from pydantic import ValidationError
 
+    from edge.allocator import freeze_startup_objects
     from server.app import create_app
     from server.settings import DEFAULT_DB, Settings
 
@@ -89,6 +90,8 @@ def _run(args: argparse.Namespace) -> int:
     print(f"market server on http://{args.host}:{args.port}/display  (db {settings.db_url}"
           + (f", {workers} processes)" if workers > 1 else ")"), file=sys.stderr, flush=True)
     if workers == 1:
+        # What it built is out of the collector's full passes (edge.allocator).
+        freeze_startup_objects()
         uvicorn.run(app, host=args.host, port=args.port, log_level="warning", loop=SERVER_LOOP,
                     http=SERVER_HTTP, timeout_graceful_shutdown=SHUTDOWN_GRACE_S)
         return 0
@@ -121,10 +124,13 @@ WORKER_SETTINGS_ENV = "WETMARKET_WORKER_SETTINGS"
 
 def worker_app() -> object:
     """The app of one server process of several (uvicorn's factory, ``--workers``)."""
+    from edge.allocator import freeze_startup_objects
     from server.app import create_app
     from server.settings import Settings
 
-    return create_app(Settings.model_validate_json(os.environ[WORKER_SETTINGS_ENV]))
+    app = create_app(Settings.model_validate_json(os.environ[WORKER_SETTINGS_ENV]))
+    freeze_startup_objects()  # as the single process does (edge.allocator)
+    return app
 
 
 def register(sub: argparse._SubParsersAction) -> None:

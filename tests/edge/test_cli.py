@@ -105,6 +105,45 @@ def test_server_prints_generated_admin_token_once(tmp_path: Path) -> None:
         assert "market server on http://127.0.0.1:" in text
 
 
+SERVES_FROZEN = """
+import gc, sys
+import uvicorn
+from edge.cli import main
+def serve(app, **_kw):  # where the server would serve: what the collector still walks
+    print(gc.get_freeze_count(), len(gc.get_objects()), flush=True)
+uvicorn.run = serve
+sys.exit(main(["server", "--port", sys.argv[1], "--db", sys.argv[2]]))
+"""
+
+
+def test_the_server_serves_with_its_startup_objects_out_of_the_collectors_passes(tmp_path: Path) -> None:
+    from tests.conftest import free_port
+
+    # edge.allocator.freeze_startup_objects: the app, its routes, models and tables built, then
+    # frozen before the first request, in the process's own run of ``wetmarket server``.
+    p = subprocess.run([sys.executable, "-c", SERVES_FROZEN, str(free_port()),
+                        f"sqlite:///{tmp_path / 'm.db'}"], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    frozen, walked = (int(x) for x in p.stdout.split()[:2])
+    assert frozen > 100_000 and walked < frozen // 10
+
+
+def test_each_of_several_server_processes_freezes_its_own_app(tmp_path: Path) -> None:
+    import os
+
+    from server.cli import WORKER_SETTINGS_ENV
+    from server.settings import Settings
+
+    probe = ("import gc; from server.cli import worker_app; app = worker_app(); "
+             "print(gc.get_freeze_count(), type(app).__name__)")
+    settings = Settings(db_url=f"sqlite:///{tmp_path / 'm.db'}", admin_token="t" * 32)
+    env = {**os.environ, WORKER_SETTINGS_ENV: settings.model_dump_json()}
+    p = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, env=env)
+    assert p.returncode == 0, p.stderr
+    frozen, kind = p.stdout.split()
+    assert int(frozen) > 100_000 and kind == "FastAPI"
+
+
 def test_version_names_package_and_legal_software() -> None:
     from importlib.metadata import version
 
