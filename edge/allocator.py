@@ -99,7 +99,7 @@ def freeze_startup_objects() -> int:
 
     What a process builds as it starts (modules, the app, its routes and models, SQLAlchemy's
     tables, onnxruntime's session) lives as long as it does, yet each full collection walked
-    it again: about 90 ms for the market server's 190,000 objects on the development VM, and
+    it again: 95 to 120 ms for the market server's 190,000 objects on the development VM, and
     three or four full collections a 12,000-sale batch run of ``bench/server_bench.py
     ingest``, each a pause of every request in flight.  Frozen, those runs' full collections
     took 2 to 6 ms, and the batches on SQLite went from 3,744-3,816 to 3,979-4,291 sales/s, their
@@ -109,7 +109,8 @@ def freeze_startup_objects() -> int:
 
     The garbage there is now is collected first, so nothing unreachable is frozen; objects
     made later are collected as before.  Startup objects that become cyclic garbage later
-    are never collected: a process builds them once.
+    are never collected; what can be kept so is bounded by what existed at the freeze (a
+    process builds it once), it does not grow with the months a stall runs.
     """
     gc.collect()
     gc.freeze()
