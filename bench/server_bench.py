@@ -148,12 +148,14 @@ def with_history(kind: str, name: str, sales: int, *, jobs: int = 2, days: int =
 class ServerProc:
     """``wetmarket server`` in its own process."""
 
-    def __init__(self, db_url: str, *, workers: int | None = None) -> None:
+    def __init__(self, db_url: str, *, workers: int | None = None,
+                 check_processes: int | None = None) -> None:
         from tests.conftest import free_port
 
         self.db_url = db_url
         self.port = free_port()
         self.workers = workers
+        self.check_processes = check_processes
         self.proc: subprocess.Popen[bytes] | None = None
 
     def __enter__(self) -> ServerProc:
@@ -164,6 +166,8 @@ class ServerProc:
         if self.workers:
             cmd += ["--workers", str(self.workers)]
         env = {**code_env(), "WETMARKET_ADMIN_TOKEN": ADMIN}
+        if self.check_processes is not None:  # by the environment: older code (--code) ignores it
+            env["WETMARKET_CHECK_PROCESSES"] = str(self.check_processes)
         BENCH_DIR.mkdir(parents=True, exist_ok=True)
         self.log = (BENCH_DIR / "server.log").open("wb")
         self.proc = subprocess.Popen(cmd, env=env, cwd=CODE or REPO, stdin=subprocess.DEVNULL,
@@ -182,6 +186,30 @@ class ServerProc:
                 raise RuntimeError("server did not start")
             time.sleep(0.2)
         return self
+
+    def checks(self) -> str | None:
+        """What ``/healthz`` says of the check processes (``server.checkpool``); None from
+        code without them."""
+        import httpx
+
+        return httpx.get(f"http://127.0.0.1:{self.port}/healthz", timeout=5).json().get("checks")
+
+    def warm_up(self, stall: BenchStall, sales: int = 20) -> None:
+        """One batch of ``stall``'s (not a measured stall's) before the measure: it starts
+        the check processes, which the measure then finds ready, as a server up for a
+        while has them."""
+        import httpx
+
+        now = dt.datetime.now(SHANGHAI).replace(microsecond=0)
+        batch = [stall.sale(i, now - dt.timedelta(seconds=sales - i)) for i in range(sales)]
+        r = httpx.post(f"http://127.0.0.1:{self.port}/api/v1/sales", json={"sales": batch},
+                       headers={"Authorization": f"Bearer {stall.token}"}, timeout=60)
+        r.raise_for_status()
+        deadline = time.monotonic() + 60
+        while self.checks() in ("idle", "starting"):
+            if time.monotonic() > deadline:
+                raise RuntimeError("the check processes did not start")
+            time.sleep(0.1)
 
     def __exit__(self, *exc: object) -> None:
         assert self.proc is not None
@@ -518,15 +546,17 @@ def _sqlite_times(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def bench_ingest(kind: str, *, per_stall: int, batch: int, stalls: int,
-                 workers: int | None) -> dict[str, Any]:
+                 workers: int | None, check_processes: int | None = None) -> dict[str, Any]:
     url, state = with_history(kind, "ingest", 0)
-    bench_stalls = BenchStall.from_state(state, [f"S{i + 1:03d}" for i in range(stalls)])
+    *bench_stalls, warm = BenchStall.from_state(state, [f"S{i + 1:03d}" for i in range(stalls + 1)])
     sales = sales_of(bench_stalls, per_stall)
     conns = [[http_request("POST", "/api/v1/sales", json.dumps({"sales": s[k:k + batch]}).encode(),
                            token=st.token)
               for k in range(0, len(s), batch)]
              for st, s in zip(bench_stalls, sales.values(), strict=True)]
-    with ServerProc(url, workers=workers) as srv:
+    with ServerProc(url, workers=workers, check_processes=check_processes) as srv:
+        srv.warm_up(warm)
+        checks = srv.checks()
         load = load_average()
         out = run_client({"kind": "load", "port": srv.port, "conns": conns,
                           "expect": f'"accepted":{batch}'})
@@ -543,6 +573,7 @@ def bench_ingest(kind: str, *, per_stall: int, batch: int, stalls: int,
             batches.append((rows, lines))
     raw_rate = raw_executemany(kind, batches)
     return {"db": kind, "sales": total, "batch": batch, "stalls_at_once": stalls, "workers": workers or 1,
+            "checks": checks, "check_processes": check_processes,
             "sales_per_s": round(total / out["seconds"]), "request_p50_ms": out.get("p50_ms"),
             "request_p95_ms": out.get("p95_ms"), "errors": out["errors"], "first_errors": out["first_errors"],
             "baseline_raw_executemany_sales_per_s": round(raw_rate),
@@ -906,6 +937,9 @@ def main(argv: list[str] | None = None) -> int:
         p = sub.add_parser(name)
         p.add_argument("--db", choices=("sqlite", "postgresql", "both"), default="both")
         p.add_argument("--workers", type=int, help="server processes (wetmarket server --workers)")
+        p.add_argument("--check-processes", type=int,
+                       help="the server's check processes (wetmarket server --check-processes; "
+                            "default: the server's own default)")
     sub.choices["ingest"].add_argument("--batch", type=int, default=100)
     sub.choices["ingest"].add_argument("--per-stall", type=int, default=3000)
     sub.choices["ingest"].add_argument("--stalls", type=int, default=4)
@@ -957,7 +991,7 @@ def main(argv: list[str] | None = None) -> int:
             add(bench_single(kind, 0, per_stall=200, concurrency=8, screen=True, workers=None))
         elif args.what == "ingest":
             add(bench_ingest(kind, per_stall=args.per_stall, batch=args.batch, stalls=args.stalls,
-                             workers=args.workers))
+                             workers=args.workers, check_processes=args.check_processes))
         elif args.what == "store":
             add(bench_store(kind, per_stall=args.per_stall, group=args.group, batch=args.batch,
                             copy_from=args.copy_from))

@@ -19,6 +19,7 @@ from fastapi_offline import FastAPIOffline
 from sqlalchemy import orm
 
 from server import alerts, auth, partitions, sessions
+from server.checkpool import CheckPool, default_processes
 from server.db import init_db, make_engine
 from server.events import MARKET_CHANNEL, Broker, PgListener, market_noted, watch_market_changes
 from server.groupcommit import GroupCommit
@@ -82,6 +83,8 @@ def create_app(settings: Settings) -> FastAPI:
     write_sessionmaker = (orm.sessionmaker(write_engine, expire_on_commit=False) if postgres
                           else sessionmaker)
     group_commit = GroupCommit(write_sessionmaker, write_lock=write_lock, origin=origin)
+    check_pool = CheckPool(settings, default_processes() if settings.check_processes is None
+                           else settings.check_processes)
     live = LiveFigures(sessionmaker, settings, broker, origin=origin)
     # Online orders: the stalls' long polls and the shoppers' pages, woken after each change
     # (through NOTIFY in every process on PostgreSQL).
@@ -111,6 +114,7 @@ def create_app(settings: Settings) -> FastAPI:
             listener.stop()
         live.stop()
         checks.cancel()
+        check_pool.close()
         engine.dispose()
         if write_engine is not engine:
             write_engine.dispose()
@@ -134,6 +138,9 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.generated_admin_token = generated
     app.state.write_lock = write_lock
     app.state.group_commit = group_commit
+    # Batched uploads checked in processes of their own (server.checkpool), started by the
+    # first big batch.
+    app.state.check_pool = check_pool
     app.state.live = live
     app.state.listener = listener
     app.state.contacts = alerts.Contacts()
@@ -152,7 +159,8 @@ def create_app(settings: Settings) -> FastAPI:
 
     @app.get("/healthz", tags=["health"])
     def healthz() -> dict[str, str]:
-        return {"status": "ok", "db": engine.dialect.name}
+        # "checks": the processes that check batched uploads (server.checkpool)
+        return {"status": "ok", "db": engine.dialect.name, "checks": check_pool.state}
 
     # In the order of the traffic: a request is matched against each route in turn, and with
     # FastAPI's included routers that costs about 4 us a route (registered last, /healthz

@@ -42,6 +42,8 @@ MARKET_ENV = {
     "order_rate_addr": "WETMARKET_ORDER_RATE_ADDR",
     # how a shopper's sign-in code reaches her phone: command:PROGRAM ARGS... or display
     "shop_code_sender": "WETMARKET_SHOP_CODE_SENDER",
+    # processes that check batched uploads beside the server's (server.checkpool)
+    "check_processes": "WETMARKET_CHECK_PROCESSES",
 }
 
 
@@ -71,6 +73,9 @@ def _run(args: argparse.Namespace) -> int:
     if token:
         kw["admin_token"] = token
     kw.update(_market_settings(args))
+    if args.workers > 1:
+        # Several server processes already check uploads side by side.
+        kw.setdefault("check_processes", 0)
     try:
         settings = Settings(**kw)
     except ValidationError as exc:
@@ -159,6 +164,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="server processes (default 1; several on PostgreSQL only: each takes "
                         "uploads and serves pages, and a big screen on any of them sees every "
                         "stored sale)")
+    p.add_argument("--check-processes", metavar="N",
+                   help="processes beside the server's that check batched uploads (16 sales or "
+                        "more); default one less than the CPUs, at most 4 (none with --workers), "
+                        "or $WETMARKET_CHECK_PROCESSES; 0: none")
     p.set_defaults(run=_run)
     manager_cli.register(sub)
     sales_cli.register(sub)

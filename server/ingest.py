@@ -150,7 +150,7 @@ def validate(stall: StallLike, raw: Any, settings: Settings,
 _OWNERS: weakref.WeakKeyDictionary[Any, dict[str, str]] = weakref.WeakKeyDictionary()
 
 
-def _number_owner(session: Session, stall: StallLike) -> str | None:
+def number_owner(session: Session, stall: StallLike) -> str | None:
     """The stall that owns the posting stall's trace-code number: the first registered of
     the ids that share it (S1, S01, S001...), so a later alias can never take its codes."""
     bind = session.get_bind()
@@ -230,7 +230,13 @@ def prepare(session: Session, stall: StallLike, raws: list[Any],
             settings: Settings) -> list[Prepared | IngestResult]:
     """Each sale of a stall's batch checked and verified, or refused with the reason, in
     the batch's order.  Reads at most the stall's trace-code number owner, writes nothing."""
-    owner = _number_owner(session, stall)
+    return check_sales(stall, raws, settings, number_owner(session, stall))
+
+
+def check_sales(stall: StallLike, raws: list[Any], settings: Settings,
+                owner: str | None) -> list[Prepared | IngestResult]:
+    """``prepare`` past its one read, the owner of the stall's trace-code number: reads no
+    database, so it may run in another process (``server.checkpool``)."""
     out: list[Prepared | IngestResult] = []
     key = verify_key(stall.public_key)
     for raw in raws:

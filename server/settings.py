@@ -61,6 +61,12 @@ class Settings(BaseModel):
                     "of a stall made through any server process on this database forgets them at "
                     "once, so this only bounds a change made to the database behind the servers' "
                     "backs; 0 looks every request's token up")
+    check_processes: int | None = Field(
+        None, ge=0, le=64, title="Check processes",
+        description="processes beside the server's own that check batched uploads (16 sales or "
+                    "more: the legal checks, digest and signature); none given: one less than "
+                    "the CPUs, at most 4, or none when the server runs several --workers; 0: "
+                    "every upload checked in the server's own process (server/checkpool.py)")
 
     # ---- online orders (server.orders, issue 19) ----
     order_tolerance_pct: int = Field(

@@ -16,12 +16,12 @@ from starlette.types import Message, Receive, Scope, Send
 
 from server import db
 from server.auth import Credentials, StallAuth, known_stall, stall_for_token, token_hash
+from server.checkpool import CheckPool
 from server.deps import AdminDep, SessionDep
 from server.groupcommit import ConcurrentUpload, GroupCommit
 from server.guard import SALES_BODY_LIMIT, GuardedRoute, body_limit, errors
-from server.ingest import prepare
+from server.ingest import number_owner
 from server.live import LiveFigures
-from server.settings import Settings
 
 router = APIRouter(prefix="/api/v1/sales", tags=["sales"], route_class=GuardedRoute)
 
@@ -70,12 +70,13 @@ def _upload(request: Request, cred: HTTPAuthorizationCredentials | None, sales: 
 
 def upload(state: State, stall: StallAuth | db.Stall, sales: list[Any]) -> BatchResult:
     """Store a stall's sales; the answer (``POST /api/v1/sales``, either way in)."""
-    settings: Settings = state.settings
     with state.sessionmaker() as session:
-        # Checked and verified here, in parallel with other uploads (this session only
-        # reads); stored with whatever else arrives meanwhile, in one transaction
-        # (server.groupcommit), answered once that is committed.
-        prepared = prepare(session, stall, sales, settings)
+        owner = number_owner(session, stall)  # the one read before the checks
+    # Checked and verified here, in parallel with other uploads, or for a batch in a check
+    # process (server.checkpool); stored with whatever else arrives meanwhile, in one
+    # transaction (server.groupcommit), answered once that is committed.
+    pool: CheckPool = state.check_pool
+    prepared = pool.check(stall, sales, owner)
     group: GroupCommit = state.group_commit
     try:
         results = group.store(stall, prepared)

@@ -1,0 +1,184 @@
+"""Batched uploads checked in processes of their own (``server.checkpool``): the same answers
+and rows as checked in the server's process, order kept, and a dead worker costs no sale."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from server.app import create_app
+from server.auth import StallAuth
+from server.checkpool import POOL_MIN, CheckPool
+from server.ingest import IngestResult, Prepared, check_sales
+from server.settings import Settings
+from tests.conftest import LiveServer
+from tests.edge.test_stall import wait_for
+from tests.server.conftest import ADMIN, StallSim, register_stall
+
+LINES = [("1001", "西红柿", 512, 598, "kg"), ("1002", "黄瓜", 300, 260, "500g")]
+
+
+def mixed_batch(sim: StallSim, n: int) -> list[dict[str, Any]]:
+    """``n`` sales of ``sim``'s, among them one that fails the legal checks (its total is
+    not its lines' sum), one signed by another key and one of another stall."""
+    out = [sim.sale(LINES) for _ in range(n - 3)]
+    bad_total = sim.sale(LINES)
+    bad_total["total_fen"] += 1
+    forged = sim.sale(LINES)
+    forged["signature"] = StallSim(sim.stall_id).sale(LINES)["signature"]
+    other = StallSim("S77").sale(LINES)
+    return out[:5] + [bad_total] + out[5:10] + [forged, other] + out[10:]
+
+
+class Market:
+    """A server on its own SQLite file with ``processes`` check processes."""
+
+    def __init__(self, path: Path, processes: int) -> None:
+        self.url = f"sqlite:///{path}"
+        self.app = create_app(Settings(db_url=self.url, admin_token=ADMIN, check_processes=processes))
+        self.pool: CheckPool = self.app.state.check_pool
+        self.live = LiveServer(self.app)
+
+    def checks(self) -> str:
+        with self.live.client() as c:
+            return str(c.get("/healthz").json()["checks"])
+
+    def post(self, token: str, sales: list[dict[str, Any]]) -> dict[str, Any]:
+        with self.live.client(token) as c:
+            r = c.post("/api/v1/sales", json={"sales": sales})
+        assert r.status_code == 200, r.text
+        out: dict[str, Any] = r.json()
+        return out
+
+    def warm(self, sim: StallSim) -> None:
+        """A first big batch (another stall's): it starts the workers and is checked here."""
+        token = register_stall(self.live, sim, "暖机")
+        assert self.post(token, [sim.sale(LINES) for _ in range(POOL_MIN)])["accepted"] == POOL_MIN
+        assert wait_for(lambda: self.checks() == "ready", timeout=60), self.checks()
+
+    def rows(self) -> list[tuple[Any, ...]]:
+        engine = create_engine(self.url)
+        with engine.connect() as conn:
+            out = [tuple(r) for r in conn.execute(text(
+                "SELECT sale_id, stall_id, receipt_no, trace_code, sold_at, local_day, total_fen, "
+                "digest, verified, flags, raw FROM sales WHERE stall_id = 'S01' ORDER BY sale_id"))]
+            out += [tuple(r) for r in conn.execute(text(
+                "SELECT l.* FROM sale_lines l JOIN sales s USING (sale_id) WHERE s.stall_id = 'S01' "
+                "ORDER BY l.sale_id, l.idx"))]
+        engine.dispose()
+        return out
+
+
+@pytest.fixture
+def markets(tmp_path: Path) -> Iterator[tuple[Market, Market]]:
+    pooled, plain = Market(tmp_path / "pooled.db", 1), Market(tmp_path / "plain.db", 0)
+    with pooled.live, plain.live:
+        yield pooled, plain
+
+
+def test_a_batch_checked_in_a_worker_gets_the_answers_and_rows_of_one_checked_in_process(
+        markets: tuple[Market, Market]) -> None:
+    pooled, plain = markets
+    assert plain.checks() == "off" and pooled.checks() == "idle"  # nothing started before a batch
+    pooled.warm(StallSim("S02"))
+    sim = StallSim("S01")
+    tokens = [register_stall(m.live, sim) for m in (pooled, plain)]
+    batch = mixed_batch(sim, 60)
+    before = pooled.pool.pooled
+    answers = [m.post(t, batch) for m, t in zip((pooled, plain), tokens, strict=True)]
+    assert pooled.pool.pooled == before + 1, "the batch went to the worker"
+    assert plain.pool.pooled == 0 and plain.pool.in_process == 1
+    assert answers[0] == answers[1]
+    statuses = [r["status"] for r in answers[0]["results"]]
+    assert statuses.count("accepted") == 58 and statuses.count("refused") == 2
+    assert [r["sale_id"] for r in answers[0]["results"]] == [s["sale_id"] for s in batch]
+    assert [r["flags"] for r in answers[0]["results"]][11] == ["bad_signature"]
+    assert pooled.rows() == plain.rows() and len(pooled.rows()) > 58
+    # sent again: every sale a duplicate or refused the same way, in both
+    again = [m.post(t, batch) for m, t in zip((pooled, plain), tokens, strict=True)]
+    assert again[0] == again[1] and again[0]["duplicates"] == 58
+
+
+def test_the_parts_of_a_batch_come_back_in_its_order(tmp_path: Path) -> None:
+    settings = Settings(db_url=f"sqlite:///{tmp_path / 'm.db'}", admin_token=ADMIN)
+    sim = StallSim("S01")
+    stall = StallAuth("S01", sim.public_key)
+    batch = mixed_batch(sim, 160)
+    pool = CheckPool(settings, 2)
+    try:
+        assert pool.state == "idle"
+        here = pool.check(stall, batch, None)  # starts the pool, checked here meanwhile
+        assert pool.in_process == 1 and pool.state in ("starting", "ready")
+        assert wait_for(lambda: pool.state == "ready", timeout=60)
+        there = pool.check(stall, batch, None)  # in three parts of 53 or 54: two workers
+        assert pool.pooled == 1
+    finally:
+        pool.close()
+    assert pool.state == "off"
+    assert here == there == check_sales(stall, batch, settings, None)
+    assert [p.sale_id if isinstance(p, Prepared) else p.sale_id for p in there] == \
+        [s["sale_id"] for s in batch]
+    refused = [p for p in there if isinstance(p, IngestResult)]
+    assert [p.reason is not None and "total" in p.reason for p in refused][:1] == [True]
+    assert pool.check(stall, batch, "S09")[0] == IngestResult(
+        batch[0]["sale_id"], "refused", "stall S01 has the trace-code stall number of S09, registered "
+        "first; the market manager must give it a number of its own")
+
+
+def test_a_killed_worker_costs_no_sale_and_the_pool_starts_again(tmp_path: Path,
+                                                                 caplog: pytest.LogCaptureFixture) -> None:
+    market = Market(tmp_path / "m.db", 1)
+    with market.live:
+        market.warm(StallSim("S02"))
+        sim = StallSim("S01")
+        token = register_stall(market.live, sim)
+        executor = market.pool._pool  # noqa: SLF001 - the test kills what the pool runs
+        assert executor is not None
+        pids = list(executor._processes)  # noqa: SLF001
+        assert pids
+        for pid in pids:
+            os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        in_process = market.pool.in_process
+        answer = market.post(token, [sim.sale(LINES) for _ in range(40)])
+        assert answer["accepted"] == 40
+        assert market.pool.in_process == in_process + 1
+        assert "a check process failed" in caplog.text
+        assert market.checks() == "idle"
+        # the next big batch starts it again, and the one after is checked there
+        assert market.post(token, [sim.sale(LINES) for _ in range(20)])["accepted"] == 20
+        assert wait_for(lambda: market.checks() == "ready", timeout=60)
+        pooled = market.pool.pooled
+        assert market.post(token, [sim.sale(LINES) for _ in range(20)])["accepted"] == 20
+        assert market.pool.pooled == pooled + 1
+        assert len(market.rows()) == 80 * 3  # each sale and its two lines
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_small_uploads_start_no_worker(server: LiveServer) -> None:
+    sim = StallSim("S01")
+    token = register_stall(server, sim)
+    with server.client(token) as c:
+        for n in (1, POOL_MIN - 1):
+            assert c.post("/api/v1/sales", json={"sales": [sim.sale(LINES) for _ in range(n)]}
+                          ).json()["accepted"] == n
+        # idle: none started ("off" on a machine of one CPU, where the default is none)
+        assert c.get("/healthz").json()["checks"] in ("idle", "off")
+    pool: CheckPool = server.app.state.check_pool
+    assert pool.pooled == 0 and pool.in_process == 2
