@@ -33,6 +33,7 @@ import binascii
 import datetime as dt
 import json
 import logging
+import uuid
 import weakref
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
@@ -72,6 +73,7 @@ from edge import EdgeError
 from edge.integrity import sale_digest
 from edge.pricing import check_sale
 from edge.sale import Sale as SaleModel
+from edge.sale import SaleLine as SaleLineModel
 from edge.tracecode import stall_id_aliases, stall_number
 from server import alerts, db, orders, partitions
 from server.settings import Settings
@@ -224,6 +226,24 @@ class Prepared:
     #: What the signature check found: ``no_stall_key``, ``bad_signature`` or nothing.
     flags: tuple[str, ...]
     doc: dict[str, Any]
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # From a check process (server.checkpool) as the sale's JSON document alone: pickled
+        # with its model (and the document) it cost 21 us a sale to write and 21 to read, the
+        # document alone 1.5 and 2, and the model is rebuilt from it without validating again
+        # (it was validated in the worker) in about 19.
+        return (_prepared_from_doc, (self.doc, self.digest, self.local, self.flags))
+
+
+def _prepared_from_doc(doc: dict[str, Any], digest: str, local: dt.datetime,
+                       flags: tuple[str, ...]) -> Prepared:
+    """A checked sale as ``Prepared.__reduce__`` sent it: its model rebuilt from its document
+    (``Sale.to_json``: the id and time as text, each line a dict) without validation."""
+    fields = dict(doc)
+    fields["sale_id"] = uuid.UUID(doc["sale_id"])
+    fields["sold_at"] = dt.datetime.fromisoformat(doc["sold_at"])
+    fields["lines"] = [SaleLineModel.model_construct(**ln) for ln in doc["lines"]]
+    return Prepared(SaleModel.model_construct(**fields), doc["sale_id"], digest, local, flags, doc)
 
 
 def prepare(session: Session, stall: StallLike, raws: list[Any],

@@ -3,7 +3,9 @@ and rows as checked in the server's process, order kept, and a dead worker costs
 
 from __future__ import annotations
 
+import datetime as dt
 import os
+import pickle
 import signal
 import time
 from collections.abc import Iterator
@@ -13,6 +15,7 @@ from typing import Any
 import pytest
 from sqlalchemy import create_engine, text
 
+from edge.integrity import sale_digest
 from server.app import create_app
 from server.auth import StallAuth
 from server.checkpool import POOL_MIN, CheckPool
@@ -182,3 +185,19 @@ def test_small_uploads_start_no_worker(server: LiveServer) -> None:
         assert c.get("/healthz").json()["checks"] in ("idle", "off")
     pool: CheckPool = server.app.state.check_pool
     assert pool.pooled == 0 and pool.in_process == 2
+
+
+def test_a_checked_sale_crosses_processes_as_its_document_and_comes_back_the_same(tmp_path: Path) -> None:
+    settings = Settings(db_url=f"sqlite:///{tmp_path / 'm.db'}", admin_token=ADMIN)
+    sim = StallSim("S01")
+    raws = [sim.sale(LINES, extra={"order_id": 7, "rounding": "half-up"}, line_extra={"name_en": "Tomato"}),
+            sim.sale(LINES, sold_at=dt.datetime(2026, 12, 5, 0, 30, 15, tzinfo=dt.UTC))]
+    checked = check_sales(StallAuth("S01", sim.public_key), raws, settings, None)
+    assert all(isinstance(p, Prepared) for p in checked)
+    back = pickle.loads(pickle.dumps(checked))
+    assert back == checked
+    for b, p in zip(back, checked, strict=True):
+        assert isinstance(b, Prepared) and isinstance(p, Prepared)
+        assert b.sale.model_dump() == p.sale.model_dump() and b.sale.model_extra == p.sale.model_extra
+        assert [ln.model_extra for ln in b.sale.lines] == [ln.model_extra for ln in p.sale.lines]
+        assert sale_digest(b.sale) == p.digest and b.sale.sold_at.utcoffset() == p.sale.sold_at.utcoffset()
