@@ -24,6 +24,7 @@ import gc
 import logging
 import multiprocessing
 import os
+import signal
 import threading
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
@@ -67,6 +68,9 @@ _settings: Settings | None = None
 def _start_worker(settings: Settings) -> None:
     global _settings  # noqa: PLW0603 - the worker's one configuration, set once as it starts
     _settings = settings
+    # Ctrl-C in a terminal reaches the whole process group: the server stops gracefully and
+    # ends its workers itself; interrupted, each printed a KeyboardInterrupt traceback.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     # What the worker imported stays out of the collector's passes (edge.allocator).
     gc.collect()
     gc.freeze()

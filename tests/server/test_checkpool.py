@@ -7,11 +7,14 @@ import datetime as dt
 import os
 import pickle
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from sqlalchemy import create_engine, text
 
@@ -21,9 +24,10 @@ from server.auth import StallAuth
 from server.checkpool import POOL_MIN, CheckPool
 from server.ingest import IngestResult, Prepared, check_sales
 from server.settings import Settings
-from tests.conftest import LiveServer
+from tests.conftest import LiveServer, free_port
 from tests.edge.test_stall import wait_for
 from tests.server.conftest import ADMIN, StallSim, register_stall
+from tests.server.server_process import ServerAt
 
 LINES = [("1001", "西红柿", 512, 598, "kg"), ("1002", "黄瓜", 300, 260, "500g")]
 
@@ -201,3 +205,57 @@ def test_a_checked_sale_crosses_processes_as_its_document_and_comes_back_the_sam
         assert b.sale.model_dump() == p.sale.model_dump() and b.sale.model_extra == p.sale.model_extra
         assert [ln.model_extra for ln in b.sale.lines] == [ln.model_extra for ln in p.sale.lines]
         assert sale_digest(b.sale) == p.digest and b.sale.sold_at.utcoffset() == p.sale.sold_at.utcoffset()
+
+
+def _children(pid: int) -> set[int]:
+    out = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.add(int(stat.parent.name))
+    return out
+
+
+def test_ctrl_c_stops_the_server_and_its_workers_quietly(tmp_path: Path) -> None:
+    """Ctrl-C in a terminal signals the whole process group: the server stops gracefully, its
+    workers end with it, and nothing prints a traceback."""
+    port = free_port()
+    log = tmp_path / "server.log"
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "wetmarket"), "server", "--db",
+                             f"sqlite:///{tmp_path / 'm.db'}", "--port", str(port), "--check-processes", "1"],
+                            env={**os.environ, "WETMARKET_ADMIN_TOKEN": ADMIN}, stdout=subprocess.DEVNULL,
+                            stderr=log.open("wb"), start_new_session=True)
+    try:
+        at = ServerAt(port)
+        assert wait_for(lambda: _answers(at), timeout=60), log.read_text()
+        sim = StallSim("S01")
+        with at.client(ADMIN) as c:
+            token = c.post("/api/v1/stalls", json={"stall_id": "S01", "name": "王记",
+                                                   "public_key": sim.public_key}).json()["token"]
+        with at.client(token) as c:
+            assert c.post("/api/v1/sales", json={"sales": [sim.sale(LINES) for _ in range(20)]}
+                          ).json()["accepted"] == 20
+            assert wait_for(lambda: c.get("/healthz").json()["checks"] == "ready", timeout=60)
+            assert c.post("/api/v1/sales", json={"sales": [sim.sale(LINES) for _ in range(20)]}
+                          ).json()["accepted"] == 20
+        workers = _children(proc.pid)
+        assert workers, "the check process (and multiprocessing's resource tracker) run"
+        os.killpg(proc.pid, signal.SIGINT)
+        assert proc.wait(20) == 0
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert wait_for(lambda: not any(_alive(p) for p in workers), timeout=10)
+    assert "Traceback" not in log.read_text(), log.read_text()
+
+
+def _answers(at: ServerAt) -> bool:
+    try:
+        with at.client() as c:
+            return c.get("/healthz").status_code == 200
+    except httpx.TransportError:
+        return False
