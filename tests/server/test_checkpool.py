@@ -28,6 +28,7 @@ from tests.conftest import LiveServer, free_port
 from tests.edge.test_stall import wait_for
 from tests.server.conftest import ADMIN, StallSim, register_stall
 from tests.server.server_process import ServerAt
+from tests.server.test_ingest_perf_paths import children
 
 LINES = [("1001", "西红柿", 512, 598, "kg"), ("1002", "黄瓜", 300, 260, "500g")]
 
@@ -207,18 +208,6 @@ def test_a_checked_sale_crosses_processes_as_its_document_and_comes_back_the_sam
         assert sale_digest(b.sale) == p.digest and b.sale.sold_at.utcoffset() == p.sale.sold_at.utcoffset()
 
 
-def _children(pid: int) -> set[int]:
-    out = set()
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid:
-            out.add(int(stat.parent.name))
-    return out
-
-
 def test_ctrl_c_stops_the_server_and_its_workers_quietly(tmp_path: Path) -> None:
     """Ctrl-C in a terminal signals the whole process group: the server stops gracefully, its
     workers end with it, and nothing prints a traceback."""
@@ -241,7 +230,7 @@ def test_ctrl_c_stops_the_server_and_its_workers_quietly(tmp_path: Path) -> None
             assert wait_for(lambda: c.get("/healthz").json()["checks"] == "ready", timeout=60)
             assert c.post("/api/v1/sales", json={"sales": [sim.sale(LINES) for _ in range(20)]}
                           ).json()["accepted"] == 20
-        workers = _children(proc.pid)
+        workers = children(proc.pid)
         assert workers, "the check process (and multiprocessing's resource tracker) run"
         os.killpg(proc.pid, signal.SIGINT)
         assert proc.wait(20) == 0

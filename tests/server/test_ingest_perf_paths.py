@@ -544,7 +544,7 @@ def test_several_server_processes_on_postgresql(postgres_url: str) -> None:
     try:
         _wait(lambda: _answers(url) or proc.poll() is not None, "the server to start", 120)
         assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
-        _wait(lambda: len(_children(proc.pid)) >= 2, "two worker processes", 60)
+        _wait(lambda: len(children(proc.pid)) >= 2, "two worker processes", 60)
         sims = [StallSim(f"S0{i + 1}") for i in range(4)]
         tokens = []
         with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {ADMIN}"}) as c:
@@ -575,7 +575,7 @@ def _answers(url: str) -> bool:
         return False
 
 
-def _children(pid: int) -> list[int]:
+def children(pid: int) -> list[int]:
     out = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
