@@ -545,6 +545,8 @@ def test_several_server_processes_on_postgresql(postgres_url: str) -> None:
         _wait(lambda: _answers(url) or proc.poll() is not None, "the server to start", 120)
         assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
         _wait(lambda: len(children(proc.pid)) >= 2, "two worker processes", 60)
+        # several processes already check side by side: no check processes of their own
+        assert httpx.get(f"{url}/healthz").json()["checks"] == "off"
         sims = [StallSim(f"S0{i + 1}") for i in range(4)]
         tokens = []
         with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {ADMIN}"}) as c:

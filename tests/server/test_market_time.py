@@ -130,7 +130,10 @@ def test_server_flags_and_variables_name_the_market(db_url: str, tmp_path: Path,
     for bad, message in [(("--market-number", "1000"), "market must be an integer 1..999"),
                          (("--market-region", "99010"), "region code must be 6 digits"),
                          (("--market-number", "x"), "market_number: Input should be a valid integer"),
-                         (("--timezone", "Mars/Base"), "unknown time zone 'Mars/Base'")]:
+                         (("--timezone", "Mars/Base"), "unknown time zone 'Mars/Base'"),
+                         (("--check-processes", "-1"), "check_processes: Input should be greater than or "
+                                                       "equal to 0"),
+                         (("--check-processes", "two"), "check_processes: Input should be a valid integer")]:
         # In this process (the command's own main(), which a wetmarket process runs): a start
         # of the command line per case cost 2 s of imports each.
         rc = main(["server", "--db", db_url, "--port", str(free_port()), *bad])
