@@ -39,6 +39,10 @@ logger = logging.getLogger(__name__)
 #: 40 us a sale (pickled both ways) against about 180 us of checks, and a round trip of
 #: a millisecond or so: worth it for a batch, not for a stall's single sale.
 POOL_MIN = 16
+#: The pool gives up after its workers failed to start this many times in a row (each big
+#: batch meanwhile checked in the server): a system that cannot spawn them is not asked again
+#: at every batch.
+MAX_FAILED_STARTS = 3
 #: A batch is split into parts of at least this many sales, one per worker, so a stall's
 #: catch-up of 500 sales is checked on every worker at once.
 PART_MIN = 50
@@ -93,8 +97,11 @@ class CheckPool:
         self.processes = processes
         self._lock = threading.Lock()
         self._pool: ProcessPoolExecutor | None = None
-        self._warm: Future[bool] | None = None
+        #: One task per worker, submitted as the pool starts: done when every worker is up.
+        self._warm: list[Future[bool]] = []
         self._closed = False
+        #: Starts in a row whose workers did not come up (reset by a batch checked there).
+        self._failed_starts = 0
         #: Batches checked in the workers, and in process because the pool was not ready
         #: or failed (tests and the bench read them).
         self.pooled = 0
@@ -103,36 +110,69 @@ class CheckPool:
     def _usable(self) -> ProcessPoolExecutor | None:
         """The pool when its workers are up; else None, starting it if it is not."""
         with self._lock:
-            if self._closed or self.processes < 1:
+            if self._closed or self.processes < 1 or self._failed_starts >= MAX_FAILED_STARTS:
                 return None
             if self._pool is None:
-                ctx = multiprocessing.get_context("spawn")
-                self._pool = ProcessPoolExecutor(self.processes, mp_context=ctx,
-                                                 initializer=_start_worker, initargs=(self.settings,))
-                self._warm = self._pool.submit(_ready)
-                logger.info("starting %d check processes for batched uploads", self.processes)
+                self._start()
                 return None
-            if self._warm is not None and not self._warm.done():
+            if not all(f.done() for f in self._warm):
                 return None
-            return self._pool
+            pool = self._pool
+            failed = next((e for f in self._warm if (e := f.exception()) is not None), None)
+        if failed is not None:  # a worker that could not start (its initializer, the system)
+            self._failed(pool, failed, starting=True)
+            with self._lock:
+                if self._pool is None and not self._closed and self._failed_starts < MAX_FAILED_STARTS:
+                    self._start()
+            return None
+        return pool
+
+    def _start(self) -> None:
+        """The workers started, not waited for (under the lock)."""
+        logger.info("starting %d check processes for batched uploads", self.processes)
+        ctx = multiprocessing.get_context("spawn")
+        try:
+            pool = ProcessPoolExecutor(self.processes, mp_context=ctx,
+                                       initializer=_start_worker, initargs=(self.settings,))
+            # each task while no worker is idle starts one more: every worker starts now
+            self._warm = [pool.submit(_ready) for _ in range(self.processes)]
+        except Exception as exc:  # noqa: BLE001 - no worker costs speed, never a sale
+            self._failed_starts += 1
+            logger.warning("check processes not started (%s: %s); uploads are checked in the server",
+                           type(exc).__name__, exc)
+            return
+        self._pool = pool
 
     @property
     def state(self) -> str:
-        """``off`` (no workers), ``idle`` (not started: no big batch yet), ``starting`` or
-        ``ready`` (``/healthz`` says it)."""
+        """``off`` (no workers), ``idle`` (not started: no big batch yet, or its workers did not
+        come up and the next big batch starts them again), ``starting``,
+        ``ready``, or ``failed`` (they could not start, :data:`MAX_FAILED_STARTS` times in a
+        row: every batch is checked in the server); ``/healthz`` says it."""
         with self._lock:
             if self._closed or self.processes < 1:
                 return "off"
+            if self._failed_starts >= MAX_FAILED_STARTS:
+                return "failed"
             if self._pool is None:
                 return "idle"
-            return "ready" if self._warm is None or self._warm.done() else "starting"
+            if not all(f.done() for f in self._warm):
+                return "starting"
+            # a worker that did not come up: started again by the next big batch
+            return "idle" if any(f.exception() is not None for f in self._warm) else "ready"
 
-    def _failed(self, pool: ProcessPoolExecutor, exc: BaseException) -> None:
-        logger.warning("a check process failed (%s: %s); this batch is checked in the server, "
-                       "and the pool starts again", type(exc).__name__, exc)
+    def _failed(self, pool: ProcessPoolExecutor, exc: BaseException, *, starting: bool = False) -> None:
         with self._lock:
             if self._pool is pool:
-                self._pool = self._warm = None
+                self._pool, self._warm = None, []
+                self._failed_starts += starting
+            given_up = self._failed_starts >= MAX_FAILED_STARTS
+        if given_up:
+            logger.error("check processes could not start %d times in a row (%s: %s); every upload "
+                         "is now checked in the server", MAX_FAILED_STARTS, type(exc).__name__, exc)
+        else:
+            logger.warning("a check process failed (%s: %s); this batch is checked in the server, "
+                           "and the pool starts again", type(exc).__name__, exc)
         pool.shutdown(wait=False, cancel_futures=True)
 
     def check(self, stall: StallLike, raws: list[Any], owner: str | None) -> list[Prepared | IngestResult]:
@@ -150,9 +190,12 @@ class CheckPool:
             except Exception as exc:  # noqa: BLE001 - a broken worker costs speed, never a sale
                 self._failed(pool, exc)
             else:
-                self.pooled += 1
+                with self._lock:
+                    self.pooled += 1
+                    self._failed_starts = 0
                 return out
-        self.in_process += 1
+        with self._lock:
+            self.in_process += 1
         return check_sales(stall, raws, self.settings, owner)
 
     def close(self) -> None:

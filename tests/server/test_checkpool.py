@@ -21,7 +21,7 @@ from sqlalchemy import create_engine, text
 from edge.integrity import sale_digest
 from server.app import create_app
 from server.auth import StallAuth
-from server.checkpool import POOL_MIN, CheckPool
+from server.checkpool import MAX_FAILED_STARTS, POOL_MIN, CheckPool
 from server.ingest import IngestResult, Prepared, check_sales
 from server.settings import Settings
 from tests.conftest import LiveServer, free_port
@@ -248,3 +248,33 @@ def _answers(at: ServerAt) -> bool:
             return c.get("/healthz").status_code == 200
     except httpx.TransportError:
         return False
+
+
+def _cannot_start() -> None:
+    raise RuntimeError("this worker cannot read its settings")
+
+
+class UnstartableSettings(Settings):
+    """Settings as the server reads them, which a worker cannot: unpickled, they raise."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_cannot_start, ())
+
+
+def test_workers_that_cannot_start_cost_no_sale_and_are_given_up(tmp_path: Path,
+                                                                 caplog: pytest.LogCaptureFixture) -> None:
+    settings = UnstartableSettings(db_url=f"sqlite:///{tmp_path / 'm.db'}", admin_token=ADMIN)
+    sim = StallSim("S01")
+    stall = StallAuth("S01", sim.public_key)
+    pool = CheckPool(settings, 1)
+    try:
+        for attempt in range(MAX_FAILED_STARTS + 2):
+            batch = [sim.sale(LINES) for _ in range(POOL_MIN)]
+            checked = pool.check(stall, batch, None)  # here: the workers never come up
+            assert [p.sale_id for p in checked if isinstance(p, Prepared)] == [s["sale_id"] for s in batch]
+            if attempt < MAX_FAILED_STARTS:
+                assert wait_for(lambda: pool.state == "idle", timeout=60), pool.state
+        assert pool.state == "failed" and pool.pooled == 0 and pool.in_process == MAX_FAILED_STARTS + 2
+        assert f"check processes could not start {MAX_FAILED_STARTS} times in a row" in caplog.text
+    finally:
+        pool.close()
