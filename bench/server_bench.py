@@ -523,14 +523,14 @@ def stored_rows(sales: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list
     """The rows the server stores for ``sales`` (``server.ingest.table_rows``), as the driver takes
     them (JSON as text, a time as SQLite's text or an aware datetime)."""
     from edge.sale import Sale
-    from server.ingest import table_rows
+    from server.ingest import as_prepared, table_rows
 
     now = dt.datetime.now(dt.UTC)
     out_sales, out_lines = [], []
     for raw in sales:
         sale = Sale.model_validate(raw)
-        row, lines = table_rows(sale, sale.to_json(), sale_digest(sale), [],
-                                sale.sold_at.astimezone(SHANGHAI), now)
+        checked = as_prepared(sale, sale.to_json(), sale_digest(sale), sale.sold_at.astimezone(SHANGHAI), ())
+        row, lines = table_rows(checked, [], now)
         row = {**row, "flags": json.dumps(row["flags"]), "raw": json.dumps(row["raw"], ensure_ascii=False)}
         out_sales.append(row)
         out_lines += lines

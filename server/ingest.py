@@ -14,13 +14,13 @@ Ingest is two steps, so that a server can run the costly one in parallel and sto
 many uploads in one transaction (``server.groupcommit``):
 
 * ``prepare`` needs no lock and writes nothing: it validates each sale, prices it
-  again, computes its digest once (from the validated model) and checks its
-  signature against that digest;
+  again, computes its digest once (from the validated model), checks its
+  signature against that digest and makes the rows it is stored as;
 * ``store`` writes the prepared sales of one or many stalls with a fixed number of
   statements whatever their number: one look-up (known sale ids, trace codes and
   the previous receipts' digests, a UNION of three indexed look-ups), one bulk
-  insert of sales (on PostgreSQL a ``COPY``) and one of lines, and one upsert per
-  rollup table (on PostgreSQL the lines and upserts in one statement) with the rows
+  insert of sales and one of lines, and one upsert per rollup table (on PostgreSQL the
+  lines and upserts in one statement, the rows as JSON texts made by ``prepare``) with the rows
   summed in Python first and sorted by key, so that concurrent writers on
   PostgreSQL take the rollup rows' locks in one order and cannot deadlock.  The
   statements are built once per process, not per upload.
@@ -48,7 +48,6 @@ from nacl.signing import VerifyKey
 from pydantic import ValidationError
 from sqlalchemy import (
     Connection,
-    Dialect,
     Integer,
     String,
     Table,
@@ -217,33 +216,85 @@ def ingest_batch(session: Session, stall: StallLike, raws: list[Any],
 
 @dataclass(slots=True)
 class Prepared:
-    """A valid sale, checked and ready to store: what ``store`` needs of it."""
+    """A valid sale, checked, as the rows it is stored as: what ``store`` needs of it, made
+    where it was checked (for a batch, a check process: ``server.checkpool``).
 
-    sale: SaleModel
+    The server's one writer is the serial stage of an upload, and it waits for the
+    interpreter's lock that the server's other threads hold; it builds no model and no row
+    of a sale here, and the server rebuilds no model from a check process's answer
+    (``docs/benchmarks.md``).  Sent as plain dicts and tuples, a sale pickles in a few
+    microseconds each way."""
+
     sale_id: str
     digest: str
     local: dt.datetime
     #: What the signature check found: ``no_stall_key``, ``bad_signature`` or nothing.
     flags: tuple[str, ...]
-    doc: dict[str, Any]
+    #: The ``sales`` row but for what storing decides (``verified``, ``flags``, ``received_at``);
+    #: ``raw`` is the sale's JSON document (``Sale.to_json``).
+    row: dict[str, Any]
+    #: The ``sale_lines`` rows.
+    lines: list[dict[str, Any]]
+    #: Each line's English name as the rollups keep it (at most 64 characters), or None.
+    names_en: tuple[str | None, ...]
+    #: The online order the sale fulfils (``server.orders``), or None.
+    order_id: int | None
+    #: PostgreSQL: the ``sales`` row as a JSON object without its closing brace (the writer adds
+    #: ``verified`` and ``flags``), and the ``sale_lines`` rows as JSON objects separated by
+    #: commas, for ``json_populate_recordset`` (``_store``); None where the database is SQLite,
+    #: which stores the dicts (made by ``_store`` if a PostgreSQL writer gets such a sale).
+    row_json: str | None = None
+    lines_json: str | None = None
 
-    def __reduce__(self) -> tuple[Any, ...]:
-        # From a check process (server.checkpool) as the sale's JSON document alone: pickled
-        # with its model (and the document) it cost 21 us a sale to write and 21 to read, the
-        # document alone 1.5 and 2, and the model is rebuilt from it without validating again
-        # (it was validated in the worker) in about 19.
-        return (_prepared_from_doc, (self.doc, self.digest, self.local, self.flags))
+    @property
+    def doc(self) -> dict[str, Any]:
+        return cast(dict[str, Any], self.row["raw"])
+
+    def model(self) -> SaleModel:
+        """The sale's model, rebuilt from its document without validating it again (it was
+        validated where it was checked): for the rare sale that fulfils an order."""
+        doc = self.doc
+        fields = dict(doc)
+        fields["sale_id"] = uuid.UUID(doc["sale_id"])
+        fields["sold_at"] = dt.datetime.fromisoformat(doc["sold_at"])
+        fields["lines"] = [SaleLineModel.model_construct(**ln) for ln in doc["lines"]]
+        return SaleModel.model_construct(**fields)
 
 
-def _prepared_from_doc(doc: dict[str, Any], digest: str, local: dt.datetime,
-                       flags: tuple[str, ...]) -> Prepared:
-    """A checked sale as ``Prepared.__reduce__`` sent it: its model rebuilt from its document
-    (``Sale.to_json``: the id and time as text, each line a dict) without validation."""
-    fields = dict(doc)
-    fields["sale_id"] = uuid.UUID(doc["sale_id"])
-    fields["sold_at"] = dt.datetime.fromisoformat(doc["sold_at"])
-    fields["lines"] = [SaleLineModel.model_construct(**ln) for ln in doc["lines"]]
-    return Prepared(SaleModel.model_construct(**fields), doc["sale_id"], digest, local, flags, doc)
+def as_prepared(sale: SaleModel, doc: dict[str, Any], digest: str, local: dt.datetime,
+                flags: tuple[str, ...], *, json_texts: bool = False) -> Prepared:
+    """A checked sale (its ``Sale.to_json`` document, digest, market time and signature
+    flags) as the rows it is stored as; ``json_texts``: with their JSON texts too (PostgreSQL)."""
+    sale_id = str(sale.sale_id)
+    row = {
+        "sale_id": sale_id, "stall_id": sale.stall_id, "receipt_no": sale.receipt_no,
+        "trace_code": sale.trace_code, "sold_at": sale.sold_at, "local_day": local.date(),
+        "total_fen": sale.total_fen, "digest": digest, "prev_hash": sale.prev_hash,
+        "signature": sale.signature, "raw": doc,
+    }
+    lines = [{
+        "sale_id": sale_id, "idx": i, "plu": ln.plu, "name": ln.name, "weight_g": ln.weight_g,
+        "quantity": ln.quantity, "unit_price_fen": ln.unit_price_fen,
+        "price_unit": ln.price_unit, "amount_fen": ln.amount_fen, "batch_code": ln.batch_code,
+    } for i, ln in enumerate(sale.lines)]
+    names_en = tuple(n[:64] if isinstance(n := (ln.model_extra or {}).get("name_en"), str) and n else None
+                     for ln in sale.lines)
+    p = Prepared(sale_id, digest, local, flags, row, lines, names_en, orders.order_id_of(sale))
+    if json_texts:
+        # Made here, where the sale is checked (for a batch, in a check process), so that the
+        # writer only joins them.  SQLite stores the dicts: there they would cost the check
+        # process about 15 us a sale for nothing.
+        p.row_json, p.lines_json = _json_texts(row, lines)
+    return p
+
+
+def _json_texts(row: dict[str, Any], lines: list[dict[str, Any]]) -> tuple[str, str]:
+    """``Prepared.row_json`` and ``lines_json`` of these rows.  ``raw`` is the document's
+    ``json.dumps``, as the JSON column's own bind writes it; PostgreSQL keeps a nested JSON
+    value's text as it is."""
+    row_json = json.dumps({**row, "sold_at": row["sold_at"].isoformat(),
+                           "local_day": row["local_day"].isoformat()})[:-1]
+    return row_json, ",".join(json.dumps(ln) for ln in lines)
 
 
 def prepare(session: Session, stall: StallLike, raws: list[Any],
@@ -259,6 +310,7 @@ def check_sales(stall: StallLike, raws: list[Any], settings: Settings,
     database, so it may run in another process (``server.checkpool``)."""
     out: list[Prepared | IngestResult] = []
     key = verify_key(stall.public_key)
+    json_texts = not settings.db_url.startswith("sqlite")
     for raw in raws:
         sale = validate(stall, raw, settings, owner)
         if isinstance(sale, IngestResult):
@@ -270,20 +322,21 @@ def check_sales(stall: StallLike, raws: list[Any], settings: Settings,
             # From the validated model: the digest of the sale as the stall wrote it
             # (edge.integrity), without validating the dict once more.
             digest = sale_digest(sale)
-            local = sale.sold_at.astimezone(settings.tz)
+            if key is None:
+                flags: tuple[str, ...] = ("no_stall_key",)
+            elif not signature_ok(key, sale.signature, digest):
+                flags = ("bad_signature",)
+            else:
+                flags = ()
+            prepared = as_prepared(sale, doc, digest, sale.sold_at.astimezone(settings.tz), flags,
+                                   json_texts=json_texts)
         except Exception as exc:  # noqa: BLE001 - one sale's failure must not block the batch
             # A valid Sale should never get here; if one does, it is refused with the
             # reason (and logged for us) instead of failing the stall's upload for ever.
             logger.exception("sale %s of stall %s cannot be prepared", sale_id, stall.stall_id)
             out.append(IngestResult(sale_id, "refused", f"cannot store this sale: {exc}"))
             continue
-        if key is None:
-            flags: tuple[str, ...] = ("no_stall_key",)
-        elif not signature_ok(key, sale.signature, digest):
-            flags = ("bad_signature",)
-        else:
-            flags = ()
-        out.append(Prepared(sale, sale_id, digest, local, flags, doc))
+        out.append(prepared)
     return out
 
 
@@ -377,28 +430,32 @@ class _Rollups:
     items: dict[tuple[dt.date, str], dict[str, Any]] = field(default_factory=dict)
     stall_items: dict[tuple[dt.date, str, str], dict[str, Any]] = field(default_factory=dict)
 
-    def add(self, sale: SaleModel, local: dt.datetime) -> None:
-        day = local.date()
-        for ln in sale.lines:
-            item = self.items.setdefault((day, ln.plu), {"local_day": day, "plu": ln.plu, "lines": 0,
-                                                         "weight_g": 0, "quantity": 0, "amount_fen": 0})
-            item["name"] = ln.name
-            name_en = (ln.model_extra or {}).get("name_en")
-            item["name_en"] = name_en[:64] if isinstance(name_en, str) and name_en else None
+    def add(self, p: Prepared) -> None:
+        day, stall_id = p.local.date(), p.row["stall_id"]
+        for ln, name_en in zip(p.lines, p.names_en, strict=True):
+            plu = ln["plu"]
+            item = self.items.get((day, plu))
+            if item is None:
+                item = self.items[(day, plu)] = {"local_day": day, "plu": plu, "lines": 0,
+                                                 "weight_g": 0, "quantity": 0, "amount_fen": 0}
+            item["name"] = ln["name"]
+            item["name_en"] = name_en
             item["lines"] += 1
-            item["weight_g"] += ln.weight_g or 0
-            item["quantity"] += ln.quantity or 0
-            item["amount_fen"] += ln.amount_fen
-            mine = self.stall_items.setdefault((day, sale.stall_id, ln.plu), {
-                "local_day": day, "stall_id": sale.stall_id, "plu": ln.plu, "lines": 0,
-                "weight_g": 0, "quantity": 0, "amount_fen": 0})
+            item["weight_g"] += ln["weight_g"] or 0
+            item["quantity"] += ln["quantity"] or 0
+            item["amount_fen"] += ln["amount_fen"]
+            mine = self.stall_items.get((day, stall_id, plu))
+            if mine is None:
+                mine = self.stall_items[(day, stall_id, plu)] = {
+                    "local_day": day, "stall_id": stall_id, "plu": plu, "lines": 0,
+                    "weight_g": 0, "quantity": 0, "amount_fen": 0}
             mine["lines"] += 1
-            mine["weight_g"] += ln.weight_g or 0
-            mine["quantity"] += ln.quantity or 0
-            mine["amount_fen"] += ln.amount_fen
-        hour = self.hours[(day, local.hour, sale.stall_id)]
+            mine["weight_g"] += ln["weight_g"] or 0
+            mine["quantity"] += ln["quantity"] or 0
+            mine["amount_fen"] += ln["amount_fen"]
+        hour = self.hours[(day, p.local.hour, stall_id)]
         hour[0] += 1
-        hour[1] += sale.total_fen
+        hour[1] += p.row["total_fen"]
 
     def tables(self) -> list[tuple[_Sum, list[dict[str, Any]]]]:
         """Each rollup table's rows to add, in the fixed order every writer takes them."""
@@ -458,16 +515,37 @@ def _pg_upsert(spec: _Sum, prefix: str) -> str:
             f"DO UPDATE SET {', '.join(sets)}")
 
 
+def _pg_from_json(table: Table, param: str, replace: dict[str, str] | None = None) -> str:
+    """``INSERT INTO table`` the rows of the JSON array bound as ``param``, one object per row
+    (``json_populate_recordset``: each value read by its column's own type, so a value too
+    long for its column is refused as an insert refuses it); ``replace``: a column's value
+    from an expression instead."""
+    q = _PG.identifier_preparer.quote
+    cols = [c.name for c in table.columns]
+    values = ", ".join((replace or {}).get(c, f"r.{q(c)}") for c in cols)
+    return (f"INSERT INTO {q(table.name)} ({', '.join(q(c) for c in cols)}) SELECT {values} "
+            f"FROM json_populate_recordset(CAST(NULL AS {q(table.name)}), CAST(:{param} AS json)) AS r")
+
+
+#: PostgreSQL: a group's sales, bound as one JSON array, the rows' text made where each sale
+#: was checked (``Prepared.row_json``).  A ``COPY`` of them, formatted here row by row, and
+#: the lines bound as arrays, had the writer hold the interpreter's lock for half of the
+#: server's samples, which the server's other threads then waited for; and a copy costs two
+#: round trips and cannot go in a pipeline (``docs/benchmarks.md``).
+_PG_SALES = text(_pg_from_json(_table(db.Sale), "sales",
+                               {"received_at": "CAST(:received_at AS timestamp with time zone)"}))
+
 #: PostgreSQL: the lines and the four rollup upserts of a group in one statement (data-modifying
-#: CTEs), each table's rows bound as one array per column.  The writer's floor there is round
-#: trips, not work: five statements cost five of them.  The sales themselves stay a statement
-#: of their own, before this one, so that their trigger has filled ``sale_keys`` when the lines'
-#: references to it are checked.  The CTEs run in the one order of this text, so concurrent
-#: writers still take the rollup rows' locks in one order (``_upsert_sum``).
+#: CTEs), the lines as one JSON array, each rollup table's rows as one array per column.  The
+#: writer's floor there is round trips, not work: five statements cost five of them.  The
+#: sales themselves stay a statement of their own, before this one (in the same pipeline), so
+#: that their trigger has filled ``sale_keys`` when the lines' references to it are checked.
+#: The CTEs run in the one order of this text, so concurrent writers still take the rollup
+#: rows' locks in one order (``_upsert_sum``).
 _PG_SPECS: list[tuple[str, _Sum]] = [("h_", _HOURS), ("d_", _DAYS), ("i_", _ITEMS), ("s_", _STALL_ITEMS)]
 _PG_WRITE = text(
     "WITH " + ", ".join(f"{p}w AS ({_pg_upsert(spec, p)})" for p, spec in _PG_SPECS)
-    + f", l_w AS ({_pg_unnest(_table(db.SaleLine), 'l_')}) "
+    + f", l_w AS ({_pg_from_json(_table(db.SaleLine), 'lines')}) "
     # The notice (``store``'s ``announce``) rides the same statement; PostgreSQL sends it
     # with the commit, never before, and not at all if the transaction rolls back.
     + f"SELECT pg_notify('{SALES_CHANNEL}', CAST(:notice AS text)) WHERE CAST(:notice AS text) IS NOT NULL")
@@ -491,12 +569,10 @@ def _pg_columns(table: Table, prefix: str, rows: list[dict[str, Any]], params: d
         params[prefix + c.name] = [r[c.name] for r in rows]
 
 
-def _pg_write(conn: Connection, line_rows: list[dict[str, Any]], rollups: _Rollups,
-              notice: str | None = None) -> None:
-    """``sale_lines`` and the rollups of stored sales, and the notice of them, in one
-    PostgreSQL statement."""
-    params: dict[str, Any] = {"notice": notice}
-    _pg_columns(_table(db.SaleLine), "l_", line_rows, params)
+def _pg_write(conn: Connection, lines_json: str, rollups: _Rollups, notice: str | None = None) -> None:
+    """``sale_lines`` (``lines_json``: a JSON array of their rows) and the rollups of stored
+    sales, and the notice of them, in one PostgreSQL statement."""
+    params: dict[str, Any] = {"notice": notice, "lines": lines_json}
     for (prefix, spec), (_, rows) in zip(_PG_SPECS, rollups.tables(), strict=True):
         table, keys, _sums = spec
         rows.sort(key=itemgetter(*keys))
@@ -504,55 +580,22 @@ def _pg_write(conn: Connection, line_rows: list[dict[str, Any]], rollups: _Rollu
     conn.execute(_PG_WRITE, params)
 
 
-def table_rows(sale: SaleModel, doc: dict[str, Any], digest: str, flags: list[str], local: dt.datetime,
+def _pg_sale_json(p: Prepared, flags: list[str]) -> str:
+    """The ``sales`` row of ``p`` as ``_PG_SALES`` reads it: its checked part and what storing
+    decided (``received_at`` is bound once for the group)."""
+    if p.row_json is None:  # checked for SQLite (a test's settings): made here instead
+        p.row_json, p.lines_json = _json_texts(p.row, p.lines)
+    return f'{p.row_json}, "verified": {"false" if flags else "true"}, "flags": {json.dumps(flags)}}}'
+
+
+def table_rows(p: Prepared, flags: list[str],
                now: dt.datetime) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """The ``sales`` row and the ``sale_lines`` rows stored for a prepared sale."""
-    sale_id = str(sale.sale_id)
-    sale_row = {
-        "sale_id": sale_id, "stall_id": sale.stall_id, "receipt_no": sale.receipt_no,
-        "trace_code": sale.trace_code, "sold_at": sale.sold_at, "local_day": local.date(),
-        "total_fen": sale.total_fen, "digest": digest, "prev_hash": sale.prev_hash,
-        "signature": sale.signature, "verified": not flags, "flags": flags, "raw": doc,
-        "received_at": now,
-    }
-    line_rows = [{
-        "sale_id": sale_id, "idx": i, "plu": ln.plu, "name": ln.name, "weight_g": ln.weight_g,
-        "quantity": ln.quantity, "unit_price_fen": ln.unit_price_fen,
-        "price_unit": ln.price_unit, "amount_fen": ln.amount_fen, "batch_code": ln.batch_code,
-    } for i, ln in enumerate(sale.lines)]
-    return sale_row, line_rows
+    return {**p.row, "verified": not flags, "flags": flags, "received_at": now}, p.lines
 
 
 _SALE_INSERT = insert(_table(db.Sale))
 _LINE_INSERT = insert(_table(db.SaleLine))
-#: PostgreSQL: a group's sales by ``COPY``, not an ``INSERT`` per row, from this many on.
-#: With the look-up bound as arrays, measured in process on batches of 100
-#: (``docs/benchmarks.md``): the writer's CPU a fifth to a quarter less a sale, PostgreSQL's a
-#: fifth less (no statement to parse, bind and plan per row).  A copy costs a round trip more
-#: than the inserts, which go in one pipeline with the statement after them (``pg_pipeline``;
-#: a copy cannot be pipelined): for the groups of 2 or 3 single sales
-#: that 8 stalls make, the inserts are faster (903 and 941 against 737 and 774 sales/s,
-#: ``bench/server_bench.py store --group 3``).  The trigger that fills ``sale_keys`` fires for
-#: each copied row as for an inserted one, so a duplicate fails the copy as it failed the insert.
-_PG_COPY_FROM = 8
-_PG_COPY_SALES = (f"COPY {_PG.identifier_preparer.quote(_table(db.Sale).name)} "
-                  f"({', '.join(_PG.identifier_preparer.quote(c.name) for c in _table(db.Sale).columns)}) "
-                  "FROM STDIN")
-_PROCESSORS: weakref.WeakKeyDictionary[Dialect, list[tuple[str, Any]]] = weakref.WeakKeyDictionary()
-
-
-def _bind_processors(dialect: Dialect) -> list[tuple[str, Any]]:
-    """Each sales column's name and what turns a row's value into the driver's (the same
-    as an ``INSERT`` binds: UTC instants, JSON text by the engine's serializer), once per
-    engine's dialect."""
-    procs = _PROCESSORS.get(dialect)
-    if procs is None:
-        procs = [(c.name, c.type.dialect_impl(dialect).bind_processor(dialect))
-                 for c in _table(db.Sale).columns]
-        _PROCESSORS[dialect] = procs
-    return procs
-
-
 @contextmanager
 def _pg_driver(conn: Connection, what: str) -> Iterator[psycopg.Connection[Any]]:
     """The session connection's psycopg connection, for work past SQLAlchemy (a copy, a
@@ -565,14 +608,6 @@ def _pg_driver(conn: Connection, what: str) -> Iterator[psycopg.Connection[Any]]
         yield driver
     except psycopg.Error as exc:
         raise DBAPIError.instance(what, None, exc, psycopg.Error, dialect=conn.dialect) from exc
-
-
-def _pg_copy_sales(conn: Connection, rows: list[dict[str, Any]]) -> None:
-    """The sales rows copied into ``sales`` on the session's connection, in its transaction."""
-    procs = _bind_processors(conn.dialect)
-    with _pg_driver(conn, _PG_COPY_SALES) as driver, driver.cursor() as cur, cur.copy(_PG_COPY_SALES) as copy:
-        for row in rows:
-            copy.write_row([row[name] if proc is None else proc(row[name]) for name, proc in procs])
 
 
 @contextmanager
@@ -638,8 +673,8 @@ def _look_up(conn: Connection, sales: list[Prepared]
     if not sales:
         return known, taken, prev
     ids = {p.sale_id for p in sales}
-    codes = {p.sale.trace_code for p in sales}
-    wanted = {(p.sale.stall_id, p.sale.receipt_no - 1) for p in sales}
+    codes = {p.row["trace_code"] for p in sales}
+    wanted = {(p.row["stall_id"], p.row["receipt_no"] - 1) for p in sales}
     lists = {"ids": sorted(ids), "codes": sorted(codes), "stalls": sorted({s for s, _ in wanted}),
              "nos": sorted({n for _, n in wanted})}
     if conn.dialect.name == "postgresql":
@@ -666,13 +701,17 @@ def _store(session: Session, batches: list[tuple[StallLike, list[Prepared | Inge
     conn = session.connection()
     known, taken, prev = _look_up(conn, prepared)
     # Online orders these sales fulfil (server.orders): one query, only when one names an order.
-    claimed = orders.claims(session, [(p.sale_id, p.sale) for p in prepared])
+    claimed = orders.claims(session, [p.order_id for p in prepared if p.order_id is not None])
     now = dt.datetime.now(dt.UTC)
     out: list[list[IngestResult]] = []
     #: (stall id, what the alerts need of each stored sale, that stall's known receipts)
     stored_by_stall: list[tuple[str, list[tuple[int, list[str], dt.date]], dict[int, str]]] = []
+    pg = conn.dialect.name == "postgresql"
     sale_rows: list[dict[str, Any]] = []
     line_rows: list[dict[str, Any]] = []
+    #: PostgreSQL: the rows as JSON texts (``_PG_SALES``, ``_PG_WRITE``)
+    sale_texts: list[str] = []
+    line_texts: list[str] = []
     rollups = _Rollups()
     for stall, items in batches:
         results: list[IngestResult] = []
@@ -682,28 +721,29 @@ def _store(session: Session, batches: list[tuple[StallLike, list[Prepared | Inge
             if isinstance(item, IngestResult):
                 results.append(item)
                 continue
-            sale, sale_id, digest = item.sale, item.sale_id, item.digest
+            sale_id, digest, row = item.sale_id, item.digest, item.row
+            trace_code, receipt_no = row["trace_code"], row["receipt_no"]
             if sale_id in known:
                 same = known[sale_id] == digest
                 results.append(IngestResult(sale_id, "duplicate") if same else IngestResult(
                     sale_id, "refused", "sale_id already used by a different sale"))
                 continue
-            if sale.trace_code in taken:
-                results.append(IngestResult(sale_id, "refused", f"trace_code {sale.trace_code} already "
-                                            f"used by sale {taken[sale.trace_code]}"))
+            if trace_code in taken:
+                results.append(IngestResult(sale_id, "refused", f"trace_code {trace_code} already "
+                                            f"used by sale {taken[trace_code]}"))
                 continue
-            order_id = orders.order_id_of(sale)
+            order_id = item.order_id
             if order_id is not None:
                 why = orders.refusal(claimed.get(order_id), order_id, stall.stall_id, sale_id)
                 if why is not None:  # never fulfilled twice, never another stall's order
                     results.append(IngestResult(sale_id, "refused", why))
                     continue
             flags = list(item.flags)
-            previous = prev_digest.get(sale.receipt_no - 1)
-            if previous is not None and previous != sale.prev_hash:
+            previous = prev_digest.get(receipt_no - 1)
+            if previous is not None and previous != row["prev_hash"]:
                 flags.append("chain_mismatch")
-            sale_row, lines = table_rows(sale, item.doc, digest, flags, item.local, now)
             if one_by_one:
+                sale_row, lines = table_rows(item, flags, now)
                 try:
                     # session.connection() inside the block: the savepoint is only taken when
                     # the nested transaction is first asked for its connection
@@ -716,31 +756,32 @@ def _store(session: Session, batches: list[tuple[StallLike, list[Prepared | Inge
                     results.append(IngestResult(sale_id, "refused", f"the database refused this sale: "
                                                 f"{reason}"))
                     continue
+            elif pg:
+                sale_texts.append(_pg_sale_json(item, flags))
+                if item.lines_json:
+                    line_texts.append(item.lines_json)
             else:
+                sale_row, lines = table_rows(item, flags, now)
                 sale_rows.append(sale_row)
                 line_rows += lines
-            known[sale_id], taken[sale.trace_code] = digest, sale_id
-            prev_digest[sale.receipt_no] = digest
+            known[sale_id], taken[trace_code] = digest, sale_id
+            prev_digest[receipt_no] = digest
             if order_id is not None:
-                orders.fulfil(claimed[order_id], sale, item.local.date(), now)
-            rollups.add(sale, item.local)
+                orders.fulfil(claimed[order_id], item.model(), item.local.date(), now)
+            rollups.add(item)
             if flags:
                 logger.warning("sale %s of stall %s stored with flags %s", sale_id, stall.stall_id, flags)
             results.append(IngestResult(sale_id, "accepted", None, tuple(flags)))
-            stored.append((sale.receipt_no, flags, item.local.date()))
+            stored.append((receipt_no, flags, item.local.date()))
         out.append(results)
         stored_by_stall.append((stall.stall_id, stored, prev_digest))
 
-    if conn.dialect.name == "postgresql":
-        notice = _notice(batches, out, announce)
-        if len(sale_rows) >= _PG_COPY_FROM:
-            _pg_copy_sales(conn, sale_rows)  # a copy cannot go in a pipeline
-            _pg_write(conn, line_rows, rollups, notice)
-        else:
-            with pg_pipeline(conn):
-                if sale_rows:
-                    conn.execute(_SALE_INSERT, sale_rows)
-                _pg_write(conn, line_rows, rollups, notice)
+    if pg:
+        # One round trip: the sales, then the lines, rollups and notice (pipeline mode).
+        with pg_pipeline(conn):
+            if sale_texts:
+                conn.execute(_PG_SALES, {"sales": f"[{','.join(sale_texts)}]", "received_at": now})
+            _pg_write(conn, f"[{','.join(line_texts)}]", rollups, _notice(batches, out, announce))
     else:
         if sale_rows:
             _insert(conn, sale_rows, line_rows)

@@ -349,9 +349,10 @@ def order_id_of(sale: SaleModel) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
-def claims(session: Session, sales: list[tuple[str, SaleModel]]) -> dict[int, db.Order]:
-    """The orders the sales being stored name (one query; locked on PostgreSQL)."""
-    ids = sorted({i for _, s in sales if (i := order_id_of(s)) is not None})
+def claims(session: Session, order_ids: list[int]) -> dict[int, db.Order]:
+    """The orders the sales being stored name (``order_id_of``; one query, locked on
+    PostgreSQL)."""
+    ids = sorted(set(order_ids))
     if not ids:
         return {}
     rows = session.execute(select(db.Order).where(db.Order.id.in_(ids)).with_for_update()).scalars()

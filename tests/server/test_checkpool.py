@@ -19,6 +19,7 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from edge.integrity import sale_digest
+from edge.sale import Sale
 from server.app import create_app
 from server.auth import StallAuth
 from server.checkpool import MAX_FAILED_STARTS, POOL_MIN, CheckPool
@@ -192,7 +193,9 @@ def test_small_uploads_start_no_worker(server: LiveServer) -> None:
     assert pool.pooled == 0 and pool.in_process == 2
 
 
-def test_a_checked_sale_crosses_processes_as_its_document_and_comes_back_the_same(tmp_path: Path) -> None:
+def test_a_checked_sale_crosses_processes_as_its_rows_and_comes_back_the_same(tmp_path: Path) -> None:
+    """A check process answers with each sale's rows, ready to store; the model rebuilt from
+    them (for an order's fulfilment) is the sale the check validated."""
     settings = Settings(db_url=f"sqlite:///{tmp_path / 'm.db'}", admin_token=ADMIN)
     sim = StallSim("S01")
     raws = [sim.sale(LINES, extra={"order_id": 7, "rounding": "half-up"}, line_extra={"name_en": "Tomato"}),
@@ -201,11 +204,17 @@ def test_a_checked_sale_crosses_processes_as_its_document_and_comes_back_the_sam
     assert all(isinstance(p, Prepared) for p in checked)
     back = pickle.loads(pickle.dumps(checked))
     assert back == checked
-    for b, p in zip(back, checked, strict=True):
-        assert isinstance(b, Prepared) and isinstance(p, Prepared)
-        assert b.sale.model_dump() == p.sale.model_dump() and b.sale.model_extra == p.sale.model_extra
-        assert [ln.model_extra for ln in b.sale.lines] == [ln.model_extra for ln in p.sale.lines]
-        assert sale_digest(b.sale) == p.digest and b.sale.sold_at.utcoffset() == p.sale.sold_at.utcoffset()
+    sales = [b for b in back if isinstance(b, Prepared)]
+    assert [b.order_id for b in sales] == [7, None]
+    assert sales[0].names_en[0] == "Tomato" and sales[1].names_en == (None,) * len(LINES)
+    for b, raw in zip(sales, raws, strict=True):
+        want = Sale.model_validate(raw, context=settings.sale_context("S01"))
+        got = b.model()
+        assert got.model_dump() == want.model_dump() and got.model_extra == want.model_extra
+        assert [ln.model_extra for ln in got.lines] == [ln.model_extra for ln in want.lines]
+        assert sale_digest(got) == b.digest and got.sold_at.utcoffset() == want.sold_at.utcoffset()
+        assert b.row["sold_at"] == want.sold_at and b.row["total_fen"] == want.total_fen
+        assert [ln["amount_fen"] for ln in b.lines] == [ln.amount_fen for ln in want.lines]
 
 
 def test_ctrl_c_stops_the_server_and_its_workers_quietly(tmp_path: Path) -> None:

@@ -366,11 +366,11 @@ def test_a_row_the_database_refuses_never_blocks_its_batch(server: LiveServer, d
     """PostgreSQL refuses a NUL character in a text column at insert time: that sale alone
     is refused, its batch is stored (SQLite stores the NUL as it is).  In a line's name it
     fails the lines' statement; in the sale's own columns (its signature, which then fails its
-    check and would be stored flagged) it fails the sales' ``COPY``; either way the batch is
+    check and would be stored flagged) it fails the sales' statement; either way the batch is
     stored again sale by sale."""
     sim = StallSim("S01")
     token = _register(server, sim)
-    # 9 sales: enough for PostgreSQL to copy them (server.ingest._PG_COPY_FROM)
+    # 9 sales stored as one group: the NUL fails the group's statement, then one by one
     batch = [sim.sale([("1", "香蕉", 1000, 690, "kg")]) for _ in range(4)]
     batch.append(sim.sale([("2", "香\x00蕉" if where == "line" else "香蕉", 500, 690, "kg")]))
     batch += [sim.sale([("3", "黄瓜", 500, 260, "500g")]) for _ in range(4)]
