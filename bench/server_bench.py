@@ -953,8 +953,9 @@ def main(argv: list[str] | None = None) -> int:
     sub.choices["store"].add_argument("--per-stall", type=int, default=600, help="uploads per stall")
     sub.choices["store"].add_argument("--batch", type=int, default=1, help="sales per upload")
     sub.choices["store"].add_argument("--copy-from", type=int,
-                                      help="copy a group's sales on PostgreSQL from this many on "
-                                           "(server.ingest._PG_COPY_FROM, in the bench's process)")
+                                      help="older code (--code) only: copy a group's sales on PostgreSQL "
+                                           "from this many on (server.ingest._PG_COPY_FROM, in the "
+                                           "bench's process); the current code copies none")
     sub.choices["single"].add_argument("--no-screen", action="store_true",
                                        help="no big screen subscribed to /api/v1/events")
     sub.choices["figures"].add_argument("--history", type=int, default=30000, help="sales stored first")

@@ -596,10 +596,12 @@ def table_rows(p: Prepared, flags: list[str],
 
 _SALE_INSERT = insert(_table(db.Sale))
 _LINE_INSERT = insert(_table(db.SaleLine))
+
+
 @contextmanager
 def _pg_driver(conn: Connection, what: str) -> Iterator[psycopg.Connection[Any]]:
-    """The session connection's psycopg connection, for work past SQLAlchemy (a copy, a
-    pipeline): psycopg's errors come up as SQLAlchemy's (``DataError``, ``IntegrityError``...),
+    """The session connection's psycopg connection, for work past SQLAlchemy (a pipeline):
+    psycopg's errors come up as SQLAlchemy's (``DataError``, ``IntegrityError``...),
     as a statement's would, so ``store`` and the group commit treat them alike.  ``what``
     names the work in the error."""
     driver = conn.connection.driver_connection
