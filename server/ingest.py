@@ -248,7 +248,14 @@ class Prepared:
 
     @property
     def doc(self) -> dict[str, Any]:
-        return cast(dict[str, Any], self.row["raw"])
+        """The sale's JSON document (``Sale.to_json``): in ``row``, or for PostgreSQL only in
+        ``row_json`` (read back from it for the rare sale stored one by one or fulfilling an
+        order)."""
+        raw = self.row.get("raw")
+        if raw is None:
+            assert self.row_json is not None, "a prepared sale has its document in one of them"
+            raw = self.row["raw"] = json.loads(self.row_json + "}")["raw"]
+        return cast(dict[str, Any], raw)
 
     def model(self) -> SaleModel:
         """The sale's model, rebuilt from its document without validating it again (it was
@@ -285,6 +292,9 @@ def as_prepared(sale: SaleModel, doc: dict[str, Any], digest: str, local: dt.dat
         # writer only joins them.  SQLite stores the dicts: there they would cost the check
         # process about 15 us a sale for nothing.
         p.row_json, p.lines_json = _json_texts(row, lines)
+        # The document is in the text now: sent twice, it doubled what a check process's
+        # answer costs to pickle and to read back.
+        del row["raw"]
     return p
 
 
@@ -591,7 +601,7 @@ def _pg_sale_json(p: Prepared, flags: list[str]) -> str:
 def table_rows(p: Prepared, flags: list[str],
                now: dt.datetime) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """The ``sales`` row and the ``sale_lines`` rows stored for a prepared sale."""
-    return {**p.row, "verified": not flags, "flags": flags, "received_at": now}, p.lines
+    return {**p.row, "raw": p.doc, "verified": not flags, "flags": flags, "received_at": now}, p.lines
 
 
 _SALE_INSERT = insert(_table(db.Sale))

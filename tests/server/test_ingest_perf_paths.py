@@ -265,8 +265,12 @@ def test_sales_sent_as_json_read_back_as_the_rows_they_were(app_db: Any) -> None
     before = dt.datetime.now(dt.UTC)
     with app_db.state.sessionmaker() as session:
         prepared = [p for p in prepare(session, stall, raws, settings) if isinstance(p, ingest.Prepared)]
-        assert all(p.row_json is not None for p in prepared)  # made where checked, for PostgreSQL
-        prepared[6].row_json = prepared[6].lines_json = None  # as checked for SQLite: made by store
+        assert all(p.row_json is not None and "raw" not in p.row for p in prepared)  # for PostgreSQL
+        # one as checked for SQLite (the rows without their JSON texts): store makes them
+        (for_sqlite,) = ingest.check_sales(stall, [raws[6]], settings.model_copy(
+            update={"db_url": "sqlite:///unused.db"}), ingest.number_owner(session, stall))
+        assert isinstance(for_sqlite, ingest.Prepared) and for_sqlite.row_json is None
+        prepared[6] = for_sqlite
         results = store(session, [(stall, list(prepared))], own_transaction=True)
         session.commit()
     assert [r.status for r in results[0]] == ["accepted"] * len(raws), results
