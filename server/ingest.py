@@ -231,7 +231,8 @@ class Prepared:
     #: What the signature check found: ``no_stall_key``, ``bad_signature`` or nothing.
     flags: tuple[str, ...]
     #: The ``sales`` row but for what storing decides (``verified``, ``flags``, ``received_at``);
-    #: ``raw`` is the sale's JSON document (``Sale.to_json``).
+    #: ``raw``, the sale's JSON document (``Sale.to_json``), is left out where ``row_json``
+    #: holds it (``doc`` reads it either way).
     row: dict[str, Any]
     #: The ``sale_lines`` rows.
     lines: list[dict[str, Any]]
