@@ -52,9 +52,24 @@ class Subscriber:
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     echoes: collections.deque[float] = field(default_factory=lambda: collections.deque(maxlen=64))
 
+    #: A wake-up is queued on the loop and has not run yet.
+    _queued: bool = False
+
     def notify(self) -> None:
+        # One wake-up queued at a time: a stream reads the latest state whenever it wakes, so
+        # more would only pile up on its loop.  A thread publishing fast (a test's thousands a
+        # second) queued one callback per publish, faster than the loop ran them, and the
+        # stream, behind them, sent 3 states of 380,000 in 20 s.
+        if self._queued:
+            return
+        self._queued = True
         with contextlib.suppress(RuntimeError):  # its loop is closed: the server stopped
-            self.loop.call_soon_threadsafe(self.wake.set)
+            self.loop.call_soon_threadsafe(self._wake)
+
+    def _wake(self) -> None:
+        # cleared before the stream can run and read: a publish after this point queues anew
+        self._queued = False
+        self.wake.set()
 
 
 class Publisher:
