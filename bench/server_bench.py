@@ -63,7 +63,7 @@ import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -149,13 +149,14 @@ class ServerProc:
     """``wetmarket server`` in its own process."""
 
     def __init__(self, db_url: str, *, workers: int | None = None,
-                 check_processes: int | None = None) -> None:
+                 check_processes: int | None = None, write_process: str | None = None) -> None:
         from tests.conftest import free_port
 
         self.db_url = db_url
         self.port = free_port()
         self.workers = workers
         self.check_processes = check_processes
+        self.write_process = write_process
         self.proc: subprocess.Popen[bytes] | None = None
 
     def __enter__(self) -> ServerProc:
@@ -168,6 +169,8 @@ class ServerProc:
         env = {**code_env(), "WETMARKET_ADMIN_TOKEN": ADMIN}
         if self.check_processes is not None:  # by the environment: older code (--code) ignores it
             env["WETMARKET_CHECK_PROCESSES"] = str(self.check_processes)
+        if self.write_process is not None:  # the same: older code ignores it
+            env["WETMARKET_WRITE_PROCESS"] = self.write_process
         BENCH_DIR.mkdir(parents=True, exist_ok=True)
         self.log = (BENCH_DIR / "server.log").open("wb")
         self.proc = subprocess.Popen(cmd, env=env, cwd=CODE or REPO, stdin=subprocess.DEVNULL,
@@ -186,6 +189,18 @@ class ServerProc:
                 raise RuntimeError("server did not start")
             time.sleep(0.2)
         return self
+
+    def writer(self, wait: float = 60) -> str | None:
+        """What ``/healthz`` says of the writer process (``server.writeprocess``), once it is
+        up if it was asked for (``on``); None from code without one."""
+        import httpx
+
+        deadline = time.monotonic() + wait
+        while True:
+            state = httpx.get(f"http://127.0.0.1:{self.port}/healthz", timeout=5).json().get("writer")
+            if state != "starting" or time.monotonic() > deadline:
+                return cast(str | None, state)
+            time.sleep(0.1)
 
     def checks(self) -> str | None:
         """What ``/healthz`` says of the check processes (``server.checkpool``); None from
@@ -546,7 +561,8 @@ def _sqlite_times(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def bench_ingest(kind: str, *, per_stall: int, batch: int, stalls: int,
-                 workers: int | None, check_processes: int | None = None) -> dict[str, Any]:
+                 workers: int | None, check_processes: int | None = None,
+                 write_process: str | None = None) -> dict[str, Any]:
     url, state = with_history(kind, "ingest", 0)
     *bench_stalls, warm = BenchStall.from_state(state, [f"S{i + 1:03d}" for i in range(stalls + 1)])
     sales = sales_of(bench_stalls, per_stall)
@@ -554,9 +570,11 @@ def bench_ingest(kind: str, *, per_stall: int, batch: int, stalls: int,
                            token=st.token)
               for k in range(0, len(s), batch)]
              for st, s in zip(bench_stalls, sales.values(), strict=True)]
-    with ServerProc(url, workers=workers, check_processes=check_processes) as srv:
+    with ServerProc(url, workers=workers, check_processes=check_processes,
+                    write_process=write_process) as srv:
         srv.warm_up(warm)
         checks = srv.checks()
+        writer = srv.writer()
         load = load_average()
         out = run_client({"kind": "load", "port": srv.port, "conns": conns,
                           "expect": f'"accepted":{batch}'})
@@ -573,7 +591,8 @@ def bench_ingest(kind: str, *, per_stall: int, batch: int, stalls: int,
             batches.append((rows, lines))
     raw_rate = raw_executemany(kind, batches)
     return {"db": kind, "sales": total, "batch": batch, "stalls_at_once": stalls, "workers": workers or 1,
-            "checks": checks, "check_processes": check_processes,
+            "checks": checks, "check_processes": check_processes, "write_process": write_process,
+            "writer": writer,
             "sales_per_s": round(total / out["seconds"]), "request_p50_ms": out.get("p50_ms"),
             "request_p95_ms": out.get("p95_ms"), "errors": out["errors"], "first_errors": out["first_errors"],
             "baseline_raw_executemany_sales_per_s": round(raw_rate),
@@ -582,23 +601,26 @@ def bench_ingest(kind: str, *, per_stall: int, batch: int, stalls: int,
 
 
 def bench_single(kind: str, history: int, *, per_stall: int, concurrency: int, screen: bool,
-                 workers: int | None) -> dict[str, Any]:
+                 workers: int | None, write_process: str | None = None) -> dict[str, Any]:
     url, state = with_history(kind, f"single-{history}", history)
     bench_stalls = BenchStall.from_state(state, [f"S{i + 1:03d}" for i in range(concurrency)])
     sales = sales_of(bench_stalls, per_stall)
     conns = [[http_request("POST", "/api/v1/sales", json.dumps({"sales": [sale]}).encode(), token=st.token)
               for sale in s]
              for st, s in zip(bench_stalls, sales.values(), strict=True)]
-    with ServerProc(url, workers=workers) as srv:
+    with ServerProc(url, workers=workers, write_process=write_process) as srv:
+        writer = srv.writer()
         load = load_average()
         out = run_client({"kind": "load", "port": srv.port, "conns": conns, "expect": '"accepted":1',
                           "screen": screen})
+        writer_after = srv.writer()
         health = run_client({"kind": "load", "port": srv.port, "screen": screen,
                              "conns": [[http_request("GET", "/healthz")] * per_stall
                                        for _ in range(concurrency)]})
     drop_db(url)
     return {"db": kind, "history": history, "concurrency": concurrency, "screen": screen,
-            "workers": workers or 1, "requests": out["requests"], "sales_per_s": round(out["rps"]),
+            "workers": workers or 1, "write_process": write_process, "writer": [writer, writer_after],
+            "requests": out["requests"], "sales_per_s": round(out["rps"]),
             "p50_ms": out.get("p50_ms"), "p95_ms": out.get("p95_ms"), "errors": out["errors"],
             "first_errors": out["first_errors"], "screen_events": out["screen_events"],
             "healthz_rps": round(health["rps"]),
@@ -940,6 +962,10 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--check-processes", type=int,
                        help="the server's check processes (wetmarket server --check-processes; "
                             "default: the server's own default)")
+        p.add_argument("--write-process", choices=("auto", "on", "off"),
+                       help="PostgreSQL: the server's writer process (wetmarket server "
+                            "--write-process; default: the server's own, auto); on waits for it "
+                            "before measuring")
     sub.choices["ingest"].add_argument("--batch", type=int, default=100)
     sub.choices["ingest"].add_argument("--per-stall", type=int, default=3000)
     sub.choices["ingest"].add_argument("--stalls", type=int, default=4)
@@ -992,7 +1018,8 @@ def main(argv: list[str] | None = None) -> int:
             add(bench_single(kind, 0, per_stall=200, concurrency=8, screen=True, workers=None))
         elif args.what == "ingest":
             add(bench_ingest(kind, per_stall=args.per_stall, batch=args.batch, stalls=args.stalls,
-                             workers=args.workers, check_processes=args.check_processes))
+                             workers=args.workers, check_processes=args.check_processes,
+                             write_process=args.write_process))
         elif args.what == "store":
             add(bench_store(kind, per_stall=args.per_stall, group=args.group, batch=args.batch,
                             copy_from=args.copy_from))
@@ -1001,7 +1028,8 @@ def main(argv: list[str] | None = None) -> int:
         elif args.what == "single":
             for n in (int(x) for x in args.history.split(",")):
                 add(bench_single(kind, n, per_stall=args.per_stall, concurrency=args.concurrency,
-                                 screen=not args.no_screen, workers=args.workers))
+                                 screen=not args.no_screen, workers=args.workers,
+                                 write_process=args.write_process))
         else:
             urls = args.url or list(ALL_URLS if args.all else DEFAULT_URLS)
             add(bench_endpoints(kind, args.sales, urls, args.header,

@@ -47,6 +47,7 @@ from server.routes import (
     stats,
 )
 from server.settings import Settings
+from server.writeprocess import WriteProcess
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +76,10 @@ def create_app(settings: Settings) -> FastAPI:
     # Specials, tests, prices: to the big screens of this process and, through NOTIFY, of
     # every other server process on the database.
     watch_market_changes(sessionmaker, broker, origin=origin, notify=postgres)
+    # Online orders: the stalls' long polls and the shoppers' pages, woken after each change
+    # (through NOTIFY in every process on PostgreSQL).
+    order_watch = OrderWatch()
+    order_watch.watch(sessionmaker, notify=postgres)
     write_lock = None if postgres else threading.Lock()
     # Uploads stored together, one commit each group; the big screen's figures computed off
     # the upload path (server.groupcommit, server.live).  On PostgreSQL through connections
@@ -83,13 +88,16 @@ def create_app(settings: Settings) -> FastAPI:
     write_sessionmaker = (orm.sessionmaker(write_engine, expire_on_commit=False) if postgres
                           else sessionmaker)
     group_commit = GroupCommit(write_sessionmaker, write_lock=write_lock, origin=origin)
+    if write_sessionmaker is not sessionmaker:
+        # A sale that fulfils an online order wakes its shopper and stall at once (without,
+        # their pages saw it at their next keep-alive, up to 15 s later).
+        order_watch.watch(write_sessionmaker, notify=postgres)
+    # On PostgreSQL the writing goes to a process of its own once uploads queue behind the
+    # writer (server.writeprocess); the group commit above writes until it is up, and after.
+    writer = WriteProcess(settings, group_commit, mode=settings.write_process)
     check_pool = CheckPool(settings, default_processes() if settings.check_processes is None
                            else settings.check_processes)
     live = LiveFigures(sessionmaker, settings, broker, origin=origin)
-    # Online orders: the stalls' long polls and the shoppers' pages, woken after each change
-    # (through NOTIFY in every process on PostgreSQL).
-    order_watch = OrderWatch()
-    order_watch.watch(sessionmaker, notify=postgres)
     # Stalls found by their tokens, forgotten at every change of a stall in any process
     # (server.auth.StallTokens); on PostgreSQL trusted only while the listener listens.
     stall_tokens = auth.StallTokens(settings.stall_token_cache_s, trusting=not postgres)
@@ -107,6 +115,7 @@ def create_app(settings: Settings) -> FastAPI:
         broker.bind(asyncio.get_running_loop())
         checks = alerts.start_checks(app)  # silent stalls, sale prices (server.alerts)
         live.start()
+        writer.begin()
         if listener is not None:
             listener.start()
         yield
@@ -115,6 +124,7 @@ def create_app(settings: Settings) -> FastAPI:
         live.stop()
         checks.cancel()
         check_pool.close()
+        writer.close()
         engine.dispose()
         if write_engine is not engine:
             write_engine.dispose()
@@ -138,6 +148,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.generated_admin_token = generated
     app.state.write_lock = write_lock
     app.state.group_commit = group_commit
+    app.state.writer = writer
     # Batched uploads checked in processes of their own (server.checkpool), started by the
     # first big batch.
     app.state.check_pool = check_pool
@@ -159,8 +170,10 @@ def create_app(settings: Settings) -> FastAPI:
 
     @app.get("/healthz", tags=["health"])
     def healthz() -> dict[str, str]:
-        # "checks": the processes that check batched uploads (server.checkpool)
-        return {"status": "ok", "db": engine.dialect.name, "checks": check_pool.state}
+        # "checks": the processes that check batched uploads (server.checkpool); "writer": the
+        # group commit's process (server.writeprocess)
+        return {"status": "ok", "db": engine.dialect.name, "checks": check_pool.state,
+                "writer": writer.state}
 
     # In the order of the traffic: a request is matched against each route in turn, and with
     # FastAPI's included routers that costs about 4 us a route (registered last, /healthz

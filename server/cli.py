@@ -44,6 +44,8 @@ MARKET_ENV = {
     "shop_code_sender": "WETMARKET_SHOP_CODE_SENDER",
     # processes that check batched uploads beside the server's (server.checkpool)
     "check_processes": "WETMARKET_CHECK_PROCESSES",
+    # PostgreSQL: the group commit's writer in a process of its own (server.writeprocess)
+    "write_process": "WETMARKET_WRITE_PROCESS",
 }
 
 
@@ -168,6 +170,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="processes beside the server's that check batched uploads (16 sales or "
                         "more); default one less than the CPUs, at most 4 (none with --workers), "
                         "or $WETMARKET_CHECK_PROCESSES; 0: none")
+    p.add_argument("--write-process", choices=("auto", "on", "off"),
+                   help="PostgreSQL: store uploads through a writer process of the server's own; "
+                        "auto (the default, or $WETMARKET_WRITE_PROCESS) starts it the first time "
+                        "uploads queue behind the writer, on at the start, off never")
     p.set_defaults(run=_run)
     manager_cli.register(sub)
     sales_cli.register(sub)

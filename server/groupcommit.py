@@ -110,24 +110,37 @@ class GroupCommit:
             for upload in group:
                 upload.done.set()
 
+    @property
+    def busy(self) -> bool:
+        """A group is being written now (an upload arriving would queue behind it)."""
+        return self._writing
+
     def _write(self, group: list[_Upload]) -> None:
-        lock = self._write_lock if self._write_lock is not None else contextlib.nullcontext()
-        with lock, self._maker() as session:
-            for attempt in (1, 2):
-                try:
-                    results = store(session, [(u.stall, u.prepared) for u in group],
-                                    own_transaction=True, announce=self.origin)
-                    session.commit()
-                    break
-                except IntegrityError:
-                    # Another process stored some of these sales between our look-up and our
-                    # insert (PostgreSQL, several server processes): look again, they are
-                    # duplicates now.
-                    session.rollback()
-                    if attempt == 2:
-                        raise ConcurrentUpload("concurrent upload of the same sales; send again") from None
+        results = write_group(self._maker, [(u.stall, u.prepared) for u in group],
+                              lock=self._write_lock, origin=self.origin)
         self.commits += 1
         self.uploads += len(group)
         for upload, mine in zip(group, results, strict=True):
             upload.results = mine
 
+
+def write_group(maker: sessionmaker[Session], batches: list[tuple[StallLike, list[Prepared | IngestResult]]],
+                *, lock: threading.Lock | None = None, origin: str = "") -> list[list[IngestResult]]:
+    """Store a group of uploads in one transaction (``server.ingest.store``) and commit it;
+    each upload's results.  Raises :class:`ConcurrentUpload` when another process stored some of
+    the same sales between the look-up and the insert twice in a row, and whatever else stopped
+    the group as a whole.  Also the writer process's work (``server.writeprocess``)."""
+    with lock if lock is not None else contextlib.nullcontext(), maker() as session:
+        for attempt in (1, 2):
+            try:
+                results = store(session, batches, own_transaction=True, announce=origin)
+                session.commit()
+                return results
+            except IntegrityError:
+                # Another process stored some of these sales between our look-up and our
+                # insert (PostgreSQL, several server processes): look again, they are
+                # duplicates now.
+                session.rollback()
+                if attempt == 2:
+                    raise ConcurrentUpload("concurrent upload of the same sales; send again") from None
+    raise AssertionError("unreachable")  # pragma: no cover

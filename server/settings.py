@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import zoneinfo
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -67,6 +68,12 @@ class Settings(BaseModel):
                     "more: the legal checks, digest and signature); none given: one less than "
                     "the CPUs, at most 4, or none when the server runs several --workers; 0: "
                     "every upload checked in the server's own process (server/checkpool.py)")
+
+    write_process: Literal["auto", "on", "off"] = Field(
+        "auto", title="Writer process",
+        description="PostgreSQL: the group commit's writer in a process of its own "
+                    "(server/writeprocess.py); auto: started the first time uploads queue behind "
+                    "the writer; on: at the server's start; off: never (SQLite: always off)")
 
     # ---- online orders (server.orders, issue 19) ----
     order_tolerance_pct: int = Field(

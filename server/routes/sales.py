@@ -18,10 +18,11 @@ from server import db
 from server.auth import Credentials, StallAuth, known_stall, stall_for_token, token_hash
 from server.checkpool import CheckPool
 from server.deps import AdminDep, SessionDep
-from server.groupcommit import ConcurrentUpload, GroupCommit
+from server.groupcommit import ConcurrentUpload
 from server.guard import SALES_BODY_LIMIT, GuardedRoute, body_limit, errors
 from server.ingest import number_owner
 from server.live import LiveFigures
+from server.writeprocess import WriteProcess
 
 router = APIRouter(prefix="/api/v1/sales", tags=["sales"], route_class=GuardedRoute)
 
@@ -74,10 +75,11 @@ def upload(state: State, stall: StallAuth | db.Stall, sales: list[Any]) -> Batch
         owner = number_owner(session, stall)  # the one read before the checks
     # Checked and verified here, in parallel with other uploads, or for a batch in a check
     # process (server.checkpool); stored with whatever else arrives meanwhile, in one
-    # transaction (server.groupcommit), answered once that is committed.
+    # transaction (server.groupcommit; on PostgreSQL in a process of its own,
+    # server.writeprocess), answered once that is committed.
     pool: CheckPool = state.check_pool
     prepared = pool.check(stall, sales, owner)
-    group: GroupCommit = state.group_commit
+    group: WriteProcess = state.writer
     try:
         results = group.store(stall, prepared)
     except ConcurrentUpload as exc:

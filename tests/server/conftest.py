@@ -1,8 +1,10 @@
 from __future__ import annotations
 
 import datetime as dt
+import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -29,9 +31,9 @@ def reset_postgres(url: str = POSTGRES_URL) -> None:
     engine.dispose()
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def db_url(request: pytest.FixtureRequest, tmp_path) -> str:
-    if request.param == "sqlite":
+def new_db_url(request: pytest.FixtureRequest, kind: str, tmp_path: Any) -> str:
+    """An empty database of ``kind`` (``sqlite``, or ``postgresql...``: the machine's, emptied)."""
+    if kind == "sqlite":
         return f"sqlite:///{tmp_path / 'market.db'}"
     # Asked for only here, so a run of SQLite tests alone starts no PostgreSQL server.
     url: str = request.getfixturevalue("postgres_url")
@@ -39,11 +41,31 @@ def db_url(request: pytest.FixtureRequest, tmp_path) -> str:
     return url
 
 
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def db_url(request: pytest.FixtureRequest, tmp_path) -> str:
+    return new_db_url(request, request.param, tmp_path)
+
+
 @pytest.fixture
 def server(db_url: str) -> Iterator[LiveServer]:
     app = create_app(Settings(db_url=db_url, admin_token=ADMIN))
     with LiveServer(app) as srv:
         yield srv
+
+
+@contextmanager
+def writer_server(db_url: str, *, allow_fallback: bool = False, **settings: Any) -> Iterator[LiveServer]:
+    """A server whose uploads are all stored by its writer process (``server.writeprocess``,
+    PostgreSQL), started with the server and waited for; on leaving, checks that its own group
+    commit stored none (unless ``allow_fallback``: the test stops the process)."""
+    app = create_app(Settings(db_url=db_url, admin_token=ADMIN, write_process="on", **settings))
+    with LiveServer(app) as srv:
+        deadline = time.monotonic() + 60
+        while app.state.writer.state != "ready":
+            assert time.monotonic() < deadline, f"writer process: {app.state.writer.state}"
+            time.sleep(0.05)
+        yield srv
+        assert allow_fallback or app.state.group_commit.uploads == 0, "an upload was stored past the writer process"
 
 
 class StallSim:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
+from collections.abc import Iterator
 
 import pytest
 from pydantic import ValidationError
@@ -13,8 +14,32 @@ from server.app import create_app
 from server.auth import token_hash
 from server.settings import Settings
 from tests.conftest import LiveServer
-from tests.server.conftest import ADMIN, StallSim
+from tests.server.conftest import ADMIN, StallSim, new_db_url, writer_server
 from tests.server.conftest import register_stall as _register
+
+
+# Every test here also runs with the uploads stored by the writer process (PostgreSQL's
+# default under load, server.writeprocess): the same answers either way.
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres),
+                        pytest.param("postgresql-writer", marks=pytest.mark.postgres)])
+def db_kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def db_url(request: pytest.FixtureRequest, db_kind: str, tmp_path) -> str:  # type: ignore[no-untyped-def]
+    return new_db_url(request, db_kind, tmp_path)
+
+
+@pytest.fixture
+def server(db_kind: str, db_url: str) -> Iterator[LiveServer]:
+    if db_kind == "postgresql-writer":
+        with writer_server(db_url) as srv:
+            yield srv
+        return
+    app = create_app(Settings(db_url=db_url, admin_token=ADMIN))
+    with LiveServer(app) as srv:
+        yield srv
 
 
 def test_sale_from_contract_example_becomes_stats(server: LiveServer) -> None:
