@@ -65,7 +65,8 @@ def writer_server(db_url: str, *, allow_fallback: bool = False, **settings: Any)
             assert time.monotonic() < deadline, f"writer process: {app.state.writer.state}"
             time.sleep(0.05)
         yield srv
-        assert allow_fallback or app.state.group_commit.uploads == 0, "an upload was stored past the writer process"
+        assert allow_fallback or app.state.group_commit.uploads == 0, \
+            "an upload was stored past the writer process"
 
 
 class StallSim:

@@ -124,7 +124,7 @@ def test_a_writer_process_killed_under_load_loses_and_doubles_no_sale(postgres_u
         assert set(held) == {"accepted"}
 
         answers: list[str] = []
-        kills = []
+        kills: list[int] = []
 
         def killer() -> None:
             for _ in range(2):
@@ -175,7 +175,8 @@ def test_a_sale_stored_by_the_writer_process_wakes_its_orders_shopper(postgres_u
         app = create_app(Settings(db_url=postgres_url, admin_token=ADMIN, write_process=mode))
         with LiveServer(app) as srv:
             sim, token = _set_up(srv)
-            _wait_for("the writer", lambda: app.state.writer.state == ("ready" if mode == "on" else "off"))
+            want = "ready" if mode == "on" else "off"
+            _wait_for("the writer", lambda a=app, w=want: a.state.writer.state == w)
             assert app.state.listener.listening.wait(10)
             shopper = _shopper(srv, PHONE_A)
             r = shopper.post("/api/v1/orders", json={"stall_id": "S01", "slot_start": _slot(shopper),
