@@ -92,8 +92,9 @@ def create_app(settings: Settings) -> FastAPI:
         # A sale that fulfils an online order wakes its shopper and stall at once (without,
         # their pages saw it at their next keep-alive, up to 15 s later).
         order_watch.watch(write_sessionmaker, notify=postgres)
-    # On PostgreSQL the writing goes to a process of its own once uploads queue behind the
-    # writer (server.writeprocess); the group commit above writes until it is up, and after.
+    # On PostgreSQL small uploads are written by a process of its own once they queue behind
+    # the writer (server.writeprocess); the group commit above writes batches, and the rest
+    # until it is up and whenever it is not.
     writer = WriteProcess(settings, group_commit, mode=settings.write_process)
     check_pool = CheckPool(settings, default_processes() if settings.check_processes is None
                            else settings.check_processes)

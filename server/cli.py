@@ -171,9 +171,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "more); default one less than the CPUs, at most 4 (none with --workers), "
                         "or $WETMARKET_CHECK_PROCESSES; 0: none")
     p.add_argument("--write-process", choices=("auto", "on", "off"),
-                   help="PostgreSQL: store uploads through a writer process of the server's own; "
-                        "auto (the default, or $WETMARKET_WRITE_PROCESS) starts it the first time "
-                        "uploads queue behind the writer, on at the start, off never")
+                   help="PostgreSQL: store small uploads (a stall's sale) through a writer process "
+                        "of the server's own; auto (the default, or $WETMARKET_WRITE_PROCESS) "
+                        "starts it the first time they queue behind the writer, on at the start, "
+                        "off never")
     p.set_defaults(run=_run)
     manager_cli.register(sub)
     sales_cli.register(sub)

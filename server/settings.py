@@ -71,9 +71,9 @@ class Settings(BaseModel):
 
     write_process: Literal["auto", "on", "off"] = Field(
         "auto", title="Writer process",
-        description="PostgreSQL: the group commit's writer in a process of its own "
-                    "(server/writeprocess.py); auto: started the first time uploads queue behind "
-                    "the writer; on: at the server's start; off: never (SQLite: always off)")
+        description="PostgreSQL: small uploads (fewer than 16 sales) written by a process of "
+                    "their own (server/writeprocess.py); auto: started the first time they queue "
+                    "behind the writer; on: at the server's start; off: never (SQLite: always off)")
 
     # ---- online orders (server.orders, issue 19) ----
     order_tolerance_pct: int = Field(

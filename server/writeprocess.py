@@ -9,7 +9,10 @@ lock, while the same group written by a thread alone took 2.3 ms (``docs/benchma
 the server as before, and their rows (``server.ingest.Prepared``) go through a pipe to this
 process, which writes whatever has arrived meanwhile as one group, one transaction, exactly as
 the in-process group commit does (``server.groupcommit.write_group``), and sends each upload's
-results back.  Each answer still leaves only after the commit that stored its sales.
+results back.  Each answer still leaves only after the commit that stored its sales.  Batches
+(16 sales or more, checked in a check process: ``server.checkpool``) are still stored by the
+server's own group commit, where they are faster on a machine whose cores the checks keep busy;
+the two writers may then write at once, as the writers of two server processes do.
 
 Nothing is lost on the way.  The process reads and writes only the database; if it dies or
 cannot start, the uploads it had not answered are stored by the server's own group commit
@@ -18,7 +21,8 @@ sending again is), and later uploads are too until it is started again.
 
 Only PostgreSQL: an SQLite file takes one writer at a time, which the server's other writes
 (prices, inspections...) would then wait for across processes.  ``auto`` starts it the first
-time uploads queue behind the writer (a server that never gets two at once never starts one);
+time a small upload queues behind the writer (a server that never gets two at once never
+starts one);
 ``on`` at the server's start; ``off`` never.
 """
 
@@ -38,6 +42,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from server import ServerError
 from server.auth import StallAuth
+from server.checkpool import POOL_MIN
 from server.groupcommit import ConcurrentUpload, GroupCommit, write_group
 from server.ingest import IngestResult, Prepared, StallLike
 from server.settings import Settings
@@ -66,11 +71,13 @@ class WriteProcess:
     until then, and whenever it is not, by ``fallback`` (the server's own group commit)."""
 
     def __init__(self, settings: Settings, fallback: GroupCommit, *, mode: str = "auto",
-                 max_sales: int = 2000) -> None:
+                 max_sales: int = 2000, batch_min: int = POOL_MIN) -> None:
         self.settings = settings
         self.fallback = fallback
         self.mode = mode if settings.sqlite_path() is None else "off"
         self.max_sales = max_sales
+        #: Uploads of this many sales or more are stored by ``fallback`` (see :meth:`store`).
+        self.batch_min = batch_min
         self._lock = threading.Lock()
         self._send_lock = threading.Lock()
         # One thread at a time waits for the process to end: two at once can both miss its
@@ -149,6 +156,12 @@ class WriteProcess:
         if not any(isinstance(p, Prepared) for p in prepared):
             # every sale refused by its checks: nothing to write, and no transaction for it
             return [p for p in prepared if isinstance(p, IngestResult)]
+        if len(prepared) >= self.batch_min:
+            # A batch (checked in a check process) is stored by the server's own writer: its
+            # rows crossing one more pipe cost batches of 100 from 4 stalls 2 to 5 % on 2 busy
+            # cores, and the process starting under them 10 % (docs/benchmarks.md).  The two
+            # writers may write at once, as two server processes' writers do.
+            return self.fallback.store(stall, prepared)
         with self._lock:
             conn = self._conn if self._ready else None
             if conn is not None:
@@ -156,8 +169,8 @@ class WriteProcess:
                 waiting = self._waiting[uid] = _Waiting()
         if conn is None:
             if self.mode == "on" or self.fallback.busy:
-                # on: started again after it ended; auto: uploads queue behind the writer,
-                # worth a process of its own
+                # on: started again after it ended; auto: small uploads queue behind the
+                # writer, worth a process of its own
                 self.start()
             return self.fallback.store(stall, prepared)
         try:

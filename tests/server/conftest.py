@@ -55,10 +55,12 @@ def server(db_url: str) -> Iterator[LiveServer]:
 
 @contextmanager
 def writer_server(db_url: str, *, allow_fallback: bool = False, **settings: Any) -> Iterator[LiveServer]:
-    """A server whose uploads are all stored by its writer process (``server.writeprocess``,
-    PostgreSQL), started with the server and waited for; on leaving, checks that its own group
-    commit stored none (unless ``allow_fallback``: the test stops the process)."""
+    """A server whose uploads, batches too, are all stored by its writer process
+    (``server.writeprocess``, PostgreSQL), started with the server and waited for; on leaving,
+    checks that its own group commit stored none (unless ``allow_fallback``: the test stops
+    the process)."""
     app = create_app(Settings(db_url=db_url, admin_token=ADMIN, write_process="on", **settings))
+    app.state.writer.batch_min = 10**9  # batches too, which the server's own writer stores otherwise
     with LiveServer(app) as srv:
         deadline = time.monotonic() + 60
         while app.state.writer.state != "ready":

@@ -164,6 +164,45 @@ def test_a_writer_process_killed_under_load_loses_and_doubles_no_sale(postgres_u
 
 
 @pytest.mark.postgres
+def test_batches_and_single_sales_written_at_once_by_both_writers(postgres_url: str) -> None:
+    """A batch is stored by the server's own group commit, a single sale by the process, both
+    at once from different stalls: every sale stored once, the day's rollups their sums."""
+    reset_postgres(postgres_url)
+    app = create_app(Settings(db_url=postgres_url, admin_token=ADMIN, write_process="on"))
+    writer, group = app.state.writer, app.state.group_commit
+    with LiveServer(app) as srv:
+        _wait_for("the writer", lambda: writer.state == "ready")
+        sims = [StallSim(f"S{i:02d}") for i in range(1, 5)]
+        tokens = [register_stall(srv, s, f"摊{i}") for i, s in enumerate(sims)]
+        singles: list[str] = []
+
+        def batches(k: int) -> list[str]:
+            out = []
+            with srv.client(tokens[k]) as c:
+                for _ in range(6):
+                    batch = [sims[k].sale([("2", "黄瓜", 300 + i, 260, "500g")]) for i in range(20)]
+                    r = c.post("/api/v1/sales", json={"sales": batch})
+                    assert r.status_code == 200, r.text
+                    out += [x["status"] for x in r.json()["results"]]
+            return out
+
+        with ThreadPoolExecutor(4) as pool:
+            batched = pool.map(batches, (0, 1))
+            list(pool.map(lambda k: _stall_uploads(srv, sims[k], tokens[k], 40, singles), (2, 3)))
+            statuses = [x for b in batched for x in b]
+        assert statuses == ["accepted"] * 240 and singles == ["accepted"] * 80
+        assert group.uploads == 12 and writer.uploads == 80
+        assert _stored(app) == (320, 320)
+        with srv.client() as c:
+            today = c.get("/api/v1/stats/today").json()
+        assert today["sales"] == 320
+        items = {it["plu"]: it for it in today["items"]}
+        assert items["2"]["lines"] == 240 and items["1"]["lines"] == 80
+        assert items["2"]["weight_g"] == 2 * 6 * sum(300 + i for i in range(20))
+        assert items["1"]["weight_g"] == 2 * sum(100 + i for i in range(40))
+
+
+@pytest.mark.postgres
 def test_a_sale_stored_by_the_writer_process_wakes_its_orders_shopper(postgres_url: str) -> None:
     """The sale that fulfils an online order is written in the writer process; the shopper's
     live page on the server hears of it at once (NOTIFY with the commit), not at its next
