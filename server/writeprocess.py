@@ -51,6 +51,9 @@ logger = logging.getLogger(__name__)
 
 #: Starts in a row that did not come up before the process is no longer asked for.
 MAX_FAILED_STARTS = 3
+#: A process not ready this many seconds after its start (its database does not answer, the
+#: machine cannot run it) is ended and counts as a failed start.
+START_TIMEOUT_S = 30.0
 
 
 class WriterFailed(ServerError):
@@ -78,6 +81,7 @@ class WriteProcess:
         self.max_sales = max_sales
         #: Uploads of this many sales or more are stored by ``fallback`` (see :meth:`store`).
         self.batch_min = batch_min
+        self.start_timeout_s = START_TIMEOUT_S
         self._lock = threading.Lock()
         self._send_lock = threading.Lock()
         # One thread at a time waits for the process to end: two at once can both miss its
@@ -195,6 +199,9 @@ class WriteProcess:
         was_ready = False
         why: BaseException | str = "closed"
         try:
+            if not conn.poll(self.start_timeout_s):
+                proc.kill()
+                raise EOFError(f"not ready within {self.start_timeout_s:g} s")
             hello = conn.recv()
             if hello != "ready":
                 raise EOFError(f"unexpected first message {hello!r}")
@@ -228,6 +235,9 @@ class WriteProcess:
             logger.error("the writer process ended (exit code %s, %s); %d uploads it had not answered "
                          "are stored by the server, as are later ones until it is started again",
                          proc.exitcode, why or type(why).__name__, len(lost))
+            if self.state == "failed":
+                logger.error("the writer process could not start %d times in a row: given up, every "
+                             "upload is stored by the server", MAX_FAILED_STARTS)
         for waiting in lost:
             waiting.error = ("lost", "the writer process ended")
             waiting.done.set()

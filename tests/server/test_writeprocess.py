@@ -238,6 +238,31 @@ def test_a_sale_stored_by_the_writer_process_wakes_its_orders_shopper(postgres_u
             assert (app.state.writer.uploads > 0) == (mode == "on")
 
 
+@pytest.mark.postgres
+def test_a_writer_process_that_never_comes_up_is_given_up(postgres_url: str) -> None:
+    """Not ready in time (here: at once), it is ended and counts as a failed start; three in a
+    row and it is given up. Every upload meanwhile is stored by the server."""
+    reset_postgres(postgres_url)
+    app = create_app(Settings(db_url=postgres_url, admin_token=ADMIN, write_process="on"))
+    writer = app.state.writer
+    writer.start_timeout_s = 0.0
+    with LiveServer(app) as srv:
+        sim = StallSim("S01")
+        token = register_stall(srv, sim)
+        answers: list[str] = []
+        deadline = time.monotonic() + 60
+        while writer.state != "failed":  # each upload in ``on`` starts it again
+            assert time.monotonic() < deadline, writer.state
+            _stall_uploads(srv, sim, token, 1, answers)
+        assert set(answers) == {"accepted"} and writer.uploads == 0
+        assert app.state.group_commit.uploads == len(answers)
+        with httpx.Client(base_url=srv.url) as c:
+            assert c.get("/healthz").json()["writer"] == "failed"
+        _stall_uploads(srv, sim, token, 2, answers)
+        assert writer.state == "failed" and writer.process is None
+    assert _stored(app) == (len(answers), len(answers))
+
+
 def test_sqlite_never_starts_a_writer_process(tmp_path) -> None:  # type: ignore[no-untyped-def]
     app = create_app(Settings(db_url=f"sqlite:///{tmp_path / 'm.db'}", admin_token=ADMIN,
                               write_process="on"))
