@@ -54,6 +54,11 @@ MAX_FAILED_STARTS = 3
 #: A process not ready this many seconds after its start (its database does not answer, the
 #: machine cannot run it) is ended and counts as a failed start.
 START_TIMEOUT_S = 30.0
+#: An upload the process has not answered in this many seconds ends it (it hangs): that
+#: upload and the others it held are stored by the server, as when it dies.  A group takes
+#: milliseconds; a stall's request gives up after 5 s (edge.outbox) and sends again, and each
+#: sending again would wait behind the same hang.
+ANSWER_TIMEOUT_S = 10.0
 
 
 class WriterFailed(ServerError):
@@ -82,6 +87,7 @@ class WriteProcess:
         #: Uploads of this many sales or more are stored by ``fallback`` (see :meth:`store`).
         self.batch_min = batch_min
         self.start_timeout_s = START_TIMEOUT_S
+        self.answer_timeout_s = ANSWER_TIMEOUT_S
         self._lock = threading.Lock()
         self._send_lock = threading.Lock()
         # One thread at a time waits for the process to end: two at once can both miss its
@@ -182,7 +188,13 @@ class WriteProcess:
                 conn.send((uid, StallAuth(stall.stall_id, stall.public_key), prepared))
         except (OSError, ValueError) as exc:  # it died: _receive answers the waiting as lost
             logger.warning("the writer process cannot be reached (%s)", exc)
-        waiting.done.wait()
+        if not waiting.done.wait(self.answer_timeout_s):
+            proc = self._proc
+            logger.error("the writer process (pid %s) has not answered an upload in %g s: ending it",
+                         proc.pid if proc is not None else None, self.answer_timeout_s)
+            if proc is not None:
+                proc.kill()  # _receive then answers every upload it held as lost
+            waiting.done.wait()
         if waiting.error is None:
             assert waiting.results is not None
             return waiting.results

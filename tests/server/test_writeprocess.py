@@ -95,10 +95,11 @@ def test_uploads_queueing_start_the_writer_process(postgres_url: str) -> None:
 
 
 @pytest.mark.postgres
-def test_a_writer_process_killed_under_load_loses_and_doubles_no_sale(postgres_url: str) -> None:
-    """Four stalls upload while the writer process is killed twice, once while it holds an
-    upload (stopped, then killed): every sale is answered, stored exactly once, and its
-    chain unbroken; the writer comes back."""
+def test_a_writer_process_killed_under_load_loses_and_doubles_no_sale(
+        postgres_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    """The writer process killed while it holds an upload (stopped, then killed), ended when it
+    hangs, then killed twice while four stalls upload: every sale is answered, stored exactly
+    once, and its chain unbroken; the writer comes back each time."""
     reset_postgres(postgres_url)
     with writer_server(postgres_url, allow_fallback=True) as srv:
         app = srv.app
@@ -116,6 +117,19 @@ def test_a_writer_process_killed_under_load_loses_and_doubles_no_sale(postgres_u
         os.kill(pid, signal.SIGKILL)
         t.join(30)
         assert held == ["accepted"]
+        # One that hangs (stopped, never killed) is ended once an upload has waited too long.
+        writer.answer_timeout_s = 0.5
+        while writer.state != "ready":  # ``on``: the next upload starts it again
+            _stall_uploads(srv, sims[0], tokens[0], 1, held)
+        hung = writer.process
+        os.kill(hung.pid, signal.SIGSTOP)
+        started = time.monotonic()
+        _stall_uploads(srv, sims[0], tokens[0], 1, held)
+        assert 0.5 <= time.monotonic() - started < 10
+        # (its exit status is the server's to collect: two threads waiting for it may both miss it)
+        assert f"the writer process (pid {hung.pid}) has not answered an upload in 0.5 s" in caplog.text
+        assert set(held) == {"accepted"}
+        writer.answer_timeout_s = 10.0
         # ``on``: the next upload starts it again (stored by the server meanwhile)
         deadline = time.monotonic() + 60
         while writer.state != "ready":
