@@ -173,7 +173,7 @@ class WriteProcess:
             # writers may write at once, as two server processes' writers do.
             return self.fallback.store(stall, prepared)
         with self._lock:
-            conn = self._conn if self._ready else None
+            conn, proc = (self._conn, self._proc) if self._ready else (None, None)
             if conn is not None:
                 uid = next(self._ids)
                 waiting = self._waiting[uid] = _Waiting()
@@ -189,11 +189,10 @@ class WriteProcess:
         except (OSError, ValueError) as exc:  # it died: _receive answers the waiting as lost
             logger.warning("the writer process cannot be reached (%s)", exc)
         if not waiting.done.wait(self.answer_timeout_s):
-            proc = self._proc
+            assert proc is not None
             logger.error("the writer process (pid %s) has not answered an upload in %g s: ending it",
-                         proc.pid if proc is not None else None, self.answer_timeout_s)
-            if proc is not None:
-                proc.kill()  # _receive then answers every upload it held as lost
+                         proc.pid, self.answer_timeout_s)
+            proc.kill()  # _receive then answers every upload it held as lost
             waiting.done.wait()
         if waiting.error is None:
             assert waiting.results is not None
@@ -230,8 +229,11 @@ class WriteProcess:
                 for waiting, results, error in found:
                     waiting.results, waiting.error = results, error
                     waiting.done.set()
-        except (EOFError, OSError) as exc:
+        except Exception as exc:  # noqa: BLE001 - gone, or an answer that cannot be read
             why = exc
+            if not isinstance(exc, (EOFError, OSError)):
+                logger.exception("the writer process's answers cannot be read: ending it")
+                proc.kill()
         with self._lock:
             self._ready = False
             closing = self._closed
