@@ -42,15 +42,13 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from server import ServerError
 from server.auth import StallAuth
-from server.checkpool import POOL_MIN
+from server.checkpool import MAX_FAILED_STARTS, POOL_MIN  # the check pool's rules, shared
 from server.groupcommit import ConcurrentUpload, GroupCommit, write_group
 from server.ingest import IngestResult, Prepared, StallLike
 from server.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-#: Starts in a row that did not come up before the process is no longer asked for.
-MAX_FAILED_STARTS = 3
 #: A process not ready this many seconds after its start (its database does not answer, the
 #: machine cannot run it) is ended and counts as a failed start.
 START_TIMEOUT_S = 30.0
@@ -101,9 +99,8 @@ class WriteProcess:
         self._failed_starts = 0
         self._waiting: dict[int, _Waiting] = {}
         self._ids = itertools.count()
-        #: Uploads written by the process, and groups it committed (tests, the bench).
+        #: Uploads written by the process (tests read it).
         self.uploads = 0
-        self.commits = 0
 
     @property
     def state(self) -> str:
@@ -223,7 +220,6 @@ class WriteProcess:
             while True:
                 answers = conn.recv()
                 with self._lock:
-                    self.commits += 1
                     self.uploads += len(answers)
                     found = [(self._waiting.pop(uid), results, error) for uid, results, error in answers]
                 for waiting, results, error in found:
