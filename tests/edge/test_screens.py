@@ -115,6 +115,15 @@ def test_weigh_see_the_guesses_tap_see_the_price_check_out_and_print(
         expect(vendor.locator("#weight")).to_have_text("1.200")
         # No photo in the catalogue: each guess shows a placeholder tile with its name.
         expect(guesses.first.locator(".pic .initial")).to_have_count(1)
+        # Another part of the screen changes while the vendor reaches for a guess: the guess
+        # buttons stay the same nodes. Rebuilt on every push, a button replaced between
+        # touch-down and touch-up lost the tap (CI once saw the flow left "choosing").
+        assert app.screens is not None
+        vendor.evaluate("document.querySelectorAll('#guesses button.guess')[1].dataset.seen = 'yes'")
+        shown = {k: v for k, v in app.screens.hub.state.items() if k != "v"}
+        assert app.screens.hub.publish({**shown, "warnings": ["a passing warning"]})
+        expect(vendor.locator("#warnings")).to_contain_text("a passing warning")
+        expect(guesses.nth(1)).to_have_attribute("data-seen", "yes")
         code = guesses.nth(1).get_attribute("data-code")  # the vendor taps the second guess
         guesses.nth(1).click()
         assert wait_for(lambda: app.flow is not None and app.flow.state is FlowState.PRICED)

@@ -67,6 +67,15 @@ const WM = (() => {
 
   function clear(node) { while (node.firstChild) node.removeChild(node.firstChild); }
 
+  // True, and remembered, when what ``node`` should show differs from what it shows. A list
+  // rebuilt on every state push (the weight moves several times a second) would replace the
+  // button under a finger between touch-down and touch-up, and the tap would be lost.
+  function changed(node, key) {
+    if (node.wmKey === key) return false;
+    node.wmKey = key;
+    return true;
+  }
+
   // The live channel: the stall's whole state on every change.
   function connect(onState, onEcho) {
     const live = document.getElementById("live");
@@ -92,5 +101,5 @@ const WM = (() => {
     return {status: res.status, ok: res.ok, data};
   }
 
-  return {lang, el, bi, tr, yuan, kg, unit, priceCell, inspection, flowState, clear, connect, call};
+  return {lang, el, bi, tr, yuan, kg, unit, priceCell, inspection, flowState, clear, changed, connect, call};
 })();

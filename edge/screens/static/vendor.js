@@ -3,7 +3,7 @@
 "use strict";
 
 (() => {
-  const {el, bi, tr, yuan, kg, unit, priceCell, flowState, clear, call} = WM;
+  const {el, bi, tr, yuan, kg, unit, priceCell, flowState, clear, changed, call} = WM;
   const $ = (id) => document.getElementById(id);
   let state = null;
   let results = [];
@@ -227,6 +227,25 @@
     return box;
   }
 
+  function renderBasket(basket, lines) {
+    clear(basket);
+    for (const line of lines) {
+      const li = el("li", line.voided ? "voided" : "");
+      const qty = line.weight_g !== null ? kg(line.weight_g) + " kg" : "× " + line.quantity;
+      li.append(el("span", "no", line.line_no), bi(line.name, line.name_en, "name"), el("span", "qty", qty),
+                priceCell(line),
+                el("span", "amt", yuan(line.amount_fen)));
+      if (!line.voided) {
+        const b = el("button", "small void-btn");
+        b.type = "button";
+        b.append(bi("作废", "Void"));
+        b.addEventListener("click", () => act("/api/void", {line_no: line.line_no, reason: $("void-reason").value}));
+        li.append(b);
+      }
+      basket.append(li);
+    }
+  }
+
   function render(s) {
     state = s;
     const f = s.flow;
@@ -243,45 +262,35 @@
     $("weight").textContent = f.net_g === null ? "—" : kg(f.net_g);
     $("weigh-state").textContent = f.weigh_state + (f.recognizing ? " · " + tr("识别中 / recognising") : "");
     $("tare").textContent = f.tare_g ? tr("皮重 / tare ") + f.tare_g + " g" : "";
+    // The buttons below are rebuilt only when what they show changes (see WM.changed).
     const presets = $("presets");
-    clear(presets);
-    for (const g of s.tare_presets_g) {
-      const b = el("button", "small", tr("预置皮重 / preset ") + g + " g");
-      b.type = "button";
-      b.addEventListener("click", () => act("/api/tare/preset", {grams: g}, (d) => tr("皮重 / tare ") + d.tare_g + " g"));
-      presets.append(b);
+    if (changed(presets, JSON.stringify(s.tare_presets_g))) {
+      clear(presets);
+      for (const g of s.tare_presets_g) {
+        const b = el("button", "small", tr("预置皮重 / preset ") + g + " g");
+        b.type = "button";
+        b.addEventListener("click", () => act("/api/tare/preset", {grams: g}, (d) => tr("皮重 / tare ") + d.tare_g + " g"));
+        presets.append(b);
+      }
     }
 
     const guesses = $("guesses");
-    clear(guesses);
-    f.guesses.forEach((g, i) => {
-      const b = itemButton(g.item, "guess");
-      b.prepend(picture(g.item.code, g.item.name_zh, s.pictures));
-      b.append(el("span", "conf", "F" + (i + 1) + " · " + Math.round(g.confidence * 100) + "%"));
-      guesses.append(b);
-    });
-    if (!f.guesses.length) {
-      guesses.append(el("div", "empty", f.unknown ? tr("未识别，请手动选品 / not recognised: pick by hand")
-        : s.camera ? "" : tr("无摄像头，请手动选品 / no camera: pick by hand")));
+    if (changed(guesses, JSON.stringify([f.guesses, f.unknown, Boolean(s.camera), s.pictures, f.taught]))) {
+      clear(guesses);
+      f.guesses.forEach((g, i) => {
+        const b = itemButton(g.item, "guess");
+        b.prepend(picture(g.item.code, g.item.name_zh, s.pictures));
+        b.append(el("span", "conf", "F" + (i + 1) + " · " + Math.round(g.confidence * 100) + "%"));
+        guesses.append(b);
+      });
+      if (!f.guesses.length) {
+        guesses.append(el("div", "empty", f.unknown ? tr("未识别，请手动选品 / not recognised: pick by hand")
+          : s.camera ? "" : tr("无摄像头，请手动选品 / no camera: pick by hand")));
+      }
     }
 
     const basket = $("basket");
-    clear(basket);
-    for (const line of f.basket) {
-      const li = el("li", line.voided ? "voided" : "");
-      const qty = line.weight_g !== null ? kg(line.weight_g) + " kg" : "× " + line.quantity;
-      li.append(el("span", "no", line.line_no), bi(line.name, line.name_en, "name"), el("span", "qty", qty),
-                priceCell(line),
-                el("span", "amt", yuan(line.amount_fen)));
-      if (!line.voided) {
-        const b = el("button", "small void-btn");
-        b.type = "button";
-        b.append(bi("作废", "Void"));
-        b.addEventListener("click", () => act("/api/void", {line_no: line.line_no, reason: $("void-reason").value}));
-        li.append(b);
-      }
-      basket.append(li);
-    }
+    if (changed(basket, JSON.stringify(f.basket))) renderBasket(basket, f.basket);
     $("total").textContent = yuan(f.total_fen);
     $("btn-print-queue").hidden = !s.printer.reprints;
     $("last-receipt").textContent = f.last_receipt ? tr("上一张小票 / last receipt ") + f.last_receipt : "";
