@@ -86,6 +86,13 @@ def test_order_online_the_stall_weighs_it_and_the_shopper_sees_it_ready(
     expect(carrot.locator(".price")).to_have_text("3.80 元/kg")  # the legal unit, never 斤
     expect(shop.locator("#items li[data-plu='2011'] .price")).to_have_text("2.50 元/件")
     shop.evaluate("window.__marker = 1")  # gone if the page reloads
+    # The items read again unchanged (every 30 s; here the stall tapped again): the rows stay
+    # the nodes they were, so a tap on "Add" or an open amount picker is not lost to a redraw.
+    carrot.evaluate("n => { n.dataset.seen = 'yes'; }")
+    with shop.expect_response(lambda r: r.url.endswith(f"/api/v1/shop/stalls/{STALL}")):
+        shop.click(f"#stalls li[data-stall='{STALL}'] button")
+    shop.evaluate("() => new Promise((done) => setTimeout(done, 200))")  # its answer drawn
+    expect(carrot).to_have_attribute("data-seen", "yes")
 
     # 1. Ordered while the stall is off: it waits, "not yet accepted".
     order_on_the_shop(shop, {"2003": "1000", "2011": "2"})

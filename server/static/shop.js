@@ -25,6 +25,15 @@
     return e;
   };
   const clear = (n) => { while (n.firstChild) n.removeChild(n.firstChild); };
+  // True, and remembered, when what a list should show differs from what it shows: the
+  // 30 s refresh and the live orders redraw only then, so a tap on "Add" or "Cancel" during
+  // a redraw, or an open amount picker, is never lost to an identical redraw.
+  const changed = (node, data) => {
+    const key = JSON.stringify(data);
+    if (node.wmKey === key) return false;
+    node.wmKey = key;
+    return true;
+  };
   const yuan = (fen) => (fen === null || fen === undefined) ? "—"
     : Math.floor(fen / 100) + "." + String(fen % 100).padStart(2, "0");
   // The legal units of 明码标价: per kg, per 500 g or per piece, never per 斤.
@@ -122,6 +131,7 @@
   // -- stalls and items --------------------------------------------------------------------
   function renderStalls() {
     const list = $("stalls");
+    if (!changed(list, stalls)) return;
     clear(list);
     for (const s of stalls) {
       const li = el("li", "stall");
@@ -143,6 +153,7 @@
     $("items-card").hidden = false;
     $("stall-name").textContent = `${current.stall_id} ${current.name}`;
     const list = $("items");
+    if (!changed(list, current)) { renderCart(); return; }
     clear(list);
     for (const it of current.items) {
       const li = el("li", "item");
@@ -258,6 +269,7 @@
   // -- my orders, live -------------------------------------------------------------------------
   function renderOrders(list) {
     const ol = $("orders");
+    if (!changed(ol, list)) return;
     clear(ol);
     for (const o of list) {
       const li = el("li", "order");
