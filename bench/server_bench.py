@@ -15,6 +15,9 @@ receipt chains and tokens).
         single-sale requests/s, 8 stalls at once, a big screen subscribed to /api/v1/events, at
         each history size; baselines: /healthz requests/s (same client, same concurrency) and
         commits/s of a raw one-row SQLite insert with synchronous=FULL in the same folder.
+    .venv/bin/python bench/server_bench.py mixed [--db ...] [--concurrency 8] [--batch-stalls 2]
+        single sales and batches of 100 at once on one server (two client processes): each
+        one's rate and p95 together, next to each alone on the same server in the same run.
     .venv/bin/python bench/server_bench.py store [--db sqlite|postgresql|both] [--group 3]
             [--batch 1] [--copy-from N]
         what the group commit's writer costs with nothing beside it: uploads of 8 stalls
@@ -630,6 +633,81 @@ def bench_single(kind: str, history: int, *, per_stall: int, concurrency: int, s
             "load": load}
 
 
+def bench_mixed(kind: str, *, per_stall: int, batch_per_stall: int, batch: int, concurrency: int,
+                batch_stalls: int, workers: int | None, write_process: str | None = None) -> dict[str, Any]:
+    """Single sales and batches at once on one server, each beside itself alone in the same
+    run: ``concurrency`` stalls send one sale a request, ``batch_stalls`` send ``batch`` a
+    request.  First half of every stall's sales: the single sales alone, then the batches
+    alone; second half: both at once (two client processes started together).  A rate is
+    over its own client's run; ``overlap`` says how much of the shorter one the other covered."""
+    import concurrent.futures
+
+    url, state = with_history(kind, "mixed", 0)
+    ids = [f"S{i + 1:03d}" for i in range(concurrency + batch_stalls + 1)]
+    *stalls, warm = BenchStall.from_state(state, ids)
+    single_stalls, bulk_stalls = stalls[:concurrency], stalls[concurrency:]
+    singles = sales_of(single_stalls, 2 * per_stall)
+    bulks = sales_of(bulk_stalls, 2 * batch_per_stall)
+
+    def single_job(half: int) -> dict[str, Any]:
+        conns = [[http_request("POST", "/api/v1/sales", json.dumps({"sales": [sale]}).encode(),
+                               token=st.token)
+                  for sale in s[half * per_stall:(half + 1) * per_stall]]
+                 for st, s in zip(single_stalls, singles.values(), strict=True)]
+        return {"kind": "load", "conns": conns, "expect": '"accepted":1'}
+
+    def batch_job(half: int) -> dict[str, Any]:
+        conns = []
+        for st, s in zip(bulk_stalls, bulks.values(), strict=True):
+            mine = s[half * batch_per_stall:(half + 1) * batch_per_stall]
+            conns.append([http_request("POST", "/api/v1/sales",
+                                       json.dumps({"sales": mine[k:k + batch]}).encode(), token=st.token)
+                          for k in range(0, len(mine), batch)])
+        return {"kind": "load", "conns": conns, "expect": f'"accepted":{batch}'}
+
+    def timed(job: dict[str, Any]) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        out = run_client(job)
+        # the client process's start-up is outside its own clock: place its run at the end
+        out["window"] = (time.perf_counter() - out["seconds"] - t0, time.perf_counter() - t0)
+        return out
+
+    with ServerProc(url, workers=workers, write_process=write_process) as srv:
+        srv.warm_up(warm)
+        load = load_average()
+        alone_single = run_client({**single_job(0), "port": srv.port})
+        alone_batch = run_client({**batch_job(0), "port": srv.port})
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            fs = pool.submit(timed, {**single_job(1), "port": srv.port})
+            fb = pool.submit(timed, {**batch_job(1), "port": srv.port})
+            mixed_single, mixed_batch = fs.result(), fb.result()
+        writer = srv.writer()
+    drop_db(url)
+    (a0, a1), (b0, b1) = mixed_single["window"], mixed_batch["window"]
+    overlap = max(0.0, min(a1, b1) - max(a0, b0)) / min(a1 - a0, b1 - b0)
+    bulk_sales = batch_per_stall * batch_stalls
+    both = {"single_sales_per_s": round(mixed_single["rps"]),
+            "single_p95_ms": mixed_single.get("p95_ms"),
+            "batch_sales_per_s": round(bulk_sales / mixed_batch["seconds"]),
+            "batch_request_p95_ms": mixed_batch.get("p95_ms"),
+            "all_sales_per_s": round((mixed_single["requests"] + bulk_sales) / (max(a1, b1) - min(a0, b0))),
+            "overlap": round(overlap, 2)}
+    return {"db": kind, "mixed": True, "concurrency": concurrency, "batch_stalls": batch_stalls,
+            "batch": batch,
+            "workers": workers or 1, "write_process": write_process, "writer": writer,
+            "alone": {"single_sales_per_s": round(alone_single["rps"]),
+                      "single_p95_ms": alone_single.get("p95_ms"),
+                      "batch_sales_per_s": round(bulk_sales / alone_batch["seconds"]),
+                      "batch_request_p95_ms": alone_batch.get("p95_ms")},
+            "together": both,
+            "single_ratio": round(mixed_single["rps"] / alone_single["rps"], 2),
+            "batch_ratio": round(alone_batch["seconds"] / mixed_batch["seconds"], 2),
+            "errors": sum(r["errors"] for r in (alone_single, alone_batch, mixed_single, mixed_batch)),
+            "first_errors": [e for r in (alone_single, alone_batch, mixed_single, mixed_batch)
+                             for e in r["first_errors"]][:3],
+            "load": load}
+
+
 #: pid -> (command name, parent pid, process group, CPU seconds so far)
 Procs = dict[int, tuple[str, int, int, float]]
 
@@ -955,7 +1033,7 @@ def main(argv: list[str] | None = None) -> int:
         return client_main(argv[1])
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="what")
-    for name in ("ingest", "single", "store", "endpoints", "figures"):
+    for name in ("ingest", "single", "mixed", "store", "endpoints", "figures"):
         p = sub.add_parser(name)
         p.add_argument("--db", choices=("sqlite", "postgresql", "both"), default="both")
         p.add_argument("--workers", type=int, help="server processes (wetmarket server --workers)")
@@ -973,6 +1051,12 @@ def main(argv: list[str] | None = None) -> int:
                                        help="comma-separated history sizes (sales stored first)")
     sub.choices["single"].add_argument("--concurrency", type=int, default=8)
     sub.choices["single"].add_argument("--per-stall", type=int, default=400)
+    mx = sub.choices["mixed"]
+    mx.add_argument("--per-stall", type=int, default=1500, help="single sales per stall in each half")
+    mx.add_argument("--concurrency", type=int, default=8, help="stalls sending one sale a request")
+    mx.add_argument("--batch-stalls", type=int, default=2, help="stalls sending batches")
+    mx.add_argument("--batch-per-stall", type=int, default=15000, help="sales per batch stall in each half")
+    mx.add_argument("--batch", type=int, default=100)
     sub.choices["store"].add_argument("--group", type=int, default=3,
                                       help="uploads to a transaction (the server's groups hold about 3 "
                                            "with 8 stalls sending one sale each)")
@@ -1020,6 +1104,10 @@ def main(argv: list[str] | None = None) -> int:
             add(bench_ingest(kind, per_stall=args.per_stall, batch=args.batch, stalls=args.stalls,
                              workers=args.workers, check_processes=args.check_processes,
                              write_process=args.write_process))
+        elif args.what == "mixed":
+            add(bench_mixed(kind, per_stall=args.per_stall, batch_per_stall=args.batch_per_stall,
+                            batch=args.batch, concurrency=args.concurrency, batch_stalls=args.batch_stalls,
+                            workers=args.workers, write_process=args.write_process))
         elif args.what == "store":
             add(bench_store(kind, per_stall=args.per_stall, group=args.group, batch=args.batch,
                             copy_from=args.copy_from))
