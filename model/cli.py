@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -167,6 +168,8 @@ def cmd_cv(args: argparse.Namespace) -> int:
         raise ModelError(f"--from-block {args.from_block}: blocks are numbered from 0")
     if args.wise and not args.final:
         raise ModelError("--wise says which model to ship: give --final OUT.onnx too")
+    if not 0 <= args.mixup < math.inf:
+        raise ModelError(f"--mixup {args.mixup}: a Beta weight's parameter, above 0 (or 0: off)")
     if args.folds < 2:
         raise ModelError(f"--folds {args.folds}: cross-validation needs at least 2 folds")
     if args.only_folds and not all(0 <= k < args.folds for k in args.only_folds):
@@ -175,7 +178,7 @@ def cmd_cv(args: argparse.Namespace) -> int:
     cfg = CvConfig(data=Path(args.data), run_dir=Path(args.run_dir), teachers=teachers, seed=args.seed,
                    folds=args.folds, epochs=args.epochs, views=args.views, scales=args.scales,
                    from_block=args.from_block,
-                   lr=args.lr, batch=args.batch,
+                   lr=args.lr, batch=args.batch, mixup=args.mixup,
                    threads=args.threads, max_images=args.max_images, only_folds=args.only_folds,
                    student=args.student, kd_temperature=args.kd_temperature, kd_alpha=args.kd_alpha,
                    final=Path(args.final) if args.final else None, wise=args.wise)
@@ -329,6 +332,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg,
     v.add_argument("--from-block", type=int, metavar="N",
                    help="fine-tune from block N on instead (Lite0 has 16; 16: the head convolution only)")
     v.add_argument("--lr", type=float, default=2e-4)
+    v.add_argument("--mixup", type=float, default=0.0, metavar="A",
+                   help="manifold mixup of the cached activations at a Beta(A, A) weight (0: off)")
     v.add_argument("--batch", type=_positive, default=32)
     v.add_argument("--seed", type=int, default=0)
     v.add_argument("--threads", type=_positive, default=2)

@@ -89,6 +89,9 @@ class CvConfig:
     final: Path | None = None
     # ship the weight-space ensemble at the alpha the folds chose instead of the plain fine-tune
     wise: bool = False
+    # manifold mixup (Verma et al. 2019) at the trainable part's input, the cached activations:
+    # each batch mixed with a shuffle of itself at a Beta(a, a) weight, labels alike; 0: off
+    mixup: float = 0.0
 
 
 def _slice(ds: Dataset, n: int | None) -> Dataset:
@@ -273,11 +276,22 @@ def run_fold(net: RecognizerNet, acts: np.ndarray, feats: np.ndarray, labels: np
             idx, v = order[b : b + cfg.batch][sel], view[b : b + cfg.batch][sel]
             for g in opt.param_groups:
                 g["lr"] = warmup_cosine(epoch * steps + b // cfg.batch, cfg.lr, warm, total)
-            logits, _ = _forward_rest(net, acts[idx, v], n_frozen)
-            loss = F.cross_entropy(logits, torch.from_numpy(labels[idx]))
+            x = np.asarray(acts[idx, v], np.float32)
+            y = torch.from_numpy(labels[idx])
+            mate: np.ndarray | None = None
+            if cfg.mixup > 0:
+                # never exactly 0 or 1: the soft labels below take its logarithm
+                lam = float(np.clip(rng.beta(cfg.mixup, cfg.mixup), 1e-4, 1 - 1e-4))
+                mate = rng.permutation(len(idx))
+                x = lam * x + (1 - lam) * x[mate]
+            logits, _ = _forward_rest(net, x, n_frozen)
+            loss = (F.cross_entropy(logits, y) if mate is None else
+                    lam * F.cross_entropy(logits, y) + (1 - lam) * F.cross_entropy(logits, y[mate]))
             if soft is not None:
-                kd = F.kl_div(F.log_softmax(logits, 1), torch.from_numpy(soft[idx]), log_target=True,
-                              reduction="batchmean")
+                target = torch.from_numpy(soft[idx])
+                if mate is not None:  # the mixed photo's soft label: the same mixture of the two
+                    target = torch.logaddexp(target + math.log(lam), target[mate] + math.log(1 - lam))
+                kd = F.kl_div(F.log_softmax(logits, 1), target, log_target=True, reduction="batchmean")
                 loss = cfg.kd_alpha * kd + (1 - cfg.kd_alpha) * loss
             opt.zero_grad()
             loss.backward()
@@ -448,7 +462,8 @@ def _work(cfg: CvConfig, spec: str, seed: int, student: bool = False) -> Path:
     backbone, size = spec.split("@")
     deeper = (f"-b{cfg.from_block}" if cfg.from_block is not None else
               f"-x{cfg.scales}" if cfg.scales != 1 else "")
-    return cfg.run_dir / f"{'student-' if student else ''}{backbone}-{size}-s{seed}{deeper}"
+    mixed = f"-mix{cfg.mixup:g}" if cfg.mixup > 0 else ""
+    return cfg.run_dir / f"{'student-' if student else ''}{backbone}-{size}-s{seed}{deeper}{mixed}"
 
 
 def student_targets(cfg: CvConfig, teachers: list[dict[str, Any]], k: int,
@@ -698,7 +713,8 @@ def render_cv_markdown(r: dict[str, Any]) -> str:
     lines = [f"# Recognizer cross-validation ({c['folds']} blocked folds over train + val)", "",
              f"- photos: {p['train']} train + {p['val']} val, {p['classes']} classes, {p['blocks']} blocks "
              f"(model/training/folds.py); {c['views']} augmented views per photo; fine-tune: "
-             f"{c['epochs']} epochs, lr {c['lr']}",
+             f"{c['epochs']} epochs, lr {c['lr']}"
+             + (f", manifold mixup Beta({c['mixup']:g}, {c['mixup']:g})" if c.get("mixup") else ""),
              "- figures: mean +- sd over folds of the held-out part's top-k; every choice below "
              "is out of fold: epochs on the pooled outputs; temperature and unknown thresholds on the "
              "other-session rows (whole sessions of another occasion)", ""]

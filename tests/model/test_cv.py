@@ -203,6 +203,8 @@ def test_student_learns_each_fold_from_that_folds_teacher(tmp_path: Path) -> Non
     (["--student", "efficientnet-lite9@64"], "expected BACKBONE@SIZE"),
     (["--wise"], "give --final"),
     (["--from-block", "-1"], "numbered from 0"),
+    (["--mixup", "-0.2"], "--mixup -0.2"),
+    (["--mixup", "nan"], "--mixup nan"),
 ])
 def test_cv_command_refuses_bad_input(dataset_root: Path, tmp_path: Path, args: list[str], message: str,
                                       capsys: pytest.CaptureFixture[str]) -> None:
@@ -293,6 +295,18 @@ def test_deeper_fine_tune_starts_at_the_second_smallest_scale() -> None:
     assert shallow != deep
     last = _work(CvConfig(data=Path("d"), run_dir=Path("r"), from_block=15), "efficientnet-lite0@224", 0)
     assert last not in (shallow, deep)
+
+
+def test_mixup_is_a_recipe_of_its_own_and_changes_what_the_fold_learns(dataset_root: Path,
+                                                                         tmp_path: Path) -> None:
+    assert _cv(dataset_root, tmp_path, "--only-folds", "0") == 0
+    assert _cv(dataset_root, tmp_path, "--only-folds", "0", "--mixup", "0.4") == 0
+    plain, mixed = tmp_path / "efficientnet-lite0-64-s0", tmp_path / "efficientnet-lite0-64-s0-mix0.4"
+    with np.load(plain / "fold-0.npz") as a, np.load(mixed / "fold-0.npz") as b:
+        assert np.array_equal(a["held_out"], b["held_out"])
+        assert np.array_equal(a["linear"], b["linear"])  # the same start: the linear head is not mixed
+        assert np.isfinite(b["finetuned"]).all() and not np.allclose(a["finetuned"], b["finetuned"])
+    assert len(list((tmp_path / "cache").glob("acts-*.npy"))) == 1  # one cache for both recipes
 
 
 def test_the_ensembles_nested_figure_fits_its_members_without_the_fold_it_reads() -> None:
