@@ -140,6 +140,11 @@ def test_a_1_kg_line_40_g_short_raises_the_alert(tmp_path: Path, browser: Browse
         receipt_state(page, "genuine", fair, errors)
         expect(page.locator("#receipt")).to_contain_text("王记蔬菜")
         expect(page.locator("#lines button.line")).to_have_count(3)  # the whole receipt, line 1, line 2
+        # the weight moving on the plate leaves the line buttons as they are: a tap is never
+        # lost to a button replaced between touch-down and touch-up
+        page.locator("#lines [data-line='1']").evaluate("n => { n.dataset.seen = 'yes'; }")
+        weigh(fair, page, 300)
+        expect(page.locator("#lines [data-line='1']")).to_have_attribute("data-seen", "yes")
         page.click("#lines [data-line='1']")
         expect(page.locator("#lines [data-line='1']")).to_have_class(re.compile(r"\bhere\b"))
         expect(page.locator("#receipt-g")).to_have_text("1.000")

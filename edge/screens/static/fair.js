@@ -30,6 +30,9 @@
 
   function renderLines(s) {
     const box = $("lines");
+    // Rebuilt only when the receipt or the chosen line changes: the weight pushes several
+    // times a second, and a button replaced under a finger loses the tap (WM.changed).
+    if (!WM.changed(box, JSON.stringify([s.receipt, s.line_no]))) return;
     WM.clear(box);
     const lines = (s.receipt && s.receipt.lines) || [];
     if (!s.receipt || s.receipt.state === "forged") return;
