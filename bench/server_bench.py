@@ -669,7 +669,8 @@ def bench_mixed(kind: str, *, per_stall: int, batch_per_stall: int, batch: int, 
         t0 = time.perf_counter()
         out = run_client(job)
         # the client process's start-up is outside its own clock: place its run at the end
-        out["window"] = (time.perf_counter() - out["seconds"] - t0, time.perf_counter() - t0)
+        end = time.perf_counter() - t0
+        out["window"] = (end - out["seconds"], end)
         return out
 
     with ServerProc(url, workers=workers, write_process=write_process) as srv:
