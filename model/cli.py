@@ -170,6 +170,13 @@ def cmd_cv(args: argparse.Namespace) -> int:
         raise ModelError("--wise says which model to ship: give --final OUT.onnx too")
     if not 0 <= args.mixup < math.inf:
         raise ModelError(f"--mixup {args.mixup}: a Beta weight's parameter, above 0 (or 0: off)")
+    if args.match is not None and not 0 <= args.match < math.inf:
+        raise ModelError(f"--match {args.match}: a Beta weight's parameter, above 0 (or 0: views only)")
+    if args.match is not None and (args.student is None or any(t != args.student for t in teachers)):
+        raise ModelError("--match: the student reads its teachers' outputs on its own cached activations; "
+                         "give --student and teachers of the same BACKBONE@SIZE")
+    if args.student_epochs is not None and args.student is None:
+        raise ModelError("--student-epochs is the student's schedule: give --student too")
     if args.folds < 2:
         raise ModelError(f"--folds {args.folds}: cross-validation needs at least 2 folds")
     if args.only_folds and not all(0 <= k < args.folds for k in args.only_folds):
@@ -181,6 +188,7 @@ def cmd_cv(args: argparse.Namespace) -> int:
                    lr=args.lr, batch=args.batch, mixup=args.mixup,
                    threads=args.threads, max_images=args.max_images, only_folds=args.only_folds,
                    student=args.student, kd_temperature=args.kd_temperature, kd_alpha=args.kd_alpha,
+                   match=args.match, student_epochs=args.student_epochs,
                    final=Path(args.final) if args.final else None, wise=args.wise)
     report = run_cv(cfg)
     summary: dict[str, Any] = {"report": str(cfg.run_dir / "cv-report.md")}
@@ -323,6 +331,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg,
                                       "(each fold from their networks of that fold)")
     v.add_argument("--kd-temperature", type=float, default=2.0, help="student: teacher temperature")
     v.add_argument("--kd-alpha", type=float, default=0.7, help="student: weight of the soft labels")
+    v.add_argument("--match", type=float, metavar="A",
+                   help="student: match the teachers' outputs on each batch it sees, its cached "
+                        "activations mixed at a Beta(A, A) weight (0: views only); teachers of the "
+                        "student's BACKBONE@SIZE")
+    v.add_argument("--student-epochs", type=_positive, metavar="N",
+                   help="student: its own schedule's length (default: --epochs)")
     v.add_argument("--only-folds", type=_folds_list, help="run only these folds now, e.g. 0,1")
     v.add_argument("--epochs", type=_positive, default=6, help="fine-tuning epochs (the schedule's length)")
     v.add_argument("--views", type=int, default=4, help="augmented views per photo in the cache")

@@ -35,7 +35,7 @@ import json
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -92,6 +92,16 @@ class CvConfig:
     # manifold mixup (Verma et al. 2019) at the trainable part's input, the cached activations:
     # each batch mixed with a shuffle of itself at a Beta(a, a) weight, labels alike; 0: off
     mixup: float = 0.0
+    # the student matches its teachers' outputs on its own input, batch by batch (function
+    # matching, Beyer et al. 2022, "Knowledge distillation: A good teacher is patient and
+    # consistent"): the teachers run on the very view (and mixture) the student sees instead of
+    # teaching each photo by their average over their own views; its inputs mixed at a Beta(a, a)
+    # weight (0: views only).  The teachers must be the student's backbone and size: they read
+    # its cached activations.  None: off
+    match: float | None = None
+    # the student's schedule when it differs from the teachers' (a matched student does not run
+    # out of targets: the paper's point is a long one)
+    student_epochs: int | None = None
 
 
 def _slice(ds: Dataset, n: int | None) -> Dataset:
@@ -212,7 +222,8 @@ def _unit(a: np.ndarray) -> np.ndarray:
 def run_fold(net: RecognizerNet, acts: np.ndarray, feats: np.ndarray, labels: np.ndarray,
              tr: np.ndarray, te: np.ndarray, k: int, n_frozen: int, n_classes: int, cfg: CvConfig,
              seed: int, work: Path, soft: np.ndarray | None = None, stop: int | None = None,
-             name: str | None = None, wise_alpha: float | None = None) -> dict[str, np.ndarray]:
+             name: str | None = None, wise_alpha: float | None = None,
+             matchers: list[RecognizerNet] | None = None) -> dict[str, np.ndarray]:
     """One fold (training rows ``tr``, held-out rows ``te``): linear head, then the last blocks
     fine-tuned; held-out logits after each epoch, and each held-out photo's cosine to the nearest
     of the fold's exemplars (``refit.exemplar_rows`` of its training part, as shipped), which the
@@ -223,6 +234,8 @@ def run_fold(net: RecognizerNet, acts: np.ndarray, feats: np.ndarray, labels: np
     this many epochs of the ``cfg.epochs`` schedule (the final model stops where the folds chose).
     With ``te`` empty (the final model, on every photo) nothing is measured.  ``wise_alpha``: the
     network ends as the weight-space ensemble of its start (the linear head) and its last epoch.
+    ``matchers``: teacher networks run on each batch the student sees (``cfg.match``); their
+    tempered probabilities, averaged, are the soft labels instead of ``soft``.
     """
     import torch
     import torch.nn.functional as F
@@ -262,6 +275,7 @@ def run_fold(net: RecognizerNet, acts: np.ndarray, feats: np.ndarray, labels: np
         per_epoch, start = list(state["per_epoch"]), state["epoch"]
         logger.info("fold %d: resuming after epoch %d", k, start)
     torch.manual_seed(seed + k)
+    mixup = cfg.match if matchers is not None and cfg.match is not None else cfg.mixup
     for epoch in range(start, cfg.epochs if stop is None else min(stop, cfg.epochs)):
         net.train()
         for m in net.modules():  # ImageNet's batch-norm statistics: batches of 32 are too small
@@ -279,18 +293,24 @@ def run_fold(net: RecognizerNet, acts: np.ndarray, feats: np.ndarray, labels: np
             x = np.asarray(acts[idx, v], np.float32)
             y = torch.from_numpy(labels[idx])
             mate: np.ndarray | None = None
-            if cfg.mixup > 0:
+            if mixup > 0:
                 # never exactly 0 or 1: the soft labels below take its logarithm
-                lam = float(np.clip(rng.beta(cfg.mixup, cfg.mixup), 1e-4, 1 - 1e-4))
+                lam = float(np.clip(rng.beta(mixup, mixup), 1e-4, 1 - 1e-4))
                 mate = rng.permutation(len(idx))
                 x = lam * x + (1 - lam) * x[mate]
             logits, _ = _forward_rest(net, x, n_frozen)
             loss = (F.cross_entropy(logits, y) if mate is None else
                     lam * F.cross_entropy(logits, y) + (1 - lam) * F.cross_entropy(logits, y[mate]))
-            if soft is not None:
+            if matchers is not None:
+                with torch.no_grad():
+                    probs = torch.stack([F.softmax(_forward_rest(m, x, n_frozen)[0] / cfg.kd_temperature, 1)
+                                         for m in matchers]).mean(0)
+                target = torch.log(torch.clamp(probs, min=1e-8))
+            elif soft is not None:
                 target = torch.from_numpy(soft[idx])
                 if mate is not None:  # the mixed photo's soft label: the same mixture of the two
                     target = torch.logaddexp(target + math.log(lam), target[mate] + math.log(1 - lam))
+            if matchers is not None or soft is not None:
                 kd = F.kl_div(F.log_softmax(logits, 1), target, log_target=True, reduction="batchmean")
                 loss = cfg.kd_alpha * kd + (1 - cfg.kd_alpha) * loss
             opt.zero_grad()
@@ -463,7 +483,36 @@ def _work(cfg: CvConfig, spec: str, seed: int, student: bool = False) -> Path:
     deeper = (f"-b{cfg.from_block}" if cfg.from_block is not None else
               f"-x{cfg.scales}" if cfg.scales != 1 else "")
     mixed = f"-mix{cfg.mixup:g}" if cfg.mixup > 0 else ""
+    if student and cfg.match is not None:
+        mixed += f"-fm{cfg.match:g}"
+    if student and cfg.student_epochs is not None:
+        mixed += f"-e{cfg.student_epochs}"
     return cfg.run_dir / f"{'student-' if student else ''}{backbone}-{size}-s{seed}{deeper}{mixed}"
+
+
+def student_config(cfg: CvConfig) -> CvConfig:
+    """The configuration a student's folds run under: its own schedule where one is given."""
+    return replace(cfg, epochs=cfg.student_epochs) if cfg.student_epochs is not None else cfg
+
+
+def matching_teachers(cfg: CvConfig, teachers: list[dict[str, Any]], n_classes: int,
+                      name: str) -> list[RecognizerNet]:
+    """The teachers' networks of one fold (``fold-K``) or of the final run, for a matched student."""
+    import torch
+
+    from model.training.distill import parse_teacher
+    from model.training.network import RecognizerNet, build_trunk
+
+    nets = []
+    for t in teachers:
+        path = _work(cfg, t["teacher"], t["seed"]) / f"{name}-net.pt"
+        if not path.exists():
+            raise ModelError(f"--match: {path} is missing: the teacher's folds ran before their networks "
+                             "were kept; run them again (delete its fold-*.npz)")
+        net = RecognizerNet(build_trunk(*parse_teacher(t["teacher"])), n_classes)
+        net.load_state_dict(torch.load(path))
+        nets.append(net.eval())
+    return nets
 
 
 def student_targets(cfg: CvConfig, teachers: list[dict[str, Any]], k: int,
@@ -509,6 +558,8 @@ def teacher_cv(cfg: CvConfig, pool: Pool, folds: Folds, n_classes: int, spec: st
 
     With ``teachers``: the student ``spec``, each fold distilled from their fold's networks.
     """
+    import torch
+
     work = _work(cfg, spec, seed, student=teachers is not None)
     base, n_frozen, acts, feats = _prepared(cfg, pool, n_classes, spec, seed, work)
     initial = {k: v.clone() for k, v in base.state_dict().items()}
@@ -520,11 +571,16 @@ def teacher_cv(cfg: CvConfig, pool: Pool, folds: Folds, n_classes: int, spec: st
         base.load_state_dict(initial)
         for p in base.parameters():
             p.requires_grad_(True)
-        soft = student_targets(cfg, teachers, k) if teachers is not None else None
+        matched = teachers is not None and cfg.match is not None
+        soft = student_targets(cfg, teachers, k) if teachers is not None and not matched else None
+        matchers = (matching_teachers(cfg, teachers, n_classes, f"fold-{k}")
+                    if teachers is not None and matched else None)
         res = run_fold(base, acts, feats, pool.labels, folds.training(k), folds.held_out(k), k, n_frozen,
-                       n_classes, cfg, seed, work, soft)
+                       n_classes, cfg, seed, work, soft, matchers=matchers)
         np.savez(out.with_suffix(".tmp.npz"), **res)  # type: ignore[arg-type]
         out.with_suffix(".tmp.npz").replace(out)
+        # the fold's network, without its optimiser: a student matching it view by view reads it
+        torch.save(base.state_dict(), work / f"fold-{k}-net.pt")
         (work / f"fold-{k}.pt").unlink(missing_ok=True)
     missing = [k for k in range(folds.k) if not (work / f"fold-{k}.npz").exists()]
     if missing:
@@ -663,7 +719,7 @@ def run_cv(cfg: CvConfig) -> dict[str, Any]:
         report["linear_ensemble"] = ensemble(cfg, done, pool, folds, "linear")
     if cfg.student is not None:
         report["student"] = (
-            teacher_cv(cfg, pool, folds, len(ds.classes), cfg.student, cfg.seed, done)
+            teacher_cv(student_config(cfg), pool, folds, len(ds.classes), cfg.student, cfg.seed, done)
             if done and len(done) == len(results) else {"teacher": cfg.student, "seed": cfg.seed,
                                                         "waiting_for_teachers": True})
     _write_report(cfg.run_dir, report)
@@ -746,8 +802,13 @@ def render_cv_markdown(r: dict[str, Any]) -> str:
                      f"distilled from): {_fmt(r['linear_ensemble'])}")
     st = r.get("student")
     if st:
+        matched = c.get("match")
         name = (f"student {st['teacher']} seed {st['seed']} (kd temperature {c['kd_temperature']}, "
-                f"alpha {c['kd_alpha']})")
+                f"alpha {c['kd_alpha']}"
+                + ("" if matched is None else
+                   ", matching its teachers on each batch it sees" +
+                   (f", inputs mixed at Beta({matched:g}, {matched:g})" if matched > 0 else ""))
+                + (f", a {c['student_epochs']}-epoch schedule" if c.get("student_epochs") else "") + ")")
         if "finetuned" in st:
             lines.append(f"- {name}, {st['chosen_epochs']} epochs (mean top-1 by epoch: "
                          f"{', '.join(f'{x:.3f}' for x in st['epochs_top1'])}): {_fmt(st['finetuned'])}"
@@ -781,10 +842,13 @@ def final_network(cfg: CvConfig, pool: Pool, n_classes: int, spec: str, seed: in
         return base.eval()
     for p in base.parameters():
         p.requires_grad_(True)
-    soft = student_targets(cfg, teachers, 0, FINAL) if teachers is not None else None
+    matched = teachers is not None and cfg.match is not None
+    soft = student_targets(cfg, teachers, 0, FINAL) if teachers is not None and not matched else None
+    matchers = (matching_teachers(cfg, teachers, n_classes, FINAL)
+                if teachers is not None and matched else None)
     every = np.arange(len(pool))
     res = run_fold(base, acts, feats, pool.labels, every, every[:0], cfg.folds, n_frozen, n_classes, cfg,
-                   seed, work, soft, stop=epochs, name=tag, wise_alpha=wise_alpha)
+                   seed, work, soft, stop=epochs, name=tag, wise_alpha=wise_alpha, matchers=matchers)
     torch.save(base.state_dict(), state)
     np.savez(done.with_suffix(".tmp.npz"), views=res["views"])
     done.with_suffix(".tmp.npz").replace(done)
@@ -813,8 +877,8 @@ def ship(cfg: CvConfig, report: dict[str, Any], ds: Dataset, pool: Pool) -> dict
             raise ModelError("--final: the student's folds must have run first")
         for t in teachers:
             final_network(cfg, pool, len(ds.classes), t["teacher"], t["seed"], t["chosen_epochs"])
-        net = final_network(cfg, pool, len(ds.classes), cfg.student, cfg.seed, chosen["chosen_epochs"],
-                            teachers)
+        net = final_network(student_config(cfg), pool, len(ds.classes), cfg.student, cfg.seed,
+                            chosen["chosen_epochs"], teachers)
     elif len(teachers) == 1:
         chosen = teachers[0]
     else:

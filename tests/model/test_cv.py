@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -205,6 +206,10 @@ def test_student_learns_each_fold_from_that_folds_teacher(tmp_path: Path) -> Non
     (["--from-block", "-1"], "numbered from 0"),
     (["--mixup", "-0.2"], "--mixup -0.2"),
     (["--mixup", "nan"], "--mixup nan"),
+    (["--match", "-1", "--student", "efficientnet-lite0@224"], "--match -1"),
+    (["--match", "0.4"], "give --student"),
+    (["--match", "0.4", "--student", "efficientnet-lite1@240"], "same BACKBONE@SIZE"),
+    (["--student-epochs", "9"], "give --student"),
 ])
 def test_cv_command_refuses_bad_input(dataset_root: Path, tmp_path: Path, args: list[str], message: str,
                                       capsys: pytest.CaptureFixture[str]) -> None:
@@ -329,3 +334,41 @@ def test_the_ensembles_nested_figure_fits_its_members_without_the_fold_it_reads(
     assert nested_ensemble_top1([a, a.copy()], labels, folds, split) == 1.0
     # no other-session rows: no figure, rather than one read on the pooled rows
     assert nested_ensemble_top1([a, b], labels, folds, np.array(["train"] * (3 * n))) is None
+
+
+def test_a_matched_student_learns_each_fold_from_that_folds_teacher_networks(
+        dataset_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import torch
+
+    assert _cv(dataset_root, tmp_path) == 0  # the teacher's folds, each fold's network kept
+    teacher = tmp_path / "efficientnet-lite0-64-s0"
+    args = ("--student", "efficientnet-lite0@64", "--match", "0", "--kd-alpha", "1", "--student-epochs", "3")
+    work = tmp_path / "student-efficientnet-lite0-64-s0-fm0-e3"  # a recipe of its own
+
+    def student_folds() -> list[np.ndarray]:
+        shutil.rmtree(work, ignore_errors=True)
+        assert _cv(dataset_root, tmp_path, *args) == 0
+        out = []
+        for k in range(2):
+            with np.load(work / f"fold-{k}.npz") as z:
+                out.append(z["finetuned"])
+        return out
+
+    before = student_folds()
+    assert before[0].shape[0] == 3  # the student's own schedule, the teacher's was 2 epochs
+    report = json.loads((tmp_path / "cv-report.json").read_text())
+    assert report["teachers"][0]["chosen_epochs"] in (1, 2) and len(report["student"]["epochs_top1"]) == 3
+    assert "matching its teachers on each batch it sees" in (tmp_path / "cv-report.md").read_text()
+    # fold 1's teacher made unsure of everything (its cosine head's scale near 0): only the student's
+    # fold 1 learns anything else, so each fold reads its own fold's teacher, on the student's batches
+    state = torch.load(teacher / "fold-1-net.pt")
+    state["log_scale"] = torch.tensor(-5.0)
+    torch.save(state, teacher / "fold-1-net.pt")
+    after = student_folds()
+    assert np.allclose(before[0], after[0]) and not np.allclose(before[1], after[1])
+    # a teacher whose networks were not kept (folds run by older code) is refused, saying which
+    (teacher / "fold-0-net.pt").unlink()
+    shutil.rmtree(work)
+    capsys.readouterr()
+    assert _cv(dataset_root, tmp_path, *args) != 0
+    assert "fold-0-net.pt is missing" in capsys.readouterr().err
