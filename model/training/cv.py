@@ -577,10 +577,11 @@ def teacher_cv(cfg: CvConfig, pool: Pool, folds: Folds, n_classes: int, spec: st
                     if teachers is not None and matched else None)
         res = run_fold(base, acts, feats, pool.labels, folds.training(k), folds.held_out(k), k, n_frozen,
                        n_classes, cfg, seed, work, soft, matchers=matchers)
+        # the fold's network, without its optimiser, before the fold counts as done: a student
+        # matching its teachers on its own batches reads it
+        torch.save(base.state_dict(), work / f"fold-{k}-net.pt")
         np.savez(out.with_suffix(".tmp.npz"), **res)  # type: ignore[arg-type]
         out.with_suffix(".tmp.npz").replace(out)
-        # the fold's network, without its optimiser: a student matching it view by view reads it
-        torch.save(base.state_dict(), work / f"fold-{k}-net.pt")
         (work / f"fold-{k}.pt").unlink(missing_ok=True)
     missing = [k for k in range(folds.k) if not (work / f"fold-{k}.npz").exists()]
     if missing:

@@ -366,6 +366,14 @@ def test_a_matched_student_learns_each_fold_from_that_folds_teacher_networks(
     torch.save(state, teacher / "fold-1-net.pt")
     after = student_folds()
     assert np.allclose(before[0], after[0]) and not np.allclose(before[1], after[1])
+    # the final student matches the teachers' final networks, trained on every photo first
+    out = tmp_path / "shipped" / "recognizer.onnx"
+    out.parent.mkdir()
+    assert _cv(dataset_root, tmp_path, *args, "--final", str(out)) == 0
+    assert (teacher / "final-net.pt").exists() and (work / "final-net.pt").exists()
+    meta = json.loads(out.with_suffix(".json").read_text())
+    assert meta["mode"] == "cv-student" and meta["metrics"]["cross_validated"]["top1"] == pytest.approx(
+        json.loads((tmp_path / "cv-report.json").read_text())["student"]["finetuned"]["top1"])
     # a teacher whose networks were not kept (folds run by older code) is refused, saying which
     (teacher / "fold-0-net.pt").unlink()
     shutil.rmtree(work)
