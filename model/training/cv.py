@@ -509,7 +509,8 @@ def matching_teachers(cfg: CvConfig, teachers: list[dict[str, Any]], n_classes: 
         if not path.exists():
             raise ModelError(f"--match: {path} is missing: the teacher's folds ran before their networks "
                              "were kept; run them again (delete its fold-*.npz)")
-        net = RecognizerNet(build_trunk(*parse_teacher(t["teacher"])), n_classes)
+        # no ImageNet weights read: the kept state replaces every one of them
+        net = RecognizerNet(build_trunk(*parse_teacher(t["teacher"]), pretrained=False), n_classes)
         net.load_state_dict(torch.load(path))
         nets.append(net.eval())
     return nets
@@ -577,9 +578,9 @@ def teacher_cv(cfg: CvConfig, pool: Pool, folds: Folds, n_classes: int, spec: st
                     if teachers is not None and matched else None)
         res = run_fold(base, acts, feats, pool.labels, folds.training(k), folds.held_out(k), k, n_frozen,
                        n_classes, cfg, seed, work, soft, matchers=matchers)
-        # the fold's network, without its optimiser, before the fold counts as done: a student
-        # matching its teachers on its own batches reads it
-        torch.save(base.state_dict(), work / f"fold-{k}-net.pt")
+        if teachers is None:  # a teacher's fold network, without its optimiser, before the fold
+            # counts as done: a student matching its teachers on its own batches reads it
+            torch.save(base.state_dict(), work / f"fold-{k}-net.pt")
         np.savez(out.with_suffix(".tmp.npz"), **res)  # type: ignore[arg-type]
         out.with_suffix(".tmp.npz").replace(out)
         (work / f"fold-{k}.pt").unlink(missing_ok=True)
