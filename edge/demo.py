@@ -80,7 +80,7 @@ def find_dataset() -> Path | None:
     return None
 
 
-def _toml_str(s: str) -> str:
+def toml_str(s: str) -> str:
     return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
@@ -119,16 +119,16 @@ def write_stall_config(path: Path, stall_id: str, name: str, vendor: str, server
                        camera: Path | None, seed: int, day: dt.date, screens_port: int = 0) -> None:
     """The stall's TOML config; it holds the stall's bearer token, so only its owner reads it."""
     lines = [
-        f"stall_id = {_toml_str(stall_id)}",
-        f"name = {_toml_str(name)}",
-        f"vendor = {_toml_str(vendor)}",
+        f"stall_id = {toml_str(stall_id)}",
+        f"name = {toml_str(name)}",
+        f"vendor = {toml_str(vendor)}",
         'data_dir = "."',
         "simulate_vendor = true",
         f"seed = {seed}",
         "",
         "[server]",
-        f"url = {_toml_str(server)}",
-        f"token = {_toml_str(token)}",
+        f"url = {toml_str(server)}",
+        f"token = {toml_str(token)}",
         "",
         "[scale]",
         'port = "sim"',
@@ -137,11 +137,11 @@ def write_stall_config(path: Path, stall_id: str, name: str, vendor: str, server
         "[camera]",
     ]
     if camera is not None:
-        lines.append(f"source = {_toml_str(str(camera))}")
+        lines.append(f"source = {toml_str(str(camera))}")
     lines += ["", "[printer]", 'type = "file"', "", "[screens]", f"port = {screens_port}", ""]
     for item in catalogue(stall_id, day.strftime("%Y%m%d")):
         lines.append("[[catalogue]]")
-        lines += [f"{k} = {_toml_str(v) if isinstance(v, str) else v}"
+        lines += [f"{k} = {toml_str(v) if isinstance(v, str) else v}"
                   for k, v in item.items() if v is not None]
         lines.append("")
     write_private(path, "\n".join(lines))

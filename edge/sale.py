@@ -73,7 +73,7 @@ class SaleContext(TypedDict, total=False):
     stall_id: str
 
 
-def _extra_problem(extra: dict[str, Any] | None, max_bytes: int) -> str | None:
+def extra_problem(extra: dict[str, Any] | None, max_bytes: int) -> str | None:
     """Why the extra fields of a sale or line are refused, or None."""
     if not extra:
         return None
@@ -132,7 +132,7 @@ class SaleLine(BaseModel):
                 raise ValueError("a per-piece line needs quantity and no weight_g")
         elif self.weight_g is None or self.quantity is not None:
             raise ValueError(f"a per-{self.price_unit} line needs weight_g and no quantity")
-        problem = _extra_problem(self.model_extra, MAX_LINE_EXTRA_BYTES)
+        problem = extra_problem(self.model_extra, MAX_LINE_EXTRA_BYTES)
         if problem:
             raise ValueError(problem)
         return self
@@ -194,7 +194,7 @@ class Sale(BaseModel):
                 raise ValueError(
                     f"trace code {self.trace_code} names market {trace.market} of region "
                     f"{trace.region}, not this market ({market} of region {region})")
-        problem = _extra_problem(self.model_extra, MAX_SALE_EXTRA_BYTES)
+        problem = extra_problem(self.model_extra, MAX_SALE_EXTRA_BYTES)
         if problem:
             raise ValueError(problem)
         return self

@@ -478,7 +478,9 @@ def _crossfit_flagged(oof: np.ndarray, labels: np.ndarray, near: np.ndarray, oth
     return flagged / n if n else None
 
 
-def _work(cfg: CvConfig, spec: str, seed: int, student: bool = False) -> Path:
+def work_dir(cfg: CvConfig, spec: str, seed: int, student: bool = False) -> Path:
+    """The folder of one recipe's folds: every setting that changes what a fold learns is in its
+    name, so a run never resumes another recipe's checkpoints."""
     backbone, size = spec.split("@")
     deeper = (f"-b{cfg.from_block}" if cfg.from_block is not None else
               f"-x{cfg.scales}" if cfg.scales != 1 else "")
@@ -505,7 +507,7 @@ def matching_teachers(cfg: CvConfig, teachers: list[dict[str, Any]], n_classes: 
 
     nets = []
     for t in teachers:
-        path = _work(cfg, t["teacher"], t["seed"]) / f"{name}-net.pt"
+        path = work_dir(cfg, t["teacher"], t["seed"]) / f"{name}-net.pt"
         if not path.exists():
             raise ModelError(f"--match: {path} is missing: the teacher's folds ran before their networks "
                              "were kept; run them again (delete its fold-*.npz)")
@@ -523,7 +525,7 @@ def student_targets(cfg: CvConfig, teachers: list[dict[str, Any]], k: int,
     views and teachers.  Per photo, not per view: each teacher's views are its own augmentations."""
     probs = None
     for t in teachers:
-        with np.load(_work(cfg, t["teacher"], t["seed"]) / f"{name or f'fold-{k}'}.npz") as z:
+        with np.load(work_dir(cfg, t["teacher"], t["seed"]) / f"{name or f'fold-{k}'}.npz") as z:
             p = softmax(z["views"].astype(np.float32).reshape(-1, z["views"].shape[-1]),
                         cfg.kd_temperature).reshape(z["views"].shape).mean(1)
         probs = p if probs is None else probs + p
@@ -561,7 +563,7 @@ def teacher_cv(cfg: CvConfig, pool: Pool, folds: Folds, n_classes: int, spec: st
     """
     import torch
 
-    work = _work(cfg, spec, seed, student=teachers is not None)
+    work = work_dir(cfg, spec, seed, student=teachers is not None)
     base, n_frozen, acts, feats = _prepared(cfg, pool, n_classes, spec, seed, work)
     initial = {k: v.clone() for k, v in base.state_dict().items()}
     wanted = cfg.only_folds if cfg.only_folds is not None else tuple(range(folds.k))
@@ -669,7 +671,7 @@ def ensemble(cfg: CvConfig, results: list[dict[str, Any]], pool: Pool, folds: Fo
     """
     logits = []
     for r in results:
-        with np.load(_work(cfg, r["teacher"], r["seed"]) / "oof.npz") as z:
+        with np.load(work_dir(cfg, r["teacher"], r["seed"]) / "oof.npz") as z:
             logits.append(z[recipe])
     probs = sum(softmax(lg, r[recipe]["temperature"]) for lg, r in zip(logits, results, strict=True))
     return {"teachers": [f"{r['teacher']}#{r['seed']}" for r in results],
@@ -835,7 +837,7 @@ def final_network(cfg: CvConfig, pool: Pool, n_classes: int, spec: str, seed: in
     final networks.  Resumable like a fold; the network is kept as ``final-net.pt``."""
     import torch
 
-    work = _work(cfg, spec, seed, student=teachers is not None)
+    work = work_dir(cfg, spec, seed, student=teachers is not None)
     base, n_frozen, acts, feats = _prepared(cfg, pool, n_classes, spec, seed, work)
     tag = FINAL if wise_alpha is None else f"{FINAL}-wise{wise_alpha:g}"
     done, state = work / f"{tag}.npz", work / f"{tag}-net.pt"

@@ -31,7 +31,7 @@ from typing import Any
 
 import httpx
 
-from edge.demo import _toml_str, write_private
+from edge.demo import toml_str, write_private
 from firmware_bridge.sim import Simulator
 from tests.conftest import free_port
 from tests.edge.printer_sims import TcpPrinter
@@ -169,19 +169,19 @@ class Stall:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def _write_config(self, server_url: str, token: str) -> None:
-        lines = [f"stall_id = {_toml_str(self.id)}", f"name = {_toml_str(STALL_NAMES[self.id])}",
-                 'vendor = "摊主"', f"data_dir = {_toml_str(str(self.data_dir))}", "",
-                 "[server]", f"url = {_toml_str(server_url)}", f"token = {_toml_str(token)}", "",
-                 "[scale]", f"port = {_toml_str(self.sim.port)}", 'protocol = "cas"', "",
+        lines = [f"stall_id = {toml_str(self.id)}", f"name = {toml_str(STALL_NAMES[self.id])}",
+                 'vendor = "摊主"', f"data_dir = {toml_str(str(self.data_dir))}", "",
+                 "[server]", f"url = {toml_str(server_url)}", f"token = {toml_str(token)}", "",
+                 "[scale]", f"port = {toml_str(self.sim.port)}", 'protocol = "cas"', "",
                  "[screens]", f"port = {self.port}", "", "[orders]", "enabled = false", "", "[printer]"]
         if self.printer is None:
-            lines += ['type = "file"', f"path = {_toml_str(str(self.dir / 'receipts'))}"]
+            lines += ['type = "file"', f"path = {toml_str(str(self.dir / 'receipts'))}"]
         else:
             lines += ['type = "network"', 'host = "127.0.0.1"', f"port = {self.printer.port}"]
         for plu, zh, en, fen, unit in ITEMS[self.id]:
-            lines += ["", "[[catalogue]]", f"plu = {_toml_str(plu)}", f"name = {_toml_str(zh)}",
-                      f"name_en = {_toml_str(en)}", f"unit_price_fen = {fen}",
-                      f"price_unit = {_toml_str(unit)}", f"batch_code = {_toml_str('B20261202-' + plu[-2:])}"]
+            lines += ["", "[[catalogue]]", f"plu = {toml_str(plu)}", f"name = {toml_str(zh)}",
+                      f"name_en = {toml_str(en)}", f"unit_price_fen = {fen}",
+                      f"price_unit = {toml_str(unit)}", f"batch_code = {toml_str('B20261202-' + plu[-2:])}"]
         write_private(self.config, "\n".join(lines) + "\n")
 
     # -- the process ---------------------------------------------------------------------------

@@ -32,7 +32,7 @@ from edge.stall import StallApp
 from tests.browser import chromium
 from tests.edge.printer_sims import TcpPrinter
 from tests.edge.test_feed import start_market
-from tests.edge.test_screens import _catalogue, open_screen, yuan
+from tests.edge.test_screens import open_screen, screen_catalogue, yuan
 from tests.edge.test_stall import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
@@ -40,7 +40,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 def config(tmp_path: Path, **more: Any) -> StallConfig:
     base: dict[str, Any] = {"stall_id": "S02", "name": "李家蔬菜", "vendor": "李阿姨",
-                            "data_dir": tmp_path / "S02", "catalogue": _catalogue(), "seed": 7,
+                            "data_dir": tmp_path / "S02", "catalogue": screen_catalogue(), "seed": 7,
                             "printer": {"type": "file"}, "screens": {"port": 0}}
     return StallConfig.model_validate({**base, **more})
 
@@ -319,7 +319,7 @@ def test_kill_9_mid_basket_the_open_basket_is_back(tmp_path: Path) -> None:
 
     # The market raised 2001's price meanwhile: the restored lines keep the price they had,
     # and the basket goes on under the catalogue it started with.
-    items = _catalogue()
+    items = screen_catalogue()
     for item in items:
         if item["plu"] == "2001":
             old = item["unit_price_fen"]

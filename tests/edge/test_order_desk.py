@@ -16,7 +16,7 @@ from server.app import create_app
 from server.settings import Settings
 from tests.conftest import LiveServer, free_port
 from tests.server.conftest import ADMIN, StallSim, register_stall
-from tests.server.test_orders import PHONE_A, _set_up, _shopper, _slot
+from tests.server.test_orders import PHONE_A, first_slot, set_up_order_stall, signed_in_shopper
 
 
 @pytest.fixture
@@ -26,13 +26,13 @@ def server(tmp_path: Path) -> Iterator[LiveServer]:
 
 
 def test_the_desk_follows_the_orders_and_sends_the_vendors_decisions(server: LiveServer) -> None:
-    sim, token = _set_up(server)
+    sim, token = set_up_order_stall(server)
     stop = threading.Event()
     desk = OrderDesk(server.url, token, stall_id=sim.stall_id, wait_s=0, stop_event=stop)
     assert desk.poll_once() and desk.view()["list"] == [] and desk.arrived == 0
     assert not desk.poll_once()  # unchanged: 304 with the ETag
-    shopper = _shopper(server, PHONE_A)
-    r = shopper.post("/api/v1/orders", json={"stall_id": sim.stall_id, "slot_start": _slot(shopper),
+    shopper = signed_in_shopper(server, PHONE_A)
+    r = shopper.post("/api/v1/orders", json={"stall_id": sim.stall_id, "slot_start": first_slot(shopper),
                                               "lines": [{"plu": "1001", "est_weight_g": 500},
                                                         {"plu": "3001", "quantity": 2}]})
     oid = r.json()["id"]

@@ -132,19 +132,19 @@ def test_a_line_has_a_smaller_extra_budget() -> None:
 def test_flat_text_extras_are_judged_by_their_exact_json_size(extra: dict[str, str], budget: int) -> None:
     """The shortcut for flat ASCII text (every uploaded line's name_en) says what writing the
     JSON out says: refused exactly when the JSON is over the budget (or cannot be UTF-8)."""
-    from edge.sale import _extra_problem
+    from edge.sale import extra_problem
 
     try:
         size: int | None = len(json.dumps(extra, ensure_ascii=False, separators=(",", ":")).encode())
     except UnicodeEncodeError:  # a lone surrogate, which JSON text can carry as \ud800
         size = None
     if not extra:
-        assert _extra_problem(extra, budget) is None
+        assert extra_problem(extra, budget) is None
     elif size is None:
         with pytest.raises(UnicodeEncodeError):
-            _extra_problem(extra, budget)
+            extra_problem(extra, budget)
     else:
-        assert (_extra_problem(extra, budget) is None) == (size <= budget)
+        assert (extra_problem(extra, budget) is None) == (size <= budget)
 
 
 def test_the_stall_journals_only_sales_the_server_can_take(tmp_path: Path) -> None:

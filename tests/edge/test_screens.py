@@ -31,7 +31,7 @@ MARKUP = '<img src=x onerror="window.pwned=1">'
 MARKUP_EN = "<script>window.pwned=2</script>"
 
 
-def _catalogue() -> list[dict[str, Any]]:
+def screen_catalogue() -> list[dict[str, Any]]:
     items = catalogue("S02", "20261202")
     for item in items:
         if item["plu"] == "2004":
@@ -45,7 +45,7 @@ def _catalogue() -> list[dict[str, Any]]:
 
 def start_stall(tmp_path: Path, *, camera: Path | None = None, name: str = "李家蔬菜") -> StallApp:
     cfg = StallConfig(stall_id="S02", name=name, vendor="李阿姨", data_dir=tmp_path / "S02",
-                      catalogue=_catalogue(), seed=7,  # type: ignore[arg-type]
+                      catalogue=screen_catalogue(), seed=7,  # type: ignore[arg-type]
                       camera={"source": str(camera) if camera else None,  # type: ignore[arg-type]
                               "auto_confirm": 0.95},
                       printer={"type": "file"},  # type: ignore[arg-type]

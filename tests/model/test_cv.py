@@ -286,7 +286,7 @@ def test_nested_epochs_choose_each_folds_epoch_without_that_fold() -> None:
 
 
 def test_deeper_fine_tune_starts_at_the_second_smallest_scale() -> None:
-    from model.training.cv import CvConfig, _work, first_trainable_block
+    from model.training.cv import CvConfig, first_trainable_block, work_dir
     from model.training.network import build_trunk
 
     trunk = build_trunk("efficientnet-lite0", 224, pretrained=False)
@@ -295,10 +295,10 @@ def test_deeper_fine_tune_starts_at_the_second_smallest_scale() -> None:
     assert first_trainable_block(trunk, 224, scales=2) == 5
     assert first_trainable_block(trunk, 224, scales=3) == 3
     # each depth keeps its own fold checkpoints: a deeper run never resumes a shallower one's
-    shallow = _work(CvConfig(data=Path("d"), run_dir=Path("r")), "efficientnet-lite0@224", 0)
-    deep = _work(CvConfig(data=Path("d"), run_dir=Path("r"), scales=2), "efficientnet-lite0@224", 0)
+    shallow = work_dir(CvConfig(data=Path("d"), run_dir=Path("r")), "efficientnet-lite0@224", 0)
+    deep = work_dir(CvConfig(data=Path("d"), run_dir=Path("r"), scales=2), "efficientnet-lite0@224", 0)
     assert shallow != deep
-    last = _work(CvConfig(data=Path("d"), run_dir=Path("r"), from_block=15), "efficientnet-lite0@224", 0)
+    last = work_dir(CvConfig(data=Path("d"), run_dir=Path("r"), from_block=15), "efficientnet-lite0@224", 0)
     assert last not in (shallow, deep)
 
 

@@ -23,7 +23,7 @@ from tests.server.conftest import ADMIN, SHANGHAI, StallSim, register_stall
 PHONE_A, PHONE_B = "13800138000", "13900139000"
 
 
-def _set_up(srv: LiveServer) -> tuple[StallSim, str]:
+def set_up_order_stall(srv: LiveServer) -> tuple[StallSim, str]:
     sim = StallSim("S01")
     token = register_stall(srv, sim, name="李家蔬菜")
     with srv.client(ADMIN) as c:
@@ -47,7 +47,7 @@ def _set_up(srv: LiveServer) -> tuple[StallSim, str]:
     return sim, token
 
 
-def _shopper(srv: LiveServer, phone: str) -> httpx.Client:
+def signed_in_shopper(srv: LiveServer, phone: str) -> httpx.Client:
     c = httpx.Client(base_url=srv.url, timeout=10)
     sent = c.post("/api/v1/shop/code", json={"phone": phone})
     assert sent.status_code == 200, sent.text
@@ -57,14 +57,14 @@ def _shopper(srv: LiveServer, phone: str) -> httpx.Client:
     return c
 
 
-def _slot(c: httpx.Client) -> str:
+def first_slot(c: httpx.Client) -> str:
     slots = c.get("/api/v1/shop/slots").json()["slots"]
     assert slots
     return str(slots[0]["start"])
 
 
 def test_an_order_is_placed_accepted_weighed_and_settled_by_its_sale(server: LiveServer) -> None:
-    sim, token = _set_up(server)
+    sim, token = set_up_order_stall(server)
     stalls = httpx.get(f"{server.url}/api/v1/shop/stalls").json()
     assert [(s["stall_id"], s["open"], s["online"], s["items"]) for s in stalls] == [("S01", True, False, 4)]
     assert httpx.get(f"{server.url}/api/v1/shop/stalls/S77").status_code == 404
@@ -75,8 +75,8 @@ def test_an_order_is_placed_accepted_weighed_and_settled_by_its_sale(server: Liv
     assert (cucumber["unit_price_fen"], cucumber["regular_price_fen"], cucumber["special_title"],
             cucumber["price_unit"]) == (300, 350, "晚市特价", "500g")
 
-    a, b = _shopper(server, PHONE_A), _shopper(server, PHONE_B)
-    slot = _slot(a)
+    a, b = signed_in_shopper(server, PHONE_A), signed_in_shopper(server, PHONE_B)
+    slot = first_slot(a)
     body = {"stall_id": "S01", "slot_start": slot, "lines": [
         {"plu": "1001", "est_weight_g": 1000}, {"plu": "1002", "est_weight_g": 500},
         {"plu": "3001", "quantity": 3}]}
@@ -187,9 +187,9 @@ def _resign(sim: StallSim, sale: dict[str, Any], *, extra_line: dict[str, Any]) 
 
 
 def test_weighed_far_from_the_estimate_and_other_refusals(server: LiveServer) -> None:
-    sim, token = _set_up(server)
-    a = _shopper(server, PHONE_A)
-    slot = _slot(a)
+    sim, token = set_up_order_stall(server)
+    a = signed_in_shopper(server, PHONE_A)
+    slot = first_slot(a)
 
     def order(**change: Any) -> httpx.Response:
         return a.post("/api/v1/orders", json={"stall_id": "S01", "slot_start": slot,
@@ -211,7 +211,7 @@ def test_weighed_far_from_the_estimate_and_other_refusals(server: LiveServer) ->
         assert text in r.json()["detail"], (what, r.text)
     assert a.get("/api/v1/orders").json() == []  # nothing stored by a refusal
 
-    a = _shopper(server, PHONE_B)  # the refusals counted against the first phone's rate limit
+    a = signed_in_shopper(server, PHONE_B)  # the refusals counted against the first phone's rate limit
     with server.client(token) as st:  # the vendor pauses orders: the stall is closed
         assert st.put("/api/v1/stall/orders-desk", json={"open": False}).json() == {"open": False}
         closed = order()
@@ -239,9 +239,9 @@ def test_order_endpoints_are_rate_limited_per_phone_and_address(tmp_path) -> Non
     settings = Settings(db_url=f"sqlite:///{tmp_path / 'm.db'}", admin_token=ADMIN,
                         order_rate_phone="3/minute", order_rate_addr="7/minute")
     with LiveServer(create_app(settings)) as srv:
-        _set_up(srv)
-        a = _shopper(srv, PHONE_A)  # one sign-in counted against the address (codes sent: their own)
-        slot = _slot(a)
+        set_up_order_stall(srv)
+        a = signed_in_shopper(srv, PHONE_A)  # one sign-in counted against the address (codes sent: their own)
+        slot = first_slot(a)
         body = {"stall_id": "S01", "slot_start": slot, "lines": [{"plu": "1001", "est_weight_g": 500}]}
         codes = [a.post("/api/v1/orders", json=body).status_code for _ in range(4)]
         assert codes == [201, 201, 201, 429]  # the phone's limit
@@ -249,7 +249,7 @@ def test_order_endpoints_are_rate_limited_per_phone_and_address(tmp_path) -> Non
         assert last.status_code == 429 and int(last.headers["retry-after"]) >= 1
         assert "太频繁" in last.json()["detail"] and "phone" in last.json()["detail"]
         # Another phone from the same address: its own phone limit is fresh, the address's is not.
-        b = _shopper(srv, PHONE_B)
+        b = signed_in_shopper(srv, PHONE_B)
         r = b.post("/api/v1/orders", json=body)
         assert r.status_code == 429 and "address" in r.json()["detail"]
         assert len(a.get("/api/v1/orders").json()) == 3
@@ -276,11 +276,11 @@ def test_an_order_placed_on_one_server_process_wakes_the_stall_waiting_on_anothe
     a = create_app(Settings(db_url=postgres_url, admin_token=ADMIN))
     b = create_app(Settings(db_url=postgres_url, admin_token=ADMIN))
     with LiveServer(a) as srv_a, LiveServer(b) as srv_b:
-        _, token = _set_up(srv_a)
+        _, token = set_up_order_stall(srv_a)
         assert a.state.listener.listening.wait(10) and b.state.listener.listening.wait(10)
         with srv_b.client(token) as st:
             tag = st.get("/api/v1/stall/orders").headers["etag"]
-            shopper = _shopper(srv_a, PHONE_A)
+            shopper = signed_in_shopper(srv_a, PHONE_A)
             answer: dict[str, Any] = {}
 
             def poll() -> None:
@@ -292,7 +292,7 @@ def test_an_order_placed_on_one_server_process_wakes_the_stall_waiting_on_anothe
             waiter = threading.Thread(target=poll)
             waiter.start()
             time.sleep(0.5)  # the long poll waits on server b
-            r = shopper.post("/api/v1/orders", json={"stall_id": "S01", "slot_start": _slot(shopper),
+            r = shopper.post("/api/v1/orders", json={"stall_id": "S01", "slot_start": first_slot(shopper),
                                                      "lines": [{"plu": "1001", "est_weight_g": 500}]})
             placed = time.monotonic()
             assert r.status_code == 201, r.text

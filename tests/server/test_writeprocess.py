@@ -221,18 +221,18 @@ def test_a_sale_stored_by_the_writer_process_wakes_its_orders_shopper(postgres_u
     """The sale that fulfils an online order is written in the writer process; the shopper's
     live page on the server hears of it at once (NOTIFY with the commit), not at its next
     keep-alive.  The same through the server's own group commit."""
-    from tests.server.test_orders import PHONE_A, _set_up, _shopper, _slot
+    from tests.server.test_orders import PHONE_A, first_slot, set_up_order_stall, signed_in_shopper
 
     for mode in ("on", "off"):
         reset_postgres(postgres_url)
         app = create_app(Settings(db_url=postgres_url, admin_token=ADMIN, write_process=mode))
         with LiveServer(app) as srv:
-            sim, token = _set_up(srv)
+            sim, token = set_up_order_stall(srv)
             want = "ready" if mode == "on" else "off"
             _wait_for("the writer", lambda a=app, w=want: a.state.writer.state == w)
             assert app.state.listener.listening.wait(10)
-            shopper = _shopper(srv, PHONE_A)
-            r = shopper.post("/api/v1/orders", json={"stall_id": "S01", "slot_start": _slot(shopper),
+            shopper = signed_in_shopper(srv, PHONE_A)
+            r = shopper.post("/api/v1/orders", json={"stall_id": "S01", "slot_start": first_slot(shopper),
                                                      "lines": [{"plu": "1001", "est_weight_g": 500}]})
             assert r.status_code == 201, r.text
             oid = r.json()["id"]
