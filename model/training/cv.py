@@ -104,7 +104,7 @@ class CvConfig:
     student_epochs: int | None = None
 
 
-def _slice(ds: Dataset, n: int | None) -> Dataset:
+def slice_dataset(ds: Dataset, n: int | None) -> Dataset:
     """The first ``n`` photos of each class in name order, per split: neighbours stay neighbours."""
     if n is None:
         return ds
@@ -703,7 +703,7 @@ def run_cv(cfg: CvConfig) -> dict[str, Any]:
     import torch
 
     torch.set_num_threads(cfg.threads)
-    ds = _slice(load_dataset(cfg.data), cfg.max_images)
+    ds = slice_dataset(load_dataset(cfg.data), cfg.max_images)
     pool = pooled(ds)
     folds = blocked_folds(pool, cfg.folds)
     if any(len(folds.training(k)) == 0 or len(folds.held_out(k)) == 0 for k in range(folds.k)):
