@@ -41,7 +41,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from model.data import load_dataset  # noqa: E402
-from model.preprocess import read_image, square_resize, to_tensor, tta_views  # noqa: E402
+from model.preprocess import read_image, square_resize, tta_views  # noqa: E402
 from model.refit import (  # noqa: E402
     REFIT_BIAS,
     REFIT_EPOCHS,
@@ -60,11 +60,12 @@ POLICIES = ("corrections", "every")
 def _embed(net: Any, crops: list[np.ndarray]) -> np.ndarray:
     import torch
 
-    if not crops:
+    from model.training.features import embed_batches
+
+    if not crops:  # a fold with no photo of some kind in a tiny slice
         return np.zeros((0, net.embedding_dim), np.float32)
     with torch.no_grad():
-        return np.concatenate([net.embed(torch.from_numpy(to_tensor(crops[i:i + 32]))).numpy()
-                               for i in range(0, len(crops), 32)])
+        return embed_batches(net.embed, crops)
 
 
 def _top(head: TaughtHead | None, protos: np.ndarray, emb: np.ndarray) -> int:
@@ -106,14 +107,14 @@ def run_fold(net: Any, k: int, pool: Any, folds: Any, size: int, rng: np.random.
     trained_emb = _embed(net, [square_resize(read_image(pool.samples[i].path, size), size) for i in trained])
     pairs = list(zip(trained_emb, trained, strict=True))
     cold_trained = sum(int(_top(None, protos, e) == y[i]) for e, i in pairs)
-    out: dict[str, Any] = {"fold": k, "photos": len(order), "sessions": len(sessions),
-                           "cold": int(sum(_top(None, protos, centre[i]) == y[i] for i in order)),
-                           "trained_occasions": len(trained),
-                           "trained_occasions_cold": cold_trained}
-    out["rows"] = order  # the day's photos (pool rows) and the cold network's top guess for each
-    out["cold_top"] = [_top(None, protos, centre[i]) for i in order]
+    cold_top = [_top(None, protos, centre[i]) for i in order]
+    cold_ok = [int(top == y[i]) for top, i in zip(cold_top, order, strict=True)]
     half = len(order) // 2
-    out["cold_second_half"] = int(sum(_top(None, protos, centre[i]) == y[i] for i in order[half:]))
+    out: dict[str, Any] = {"fold": k, "photos": len(order), "sessions": len(sessions),
+                           "cold": sum(cold_ok), "cold_second_half": sum(cold_ok[half:]),
+                           "trained_occasions": len(trained), "trained_occasions_cold": cold_trained,
+                           # the day's photos (pool rows) and the cold network's top guess for each
+                           "rows": order, "cold_top": cold_top}
     for policy in POLICIES:
         taught: list[np.ndarray] = []
         labels: list[str] = []
