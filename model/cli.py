@@ -170,6 +170,8 @@ def cmd_cv(args: argparse.Namespace) -> int:
         raise ModelError("--wise says which model to ship: give --final OUT.onnx too")
     if not 0 <= args.mixup < math.inf:
         raise ModelError(f"--mixup {args.mixup}: a Beta weight's parameter, above 0 (or 0: off)")
+    if not 0 <= args.mixstyle < math.inf:
+        raise ModelError(f"--mixstyle {args.mixstyle}: a Beta weight's parameter, above 0 (or 0: off)")
     if args.match is not None and not 0 <= args.match < math.inf:
         raise ModelError(f"--match {args.match}: a Beta weight's parameter, above 0 (or 0: views only)")
     if args.match is not None and (args.student is None or any(t != args.student for t in teachers)):
@@ -185,7 +187,7 @@ def cmd_cv(args: argparse.Namespace) -> int:
     cfg = CvConfig(data=Path(args.data), run_dir=Path(args.run_dir), teachers=teachers, seed=args.seed,
                    folds=args.folds, epochs=args.epochs, views=args.views, scales=args.scales,
                    from_block=args.from_block,
-                   lr=args.lr, batch=args.batch, mixup=args.mixup,
+                   lr=args.lr, batch=args.batch, mixup=args.mixup, mixstyle=args.mixstyle,
                    threads=args.threads, max_images=args.max_images, only_folds=args.only_folds,
                    student=args.student, kd_temperature=args.kd_temperature, kd_alpha=args.kd_alpha,
                    match=args.match, student_epochs=args.student_epochs,
@@ -348,6 +350,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg,
     v.add_argument("--lr", type=float, default=2e-4)
     v.add_argument("--mixup", type=float, default=0.0, metavar="A",
                    help="manifold mixup of the cached activations at a Beta(A, A) weight (0: off)")
+    v.add_argument("--mixstyle", type=float, default=0.0, metavar="A",
+                   help="MixStyle: half the batches' per-channel activation statistics mixed between "
+                        "photos at a Beta(A, A) weight, labels kept (0: off; the paper's 0.1)")
     v.add_argument("--batch", type=_positive, default=32)
     v.add_argument("--seed", type=int, default=0)
     v.add_argument("--threads", type=_positive, default=2)

@@ -92,6 +92,11 @@ class CvConfig:
     # manifold mixup (Verma et al. 2019) at the trainable part's input, the cached activations:
     # each batch mixed with a shuffle of itself at a Beta(a, a) weight, labels alike; 0: off
     mixup: float = 0.0
+    # MixStyle (Zhou et al. 2021, "Domain generalization with MixStyle") at the same input: in half
+    # of the batches each photo's per-channel mean and spread are mixed with another photo's at a
+    # Beta(a, a) weight, its content and label kept.  Those statistics carry light, camera and
+    # background, what another occasion changes; 0: off
+    mixstyle: float = 0.0
     # the student matches its teachers' outputs on its own input, batch by batch (function
     # matching, Beyer et al. 2022, "Knowledge distillation: A good teacher is patient and
     # consistent"): the teachers run on the very view (and mixture) the student sees instead of
@@ -219,6 +224,19 @@ def _unit(a: np.ndarray) -> np.ndarray:
     return a / np.maximum(np.linalg.norm(a, axis=-1, keepdims=True), 1e-12)
 
 
+def mix_style(x: np.ndarray, rng: np.random.Generator, a: float) -> np.ndarray:
+    """A batch of activations (B, C, H, W) with each photo's per-channel mean and spread mixed
+    with a shuffled mate's at a Beta(a, a) weight per photo (MixStyle); the normalised content
+    is the photo's own."""
+    mu = x.mean((2, 3), keepdims=True)
+    sig = np.sqrt(x.var((2, 3), keepdims=True) + 1e-6)
+    lam = rng.beta(a, a, size=(len(x), 1, 1, 1)).astype(np.float32)
+    mate = rng.permutation(len(x))
+    mixed_mu = lam * mu + (1 - lam) * mu[mate]
+    mixed_sig = lam * sig + (1 - lam) * sig[mate]
+    return ((x - mu) / sig * mixed_sig + mixed_mu).astype(np.float32)
+
+
 def run_fold(net: RecognizerNet, acts: np.ndarray, feats: np.ndarray, labels: np.ndarray,
              tr: np.ndarray, te: np.ndarray, k: int, n_frozen: int, n_classes: int, cfg: CvConfig,
              seed: int, work: Path, soft: np.ndarray | None = None, stop: int | None = None,
@@ -298,6 +316,8 @@ def run_fold(net: RecognizerNet, acts: np.ndarray, feats: np.ndarray, labels: np
                 lam = float(np.clip(rng.beta(mixup, mixup), 1e-4, 1 - 1e-4))
                 mate = rng.permutation(len(idx))
                 x = lam * x + (1 - lam) * x[mate]
+            if cfg.mixstyle > 0 and rng.random() < 0.5:
+                x = mix_style(x, rng, cfg.mixstyle)
             logits, _ = _forward_rest(net, x, n_frozen)
             loss = (F.cross_entropy(logits, y) if mate is None else
                     lam * F.cross_entropy(logits, y) + (1 - lam) * F.cross_entropy(logits, y[mate]))
@@ -485,6 +505,8 @@ def work_dir(cfg: CvConfig, spec: str, seed: int, student: bool = False) -> Path
     deeper = (f"-b{cfg.from_block}" if cfg.from_block is not None else
               f"-x{cfg.scales}" if cfg.scales != 1 else "")
     mixed = f"-mix{cfg.mixup:g}" if cfg.mixup > 0 else ""
+    if cfg.mixstyle > 0:
+        mixed += f"-ms{cfg.mixstyle:g}"
     if student and cfg.match is not None:
         mixed += f"-fm{cfg.match:g}"
     if student and cfg.student_epochs is not None:
@@ -774,7 +796,8 @@ def render_cv_markdown(r: dict[str, Any]) -> str:
              f"- photos: {p['train']} train + {p['val']} val, {p['classes']} classes, {p['blocks']} blocks "
              f"(model/training/folds.py); {c['views']} augmented views per photo; fine-tune: "
              f"{c['epochs']} epochs, lr {c['lr']}"
-             + (f", manifold mixup Beta({c['mixup']:g}, {c['mixup']:g})" if c.get("mixup") else ""),
+             + (f", manifold mixup Beta({c['mixup']:g}, {c['mixup']:g})" if c.get("mixup") else "")
+             + (f", MixStyle Beta({c['mixstyle']:g}, {c['mixstyle']:g})" if c.get("mixstyle") else ""),
              "- figures: mean +- sd over folds of the held-out part's top-k; every choice below "
              "is out of fold: epochs on the pooled outputs; temperature and unknown thresholds on the "
              "other-session rows (whole sessions of another occasion)", ""]

@@ -206,6 +206,7 @@ def test_student_learns_each_fold_from_that_folds_teacher(tmp_path: Path) -> Non
     (["--from-block", "-1"], "numbered from 0"),
     (["--mixup", "-0.2"], "--mixup -0.2"),
     (["--mixup", "nan"], "--mixup nan"),
+    (["--mixstyle", "-1"], "--mixstyle -1"),
     (["--match", "-1", "--student", "efficientnet-lite0@224"], "--match -1"),
     (["--match", "0.4"], "give --student"),
     (["--match", "0.4", "--student", "efficientnet-lite1@240"], "same BACKBONE@SIZE"),
@@ -312,6 +313,33 @@ def test_mixup_is_a_recipe_of_its_own_and_changes_what_the_fold_learns(dataset_r
         assert np.array_equal(a["linear"], b["linear"])  # the same start: the linear head is not mixed
         assert np.isfinite(b["finetuned"]).all() and not np.allclose(a["finetuned"], b["finetuned"])
     assert len(list((tmp_path / "cache").glob("acts-*.npy"))) == 1  # one cache for both recipes
+
+
+def test_mix_style_keeps_each_photos_content_and_takes_its_mates_statistics() -> None:
+    from model.training.cv import mix_style
+
+    rng = np.random.default_rng(0)
+    # two photos, same pattern, another light: the second is the first scaled and shifted
+    base = rng.normal(size=(1, 3, 4, 4)).astype(np.float32)
+    x = np.concatenate([base, base * 3 + 5])
+    out = mix_style(x, np.random.default_rng(1), 0.1)
+    assert out.shape == x.shape and out.dtype == np.float32
+    # the content (each channel normalised) is unchanged for both photos
+    def norm(a: np.ndarray) -> np.ndarray:
+        return (a - a.mean((2, 3), keepdims=True)) / a.std((2, 3), keepdims=True)
+    assert np.allclose(norm(out), norm(x), atol=1e-4)
+    # the statistics moved between the two photos' (the mate of each is one of the two)
+    mu = out.mean((2, 3))
+    assert np.all((mu >= x.mean((2, 3)).min(0) - 1e-4) & (mu <= x.mean((2, 3)).max(0) + 1e-4))
+    many = mix_style(np.repeat(x, 16, 0), np.random.default_rng(2), 0.1)
+    assert not np.allclose(many.mean((2, 3)), np.repeat(x, 16, 0).mean((2, 3)), atol=1e-2)
+
+
+def test_mixstyle_is_a_recipe_of_its_own(dataset_root: Path, tmp_path: Path) -> None:
+    assert _cv(dataset_root, tmp_path, "--only-folds", "0", "--mixstyle", "0.1") == 0
+    with np.load(tmp_path / "efficientnet-lite0-64-s0-ms0.1" / "fold-0.npz") as b:
+        assert np.isfinite(b["finetuned"]).all()
+    assert "MixStyle Beta(0.1, 0.1)" in (tmp_path / "cv-report.md").read_text()
 
 
 def test_the_ensembles_nested_figure_fits_its_members_without_the_fold_it_reads() -> None:
