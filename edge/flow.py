@@ -46,7 +46,8 @@ import logging
 import queue
 import threading
 from collections.abc import Callable
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
@@ -81,7 +82,9 @@ class RecognizerLike(Protocol):
 
     def recognize(self, image: np.ndarray, top_k: int | None = None) -> Any: ...
 
-    def teach(self, label: str, image: np.ndarray) -> None: ...
+    def teach(self, label: str, image: np.ndarray) -> np.ndarray: ...
+
+    def forget(self, label: str, rows: np.ndarray) -> int: ...
 
 
 class PrinterLike(Protocol):
@@ -164,8 +167,10 @@ class ActionResult(_Model):
     line: BasketLine | None = None
     #: Confirmed on a weight that is not stable yet: priced as soon as it is.
     pending: bool = False
-    #: The recogniser's label a correction taught (the photo of this weighing).
+    #: The recogniser's label this tap taught (the photo of this weighing).
     taught: str | None = None
+    #: The label whose teaching a void took back (the voided line's tap had taught it).
+    untaught: str | None = None
     auto: bool = False
 
 
@@ -230,11 +235,22 @@ def pinyin_initials(name: str, limit: int = 8) -> set[str]:
     return {"".join(combo) for combo in itertools.islice(itertools.product(*choices), limit)}
 
 
+@dataclass
+class _Taught:
+    """One tap's teaching, kept while its line can still be voided."""
+
+    label: str
+    line_no: int | None = None       # None until a tap made while settling is priced
+    rows: np.ndarray | None = None   # the exemplars, once the recogniser's thread has taught them
+    withdrawn: bool = False          # the line was voided: take the teaching back
+
+
 # -- the flow ---------------------------------------------------------------------------------
 class StallFlow:
     def __init__(self, session: Session, *, stop: threading.Event,
                  camera: Camera | None = None, recognizer: RecognizerLike | None = None,
                  printer: PrinterLike | None = None, auto_confirm: float = 0.9,
+                 teach: Literal["corrections", "taps", "off"] = "corrections",
                  on_sale: Callable[[Sale], None] | None = None,
                  scale_fault: str | None = None) -> None:
         self.session = session
@@ -242,6 +258,10 @@ class StallFlow:
         self.recognizer = recognizer
         self.printer = printer
         self.auto_confirm = auto_confirm
+        #: Which taps teach (``[camera] teach``).  A tap is the vendor's word on the item; a guess
+        #: taken by itself is only the recogniser's, and teaching it would teach the model its own
+        #: mistakes, so it never teaches.
+        self.teach = teach
         self._on_sale = on_sale or (lambda _sale: None)
         #: Why the stall has no scale at all (not calibrated): nothing is priced.
         self.scale_fault = scale_fault
@@ -262,6 +282,10 @@ class StallFlow:
         self._auto_tried = False
         self._hold = False               # a piece item confirmed on the plate: back to zero first
         self._taught = 0
+        # The basket's taught taps by line number, and the one waiting for its line (a tap
+        # made while the weight settled): a voided line takes its teaching back.
+        self._taught_lines: dict[int, _Taught] = {}
+        self._pending_taught: _Taught | None = None
         self._last_error: str | None = None
         self._last_receipt: str | None = None
         self._search_cache: tuple[int, dict[str, set[str]]] | None = None
@@ -358,6 +382,7 @@ class StallFlow:
         self._recognizing = False
         self._guesses = []
         self._chosen = None
+        self._pending_taught = None
         self._auto_tried = False
 
     def _start_recognition(self) -> None:
@@ -410,6 +435,10 @@ class StallFlow:
         except EdgeError as exc:
             return self._refused(str(exc))
         self._chosen = None
+        if not auto and self._pending_taught is not None:
+            self._pending_taught.line_no = line.line_no
+            self._taught_lines[line.line_no] = self._pending_taught
+            self._pending_taught = None
         if self.session.weigher.host_tare_g:
             # The tare belonged to this item's container: the next item starts without it.
             self.session.clear_tare()
@@ -431,14 +460,20 @@ class StallFlow:
             try:
                 if job == "recognize":
                     self._recognize(arg)
-                else:
-                    label, frame = arg
+                elif job == "teach":
+                    taught, frame, why = arg
                     assert self.recognizer is not None
-                    self.recognizer.teach(label, frame)
+                    rows = self.recognizer.teach(taught.label, frame)
                     with self._lock:
                         self._taught += 1
+                        taught.rows = rows
+                        withdrawn = taught.withdrawn
+                    if withdrawn:  # voided before its photo was taught
+                        self._forget_tap(taught)
                     self.changed()
-                    logger.info("taught %s from a correction", label)
+                    logger.info("taught %s from a %s", taught.label, why)
+                else:
+                    self._forget_tap(arg)
             except Exception as exc:  # noqa: BLE001 - recognition helps, it never blocks a sale
                 logger.warning("recogniser %s failed: %s", job, exc)
                 with self._lock:
@@ -540,7 +575,7 @@ class StallFlow:
         """One tap: a guess, or an item picked by hand.  A weighed item is priced on the
         stable weight (now, or as soon as the weight settles); an item by the piece takes
         ``quantity``.  Picking another item than the top guess teaches the recogniser this
-        weighing's photo."""
+        weighing's photo (under ``teach = "taps"`` any pick does; under ``"off"`` none)."""
         with self._lock:
             item = self._sellable(code)
             if isinstance(item, ActionResult):
@@ -563,21 +598,27 @@ class StallFlow:
             else:
                 return self._refused("请先把商品放上秤 / put the item on the scale first")
             if result.ok:
-                taught = self._teach_if_corrected(item)
+                taught = self._teach_from_tap(item, result.line)
                 if taught:
                     result = result.model_copy(update={"taught": taught})
                 self.changed()
             return result
 
-    def _teach_if_corrected(self, item: Plu) -> str | None:
+    def _teach_from_tap(self, item: Plu, line: BasketLine | None) -> str | None:
         rec, frame = self._recognition, self._frame
-        if rec is None or frame is None or self.recognizer is None:
+        if rec is None or frame is None or self.recognizer is None or self.teach == "off":
             return None
         top_code = self._guesses[0].item.code if self._guesses and not rec.unknown else None
-        if top_code == item.code:
+        corrected = top_code != item.code
+        if not corrected and self.teach != "taps":
             return None
         label = self._label_of(item.code) or item.code
-        self._jobs.put(("teach", (label, frame)))
+        taught = _Taught(label, line_no=line.line_no if line is not None else None)
+        if line is not None:
+            self._taught_lines[line.line_no] = taught
+        else:
+            self._pending_taught = taught
+        self._jobs.put(("teach", (taught, frame, "correction" if corrected else "tap")))
         self._frame = None  # one photo teaches once
         return label
 
@@ -639,12 +680,27 @@ class StallFlow:
             return TareResult(ok=True, tare_g=grams)
 
     def void(self, line_no: int, reason: str) -> ActionResult:
+        """Void a basket line.  A line whose tap taught the recogniser takes that teaching
+        back: a vendor voids a line mostly because the tap was on the wrong item, and its photo
+        taught under that item would keep misleading the guesses."""
         with self._lock:
             try:
                 line = self.session.void(line_no, reason)
             except EdgeError as exc:
                 return self._refused(str(exc))
-            return ActionResult(ok=True, state=self._state, line=line)
+            taught = self._taught_lines.pop(line_no, None)
+            if taught is not None:
+                taught.withdrawn = True
+                if taught.rows is not None:  # else the recogniser's thread takes it back once taught
+                    self._jobs.put(("forget", taught))
+            return ActionResult(ok=True, state=self._state, line=line,
+                                untaught=taught.label if taught is not None else None)
+
+    def _forget_tap(self, taught: _Taught) -> None:
+        """The recogniser's thread: take a voided tap's exemplars out of the gallery."""
+        assert self.recognizer is not None and taught.rows is not None
+        removed = self.recognizer.forget(taught.label, taught.rows)
+        logger.info("took back %s taught from a voided line (%d exemplars)", taught.label, removed)
 
     def attach_order(self, order_id: int | None) -> ActionResult:
         """The open basket (empty) fulfils online order ``order_id``: each of its lines is then
@@ -665,6 +721,8 @@ class StallFlow:
             if not self.session.lines:
                 return self._refused("the basket is empty")
             self.session.discard(reason)
+            # the shopper walked away; the vendor's taps were right: their teaching stays
+            self._taught_lines.clear()
             return ActionResult(ok=True, state=self._state)
 
     def checkout(self) -> CheckoutResult:
@@ -676,6 +734,7 @@ class StallFlow:
                 sale = self.session.checkout()
             except EdgeError as exc:
                 return CheckoutResult(ok=False, reason=str(exc))
+            self._taught_lines.clear()  # a sold line is not voided: its teaching stays
             printed, error = True, None
             if self.printer is None:
                 printed = False

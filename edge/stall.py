@@ -217,7 +217,7 @@ class StallApp:
         outbox = self.outbox
         self.flow = StallFlow(self.session, stop=self.stop_event, camera=self.camera,
                               recognizer=self.recognizer, printer=self.printer,
-                              auto_confirm=self.cfg.camera.auto_confirm,
+                              auto_confirm=self.cfg.camera.auto_confirm, teach=self.cfg.camera.teach,
                               on_sale=lambda _sale: outbox.notify() if outbox is not None else None,
                               scale_fault=self.scale_fault)
         self.flow.start()

@@ -127,9 +127,10 @@ class Gallery:
     def add(self, label: str, emb: np.ndarray) -> None:
         self.add_many(label, np.asarray(emb, np.float32).reshape(1, -1))
 
-    def add_many(self, label: str, embs: np.ndarray) -> None:
+    def add_many(self, label: str, embs: np.ndarray) -> np.ndarray:
         """Teach ``label`` from the rows of ``embs`` (one photo's views): one change, and the
-        taught listeners (``add_taught_listener``) hear of it.  Imports never reach them."""
+        taught listeners (``add_taught_listener``) hear of it.  Imports never reach them.
+        Returns the unit rows added (what ``remove_exemplars`` takes back)."""
         label = label.strip()
         if not label:
             raise GalleryError("a taught item needs a non-empty label")
@@ -149,6 +150,7 @@ class Gallery:
         self._changed()
         for fn in self._taught_listeners:
             fn(label, rows)
+        return rows
 
     def add_taught_listener(self, fn: Callable[[str, np.ndarray], None]) -> None:
         """Call ``fn(label, unit rows)`` after each item taught here (not after an import): the
@@ -164,7 +166,7 @@ class Gallery:
 
     def remove_exemplars(self, label: str, rows: np.ndarray) -> int:
         """Forget ``label``'s exemplars that are ``rows`` (unit vectors, to float precision): an
-        imported item taken back, leaving what the stall taught itself.  How many went."""
+        imported item taken back, or a tap the vendor voided, leaving the rest.  How many went."""
         rows = np.asarray(rows, np.float32).reshape(-1, self.dim)
         with self._lock:
             drop = {i for i, lab in enumerate(self._labels)

@@ -436,8 +436,9 @@ class Recognizer:
         return float(flag.score(prob, near) - flag.threshold)
 
     # -- teaching --------------------------------------------------------------
-    def teach(self, label: str, image: np.ndarray | str | Path, save: bool = True) -> None:
-        """Add a photo of ``label`` to the gallery (enrollment or a vendor's correction).
+    def teach(self, label: str, image: np.ndarray | str | Path, save: bool = True) -> np.ndarray:
+        """Add a photo of ``label`` to the gallery (enrollment or a vendor's correction); the
+        exemplars added are returned, for :meth:`forget`.
 
         The photo is taught with its mirror and two quarter turns: an item lies
         any way round on the plate, and a handful of photos then covers more of
@@ -449,9 +450,18 @@ class Recognizer:
         except Exception as exc:  # noqa: BLE001 - OpenCV errors on degenerate inputs
             raise ImageError(f"{_name(image)}: cannot preprocess ({exc})") from exc
         _, emb = self.runner.run(x)
-        self.gallery.add_many(label, emb)
+        rows = self.gallery.add_many(label, emb)
         if save:
             self.gallery.save()
+        return rows
+
+    def forget(self, label: str, rows: np.ndarray, save: bool = True) -> int:
+        """Take back what one :meth:`teach` added (a sale line the vendor voided: the tap that
+        taught it was a mistake); the rest of ``label``'s exemplars stay.  How many went."""
+        removed = self.gallery.remove_exemplars(label, rows)
+        if removed and save:
+            self.gallery.save()
+        return removed
 
 
 def _name(image: object) -> str:

@@ -78,7 +78,7 @@ _SECTIONS = ["", "market", "scale", "camera", "server", "printer", "feed", "scre
              "[catalogue]", "elsewhere"]
 _KEYS = ["stall_id", "name", "vendor", "data_dir", "first_receipt_no", "seed", "simulate_vendor",
          "region", "number", "rounding", "timezone", "port", "protocol", "max_g", "e_g", "source",
-         "roi", "auto_confirm", "frozen_s", "url", "token", "public_url", "type", "path", "width",
+         "roi", "auto_confirm", "teach", "frozen_s", "url", "token", "public_url", "type", "path", "width",
          "encoding", "wait_s", "interval_s", "enabled", "share", "accept", "basket_wait_s", "plu",
          "code", "name_zh", "name_en", "unit_price_fen", "price_unit", "label", "typo"]
 _SCALARS = st.one_of(
@@ -89,7 +89,7 @@ _SCALARS = st.one_of(
     st.booleans().map(lambda b: "true" if b else "false"),
     st.text(max_size=40).map(lambda s: json.dumps(s, ensure_ascii=False)),
     st.sampled_from(['"sim"', '"cas"', '"S01"', '"kg"', '"500g"', '"piece"', '"/dev/ttyUSB0"',
-                     '"../../etc/passwd"', '"\\u0000"', '1979-05-27T07:32:00Z', '"Asia/Nowhere"']),
+                     '"../../etc/passwd"', '"taps"', '"\\u0000"', '1979-05-27T07:32:00Z', '"Asia/Nowhere"']),
 )
 _VALUES = st.one_of(_SCALARS, st.lists(_SCALARS, max_size=5).map(lambda xs: "[" + ", ".join(xs) + "]"))
 
@@ -121,3 +121,12 @@ def test_a_nul_in_the_data_folder_is_a_config_error(folder: Path) -> None:
     assert raw != VALID
     with pytest.raises(ConfigError, match="data_dir: Value error, a path cannot hold a NUL character"):
         load_config(_write(folder, raw.encode()))
+
+
+def test_an_unknown_teaching_policy_is_refused_naming_the_known_ones(folder: Path) -> None:
+    path = _write(folder, 'stall_id = "S01"\nname = "王记"\n[camera]\nteach = "sometimes"\n'.encode())
+    with pytest.raises(ConfigError) as exc:
+        load_config(path)
+    assert "camera.teach" in str(exc.value) and "'corrections', 'taps' or 'off'" in str(exc.value)
+    path = _write(folder, 'stall_id = "S01"\nname = "王记"\n[camera]\nteach = "taps"\n'.encode())
+    assert load_config(path).camera.teach == "taps"

@@ -68,11 +68,12 @@ def _catalogue() -> list[dict[str, Any]]:
     return items
 
 
-def _stall(tmp_path: Path, camera: Path | None = None, auto_confirm: float = 0.9) -> StallApp:
+def _stall(tmp_path: Path, camera: Path | None = None, auto_confirm: float = 0.9,
+           teach: str = "corrections") -> StallApp:
     cfg = StallConfig(stall_id="S02", name="李家蔬菜", vendor="李阿姨", data_dir=tmp_path / "S02",
                       catalogue=_catalogue(), seed=7,  # type: ignore[arg-type]
                       camera={"source": str(camera) if camera else None,  # type: ignore[arg-type]
-                              "auto_confirm": auto_confirm},
+                              "auto_confirm": auto_confirm, "teach": teach},
                       printer={"type": "file"},  # type: ignore[arg-type]
                       screens={"enabled": False})  # type: ignore[arg-type]
     app = StallApp(cfg)
@@ -210,6 +211,111 @@ def test_below_the_bar_the_guesses_wait_and_the_top_guess_does_not_teach(
         assert snap.guesses[0].confidence < 0.9
         result = flow.confirm(snap.guesses[0].item.code)
         assert result.ok and result.taught is None
+    finally:
+        app.stop()
+
+
+def test_teaching_every_tap_teaches_a_right_guess_and_never_a_guess_taken_by_itself(
+        tmp_path: Path, photos: dict[str, Path]) -> None:
+    app = _stall(tmp_path, camera=photos["root"], auto_confirm=0.9, teach="taps")
+    try:
+        flow, sim, cam = parts(app)
+        assert cam is not None and app.recognizer is not None
+        # a sure guess, taken by itself: the recogniser's word only, so nothing is taught
+        cam.show("Carrots")
+        sim.place(1500)
+        assert wait_for(in_state(flow, FlowState.PRICED))
+        assert flow.snapshot().basket[0].plu == "2003"
+        sim.remove()
+        assert wait_for(in_state(flow, FlowState.IDLE))
+        assert flow.snapshot().taught == 0 and len(app.recognizer.gallery) == 0  # type: ignore[attr-defined]
+        # an unsure guess the vendor taps as it stands: under "taps" that is taught too
+        cam.show("unsure")
+        sim.place(600)
+        assert wait_for(in_state(flow, FlowState.CHOOSING))
+        assert wait_for(lambda: bool(flow.snapshot().guesses))
+        top = flow.snapshot().guesses[0]
+        assert top.confidence < 0.9
+        result = flow.confirm(top.item.code)
+        assert result.ok and result.taught == top.label
+        assert wait_for(lambda: flow.snapshot().taught == 1)
+        assert app.recognizer.gallery.counts() == {top.label: 4}  # type: ignore[attr-defined]
+    finally:
+        app.stop()
+
+
+def test_voiding_a_tapped_line_takes_its_teaching_back_and_keeps_the_rest(
+        tmp_path: Path, photos: dict[str, Path]) -> None:
+    """A vendor taps the wrong item, sees it on the basket and voids the line: the photo taught
+    under that item would mislead every later guess, so it goes; what other taps taught stays,
+    and a line sold stays taught."""
+    app = _stall(tmp_path, camera=photos["root"], auto_confirm=1.0, teach="taps")
+    try:
+        flow, sim, cam = parts(app)
+        assert cam is not None and app.recognizer is not None
+        gallery = app.recognizer.gallery  # type: ignore[attr-defined]
+
+        def read() -> bool:
+            snap = flow.snapshot()
+            return snap.state is FlowState.CHOOSING and not snap.recognizing and bool(snap.guesses)
+
+        def weigh_and_tap(grams: int, code: str) -> int:
+            sim.place(grams)
+            assert wait_for(read)
+            result = flow.confirm(code)
+            assert result.ok and result.line is not None and result.taught is not None
+            sim.remove()
+            assert wait_for(in_state(flow, FlowState.IDLE))
+            return result.line.line_no
+
+        cam.show("unsure")
+        right = weigh_and_tap(800, "2001")                  # the tomato it is
+        wrong = weigh_and_tap(700, "2002")                  # a slip: cucumber
+        assert wait_for(lambda: flow.snapshot().taught == 2)
+        assert gallery.counts() == {"Regular-Tomato": 4, "Cucumber": 4}
+        voided = flow.void(wrong, "点错了")
+        assert voided.ok and voided.untaught == "Cucumber"
+        assert wait_for(lambda: gallery.counts() == {"Regular-Tomato": 4})
+        assert flow.void(right, "顾客不要了").untaught == "Regular-Tomato"  # the vendor's word
+        assert wait_for(lambda: gallery.counts() == {})
+        # a line voided before the recogniser's thread taught its photo: taken back once taught
+        sim.place(600)
+        assert wait_for(read)
+        with gallery._lock:  # noqa: SLF001 - the recogniser's thread waits to add the photo
+            third = flow.confirm("2003")
+            assert third.ok and third.line is not None and third.taught is not None
+            assert flow.void(third.line.line_no, "点错了").untaught == third.taught
+            time.sleep(0.2)
+        assert wait_for(lambda: flow.snapshot().taught == 3)
+        assert wait_for(lambda: gallery.counts() == {})
+        sim.remove()
+        assert wait_for(in_state(flow, FlowState.IDLE))
+        # a line checked out keeps its teaching
+        kept = weigh_and_tap(900, "2001")
+        assert flow.checkout().ok
+        assert not flow.void(kept, "已结账").ok
+        assert wait_for(lambda: gallery.counts() == {"Regular-Tomato": 4})
+        # the gallery on disk agrees: a restart does not bring the voided taps back
+        from model.gallery import Gallery
+        saved = Gallery(gallery.embedding_space, gallery.dim, gallery.folder)
+        assert saved.counts() == {"Regular-Tomato": 4}
+    finally:
+        app.stop()
+
+
+def test_teaching_off_teaches_not_even_a_correction(tmp_path: Path, photos: dict[str, Path]) -> None:
+    app = _stall(tmp_path, camera=photos["root"], auto_confirm=0.0, teach="off")
+    try:
+        flow, sim, cam = parts(app)
+        assert cam is not None and app.recognizer is not None
+        cam.show("unknown")
+        sim.place(800)
+        assert wait_for(lambda: flow.snapshot().unknown is True)
+        assert wait_for(in_state(flow, FlowState.CHOOSING))
+        result = flow.confirm("2001")
+        assert result.ok and result.line is not None and result.taught is None
+        time.sleep(0.3)  # the recogniser's thread would have taught by now
+        assert flow.snapshot().taught == 0 and len(app.recognizer.gallery) == 0  # type: ignore[attr-defined]
     finally:
         app.stop()
 

@@ -199,6 +199,7 @@ def test_pick_by_plu_on_the_keypad_and_pieces(manual: StallApp, browser: Browser
     # Void the carrots from the screen: the customer's total follows.
     vendor.locator("#basket li").first.locator("button.void-btn").click()
     expect(customer.locator("#total")).to_have_text("7.50")
+    expect(vendor.locator("#message")).to_have_text("已作废 / voided")  # picked by hand: nothing taught
     expect(vendor.locator("#basket li")).to_have_count(1)
     expect(customer.locator("#basket li")).to_have_count(1)
 

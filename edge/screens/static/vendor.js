@@ -239,7 +239,8 @@
         const b = el("button", "small void-btn");
         b.type = "button";
         b.append(bi("作废", "Void"));
-        b.addEventListener("click", () => act("/api/void", {line_no: line.line_no, reason: $("void-reason").value}));
+        b.addEventListener("click", () => act("/api/void", {line_no: line.line_no, reason: $("void-reason").value},
+          (d) => d.untaught ? tr("已作废，学习已撤回 / voided, its teaching taken back") : tr("已作废 / voided")));
         li.append(b);
       }
       basket.append(li);
