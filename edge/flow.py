@@ -82,7 +82,7 @@ class RecognizerLike(Protocol):
 
     def recognize(self, image: np.ndarray, top_k: int | None = None) -> Any: ...
 
-    def teach(self, label: str, image: np.ndarray) -> np.ndarray: ...
+    def teach(self, label: str, image: np.ndarray, offer: bool = True) -> np.ndarray: ...
 
     def forget(self, label: str, rows: np.ndarray) -> int: ...
 
@@ -463,7 +463,10 @@ class StallFlow:
                 elif job == "teach":
                     taught, frame, why = arg
                     assert self.recognizer is not None
-                    rows = self.recognizer.teach(taught.label, frame)
+                    # Only a correction is offered to the market's other stalls: a tap that agreed
+                    # with the guess teaches them nothing they would miss, and every sale's photo
+                    # would flood their galleries.
+                    rows = self.recognizer.teach(taught.label, frame, offer=why == "correction")
                     with self._lock:
                         self._taught += 1
                         taught.rows = rows

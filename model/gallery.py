@@ -127,10 +127,11 @@ class Gallery:
     def add(self, label: str, emb: np.ndarray) -> None:
         self.add_many(label, np.asarray(emb, np.float32).reshape(1, -1))
 
-    def add_many(self, label: str, embs: np.ndarray) -> np.ndarray:
+    def add_many(self, label: str, embs: np.ndarray, offer: bool = True) -> np.ndarray:
         """Teach ``label`` from the rows of ``embs`` (one photo's views): one change, and the
-        taught listeners (``add_taught_listener``) hear of it.  Imports never reach them.
-        Returns the unit rows added (what ``remove_exemplars`` takes back)."""
+        taught listeners (``add_taught_listener``) hear of it unless ``offer`` is False (a
+        vendor's tap that agreed with the guess: the market gains nothing from it).  Imports never
+        reach them.  Returns the unit rows added (what ``remove_exemplars`` takes back)."""
         label = label.strip()
         if not label:
             raise GalleryError("a taught item needs a non-empty label")
@@ -148,7 +149,7 @@ class Gallery:
             self._trim(label)
             self.version += 1
         self._changed()
-        for fn in self._taught_listeners:
+        for fn in self._taught_listeners if offer else ():
             fn(label, rows)
         return rows
 

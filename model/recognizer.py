@@ -436,9 +436,11 @@ class Recognizer:
         return float(flag.score(prob, near) - flag.threshold)
 
     # -- teaching --------------------------------------------------------------
-    def teach(self, label: str, image: np.ndarray | str | Path, save: bool = True) -> np.ndarray:
+    def teach(self, label: str, image: np.ndarray | str | Path, save: bool = True,
+              offer: bool = True) -> np.ndarray:
         """Add a photo of ``label`` to the gallery (enrollment or a vendor's correction); the
-        exemplars added are returned, for :meth:`forget`.
+        exemplars added are returned, for :meth:`forget`.  ``offer``: the gallery's taught
+        listeners (sharing with the market) hear of it.
 
         The photo is taught with its mirror and two quarter turns: an item lies
         any way round on the plate, and a handful of photos then covers more of
@@ -450,7 +452,7 @@ class Recognizer:
         except Exception as exc:  # noqa: BLE001 - OpenCV errors on degenerate inputs
             raise ImageError(f"{_name(image)}: cannot preprocess ({exc})") from exc
         _, emb = self.runner.run(x)
-        rows = self.gallery.add_many(label, emb)
+        rows = self.gallery.add_many(label, emb, offer=offer)
         if save:
             self.gallery.save()
         return rows

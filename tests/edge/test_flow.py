@@ -229,6 +229,8 @@ def test_teaching_every_tap_teaches_a_right_guess_and_never_a_guess_taken_by_its
         sim.remove()
         assert wait_for(in_state(flow, FlowState.IDLE))
         assert flow.snapshot().taught == 0 and len(app.recognizer.gallery) == 0  # type: ignore[attr-defined]
+        offered: list[str] = []  # what the market's other stalls would be offered
+        app.recognizer.gallery.add_taught_listener(lambda label, _rows: offered.append(label))  # type: ignore[attr-defined]
         # an unsure guess the vendor taps as it stands: under "taps" that is taught too
         cam.show("unsure")
         sim.place(600)
@@ -240,6 +242,16 @@ def test_teaching_every_tap_teaches_a_right_guess_and_never_a_guess_taken_by_its
         assert result.ok and result.taught == top.label
         assert wait_for(lambda: flow.snapshot().taught == 1)
         assert app.recognizer.gallery.counts() == {top.label: 4}  # type: ignore[attr-defined]
+        assert offered == []  # it agreed with the guess: taught here, offered to nobody
+        sim.remove()
+        assert wait_for(in_state(flow, FlowState.IDLE))
+        # a correction (here of a picture the recogniser calls unknown) is offered as before
+        cam.show("noise")
+        sim.place(700)
+        assert wait_for(lambda: flow.snapshot().unknown is True)
+        assert wait_for(in_state(flow, FlowState.CHOOSING))
+        assert flow.confirm("2001").taught == "Regular-Tomato"
+        assert wait_for(lambda: offered == ["Regular-Tomato"])
     finally:
         app.stop()
 

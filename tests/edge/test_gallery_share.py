@@ -154,6 +154,11 @@ def test_taught_at_a_is_recognised_at_b_and_never_reaches_c(tmp_path: Path, mark
         # B kept the imports on disk: a restarted B has them without asking again.
         assert Gallery(b.recognizer.gallery.embedding_space, b.recognizer.gallery.dim,
                        b.cfg.data_dir / "gallery").counts() == {"2099": 12}
+        # a tap that agreed with the guess (``teach = "taps"``) teaches A and is offered to nobody
+        a.recognizer.teach("2099", KIWI[0], offer=False)
+        assert a.recognizer.gallery.counts()["2099"] == 16
+        time.sleep(1.5)
+        assert len(_shared(market)) == 3 and not list((a.cfg.data_dir / OUTBOX_DIR).glob("*.json"))
 
         # The manager withdraws one: B takes its four exemplars out again, its own stay.
         b.recognizer.teach("Kiwi", KIWI[0])
