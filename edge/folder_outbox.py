@@ -61,6 +61,11 @@ class FolderOutbox(BackoffSender):
     def before_send(self) -> None:
         """Anything the server needs first (the stall's key); raises a retry error if not yet."""
 
+    def endpoint_for(self, path: Path) -> str:
+        """Where ``path``'s document goes: one endpoint, unless a subclass queues kinds that go
+        to several in one order."""
+        return self.endpoint
+
     def settled(self, path: Path, answer: dict[str, Any]) -> None:
         """The server stored ``path``'s document and answered ``answer``."""
         logger.info("%s: %s sent (%s)", self.name, path.stem, answer.get("status"))
@@ -72,7 +77,7 @@ class FolderOutbox(BackoffSender):
             if not path.exists():
                 return None  # the loop sent it meanwhile
             self.before_send()
-            r = self._client.post(self.endpoint, content=path.read_bytes(),
+            r = self._client.post(self.endpoint_for(path), content=path.read_bytes(),
                                   headers={"Content-Type": "application/json"})
             if r.is_success:
                 answer: dict[str, Any] = r.json()

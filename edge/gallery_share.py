@@ -39,6 +39,7 @@ import json
 import logging
 import threading
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
@@ -160,6 +161,23 @@ class ShareResult(BaseModel):
     status: Literal["accepted", "duplicate"]
 
 
+class WithdrawalDoc(BaseModel):
+    """``POST /api/v1/gallery/withdrawals``: the teaching stall takes back an item it shared (the
+    sale line whose tap taught it was voided: the tap was a slip)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    format: Literal[1] = Field(description="the withdrawal's format (1)")
+    item_id: str = Field(pattern=_UUID, description="the shared item's ``item_id``")
+
+
+class WithdrawalResult(BaseModel):
+    """``POST /api/v1/gallery/withdrawals``' answer."""
+
+    id: int = Field(description="the server's number of the shared item")
+    status: Literal["withdrawn", "already"]
+
+
 def make_item(stall_id: str, label: str, rows: np.ndarray, *, model: str, key: Ed25519PrivateKey,
               model_sha256: str | None = None, plu: str | None = None,
               name: str | None = None) -> SharedItemDoc:
@@ -175,8 +193,19 @@ def make_item(stall_id: str, label: str, rows: np.ndarray, *, model: str, key: E
 
 # ---- sending what this stall was taught ---------------------------------------------------
 
+#: What the uploader remembers of its offers, to withdraw one (the newest; voids come soon after).
+REMEMBERED = 256
+_WITHDRAW = "-withdraw-"
+
+
+def _rows_key(rows: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(rows, "<f4").tobytes()).hexdigest()
+
+
 class GalleryUploader(FolderOutbox):
-    """Signs each item taught here (``offer``), queues it on disk and uploads it."""
+    """Signs each item taught here (``offer``), queues it on disk and uploads it; queues the
+    withdrawal of one taken back here (``untaught``) behind it, in the same folder, so that a
+    withdrawal never reaches the server before its item."""
 
     kept = "taught items stay queued in gallery-outbox"
 
@@ -192,6 +221,8 @@ class GalleryUploader(FolderOutbox):
         self.model, self.model_sha256 = model, model_sha256
         self.describe = describe
         self._key_registered = False
+        self._offered: OrderedDict[str, str] = OrderedDict()  # rows -> item_id
+        self._offered_lock = threading.Lock()
 
     def offer(self, label: str, rows: np.ndarray) -> None:
         """The gallery's taught listener (the recogniser's thread): sign and queue; never raises,
@@ -204,8 +235,31 @@ class GalleryUploader(FolderOutbox):
         except Exception as exc:  # noqa: BLE001
             logger.error("taught item %s not queued for sharing: %s", label, exc)
             return
+        with self._offered_lock:
+            self._offered[_rows_key(rows)] = doc.item_id
+            while len(self._offered) > REMEMBERED:
+                self._offered.popitem(last=False)
         logger.info("taught item %s queued for the market (%d exemplars)", label, doc.count)
         self.notify()
+
+    def untaught(self, label: str, rows: np.ndarray) -> None:
+        """The gallery's untaught listener: withdraw the item these rows were offered as, if this
+        stall offered them (an imported item or an older one is nobody's to withdraw here)."""
+        with self._offered_lock:
+            item_id = self._offered.pop(_rows_key(rows), None)
+        if item_id is None:
+            return
+        try:
+            self.put(f"{_WITHDRAW[1:]}{item_id}",
+                     WithdrawalDoc(format=FORMAT, item_id=item_id).model_dump_json().encode())
+        except OSError as exc:
+            logger.error("withdrawal of shared item %s (%s) not queued: %s", item_id, label, exc)
+            return
+        logger.info("taught item %s (%s) taken back: its withdrawal queued for the market", item_id, label)
+        self.notify()
+
+    def endpoint_for(self, path: Path) -> str:
+        return self.endpoint + "/withdrawals" if _WITHDRAW in path.name else self.endpoint
 
     def before_send(self) -> None:
         if not self._key_registered:
@@ -213,7 +267,8 @@ class GalleryUploader(FolderOutbox):
             self._key_registered = True
 
     def settled(self, path: Path, answer: dict[str, Any]) -> None:
-        logger.info("taught item %s shared with the market (%s)", path.stem, answer.get("status"))
+        what = "withdrawn from" if _WITHDRAW in path.name else "shared with"
+        logger.info("taught item %s %s the market (%s)", path.stem, what, answer.get("status"))
 
 
 # ---- taking what other stalls were taught -------------------------------------------------
@@ -404,6 +459,7 @@ def start_sharing(cfg: StallConfig, recognizer: object, key: Ed25519PrivateKey, 
                              model_sha256=sha if isinstance(sha, str) else None, describe=describe,
                              stop_event=stop_event)
         gallery.add_taught_listener(up.offer)
+        gallery.add_untaught_listener(up.untaught)
         up.start()
         stops.append(up.stop)
     if want.accept:

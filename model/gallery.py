@@ -71,6 +71,7 @@ class Gallery:
         self.version = 0
         self._listeners: list[Callable[[], None]] = []
         self._taught_listeners: list[Callable[[str, np.ndarray], None]] = []
+        self._untaught_listeners: list[Callable[[str, np.ndarray], None]] = []
         # The stall recognises on one thread while the vendor teaches on another.
         self._lock = threading.RLock()
         if self.folder is not None and (self.folder / "gallery.npz").exists():
@@ -165,9 +166,16 @@ class Gallery:
         self._changed()
         return removed
 
-    def remove_exemplars(self, label: str, rows: np.ndarray) -> int:
+    def add_untaught_listener(self, fn: Callable[[str, np.ndarray], None]) -> None:
+        """Call ``fn(label, rows)`` after exemplars taught here are taken back
+        (``remove_exemplars(..., untaught=True)``): the stall withdraws what it offered."""
+        self._untaught_listeners.append(fn)
+
+    def remove_exemplars(self, label: str, rows: np.ndarray, untaught: bool = False) -> int:
         """Forget ``label``'s exemplars that are ``rows`` (unit vectors, to float precision): an
-        imported item taken back, or a tap the vendor voided, leaving the rest.  How many went."""
+        imported item taken back, or (``untaught``) what a tap the vendor voided taught here,
+        leaving the rest.  How many went."""
+        given = rows
         rows = np.asarray(rows, np.float32).reshape(-1, self.dim)
         with self._lock:
             drop = {i for i, lab in enumerate(self._labels)
@@ -180,6 +188,8 @@ class Gallery:
             self._added = self._added[keep]
             self.version += 1
         self._changed()
+        for fn in self._untaught_listeners if untaught else ():
+            fn(label, given)
         return len(drop)
 
     def _remove(self, label: str) -> int:

@@ -460,7 +460,7 @@ class Recognizer:
     def forget(self, label: str, rows: np.ndarray, save: bool = True) -> int:
         """Take back what one :meth:`teach` added (a sale line the vendor voided: the tap that
         taught it was a mistake); the rest of ``label``'s exemplars stay.  How many went."""
-        removed = self.gallery.remove_exemplars(label, rows)
+        removed = self.gallery.remove_exemplars(label, rows, untaught=True)
         if removed and save:
             self.gallery.save()
         return removed

@@ -109,6 +109,20 @@ def withdraw(session: Session, actor: Actor, shared_id: int) -> db.SharedItem:
     return row
 
 
+def withdraw_own(session: Session, stall: db.Stall, item_id: str) -> tuple[db.SharedItem, bool]:
+    """The teaching stall takes back an item it shared (its tap was voided); caller commits.
+    The row, and whether this call withdrew it (False: it was withdrawn before)."""
+    row = session.execute(select(db.SharedItem).where(
+        db.SharedItem.stall_id == stall.stall_id, db.SharedItem.item_id == item_id)).scalar()
+    if row is None:
+        raise NotFound(f"stall {stall.stall_id} shared no item {item_id}")
+    if row.withdrawn_at is not None:
+        return row, False
+    row.withdrawn_at, row.withdrawn_by = dt.datetime.now(dt.UTC), f"stall {stall.stall_id}"
+    logger.info("shared item %d (%s) withdrawn by its stall %s", row.id, row.label, stall.stall_id)
+    return row, True
+
+
 def listing(session: Session, limit: int, offset: int) -> list[db.SharedItem]:
     """Every shared item, the newest first, withdrawn ones included."""
     return list(session.execute(select(db.SharedItem).order_by(db.SharedItem.id.desc())

@@ -9,7 +9,15 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Path, Query, Request, Response, status
 from pydantic import BaseModel
 
-from edge.gallery_share import BODY_LIMIT, MODEL_PATTERN, SharedItemDoc, SharedItemsDoc, ShareResult
+from edge.gallery_share import (
+    BODY_LIMIT,
+    MODEL_PATTERN,
+    SharedItemDoc,
+    SharedItemsDoc,
+    ShareResult,
+    WithdrawalDoc,
+    WithdrawalResult,
+)
 from server import db, gallery
 from server.auth import Credentials, ManagerDep, stall_for_token
 from server.deps import SessionDep, SettingsDep, write_lock
@@ -68,6 +76,20 @@ def share_item(body: SharedItemDoc, session: SessionDep, cred: Credentials, requ
     if stored.duplicate:
         response.status_code = status.HTTP_200_OK
     return ShareResult(id=stored.id, status="duplicate" if stored.duplicate else "accepted")
+
+
+@router.post("/withdrawals", response_model=WithdrawalResult,
+             responses=errors(400, 401, 404, e404="This stall shared no item of that item_id"))
+def withdraw_own_item(body: WithdrawalDoc, session: SessionDep, cred: Credentials,
+                      request: Request) -> WithdrawalResult:
+    """The stall takes back an item it shared (the sale line whose tap taught it was voided):
+    no longer handed out, and the stalls that imported it take it out, as after a manager's
+    withdrawal.  Idempotent."""
+    with write_lock(request), as_http():
+        stall = stall_for_token(session, cred)
+        row, now = gallery.withdraw_own(session, stall, body.item_id)
+        session.commit()
+    return WithdrawalResult(id=row.id, status="withdrawn" if now else "already")
 
 
 @router.get("", response_model=SharedItemsDoc,

@@ -252,3 +252,49 @@ def test_taught_items_wait_while_the_server_is_away(tmp_path: Path, market: Live
     assert len(list((tmp_path / "S01" / OUTBOX_DIR).glob("*.refused"))) == 1
     assert len(_shared(market)) == 1
     wrong.stop(drain_s=0)
+
+
+def test_a_voided_tap_withdraws_what_it_shared_after_the_item_and_only_its_own(
+        tmp_path: Path, market: LiveServer) -> None:
+    """The vendor at A corrects a weighing to 猕猴桃 by a slip and voids the line: the stall takes the
+    photo back (``Recognizer.forget``) and withdraws the item it shared, queued behind the item so
+    that a server away meanwhile gets both in order; B, which imported it, takes it out."""
+    stop = threading.Event()
+    token = _token(market, "S01")
+    key = load_or_create_key(tmp_path / "S01" / "stall.key")
+    rec = Recognizer.load(gallery_dir=tmp_path / "S01" / "gallery", background_refit=False)
+    b = _start(tmp_path, market, stop, "S02", accept=True)
+    up = GalleryUploader(tmp_path / "S01", f"http://127.0.0.1:{free_port()}", token, stall_id="S01",
+                         key=key, public_key=public_key_b64(key), model=rec.gallery.embedding_space,
+                         describe=lambda label: ("2099", "猕猴桃"))
+    rec.gallery.add_taught_listener(up.offer)
+    rec.gallery.add_untaught_listener(up.untaught)
+    try:
+        kept = rec.teach("2099", KIWI[1])
+        slip = rec.teach("2099", KIWI[0])
+        assert rec.forget("2099", slip) == 4  # the server away: item and withdrawal both wait
+        assert rec.gallery.counts() == {"2099": 4}
+        queued = [p.name for p in up.pending()]
+        assert len(queued) == 3 and "-withdraw-" in queued[2] and "-withdraw-" not in queued[1]
+        with pytest.raises(httpx.ConnectError):
+            up.flush_once()
+        up.stop(drain_s=0)
+        back = GalleryUploader(tmp_path / "S01", market.url, token, stall_id="S01", key=key,
+                               public_key=public_key_b64(key), model=rec.gallery.embedding_space)
+        assert [back.flush_once() for _ in range(3)] == [1, 1, 1] and back.pending() == []
+        assert not list((tmp_path / "S01" / OUTBOX_DIR).glob("*.refused"))
+        rows = sorted(_shared(market), key=lambda r: r["id"])
+        assert [(r["label"], r["withdrawn_by"]) for r in rows] == [("2099", None), ("2099", "stall S01")]
+        back.stop(drain_s=0)
+        # B keeps the item the vendor meant and never keeps the slip
+        assert wait_for(lambda: b.recognizer.gallery.counts() == {"2099": 4})
+        np.testing.assert_allclose(np.sort(b.recognizer.gallery.snapshot()[0], axis=0),
+                                   np.sort(kept, axis=0), atol=1e-6)
+        # what A takes back of an item it did not offer (an import) withdraws nothing
+        other = GalleryUploader(tmp_path / "S01b", market.url, token, stall_id="S01", key=key,
+                                public_key=public_key_b64(key), model=rec.gallery.embedding_space)
+        other.untaught("2099", kept)
+        assert other.pending() == []
+        other.stop(drain_s=0)
+    finally:
+        _stop(stop, b)

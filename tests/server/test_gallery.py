@@ -130,6 +130,36 @@ def test_a_manager_withdraws_a_shared_item(server: LiveServer) -> None:
         assert [o.id for o in doc.items] == [kept] and doc.withdrawn == [gone]
 
 
+def test_a_stall_withdraws_its_own_shared_item_and_no_other(server: LiveServer) -> None:
+    (a, b), (ta, tb) = _stalls(server, "S01", "S02")
+    item = _item(a, seed=3)
+    shared = _post(server, ta, item).json()["id"]
+    body = {"format": 1, "item_id": item.item_id}
+    with server.client(tb) as cb:
+        tag = cb.get("/api/v1/gallery", params={"model": MODEL}).headers["etag"]
+        r = cb.post("/api/v1/gallery/withdrawals", json=body)
+        assert r.status_code == 404 and "stall S02 shared no item" in r.json()["detail"]  # A's item
+    with server.client(ta) as ca:
+        r = ca.post("/api/v1/gallery/withdrawals", json=body)
+        assert r.status_code == 200 and r.json() == {"id": shared, "status": "withdrawn"}, r.text
+        assert ca.post("/api/v1/gallery/withdrawals", json=body).json()["status"] == "already"
+        for bad in ({"format": 1, "item_id": "not-a-uuid"}, {"item_id": item.item_id},
+                    {**body, "extra": 1}):
+            assert ca.post("/api/v1/gallery/withdrawals", json=bad).status_code in (400, 422)
+        r = ca.post("/api/v1/gallery/withdrawals", content=b"{not json",
+                    headers={"Content-Type": "application/json"})
+        assert r.status_code in (400, 422)
+    with server.client() as anon:
+        assert anon.post("/api/v1/gallery/withdrawals", json=body).status_code == 401
+    with server.client(ADMIN) as c:
+        assert [(x["id"], x["withdrawn_by"]) for x in c.get("/api/v1/gallery/all").json()] == [
+            (shared, "stall S01")]
+    with server.client(tb) as cb:
+        r = cb.get("/api/v1/gallery", params={"model": MODEL}, headers={"If-None-Match": tag})
+        doc = SharedItemsDoc.model_validate_json(r.content)
+        assert r.status_code == 200 and doc.items == [] and doc.withdrawn == [shared]
+
+
 def test_the_gallery_routes_are_documented(server: LiveServer) -> None:
     with server.client() as c:
         paths = c.get("/openapi.json").json()["paths"]
@@ -138,3 +168,4 @@ def test_the_gallery_routes_are_documented(server: LiveServer) -> None:
     assert {"200", "201", "403", "409", "413"} <= set(post["responses"])
     assert {"200", "304"} <= set(paths["/api/v1/gallery"]["get"]["responses"])
     assert "delete" in paths["/api/v1/gallery/{shared_id}"]
+    assert {"200", "404"} <= set(paths["/api/v1/gallery/withdrawals"]["post"]["responses"])
