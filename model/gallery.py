@@ -180,14 +180,16 @@ class Gallery:
         with self._lock:
             drop = {i for i, lab in enumerate(self._labels)
                     if lab == label and float(np.max(rows @ self._emb[i], initial=-1.0)) > 1 - 1e-5}
-            if not drop:
-                return 0
-            keep = [i for i in range(len(self._labels)) if i not in drop]
-            self._emb = self._emb[keep]
-            self._labels = [self._labels[i] for i in keep]
-            self._added = self._added[keep]
-            self.version += 1
-        self._changed()
+            if drop:
+                keep = [i for i in range(len(self._labels)) if i not in drop]
+                self._emb = self._emb[keep]
+                self._labels = [self._labels[i] for i in keep]
+                self._added = self._added[keep]
+                self.version += 1
+        if drop:
+            self._changed()
+        # even when the gallery had already let them go (the oldest of a full label): what was
+        # offered to the market is still to be withdrawn
         for fn in self._untaught_listeners if untaught else ():
             fn(label, given)
         return len(drop)

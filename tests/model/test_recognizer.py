@@ -419,3 +419,25 @@ def test_the_refit_takes_its_steps_from_the_model_file(shipped_model: Path,
     (fitted, protos), (unfitted, same) = heads
     np.testing.assert_allclose(unfitted.prototypes[: len(same)], same, atol=1e-5)
     assert not np.allclose(fitted.prototypes[: len(protos)], protos, atol=1e-3)
+
+
+def test_a_voided_teaching_is_taken_back_and_heard_of_even_when_the_gallery_let_it_go() -> None:
+    from model.gallery import MAX_PER_LABEL, Gallery
+
+    g = Gallery("m", 8)
+    heard: list[tuple[str, int]] = []
+    g.add_untaught_listener(lambda label, rows: heard.append((label, len(rows))))
+    rng = np.random.default_rng(0)
+    first = g.add_many("Kiwi", rng.standard_normal((4, 8)).astype(np.float32))
+    kept = g.add_many("Kiwi", rng.standard_normal((4, 8)).astype(np.float32))
+    assert g.remove_exemplars("Kiwi", first, untaught=True) == 4 and heard == [("Kiwi", 4)]
+    assert g.counts() == {"Kiwi": 4}
+    # an import taken back is not this stall's teaching: nobody hears of it
+    assert g.remove_exemplars("Kiwi", kept) == 4 and heard == [("Kiwi", 4)]
+    # a full label drops its oldest rows: taking those back removes nothing here, yet what was
+    # offered to the market must still be withdrawn
+    old = g.add_many("Kiwi", rng.standard_normal((4, 8)).astype(np.float32))
+    for _ in range(MAX_PER_LABEL // 4):
+        g.add_many("Kiwi", rng.standard_normal((4, 8)).astype(np.float32))
+    assert g.counts() == {"Kiwi": MAX_PER_LABEL}
+    assert g.remove_exemplars("Kiwi", old, untaught=True) == 0 and heard[-1] == ("Kiwi", 4)
