@@ -10,9 +10,15 @@ is worth on the same other-session photos, with the same code:
 - each fold network of a ``wetmarket model cv`` teacher (``fold-K-net.pt``: never trained on
   its fold's val blocks, whole sessions of another occasion) reads those sessions one photo
   at a time, in a random order of the day (each session's photos in their own order);
-- **cold**: the network alone; **corrections**: the stall's way, a wrongly read photo taught
-  under its item before the next weighing; **every**: each sold photo taught (the vendor's
-  tap is a label either way);
+- the vendor is the flow's: a weighing whose top guess is sure (its calibrated probability at
+  least ``--auto-confirm``, the stall's ``[camera] auto_confirm``) is sold as guessed with no
+  tap; every other one ends with the vendor's tap on the item, a wrong one of the four guesses
+  shown with probability ``--mistap``; the temperature is fitted on the fold networks' own
+  other-session outputs (``fold-K.npz``), as ``wetmarket model cv`` fits it;
+- **cold**: the network alone; **corrections** (``[camera] teach = "corrections"``, the
+  default): a photo taught under the tapped item when that is not the top guess; **taps**
+  (``teach = "taps"``): every tapped photo taught; **every**: the bound, each photo taught
+  under its true item, sure guesses and mistaken taps alike;
 - the catalogue exemplars are 20 photos per label of the fold's training part, as
   ``model.refit.write_exemplars`` ships them; labels are ranked among all 50 (a stall ranks
   only its own items, so this is the harder case);
@@ -41,11 +47,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from model.data import load_dataset  # noqa: E402
+from model.metrics import softmax  # noqa: E402
 from model.preprocess import read_image, square_resize, tta_views  # noqa: E402
 from model.refit import (  # noqa: E402
     REFIT_BIAS,
     REFIT_EPOCHS,
     REFIT_SCALE,
+    REFIT_TEMPERATURE_FACTOR,
     Exemplars,
     TaughtHead,
     build_head,
@@ -54,7 +62,8 @@ from model.refit import (  # noqa: E402
 )
 from model.training.folds import blocked_folds, pooled  # noqa: E402
 
-POLICIES = ("corrections", "every")
+POLICIES = ("corrections", "taps", "every")
+SHOWN = 4  # guesses on the vendor's screen
 
 
 def _embed(net: Any, crops: list[np.ndarray]) -> np.ndarray:
@@ -75,6 +84,37 @@ def _top(head: TaughtHead | None, protos: np.ndarray, emb: np.ndarray) -> int:
     return int(labels[int(np.argmax(z))])
 
 
+def _ranked(head: TaughtHead | None, protos: np.ndarray, emb: np.ndarray, scale: float,
+            temperature: float) -> tuple[np.ndarray, np.ndarray]:
+    """Labels best first and their calibrated probabilities, as ``Recognizer.scores`` gives them:
+    the taught head's logits at the model's temperature times its scale over the network's, and
+    the factor classes held out of training fitted for a refit head."""
+    if head is None:
+        z, t = scale * (emb @ protos.T), temperature
+    else:
+        labels, z = head.label_logits(emb)
+        z = z[np.argsort([int(lab) for lab in labels])]  # every catalogue label is in the head
+        t = temperature * head.scale / scale * REFIT_TEMPERATURE_FACTOR
+    p = softmax(np.asarray(z, np.float64), t)
+    order = np.argsort(-p)
+    return order, p[order]
+
+
+def fitted_temperature(work: Path, folds: int, labels: np.ndarray, split: np.ndarray) -> float:
+    """The temperature ``wetmarket model cv`` would fit on these fold networks' other-session
+    outputs (their last epoch: the networks the bench reads)."""
+    from model.training.head import fit_temperature
+
+    rows, logits = [], []
+    for k in range(folds):
+        with np.load(work / f"fold-{k}.npz") as z:
+            rows.append(z["held_out"])
+            logits.append(z["finetuned"][-1])
+    r, lg = np.concatenate(rows), np.concatenate(logits)
+    other = split[r] == "val"
+    return float(fit_temperature(lg[other], labels[r][other]))
+
+
 def day_order(sessions: dict[int, list[int]], rng: np.random.Generator) -> list[int]:
     """The photos of a day: sessions interleaved at random, each one's photos in their order."""
     queue = [c for c, rows in sessions.items() for _ in rows]
@@ -87,7 +127,8 @@ def day_order(sessions: dict[int, list[int]], rng: np.random.Generator) -> list[
     return out
 
 
-def run_fold(net: Any, k: int, pool: Any, folds: Any, size: int, rng: np.random.Generator) -> dict[str, Any]:
+def run_fold(net: Any, k: int, pool: Any, folds: Any, size: int, rng: np.random.Generator,
+             temperature: float = 1.0, auto_confirm: float = 0.9, mistap: float = 0.0) -> dict[str, Any]:
     y = pool.labels
     names = [s.path.as_posix() for s in pool.samples]
     catalogue = [str(i) for i in range(int(y.max()) + 1)]
@@ -115,19 +156,38 @@ def run_fold(net: Any, k: int, pool: Any, folds: Any, size: int, rng: np.random.
                            "trained_occasions": len(trained), "trained_occasions_cold": cold_trained,
                            # the day's photos (pool rows) and the cold network's top guess for each
                            "rows": order, "cold_top": cold_top}
+    scale = float(net.log_scale.detach().exp())
+    # the same vendor for every policy: which taps go wrong, and to which shown guess
+    slip = rng.random(len(order)) < mistap
+    slip_to = rng.integers(0, SHOWN, size=len(order))
     for policy in POLICIES:
         taught: list[np.ndarray] = []
         labels: list[str] = []
         head: TaughtHead | None = None
-        right = right_late = refits = 0
+        right = right_late = refits = auto = auto_wrong = sold_wrong = taught_wrong = 0
         seconds = 0.0
+        hits: list[int] = []  # per photo of the day: the top guess right
         for n, i in enumerate(order):
-            ok = _top(head, protos, centre[i]) == y[i]
+            ranked, p = _ranked(head, protos, centre[i], scale, temperature)
+            top = int(ranked[0])
+            ok = top == y[i]
             right += ok
             right_late += ok and n >= half
-            if not ok or policy == "every":
+            hits.append(int(ok))
+            if p[0] >= auto_confirm:
+                auto += 1
+                auto_wrong += not ok
+                sold, tapped = top, False
+            else:
+                wrong = [int(c) for c in ranked[:SHOWN] if c != y[i]]
+                sold, tapped = (wrong[slip_to[n] % len(wrong)] if slip[n] else int(y[i])), True
+            sold_wrong += sold != y[i]
+            teach = (int(y[i]) if policy == "every" else
+                     sold if tapped and (policy == "taps" or sold != top) else None)
+            if teach is not None:
+                taught_wrong += teach != y[i]
                 taught.append(views[i])
-                labels += [catalogue[y[i]]] * len(views[i])
+                labels += [catalogue[teach]] * len(views[i])
                 t0 = time.perf_counter()
                 head = build_head(catalogue, ex, np.concatenate(taught), labels, REFIT_BIAS, REFIT_SCALE,
                                   REFIT_EPOCHS)
@@ -136,14 +196,18 @@ def run_fold(net: Any, k: int, pool: Any, folds: Any, size: int, rng: np.random.
         after = (sum(_top(head, protos, e) == y[i] for e, i in pairs)
                  if head is not None else out["trained_occasions_cold"])
         out[policy] = {"right": int(right), "right_second_half": int(right_late), "taught": refits,
-                       "refit_s_mean": seconds / max(refits, 1), "trained_occasions_after": int(after)}
+                       "taught_wrong": int(taught_wrong), "auto": auto, "auto_wrong": int(auto_wrong),
+                       "sold_wrong": int(sold_wrong),
+                       "refit_s_mean": seconds / max(refits, 1), "trained_occasions_after": int(after),
+                       "hits": hits}
     return out
 
 
 def measure(run_dir: Path, data: Path, teacher: str = "efficientnet-lite0@224", teacher_seed: int = 0,
-            folds: int = 5, max_images: int | None = None, day_seed: int = 0) -> list[dict[str, Any]]:
-    """Per fold: the day read cold, with the stall's teaching, and with every photo taught.
-    The folds are the ones ``wetmarket model cv`` ran with the same data, folds and slice."""
+            folds: int = 5, max_images: int | None = None, day_seed: int = 0, auto_confirm: float = 0.9,
+            mistap: float = 0.0) -> list[dict[str, Any]]:
+    """Per fold: the day read cold and under each teaching policy (``POLICIES``).  The folds are
+    the ones ``wetmarket model cv`` ran with the same data, folds and slice."""
     import torch
 
     from model.training.cv import CvConfig, slice_dataset, work_dir
@@ -156,15 +220,20 @@ def measure(run_dir: Path, data: Path, teacher: str = "efficientnet-lite0@224", 
     pool = pooled(ds)
     cut = blocked_folds(pool, folds)
     rng = np.random.default_rng(day_seed)
+    for k in range(folds):
+        for path in (work / f"fold-{k}-net.pt", work / f"fold-{k}.npz"):
+            if not path.exists():
+                raise FileNotFoundError(f"{path} is missing: run the cv teacher's folds first")
+    temperature = fitted_temperature(work, folds, pool.labels, pool.split)
+    print(f"temperature {temperature:.3f} (other-session outputs of the fold networks)", file=sys.stderr)
     rows = []
     for k in range(folds):
         path = work / f"fold-{k}-net.pt"
-        if not path.exists():
-            raise FileNotFoundError(f"{path} is missing: run the cv teacher's folds first")
         net = RecognizerNet(build_trunk(backbone, size, pretrained=False), len(ds.classes))
         net.load_state_dict(torch.load(path))
-        rows.append(run_fold(net.eval(), k, pool, cut, size, rng))
-        print(json.dumps({key: v for key, v in rows[-1].items() if key not in ("rows", "cold_top")}),
+        rows.append(run_fold(net.eval(), k, pool, cut, size, rng, temperature, auto_confirm, mistap))
+        print(json.dumps({key: ({k: x for k, x in v.items() if k != "hits"} if isinstance(v, dict) else v)
+                          for key, v in rows[-1].items() if key not in ("rows", "cold_top")}),
               file=sys.stderr, flush=True)
     return rows
 
@@ -180,6 +249,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-images", type=int, default=None, help="the slice the cv run used, if any")
     ap.add_argument("--seed", type=int, default=0, help="the day's order")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--auto-confirm", type=float, default=0.9,
+                    help="a top guess this sure is sold with no tap (the stall's [camera] auto_confirm)")
+    ap.add_argument("--mistap", type=float, default=0.0,
+                    help="the share of the vendor's taps that go to a wrong guess on the screen")
     args = ap.parse_args(argv)
 
     import torch
@@ -187,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     try:
         rows = measure(args.run_dir, args.data, args.teacher, args.teacher_seed, args.folds, args.max_images,
-                       args.seed)
+                       args.seed, args.auto_confirm, args.mistap)
     except FileNotFoundError as exc:
         print(exc, file=sys.stderr)
         return 2
@@ -197,20 +270,29 @@ def main(argv: list[str] | None = None) -> int:
     cold = sum(r["cold"] for r in rows)
     print(f"{n} other-session photos in {sum(r['sessions'] for r in rows)} sessions, {m} photos of the "
           "occasions the folds trained on")
-    print("| stall | top-1 over the day | second half of the day | photos taught | refit s | "
-          "trained occasions, end of day | ratio to cold (day) |")
-    print("|---|---|---|---|---|---|---|")
+    print(f"sure guesses sold with no tap at {args.auto_confirm:g}; "
+          f"{args.mistap:.0%} of taps on a wrong guess")
+    print("| stall | top-1 over the day | second half of the day | sold with no tap (wrong) | sold wrong "
+          "| photos taught (under a wrong item) | refit s | trained occasions, end of day "
+          "| ratio to cold (day) |")
+    print("|---|---|---|---|---|---|---|---|---|")
     tc = sum(r["trained_occasions_cold"] for r in rows) / max(m, 1)
     late = sum(r["cold_second_half"] for r in rows)
-    print(f"| cold (no teaching) | {cold / n:.1%} | {late / half:.1%} | 0 | - | {tc:.1%} | 1.00 |")
+    print(f"| cold (no teaching) | {cold / n:.1%} | {late / half:.1%} | - | - | 0 | - | {tc:.1%} | 1.00 |")
     for p in POLICIES:
-        right = sum(r[p]["right"] for r in rows)
-        taught = sum(r[p]["taught"] for r in rows)
+        def total(key: str, policy: str = p) -> int:
+            return sum(r[policy][key] for r in rows)
+        taught = total("taught")
         secs = sum(r[p]["refit_s_mean"] * r[p]["taught"] for r in rows) / max(taught, 1)
-        late = sum(r[p]["right_second_half"] for r in rows)
-        print(f"| {p} | {right / n:.1%} | {late / half:.1%} | {taught} "
-              f"| {secs:.2f} | {sum(r[p]['trained_occasions_after'] for r in rows) / max(m, 1):.1%} "
-              f"| {right / max(cold, 1):.2f} |")
+        print(f"| {p} | {total('right') / n:.1%} | {total('right_second_half') / half:.1%} "
+              f"| {total('auto')} ({total('auto_wrong')}) | {total('sold_wrong')} "
+              f"| {taught} ({total('taught_wrong')}) | {secs:.2f} "
+              f"| {total('trained_occasions_after') / max(m, 1):.1%} | {total('right') / max(cold, 1):.2f} |")
+    # paired on the same photos: those only one of two policies reads right
+    for a, b in (("taps", "corrections"), ("every", "taps")):
+        pairs = [(x, z) for r in rows for x, z in zip(r[a]["hits"], r[b]["hits"], strict=True)]
+        print(f"paired: {sum(x > z for x, z in pairs)} photos only {a} reads right, "
+              f"{sum(z > x for x, z in pairs)} only {b} does")
     return 0
 
 

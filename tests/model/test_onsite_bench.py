@@ -1,5 +1,6 @@
 """bench/onsite_bench.py: each fold's own network reads that fold's other-session photos, and the
-stall's teaching is counted as the flow does it (a wrong read taught, a right one not)."""
+stall's teaching is counted as the flow does it (a sure guess sold untaught; a tap taught when it
+is not the top guess, or under ``teach = "taps"`` always)."""
 
 from __future__ import annotations
 
@@ -42,17 +43,32 @@ def test_the_day_is_read_by_each_folds_own_network(real_dataset: Path, tmp_path:
         # the fold's own last-epoch network, as the cv run read it (its cache is float16: near, not equal)
         agree += sum(last[i] == top for i, top in zip(r["rows"], r["cold_top"], strict=True))
         total += len(r["rows"])
-        # every sold photo taught under "every"; under the stall's way, exactly the photos it read wrong
+        # every photo taught under "every"; under the stall's way exactly the photos it read wrong and
+        # the vendor tapped (a sure wrong guess is sold untaught); under "taps" every tapped one
         assert r["every"]["taught"] == r["photos"]
-        assert r["corrections"]["taught"] == r["photos"] - r["corrections"]["right"]
-        assert 0 <= r["corrections"]["right_second_half"] <= r["corrections"]["right"] <= r["photos"]
+        c, t = r["corrections"], r["taps"]
+        assert c["taught"] == r["photos"] - c["right"] - c["auto_wrong"]
+        assert c["sold_wrong"] == c["auto_wrong"] and c["taught_wrong"] == 0  # no mistaken tap
+        assert t["taught"] == r["photos"] - t["auto"] and t["taught_wrong"] == 0
+        assert 0 <= c["right_second_half"] <= c["right"] <= r["photos"]
+        assert all(len(r[p]["hits"]) == r["photos"] and sum(r[p]["hits"]) == r[p]["right"]
+                   for p in ("corrections", "taps", "every"))
     assert agree >= 0.9 * total
+    # a vendor whose every tap is on a wrong guess, no guess sure enough to sell untapped: each tap
+    # taught under "taps" is a wrong one, and each sale is wrong
+    slips = bench.measure(tmp_path, real_dataset, "efficientnet-lite0@64", folds=2, max_images=100,
+                          auto_confirm=1.01, mistap=1.0)
+    for r in slips:
+        t = r["taps"]
+        assert t["auto"] == 0 and t["taught"] == t["taught_wrong"] == t["sold_wrong"] == r["photos"]
+        assert r["every"]["taught_wrong"] == 0
     # the printed table, and a clear refusal without the folds' networks
     capsys.readouterr()
     assert bench.main(["--run-dir", str(tmp_path), "--teacher", "efficientnet-lite0@64", "--data",
                        str(real_dataset), "--folds", "2", "--max-images", "100", "--threads", "1"]) == 0
     out = capsys.readouterr().out
-    assert "| corrections |" in out and "| cold (no teaching) |" in out
+    assert "| corrections |" in out and "| taps |" in out and "| cold (no teaching) |" in out
+    assert "only taps reads right" in out
     (work / "fold-1-net.pt").unlink()
     assert bench.main(["--run-dir", str(tmp_path), "--teacher", "efficientnet-lite0@64", "--data",
                        str(real_dataset), "--folds", "2", "--max-images", "100"]) == 2
