@@ -61,8 +61,8 @@ class CameraConfig(_Strict):
     roi: tuple[float, float, float, float] | None = Field(None, title="Plate region (x, y, w, h), 0..1")
     auto_confirm: float = Field(0.90, ge=0, le=1, title="Score above which the top guess is taken")
     teach: Literal["corrections", "taps", "off"] = Field(
-        "corrections", title="Which vendor taps teach the recogniser the weighing's photo: a pick "
-        "other than the top guess (corrections), every tap (taps), or none (off); a guess taken "
+        "taps", title="Which vendor taps teach the recogniser the weighing's photo: every tap "
+        "(taps), only a pick other than the top guess (corrections), or none (off); a guess taken "
         "by itself never teaches")
     frozen_s: float = Field(10.0, gt=0, title="A live camera giving the same frame this many "
                             "seconds is frozen: the stall goes to manual picking")

@@ -250,7 +250,7 @@ class StallFlow:
     def __init__(self, session: Session, *, stop: threading.Event,
                  camera: Camera | None = None, recognizer: RecognizerLike | None = None,
                  printer: PrinterLike | None = None, auto_confirm: float = 0.9,
-                 teach: Literal["corrections", "taps", "off"] = "corrections",
+                 teach: Literal["corrections", "taps", "off"] = "taps",
                  on_sale: Callable[[Sale], None] | None = None,
                  scale_fault: str | None = None) -> None:
         self.session = session
@@ -260,7 +260,9 @@ class StallFlow:
         self.auto_confirm = auto_confirm
         #: Which taps teach (``[camera] teach``).  A tap is the vendor's word on the item; a guess
         #: taken by itself is only the recogniser's, and teaching it would teach the model its own
-        #: mistakes, so it never teaches.
+        #: mistakes, so it never teaches.  Every tap by default: on photos of occasions the
+        #: network never saw, the stall then reads 4.6 points more over a day than when it learns
+        #: from corrections only (``bench/onsite_bench.py``, docs/benchmarks.md).
         self.teach = teach
         self._on_sale = on_sale or (lambda _sale: None)
         #: Why the stall has no scale at all (not calibrated): nothing is priced.
@@ -577,8 +579,8 @@ class StallFlow:
     def confirm(self, code: str, quantity: int | None = None) -> ActionResult:
         """One tap: a guess, or an item picked by hand.  A weighed item is priced on the
         stable weight (now, or as soon as the weight settles); an item by the piece takes
-        ``quantity``.  Picking another item than the top guess teaches the recogniser this
-        weighing's photo (under ``teach = "taps"`` any pick does; under ``"off"`` none)."""
+        ``quantity``.  The pick teaches the recogniser this weighing's photo (under ``teach =
+        "corrections"`` only a pick other than the top guess; under ``"off"`` none)."""
         with self._lock:
             item = self._sellable(code)
             if isinstance(item, ActionResult):

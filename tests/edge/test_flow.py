@@ -69,11 +69,11 @@ def _catalogue() -> list[dict[str, Any]]:
 
 
 def _stall(tmp_path: Path, camera: Path | None = None, auto_confirm: float = 0.9,
-           teach: str = "corrections") -> StallApp:
+           teach: str | None = None) -> StallApp:
     cfg = StallConfig(stall_id="S02", name="李家蔬菜", vendor="李阿姨", data_dir=tmp_path / "S02",
                       catalogue=_catalogue(), seed=7,  # type: ignore[arg-type]
                       camera={"source": str(camera) if camera else None,  # type: ignore[arg-type]
-                              "auto_confirm": auto_confirm, "teach": teach},
+                              "auto_confirm": auto_confirm, **({"teach": teach} if teach else {})},
                       printer={"type": "file"},  # type: ignore[arg-type]
                       screens={"enabled": False})  # type: ignore[arg-type]
     app = StallApp(cfg)
@@ -197,7 +197,7 @@ def test_unknown_is_never_confirmed_and_a_correction_teaches(tmp_path: Path,
 
 def test_below_the_bar_the_guesses_wait_and_the_top_guess_does_not_teach(
         tmp_path: Path, photos: dict[str, Path]) -> None:
-    app = _stall(tmp_path, camera=photos["root"], auto_confirm=0.9)
+    app = _stall(tmp_path, camera=photos["root"], auto_confirm=0.9, teach="corrections")
     try:
         flow, sim, cam = parts(app)
         assert cam is not None
@@ -217,10 +217,11 @@ def test_below_the_bar_the_guesses_wait_and_the_top_guess_does_not_teach(
 
 def test_teaching_every_tap_teaches_a_right_guess_and_never_a_guess_taken_by_itself(
         tmp_path: Path, photos: dict[str, Path]) -> None:
-    app = _stall(tmp_path, camera=photos["root"], auto_confirm=0.9, teach="taps")
+    app = _stall(tmp_path, camera=photos["root"], auto_confirm=0.9)  # "taps": the default
     try:
         flow, sim, cam = parts(app)
         assert cam is not None and app.recognizer is not None
+        assert app.cfg.camera.teach == "taps" and app.flow is not None and app.flow.teach == "taps"
         # a sure guess, taken by itself: the recogniser's word only, so nothing is taught
         cam.show("Carrots")
         sim.place(1500)
