@@ -2,8 +2,8 @@
 
 Issue 21's held-out photos are taken on other occasions than the training photos, and the
 recognizer reads about 80 % of them (the blocked folds' ``other_session`` figure). At a
-stall, every weighing ends with the vendor tapping the right item; when it is not the top
-guess, the flow teaches that photo (``edge.flow``: ``Recognizer.teach``, the photo with its
+stall, a weighing the recogniser is not sure of ends with the vendor tapping the item, and the
+flow teaches that photo under it (``edge.flow``: ``Recognizer.teach``, the photo with its
 mirror and two quarter turns, then ``model.refit.build_head``). This bench measures what that
 is worth on the same other-session photos, with the same code:
 
@@ -15,10 +15,10 @@ is worth on the same other-session photos, with the same code:
   tap; every other one ends with the vendor's tap on the item, a wrong one of the four guesses
   shown with probability ``--mistap``; the temperature is fitted on the fold networks' own
   other-session outputs (``fold-K.npz``), as ``wetmarket model cv`` fits it;
-- **cold**: the network alone; **corrections** (``[camera] teach = "corrections"``, the
-  default): a photo taught under the tapped item when that is not the top guess; **taps**
-  (``teach = "taps"``): every tapped photo taught; **every**: the bound, each photo taught
-  under its true item, sure guesses and mistaken taps alike;
+- **cold**: the network alone; **corrections** (``[camera] teach = "corrections"``): a photo
+  taught under the tapped item when that is not the top guess; **taps** (``teach = "taps"``,
+  the default): every tapped photo taught; **every**: the bound, each photo taught under its
+  true item, sure guesses and mistaken taps alike;
 - the catalogue exemplars are 20 photos per label of the fold's training part, as
   ``model.refit.write_exemplars`` ships them; labels are ranked among all 50 (a stall ranks
   only its own items, so this is the harder case);
@@ -29,7 +29,7 @@ is worth on the same other-session photos, with the same code:
         --run-dir runs/t0 --teachers efficientnet-lite0@224 --folds 5 --epochs 6 --views 4`
 
 The figures are ratios of the taught stall against the cold network on the very same photos,
-read in one run.
+read in one run, and paired counts between the policies (photos only one of two reads right).
 """
 
 from __future__ import annotations
