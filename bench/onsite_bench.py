@@ -128,7 +128,8 @@ def day_order(sessions: dict[int, list[int]], rng: np.random.Generator) -> list[
 
 
 def run_fold(net: Any, k: int, pool: Any, folds: Any, size: int, rng: np.random.Generator,
-             temperature: float = 1.0, auto_confirm: float = 0.9, mistap: float = 0.0) -> dict[str, Any]:
+             temperature: float = 1.0, auto_confirm: float = 0.9, mistap: float = 0.0,
+             refit_epochs: int = REFIT_EPOCHS) -> dict[str, Any]:
     y = pool.labels
     names = [s.path.as_posix() for s in pool.samples]
     catalogue = [str(i) for i in range(int(y.max()) + 1)]
@@ -190,7 +191,7 @@ def run_fold(net: Any, k: int, pool: Any, folds: Any, size: int, rng: np.random.
                 labels += [catalogue[teach]] * len(views[i])
                 t0 = time.perf_counter()
                 head = build_head(catalogue, ex, np.concatenate(taught), labels, REFIT_BIAS, REFIT_SCALE,
-                                  REFIT_EPOCHS)
+                                  refit_epochs)
                 seconds += time.perf_counter() - t0
                 refits += 1
         after = (sum(_top(head, protos, e) == y[i] for e, i in pairs)
@@ -205,7 +206,7 @@ def run_fold(net: Any, k: int, pool: Any, folds: Any, size: int, rng: np.random.
 
 def measure(run_dir: Path, data: Path, teacher: str = "efficientnet-lite0@224", teacher_seed: int = 0,
             folds: int = 5, max_images: int | None = None, day_seed: int = 0, auto_confirm: float = 0.9,
-            mistap: float = 0.0) -> list[dict[str, Any]]:
+            mistap: float = 0.0, refit_epochs: int = REFIT_EPOCHS) -> list[dict[str, Any]]:
     """Per fold: the day read cold and under each teaching policy (``POLICIES``).  The folds are
     the ones ``wetmarket model cv`` ran with the same data, folds and slice."""
     import torch
@@ -231,7 +232,8 @@ def measure(run_dir: Path, data: Path, teacher: str = "efficientnet-lite0@224", 
         path = work / f"fold-{k}-net.pt"
         net = RecognizerNet(build_trunk(backbone, size, pretrained=False), len(ds.classes))
         net.load_state_dict(torch.load(path))
-        rows.append(run_fold(net.eval(), k, pool, cut, size, rng, temperature, auto_confirm, mistap))
+        rows.append(run_fold(net.eval(), k, pool, cut, size, rng, temperature, auto_confirm, mistap,
+                             refit_epochs))
         print(json.dumps({key: ({k: x for k, x in v.items() if k != "hits"} if isinstance(v, dict) else v)
                           for key, v in rows[-1].items() if key not in ("rows", "cold_top")}),
               file=sys.stderr, flush=True)
@@ -251,6 +253,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--auto-confirm", type=float, default=0.9,
                     help="a top guess this sure is sold with no tap (the stall's [camera] auto_confirm)")
+    ap.add_argument("--refit-epochs", type=int, default=REFIT_EPOCHS,
+                    help="the refit's epochs (the stall's by default; fewer only to test the bench fast)")
     ap.add_argument("--mistap", type=float, default=0.0,
                     help="the share of the vendor's taps that go to a wrong guess on the screen")
     args = ap.parse_args(argv)
@@ -260,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     try:
         rows = measure(args.run_dir, args.data, args.teacher, args.teacher_seed, args.folds, args.max_images,
-                       args.seed, args.auto_confirm, args.mistap)
+                       args.seed, args.auto_confirm, args.mistap, args.refit_epochs)
     except FileNotFoundError as exc:
         print(exc, file=sys.stderr)
         return 2
