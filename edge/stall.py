@@ -171,7 +171,7 @@ class StallApp:
         try:
             from model.recognizer import Recognizer
 
-            recognizer = Recognizer.load(gallery_dir=self.cfg.data_dir / "gallery")
+            recognizer = Recognizer.load(gallery_dir=self.cfg.data_dir / "gallery", stale_while_refit=True)
             if self.cfg.camera.roi:
                 recognizer.set_roi(self.cfg.camera.roi)
             self.recognizer = recognizer

@@ -252,6 +252,7 @@ class Recognizer:
     def __init__(
         self, runner: ModelRunner, meta: ModelMeta, gallery: Gallery, top_k: int = 5,
         exemplars: Exemplars | None = None, background_refit: bool = True,
+        stale_while_refit: bool = False,
     ) -> None:
         self.runner = runner
         self.meta = meta
@@ -267,7 +268,12 @@ class Recognizer:
         self._kick = threading.Event()
         self._worker: threading.Thread | None = None
         self._worker_lock = threading.Lock()
-        if background_refit and exemplars is not None and meta.teach is not None:
+        self._background = background_refit and exemplars is not None and meta.teach is not None
+        # A recognition does not wait for a refit: the head before the newest teaching serves
+        # until the background thread has the new one (a stall teaching every tap would otherwise
+        # hold the next weighing's guesses for the refit's second).
+        self.stale_while_refit = stale_while_refit and self._background
+        if self._background:
             gallery.add_listener(self._gallery_changed)
             if len(gallery):  # a stall starting with a taught gallery refits before its first weighing
                 self._gallery_changed()
@@ -280,12 +286,14 @@ class Recognizer:
         top_k: int = 5,
         threads: int = 1,
         background_refit: bool = True,
+        stale_while_refit: bool = False,
     ) -> Recognizer:
         """Open a model (the shipped one by default) and optionally a stall's gallery folder.
 
         ``background_refit=False`` for one-shot commands: the refit then happens on
         the first recognition after a change, never on a thread the process may
-        exit under.
+        exit under.  ``stale_while_refit`` (the stall): a recognition uses the last refit
+        classifier while the background thread makes the next one.
         """
         onnx_path = Path(path) if path is not None else DEFAULT_MODEL
         meta_path = onnx_path.with_suffix(".json")
@@ -303,7 +311,7 @@ class Recognizer:
             exemplars = Exemplars.read(onnx_path.with_name(meta.teach["exemplars"]), len(meta.labels),
                                        meta.embedding_dim, meta.embedding_space)
         gallery = Gallery(meta.embedding_space, meta.embedding_dim, gallery_dir)
-        return cls(runner, meta, gallery, top_k, exemplars, background_refit)
+        return cls(runner, meta, gallery, top_k, exemplars, background_refit, stale_while_refit)
 
     @property
     def labels(self) -> list[str]:
@@ -403,7 +411,13 @@ class Recognizer:
 
     def scores(self, logits: np.ndarray, emb: np.ndarray) -> tuple[list[str], np.ndarray]:
         """Labels and calibrated probabilities over the catalogue plus the taught items."""
-        head = self.taught_head() if len(self.gallery) else None
+        last = self._head
+        if not len(self.gallery):
+            head = None
+        elif self.stale_while_refit and last is not None and last[0] != self.gallery.version:
+            head = last[1]  # the background thread, kicked by the change, refits meanwhile
+        else:
+            head = self.taught_head()
         if head is not None:
             # the temperature was fitted to the trained head's scale: keep scale / temperature, and
             # soften it as much as classes held out of training say the refit head needs

@@ -222,6 +222,7 @@ def test_teaching_every_tap_teaches_a_right_guess_and_never_a_guess_taken_by_its
         flow, sim, cam = parts(app)
         assert cam is not None and app.recognizer is not None
         assert app.cfg.camera.teach == "taps" and app.flow is not None and app.flow.teach == "taps"
+        assert app.recognizer.stale_while_refit  # type: ignore[attr-defined]  # no weighing waits for a refit
         # a sure guess, taken by itself: the recogniser's word only, so nothing is taught
         cam.show("Carrots")
         sim.place(1500)

@@ -441,3 +441,31 @@ def test_a_voided_teaching_is_taken_back_and_heard_of_even_when_the_gallery_let_
         g.add_many("Kiwi", rng.standard_normal((4, 8)).astype(np.float32))
     assert g.counts() == {"Kiwi": MAX_PER_LABEL}
     assert g.remove_exemplars("Kiwi", old, untaught=True) == 0 and heard[-1] == ("Kiwi", 4)
+
+
+def test_a_stall_recognising_during_a_refit_uses_the_last_head_instead_of_waiting(
+        shipped_model: Path, val_photos: list[tuple[Path, str]], tmp_path: Path) -> None:
+    """Every tap teaches at a stall: its next weighing must not wait for the refit that tap set off
+    (a second on a busy stall's gallery, docs/benchmarks.md).  The head before the newest teaching
+    serves meanwhile; the new one once the background thread has it."""
+    rec = Recognizer.load(shipped_model, gallery_dir=tmp_path / "g", stale_while_refit=True)
+    photo = val_photos[5][0]
+    rec.teach("Dragon-Fruit", val_photos[0][0])
+    assert rec.wait_refit(timeout=30)
+    before = rec.recognize(photo)
+    import threading
+
+    seen: list[Recognition] = []
+    with rec._head_lock:  # noqa: SLF001 - a refit running on the background thread holds it
+        rec.teach("Dragon-Fruit", val_photos[1][0])
+        weighing = threading.Thread(target=lambda: seen.append(rec.recognize(photo)))
+        weighing.start()
+        weighing.join(timeout=10)
+        assert seen, "the recognition waited for the refit"
+    assert seen[0].top == before.top
+    assert rec.wait_refit(timeout=30)
+    after = rec.recognize(photo)
+    assert after.top != before.top  # the new photo is in the head now
+    # a one-shot command's recogniser keeps refitting before it answers
+    one_shot = Recognizer.load(shipped_model, background_refit=False, stale_while_refit=True)
+    assert not one_shot.stale_while_refit
