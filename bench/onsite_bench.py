@@ -86,15 +86,14 @@ def _top(head: TaughtHead | None, protos: np.ndarray, emb: np.ndarray) -> int:
 
 def _ranked(head: TaughtHead | None, protos: np.ndarray, emb: np.ndarray, scale: float,
             temperature: float) -> tuple[np.ndarray, np.ndarray]:
-    """Labels best first and their calibrated probabilities, as ``Recognizer.scores`` gives them:
-    the taught head's logits at the model's temperature times its scale over the network's, and
-    the factor classes held out of training fitted for a refit head."""
+    """Labels best first and their calibrated probabilities, as ``Recognizer.scores`` gives them
+    (a taught head at ``TaughtHead.temperature``, with the shipped refit factor)."""
     if head is None:
         z, t = scale * (emb @ protos.T), temperature
     else:
         labels, z = head.label_logits(emb)
         z = z[np.argsort([int(lab) for lab in labels])]  # every catalogue label is in the head
-        t = temperature * head.scale / scale * REFIT_TEMPERATURE_FACTOR
+        t = head.temperature(temperature, scale, REFIT_TEMPERATURE_FACTOR)
     p = softmax(np.asarray(z, np.float64), t)
     order = np.argsort(-p)
     return order, p[order]

@@ -419,10 +419,8 @@ class Recognizer:
         else:
             head = self.taught_head()
         if head is not None:
-            # the temperature was fitted to the trained head's scale: keep scale / temperature, and
-            # soften it as much as classes held out of training say the refit head needs
             factor = (self.meta.teach or {}).get("temperature_factor", 1.0)
-            t = self.meta.temperature * head.scale / self.meta.scale * factor
+            t = head.temperature(self.meta.temperature, self.meta.scale, factor)
             labels, z = head.label_logits(emb)
             return labels, softmax(z, t)
         sims = self.gallery.similarities(emb, self.meta.gallery_k) if len(self.gallery) else {}

@@ -156,6 +156,12 @@ class TaughtHead:
         z[..., self.n_catalogue:] += self.scale * self.bias
         return z
 
+    def temperature(self, model_temperature: float, model_scale: float, factor: float) -> float:
+        """The temperature of this head's logits: the model's was fitted to the trained head's
+        scale, so scale / temperature is kept, softened by ``factor``, as much as classes held out
+        of training say a refit head needs (``teach.temperature_factor``)."""
+        return model_temperature * self.scale / model_scale * factor
+
     def label_logits(self, emb: np.ndarray) -> tuple[list[str], np.ndarray]:
         """Distinct labels and their logits for one embedding: a corrected catalogue label keeps
         the higher of its two rows, so a vendor's correction raises it and never buries it."""
