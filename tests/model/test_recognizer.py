@@ -101,7 +101,7 @@ def test_teach_new_item_and_share_gallery(shipped_model: Path, val_photos: list[
     r = stall_a.recognize(shots[5])
     assert r.top[0][0] == "Dragon-Fruit" and not r.unknown
     # persisted, reloaded
-    assert (tmp_path / "a" / "gallery.npz").exists()
+    assert (tmp_path / "a" / "gallery.sqlite3").exists()
     again = Recognizer.load(shipped_model, gallery_dir=tmp_path / "a")
     assert again.gallery.counts() == {"Dragon-Fruit": 20}  # 4 views a photo
     # exported, imported at another stall
