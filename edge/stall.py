@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 import zoneinfo
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from edge import BasketError, ConfigError, EdgeError, allocator
@@ -151,8 +153,6 @@ class StallApp:
         src = self.cfg.camera.source
         if src is None:
             return
-        from pathlib import Path
-
         if Path(src).is_dir():
             self.camera = ImageFolderCamera(src, seed=self.cfg.seed)
         else:
@@ -169,15 +169,40 @@ class StallApp:
             self.camera = watch
         self._stops.append(self.camera.close)
         try:
+            from model import GalleryError
             from model.recognizer import Recognizer
 
-            recognizer = Recognizer.load(gallery_dir=self.cfg.data_dir / "gallery", stale_while_refit=True)
+            gallery = self.cfg.data_dir / "gallery"
+            try:
+                recognizer = Recognizer.load(gallery_dir=gallery, stale_while_refit=True)
+            except GalleryError as exc:
+                # Taught items that cannot be read (a broken file, another model's embeddings)
+                # must not cost the stall its catalogue's guesses: the folder is kept aside, whole,
+                # and the stall learns anew from the next taps.
+                aside = self._set_gallery_aside()
+                logger.error("taught items unreadable, kept in %s; recognising the catalogue and "
+                             "learning anew: %s", aside, exc)
+                recognizer = Recognizer.load(gallery_dir=gallery, stale_while_refit=True)
             if self.cfg.camera.roi:
                 recognizer.set_roi(self.cfg.camera.roi)
             self.recognizer = recognizer
         except Exception as exc:  # noqa: BLE001 - a stall without recognition still sells
             logger.warning("recognizer unavailable, items are chosen by hand: %s", exc)
             self.recognizer = None
+
+    def _set_gallery_aside(self) -> Path:
+        """Move the gallery folder into ``gallery.set-aside-<time>/``, with what the market's
+        items left beside it (their copies and the last answer's tag): without them the stall
+        takes the market's items again at the next pull."""
+        from edge.gallery_share import IMPORTED_DIR, STATE_FILE
+
+        data = self.cfg.data_dir
+        aside = data / f"gallery.set-aside-{time.strftime('%Y%m%dT%H%M%S')}"
+        aside.mkdir()
+        for name in ("gallery", IMPORTED_DIR, STATE_FILE):
+            if (data / name).exists():
+                (data / name).rename(aside / name)
+        return aside
 
     def _start_printer(self) -> None:
         from edge.printing import make_printer

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -166,6 +167,36 @@ def test_camera_missing_sells_by_hand_and_says_so(tmp_path: Path) -> None:
         # Selling by PLU and by pinyin initials goes on.
         assert app.flow is not None and [i.code for i in app.flow.search("xhs").items][:1] == ["2001"]
         assert weigh_and_pick(app, "2001", 600)["line"]["weight_g"] == 600
+    finally:
+        app.stop()
+
+
+def test_unreadable_taught_items_are_set_aside_and_the_catalogue_still_recognised(tmp_path: Path) -> None:
+    """A gallery the stall cannot read (a broken file, another model's embeddings) used to cost it
+    every guess: now the folder is kept aside, whole, with the market items' copies (so they are
+    taken again), and the recogniser starts with an empty gallery."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    photo = next((REPO.parent / "shared" / "data" / "grocery-store" / "val").rglob("*.jpg"))
+    shutil.copy(photo, photos / "a.jpg")
+    data = tmp_path / "S02"
+    (data / "gallery").mkdir(parents=True)
+    junk = b"not a database" * 50
+    (data / "gallery" / "gallery.sqlite3").write_bytes(junk)
+    (data / "gallery-shared").mkdir()
+    (data / "gallery-shared" / "7.json").write_text("{}")
+    (data / "gallery-shared.json").write_text('{"etag": "x"}')
+    app = start(config(tmp_path, camera={"source": str(photos)}))
+    try:
+        assert app.recognizer is not None and len(app.recognizer.gallery) == 0
+        aside = [p for p in data.iterdir() if p.name.startswith("gallery.set-aside-")]
+        assert len(aside) == 1
+        assert (aside[0] / "gallery" / "gallery.sqlite3").read_bytes() == junk
+        assert (aside[0] / "gallery-shared" / "7.json").exists()
+        assert (aside[0] / "gallery-shared.json").exists()
+        assert not (data / "gallery-shared.json").exists()
+        rec = app.recognizer.recognize(photos / "a.jpg")
+        assert rec.top and not rec.unknown
     finally:
         app.stop()
 
