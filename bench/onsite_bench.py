@@ -48,7 +48,7 @@ sys.path.insert(0, str(ROOT))
 
 from model.data import load_dataset  # noqa: E402
 from model.metrics import softmax  # noqa: E402
-from model.preprocess import read_image, square_resize, tta_views  # noqa: E402
+from model.preprocess import read_photo, square_resize, tta_views  # noqa: E402
 from model.refit import (  # noqa: E402
     REFIT_BIAS,
     REFIT_EPOCHS,
@@ -128,24 +128,25 @@ def day_order(sessions: dict[int, list[int]], rng: np.random.Generator) -> list[
 
 def run_fold(net: Any, k: int, pool: Any, folds: Any, size: int, rng: np.random.Generator,
              temperature: float = 1.0, auto_confirm: float = 0.9, mistap: float = 0.0,
-             refit_epochs: int = REFIT_EPOCHS) -> dict[str, Any]:
+             refit_epochs: int = REFIT_EPOCHS, crop: float = 1.0) -> dict[str, Any]:
     y = pool.labels
     names = [s.path.as_posix() for s in pool.samples]
     catalogue = [str(i) for i in range(int(y.max()) + 1)]
     protos = unit(net.prototypes.detach().numpy().astype(np.float32))
     tr, held = folds.training(k), folds.held_out(k)
     pick = [int(tr[i]) for i in exemplar_rows(y[tr], range(len(catalogue)))]
-    ex = Exemplars(protos, _embed(net, [square_resize(read_image(pool.samples[i].path, size), size)
+    ex = Exemplars(protos, _embed(net, [square_resize(read_photo(pool.samples[i].path, size, crop), size)
                                         for i in pick]), y[pick], "fold")
     sessions: dict[int, list[int]] = {}
     for i in sorted((int(i) for i in held if pool.split[i] == "val"), key=lambda i: names[i]):
         sessions.setdefault(int(y[i]), []).append(i)
     order = day_order(sessions, rng)
-    images = {i: read_image(pool.samples[i].path, size) for i in order}
+    images = {i: read_photo(pool.samples[i].path, size, crop) for i in order}
     centre = dict(zip(order, _embed(net, [square_resize(images[i], size) for i in order]), strict=True))
     views = {i: _embed(net, tta_views(images[i], size)) for i in order}
     trained = [int(i) for i in held if pool.split[i] == "train"]
-    trained_emb = _embed(net, [square_resize(read_image(pool.samples[i].path, size), size) for i in trained])
+    trained_emb = _embed(net, [square_resize(read_photo(pool.samples[i].path, size, crop), size)
+                               for i in trained])
     pairs = list(zip(trained_emb, trained, strict=True))
     cold_trained = sum(int(_top(None, protos, e) == y[i]) for e, i in pairs)
     cold_top = [_top(None, protos, centre[i]) for i in order]
@@ -205,9 +206,9 @@ def run_fold(net: Any, k: int, pool: Any, folds: Any, size: int, rng: np.random.
 
 def measure(run_dir: Path, data: Path, teacher: str = "efficientnet-lite0@224", teacher_seed: int = 0,
             folds: int = 5, max_images: int | None = None, day_seed: int = 0, auto_confirm: float = 0.9,
-            mistap: float = 0.0, refit_epochs: int = REFIT_EPOCHS) -> list[dict[str, Any]]:
+            mistap: float = 0.0, refit_epochs: int = REFIT_EPOCHS, crop: float = 1.0) -> list[dict[str, Any]]:
     """Per fold: the day read cold and under each teaching policy (``POLICIES``).  The folds are
-    the ones ``wetmarket model cv`` ran with the same data, folds and slice."""
+    the ones ``wetmarket model cv`` ran with the same data, folds, slice and ``crop``."""
     import torch
 
     from model.training.cv import CvConfig, slice_dataset, work_dir
@@ -215,7 +216,7 @@ def measure(run_dir: Path, data: Path, teacher: str = "efficientnet-lite0@224", 
     from model.training.network import RecognizerNet, build_trunk
 
     backbone, size = parse_teacher(teacher)
-    work = work_dir(CvConfig(data=data, run_dir=run_dir), teacher, teacher_seed)
+    work = work_dir(CvConfig(data=data, run_dir=run_dir, crop=crop), teacher, teacher_seed)
     ds = slice_dataset(load_dataset(data), max_images)
     pool = pooled(ds)
     cut = blocked_folds(pool, folds)
@@ -232,7 +233,7 @@ def measure(run_dir: Path, data: Path, teacher: str = "efficientnet-lite0@224", 
         net = RecognizerNet(build_trunk(backbone, size, pretrained=False), len(ds.classes))
         net.load_state_dict(torch.load(path))
         rows.append(run_fold(net.eval(), k, pool, cut, size, rng, temperature, auto_confirm, mistap,
-                             refit_epochs))
+                             refit_epochs, crop))
         print(json.dumps({key: ({k: x for k, x in v.items() if k != "hits"} if isinstance(v, dict) else v)
                           for key, v in rows[-1].items() if key not in ("rows", "cold_top")}),
               file=sys.stderr, flush=True)
@@ -256,6 +257,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="the refit's epochs (the stall's by default; fewer only to test the bench fast)")
     ap.add_argument("--mistap", type=float, default=0.0,
                     help="the share of the vendor's taps that go to a wrong guess on the screen")
+    ap.add_argument("--crop", type=float, default=1.0,
+                    help="the cv recipe's --crop (its folder, and how its photos are read)")
     args = ap.parse_args(argv)
 
     import torch
@@ -263,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     try:
         rows = measure(args.run_dir, args.data, args.teacher, args.teacher_seed, args.folds, args.max_images,
-                       args.seed, args.auto_confirm, args.mistap, args.refit_epochs)
+                       args.seed, args.auto_confirm, args.mistap, args.refit_epochs, args.crop)
     except FileNotFoundError as exc:
         print(exc, file=sys.stderr)
         return 2

@@ -179,6 +179,8 @@ def cmd_cv(args: argparse.Namespace) -> int:
                          "give --student and teachers of the same BACKBONE@SIZE")
     if args.student_epochs is not None and args.student is None:
         raise ModelError("--student-epochs is the student's schedule: give --student too")
+    if not 0.2 <= args.crop <= 1:
+        raise ModelError(f"--crop {args.crop}: the fraction of a photo's shorter side kept, 0.2 to 1")
     if args.folds < 2:
         raise ModelError(f"--folds {args.folds}: cross-validation needs at least 2 folds")
     if args.only_folds and not all(0 <= k < args.folds for k in args.only_folds):
@@ -190,7 +192,7 @@ def cmd_cv(args: argparse.Namespace) -> int:
                    lr=args.lr, batch=args.batch, mixup=args.mixup, mixstyle=args.mixstyle,
                    threads=args.threads, max_images=args.max_images, only_folds=args.only_folds,
                    student=args.student, kd_temperature=args.kd_temperature, kd_alpha=args.kd_alpha,
-                   match=args.match, student_epochs=args.student_epochs,
+                   match=args.match, student_epochs=args.student_epochs, crop=args.crop,
                    final=Path(args.final) if args.final else None, wise=args.wise)
     report = run_cv(cfg)
     summary: dict[str, Any] = {"report": str(cfg.run_dir / "cv-report.md")}
@@ -353,6 +355,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg,
     v.add_argument("--mixstyle", type=float, default=0.0, metavar="A",
                    help="MixStyle: half the batches' per-channel activation statistics mixed between "
                         "photos at a Beta(A, A) weight, labels kept (0: off; the paper's 0.1)")
+    v.add_argument("--crop", type=float, default=1.0, metavar="F",
+                   help="each photo's centre square, F of its shorter side, before resizing and "
+                        "augmenting (the model's input.crop, after the stall's plate region; 1: all)")
     v.add_argument("--batch", type=_positive, default=32)
     v.add_argument("--seed", type=int, default=0)
     v.add_argument("--threads", type=_positive, default=2)

@@ -8,6 +8,7 @@ expect RGB, a centre crop and ``(x - 127) / 128``.
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -163,6 +164,20 @@ def square_resize(image: np.ndarray, size: int) -> np.ndarray:
     return image[y0 : y0 + size, x0 : x0 + size]
 
 
+def centre_crop(image: np.ndarray, crop: float) -> np.ndarray:
+    """The centre square whose side is ``crop`` of the shorter side (the whole image at 1).
+
+    A model trained on such crops (its metadata's ``input.crop``) sees less of what lies around
+    the produce: the edge of the plate, the counter, the bins beside it, which change from one
+    occasion to the next while the produce does not."""
+    if crop >= 1.0:
+        return image
+    h, w = image.shape[:2]
+    side = max(1, int(round(min(h, w) * crop)))
+    y0, x0 = (h - side) // 2, (w - side) // 2
+    return image[y0 : y0 + side, x0 : x0 + side]
+
+
 def to_tensor(crops: list[np.ndarray] | np.ndarray) -> np.ndarray:
     """BGR uint8 crops (N,H,W,3 or H,W,3) -> normalised RGB float32 NCHW."""
     arr = np.asarray(crops)
@@ -178,9 +193,16 @@ def to_tensor(crops: list[np.ndarray] | np.ndarray) -> np.ndarray:
     return out
 
 
-def preprocess(image: np.ndarray, size: int, roi: Roi | None = None) -> np.ndarray:
-    """A BGR image -> the (1, 3, size, size) network input."""
-    return to_tensor(square_resize(crop_roi(image, roi), size))
+def preprocess(image: np.ndarray, size: int, roi: Roi | None = None, crop: float = 1.0) -> np.ndarray:
+    """A BGR image -> the (1, 3, size, size) network input: the plate region ``roi``, its centre
+    ``crop`` (the model's ``input.crop``), resized."""
+    return to_tensor(square_resize(centre_crop(crop_roi(image, roi), crop), size))
+
+
+def read_photo(path: str | Path, size: int, crop: float = 1.0) -> np.ndarray:
+    """A training photo as a model of input ``size`` and ``crop`` sees it before resizing (BGR):
+    decoded no smaller than the crop needs, then its centre ``crop``."""
+    return centre_crop(read_image(path, math.ceil(size / crop)), crop)
 
 
 def tta_views(img: np.ndarray, size: int) -> list[np.ndarray]:

@@ -20,6 +20,7 @@ import functools
 import hashlib
 import json
 import logging
+import math
 import platform
 import threading
 import time
@@ -35,6 +36,7 @@ from model.metrics import softmax
 from model.preprocess import (
     Roi,
     as_bgr,
+    centre_crop,
     crop_roi,
     preprocess,
     read_image,
@@ -97,6 +99,8 @@ class ModelMeta:
     raw: dict[str, Any]
     # the top probability + nearest exemplar flag (model.unknown); None: the probability alone
     unknown_flag: UnknownFlag | None = None
+    # the centre square of the plate region the network reads, as a fraction of its shorter side
+    crop: float = 1.0
 
     @property
     def exact_int8(self) -> bool:
@@ -111,7 +115,7 @@ class ModelMeta:
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise ModelFileError(f"{path}: model metadata unreadable ({exc})") from exc
         try:
-            return cls(
+            meta = cls(
                 labels=[str(x) for x in raw["labels"]],
                 size=int(raw["input"]["size"]),
                 scale=float(raw["scale"]),
@@ -130,9 +134,13 @@ class ModelMeta:
                 raw=raw,
                 unknown_flag=(UnknownFlag.from_json(raw["unknown"]["nearest_exemplar"])
                               if "nearest_exemplar" in raw["unknown"] else None),
+                crop=float(raw["input"].get("crop", 1.0)),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ModelFileError(f"{path}: model metadata lacks or garbles {exc}") from exc
+        if not 0.2 <= meta.crop <= 1.0:
+            raise ModelFileError(f"{path}: input.crop {meta.crop} is not a fraction between 0.2 and 1")
+        return meta
 
 
 def int8_needs_exact_kernels(meta: dict[str, Any]) -> bool:
@@ -324,14 +332,14 @@ class Recognizer:
     # -- inference -------------------------------------------------------------
     def _load_image(self, image: np.ndarray | str | Path) -> np.ndarray:
         if isinstance(image, str | Path):
-            return read_image(image, self.meta.size)
+            return read_image(image, math.ceil(self.meta.size / self.meta.crop))
         return as_bgr(image)
 
     def embed(self, image: np.ndarray | str | Path) -> tuple[np.ndarray, np.ndarray]:
         """(classifier logits, embedding) of one image after the plate region crop."""
         bgr = self._load_image(image)
         try:
-            x = preprocess(bgr, self.meta.size, self.roi)
+            x = preprocess(bgr, self.meta.size, self.roi, self.meta.crop)
         except Exception as exc:  # noqa: BLE001 - OpenCV errors on degenerate inputs
             raise ImageError(f"{_name(image)}: cannot preprocess ({exc})") from exc
         logits, emb = self.runner.run(x)
@@ -458,7 +466,7 @@ class Recognizer:
         any way round on the plate, and a handful of photos then covers more of
         it (measured: +4 points top-1 for items taught from 5 photos).
         """
-        bgr = crop_roi(self._load_image(image), self.roi)
+        bgr = centre_crop(crop_roi(self._load_image(image), self.roi), self.meta.crop)
         try:
             x = to_tensor(tta_views(bgr, self.meta.size))
         except Exception as exc:  # noqa: BLE001 - OpenCV errors on degenerate inputs

@@ -239,7 +239,7 @@ REFIT_TEMPERATURE_FACTOR = 1.5
 
 
 def write_exemplars(model: Path, ds: Dataset, size: int, embedding_space: str,
-                    prototypes: np.ndarray | None = None) -> dict[str, Any]:
+                    prototypes: np.ndarray | None = None, crop: float = 1.0) -> dict[str, Any]:
     """Embed ``EXEMPLARS_PER_LABEL`` train photos per label with ``model`` itself (int8 or fp32),
     write ``<model>.exemplars.npz`` and return the metadata's ``teach`` section.
 
@@ -247,7 +247,7 @@ def write_exemplars(model: Path, ds: Dataset, size: int, embedding_space: str,
     from its logits on every train photo (logits = scale * embedding @ P.T),
     which also serves a model whose checkpoint is gone.
     """
-    from model.preprocess import preprocess, read_image
+    from model.preprocess import preprocess, read_photo
     from model.recognizer import ModelRunner
 
     runner = ModelRunner(model, size)
@@ -256,7 +256,7 @@ def write_exemplars(model: Path, ds: Dataset, size: int, embedding_space: str,
     rows = range(len(ds.train)) if prototypes is None else sorted(set(pick))
     emb, logits = {}, {}
     for i in rows:
-        lo, e = runner.run(preprocess(read_image(ds.train[i].path, size), size))
+        lo, e = runner.run(preprocess(read_photo(ds.train[i].path, size, crop), size))
         emb[i], logits[i] = e[0], lo[0]
     if prototypes is None:
         order = sorted(emb)

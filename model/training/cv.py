@@ -107,6 +107,9 @@ class CvConfig:
     # the student's schedule when it differs from the teachers' (a matched student does not run
     # out of targets: the paper's point is a long one)
     student_epochs: int | None = None
+    # each photo's centre square, this fraction of its shorter side, before resizing and
+    # augmenting (the shipped model's ``input.crop``, applied after the stall's plate region)
+    crop: float = 1.0
 
 
 def slice_dataset(ds: Dataset, n: int | None) -> Dataset:
@@ -148,14 +151,14 @@ def _pool_key(pool: Pool) -> str:
 
 
 def activation_cache(pool: Pool, net: RecognizerNet, backbone: str, n_frozen: int, size: int, views: int,
-                     seed: int, cache_dir: Path) -> np.ndarray:
+                     seed: int, cache_dir: Path, crop: float = 1.0) -> np.ndarray:
     """Frozen-part activations (N, 1 + views, C, H, W) float16 of every photo's views, memory-mapped.
 
     Resumable: filled ``CHUNK`` photos at a time with the count done beside it.
     """
     import torch
 
-    from model.preprocess import read_image, square_resize, to_tensor
+    from model.preprocess import read_photo, square_resize, to_tensor
     from model.training.augment import augment
     from model.training.finetune import frozen_forward
 
@@ -163,6 +166,7 @@ def activation_cache(pool: Pool, net: RecognizerNet, backbone: str, n_frozen: in
     with torch.no_grad():
         shape = tuple(frozen_forward(net, torch.zeros(1, 3, size, size), n_frozen).shape[1:])
     spec = f"{_pool_key(pool)}|{backbone}|{size}|{views}|{seed}|{n_frozen}"
+    spec += f"|c{crop:g}" if crop < 1 else ""  # the caches of whole photos keep their names
     key = hashlib.sha256(spec.encode()).hexdigest()[:12]
     path = cache_dir / f"acts-{key}.npy"
     if path.exists():
@@ -176,7 +180,7 @@ def activation_cache(pool: Pool, net: RecognizerNet, backbone: str, n_frozen: in
     for start in range(done, len(pool), CHUNK):
         crops = []
         for i in range(start, min(len(pool), start + CHUNK)):
-            img = read_image(pool.samples[i].path, size)
+            img = read_photo(pool.samples[i].path, size, crop)
             crops.append(square_resize(img, size))
             crops += [augment(img, np.random.default_rng([seed, i, v]), size) for v in range(views)]
         with torch.no_grad():
@@ -507,6 +511,8 @@ def work_dir(cfg: CvConfig, spec: str, seed: int, student: bool = False) -> Path
     mixed = f"-mix{cfg.mixup:g}" if cfg.mixup > 0 else ""
     if cfg.mixstyle > 0:
         mixed += f"-ms{cfg.mixstyle:g}"
+    if cfg.crop < 1:
+        mixed += f"-c{cfg.crop:g}"
     if student and cfg.match is not None:
         mixed += f"-fm{cfg.match:g}"
     if student and cfg.student_epochs is not None:
@@ -567,7 +573,8 @@ def _prepared(cfg: CvConfig, pool: Pool, n_classes: int, spec: str, seed: int,
     base = RecognizerNet(build_trunk(backbone, size), n_classes).eval()
     n_frozen = (first_trainable_block(base.trunk, size, cfg.scales) if cfg.from_block is None
                 else min(cfg.from_block, len(base.trunk._blocks)))
-    acts = activation_cache(pool, base, backbone, n_frozen, size, cfg.views, seed, cfg.run_dir / "cache")
+    acts = activation_cache(pool, base, backbone, n_frozen, size, cfg.views, seed, cfg.run_dir / "cache",
+                            cfg.crop)
     feats_path = work / "frozen-embeddings.npy"
     if feats_path.exists():
         feats = np.load(feats_path)
@@ -935,7 +942,7 @@ def ship(cfg: CvConfig, report: dict[str, Any], ds: Dataset, pool: Pool) -> dict
         "version": MODEL_VERSION,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "labels": ds.classes,
-        **model_io(size),
+        **model_io(size, cfg.crop),
         "backbone": backbone,
         "mode": mode,
         "scale": cfg.train_scale,

@@ -486,11 +486,14 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
     return report
 
 
-def model_io(size: int) -> dict[str, Any]:
+def model_io(size: int, crop: float = 1.0) -> dict[str, Any]:
     """The metadata's ``input`` and ``outputs``: what ``model.preprocess`` and the runner rely on."""
+    cropped = {"crop": crop} if crop < 1 else {}
+    resize = ("shorter side to size (INTER_AREA), centre crop" if crop >= 1 else
+              f"the centre square of {crop:g} of the shorter side, then to size (INTER_AREA)")
     return {"input": {"name": "image", "size": size, "mean": 127.0, "std": 128.0,
-                      "color": "RGB", "layout": "NCHW", "dtype": "float32",
-                      "resize": "shorter side to size (INTER_AREA), centre crop"},
+                      "color": "RGB", "layout": "NCHW", "dtype": "float32", **cropped,
+                      "resize": resize},
             "outputs": {"logits": "scale * cosine to each label's prototype",
                         "embedding": "L2-normalised global-average-pooled trunk features"}}
 
@@ -507,12 +510,17 @@ def portable(path: Path) -> str:
     return rel if rel.startswith("../") and rel.count("..") == 1 else str(path)
 
 
-def _calibration_batch(ds: Dataset, size: int, n: int, seed: int) -> np.ndarray:
-    from model.preprocess import preprocess, read_image
+def input_crop(meta: dict[str, Any]) -> float:
+    """The metadata's ``input.crop`` (1: the whole photo)."""
+    return float(meta.get("input", {}).get("crop", 1.0))
+
+
+def _calibration_batch(ds: Dataset, size: int, n: int, seed: int, crop: float = 1.0) -> np.ndarray:
+    from model.preprocess import preprocess, read_photo
 
     rng = np.random.default_rng(seed)
     idx = rng.choice(len(ds.train), size=min(n, len(ds.train)), replace=False)
-    return np.concatenate([preprocess(read_image(ds.train[i].path, size), size) for i in idx])
+    return np.concatenate([preprocess(read_photo(ds.train[i].path, size, crop), size) for i in idx])
 
 
 def held_out_after_finetune(net: Any, ds: Dataset, size: int, head: HeadConfig,
@@ -621,14 +629,14 @@ def calibrated_on_val(meta: dict[str, Any], model: Path, ds: Dataset, size: int,
     one instead of 8 %.  Where ``meta`` names its exemplars (``teach``): the
     unknown flag of ``model.unknown`` (top probability + nearest exemplar).
     """
-    from model.preprocess import preprocess, read_image
+    from model.preprocess import preprocess, read_photo
     from model.recognizer import ModelRunner, int8_needs_exact_kernels
     from model.refit import Exemplars, unit
 
     if not ds.val:
         return meta
     runner = ModelRunner(model, size, exact_int8=int8_needs_exact_kernels(meta))
-    out = [runner.run(preprocess(read_image(s.path, size), size)) for s in ds.val]
+    out = [runner.run(preprocess(read_photo(s.path, size, input_crop(meta)), size)) for s in ds.val]
     logits, emb = np.stack([lo[0] for lo, _ in out]), np.stack([e[0] for _, e in out])
     if recalibrate:
         y = np.array([s.label for s in ds.val])
@@ -661,15 +669,16 @@ def carried_to_int8(meta: dict[str, Any], fp32: Path, int8: Path, ds: Dataset, s
     at 1.0 in both copies and whose nearest exemplar is often the photo itself, so their median
     difference is 0 whatever quantisation does.
     """
-    from model.preprocess import read_image, to_tensor
+    from model.preprocess import read_photo, to_tensor
     from model.recognizer import ModelRunner, int8_needs_exact_kernels
     from model.refit import Exemplars, unit
     from model.training.augment import augment
 
     photos = [*ds.train, *ds.val]
     pick = [photos[i] for i in np.linspace(0, len(photos) - 1, min(n, len(photos))).astype(int)]
-    views = [to_tensor(augment(read_image(p.path, size), np.random.default_rng([int(meta.get("seed", 0)), i]),
-                               size)) for i, p in enumerate(pick)]
+    views = [to_tensor(augment(read_photo(p.path, size, input_crop(meta)),
+                               np.random.default_rng([int(meta.get("seed", 0)), i]), size))
+             for i, p in enumerate(pick)]
     flag = UnknownFlag.from_json(meta["unknown"]["nearest_exemplar"])
     temperature = float(meta["temperature"])
     scores = []
@@ -729,20 +738,21 @@ def export_checkpoint(checkpoint: Path, out: Path, int8: bool = False,
     protos = F.normalize(net.prototypes.detach(), dim=1).numpy()
     space = str(meta["embedding_space"])
     if ds is not None:
-        meta = {**meta, "teach": write_exemplars(out, ds, state["size"], space, protos)}
+        meta = {**meta, "teach": write_exemplars(out, ds, state["size"], space, protos, input_crop(meta))}
         if not calibrated:
             # the float model keeps the temperature fitted in training; it only gains the unknown flag
             meta = calibrated_on_val(meta, out, ds, state["size"], recalibrate=False)
         written.append(out.with_name(out.stem + ".exemplars.npz"))
     write_metadata(out.with_suffix(".json"), meta, out)
     if int8 and ds is not None:
-        calib = _calibration_batch(ds, state["size"], 64, int(meta.get("seed", 0)))
+        calib = _calibration_batch(ds, state["size"], 64, int(meta.get("seed", 0)), input_crop(meta))
         q = int8_out or out.with_name(out.stem + ".int8.onnx")
         bits = int(meta.get("weight_bits", 8))
         quantize_int8(out, q, calib, bits)
         # read by ModelRunner: 7-bit weights cannot saturate the fast kernels, so they need no exact ones
         int8_meta = {"weight_bits": bits, "depthwise_weight_bits": 8}
-        qmeta = {**meta, "int8": int8_meta, "teach": write_exemplars(q, ds, state["size"], space, protos)}
+        qmeta = {**meta, "int8": int8_meta,
+                 "teach": write_exemplars(q, ds, state["size"], space, protos, input_crop(meta))}
         qmeta = (carried_to_int8(qmeta, out, q, ds, state["size"]) if calibrated else
                  calibrated_on_val(qmeta, q, ds, state["size"], recalibrate=True))
         write_metadata(q.with_suffix(".json"), qmeta, q)

@@ -342,6 +342,33 @@ def test_mixstyle_is_a_recipe_of_its_own(dataset_root: Path, tmp_path: Path) -> 
     assert "MixStyle Beta(0.1, 0.1)" in (tmp_path / "cv-report.md").read_text()
 
 
+def test_a_recipe_on_centre_crops_ships_its_crop_and_exemplars_read_the_same_way(
+        dataset_root: Path, tmp_path: Path) -> None:
+    from model.data import load_dataset
+    from model.recognizer import Recognizer
+    from model.refit import Exemplars, exemplar_rows
+    from model.training.cv import slice_dataset
+
+    out = tmp_path / "shipped" / "recognizer.onnx"
+    out.parent.mkdir()
+    assert _cv(dataset_root, tmp_path, "--crop", "0.8") == 0
+    assert (tmp_path / "efficientnet-lite0-64-s0-c0.8" / "fold-1.npz").exists()  # a recipe of its own
+    assert json.loads((tmp_path / "cv-report.json").read_text())["config"]["crop"] == 0.8
+    assert _cv(dataset_root, tmp_path, "--crop", "0.8", "--final", str(out)) == 0
+    for model in (out, out.with_name("recognizer.fp32.onnx")):
+        meta = json.loads(model.with_suffix(".json").read_text())
+        assert meta["input"]["crop"] == 0.8
+        rec = Recognizer.load(model)
+        assert rec.meta.crop == 0.8
+        # the shipped catalogue exemplars were embedded as the stall reads a photo: its centre
+        ex = Exemplars.read(model.with_name(meta["teach"]["exemplars"]), len(meta["labels"]),
+                            meta["embedding_dim"], meta["embedding_space"])
+        ds = slice_dataset(load_dataset(dataset_root), 60)
+        first = exemplar_rows(np.array([s.label for s in ds.train]), range(len(ds.classes)))[0]
+        _, emb = rec.embed(ds.train[first].path)
+        assert float(np.max(ex.embeddings @ emb)) > 0.999
+
+
 def test_the_ensembles_nested_figure_fits_its_members_without_the_fold_it_reads() -> None:
     """Member B is sure and right on folds 1 and 2 and sure and wrong on fold 0.  Fitted on every
     row, B's temperature flattens it and the sure member A carries fold 0 (all right); fitted

@@ -13,9 +13,11 @@ import pytest
 from model import ImageError
 from model.preprocess import (
     as_bgr,
+    centre_crop,
     crop_roi,
     preprocess,
     read_image,
+    read_photo,
     square_resize,
     to_tensor,
     validate_roi,
@@ -155,3 +157,19 @@ def test_roi_crops_fractions() -> None:
     for bad in [(0, 0, 0, 1), (0.5, 0, 0.6, 1), (-0.1, 0, 0.5, 0.5), (1, 2)]:
         with pytest.raises(ValueError):
             validate_roi(bad)  # type: ignore[arg-type]
+
+
+def test_centre_crop_keeps_the_middle_square_of_the_shorter_side(tmp_path: Path) -> None:
+    img = np.arange(100 * 200, dtype=np.uint32).reshape(100, 200)
+    out = centre_crop(img, 0.8)
+    assert out.shape == (80, 80) and out[0, 0] == img[10, 60]
+    assert centre_crop(img, 1.0) is img
+    # after the plate region, before the resize: the network input of the middle alone
+    rng = np.random.default_rng(0)
+    photo = rng.integers(0, 256, (120, 120, 3), dtype=np.uint8)
+    framed = rng.integers(0, 256, (240, 300, 3), dtype=np.uint8)
+    framed[60:180, 90:210] = photo
+    assert np.array_equal(preprocess(framed, 32, crop=0.5), preprocess(photo, 32))
+    assert np.array_equal(preprocess(framed, 32, (0.1, 0.0, 0.8, 1.0), crop=0.5), preprocess(photo, 32))
+    cv2.imwrite(str(tmp_path / "framed.png"), framed)
+    assert np.array_equal(read_photo(tmp_path / "framed.png", 32, 0.5), photo)

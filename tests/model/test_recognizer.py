@@ -226,6 +226,44 @@ def test_missing_or_corrupt_model_files(shipped_model: Path, tmp_path: Path) -> 
         Recognizer.load(nometa)
 
 
+def test_a_model_trained_on_centre_crops_reads_the_centre_of_the_plate(
+        shipped_model: Path, recognizer: Recognizer, val_photos: list[tuple[Path, str]],
+        tmp_path: Path) -> None:
+    """``input.crop`` in a model's metadata: the network reads the centre square of the plate
+    region (recognition and teaching alike), what it was trained on."""
+    for f in (shipped_model, shipped_model.with_suffix(".json"),
+              shipped_model.with_name(shipped_model.stem + ".exemplars.npz")):
+        shutil.copy(f, tmp_path / f.name)
+    meta = json.loads((tmp_path / "recognizer.json").read_text())
+    meta["input"]["crop"] = 0.5
+    (tmp_path / "recognizer.json").write_text(json.dumps(meta))
+    cropped = Recognizer.load(tmp_path / "recognizer.onnx")
+    photo = cv2.imread(str(val_photos[0][0]))
+    h, w = photo.shape[:2]
+    framed = np.random.default_rng(0).integers(0, 256, (2 * h, 2 * w, 3), dtype=np.uint8)
+    framed[h // 2 : h // 2 + h, w // 2 : w // 2 + w] = photo
+    got, want = cropped.recognize(framed), recognizer.recognize(photo)
+    assert got.top[0][0] == want.top[0][0] == val_photos[0][1]
+    np.testing.assert_allclose(got.embedding, want.embedding, atol=1e-5)
+    framed_file = tmp_path / "framed.png"
+    cv2.imwrite(str(framed_file), framed)
+    np.testing.assert_allclose(cropped.recognize(framed_file).embedding, want.embedding, atol=1e-5)
+    # a whole-photo model reads the frame too
+    assert np.abs(recognizer.recognize(framed).embedding - want.embedding).max() > 0.05
+    # teaching reads the same centre
+    rows = cropped.teach("Dragon-Fruit", framed, save=False)
+    meta_plain = recognizer.meta
+    plain = Recognizer(recognizer.runner, meta_plain,
+                       type(recognizer.gallery)(meta_plain.embedding_space, meta_plain.embedding_dim))
+    np.testing.assert_allclose(rows, plain.teach("Dragon-Fruit", photo, save=False), atol=1e-5)
+
+    for bad in (0.0, 1.5, "half"):
+        meta["input"]["crop"] = bad
+        (tmp_path / "recognizer.json").write_text(json.dumps(meta))
+        with pytest.raises(ModelFileError, match="recognizer.json"):
+            Recognizer.load(tmp_path / "recognizer.onnx")
+
+
 def test_runtime_needs_no_torch_and_little_memory(shipped_model: Path,
                                                   val_photos: list[tuple[Path, str]]) -> None:
     import subprocess
