@@ -239,7 +239,8 @@ class Gallery:
         if ids is None:
             ids = np.arange(self._next_id, self._next_id + len(rows), dtype=np.int64)
             for i, lab, t, row in zip(ids.tolist(), labels, added.tolist(), rows, strict=True):
-                self._unsaved[i] = (lab, float(t), np.ascontiguousarray(row, "<f4").tobytes())
+                if self.folder is not None:  # a gallery in memory only has nothing to write
+                    self._unsaved[i] = (lab, float(t), np.ascontiguousarray(row, "<f4").tobytes())
         self._next_id = max(self._next_id, int(ids.max(initial=0)) + 1)
         self._emb = np.vstack([self._emb, rows])
         self._labels += labels
@@ -251,7 +252,7 @@ class Gallery:
         others from the database."""
         gone = set(self._ids.tolist()) - set(self._ids[keep].tolist())
         for i in gone:
-            if self._unsaved.pop(i, None) is None:
+            if self._unsaved.pop(i, None) is None and self.folder is not None:
                 self._dropped.add(i)
         self._emb = self._emb[keep]
         self._labels = [self._labels[i] for i in keep]
