@@ -199,10 +199,16 @@ def preprocess(image: np.ndarray, size: int, roi: Roi | None = None, crop: float
     return to_tensor(square_resize(centre_crop(crop_roi(image, roi), crop), size))
 
 
+def decode_target(size: int, crop: float = 1.0) -> int:
+    """The smallest shorter side a photo may be decoded at for a model of input ``size`` that
+    reads its centre ``crop``."""
+    return math.ceil(size / crop)
+
+
 def read_photo(path: str | Path, size: int, crop: float = 1.0) -> np.ndarray:
     """A training photo as a model of input ``size`` and ``crop`` sees it before resizing (BGR):
     decoded no smaller than the crop needs, then its centre ``crop``."""
-    return centre_crop(read_image(path, math.ceil(size / crop)), crop)
+    return centre_crop(read_image(path, decode_target(size, crop)), crop)
 
 
 def tta_views(img: np.ndarray, size: int) -> list[np.ndarray]:

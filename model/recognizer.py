@@ -20,7 +20,6 @@ import functools
 import hashlib
 import json
 import logging
-import math
 import platform
 import threading
 import time
@@ -38,6 +37,7 @@ from model.preprocess import (
     as_bgr,
     centre_crop,
     crop_roi,
+    decode_target,
     preprocess,
     read_image,
     to_tensor,
@@ -332,7 +332,7 @@ class Recognizer:
     # -- inference -------------------------------------------------------------
     def _load_image(self, image: np.ndarray | str | Path) -> np.ndarray:
         if isinstance(image, str | Path):
-            return read_image(image, math.ceil(self.meta.size / self.meta.crop))
+            return read_image(image, decode_target(self.meta.size, self.meta.crop))
         return as_bgr(image)
 
     def embed(self, image: np.ndarray | str | Path) -> tuple[np.ndarray, np.ndarray]:
