@@ -45,6 +45,7 @@ import itertools
 import logging
 import queue
 import threading
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
@@ -82,9 +83,14 @@ class RecognizerLike(Protocol):
 
     def recognize(self, image: np.ndarray, top_k: int | None = None) -> Any: ...
 
-    def teach(self, label: str, image: np.ndarray, *, offer: bool = True) -> np.ndarray: ...
+    def teach(self, label: str, image: np.ndarray, *, offer: bool = True,
+              tag: str | None = None) -> np.ndarray: ...
 
-    def forget(self, label: str, rows: np.ndarray) -> int: ...
+    def retag(self, old: str, new: str | None) -> int: ...
+
+    def forget_tagged(self, tag: str) -> tuple[str | None, int]: ...
+
+    def taught_under(self, tag: str) -> str | None: ...
 
 
 class PrinterLike(Protocol):
@@ -237,12 +243,13 @@ def pinyin_initials(name: str, limit: int = 8) -> set[str]:
 
 @dataclass
 class _Taught:
-    """One tap's teaching, kept while its line can still be voided."""
+    """One tap's teaching, kept while its line can still be voided.  Its photo is taught under
+    ``tag`` (the basket line's, or the tap's until a tap made while settling is priced), saved
+    with the gallery's rows: a void after a restart finds it by the line alone."""
 
     label: str
+    tag: str
     line_no: int | None = None       # None until a tap made while settling is priced
-    rows: np.ndarray | None = None   # the exemplars, once the recogniser's thread has taught them
-    withdrawn: bool = False          # the line was voided: take the teaching back
 
 
 # -- the flow ---------------------------------------------------------------------------------
@@ -252,7 +259,7 @@ class StallFlow:
                  printer: PrinterLike | None = None, auto_confirm: float = 0.9,
                  teach: Literal["corrections", "taps", "off"] = "taps",
                  on_sale: Callable[[Sale], None] | None = None,
-                 scale_fault: str | None = None) -> None:
+                 scale_fault: str | None = None, gallery_aside: str | None = None) -> None:
         self.session = session
         self.camera = camera
         self.recognizer = recognizer
@@ -265,6 +272,9 @@ class StallFlow:
         #: from corrections only (``bench/onsite_bench.py``, docs/benchmarks.md).
         self.teach = teach
         self._on_sale = on_sale or (lambda _sale: None)
+        #: Where the taught items the stall could not read at its start were kept: the vendor is
+        #: told, until the first sale, that the scale learns them again from the taps.
+        self.gallery_aside = gallery_aside
         #: Why the stall has no scale at all (not calibrated): nothing is priced.
         self.scale_fault = scale_fault
         self._listeners: list[Callable[[], None]] = []
@@ -438,9 +448,13 @@ class StallFlow:
             return self._refused(str(exc))
         self._chosen = None
         if not auto and self._pending_taught is not None:
-            self._pending_taught.line_no = line.line_no
-            self._taught_lines[line.line_no] = self._pending_taught
-            self._pending_taught = None
+            taught, self._pending_taught = self._pending_taught, None
+            tag = self._line_tag(line.line_no)
+            # the recogniser's thread runs its jobs in order: the tap's photo is taught (under the
+            # tap's tag) before this renames it, and renamed before a void of the line takes it
+            self._jobs.put(("retag", (taught.tag, tag)))
+            taught.line_no, taught.tag = line.line_no, tag
+            self._taught_lines[line.line_no] = taught
         if self.session.weigher.host_tare_g:
             # The tare belonged to this item's container: the next item starts without it.
             self.session.clear_tare()
@@ -465,18 +479,19 @@ class StallFlow:
                 elif job == "teach":
                     taught, frame, why = arg
                     assert self.recognizer is not None
+                    with self._lock:
+                        tag = taught.tag
                     # Only a correction is offered to the market's other stalls: a tap that agreed
                     # with the guess teaches them nothing they would miss, and every sale's photo
                     # would flood their galleries.
-                    rows = self.recognizer.teach(taught.label, frame, offer=why == "correction")
+                    self.recognizer.teach(taught.label, frame, offer=why == "correction", tag=tag)
                     with self._lock:
                         self._taught += 1
-                        taught.rows = rows
-                        withdrawn = taught.withdrawn
-                    if withdrawn:  # voided before its photo was taught
-                        self._forget_tap(taught)
                     self.changed()
                     logger.info("taught %s from a %s", taught.label, why)
+                elif job == "retag":
+                    assert self.recognizer is not None
+                    self.recognizer.retag(*arg)
                 else:
                     self._forget_tap(arg)
             except Exception as exc:  # noqa: BLE001 - recognition helps, it never blocks a sale
@@ -618,14 +633,21 @@ class StallFlow:
         if not corrected and self.teach != "taps":
             return None
         label = self._label_of(item.code) or item.code
-        taught = _Taught(label, line_no=line.line_no if line is not None else None)
         if line is not None:
+            taught = _Taught(label, self._line_tag(line.line_no), line.line_no)
             self._taught_lines[line.line_no] = taught
         else:
+            # unique, not counted: a restart restores the basket and would count again
+            taught = _Taught(label, f"{self.session.basket_id}/tap-{uuid.uuid4().hex[:12]}")
             self._pending_taught = taught
         self._jobs.put(("teach", (taught, frame, "correction" if corrected else "tap")))
         self._frame = None  # one photo teaches once
         return label
+
+    def _line_tag(self, line_no: int) -> str:
+        """What a basket line's tap taught is saved under: the basket's id (kept across a
+        restart with the basket) and the line's number."""
+        return f"{self.session.basket_id}/{line_no}"
 
     def add_pieces(self, code: str, quantity: int) -> ActionResult:
         """An item sold by the piece: no weight needed."""
@@ -694,18 +716,21 @@ class StallFlow:
             except EdgeError as exc:
                 return self._refused(str(exc))
             taught = self._taught_lines.pop(line_no, None)
-            if taught is not None:
-                taught.withdrawn = True
-                if taught.rows is not None:  # else the recogniser's thread takes it back once taught
-                    self._jobs.put(("forget", taught))
-            return ActionResult(ok=True, state=self._state, line=line,
-                                untaught=taught.label if taught is not None else None)
+            tag = self._line_tag(line_no)
+            # A line of a basket restored after a restart: what its tap taught is in the gallery
+            # under the line's tag, and nowhere in memory.
+            label = (taught.label if taught is not None
+                     else self.recognizer.taught_under(tag) if self.recognizer is not None else None)
+            if label is not None:
+                # queued behind the tap's own teaching if that has not run yet
+                self._jobs.put(("forget", tag))
+            return ActionResult(ok=True, state=self._state, line=line, untaught=label)
 
-    def _forget_tap(self, taught: _Taught) -> None:
+    def _forget_tap(self, tag: str) -> None:
         """The recogniser's thread: take a voided tap's exemplars out of the gallery."""
-        assert self.recognizer is not None and taught.rows is not None
-        removed = self.recognizer.forget(taught.label, taught.rows)
-        logger.info("took back %s taught from a voided line (%d exemplars)", taught.label, removed)
+        assert self.recognizer is not None
+        label, removed = self.recognizer.forget_tagged(tag)
+        logger.info("took back %s taught from a voided line (%d exemplars)", label, removed)
 
     def attach_order(self, order_id: int | None) -> ActionResult:
         """The open basket (empty) fulfils online order ``order_id``: each of its lines is then
@@ -740,6 +765,7 @@ class StallFlow:
             except EdgeError as exc:
                 return CheckoutResult(ok=False, reason=str(exc))
             self._taught_lines.clear()  # a sold line is not voided: its teaching stays
+            self.gallery_aside = None  # the vendor has had a basket's time to read it
             printed, error = True, None
             if self.printer is None:
                 printed = False
@@ -801,6 +827,10 @@ class StallFlow:
             out.append(self._last_error)
         if self.session.catalogue_pending:
             out.append("新价目表在本单结束后生效 / new prices apply after this basket")
+        if self.gallery_aside is not None:
+            out.append(f"已学的商品读不出，已另存（{self.gallery_aside}）：请照常点选，秤会重新学会 / "
+                       f"the items this scale was taught could not be read and were kept aside "
+                       f"({self.gallery_aside}): tap items as usual, it learns them again")
         return out
 
     def _faults(self, weigh: WeighState) -> list[Fault]:

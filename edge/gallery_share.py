@@ -77,6 +77,8 @@ MAX_ANSWER_BYTES = 256 * 1024 * 1024
 OUTBOX_DIR = "gallery-outbox"
 IMPORTED_DIR = "gallery-shared"
 STATE_FILE = "gallery-shared.json"
+#: What this stall offered, to withdraw it after a restart too (a void of a restored basket's line).
+OFFERED_FILE = "gallery-offered.json"
 
 MODEL_PATTERN = r"^[A-Za-z0-9._:+-]{1,128}$"
 _UUID = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
@@ -193,7 +195,8 @@ def make_item(stall_id: str, label: str, rows: np.ndarray, *, model: str, key: E
 
 # ---- sending what this stall was taught ---------------------------------------------------
 
-#: What the uploader remembers of its offers, to withdraw one (the newest; voids come soon after).
+#: What the uploader remembers of its offers (on disk, ``OFFERED_FILE``), to withdraw one: the
+#: newest, as voids come soon after.
 REMEMBERED = 256
 _WITHDRAW = "-withdraw-"
 
@@ -223,6 +226,26 @@ class GalleryUploader(FolderOutbox):
         self._key_registered = False
         self._offered: OrderedDict[str, str] = OrderedDict()  # rows -> item_id
         self._offered_lock = threading.Lock()
+        self._offered_path = data_dir / OFFERED_FILE
+        self._load_offered()
+
+    def _load_offered(self) -> None:
+        try:
+            pairs = json.loads(self._offered_path.read_text(encoding="utf-8"))
+            self._offered = OrderedDict((str(k), str(v)) for k, v in pairs)
+        except FileNotFoundError:
+            pass
+        except (OSError, ValueError, TypeError) as exc:
+            logger.error("%s unreadable (%s): items offered before this start cannot be withdrawn",
+                         self._offered_path, exc)
+
+    def _save_offered(self) -> None:
+        """(Lock held.)  A failed write costs only a later withdrawal: logged, never raised."""
+        try:
+            write_atomic(self._offered_path, json.dumps(list(self._offered.items())).encode())
+        except OSError as exc:
+            logger.error("%s not written (%s): items offered now cannot be withdrawn after a restart",
+                         self._offered_path, exc)
 
     def offer(self, label: str, rows: np.ndarray) -> None:
         """The gallery's taught listener (the recogniser's thread): sign and queue; never raises,
@@ -239,6 +262,7 @@ class GalleryUploader(FolderOutbox):
             self._offered[_rows_key(rows)] = doc.item_id
             while len(self._offered) > REMEMBERED:
                 self._offered.popitem(last=False)
+            self._save_offered()
         logger.info("taught item %s queued for the market (%d exemplars)", label, doc.count)
         self.notify()
 
@@ -247,6 +271,8 @@ class GalleryUploader(FolderOutbox):
         stall offered them (an imported item or an older one is nobody's to withdraw here)."""
         with self._offered_lock:
             item_id = self._offered.pop(_rows_key(rows), None)
+            if item_id is not None:
+                self._save_offered()
         if item_id is None:
             return
         try:

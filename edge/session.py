@@ -159,6 +159,11 @@ class Session:
         return live
 
     @property
+    def basket_id(self) -> str:
+        """The id the open basket's sale will carry; kept across a restart with the basket."""
+        return self._basket_id
+
+    @property
     def restored(self) -> bool:
         """The open basket is the one restored after a restart."""
         return self._restored_id is not None and self._restored_id == self._basket_id

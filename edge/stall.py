@@ -75,6 +75,8 @@ class StallApp:
         self.sales_done = 0
         #: Why the scale cannot weigh at all (not calibrated): the stall runs, prices nothing.
         self.scale_fault: str | None = None
+        #: Where unreadable taught items were kept at the start (``_set_gallery_aside``).
+        self.gallery_aside: Path | None = None
 
     # -- start steps, in order --------------------------------------------------------
     def _start_journal(self) -> None:
@@ -180,6 +182,7 @@ class StallApp:
                 # must not cost the stall its catalogue's guesses: the folder is kept aside, whole,
                 # and the stall learns anew from the next taps.
                 aside = self._set_gallery_aside()
+                self.gallery_aside = aside
                 logger.error("taught items unreadable, kept in %s; recognising the catalogue and "
                              "learning anew: %s", aside, exc)
                 recognizer = Recognizer.load(gallery_dir=gallery, stale_while_refit=True)
@@ -244,7 +247,8 @@ class StallApp:
                               recognizer=self.recognizer, printer=self.printer,
                               auto_confirm=self.cfg.camera.auto_confirm, teach=self.cfg.camera.teach,
                               on_sale=lambda _sale: outbox.notify() if outbox is not None else None,
-                              scale_fault=self.scale_fault)
+                              scale_fault=self.scale_fault,
+                              gallery_aside=str(self.gallery_aside) if self.gallery_aside else None)
         self.flow.start()
         self._stops.append(self.flow.stop)
 

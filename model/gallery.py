@@ -3,14 +3,18 @@
 Layout of a gallery folder::
 
     DIR/gallery.sqlite3  SQLite (WAL): table ``exemplars`` (id, label, added unix time, embedding
-                         D little-endian float32), table ``meta`` (format_version, embedding_space,
-                         dim)
+                         D little-endian float32, tag), table ``meta`` (format_version,
+                         embedding_space, dim)
     DIR/gallery.json     {"format_version", "embedding_space", "dim", "labels": {label: count}}
 
 A save writes what changed since the last one, in one transaction: a vendor's tap adds one
 photo's four rows (20 kB), where rewriting a whole file cost 13 MB on a full 20-item stall, at
 every tap, on the stall's flash.  A folder from before (``gallery.npz``) is read once into the
 database and kept aside as ``gallery.npz.migrated``.
+
+A row may carry a ``tag``: the stall tags what a vendor's tap taught with the basket line it
+was tapped for, so that voiding that line takes the photo back (``remove_tagged``) even after a
+restart, when the basket comes back from disk and nothing in memory says what its taps taught.
 
 The ``embedding_space`` names the trunk that produced the embeddings (from the
 model's metadata): a gallery taught with one model is meaningless for another,
@@ -49,7 +53,8 @@ CREATE TABLE IF NOT EXISTS exemplars (
     id        INTEGER PRIMARY KEY,
     label     TEXT NOT NULL,
     added     REAL NOT NULL,
-    embedding BLOB NOT NULL
+    embedding BLOB NOT NULL,
+    tag       TEXT
 );
 """
 # Newest exemplars kept per label (4 views a photo): bounds memory and lookup time at a stall, and
@@ -89,9 +94,11 @@ class Gallery:
         # Each row's id in the database: a save writes the rows added and deletes the rows
         # dropped since the last one, nothing else.
         self._ids = np.zeros((0,), np.int64)
+        self._tags: list[str | None] = []
         self._next_id = 1
-        self._unsaved: dict[int, tuple[str, float, bytes]] = {}
+        self._unsaved: dict[int, tuple[str, float, bytes, str | None]] = {}
         self._dropped: set[int] = set()
+        self._retagged: dict[int, str | None] = {}
         self._db: sqlite3.Connection | None = None
         self._save_lock = threading.Lock()
         # Bumped on every change: the recognizer refits its classifier when it moves.
@@ -158,11 +165,13 @@ class Gallery:
     def add(self, label: str, emb: np.ndarray) -> None:
         self.add_many(label, np.asarray(emb, np.float32).reshape(1, -1))
 
-    def add_many(self, label: str, embs: np.ndarray, offer: bool = True) -> np.ndarray:
+    def add_many(self, label: str, embs: np.ndarray, offer: bool = True,
+                 tag: str | None = None) -> np.ndarray:
         """Teach ``label`` from the rows of ``embs`` (one photo's views): one change, and the
         taught listeners (``add_taught_listener``) hear of it unless ``offer`` is False (a
         vendor's tap that agreed with the guess: the market gains nothing from it).  Imports never
-        reach them.  Returns the unit rows added (what ``remove_exemplars`` takes back)."""
+        reach them.  Returns the unit rows added (what ``remove_exemplars`` takes back); ``tag``
+        names them for ``remove_tagged``."""
         label = label.strip()
         if not label:
             raise GalleryError("a taught item needs a non-empty label")
@@ -174,7 +183,8 @@ class Gallery:
             raise GalleryError("embedding is zero or not finite")
         rows = embs / norms
         with self._lock:
-            self._append(rows, [label] * len(rows), np.full(len(rows), time.time()))
+            self._append(rows, [label] * len(rows), np.full(len(rows), time.time()),
+                         tags=[tag] * len(rows))
             self._trim(label)
             self.version += 1
         self._changed()
@@ -219,6 +229,41 @@ class Gallery:
             fn(label, given)
         return len(drop)
 
+    def tagged(self, tag: str) -> str | None:
+        """The label of the rows tagged ``tag``, None if there are none."""
+        with self._lock:
+            return next((lab for lab, t in zip(self._labels, self._tags, strict=True) if t == tag), None)
+
+    def retag(self, old: str, new: str | None) -> int:
+        """Rows tagged ``old`` are tagged ``new`` from now on (saved by the next :meth:`save`);
+        how many."""
+        with self._lock:
+            hit = [i for i, t in enumerate(self._tags) if t == old]
+            for i in hit:
+                self._tags[i] = new
+                row_id = int(self._ids[i])
+                if row_id in self._unsaved:
+                    self._unsaved[row_id] = (*self._unsaved[row_id][:3], new)
+                elif self.folder is not None:
+                    self._retagged[row_id] = new
+        return len(hit)
+
+    def remove_tagged(self, tag: str) -> tuple[str | None, int]:
+        """Take back what was taught under ``tag`` (a voided line's tap), as
+        ``remove_exemplars(..., untaught=True)`` does: (its label, how many rows went)."""
+        with self._lock:
+            hit = [i for i, t in enumerate(self._tags) if t == tag]
+            if not hit:
+                return None, 0
+            label, rows = self._labels[hit[0]], self._emb[hit].copy()
+            drop = set(hit)
+            self._keep([i for i in range(len(self._labels)) if i not in drop])
+            self.version += 1
+        self._changed()
+        for fn in self._untaught_listeners:
+            fn(label, rows)
+        return label, len(hit)
+
     def _remove(self, label: str) -> int:
         keep = [i for i, lab in enumerate(self._labels) if lab != label]
         removed = len(self._labels) - len(keep)
@@ -233,31 +278,35 @@ class Gallery:
         self._keep([i for i in range(len(self._labels)) if i not in drop])
 
     def _append(self, rows: np.ndarray, labels: list[str], added: np.ndarray,
-                ids: np.ndarray | None = None) -> None:
+                ids: np.ndarray | None = None, tags: list[str | None] | None = None) -> None:
         """Add rows (under the lock); without ``ids`` (read from the database) they are new, and
         the next :meth:`save` writes them."""
+        tags = tags if tags is not None else [None] * len(rows)
         if ids is None:
             ids = np.arange(self._next_id, self._next_id + len(rows), dtype=np.int64)
-            for i, lab, t, row in zip(ids.tolist(), labels, added.tolist(), rows, strict=True):
+            for i, lab, t, row, tag in zip(ids.tolist(), labels, added.tolist(), rows, tags, strict=True):
                 if self.folder is not None:  # a gallery in memory only has nothing to write
-                    self._unsaved[i] = (lab, float(t), np.ascontiguousarray(row, "<f4").tobytes())
+                    self._unsaved[i] = (lab, float(t), np.ascontiguousarray(row, "<f4").tobytes(), tag)
         self._next_id = max(self._next_id, int(ids.max(initial=0)) + 1)
         self._emb = np.vstack([self._emb, rows])
         self._labels += labels
         self._added = np.concatenate([self._added, added])
         self._ids = np.concatenate([self._ids, ids])
+        self._tags += tags
 
     def _keep(self, keep: list[int]) -> None:
         """Keep only the rows at positions ``keep`` (under the lock); the next save deletes the
         others from the database."""
         gone = set(self._ids.tolist()) - set(self._ids[keep].tolist())
         for i in gone:
+            self._retagged.pop(i, None)
             if self._unsaved.pop(i, None) is None and self.folder is not None:
                 self._dropped.add(i)
         self._emb = self._emb[keep]
         self._labels = [self._labels[i] for i in keep]
         self._added = self._added[keep]
         self._ids = self._ids[keep]
+        self._tags = [self._tags[i] for i in keep]
 
     # -- files -----------------------------------------------------------------
     def save(self) -> None:
@@ -267,17 +316,19 @@ class Gallery:
             return
         with self._save_lock:
             with self._lock:
-                unsaved, dropped = self._unsaved, self._dropped
-                self._unsaved, self._dropped = {}, set()
+                unsaved, dropped, retagged = self._unsaved, self._dropped, self._retagged
+                self._unsaved, self._dropped, self._retagged = {}, set(), {}
                 counts = self.counts()
             try:
                 db = self._connect()
                 db.execute("BEGIN IMMEDIATE")
                 try:
-                    db.executemany("INSERT OR REPLACE INTO exemplars (id, label, added, embedding) "
-                                   "VALUES (?, ?, ?, ?)",
-                                   [(i, lab, t, blob) for i, (lab, t, blob) in unsaved.items()])
+                    db.executemany("INSERT OR REPLACE INTO exemplars (id, label, added, embedding, tag) "
+                                   "VALUES (?, ?, ?, ?, ?)",
+                                   [(i, *row) for i, row in unsaved.items()])
                     db.executemany("DELETE FROM exemplars WHERE id = ?", [(i,) for i in dropped])
+                    db.executemany("UPDATE exemplars SET tag = ? WHERE id = ?",
+                                   [(tag, i) for i, tag in retagged.items()])
                     db.execute("COMMIT")
                 except BaseException:
                     if db.in_transaction:
@@ -292,6 +343,7 @@ class Gallery:
                 with self._lock:  # kept for the next save; a row dropped since stays dropped
                     self._unsaved = {**unsaved, **self._unsaved}
                     self._dropped |= dropped
+                    self._retagged = {**retagged, **self._retagged}  # a row deleted since: a no-op
                 why = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
                 raise GalleryError(f"{self.folder}: cannot write gallery ({why})") from exc
 
@@ -313,6 +365,8 @@ class Gallery:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")
             db.executescript(_SCHEMA)
+            if "tag" not in _columns(db):  # a database made before rows were tagged
+                db.execute("ALTER TABLE exemplars ADD COLUMN tag TEXT")
             db.executemany("INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)",
                            [("format_version", str(FORMAT_VERSION)),
                             ("embedding_space", self.embedding_space), ("dim", str(self.dim))])
@@ -329,7 +383,9 @@ class Gallery:
             raise GalleryError(f"{path}: not a readable gallery ({exc})") from exc
         try:
             meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
-            rows = db.execute("SELECT id, label, added, embedding FROM exemplars ORDER BY id").fetchall()
+            tag = "tag" if "tag" in _columns(db) else "NULL"
+            rows = db.execute(f"SELECT id, label, added, embedding, {tag} FROM exemplars "  # noqa: S608
+                              "ORDER BY id").fetchall()
         except sqlite3.Error as exc:
             db.close()
             raise GalleryError(f"{path}: not a readable gallery ({exc})") from exc
@@ -342,7 +398,8 @@ class Gallery:
                if space == self.embedding_space else np.zeros((0, self.dim), np.float32))
         self._merge(str(path), space, emb, [str(r[1]) for r in rows],
                     np.array([r[2] for r in rows], np.float64), merge=False,
-                    ids=np.array([r[0] for r in rows], np.int64))
+                    ids=np.array([r[0] for r in rows], np.int64),
+                    tags=[r[4] if isinstance(r[4], str) else None for r in rows])
 
     def _migrate(self, legacy: Path) -> None:
         """A folder saved before the database: its file read once, saved whole, set aside."""
@@ -403,7 +460,7 @@ class Gallery:
         self._merge(str(path), space, emb, labels, added, merge)
 
     def _merge(self, source: str, space: str, emb: np.ndarray, labels: list[str], added: np.ndarray,
-               merge: bool, ids: np.ndarray | None = None) -> None:
+               merge: bool, ids: np.ndarray | None = None, tags: list[str | None] | None = None) -> None:
         if space != self.embedding_space:
             raise GalleryError(
                 f"{source}: taught with another model (embedding space {space[:12]}, "
@@ -425,10 +482,14 @@ class Gallery:
         with self._lock:
             if not merge:
                 self._keep([])
-            self._append(emb, labels, added, ids)
+            self._append(emb, labels, added, ids, tags)
             if merge:
                 for lab in set(labels):
                     self._trim(lab)
             self.version += 1
         self._changed()
         logger.info("gallery %s: %d exemplars of %d labels", source, len(labels), len(set(labels)))
+
+
+def _columns(db: sqlite3.Connection) -> set[str]:
+    return {str(r[1]) for r in db.execute("PRAGMA table_info(exemplars)")}

@@ -457,10 +457,11 @@ class Recognizer:
 
     # -- teaching --------------------------------------------------------------
     def teach(self, label: str, image: np.ndarray | str | Path, save: bool = True,
-              offer: bool = True) -> np.ndarray:
+              offer: bool = True, tag: str | None = None) -> np.ndarray:
         """Add a photo of ``label`` to the gallery (enrollment or a vendor's correction); the
         exemplars added are returned, for :meth:`forget`.  ``offer``: the gallery's taught
-        listeners (sharing with the market) hear of it.
+        listeners (sharing with the market) hear of it.  ``tag``: what :meth:`forget_tagged`
+        takes back (the stall's basket line the tap was for), saved with the rows.
 
         The photo is taught with its mirror and two quarter turns: an item lies
         any way round on the plate, and a handful of photos then covers more of
@@ -472,7 +473,7 @@ class Recognizer:
         except Exception as exc:  # noqa: BLE001 - OpenCV errors on degenerate inputs
             raise ImageError(f"{_name(image)}: cannot preprocess ({exc})") from exc
         _, emb = self.runner.run(x)
-        rows = self.gallery.add_many(label, emb, offer=offer)
+        rows = self.gallery.add_many(label, emb, offer=offer, tag=tag)
         if save:
             self.gallery.save()
         return rows
@@ -484,6 +485,24 @@ class Recognizer:
         if removed and save:
             self.gallery.save()
         return removed
+
+    def retag(self, old: str, new: str | None, save: bool = True) -> int:
+        """What was taught under ``old`` is known as ``new`` from now on; how many rows."""
+        moved = self.gallery.retag(old, new)
+        if moved and save:
+            self.gallery.save()
+        return moved
+
+    def forget_tagged(self, tag: str, save: bool = True) -> tuple[str | None, int]:
+        """Take back what was taught under ``tag``: (its label or None, how many rows went)."""
+        label, removed = self.gallery.remove_tagged(tag)
+        if removed and save:
+            self.gallery.save()
+        return label, removed
+
+    def taught_under(self, tag: str) -> str | None:
+        """The label taught under ``tag``, None if nothing is."""
+        return self.gallery.tagged(tag)
 
 
 def _name(image: object) -> str:

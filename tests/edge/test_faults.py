@@ -197,6 +197,14 @@ def test_unreadable_taught_items_are_set_aside_and_the_catalogue_still_recognise
         assert not (data / "gallery-shared.json").exists()
         rec = app.recognizer.recognize(photos / "a.jpg")
         assert rec.top and not rec.unknown
+        # the vendor is told, on the vendor's screen only, until the first sale
+        assert app.flow is not None
+        told = [w for w in app.flow.snapshot().warnings if "kept aside" in w]
+        assert len(told) == 1 and aside[0].name in told[0] and "重新学会" in told[0]
+        assert not any(aside[0].name in f.customer for f in app.flow.snapshot().faults)
+        weigh_and_pick(app, "2001", 700)
+        assert app.flow.checkout().ok
+        assert not [w for w in app.flow.snapshot().warnings if "kept aside" in w]
     finally:
         app.stop()
 

@@ -5,6 +5,7 @@ and the file printer.  Only the flow's public calls drive it; the tests move the
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -310,6 +311,73 @@ def test_voiding_a_tapped_line_takes_its_teaching_back_and_keeps_the_rest(
         assert not flow.void(kept, "已结账").ok
         assert wait_for(lambda: gallery.counts() == {"Regular-Tomato": 4})
         # the gallery on disk agrees: a restart does not bring the voided taps back
+        from model.gallery import Gallery
+        saved = Gallery(gallery.embedding_space, gallery.dim, gallery.folder)
+        assert saved.counts() == {"Regular-Tomato": 4}
+    finally:
+        app.stop()
+
+
+def test_a_void_after_a_restart_takes_back_what_the_restored_basket_taught(
+        tmp_path: Path, photos: dict[str, Path]) -> None:
+    """The stall restarts with a basket open (a power cut); the basket comes back from disk, and
+    the vendor voids a line tapped on the wrong item before the cut: its photo goes as it would
+    have before, though nothing in the new process saw the tap.  One line was tapped while the
+    load still moved, so its line number came after its photo was taught."""
+    app = _stall(tmp_path, camera=photos["root"], auto_confirm=1.0, teach="taps")
+    try:
+        flow, sim, cam = parts(app)
+        assert cam is not None and app.recognizer is not None
+        cam.show("unsure")
+        sim.place(800)
+        assert wait_for(lambda: flow.snapshot().state is FlowState.CHOOSING and bool(flow.snapshot().guesses))
+        right = flow.confirm("2001")
+        assert right.ok and right.line is not None and right.taught == "Regular-Tomato"
+        sim.remove()
+        assert wait_for(in_state(flow, FlowState.IDLE))
+        # a hand on the plate keeps the load moving: the tap waits for the weight to settle
+        still = threading.Event()
+
+        def wobble() -> None:
+            grams = 700
+            while not still.is_set():
+                sim.place(grams)
+                grams = 1420 - grams  # 700, 720, 700 ...
+                time.sleep(0.03)
+
+        hand = threading.Thread(target=wobble)
+        hand.start()
+        try:
+            assert wait_for(lambda: flow.snapshot().state is FlowState.SETTLING
+                            and not flow.snapshot().recognizing and bool(flow.snapshot().guesses))
+            slip = flow.confirm("2002")  # cucumber, by a slip
+        finally:
+            still.set()
+            hand.join()
+        assert slip.ok and slip.pending and slip.line is None and slip.taught == "Cucumber"
+        sim.place(700)
+        assert wait_for(lambda: len(flow.snapshot().basket) == 2)
+        wrong = flow.snapshot().basket[1]
+        assert wrong.plu == "2002"
+        sim.remove()
+        assert wait_for(in_state(flow, FlowState.IDLE))
+        assert wait_for(lambda: flow.snapshot().taught == 2)
+        assert wait_for(lambda: app.recognizer.gallery.counts() == {"Regular-Tomato": 4, "Cucumber": 4})  # type: ignore[attr-defined]
+    finally:
+        app.stop()
+
+    app = _stall(tmp_path, camera=photos["root"], auto_confirm=1.0, teach="taps")  # the restart
+    try:
+        flow, _, _ = parts(app)
+        assert app.recognizer is not None
+        gallery = app.recognizer.gallery  # type: ignore[attr-defined]
+        assert [ln.plu for ln in flow.snapshot().basket] == ["2001", "2002"]
+        assert any(f.kind == "basket" for f in flow.snapshot().faults)
+        assert gallery.counts() == {"Regular-Tomato": 4, "Cucumber": 4}
+        voided = flow.void(wrong.line_no, "点错了")
+        assert voided.ok and voided.untaught == "Cucumber"
+        assert wait_for(lambda: gallery.counts() == {"Regular-Tomato": 4})
+        assert flow.checkout().ok  # the right line sold: its teaching stays
         from model.gallery import Gallery
         saved = Gallery(gallery.embedding_space, gallery.dim, gallery.folder)
         assert saved.counts() == {"Regular-Tomato": 4}

@@ -24,6 +24,7 @@ import pytest
 from edge.catalogue import Catalogue, Plu
 from edge.config import StallConfig
 from edge.gallery_share import (
+    OFFERED_FILE,
     OUTBOX_DIR,
     GalleryUploader,
     SharedGalleryClient,
@@ -252,6 +253,46 @@ def test_taught_items_wait_while_the_server_is_away(tmp_path: Path, market: Live
     assert len(list((tmp_path / "S01" / OUTBOX_DIR).glob("*.refused"))) == 1
     assert len(_shared(market)) == 1
     wrong.stop(drain_s=0)
+
+
+def test_a_restarted_stall_withdraws_what_it_offered_before_the_restart(
+        tmp_path: Path, market: LiveServer) -> None:
+    """A correction taught and offered, the stall restarted (its basket restored from disk), then
+    the line voided: the photo is found by its line's tag and the market is told to withdraw it,
+    though nothing in the new process offered it."""
+    token = _token(market, "S01")
+    key = load_or_create_key(tmp_path / "S01" / "stall.key")
+
+    def uploader(url: str) -> GalleryUploader:
+        return GalleryUploader(tmp_path / "S01", url, token, stall_id="S01", key=key,
+                               public_key=public_key_b64(key), model=rec.gallery.embedding_space)
+
+    rec = Recognizer.load(gallery_dir=tmp_path / "S01" / "gallery", background_refit=False)
+    up = uploader(f"http://127.0.0.1:{free_port()}")  # the market away: the item waits on disk
+    rec.gallery.add_taught_listener(up.offer)
+    rec.teach("2099", KIWI[0], tag="basket-1/2")
+    up.stop(drain_s=0)
+    rec.gallery.close()
+
+    rec = Recognizer.load(gallery_dir=tmp_path / "S01" / "gallery", background_refit=False)
+    back = uploader(market.url)
+    rec.gallery.add_untaught_listener(back.untaught)
+    try:
+        assert rec.taught_under("basket-1/2") == "2099"
+        assert rec.forget_tagged("basket-1/2") == ("2099", 4)
+        assert rec.gallery.counts() == {}
+        queued = [p.name for p in back.pending()]
+        assert len(queued) == 2 and "-withdraw-" in queued[1]
+        assert [back.flush_once() for _ in range(2)] == [1, 1] and back.pending() == []
+        assert [r["withdrawn_by"] for r in _shared(market)] == ["stall S01"]
+        # a memory file that cannot be read costs later withdrawals, not the stall's start
+        (tmp_path / "S01" / OFFERED_FILE).write_text("{garbled", encoding="utf-8")
+        again = uploader(market.url)
+        again.untaught("2099", np.ones((4, 8), np.float32))
+        assert again.pending() == []
+        again.stop(drain_s=0)
+    finally:
+        back.stop(drain_s=0)
 
 
 def test_a_voided_tap_withdraws_what_it_shared_after_the_item_and_only_its_own(

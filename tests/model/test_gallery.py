@@ -161,3 +161,49 @@ def test_a_saved_teaching_survives_the_process_being_killed(tmp_path: Path) -> N
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
     assert Gallery(SPACE, DIM, tmp_path).counts() == {"Leek": 4}
+
+
+def test_tagged_rows_are_found_renamed_and_taken_back_after_a_restart(tmp_path: Path) -> None:
+    """The stall tags a tap's photo with its basket line; a void after a restart finds it by the
+    tag alone, in a database written before tags existed too."""
+    rng = np.random.default_rng(5)
+    # a database from before the tag column: the same table without it
+    db = sqlite3.connect(tmp_path / DB_FILE)
+    db.executescript("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);"
+                     "CREATE TABLE exemplars (id INTEGER PRIMARY KEY, label TEXT NOT NULL, "
+                     "added REAL NOT NULL, embedding BLOB NOT NULL);")
+    old = rows(rng)
+    old /= np.linalg.norm(old, axis=1, keepdims=True)
+    db.executemany("INSERT INTO meta VALUES (?, ?)", [("format_version", "1"), ("embedding_space", SPACE),
+                                                      ("dim", str(DIM))])
+    db.executemany("INSERT INTO exemplars VALUES (?, ?, ?, ?)",
+                   [(i + 1, "Leek", 0.0, r.astype("<f4").tobytes()) for i, r in enumerate(old)])
+    db.commit()
+    db.close()
+
+    g = Gallery(SPACE, DIM, tmp_path)
+    assert g.counts() == {"Leek": 4} and g.tagged("b1/1") is None
+    heard: list[tuple[str, int]] = []
+    g.add_untaught_listener(lambda label, r: heard.append((label, len(r))))
+    g.add_many("Tomato", rows(rng), tag="b1/1")
+    g.add_many("Tomato", rows(rng), tag="b1/tap-x")  # a tap made while settling
+    g.save()
+    g.retag("b1/tap-x", "b1/2")  # its line priced after the save: an update of saved rows
+    kale = g.add_many("Kale", rows(rng), tag="b1/3")
+    g.retag("b1/3", "b1/4")  # renamed before it was ever saved
+    g.save()
+    g.close()
+
+    again = Gallery(SPACE, DIM, tmp_path)  # the restart
+    same(g, again)
+    assert again.tagged("b1/1") == "Tomato" and again.tagged("b1/2") == "Tomato"
+    assert again.tagged("b1/tap-x") is None and again.tagged("b1/3") is None
+    again.add_untaught_listener(lambda label, r: heard.append((label, len(r))))
+    assert again.remove_tagged("b1/2") == ("Tomato", 4)
+    label, n = again.remove_tagged("b1/4")
+    assert (label, n) == ("Kale", 4) and heard == [("Tomato", 4), ("Kale", 4)]
+    assert again.remove_tagged("b1/4") == (None, 0)  # twice: nothing more
+    again.save()
+    third = Gallery(SPACE, DIM, tmp_path)
+    assert third.counts() == {"Leek": 4, "Tomato": 4} and third.tagged("b1/1") == "Tomato"
+    assert not np.any(np.isclose(third.snapshot()[0] @ kale.T, 1.0))
