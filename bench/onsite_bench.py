@@ -15,6 +15,9 @@ is worth on the same other-session photos, with the same code:
   tap; every other one ends with the vendor's tap on the item, a wrong one of the four guesses
   shown with probability ``--mistap``; the temperature is fitted on the fold networks' own
   other-session outputs (``fold-K.npz``), as ``wetmarket model cv`` fits it;
+- a share ``--voided`` of those mistaken taps the vendor (or the shopper, reading the screen)
+  catches: the line is voided, which takes its teaching back (``StallFlow.void``), and the item
+  is weighed again (its photo read by the stall as it is then) and tapped right;
 - **cold**: the network alone; **corrections** (``[camera] teach = "corrections"``): a photo
   taught under the tapped item when that is not the top guess; **taps** (``teach = "taps"``,
   the default): every tapped photo taught; **every**: the bound, each photo taught under its
@@ -126,9 +129,68 @@ def day_order(sessions: dict[int, list[int]], rng: np.random.Generator) -> list[
     return out
 
 
+
+class _Day:
+    """One teaching policy's day at a stall: the photos its taps taught and the refit head."""
+
+    def __init__(self, policy: str, catalogue: list[str], ex: Exemplars, protos: np.ndarray, scale: float,
+                 temperature: float, auto_confirm: float, refit_epochs: int) -> None:
+        self.policy, self.catalogue, self.ex, self.protos = policy, catalogue, ex, protos
+        self.scale, self.temperature, self.auto_confirm = scale, temperature, auto_confirm
+        self.refit_epochs = refit_epochs
+        self.taught: list[np.ndarray] = []
+        self.labels: list[str] = []
+        self.head: TaughtHead | None = None
+        self.refits = self.auto = self.auto_wrong = self.taught_wrong = 0
+        self.seconds = 0.0
+
+    def read(self, emb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return _ranked(self.head, self.protos, emb, self.scale, self.temperature)
+
+    def top(self, emb: np.ndarray) -> int:
+        return _top(self.head, self.protos, emb)
+
+    def _refit(self) -> None:
+        if not self.taught:
+            self.head = None
+            return
+        t0 = time.perf_counter()
+        self.head = build_head(self.catalogue, self.ex, np.concatenate(self.taught), self.labels,
+                               REFIT_BIAS, REFIT_SCALE, self.refit_epochs)
+        self.seconds += time.perf_counter() - t0
+        self.refits += 1
+
+    def sell(self, truth: int, views: np.ndarray, ranked: np.ndarray, p: np.ndarray,
+             slip: int | None) -> tuple[int, bool, int | None]:
+        """A weighing read as ``ranked`` (probabilities ``p``) sold as the flow sells it: a sure
+        guess with no tap, else the vendor's tap on ``truth`` (or on ``slip``, a wrong guess
+        shown); the photo's ``views`` taught as the policy says.  (sold, tapped, taught label)."""
+        top = int(ranked[0])
+        if p[0] >= self.auto_confirm:
+            self.auto += 1
+            self.auto_wrong += top != truth
+            sold, tapped = top, False
+        else:
+            sold, tapped = (slip if slip is not None else truth), True
+        teach = (truth if self.policy == "every" else
+                 sold if tapped and (self.policy == "taps" or sold != top) else None)
+        if teach is not None:
+            self.taught_wrong += teach != truth
+            self.taught.append(views)
+            self.labels += [self.catalogue[teach]] * len(views)
+            self._refit()
+        return sold, tapped, teach
+
+    def untaught(self, truth: int, label: int, rows: int) -> None:
+        """The last photo taught (``rows`` views under ``label``) taken back: its line voided."""
+        self.taught_wrong -= label != truth
+        self.taught.pop()
+        del self.labels[len(self.labels) - rows:]
+        self._refit()
+
 def run_fold(net: Any, k: int, pool: Any, folds: Any, size: int, rng: np.random.Generator,
              temperature: float = 1.0, auto_confirm: float = 0.9, mistap: float = 0.0,
-             refit_epochs: int = REFIT_EPOCHS, crop: float = 1.0) -> dict[str, Any]:
+             refit_epochs: int = REFIT_EPOCHS, crop: float = 1.0, voided: float = 0.0) -> dict[str, Any]:
     y = pool.labels
     names = [s.path.as_posix() for s in pool.samples]
     catalogue = [str(i) for i in range(int(y.max()) + 1)]
@@ -161,52 +223,44 @@ def run_fold(net: Any, k: int, pool: Any, folds: Any, size: int, rng: np.random.
     # the same vendor for every policy: which taps go wrong, and to which shown guess
     slip = rng.random(len(order)) < mistap
     slip_to = rng.integers(0, SHOWN, size=len(order))
+    caught = rng.random(len(order)) < voided
     for policy in POLICIES:
-        taught: list[np.ndarray] = []
-        labels: list[str] = []
-        head: TaughtHead | None = None
-        right = right_late = refits = auto = auto_wrong = sold_wrong = taught_wrong = 0
-        seconds = 0.0
+        day = _Day(policy, catalogue, ex, protos, scale, temperature, auto_confirm, refit_epochs)
+        right = right_late = sold_wrong = n_voided = 0
         hits: list[int] = []  # per photo of the day: the top guess right
         for n, i in enumerate(order):
-            ranked, p = _ranked(head, protos, centre[i], scale, temperature)
-            top = int(ranked[0])
-            ok = top == y[i]
+            yi = int(y[i])
+            ranked, p = day.read(centre[i])
+            ok = int(ranked[0]) == yi
             right += ok
             right_late += ok and n >= half
             hits.append(int(ok))
-            if p[0] >= auto_confirm:
-                auto += 1
-                auto_wrong += not ok
-                sold, tapped = top, False
-            else:
-                wrong = [int(c) for c in ranked[:SHOWN] if c != y[i]]
-                sold, tapped = (wrong[slip_to[n] % len(wrong)] if slip[n] else int(y[i])), True
-            sold_wrong += sold != y[i]
-            teach = (int(y[i]) if policy == "every" else
-                     sold if tapped and (policy == "taps" or sold != top) else None)
-            if teach is not None:
-                taught_wrong += teach != y[i]
-                taught.append(views[i])
-                labels += [catalogue[teach]] * len(views[i])
-                t0 = time.perf_counter()
-                head = build_head(catalogue, ex, np.concatenate(taught), labels, REFIT_BIAS, REFIT_SCALE,
-                                  refit_epochs)
-                seconds += time.perf_counter() - t0
-                refits += 1
-        after = (sum(_top(head, protos, e) == y[i] for e, i in pairs)
-                 if head is not None else out["trained_occasions_cold"])
-        out[policy] = {"right": int(right), "right_second_half": int(right_late), "taught": refits,
-                       "taught_wrong": int(taught_wrong), "auto": auto, "auto_wrong": int(auto_wrong),
-                       "sold_wrong": int(sold_wrong),
-                       "refit_s_mean": seconds / max(refits, 1), "trained_occasions_after": int(after),
-                       "hits": hits}
+            wrong = [int(c) for c in ranked[:SHOWN] if c != yi]
+            slip_label = wrong[slip_to[n] % len(wrong)] if slip[n] else None
+            sold, tapped, taught = day.sell(yi, views[i], ranked, p, slip_label)
+            if tapped and sold != yi and caught[n]:
+                # the line voided: what its tap taught is taken back, and the item weighed again
+                n_voided += 1
+                if taught is not None:
+                    day.untaught(yi, taught, len(views[i]))
+                ranked, p = day.read(centre[i])
+                sold, _, _ = day.sell(yi, views[i], ranked, p, None)
+            sold_wrong += sold != yi
+        after = (sum(day.top(e) == y[i] for e, i in pairs)
+                 if day.head is not None else out["trained_occasions_cold"])
+        out[policy] = {"right": int(right), "right_second_half": int(right_late),
+                       "taught": len(day.taught), "taught_wrong": int(day.taught_wrong),
+                       "auto": day.auto, "auto_wrong": day.auto_wrong, "sold_wrong": int(sold_wrong),
+                       "voided": n_voided, "refits": day.refits,
+                       "refit_s_mean": day.seconds / max(day.refits, 1),
+                       "trained_occasions_after": int(after), "hits": hits}
     return out
 
 
 def measure(run_dir: Path, data: Path, teacher: str = "efficientnet-lite0@224", teacher_seed: int = 0,
             folds: int = 5, max_images: int | None = None, day_seed: int = 0, auto_confirm: float = 0.9,
-            mistap: float = 0.0, refit_epochs: int = REFIT_EPOCHS, crop: float = 1.0) -> list[dict[str, Any]]:
+            mistap: float = 0.0, refit_epochs: int = REFIT_EPOCHS, crop: float = 1.0,
+            voided: float = 0.0) -> list[dict[str, Any]]:
     """Per fold: the day read cold and under each teaching policy (``POLICIES``).  The folds are
     the ones ``wetmarket model cv`` ran with the same data, folds, slice and ``crop``."""
     import torch
@@ -233,7 +287,7 @@ def measure(run_dir: Path, data: Path, teacher: str = "efficientnet-lite0@224", 
         net = RecognizerNet(build_trunk(backbone, size, pretrained=False), len(ds.classes))
         net.load_state_dict(torch.load(path))
         rows.append(run_fold(net.eval(), k, pool, cut, size, rng, temperature, auto_confirm, mistap,
-                             refit_epochs, crop))
+                             refit_epochs, crop, voided))
         print(json.dumps({key: ({k: x for k, x in v.items() if k != "hits"} if isinstance(v, dict) else v)
                           for key, v in rows[-1].items() if key not in ("rows", "cold_top")}),
               file=sys.stderr, flush=True)
@@ -257,6 +311,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="the refit's epochs (the stall's by default; fewer only to test the bench fast)")
     ap.add_argument("--mistap", type=float, default=0.0,
                     help="the share of the vendor's taps that go to a wrong guess on the screen")
+    ap.add_argument("--voided", type=float, default=0.0,
+                    help="the share of mistaken taps caught and voided (the item then weighed again)")
     ap.add_argument("--crop", type=float, default=1.0,
                     help="the cv recipe's --crop (its folder, and how its photos are read)")
     args = ap.parse_args(argv)
@@ -266,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     try:
         rows = measure(args.run_dir, args.data, args.teacher, args.teacher_seed, args.folds, args.max_images,
-                       args.seed, args.auto_confirm, args.mistap, args.refit_epochs, args.crop)
+                       args.seed, args.auto_confirm, args.mistap, args.refit_epochs, args.crop, args.voided)
     except FileNotFoundError as exc:
         print(exc, file=sys.stderr)
         return 2
@@ -277,21 +333,23 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{n} other-session photos in {sum(r['sessions'] for r in rows)} sessions, {m} photos of the "
           "occasions the folds trained on")
     print(f"sure guesses sold with no tap at {args.auto_confirm:g}; "
-          f"{args.mistap:.0%} of taps on a wrong guess")
+          f"{args.mistap:.0%} of taps on a wrong guess, {args.voided:.0%} of those voided")
     print("| stall | top-1 over the day | second half of the day | sold with no tap (wrong) | sold wrong "
-          "| photos taught (under a wrong item) | refit s | trained occasions, end of day "
+          "| lines voided | photos taught (under a wrong item) | refit s | trained occasions, end of day "
           "| ratio to cold (day) |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     tc = sum(r["trained_occasions_cold"] for r in rows) / max(m, 1)
     late = sum(r["cold_second_half"] for r in rows)
-    print(f"| cold (no teaching) | {cold / n:.1%} | {late / half:.1%} | - | - | 0 | - | {tc:.1%} | 1.00 |")
+    print(f"| cold (no teaching) | {cold / n:.1%} | {late / half:.1%} | - | - | - | 0 | - "
+          f"| {tc:.1%} | 1.00 |")
     for p in POLICIES:
         def total(key: str, policy: str = p) -> int:
             return sum(r[policy][key] for r in rows)
         taught = total("taught")
-        secs = sum(r[p]["refit_s_mean"] * r[p]["taught"] for r in rows) / max(taught, 1)
+        refits = total("refits")
+        secs = sum(r[p]["refit_s_mean"] * r[p]["refits"] for r in rows) / max(refits, 1)
         print(f"| {p} | {total('right') / n:.1%} | {total('right_second_half') / half:.1%} "
-              f"| {total('auto')} ({total('auto_wrong')}) | {total('sold_wrong')} "
+              f"| {total('auto')} ({total('auto_wrong')}) | {total('sold_wrong')} | {total('voided')} "
               f"| {taught} ({total('taught_wrong')}) | {secs:.2f} "
               f"| {total('trained_occasions_after') / max(m, 1):.1%} | {total('right') / max(cold, 1):.2f} |")
     # paired on the same photos: those only one of two policies reads right

@@ -64,6 +64,17 @@ def test_the_day_is_read_by_each_folds_own_network(real_dataset: Path, tmp_path:
         t = r["taps"]
         assert t["auto"] == 0 and t["taught"] == t["taught_wrong"] == t["sold_wrong"] == r["photos"]
         assert r["every"]["taught_wrong"] == 0
+    # every slip caught: each line voided takes its teaching back and the item is weighed again and
+    # tapped right, so nothing is sold or left taught under a wrong item
+    caught = bench.measure(tmp_path, real_dataset, "efficientnet-lite0@64", folds=2, max_images=100,
+                           auto_confirm=1.01, mistap=1.0, voided=1.0, refit_epochs=3)
+    for r, s in zip(caught, slips, strict=True):
+        t, c = r["taps"], r["corrections"]
+        assert t["voided"] == r["photos"] and t["taught"] == r["photos"]
+        assert t["sold_wrong"] == t["taught_wrong"] == c["sold_wrong"] == c["taught_wrong"] == 0
+        # taught, taken back, taught right; the day's first taking back leaves nothing to refit
+        assert t["refits"] == 3 * r["photos"] - 1
+        assert s["taps"]["voided"] == 0
     # the printed table, and a clear refusal without the folds' networks
     capsys.readouterr()
     assert bench.main(["--run-dir", str(tmp_path), "--teacher", "efficientnet-lite0@64", "--data",
