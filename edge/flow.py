@@ -92,6 +92,8 @@ class RecognizerLike(Protocol):
 
     def taught_under(self, tag: str) -> str | None: ...
 
+    def forget_label(self, label: str) -> int: ...
+
 
 class PrinterLike(Protocol):
     """``edge.printing.Printer`` as the stall uses it: raises ``EdgeError`` when a receipt

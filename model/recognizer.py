@@ -486,6 +486,14 @@ class Recognizer:
             self.gallery.save()
         return removed
 
+    def forget_label(self, label: str, save: bool = True) -> int:
+        """Everything the gallery holds of ``label`` (taught here or taken from the market):
+        the vendor starts that item over from the catalogue's guesses.  How many rows went."""
+        removed = self.gallery.remove(label)
+        if removed and save:
+            self.gallery.save()
+        return removed
+
     def retag(self, old: str, new: str | None, save: bool = True) -> int:
         """What was taught under ``old`` is known as ``new`` from now on; how many rows."""
         moved = self.gallery.retag(old, new)

@@ -351,7 +351,7 @@ def create_app(stall: StallApp, hub: ScreenHub, stop: threading.Event) -> FastAP
         frame = camera.read()
         if frame is None:
             return _refused("摄像头没有画面 / the camera gave no frame")
-        label = item.label or next((lab for lab, c in session.labels.items() if c == item.code), item.code)
+        label = _label(session, item)
         try:
             recognizer.teach(label, frame)
         except Exception as exc:  # noqa: BLE001 - the model's own errors, said to the vendor
@@ -360,10 +360,39 @@ def create_app(stall: StallApp, hub: ScreenHub, stop: threading.Event) -> FastAP
         hub.poke()
         return JSONResponse({"ok": True, "code": item.code, "label": label})
 
+    @app.post("/api/teach/forget", tags=["actions"], responses={
+        409: {"description": "no recogniser, an unknown item, or nothing taught for it"}})
+    def forget(body: Teach) -> JSONResponse:
+        """Forget the photos this stall holds of the item (taught here or taken from the market):
+        its guesses start over from the catalogue's.  For an item taught wrong so often that
+        the guesses keep going astray."""
+        recognizer, session = stall.recognizer, flow().session
+        try:
+            item = session.catalogue.get(body.code)
+        except CatalogueError as exc:
+            return _refused(str(exc))
+        if recognizer is None:
+            return _refused("没有识别模型 / no recogniser at this stall")
+        label = _label(session, item)
+        try:
+            removed = recognizer.forget_label(label)
+        except Exception as exc:  # noqa: BLE001 - the gallery's own errors (disk), said to the vendor
+            return _refused(f"忘掉失败 / forgetting failed: {exc}")
+        if not removed:
+            return _refused(f"{item.name_zh} 没有学过的照片 / nothing taught for {item.name_en or item.code}")
+        (hub.pictures_dir() / f"{item.code}.jpg").unlink(missing_ok=True)
+        hub.poke()
+        return JSONResponse({"ok": True, "code": item.code, "label": label, "removed": removed})
+
     from edge.screens.orders import add_order_routes
 
     add_order_routes(app, stall, hub)  # online orders (edge.orders)
     return app
+
+
+def _label(session: Any, item: Any) -> str:
+    """The recogniser's label of a catalogue item (its code when it has none)."""
+    return str(item.label or next((lab for lab, c in session.labels.items() if c == item.code), item.code))
 
 
 def _save_picture(folder: Path, code: str, frame: Any) -> None:

@@ -240,6 +240,12 @@ class ScreenHub(Publisher):
         presets = sorted({g for item in catalogue for g in item.tare_presets_g})
         pictures = self.pictures_dir()
         codes = {g.item.code for g in snap.guesses}
+        gallery = getattr(stall.recognizer, "gallery", None)
+        in_catalogue = {item.code for item in catalogue}
+        # items the recogniser holds photos of (taught here, or the market's): the vendor may
+        # make it forget them
+        taught = sorted({session.labels.get(lab, lab) for lab in gallery.counts()} & in_catalogue
+                        if gallery is not None else set())
         server = self._server(self._slow)
         faults = [f.model_dump() for f in snap.faults] + self._faults(server)
         warnings = [f["vendor"] for f in faults] + list(snap.warnings) + \
@@ -257,6 +263,7 @@ class ScreenHub(Publisher):
             "blocked": blocked,
             "tare_presets_g": presets,
             "pictures": sorted(c for c in codes if (pictures / f"{c}.jpg").is_file()),
+            "taught_items": taught,
             "warnings": warnings,
             "faults": faults,
             "orders": self._orders(snap),

@@ -257,6 +257,45 @@ def test_actions_answer_their_result_and_malformed_bodies_422(manual: StallApp) 
         assert len(list((manual.cfg.data_dir / "receipts").glob("*reprint1.bin"))) == 1
 
 
+def test_teach_an_item_from_the_screen_then_make_the_stall_forget_it(
+        tmp_path: Path, browser: Browser, unsure_photo: Path) -> None:
+    """The vendor teaches carrots from the item list (the camera's photo), then, the guesses
+    having gone astray, makes the stall forget what it holds of them: gone from the gallery and
+    from its file, the forget button gone with them."""
+    app = start_stall(tmp_path, camera=unsure_photo)
+    try:
+        assert isinstance(app.camera, ImageFolderCamera) and app.recognizer is not None
+        assert app.screens is not None
+        app.camera.show("photo")
+        gallery = app.recognizer.gallery  # type: ignore[attr-defined]
+        vendor = open_screen(browser, app, "/vendor")
+        vendor.locator("body").press("2")
+        vendor.keyboard.type("003")
+        row = vendor.locator("#results li").first
+        expect(row.locator("button.item")).to_have_attribute("data-code", "2003")
+        expect(row.locator("button.forget-btn")).to_have_count(0)  # nothing taught yet
+        row.locator("button.teach-btn").click()
+        expect(vendor.locator("#message")).to_contain_text("taught: Carrots")
+        assert gallery.counts() == {"Carrots": 4}
+        forget = vendor.locator("#results li").first.locator("button.forget-btn")
+        expect(forget).to_have_count(1)
+        forget.click()
+        expect(vendor.locator("#message")).to_contain_text("forgot the photos taught: Carrots")
+        assert gallery.counts() == {}
+        expect(vendor.locator("#results li").first.locator("button.forget-btn")).to_have_count(0)
+        from model.gallery import Gallery
+        assert Gallery(gallery.embedding_space, gallery.dim, gallery.folder).counts() == {}
+        with httpx.Client(base_url=app.screens.url, timeout=5) as c:
+            r = c.post("/api/teach/forget", json={"code": "2003"})
+            assert r.status_code == 409 and "nothing taught" in r.json()["reason"]
+            r = c.post("/api/teach/forget", json={"code": "9999"})
+            assert r.status_code == 409 and "9999" in r.json()["reason"]
+            r = c.post("/api/teach/forget", json={"code": "<b>"})
+            assert r.status_code == 422 and "code" in r.json()["message"]
+    finally:
+        app.stop()
+
+
 def test_markup_in_names_stays_text(tmp_path: Path, browser: Browser) -> None:
     app = start_stall(tmp_path, name="<b>李家</b>")
     try:

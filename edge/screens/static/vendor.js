@@ -9,6 +9,7 @@
   let results = [];
   let qtyItem = null;
   let priceItem = null;
+  let shownTaught = "[]"; // the forget buttons shown: the items the gallery held then
 
   for (const node of document.querySelectorAll("[data-zh]")) {
     node.replaceChildren(bi(node.dataset.zh, node.dataset.en));
@@ -136,6 +137,15 @@
         teach.addEventListener("click", () => act("/api/teach", {code: item.code},
           (d) => tr("已学习 / taught: ") + (d.label || item.code)));
         li.append(teach);
+      }
+      if (state && (state.taught_items || []).includes(item.code)) {
+        // an item taught wrong so often that its guesses go astray: start it over
+        const forget = el("button", "small forget-btn");
+        forget.type = "button";
+        forget.append(bi("忘掉学习", "Forget"));
+        forget.addEventListener("click", () => act("/api/teach/forget", {code: item.code},
+          (d) => tr("已忘掉学过的照片 / forgot the photos taught: ") + (d.label || item.code)));
+        li.append(forget);
       }
       ul.append(li);
     }
@@ -296,9 +306,11 @@
     $("btn-print-queue").hidden = !s.printer.reprints;
     $("last-receipt").textContent = f.last_receipt ? tr("上一张小票 / last receipt ") + f.last_receipt : "";
     $("legal").textContent = "计量软件 / legal software " + s.stall.legal;
-    // The teach buttons depend on the camera.
+    // The teach buttons depend on the camera, the forget buttons on what the gallery holds.
     const hasTeach = Boolean(document.querySelector("#results .teach-btn"));
-    if (results.length && hasTeach !== Boolean(s.camera)) renderResults();
+    const forgettable = JSON.stringify(s.taught_items || []);
+    if (results.length && (hasTeach !== Boolean(s.camera) || forgettable !== shownTaught)) renderResults();
+    shownTaught = forgettable;
 
     // Paint times, read by bench/stall_bench.py: when the guesses were on screen.
     const v = s.v;
