@@ -106,6 +106,7 @@ class Gallery:
         self._listeners: list[Callable[[], None]] = []
         self._taught_listeners: list[Callable[[str, np.ndarray], None]] = []
         self._untaught_listeners: list[Callable[[str, np.ndarray], None]] = []
+        self._forgotten_listeners: list[Callable[[str], None]] = []
         # The stall recognises on one thread while the vendor teaches on another.
         self._lock = threading.RLock()
         if self.folder is not None:
@@ -197,12 +198,20 @@ class Gallery:
         stall offers what it was taught to the market (``edge.gallery_share``)."""
         self._taught_listeners.append(fn)
 
-    def remove(self, label: str) -> int:
+    def remove(self, label: str, forgotten: bool = False) -> int:
+        """Every exemplar of ``label``; how many.  ``forgotten``: the vendor disowns what the stall
+        was taught of it, and the forgotten listeners hear of it (the stall withdraws its offers)."""
         with self._lock:
             self.version += 1
             removed = self._remove(label)
         self._changed()
+        for fn in self._forgotten_listeners if forgotten else ():
+            fn(label)
         return removed
+
+    def add_forgotten_listener(self, fn: Callable[[str], None]) -> None:
+        """Call ``fn(label)`` after ``remove(label, forgotten=True)``."""
+        self._forgotten_listeners.append(fn)
 
     def add_untaught_listener(self, fn: Callable[[str, np.ndarray], None]) -> None:
         """Call ``fn(label, rows)`` after exemplars taught here are taken back
@@ -216,18 +225,15 @@ class Gallery:
         given = rows
         rows = np.asarray(rows, np.float32).reshape(-1, self.dim)
         with self._lock:
-            drop = {i for i, lab in enumerate(self._labels)
-                    if lab == label and float(np.max(rows @ self._emb[i], initial=-1.0)) > 1 - 1e-5}
-            if drop:
-                self._keep([i for i in range(len(self._labels)) if i not in drop])
-                self.version += 1
-        if drop:
+            dropped = self._drop([i for i, lab in enumerate(self._labels) if lab == label
+                                  and float(np.max(rows @ self._emb[i], initial=-1.0)) > 1 - 1e-5])
+        if dropped:
             self._changed()
         # even when the gallery had already let them go (the oldest of a full label): what was
         # offered to the market is still to be withdrawn
         for fn in self._untaught_listeners if untaught else ():
             fn(label, given)
-        return len(drop)
+        return dropped
 
     def tagged(self, tag: str) -> str | None:
         """The label of the rows tagged ``tag``, None if there are none."""
@@ -256,9 +262,7 @@ class Gallery:
             if not hit:
                 return None, 0
             label, rows = self._labels[hit[0]], self._emb[hit].copy()
-            drop = set(hit)
-            self._keep([i for i in range(len(self._labels)) if i not in drop])
-            self.version += 1
+            self._drop(hit)
         self._changed()
         for fn in self._untaught_listeners:
             fn(label, rows)
@@ -272,9 +276,19 @@ class Gallery:
 
     def _trim(self, label: str) -> None:
         idx = [i for i, lab in enumerate(self._labels) if lab == label]
-        if len(idx) <= MAX_PER_LABEL:
-            return
-        drop = set(idx[: len(idx) - MAX_PER_LABEL])
+        if len(idx) > MAX_PER_LABEL:
+            self._keep_all_but(idx[: len(idx) - MAX_PER_LABEL])
+
+    def _drop(self, positions: list[int]) -> int:
+        """Take the rows at ``positions`` out as a change the recogniser must see (under the
+        lock; the caller tells the listeners once the lock is let go); how many."""
+        if positions:
+            self._keep_all_but(positions)
+            self.version += 1
+        return len(positions)
+
+    def _keep_all_but(self, positions: list[int]) -> None:
+        drop = set(positions)
         self._keep([i for i in range(len(self._labels)) if i not in drop])
 
     def _append(self, rows: np.ndarray, labels: list[str], added: np.ndarray,

@@ -133,6 +133,9 @@ class ScreenHub(Publisher):
         self._slow_at = 0.0
         self._slow_stale = False
         self._slow_receipt: str | None = None
+        # the gallery's labels by (gallery, version): counting its rows on every publish, up to
+        # ten a second while a load settles, would redo the same work
+        self._gallery_labels: tuple[int, int, frozenset[str]] = (0, -1, frozenset())
 
     # -- life ------------------------------------------------------------------------------
     def start(self) -> None:
@@ -244,8 +247,8 @@ class ScreenHub(Publisher):
         in_catalogue = {item.code for item in catalogue}
         # items the recogniser holds photos of (taught here, or the market's): the vendor may
         # make it forget them
-        taught = sorted({session.labels.get(lab, lab) for lab in gallery.counts()} & in_catalogue
-                        if gallery is not None else set())
+        taught = sorted({session.labels.get(lab, lab) for lab in self._taught_labels(gallery)}
+                        & in_catalogue)
         server = self._server(self._slow)
         faults = [f.model_dump() for f in snap.faults] + self._faults(server)
         warnings = [f["vendor"] for f in faults] + list(snap.warnings) + \
@@ -268,6 +271,16 @@ class ScreenHub(Publisher):
             "faults": faults,
             "orders": self._orders(snap),
         }
+
+    def _taught_labels(self, gallery: Any) -> frozenset[str]:
+        if gallery is None:
+            return frozenset()
+        key, version, labels = self._gallery_labels
+        if key != id(gallery) or version != gallery.version:
+            version = gallery.version  # read first: a change while counting is seen next time
+            labels = frozenset(gallery.labels)
+            self._gallery_labels = (id(gallery), version, labels)
+        return labels
 
     def _orders(self, snap: Snapshot) -> dict[str, Any] | None:
         """The stall's online orders (``edge.orders``), and for the order being weighed each
