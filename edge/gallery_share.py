@@ -224,25 +224,30 @@ class GalleryUploader(FolderOutbox):
         self.model, self.model_sha256 = model, model_sha256
         self.describe = describe
         self._key_registered = False
-        self._offered: OrderedDict[str, str] = OrderedDict()  # rows -> item_id
+        # rows -> (item_id, label): a void finds its offer by the rows, a Forget by the label
+        self._offered: OrderedDict[str, tuple[str, str | None]] = OrderedDict()
         self._offered_lock = threading.Lock()
         self._offered_path = data_dir / OFFERED_FILE
         self._load_offered()
 
     def _load_offered(self) -> None:
         try:
-            pairs = json.loads(self._offered_path.read_text(encoding="utf-8"))
-            self._offered = OrderedDict((str(k), str(v)) for k, v in pairs)
+            rows = json.loads(self._offered_path.read_text(encoding="utf-8"))
+            # [rows, item_id, label]; a file from before labels were kept has [rows, item_id]
+            self._offered = OrderedDict((str(r[0]), (str(r[1]), str(r[2]) if len(r) > 2 else None))
+                                        for r in rows)
         except FileNotFoundError:
             pass
-        except (OSError, ValueError, TypeError) as exc:
+        except (OSError, ValueError, TypeError, IndexError, KeyError) as exc:
             logger.error("%s unreadable (%s): items offered before this start cannot be withdrawn",
                          self._offered_path, exc)
 
     def _save_offered(self) -> None:
         """(Lock held.)  A failed write costs only a later withdrawal: logged, never raised."""
         try:
-            write_atomic(self._offered_path, json.dumps(list(self._offered.items())).encode())
+            write_atomic(self._offered_path, json.dumps(
+                [[k, item_id, label] for k, (item_id, label) in self._offered.items()],
+                ensure_ascii=False).encode())
         except OSError as exc:
             logger.error("%s not written (%s): items offered now cannot be withdrawn after a restart",
                          self._offered_path, exc)
@@ -259,7 +264,7 @@ class GalleryUploader(FolderOutbox):
             logger.error("taught item %s not queued for sharing: %s", label, exc)
             return
         with self._offered_lock:
-            self._offered[_rows_key(rows)] = doc.item_id
+            self._offered[_rows_key(rows)] = (doc.item_id, label)
             while len(self._offered) > REMEMBERED:
                 self._offered.popitem(last=False)
             self._save_offered()
@@ -270,19 +275,35 @@ class GalleryUploader(FolderOutbox):
         """The gallery's untaught listener: withdraw the item these rows were offered as, if this
         stall offered them (an imported item or an older one is nobody's to withdraw here)."""
         with self._offered_lock:
-            item_id = self._offered.pop(_rows_key(rows), None)
-            if item_id is not None:
+            offer = self._offered.pop(_rows_key(rows), None)
+            if offer is not None:
                 self._save_offered()
-        if item_id is None:
-            return
-        try:
-            self.put(f"{_WITHDRAW[1:]}{item_id}",
-                     WithdrawalDoc(format=FORMAT, item_id=item_id).model_dump_json().encode())
-        except OSError as exc:
-            logger.error("withdrawal of shared item %s (%s) not queued: %s", item_id, label, exc)
-            return
-        logger.info("taught item %s (%s) taken back: its withdrawal queued for the market", item_id, label)
-        self.notify()
+        if offer is not None:
+            self._withdraw([offer[0]], label)
+
+    def forgotten(self, label: str) -> None:
+        """The gallery's forgotten listener (the vendor's Forget): withdraw every item of
+        ``label`` this stall offered and still remembers."""
+        with self._offered_lock:
+            keys = [k for k, (_, lab) in self._offered.items() if lab == label]
+            ids = [self._offered.pop(k)[0] for k in keys]
+            if ids:
+                self._save_offered()
+        self._withdraw(ids, label)
+
+    def _withdraw(self, item_ids: list[str], label: str) -> None:
+        """Queue the withdrawals (behind the items, in the same folder); never raises."""
+        for item_id in item_ids:
+            try:
+                self.put(f"{_WITHDRAW[1:]}{item_id}",
+                         WithdrawalDoc(format=FORMAT, item_id=item_id).model_dump_json().encode())
+            except OSError as exc:
+                logger.error("withdrawal of shared item %s (%s) not queued: %s", item_id, label, exc)
+                continue
+            logger.info("taught item %s (%s) taken back: its withdrawal queued for the market",
+                        item_id, label)
+        if item_ids:
+            self.notify()
 
     def endpoint_for(self, path: Path) -> str:
         return self.endpoint + "/withdrawals" if _WITHDRAW in path.name else self.endpoint
@@ -486,6 +507,7 @@ def start_sharing(cfg: StallConfig, recognizer: object, key: Ed25519PrivateKey, 
                              stop_event=stop_event)
         gallery.add_taught_listener(up.offer)
         gallery.add_untaught_listener(up.untaught)
+        gallery.add_forgotten_listener(up.forgotten)
         up.start()
         stops.append(up.stop)
     if want.accept:

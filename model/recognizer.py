@@ -488,8 +488,9 @@ class Recognizer:
 
     def forget_label(self, label: str, save: bool = True) -> int:
         """Everything the gallery holds of ``label`` (taught here or taken from the market):
-        the vendor starts that item over from the catalogue's guesses.  How many rows went."""
-        removed = self.gallery.remove(label)
+        the vendor starts that item over from the catalogue's guesses, and what the stall offered
+        the market of it is withdrawn (the forgotten listeners).  How many rows went."""
+        removed = self.gallery.remove(label, forgotten=True)
         if removed and save:
             self.gallery.save()
         return removed

@@ -9,6 +9,7 @@ item is refused at the stall, logged once; a withdrawn item leaves B's gallery a
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -223,6 +224,21 @@ def test_a_forged_or_another_models_item_is_refused_at_the_stall_once(
         _stop(stop, a, b)
 
 
+def _uploaders(tmp_path: Path, market: LiveServer, model: str) -> Callable[[str], GalleryUploader]:
+    """Stall S01's uploader to a server URL, made as each new process of the stall makes it
+    (its key and token on disk, its memory of offers in its data folder)."""
+    token = _token(market, "S01")
+    key = load_or_create_key(tmp_path / "S01" / "stall.key")
+    return lambda url: GalleryUploader(tmp_path / "S01", url, token, stall_id="S01", key=key,
+                                       public_key=public_key_b64(key), model=model)
+
+
+def _restarted(rec: Recognizer, tmp_path: Path) -> Recognizer:
+    """S01's recogniser as the stall's next process loads it."""
+    rec.gallery.close()
+    return Recognizer.load(gallery_dir=tmp_path / "S01" / "gallery", background_refit=False)
+
+
 def test_taught_items_wait_while_the_server_is_away(tmp_path: Path, market: LiveServer) -> None:
     key = load_or_create_key(tmp_path / "S01" / "stall.key")
     token = _token(market, "S01")
@@ -260,21 +276,13 @@ def test_a_restarted_stall_withdraws_what_it_offered_before_the_restart(
     """A correction taught and offered, the stall restarted (its basket restored from disk), then
     the line voided: the photo is found by its line's tag and the market is told to withdraw it,
     though nothing in the new process offered it."""
-    token = _token(market, "S01")
-    key = load_or_create_key(tmp_path / "S01" / "stall.key")
-
-    def uploader(url: str) -> GalleryUploader:
-        return GalleryUploader(tmp_path / "S01", url, token, stall_id="S01", key=key,
-                               public_key=public_key_b64(key), model=rec.gallery.embedding_space)
-
     rec = Recognizer.load(gallery_dir=tmp_path / "S01" / "gallery", background_refit=False)
+    uploader = _uploaders(tmp_path, market, rec.gallery.embedding_space)
     up = uploader(f"http://127.0.0.1:{free_port()}")  # the market away: the item waits on disk
     rec.gallery.add_taught_listener(up.offer)
     rec.teach("2099", KIWI[0], tag="basket-1/2")
     up.stop(drain_s=0)
-    rec.gallery.close()
-
-    rec = Recognizer.load(gallery_dir=tmp_path / "S01" / "gallery", background_refit=False)
+    rec = _restarted(rec, tmp_path)
     back = uploader(market.url)
     rec.gallery.add_untaught_listener(back.untaught)
     try:
@@ -293,6 +301,54 @@ def test_a_restarted_stall_withdraws_what_it_offered_before_the_restart(
         again.stop(drain_s=0)
     finally:
         back.stop(drain_s=0)
+
+
+def test_forgetting_an_item_withdraws_every_offer_of_it_and_only_of_it(
+        tmp_path: Path, market: LiveServer) -> None:
+    """The vendor's Forget (``Recognizer.forget_label``) disowns what the stall was taught of
+    the item: every photo of it the stall offered is withdrawn from the market, after a restart
+    too; another item's offer stays, and a memory file written before labels were kept still
+    serves voids."""
+    rec = Recognizer.load(gallery_dir=tmp_path / "S01" / "gallery", background_refit=False)
+    uploader = _uploaders(tmp_path, market, rec.gallery.embedding_space)
+    up = uploader(market.url)
+    rec.gallery.add_taught_listener(up.offer)
+    rec.teach("2099", KIWI[0])
+    other = rec.teach("2100", KIWI[1])
+    rec.teach("2099", KIWI[2])
+    assert [up.flush_once() for _ in range(3)] == [1, 1, 1]
+    up.stop(drain_s=0)
+    rec = _restarted(rec, tmp_path)
+    back = uploader(market.url)
+    rec.gallery.add_forgotten_listener(back.forgotten)
+    try:
+        assert rec.forget_label("2099") == 8
+        assert rec.gallery.counts() == {"2100": 4}
+        assert len(back.pending()) == 2
+        assert [back.flush_once() for _ in range(2)] == [1, 1] and back.pending() == []
+        shared = sorted(_shared(market), key=lambda r: r["id"])
+        assert [(r["label"], r["withdrawn_by"]) for r in shared] == [
+            ("2099", "stall S01"), ("2100", None), ("2099", "stall S01")]
+        rec.forget_label("2099")  # nothing left to withdraw
+        assert back.pending() == []
+    finally:
+        back.stop(drain_s=0)
+
+    # the memory as an older stall wrote it, [rows, item_id]: read, and a void still withdraws
+    memory = tmp_path / "S01" / OFFERED_FILE
+    kept = json.loads(memory.read_text(encoding="utf-8"))
+    assert [r[2] for r in kept] == ["2100"]
+    memory.write_text(json.dumps([r[:2] for r in kept]), encoding="utf-8")
+    old = uploader(market.url)
+    try:
+        old.forgotten("2100")  # no label kept: not withdrawn by a Forget
+        assert old.pending() == []
+        old.untaught("2100", other)
+        assert old.flush_once() == 1
+        assert [r["withdrawn_by"] for r in sorted(_shared(market), key=lambda r: r["id"])] == [
+            "stall S01", "stall S01", "stall S01"]
+    finally:
+        old.stop(drain_s=0)
 
 
 def test_a_voided_tap_withdraws_what_it_shared_after_the_item_and_only_its_own(
