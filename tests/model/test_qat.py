@@ -14,6 +14,7 @@ import pytest
 import torch
 from torch import nn
 
+from model.training.export import export_onnx
 from model.training.qat import REDUCED_LEVELS, bake, on_grid, train_on_grid
 
 
@@ -80,10 +81,7 @@ def _tiny_onnx(path: Path) -> None:
             m.weight.data *= 8.0
     train_on_grid(net)
     bake(net)
-    net.eval()
-    torch.onnx.export(net, (torch.zeros(1, 3, 32, 32),), str(path), input_names=["image"],
-                      output_names=["logits", "embedding"], dynamic_axes={"image": {0: "n"}},
-                      opset_version=17, dynamo=False)
+    export_onnx(net, 32, path)  # as the shipped model is written
 
 
 def test_seven_bit_int8_is_rounding_free_and_exact_on_the_fast_kernels(
