@@ -13,8 +13,10 @@ is worth on the same other-session photos, with the same code:
 - the vendor is the flow's: a weighing whose top guess is sure (its calibrated probability at
   least ``--auto-confirm``, the stall's ``[camera] auto_confirm``) is sold as guessed with no
   tap; every other one ends with the vendor's tap on the item, a wrong one of the four guesses
-  shown with probability ``--mistap``; the temperature is fitted on the fold networks' own
-  other-session outputs (``fold-K.npz``), as ``wetmarket model cv`` fits it;
+  shown with probability ``--mistap`` (``--slips neighbour``, the default: a button beside the
+  right one in the screen's two-by-two grid; ``any``: any wrong guess shown); the temperature
+  is fitted on the fold networks' own other-session outputs (``fold-K.npz``), as ``wetmarket
+  model cv`` fits it;
 - a share ``--voided`` of those mistaken taps the vendor (or the shopper, reading the screen)
   catches: the line is voided, which takes its teaching back (``StallFlow.void``), and the item
   is weighed again (its photo read by the stall as it is then) and tapped right;
@@ -67,6 +69,21 @@ from model.training.folds import blocked_folds, pooled  # noqa: E402
 
 POLICIES = ("corrections", "taps", "every")
 SHOWN = 4  # guesses on the vendor's screen
+GRID_COLUMNS = 2  # two to a row there (edge/screens/static/screens.css, ``.guesses``)
+SLIPS = ("neighbour", "any")
+
+
+def slip_targets(shown: list[int], truth: int, slips: str = "neighbour") -> list[int]:
+    """The wrong guesses a mistaken tap may land on.  ``neighbour``: a finger that misses lands
+    on a button sharing an edge with the right one in the screen's grid; ``any``: any wrong guess
+    shown.  When the right item is not shown (the vendor finds it by search), any shown guess."""
+    wrong = [c for c in shown if c != truth]
+    if slips == "any" or truth not in shown:
+        return wrong
+    row, col = divmod(shown.index(truth), GRID_COLUMNS)
+    near = [c for i, c in enumerate(shown)
+            if abs(i // GRID_COLUMNS - row) + abs(i % GRID_COLUMNS - col) == 1]
+    return near or wrong
 
 
 def _embed(net: Any, crops: list[np.ndarray]) -> np.ndarray:
@@ -190,7 +207,8 @@ class _Day:
 
 def run_fold(net: Any, k: int, pool: Any, folds: Any, size: int, rng: np.random.Generator,
              temperature: float = 1.0, auto_confirm: float = 0.9, mistap: float = 0.0,
-             refit_epochs: int = REFIT_EPOCHS, crop: float = 1.0, voided: float = 0.0) -> dict[str, Any]:
+             refit_epochs: int = REFIT_EPOCHS, crop: float = 1.0, voided: float = 0.0,
+             slips: str = "neighbour") -> dict[str, Any]:
     y = pool.labels
     names = [s.path.as_posix() for s in pool.samples]
     catalogue = [str(i) for i in range(int(y.max()) + 1)]
@@ -235,7 +253,7 @@ def run_fold(net: Any, k: int, pool: Any, folds: Any, size: int, rng: np.random.
             right += ok
             right_late += ok and n >= half
             hits.append(int(ok))
-            wrong = [int(c) for c in ranked[:SHOWN] if c != yi]
+            wrong = slip_targets([int(c) for c in ranked[:SHOWN]], yi, slips)
             slip_label = wrong[slip_to[n] % len(wrong)] if slip[n] else None
             sold, tapped, taught = day.sell(yi, views[i], ranked, p, slip_label)
             if tapped and sold != yi and caught[n]:
@@ -260,7 +278,7 @@ def run_fold(net: Any, k: int, pool: Any, folds: Any, size: int, rng: np.random.
 def measure(run_dir: Path, data: Path, teacher: str = "efficientnet-lite0@224", teacher_seed: int = 0,
             folds: int = 5, max_images: int | None = None, day_seed: int = 0, auto_confirm: float = 0.9,
             mistap: float = 0.0, refit_epochs: int = REFIT_EPOCHS, crop: float = 1.0,
-            voided: float = 0.0) -> list[dict[str, Any]]:
+            voided: float = 0.0, slips: str = "neighbour") -> list[dict[str, Any]]:
     """Per fold: the day read cold and under each teaching policy (``POLICIES``).  The folds are
     the ones ``wetmarket model cv`` ran with the same data, folds, slice and ``crop``."""
     import torch
@@ -287,7 +305,7 @@ def measure(run_dir: Path, data: Path, teacher: str = "efficientnet-lite0@224", 
         net = RecognizerNet(build_trunk(backbone, size, pretrained=False), len(ds.classes))
         net.load_state_dict(torch.load(path))
         rows.append(run_fold(net.eval(), k, pool, cut, size, rng, temperature, auto_confirm, mistap,
-                             refit_epochs, crop, voided))
+                             refit_epochs, crop, voided, slips))
         print(json.dumps({key: ({k: x for k, x in v.items() if k != "hits"} if isinstance(v, dict) else v)
                           for key, v in rows[-1].items() if key not in ("rows", "cold_top")}),
               file=sys.stderr, flush=True)
@@ -313,6 +331,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="the share of the vendor's taps that go to a wrong guess on the screen")
     ap.add_argument("--voided", type=float, default=0.0,
                     help="the share of mistaken taps caught and voided (the item then weighed again)")
+    ap.add_argument("--slips", choices=SLIPS, default="neighbour",
+                    help="where a mistaken tap lands: next to the right button in the screen's grid "
+                         "(neighbour), or on any wrong guess shown (any)")
     ap.add_argument("--crop", type=float, default=1.0,
                     help="the cv recipe's --crop (its folder, and how its photos are read)")
     args = ap.parse_args(argv)
@@ -322,7 +343,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     try:
         rows = measure(args.run_dir, args.data, args.teacher, args.teacher_seed, args.folds, args.max_images,
-                       args.seed, args.auto_confirm, args.mistap, args.refit_epochs, args.crop, args.voided)
+                       args.seed, args.auto_confirm, args.mistap, args.refit_epochs, args.crop, args.voided,
+                       args.slips)
     except FileNotFoundError as exc:
         print(exc, file=sys.stderr)
         return 2
@@ -333,7 +355,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{n} other-session photos in {sum(r['sessions'] for r in rows)} sessions, {m} photos of the "
           "occasions the folds trained on")
     print(f"sure guesses sold with no tap at {args.auto_confirm:g}; "
-          f"{args.mistap:.0%} of taps on a wrong guess, {args.voided:.0%} of those voided")
+          f"{args.mistap:.0%} of taps on a wrong guess ({args.slips}), {args.voided:.0%} of those voided")
     print("| stall | top-1 over the day | second half of the day | sold with no tap (wrong) | sold wrong "
           "| lines voided | photos taught (under a wrong item) | refit s | trained occasions, end of day "
           "| ratio to cold (day) |")

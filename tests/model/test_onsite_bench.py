@@ -87,3 +87,18 @@ def test_the_day_is_read_by_each_folds_own_network(real_dataset: Path, tmp_path:
     assert bench.main(["--run-dir", str(tmp_path), "--teacher", "efficientnet-lite0@64", "--data",
                        str(real_dataset), "--folds", "2", "--max-images", "100"]) == 2
     assert "fold-1-net.pt is missing" in capsys.readouterr().err
+
+
+def test_a_slipping_finger_lands_beside_the_right_button() -> None:
+    """The vendor screen shows the four guesses two to a row: a tap that misses the right
+    button lands on one sharing an edge with it (never the diagonal one); when the right item is
+    not shown, on any guess shown."""
+    bench = _bench()
+    shown = [7, 3, 9, 4]  # 7 3 / 9 4 on the screen
+    assert bench.slip_targets(shown, 7) == [3, 9]
+    assert bench.slip_targets(shown, 3) == [7, 4]
+    assert bench.slip_targets(shown, 9) == [7, 4]
+    assert bench.slip_targets(shown, 4) == [3, 9]
+    assert bench.slip_targets(shown, 4, "any") == [7, 3, 9]
+    assert bench.slip_targets(shown, 5) == shown
+    assert bench.slip_targets([7, 3], 7) == [3]
