@@ -260,8 +260,8 @@ def test_actions_answer_their_result_and_malformed_bodies_422(manual: StallApp) 
 def test_teach_an_item_from_the_screen_then_make_the_stall_forget_it(
         tmp_path: Path, browser: Browser, unsure_photo: Path) -> None:
     """The vendor teaches carrots from the item list (the camera's photo), then, the guesses
-    having gone astray, makes the stall forget what it holds of them: gone from the gallery and
-    from its file, the forget button gone with them."""
+    having gone astray, makes the stall forget what it holds of them (two taps: one arms the
+    button): gone from the gallery and from its file, the forget button gone with them."""
     app = start_stall(tmp_path, camera=unsure_photo)
     try:
         assert isinstance(app.camera, ImageFolderCamera) and app.recognizer is not None
@@ -279,6 +279,13 @@ def test_teach_an_item_from_the_screen_then_make_the_stall_forget_it(
         assert gallery.counts() == {"Carrots": 4}
         forget = vendor.locator("#results li").first.locator("button.forget-btn")
         expect(forget).to_have_count(1)
+        # a single tap (a finger that slipped) only arms it, and it disarms by itself
+        forget.click()
+        expect(forget).to_contain_text("Tap again to forget")
+        expect(forget).to_contain_text("Forget", timeout=6000)
+        expect(forget).not_to_contain_text("Tap again")
+        assert gallery.counts() == {"Carrots": 4}
+        forget.click()
         forget.click()
         expect(vendor.locator("#message")).to_contain_text("forgot the photos taught: Carrots")
         assert gallery.counts() == {}

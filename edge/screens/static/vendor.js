@@ -10,6 +10,10 @@
   let qtyItem = null;
   let priceItem = null;
   let shownTaught = "[]"; // the forget buttons shown: the items the gallery held then
+  // Forget throws away every photo the stall learnt of an item and withdraws its offers to the
+  // market: one tap arms it, a second within FORGET_ARMED_MS does it (a finger slips).
+  const FORGET_ARMED_MS = 4000;
+  let forgetArmed = {code: null, until: 0};
 
   for (const node of document.querySelectorAll("[data-zh]")) {
     node.replaceChildren(bi(node.dataset.zh, node.dataset.en));
@@ -142,13 +146,28 @@
         // an item taught wrong so often that its guesses go astray: start it over
         const forget = el("button", "small forget-btn");
         forget.type = "button";
-        forget.append(bi("忘掉学习", "Forget"));
-        forget.addEventListener("click", () => act("/api/teach/forget", {code: item.code},
-          (d) => tr("已忘掉学过的照片 / forgot the photos taught: ") + (d.label || item.code)));
+        showForget(forget, item.code);
+        forget.addEventListener("click", () => {
+          if (forgetArmed.code === item.code && Date.now() < forgetArmed.until) {
+            forgetArmed = {code: null, until: 0};
+            act("/api/teach/forget", {code: item.code},
+              (d) => tr("已忘掉学过的照片 / forgot the photos taught: ") + (d.label || item.code));
+            return;
+          }
+          forgetArmed = {code: item.code, until: Date.now() + FORGET_ARMED_MS};
+          showForget(forget, item.code);
+          setTimeout(() => showForget(forget, item.code), FORGET_ARMED_MS + 50);
+        });
         li.append(forget);
       }
       ul.append(li);
     }
+  }
+
+  function showForget(button, code) {
+    const armed = forgetArmed.code === code && Date.now() < forgetArmed.until;
+    button.classList.toggle("armed", armed);
+    button.replaceChildren(armed ? bi("再按一次确认忘掉", "Tap again to forget") : bi("忘掉学习", "Forget"));
   }
 
   function keypadTarget() {
