@@ -101,6 +101,9 @@ class ModelMeta:
     unknown_flag: UnknownFlag | None = None
     # the centre square of the plate region the network reads, as a fraction of its shorter side
     crop: float = 1.0
+    # the photo read with its mirror too, the outputs averaged (``mirror_average``): the
+    # temperature and flag were fitted on that reading
+    mirror: bool = False
 
     @property
     def exact_int8(self) -> bool:
@@ -135,6 +138,7 @@ class ModelMeta:
                 unknown_flag=(UnknownFlag.from_json(raw["unknown"]["nearest_exemplar"])
                               if "nearest_exemplar" in raw["unknown"] else None),
                 crop=float(raw["input"].get("crop", 1.0)),
+                mirror=_flag(raw["input"].get("mirror", False), "input.mirror"),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ModelFileError(f"{path}: model metadata lacks or garbles {exc}") from exc
@@ -225,6 +229,16 @@ class ModelRunner:
         except Exception as exc:  # noqa: BLE001
             raise ModelError(f"{self.path}: inference failed ({str(exc).splitlines()[0]})") from exc
         return logits, emb
+
+
+def mirror_average(plain: np.ndarray, mirrored: np.ndarray, unit: bool = False) -> np.ndarray:
+    """A photo read with its mirror (``input.mirror``): the logits averaged, or (``unit``) the
+    embeddings averaged and made unit length again.  ``wetmarket model cv --mirror`` fits the
+    temperature and the unknown flag on exactly this."""
+    avg = (np.asarray(plain, np.float32) + np.asarray(mirrored, np.float32)) / 2
+    if not unit:
+        return avg
+    return avg / np.maximum(np.linalg.norm(avg, axis=-1, keepdims=True), 1e-12)
 
 
 def combine_scores(
@@ -336,14 +350,19 @@ class Recognizer:
         return as_bgr(image)
 
     def embed(self, image: np.ndarray | str | Path) -> tuple[np.ndarray, np.ndarray]:
-        """(classifier logits, embedding) of one image after the plate region crop."""
+        """(classifier logits, embedding) of one image after the plate region crop (with
+        ``input.mirror``, averaged with its mirror's)."""
         bgr = self._load_image(image)
         try:
             x = preprocess(bgr, self.meta.size, self.roi, self.meta.crop)
         except Exception as exc:  # noqa: BLE001 - OpenCV errors on degenerate inputs
             raise ImageError(f"{_name(image)}: cannot preprocess ({exc})") from exc
-        logits, emb = self.runner.run(x)
-        return logits[0], emb[0]
+        if not self.meta.mirror:
+            logits, emb = self.runner.run(x)
+            return logits[0], emb[0]
+        # one call with a batch of two: the network's weights are read once for both
+        logits, emb = self.runner.run(np.concatenate([x, np.ascontiguousarray(x[..., ::-1])]))
+        return mirror_average(logits[0], logits[1]), mirror_average(emb[0], emb[1], unit=True)
 
     def taught_head(self) -> TaughtHead | None:
         """The classifier refit on the gallery (None while nothing is taught or without exemplars).
@@ -512,6 +531,12 @@ class Recognizer:
     def taught_under(self, tag: str) -> str | None:
         """The label taught under ``tag``, None if nothing is."""
         return self.gallery.tagged(tag)
+
+
+def _flag(value: object, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"{name}: expected true or false, got {value!r}")
+    return value
 
 
 def _name(image: object) -> str:

@@ -44,6 +44,7 @@ import numpy as np
 from model import ModelError
 from model.data import Dataset, load_dataset
 from model.metrics import softmax, topk_accuracy
+from model.recognizer import mirror_average
 from model.training.folds import Folds, Pool, blocked_folds, pooled
 from model.unknown import OUT_OF_FOLD_QUANTILE
 
@@ -110,6 +111,10 @@ class CvConfig:
     # each photo's centre square, this fraction of its shorter side, before resizing and
     # augmenting (the shipped model's ``input.crop``, applied after the stall's plate region)
     crop: float = 1.0
+    # each held-out photo also read with its mirror, the two outputs averaged (test-time flip):
+    # figures, temperature and flag of that reading beside the plain one, and ``--final`` ships it
+    # (the model's ``input.mirror``); what a fold learns is the same, so its folder is too
+    mirror: bool = False
 
 
 def slice_dataset(ds: Dataset, n: int | None) -> Dataset:
@@ -151,8 +156,9 @@ def _pool_key(pool: Pool) -> str:
 
 
 def activation_cache(pool: Pool, net: RecognizerNet, backbone: str, n_frozen: int, size: int, views: int,
-                     seed: int, cache_dir: Path, crop: float = 1.0) -> np.ndarray:
-    """Frozen-part activations (N, 1 + views, C, H, W) float16 of every photo's views, memory-mapped.
+                     seed: int, cache_dir: Path, crop: float = 1.0, mirror: bool = False) -> np.ndarray:
+    """Frozen-part activations (N, 1 + views, C, H, W) float16 of every photo's views, memory-mapped;
+    with ``mirror`` (N, 1, C, H, W) of each photo's mirrored centre view only.
 
     Resumable: filled ``CHUNK`` photos at a time with the count done beside it.
     """
@@ -167,6 +173,8 @@ def activation_cache(pool: Pool, net: RecognizerNet, backbone: str, n_frozen: in
         shape = tuple(frozen_forward(net, torch.zeros(1, 3, size, size), n_frozen).shape[1:])
     spec = f"{_pool_key(pool)}|{backbone}|{size}|{views}|{seed}|{n_frozen}"
     spec += f"|c{crop:g}" if crop < 1 else ""  # the caches of whole photos keep their names
+    if mirror:
+        spec, views = spec + "|mirror", 0
     key = hashlib.sha256(spec.encode()).hexdigest()[:12]
     path = cache_dir / f"acts-{key}.npy"
     if path.exists():
@@ -181,7 +189,8 @@ def activation_cache(pool: Pool, net: RecognizerNet, backbone: str, n_frozen: in
         crops = []
         for i in range(start, min(len(pool), start + CHUNK)):
             img = read_photo(pool.samples[i].path, size, crop)
-            crops.append(square_resize(img, size))
+            centre = square_resize(img, size)
+            crops.append(np.ascontiguousarray(centre[:, ::-1]) if mirror else centre)
             crops += [augment(img, np.random.default_rng([seed, i, v]), size) for v in range(views)]
         with torch.no_grad():
             out = [frozen_forward(net, torch.from_numpy(to_tensor(crops[j : j + 32])), n_frozen)
@@ -245,7 +254,8 @@ def run_fold(net: RecognizerNet, acts: np.ndarray, feats: np.ndarray, labels: np
              tr: np.ndarray, te: np.ndarray, k: int, n_frozen: int, n_classes: int, cfg: CvConfig,
              seed: int, work: Path, soft: np.ndarray | None = None, stop: int | None = None,
              name: str | None = None, wise_alpha: float | None = None,
-             matchers: list[RecognizerNet] | None = None) -> dict[str, np.ndarray]:
+             matchers: list[RecognizerNet] | None = None,
+             mirrored: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """One fold (training rows ``tr``, held-out rows ``te``): linear head, then the last blocks
     fine-tuned; held-out logits after each epoch, and each held-out photo's cosine to the nearest
     of the fold's exemplars (``refit.exemplar_rows`` of its training part, as shipped), which the
@@ -257,7 +267,9 @@ def run_fold(net: RecognizerNet, acts: np.ndarray, feats: np.ndarray, labels: np
     With ``te`` empty (the final model, on every photo) nothing is measured.  ``wise_alpha``: the
     network ends as the weight-space ensemble of its start (the linear head) and its last epoch.
     ``matchers``: teacher networks run on each batch the student sees (``cfg.match``); their
-    tempered probabilities, averaged, are the soft labels instead of ``soft``.
+    tempered probabilities, averaged, are the soft labels instead of ``soft``.  ``mirrored``: the
+    mirrored centre views' activations (``activation_cache(..., mirror=True)``); the held-out
+    photos are also read with them after each epoch (``finetuned_mirror``, ``near_mirror``).
     """
     import torch
     import torch.nn.functional as F
@@ -289,12 +301,17 @@ def run_fold(net: RecognizerNet, acts: np.ndarray, feats: np.ndarray, labels: np
     total, warm = cfg.epochs * steps, max(1, steps // 2)
     ckpt = work / f"{name or f'fold-{k}'}.pt"
     per_epoch: list[np.ndarray] = []
+    per_epoch_mirror: list[np.ndarray] = []
     start = 0
     if ckpt.exists():
         state = torch.load(ckpt, weights_only=False)
         net.load_state_dict(state["net"])
         opt.load_state_dict(state["opt"])
         per_epoch, start = list(state["per_epoch"]), state["epoch"]
+        per_epoch_mirror = list(state.get("per_epoch_mirror", []))
+        if mirrored is not None and len(per_epoch_mirror) != len(per_epoch):
+            raise ModelError(f"{ckpt}: saved before the mirrored reading was asked for; delete it to run "
+                             "the fold again")
         logger.info("fold %d: resuming after epoch %d", k, start)
     torch.manual_seed(seed + k)
     mixup = cfg.match if matchers is not None and cfg.match is not None else cfg.mixup
@@ -346,6 +363,8 @@ def run_fold(net: RecognizerNet, acts: np.ndarray, feats: np.ndarray, labels: np
         if len(te):
             held = _rest_outputs(net, acts, te, n_frozen)[0]
             per_epoch.append(held)
+            if mirrored is not None:
+                per_epoch_mirror.append(mirror_average(held, _rest_outputs(net, mirrored, te, n_frozen)[0]))
             acc = topk_accuracy(held, labels[te])
             logger.info("fold %d epoch %d/%d: loss %.3f, held-out top-1 %.3f top-5 %.3f (%.0f s)", k,
                         epoch + 1, cfg.epochs, loss_sum / len(tr), acc[1], acc[5], time.time() - t0)
@@ -353,7 +372,7 @@ def run_fold(net: RecognizerNet, acts: np.ndarray, feats: np.ndarray, labels: np
             logger.info("%s epoch %d/%d: loss %.3f (%.0f s)", name or f"fold {k}", epoch + 1, cfg.epochs,
                         loss_sum / len(tr), time.time() - t0)
         torch.save({"net": net.state_dict(), "opt": opt.state_dict(), "per_epoch": per_epoch,
-                    "epoch": epoch + 1}, ckpt)
+                    "per_epoch_mirror": per_epoch_mirror, "epoch": epoch + 1}, ckpt)
     if wise_alpha is not None:
         wise_blend(net, head_start, wise_alpha)
     with torch.no_grad():
@@ -366,8 +385,14 @@ def run_fold(net: RecognizerNet, acts: np.ndarray, feats: np.ndarray, labels: np
     if len(te):
         ex = tr[exemplar_rows(labels[tr], range(n_classes))]
         out["finetuned"] = np.stack(per_epoch).astype(np.float32)
-        out["near"] = nearest_cosine(_rest_outputs(net, acts, te, n_frozen)[1],
-                                     _rest_outputs(net, acts, np.sort(ex), n_frozen)[1]).astype(np.float32)
+        bank = _rest_outputs(net, acts, np.sort(ex), n_frozen)[1]
+        emb = _rest_outputs(net, acts, te, n_frozen)[1]
+        out["near"] = nearest_cosine(emb, bank).astype(np.float32)
+        if mirrored is not None:
+            out["finetuned_mirror"] = np.stack(per_epoch_mirror).astype(np.float32)
+            out["near_mirror"] = nearest_cosine(
+                mirror_average(emb, _rest_outputs(net, mirrored, te, n_frozen)[1], unit=True), bank
+            ).astype(np.float32)
         out["wise"], out["wise_near"] = _wise_outputs(net, head_start, acts, te, np.sort(ex), n_frozen)
     return out
 
@@ -594,6 +619,7 @@ def teacher_cv(cfg: CvConfig, pool: Pool, folds: Folds, n_classes: int, spec: st
 
     work = work_dir(cfg, spec, seed, student=teachers is not None)
     base, n_frozen, acts, feats = _prepared(cfg, pool, n_classes, spec, seed, work)
+    mirrored = _mirrored(cfg, pool, base, spec, seed, n_frozen) if cfg.mirror else None
     initial = {k: v.clone() for k, v in base.state_dict().items()}
     wanted = cfg.only_folds if cfg.only_folds is not None else tuple(range(folds.k))
     for k in wanted:
@@ -608,7 +634,7 @@ def teacher_cv(cfg: CvConfig, pool: Pool, folds: Folds, n_classes: int, spec: st
         matchers = (matching_teachers(cfg, teachers, n_classes, f"fold-{k}")
                     if teachers is not None and matched else None)
         res = run_fold(base, acts, feats, pool.labels, folds.training(k), folds.held_out(k), k, n_frozen,
-                       n_classes, cfg, seed, work, soft, matchers=matchers)
+                       n_classes, cfg, seed, work, soft, matchers=matchers, mirrored=mirrored)
         if teachers is None:  # a teacher's fold network, without its optimiser, before the fold
             # counts as done: a student matching its teachers on its own batches reads it
             torch.save(base.state_dict(), work / f"fold-{k}-net.pt")
@@ -622,6 +648,9 @@ def teacher_cv(cfg: CvConfig, pool: Pool, folds: Folds, n_classes: int, spec: st
     linear = np.zeros((n, n_classes), np.float32)
     fine = np.zeros((cfg.epochs, n, n_classes), np.float32)
     near: np.ndarray | None = np.zeros(n, np.float32)
+    # the mirrored reading, where every fold kept it
+    fine_m: np.ndarray | None = np.zeros_like(fine) if cfg.mirror else None
+    near_m = np.zeros(n, np.float32)
     for k in range(folds.k):
         with np.load(work / f"fold-{k}.npz") as z:
             linear[z["held_out"]] = z["linear"]
@@ -630,6 +659,12 @@ def teacher_cv(cfg: CvConfig, pool: Pool, folds: Folds, n_classes: int, spec: st
                 near[z["held_out"]] = z["near"]
             else:  # a fold run before the exemplar cosines were kept: no unknown flag from the folds
                 near = None
+            if fine_m is not None and "finetuned_mirror" in z:
+                fine_m[:, z["held_out"]] = z["finetuned_mirror"]
+                near_m[z["held_out"]] = z["near_mirror"]
+            elif fine_m is not None:
+                logger.warning("%s fold %d ran without the mirrored reading: no figures of it", spec, k)
+                fine_m = None
     by_epoch = [_fold_figures(fine[e], pool.labels, folds)["top1"] for e in range(cfg.epochs)]
     best = int(np.argmax(by_epoch))
     np.savez(work / "oof.npz", linear=linear, finetuned=fine[best], labels=pool.labels)
@@ -640,7 +675,37 @@ def teacher_cv(cfg: CvConfig, pool: Pool, folds: Folds, n_classes: int, spec: st
             "epochs_top1": by_epoch, "chosen_epochs": best + 1,
             "epochs_nested": nested_epochs(fine, pool.labels, folds, pool.split),
             "linear": summarise(linear, pool.labels, folds, pool.split),
-            "finetuned": summarise(fine[best], pool.labels, folds, pool.split, near)}
+            "finetuned": summarise(fine[best], pool.labels, folds, pool.split, near),
+            **({"finetuned_mirror": {
+                **summarise(fine_m[best], pool.labels, folds, pool.split,
+                            near_m if near is not None else None),
+                "paired_with_plain": paired_counts(fine_m[best], fine[best], pool.labels, pool.split)}}
+               if fine_m is not None else {})}
+
+
+def _mirrored(cfg: CvConfig, pool: Pool, base: RecognizerNet, spec: str, seed: int,
+              n_frozen: int) -> np.ndarray:
+    """The mirrored centre views' activations of ``spec``'s frozen part (cached beside the views')."""
+    from model.training.distill import parse_teacher
+
+    backbone, size = parse_teacher(spec)
+    return activation_cache(pool, base, backbone, n_frozen, size, cfg.views, seed, cfg.run_dir / "cache",
+                            cfg.crop, mirror=True)
+
+
+def paired_counts(a: np.ndarray, b: np.ndarray, labels: np.ndarray, split: np.ndarray) -> dict[str, Any]:
+    """Two readings of the same photos compared photo by photo (top-1): how many only ``a`` reads
+    right, how many only ``b`` does, and McNemar's exact test of that difference, pooled and on the
+    other-session rows."""
+    from scipy.stats import binomtest
+
+    out: dict[str, Any] = {}
+    for name, rows in (("pooled", np.ones(len(labels), bool)), ("other_session", split == "val")):
+        ra, rb = a[rows].argmax(1) == labels[rows], b[rows].argmax(1) == labels[rows]
+        only_a, only_b = int(np.sum(ra & ~rb)), int(np.sum(rb & ~ra))
+        p = binomtest(only_a, only_a + only_b).pvalue if only_a + only_b else 1.0
+        out[name] = {"only_first": only_a, "only_second": only_b, "p": float(p)}
+    return out
 
 
 def _wise_oof(work: Path, folds: Folds, n: int, n_classes: int) -> tuple[np.ndarray, np.ndarray] | None:
@@ -787,6 +852,18 @@ def _pct(x: float | None) -> str:
     return "-" if x is None else f"{x:.1%}"
 
 
+def _mirror(t: dict[str, Any]) -> str:
+    m = t.get("finetuned_mirror")
+    if not m:
+        return ""
+    pair = m["paired_with_plain"]
+    return (f"\n  - read with each photo's mirror, outputs averaged: {_fmt(m)}; photos only the mirrored "
+            f"reading gets right against only the plain one: pooled {pair['pooled']['only_first']} against "
+            f"{pair['pooled']['only_second']} (p = {pair['pooled']['p']:.2f}), other sessions "
+            f"{pair['other_session']['only_first']} against {pair['other_session']['only_second']} "
+            f"(p = {pair['other_session']['p']:.2f})")
+
+
 def _nested(t: dict[str, Any]) -> str:
     n = t.get("epochs_nested")
     if not n:
@@ -817,7 +894,7 @@ def render_cv_markdown(r: dict[str, Any]) -> str:
         lines.append(f"- {name}, last blocks (from block {t['trainable_from_block']}) fine-tuned, "
                      f"{t['chosen_epochs']} epochs (mean top-1 by epoch: "
                      f"{', '.join(f'{x:.3f}' for x in t['epochs_top1'])}): {_fmt(t['finetuned'])}"
-                     + _nested(t))
+                     + _nested(t) + _mirror(t))
         if "wise" in t:
             w = t["wise"]
             lines.append(f"- {name}, weight-space ensembles of the linear head's start and the last "
@@ -846,7 +923,7 @@ def render_cv_markdown(r: dict[str, Any]) -> str:
         if "finetuned" in st:
             lines.append(f"- {name}, {st['chosen_epochs']} epochs (mean top-1 by epoch: "
                          f"{', '.join(f'{x:.3f}' for x in st['epochs_top1'])}): {_fmt(st['finetuned'])}"
-                         + _nested(st))
+                         + _nested(st) + _mirror(st))
         else:
             lines.append(f"- {name}: still to run ({st.get('folds_missing', 'teachers unfinished')})")
     if "final" in r:
@@ -919,6 +996,13 @@ def ship(cfg: CvConfig, report: dict[str, Any], ds: Dataset, pool: Pool) -> dict
         raise ModelError("--final: several teachers ship as one distilled student: give --student")
     f = chosen["finetuned"]
     alpha: float | None = None
+    if cfg.mirror:
+        if cfg.wise:
+            raise ModelError("--final --mirror: the weight-space ensemble's folds keep no mirrored reading")
+        if "finetuned_mirror" not in chosen:
+            raise ModelError("--final --mirror: the shipped recipe's folds ran without the mirrored reading; "
+                             "run them again with --mirror (delete their fold-*.npz)")
+        f = chosen["finetuned_mirror"]
     if cfg.wise:
         if "wise" not in chosen or "unknown_flag" not in chosen["wise"]["chosen"]:
             raise ModelError("--final --wise: one teacher whose folds kept their weight-space ensembles "
@@ -942,7 +1026,7 @@ def ship(cfg: CvConfig, report: dict[str, Any], ds: Dataset, pool: Pool) -> dict
         "version": MODEL_VERSION,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "labels": ds.classes,
-        **model_io(size, cfg.crop),
+        **model_io(size, cfg.crop, cfg.mirror),
         "backbone": backbone,
         "mode": mode,
         "scale": cfg.train_scale,

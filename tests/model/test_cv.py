@@ -211,6 +211,7 @@ def test_student_learns_each_fold_from_that_folds_teacher(tmp_path: Path) -> Non
     (["--match", "0.4"], "give --student"),
     (["--match", "0.4", "--student", "efficientnet-lite1@240"], "same BACKBONE@SIZE"),
     (["--student-epochs", "9"], "give --student"),
+    (["--mirror", "--wise", "--final", "x.onnx"], "--mirror with --wise"),
 ])
 def test_cv_command_refuses_bad_input(dataset_root: Path, tmp_path: Path, args: list[str], message: str,
                                       capsys: pytest.CaptureFixture[str]) -> None:
@@ -367,6 +368,84 @@ def test_a_recipe_on_centre_crops_ships_its_crop_and_exemplars_read_the_same_way
         first = exemplar_rows(np.array([s.label for s in ds.train]), range(len(ds.classes)))[0]
         _, emb = rec.embed(ds.train[first].path)
         assert float(np.max(ex.embeddings @ emb)) > 0.999
+
+
+def test_a_recipe_read_with_its_mirror_ships_the_reading_its_folds_measured(
+        dataset_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``--mirror``: each fold's network also reads its held-out photos mirrored (the cached
+    activations of the flipped centre view), the logits averaged with the plain reading's; the
+    report compares the two photo by photo, and ``--final`` ships the mirrored reading's
+    temperature and flag with ``input.mirror``, which the stall's recogniser then applies."""
+    import torch
+
+    from model import ModelFileError
+    from model.data import load_dataset
+    from model.preprocess import decode_target, preprocess, read_image, read_photo, square_resize, to_tensor
+    from model.recognizer import ModelRunner, Recognizer, mirror_average
+    from model.training.cv import slice_dataset
+    from model.training.folds import pooled
+    from model.training.network import RecognizerNet, build_trunk
+
+    out = tmp_path / "shipped" / "recognizer.onnx"
+    out.parent.mkdir()
+    assert _cv(dataset_root, tmp_path) == 0  # folds run before: nothing mirrored to ship
+    assert _cv(dataset_root, tmp_path, "--mirror", "--final", str(out)) != 0
+    assert "ran without the mirrored reading" in capsys.readouterr().err
+    work = tmp_path / "efficientnet-lite0-64-s0"
+    for f in work.glob("fold-*.npz"):
+        f.unlink()
+    assert _cv(dataset_root, tmp_path, "--mirror") == 0
+    t = json.loads((tmp_path / "cv-report.json").read_text())["teachers"][0]
+    pool = pooled(slice_dataset(load_dataset(dataset_root), 60))
+    with np.load(work / "fold-0.npz") as z:
+        rows, plain, mirrored = z["held_out"], z["finetuned"][-1], z["finetuned_mirror"][-1]
+        assert z["near_mirror"].shape == z["near"].shape
+    assert not np.allclose(plain, mirrored)
+    # the fold's own network on the photo and on its mirror, averaged: what the folds recorded
+    # (their activations are cached in float16, so near, not equal)
+    net = RecognizerNet(build_trunk("efficientnet-lite0", 64, pretrained=False),
+                        len(load_dataset(dataset_root).classes))
+    net.load_state_dict(torch.load(work / "fold-0-net.pt"))
+    centre = square_resize(read_photo(pool.samples[int(rows[0])].path, 64), 64)
+    with torch.no_grad():
+        logits = net.eval()(torch.from_numpy(to_tensor([centre, np.ascontiguousarray(centre[:, ::-1])])))[0]
+    np.testing.assert_allclose(mirror_average(logits[0].numpy(), logits[1].numpy()), mirrored[0], atol=0.05)
+    # photo-by-photo counts that add up to the difference of the two readings' top-1
+    fine = np.zeros((len(pool), plain.shape[1]), np.float32)
+    fine_m = np.zeros_like(fine)
+    chosen = t["chosen_epochs"] - 1
+    for k in range(2):
+        with np.load(work / f"fold-{k}.npz") as z:
+            fine[z["held_out"]], fine_m[z["held_out"]] = z["finetuned"][chosen], z["finetuned_mirror"][chosen]
+    pair = t["finetuned_mirror"]["paired_with_plain"]["pooled"]
+    right, right_m = fine.argmax(1) == pool.labels, fine_m.argmax(1) == pool.labels
+    assert pair["only_first"] - pair["only_second"] == int(right_m.sum()) - int(right.sum())
+    assert pair["only_first"] == int(np.sum(right_m & ~right)) and 0 <= pair["p"] <= 1
+    assert "read with each photo's mirror" in (tmp_path / "cv-report.md").read_text()
+
+    assert _cv(dataset_root, tmp_path, "--mirror", "--final", str(out)) == 0
+    fp32 = out.with_name("recognizer.fp32.onnx")
+    meta = json.loads(fp32.with_suffix(".json").read_text())
+    assert meta["input"]["mirror"] is True
+    shipped, fitted = meta["unknown"]["nearest_exemplar"], t["finetuned_mirror"]["unknown_flag"]
+    assert meta["temperature"] == t["finetuned_mirror"]["temperature"]
+    assert all(shipped[k] == v for k, v in fitted.items() if k != "score")
+    assert fitted["near_mean"] != t["finetuned"]["unknown_flag"]["near_mean"]  # not the plain reading's
+    rec = Recognizer.load(fp32)
+    assert rec.meta.mirror
+    photo = pool.samples[0].path
+    logits, emb = rec.embed(photo)
+    runner = ModelRunner(fp32, 64)
+    x = preprocess(read_image(photo, decode_target(64, 1.0)), 64)
+    (l0, e0), (l1, e1) = runner.run(x), runner.run(np.ascontiguousarray(x[..., ::-1]))
+    np.testing.assert_allclose(logits, mirror_average(l0[0], l1[0]), atol=1e-4)
+    np.testing.assert_allclose(emb, mirror_average(e0[0], e1[0], unit=True), atol=1e-4)
+    assert abs(float(np.linalg.norm(emb)) - 1) < 1e-5
+    # metadata that garbles the switch is refused by name
+    meta["input"]["mirror"] = "yes"
+    fp32.with_suffix(".json").write_text(json.dumps(meta))
+    with pytest.raises(ModelFileError, match="input.mirror"):
+        Recognizer.load(fp32)
 
 
 def test_the_ensembles_nested_figure_fits_its_members_without_the_fold_it_reads() -> None:
