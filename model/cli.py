@@ -168,8 +168,6 @@ def cmd_cv(args: argparse.Namespace) -> int:
         raise ModelError(f"--from-block {args.from_block}: blocks are numbered from 0")
     if args.wise and not args.final:
         raise ModelError("--wise says which model to ship: give --final OUT.onnx too")
-    if args.wise and args.mirror:
-        raise ModelError("--mirror with --wise: the weight-space ensembles are read without the mirror")
     if not 0 <= args.mixup < math.inf:
         raise ModelError(f"--mixup {args.mixup}: a Beta weight's parameter, above 0 (or 0: off)")
     if not 0 <= args.mixstyle < math.inf:

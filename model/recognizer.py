@@ -231,14 +231,12 @@ class ModelRunner:
         return logits, emb
 
 
-def mirror_average(plain: np.ndarray, mirrored: np.ndarray, unit: bool = False) -> np.ndarray:
-    """A photo read with its mirror (``input.mirror``): the logits averaged, or (``unit``) the
+def mirror_average(plain: np.ndarray, mirrored: np.ndarray, normalise: bool = False) -> np.ndarray:
+    """A photo read with its mirror (``input.mirror``): the logits averaged, or (``normalise``) the
     embeddings averaged and made unit length again.  ``wetmarket model cv --mirror`` fits the
     temperature and the unknown flag on exactly this."""
     avg = (np.asarray(plain, np.float32) + np.asarray(mirrored, np.float32)) / 2
-    if not unit:
-        return avg
-    return avg / np.maximum(np.linalg.norm(avg, axis=-1, keepdims=True), 1e-12)
+    return unit(avg) if normalise else avg
 
 
 def combine_scores(
@@ -362,7 +360,7 @@ class Recognizer:
             return logits[0], emb[0]
         # one call with a batch of two: the network's weights are read once for both
         logits, emb = self.runner.run(np.concatenate([x, np.ascontiguousarray(x[..., ::-1])]))
-        return mirror_average(logits[0], logits[1]), mirror_average(emb[0], emb[1], unit=True)
+        return mirror_average(logits[0], logits[1]), mirror_average(emb[0], emb[1], normalise=True)
 
     def taught_head(self) -> TaughtHead | None:
         """The classifier refit on the gallery (None while nothing is taught or without exemplars).

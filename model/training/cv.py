@@ -116,6 +116,11 @@ class CvConfig:
     # (the model's ``input.mirror``); what a fold learns is the same, so its folder is too
     mirror: bool = False
 
+    def __post_init__(self) -> None:
+        if self.mirror and self.wise:
+            # the weight-space ensembles' outputs are recorded for the plain reading only
+            raise ModelError("--mirror with --wise: the weight-space ensembles are read without the mirror")
+
 
 def slice_dataset(ds: Dataset, n: int | None) -> Dataset:
     """The first ``n`` photos of each class in name order, per split: neighbours stay neighbours."""
@@ -391,7 +396,7 @@ def run_fold(net: RecognizerNet, acts: np.ndarray, feats: np.ndarray, labels: np
         if mirrored is not None:
             out["finetuned_mirror"] = np.stack(per_epoch_mirror).astype(np.float32)
             out["near_mirror"] = nearest_cosine(
-                mirror_average(emb, _rest_outputs(net, mirrored, te, n_frozen)[1], unit=True), bank
+                mirror_average(emb, _rest_outputs(net, mirrored, te, n_frozen)[1], normalise=True), bank
             ).astype(np.float32)
         out["wise"], out["wise_near"] = _wise_outputs(net, head_start, acts, te, np.sort(ex), n_frozen)
     return out
@@ -997,8 +1002,6 @@ def ship(cfg: CvConfig, report: dict[str, Any], ds: Dataset, pool: Pool) -> dict
     f = chosen["finetuned"]
     alpha: float | None = None
     if cfg.mirror:
-        if cfg.wise:
-            raise ModelError("--final --mirror: the weight-space ensemble's folds keep no mirrored reading")
         if "finetuned_mirror" not in chosen:
             raise ModelError("--final --mirror: the shipped recipe's folds ran without the mirrored reading; "
                              "run them again with --mirror (delete their fold-*.npz)")

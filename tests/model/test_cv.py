@@ -439,7 +439,7 @@ def test_a_recipe_read_with_its_mirror_ships_the_reading_its_folds_measured(
     x = preprocess(read_image(photo, decode_target(64, 1.0)), 64)
     (l0, e0), (l1, e1) = runner.run(x), runner.run(np.ascontiguousarray(x[..., ::-1]))
     np.testing.assert_allclose(logits, mirror_average(l0[0], l1[0]), atol=1e-4)
-    np.testing.assert_allclose(emb, mirror_average(e0[0], e1[0], unit=True), atol=1e-4)
+    np.testing.assert_allclose(emb, mirror_average(e0[0], e1[0], normalise=True), atol=1e-4)
     assert abs(float(np.linalg.norm(emb)) - 1) < 1e-5
     # metadata that garbles the switch is refused by name
     meta["input"]["mirror"] = "yes"
