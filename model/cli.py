@@ -193,7 +193,8 @@ def cmd_cv(args: argparse.Namespace) -> int:
                    threads=args.threads, max_images=args.max_images, only_folds=args.only_folds,
                    student=args.student, kd_temperature=args.kd_temperature, kd_alpha=args.kd_alpha,
                    match=args.match, student_epochs=args.student_epochs, crop=args.crop,
-                   final=Path(args.final) if args.final else None, wise=args.wise, mirror=args.mirror)
+                   final=Path(args.final) if args.final else None, wise=args.wise,
+                   mirror=args.mirror is not None, mirror_unsure=args.mirror == "unsure")
     report = run_cv(cfg)
     summary: dict[str, Any] = {"report": str(cfg.run_dir / "cv-report.md")}
     for t in report["teachers"]:
@@ -355,9 +356,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg,
     v.add_argument("--mixstyle", type=float, default=0.0, metavar="A",
                    help="MixStyle: half the batches' per-channel activation statistics mixed between "
                         "photos at a Beta(A, A) weight, labels kept (0: off; the paper's 0.1)")
-    v.add_argument("--mirror", action="store_true",
+    v.add_argument("--mirror", nargs="?", const="always", choices=("always", "unsure"),
                    help="also read each held-out photo with its mirror, outputs averaged: figures, "
-                        "temperature and flag of that reading; with --final the model ships it")
+                        "temperature and flag of that reading, and of the mirror read for the least "
+                        "sure quarter only; with --final the model ships the one named (always)")
     v.add_argument("--crop", type=float, default=1.0, metavar="F",
                    help="each photo's centre square, F of its shorter side, before resizing and "
                         "augmenting (the model's input.crop, after the stall's plate region; 1: all)")

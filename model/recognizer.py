@@ -104,6 +104,10 @@ class ModelMeta:
     # the photo read with its mirror too, the outputs averaged (``mirror_average``): the
     # temperature and flag were fitted on that reading
     mirror: bool = False
+    # ... only when the plain reading is unsure (``mirror_wanted``): its top probability at
+    # ``mirror_temperature`` below ``mirror_below``; None: every photo
+    mirror_below: float | None = None
+    mirror_temperature: float = 1.0
 
     @property
     def exact_int8(self) -> bool:
@@ -138,7 +142,7 @@ class ModelMeta:
                 unknown_flag=(UnknownFlag.from_json(raw["unknown"]["nearest_exemplar"])
                               if "nearest_exemplar" in raw["unknown"] else None),
                 crop=float(raw["input"].get("crop", 1.0)),
-                mirror=_flag(raw["input"].get("mirror", False), "input.mirror"),
+                **_mirror_rule(raw["input"].get("mirror", False)),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ModelFileError(f"{path}: model metadata lacks or garbles {exc}") from exc
@@ -229,6 +233,14 @@ class ModelRunner:
         except Exception as exc:  # noqa: BLE001
             raise ModelError(f"{self.path}: inference failed ({str(exc).splitlines()[0]})") from exc
         return logits, emb
+
+
+def mirror_wanted(logits: np.ndarray, temperature: float, below: float) -> np.ndarray:
+    """Which photos (rows of ``logits``, the plain reading's) are read with their mirror too under
+    ``input.mirror.when_below``: those whose top probability at ``temperature`` is below ``below``.
+    Most photos are sure and are read once, so the mirror costs the unsure ones only;
+    ``wetmarket model cv --mirror`` fits the mixed reading's temperature and flag with this."""
+    return np.asarray(softmax(np.atleast_2d(np.asarray(logits, np.float32)), temperature).max(1) < below)
 
 
 def mirror_average(plain: np.ndarray, mirrored: np.ndarray, normalise: bool = False) -> np.ndarray:
@@ -349,18 +361,23 @@ class Recognizer:
 
     def embed(self, image: np.ndarray | str | Path) -> tuple[np.ndarray, np.ndarray]:
         """(classifier logits, embedding) of one image after the plate region crop (with
-        ``input.mirror``, averaged with its mirror's)."""
+        ``input.mirror``, averaged with its mirror's; with its ``when_below``, only when the plain
+        reading is unsure)."""
         bgr = self._load_image(image)
         try:
             x = preprocess(bgr, self.meta.size, self.roi, self.meta.crop)
         except Exception as exc:  # noqa: BLE001 - OpenCV errors on degenerate inputs
             raise ImageError(f"{_name(image)}: cannot preprocess ({exc})") from exc
-        if not self.meta.mirror:
-            logits, emb = self.runner.run(x)
+        if self.meta.mirror and self.meta.mirror_below is None:
+            # one call with a batch of two: the network's weights are read once for both
+            logits, emb = self.runner.run(np.concatenate([x, np.ascontiguousarray(x[..., ::-1])]))
+            return mirror_average(logits[0], logits[1]), mirror_average(emb[0], emb[1], normalise=True)
+        logits, emb = self.runner.run(x)
+        if not (self.meta.mirror and self.meta.mirror_below is not None
+                and mirror_wanted(logits, self.meta.mirror_temperature, self.meta.mirror_below)[0]):
             return logits[0], emb[0]
-        # one call with a batch of two: the network's weights are read once for both
-        logits, emb = self.runner.run(np.concatenate([x, np.ascontiguousarray(x[..., ::-1])]))
-        return mirror_average(logits[0], logits[1]), mirror_average(emb[0], emb[1], normalise=True)
+        m_logits, m_emb = self.runner.run(np.ascontiguousarray(x[..., ::-1]))
+        return mirror_average(logits[0], m_logits[0]), mirror_average(emb[0], m_emb[0], normalise=True)
 
     def taught_head(self) -> TaughtHead | None:
         """The classifier refit on the gallery (None while nothing is taught or without exemplars).
@@ -531,10 +548,18 @@ class Recognizer:
         return self.gallery.tagged(tag)
 
 
-def _flag(value: object, name: str) -> bool:
-    if not isinstance(value, bool):
-        raise ValueError(f"{name}: expected true or false, got {value!r}")
-    return value
+def _mirror_rule(value: object) -> dict[str, Any]:
+    """``input.mirror``: true (every photo), false, or ``{"when_below": p, "plain_temperature": t}``
+    (only a photo whose plain reading's top probability at t is below p)."""
+    if isinstance(value, bool):
+        return {"mirror": value}
+    if isinstance(value, dict) and set(value) == {"when_below", "plain_temperature"}:
+        below, t = value["when_below"], value["plain_temperature"]
+        if (all(isinstance(v, int | float) and not isinstance(v, bool) for v in (below, t))
+                and 0 < below <= 1 and 0 < t < 1e3):
+            return {"mirror": True, "mirror_below": float(below), "mirror_temperature": float(t)}
+    raise ValueError(f"input.mirror: expected true, false or {{\"when_below\": a probability, "
+                     f"\"plain_temperature\": a positive number}}, got {value!r}")
 
 
 def _name(image: object) -> str:

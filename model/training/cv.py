@@ -44,7 +44,7 @@ import numpy as np
 from model import ModelError
 from model.data import Dataset, load_dataset
 from model.metrics import softmax, topk_accuracy
-from model.recognizer import mirror_average
+from model.recognizer import mirror_average, mirror_wanted
 from model.training.folds import Folds, Pool, blocked_folds, pooled
 from model.unknown import OUT_OF_FOLD_QUANTILE
 
@@ -59,6 +59,10 @@ CHUNK = 64  # photos per step of the activation cache (its progress is saved aft
 #: Weight-space ensembles measured per fold (WiSE-FT, Wortsman et al. 2022): the network at
 #: ``start + alpha * (fine-tuned - start)``, ``start`` the pretrained trunk with the linear head.
 WISE_ALPHAS = (0.25, 0.5, 0.75)
+#: ``--mirror unsure``: the share of the other-session photos read with their mirror too (the least
+#: sure ones).  A cost, not a fit: below half, the photo in the middle of a stall's morning is still
+#: read once, and the mean cost of the mirror falls to a quarter of it.
+MIRROR_UNSURE_SHARE = 0.25
 
 
 @dataclass
@@ -115,11 +119,15 @@ class CvConfig:
     # figures, temperature and flag of that reading beside the plain one, and ``--final`` ships it
     # (the model's ``input.mirror``); what a fold learns is the same, so its folder is too
     mirror: bool = False
+    # ``--final`` ships the mirror read only for the unsure photos (``unsure_mirror_reading``)
+    mirror_unsure: bool = False
 
     def __post_init__(self) -> None:
         if self.mirror and self.wise:
             # the weight-space ensembles' outputs are recorded for the plain reading only
             raise ModelError("--mirror with --wise: the weight-space ensembles are read without the mirror")
+        if self.mirror_unsure and not self.mirror:
+            raise ModelError("the mirror read when unsure needs the mirrored reading (--mirror unsure)")
 
 
 def slice_dataset(ds: Dataset, n: int | None) -> Dataset:
@@ -673,6 +681,7 @@ def teacher_cv(cfg: CvConfig, pool: Pool, folds: Folds, n_classes: int, spec: st
     by_epoch = [_fold_figures(fine[e], pool.labels, folds)["top1"] for e in range(cfg.epochs)]
     best = int(np.argmax(by_epoch))
     np.savez(work / "oof.npz", linear=linear, finetuned=fine[best], labels=pool.labels)
+    plain = summarise(fine[best], pool.labels, folds, pool.split, near)
     blends = _wise_oof(work, folds, n, n_classes)
     extra = ({"wise": wise_figures(blends[0], fine[-1], pool.labels, folds, pool.split, blends[1])}
              if blends is not None else {})
@@ -680,12 +689,37 @@ def teacher_cv(cfg: CvConfig, pool: Pool, folds: Folds, n_classes: int, spec: st
             "epochs_top1": by_epoch, "chosen_epochs": best + 1,
             "epochs_nested": nested_epochs(fine, pool.labels, folds, pool.split),
             "linear": summarise(linear, pool.labels, folds, pool.split),
-            "finetuned": summarise(fine[best], pool.labels, folds, pool.split, near),
+            "finetuned": plain,
             **({"finetuned_mirror": {
                 **summarise(fine_m[best], pool.labels, folds, pool.split,
                             near_m if near is not None else None),
-                "paired_with_plain": paired_counts(fine_m[best], fine[best], pool.labels, pool.split)}}
+                "paired_with_plain": paired_counts(fine_m[best], fine[best], pool.labels, pool.split)},
+                "finetuned_mirror_unsure": unsure_mirror_reading(
+                    fine[best], plain["temperature"], fine_m[best], near,
+                    near_m if near is not None else None, pool.labels, folds, pool.split)}
                if fine_m is not None else {})}
+
+
+def unsure_mirror_reading(plain: np.ndarray, temperature: float, mirrored: np.ndarray,
+                          near: np.ndarray | None, near_m: np.ndarray | None, labels: np.ndarray,
+                          folds: Folds, split: np.ndarray) -> dict[str, Any]:
+    """The mirror read only for the photos the plain reading is least sure of: its top probability
+    at its own ``temperature`` (``summarise``'s) below the ``MIRROR_UNSURE_SHARE`` quantile of the
+    other-session rows (``model.recognizer.mirror_wanted``).  ``mirrored``, ``near_m``: the readings
+    averaged with the mirror's (``mirror_average``).  The figures, temperature and flag of that
+    mixed reading (``summarise``), how many photos it reads twice, and its photo-by-photo count
+    against the plain reading."""
+    other = split == "val"
+    cal = other if other.sum() >= 2 else np.ones(len(split), bool)  # the rows ``summarise`` fits on
+    below = float(np.quantile(softmax(plain[cal], temperature).max(1), MIRROR_UNSURE_SHARE))
+    twice = mirror_wanted(plain, temperature, below)
+    mixed = np.where(twice[:, None], mirrored, plain)
+    mixed_near = None if near is None or near_m is None else np.where(twice, near_m, near)
+    return {"when_below": below, "plain_temperature": temperature,
+            "read_twice": {"pooled": float(twice.mean()),
+                           "other_session": float(twice[other].mean()) if other.any() else None},
+            **summarise(mixed, labels, folds, split, mixed_near),
+            "paired_with_plain": paired_counts(mixed, plain, labels, split)}
 
 
 def _mirrored(cfg: CvConfig, pool: Pool, base: RecognizerNet, spec: str, seed: int,
@@ -861,12 +895,20 @@ def _mirror(t: dict[str, Any]) -> str:
     m = t.get("finetuned_mirror")
     if not m:
         return ""
+    u = t.get("finetuned_mirror_unsure")
+    return (f"\n  - read with each photo's mirror, outputs averaged: {_fmt(m)}; {_paired(m)}"
+            + (f"\n  - the mirror read only when the plain reading's top probability is below "
+               f"{u['when_below']:.3f} ({u['read_twice']['pooled']:.1%} of the photos, "
+               f"{_pct(u['read_twice']['other_session'])} of the other-session ones): {_fmt(u)}; "
+               f"{_paired(u)}" if u else ""))
+
+
+def _paired(m: dict[str, Any]) -> str:
     pair = m["paired_with_plain"]
-    return (f"\n  - read with each photo's mirror, outputs averaged: {_fmt(m)}; photos only the mirrored "
-            f"reading gets right against only the plain one: pooled {pair['pooled']['only_first']} against "
-            f"{pair['pooled']['only_second']} (p = {pair['pooled']['p']:.2f}), other sessions "
-            f"{pair['other_session']['only_first']} against {pair['other_session']['only_second']} "
-            f"(p = {pair['other_session']['p']:.2f})")
+    return (f"photos only this reading gets right against only the plain one: pooled "
+            f"{pair['pooled']['only_first']} against {pair['pooled']['only_second']} (p = "
+            f"{pair['pooled']['p']:.2f}), other sessions {pair['other_session']['only_first']} against "
+            f"{pair['other_session']['only_second']} (p = {pair['other_session']['p']:.2f})")
 
 
 def _nested(t: dict[str, Any]) -> str:
@@ -1001,11 +1043,14 @@ def ship(cfg: CvConfig, report: dict[str, Any], ds: Dataset, pool: Pool) -> dict
         raise ModelError("--final: several teachers ship as one distilled student: give --student")
     f = chosen["finetuned"]
     alpha: float | None = None
+    mirror: bool | dict[str, float] = False
     if cfg.mirror:
         if "finetuned_mirror" not in chosen:
             raise ModelError("--final --mirror: the shipped recipe's folds ran without the mirrored reading; "
                              "run them again with --mirror (delete their fold-*.npz)")
-        f = chosen["finetuned_mirror"]
+        f = chosen["finetuned_mirror_unsure" if cfg.mirror_unsure else "finetuned_mirror"]
+        mirror = ({"when_below": f["when_below"], "plain_temperature": f["plain_temperature"]}
+                  if cfg.mirror_unsure else True)
     if cfg.wise:
         if "wise" not in chosen or "unknown_flag" not in chosen["wise"]["chosen"]:
             raise ModelError("--final --wise: one teacher whose folds kept their weight-space ensembles "
@@ -1029,7 +1074,7 @@ def ship(cfg: CvConfig, report: dict[str, Any], ds: Dataset, pool: Pool) -> dict
         "version": MODEL_VERSION,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "labels": ds.classes,
-        **model_io(size, cfg.crop, cfg.mirror),
+        **model_io(size, cfg.crop, mirror),
         "backbone": backbone,
         "mode": mode,
         "scale": cfg.train_scale,

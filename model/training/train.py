@@ -486,13 +486,14 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
     return report
 
 
-def model_io(size: int, crop: float = 1.0, mirror: bool = False) -> dict[str, Any]:
+def model_io(size: int, crop: float = 1.0, mirror: bool | dict[str, float] = False) -> dict[str, Any]:
     """The metadata's ``input`` and ``outputs``: what ``model.preprocess`` and the runner rely on.
     ``mirror``: the photo is read with its mirror too, the outputs averaged
-    (``model.recognizer.mirror_average``)."""
-    cropped = {"crop": crop} if crop < 1 else {}
+    (``model.recognizer.mirror_average``); ``{"when_below", "plain_temperature"}``: only when the
+    plain reading is unsure (``model.recognizer.mirror_wanted``)."""
+    cropped: dict[str, Any] = {"crop": crop} if crop < 1 else {}
     if mirror:
-        cropped["mirror"] = True
+        cropped["mirror"] = mirror
     resize = ("shorter side to size (INTER_AREA), centre crop" if crop >= 1 else
               f"the centre square of {crop:g} of the shorter side, then to size (INTER_AREA)")
     return {"input": {"name": "image", "size": size, "mean": 127.0, "std": 128.0,

@@ -212,12 +212,21 @@ def test_student_learns_each_fold_from_that_folds_teacher(tmp_path: Path) -> Non
     (["--match", "0.4", "--student", "efficientnet-lite1@240"], "same BACKBONE@SIZE"),
     (["--student-epochs", "9"], "give --student"),
     (["--mirror", "--wise", "--final", "x.onnx"], "--mirror with --wise"),
+    (["--mirror", "unsure", "--wise", "--final", "x.onnx"], "--mirror with --wise"),
 ])
 def test_cv_command_refuses_bad_input(dataset_root: Path, tmp_path: Path, args: list[str], message: str,
                                       capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["model", "cv", "--data", str(dataset_root), "--run-dir", str(tmp_path), *args]) != 0
     assert message in capsys.readouterr().err
     assert not (tmp_path / "cv-report.json").exists()
+
+
+def test_cv_command_names_the_mirror_readings_it_knows(dataset_root: Path, tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["model", "cv", "--data", str(dataset_root), "--run-dir", str(tmp_path),
+              "--mirror", "sometimes"])
+    assert "choose from 'always', 'unsure'" in capsys.readouterr().err
 
 
 def test_activation_cache_goes_on_where_it_stopped(dataset_root: Path, tmp_path: Path,
@@ -380,6 +389,7 @@ def test_a_recipe_read_with_its_mirror_ships_the_reading_its_folds_measured(
 
     from model import ModelFileError
     from model.data import load_dataset
+    from model.metrics import softmax
     from model.preprocess import decode_target, preprocess, read_image, read_photo, square_resize, to_tensor
     from model.recognizer import ModelRunner, Recognizer, mirror_average
     from model.training.cv import slice_dataset
@@ -443,6 +453,49 @@ def test_a_recipe_read_with_its_mirror_ships_the_reading_its_folds_measured(
     assert abs(float(np.linalg.norm(emb)) - 1) < 1e-5
     # metadata that garbles the switch is refused by name
     meta["input"]["mirror"] = "yes"
+    fp32.with_suffix(".json").write_text(json.dumps(meta))
+    with pytest.raises(ModelFileError, match="input.mirror"):
+        Recognizer.load(fp32)
+
+    # the mirror read only where the plain reading is least sure: a quarter of the other sessions
+    u = t["finetuned_mirror_unsure"]
+    assert u["plain_temperature"] == t["finetuned"]["temperature"]
+    twice = softmax(fine, u["plain_temperature"]).max(1) < u["when_below"]
+    other = pool.split == "val"
+    assert u["read_twice"]["other_session"] == pytest.approx(twice[other].mean())
+    assert 0.1 <= twice[other].mean() <= 0.3 and u["read_twice"]["pooled"] == pytest.approx(twice.mean())
+    right_mixed = np.where(twice[:, None], fine_m, fine).argmax(1) == pool.labels
+    pair = u["paired_with_plain"]["pooled"]
+    assert pair["only_first"] - pair["only_second"] == int(right_mixed.sum()) - int(right.sum())
+    assert "the mirror read only when" in (tmp_path / "cv-report.md").read_text()
+    assert _cv(dataset_root, tmp_path, "--mirror", "unsure", "--final", str(out)) == 0
+    meta = json.loads(fp32.with_suffix(".json").read_text())
+    assert meta["input"]["mirror"] == {k: u[k] for k in ("when_below", "plain_temperature")}
+    assert meta["temperature"] == u["temperature"]
+    assert meta["unknown"]["nearest_exemplar"]["threshold"] == u["unknown_flag"]["threshold"]
+    # the stall reads a sure photo once and an unsure one with its mirror; the rule moved to the
+    # middle of these photos so that both kinds are read here
+    runner = ModelRunner(fp32, 64)
+    photos = [s.path for s in pool.samples[:12]]
+    xs = [preprocess(read_image(photo, decode_target(64, 1.0)), 64) for photo in photos]
+    plain_runs = [runner.run(x) for x in xs]
+    sure = [float(softmax(lg, u["plain_temperature"]).max()) for lg, _ in plain_runs]
+    meta["input"]["mirror"]["when_below"] = float(np.median(sure))
+    fp32.with_suffix(".json").write_text(json.dumps(meta))
+    rec = Recognizer.load(fp32)
+    assert rec.meta.mirror_below == float(np.median(sure))
+    read_twice = []
+    for photo, x, (l0, e0), p in zip(photos, xs, plain_runs, sure, strict=True):
+        logits, emb = rec.embed(photo)
+        if p < rec.meta.mirror_below:
+            l1, e1 = runner.run(np.ascontiguousarray(x[..., ::-1]))
+            l0, e0 = mirror_average(l0, l1), mirror_average(e0, e1, normalise=True)
+        np.testing.assert_allclose(logits, l0[0], atol=1e-4)
+        np.testing.assert_allclose(emb, e0[0], atol=1e-4)
+        read_twice.append(p < rec.meta.mirror_below)
+    assert 0 < sum(read_twice) < len(read_twice)
+    # a rule that is not a probability is refused by name
+    meta["input"]["mirror"]["when_below"] = 1.5
     fp32.with_suffix(".json").write_text(json.dumps(meta))
     with pytest.raises(ModelFileError, match="input.mirror"):
         Recognizer.load(fp32)
