@@ -11,6 +11,12 @@ gallery lookup included), single-threaded onnxruntime.
 With several models, each is then timed again in one process, the models taking
 turns photo by photo, and its p50 given as a ratio to the first model's.
 
+A model that reads a photo's mirror only when unsure (``input.mirror.when_below``) reports the
+share of the photos it read twice.  Those photos are val's, which the shipped model trained on
+and is surer of than of a stall's; ``--mirror-share F`` moves its threshold to the F quantile of
+the plain reading's top probability on them, so that F of them are read twice, the share the
+blocked folds measured on other sessions (``model cv --mirror``: 0.25).
+
 ``--default-int8-kernels`` also measures each model with onnxruntime's default
 int8 kernels, which saturate on x86 CPUs without VNNI (the stall uses exact
 ones there and only there, see ``ModelRunner``): the baseline that shows what
@@ -46,8 +52,15 @@ def peak_rss_mb() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
-def _open(model: Path, exact: bool) -> tuple[Any, float]:
-    """The recognizer as the stall opens it (and its load time), or on the default int8 kernels."""
+def _open(model: Path, exact: bool, paths: list[Path],
+          mirror_share: float | None = None) -> tuple[Any, float, float | None]:
+    """The recognizer as the stall opens it (and its load time), or on the default int8 kernels;
+    with ``input.mirror.when_below``, the share of ``paths`` it reads twice (at ``mirror_share``:
+    that share, its threshold moved)."""
+    import dataclasses
+
+    import numpy as np
+
     from model.recognizer import ModelRunner, Recognizer
 
     t0 = time.perf_counter()
@@ -55,22 +68,41 @@ def _open(model: Path, exact: bool) -> tuple[Any, float]:
     load_ms = (time.perf_counter() - t0) * 1000
     if not exact:
         rec.runner = ModelRunner(model, rec.meta.size, exact_int8=False)
-    return rec, load_ms
+    if rec.meta.mirror_below is None:
+        return rec, load_ms, None
+    sure = _plain_sureness(rec, paths)
+    if mirror_share is not None:
+        rec.meta = dataclasses.replace(rec.meta, mirror_below=float(np.quantile(sure, mirror_share)))
+    return rec, load_ms, float(np.mean(sure < rec.meta.mirror_below))
+
+
+def _plain_sureness(rec: Any, paths: list[Path]) -> Any:
+    """Each photo's plain reading's top probability at the mirror rule's temperature."""
+    import numpy as np
+
+    from model.metrics import softmax
+    from model.preprocess import decode_target, preprocess, read_image
+
+    m = rec.meta
+    return np.array([float(softmax(rec.runner.run(preprocess(
+        read_image(p, decode_target(m.size, m.crop)), m.size, rec.roi, m.crop))[0],
+        m.mirror_temperature).max()) for p in paths])
 
 
 def _label(model: Path, exact: bool) -> str:
-    return model.name + ("" if exact else " (default int8 kernels)")
+    return f"{model.parent.name}/{model.name}" + ("" if exact else " (default int8 kernels)")
 
 
-def worker(model: Path, data: Path, ood_dir: Path, repeats: int, exact: bool) -> dict[str, object]:
+def worker(model: Path, data: Path, ood_dir: Path, repeats: int, exact: bool,
+           mirror_share: float | None) -> dict[str, object]:
     import numpy as np
 
     from model.data import load_dataset
     from model.metrics import auroc
     from model.recognizer import int8_kernels_may_saturate
 
-    rec, load_ms = _open(model, exact)
     ds = load_dataset(data)
+    rec, load_ms, read_twice = _open(model, exact, [s.path for s in ds.val], mirror_share)
     hit1, hit5, unk, known_m, ms = [], [], [], [], []
     for s in ds.val:
         r = rec.recognize(s.path)
@@ -108,20 +140,23 @@ def worker(model: Path, data: Path, ood_dir: Path, repeats: int, exact: bool) ->
         "latency_ms_p50": round(float(np.median(ms)), 2),
         "latency_ms_p90": round(float(np.quantile(ms, 0.9)), 2),
         "latency_n": len(ms),
+        **({} if read_twice is None else {"mirror_read_twice": round(read_twice, 4),
+                                          "mirror_when_below": round(rec.meta.mirror_below, 4)}),
         "rss_mb": peak_rss_mb(),
         "torch_loaded": "torch" in sys.modules,
     }
 
 
-def interleaved(models: list[Path], data: Path, repeats: int, exact: list[bool]) -> list[dict[str, object]]:
+def interleaved(models: list[Path], data: Path, repeats: int, exact: list[bool],
+                mirror_share: float | None = None) -> list[dict[str, object]]:
     """Latency of each model on the same photos, the models taking turns photo by photo in one
     process: the ratio to the first model is fair even while the shared machine's speed drifts."""
     import numpy as np
 
     from model.data import load_dataset
 
-    recs = [_open(m, ex)[0] for m, ex in zip(models, exact, strict=True)]
     paths = [s.path for s in load_dataset(data).val]
+    recs = [_open(m, ex, paths, mirror_share)[0] for m, ex in zip(models, exact, strict=True)]
     ms: list[list[float]] = [[] for _ in recs]
     for _ in range(repeats):
         for p in paths:
@@ -144,6 +179,9 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=2, help="latency passes over val")
     ap.add_argument("--ood", type=int, default=200, help="synthetic packaged-goods photos")
     ap.add_argument("--json", type=Path, help="also write the results here")
+    ap.add_argument("--mirror-share", type=float, metavar="F",
+                    help="a model reading its mirror when unsure: move its threshold so that F of "
+                         "the photos are read twice")
     ap.add_argument("--default-int8-kernels", action="store_true",
                     help="also measure onnxruntime's default (saturating without VNNI) int8 kernels")
     ap.add_argument("--worker", type=Path, help=argparse.SUPPRESS)
@@ -151,7 +189,8 @@ def main() -> int:
     ap.add_argument("--inexact", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
-        print(json.dumps(worker(args.worker, args.data, args.ood_dir, args.repeats, not args.inexact)))
+        print(json.dumps(worker(args.worker, args.data, args.ood_dir, args.repeats, not args.inexact,
+                                args.mirror_share)))
         return 0
     from model.training.ood import write_packaged_goods
 
@@ -167,7 +206,8 @@ def main() -> int:
                 continue
             out = subprocess.run(
                 [sys.executable, __file__, "--worker", str(m), "--data", str(args.data),
-                 "--ood-dir", tmp, "--repeats", str(args.repeats)] + (["--inexact"] if inexact else []),
+                 "--ood-dir", tmp, "--repeats", str(args.repeats)] + (["--inexact"] if inexact else [])
+                + ([] if args.mirror_share is None else ["--mirror-share", str(args.mirror_share)]),
                 check=True, capture_output=True, text=True,
             )
             res = json.loads(out.stdout.strip().splitlines()[-1])
@@ -177,7 +217,7 @@ def main() -> int:
     if len(present) > 1:
         # every model once more, taking turns photo by photo: ratios immune to the machine's drift
         both = interleaved([m for m, _ in present], args.data, args.repeats,
-                           [not inexact for _, inexact in present])
+                           [not inexact for _, inexact in present], args.mirror_share)
         for r in both:
             print(json.dumps(r))
         results.append({"interleaved": both})
