@@ -46,7 +46,7 @@ from model.data import Dataset, load_dataset
 from model.metrics import softmax, topk_accuracy
 from model.recognizer import mirror_average, mirror_wanted
 from model.training.folds import Folds, Pool, blocked_folds, pooled
-from model.unknown import OUT_OF_FOLD_QUANTILE
+from model.unknown import OUT_OF_FOLD_QUANTILE, flag_threshold
 
 if TYPE_CHECKING:
     import torch
@@ -480,7 +480,7 @@ def summarise(oof: np.ndarray, labels: np.ndarray, folds: Folds, split: np.ndarr
     cal = other if other.sum() >= 2 else np.ones(len(split), bool)
     t = fit_temperature(oof[cal], labels[cal])
     top = softmax(oof, t).max(1)
-    thr = float(np.quantile(top[cal], OUT_OF_FOLD_QUANTILE))
+    thr = flag_threshold(top[cal], OUT_OF_FOLD_QUANTILE)
     per = [topk_accuracy(oof[other & (folds.fold == k)], labels[other & (folds.fold == k)])[1]
            for k in range(folds.k) if np.any(other & (folds.fold == k))]
     flag: dict[str, Any] = {}

@@ -30,7 +30,7 @@ from model.data import Dataset, DatasetError, load_dataset
 from model.metrics import auroc, confusion_png, softmax, topk_accuracy
 from model.training.distill import DEFAULT_TEACHERS
 from model.training.head import HeadConfig, fit_temperature, head_logits, train_head
-from model.unknown import UNKNOWN_QUANTILE, UnknownFlag, nearest_cosine
+from model.unknown import UNKNOWN_QUANTILE, UnknownFlag, flag_threshold, nearest_cosine
 
 logger = logging.getLogger(__name__)
 
@@ -259,7 +259,7 @@ def held_out_classes(f: dict[str, np.ndarray], classes: list[str], cfg: HeadConf
     best = choose_gallery_setting({k: (v[0], v[2]) for k, v in grid.items()}, no_gallery)
     kp, up = np.concatenate(known_p), np.concatenate(unknown_p)
     kc, uc = np.concatenate(known_cos), np.concatenate(unknown_cos)
-    thr = float(np.quantile(kp, threshold_quantile))
+    thr = flag_threshold(kp, threshold_quantile)
     return {
         "groups": groups,
         "unknown_auroc_maxprob": auroc(-up, -kp),
@@ -284,7 +284,7 @@ def held_out_classes(f: dict[str, np.ndarray], classes: list[str], cfg: HeadConf
 def calibrate(logits: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     """(temperature, unknown threshold on the top calibrated probability)."""
     t = fit_temperature(logits, y)
-    return t, float(np.quantile(softmax(logits, t).max(1), UNKNOWN_QUANTILE))
+    return t, flag_threshold(softmax(logits, t).max(1), UNKNOWN_QUANTILE)
 
 
 def split_half_check(logits: np.ndarray, y: np.ndarray, seed: int) -> dict[str, float]:
