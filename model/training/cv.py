@@ -632,13 +632,13 @@ def teacher_cv(cfg: CvConfig, pool: Pool, folds: Folds, n_classes: int, spec: st
 
     work = work_dir(cfg, spec, seed, student=teachers is not None)
     base, n_frozen, acts, feats = _prepared(cfg, pool, n_classes, spec, seed, work)
-    mirrored = _mirrored(cfg, pool, base, spec, seed, n_frozen) if cfg.mirror else None
     initial = {k: v.clone() for k, v in base.state_dict().items()}
     wanted = cfg.only_folds if cfg.only_folds is not None else tuple(range(folds.k))
-    for k in wanted:
+    to_run = [k for k in wanted if not (work / f"fold-{k}.npz").exists()]
+    # the mirrored views are read only by folds still to run (a report of done folds needs none)
+    mirrored = _mirrored(cfg, pool, base, spec, seed, n_frozen) if cfg.mirror and to_run else None
+    for k in to_run:
         out = work / f"fold-{k}.npz"
-        if out.exists():
-            continue
         base.load_state_dict(initial)
         for p in base.parameters():
             p.requires_grad_(True)
