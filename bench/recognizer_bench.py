@@ -81,12 +81,9 @@ def _plain_sureness(rec: Any, paths: list[Path]) -> Any:
     import numpy as np
 
     from model.metrics import softmax
-    from model.preprocess import decode_target, preprocess, read_image
 
-    m = rec.meta
-    return np.array([float(softmax(rec.runner.run(preprocess(
-        read_image(p, decode_target(m.size, m.crop)), m.size, rec.roi, m.crop))[0],
-        m.mirror_temperature).max()) for p in paths])
+    t = rec.meta.mirror_temperature
+    return np.array([float(softmax(rec.runner.run(rec.network_input(p))[0], t).max()) for p in paths])
 
 
 def _label(model: Path, exact: bool) -> str:

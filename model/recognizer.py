@@ -359,22 +359,26 @@ class Recognizer:
             return read_image(image, decode_target(self.meta.size, self.meta.crop))
         return as_bgr(image)
 
+    def network_input(self, image: np.ndarray | str | Path) -> np.ndarray:
+        """The network's input (1, 3, S, S) of one image after the plate region crop."""
+        bgr = self._load_image(image)
+        try:
+            return preprocess(bgr, self.meta.size, self.roi, self.meta.crop)
+        except Exception as exc:  # noqa: BLE001 - OpenCV errors on degenerate inputs
+            raise ImageError(f"{_name(image)}: cannot preprocess ({exc})") from exc
+
     def embed(self, image: np.ndarray | str | Path) -> tuple[np.ndarray, np.ndarray]:
         """(classifier logits, embedding) of one image after the plate region crop (with
         ``input.mirror``, averaged with its mirror's; with its ``when_below``, only when the plain
         reading is unsure)."""
-        bgr = self._load_image(image)
-        try:
-            x = preprocess(bgr, self.meta.size, self.roi, self.meta.crop)
-        except Exception as exc:  # noqa: BLE001 - OpenCV errors on degenerate inputs
-            raise ImageError(f"{_name(image)}: cannot preprocess ({exc})") from exc
-        if self.meta.mirror and self.meta.mirror_below is None:
+        x = self.network_input(image)
+        m = self.meta
+        if m.mirror and m.mirror_below is None:
             # one call with a batch of two: the network's weights are read once for both
             logits, emb = self.runner.run(np.concatenate([x, np.ascontiguousarray(x[..., ::-1])]))
             return mirror_average(logits[0], logits[1]), mirror_average(emb[0], emb[1], normalise=True)
         logits, emb = self.runner.run(x)
-        if not (self.meta.mirror and self.meta.mirror_below is not None
-                and mirror_wanted(logits, self.meta.mirror_temperature, self.meta.mirror_below)[0]):
+        if m.mirror_below is None or not mirror_wanted(logits, m.mirror_temperature, m.mirror_below)[0]:
             return logits[0], emb[0]
         m_logits, m_emb = self.runner.run(np.ascontiguousarray(x[..., ::-1]))
         return mirror_average(logits[0], m_logits[0]), mirror_average(emb[0], m_emb[0], normalise=True)

@@ -461,6 +461,13 @@ def _fold_figures(logits: np.ndarray, labels: np.ndarray, folds: Folds) -> dict[
             "per_fold_top1": t1.tolist(), "per_fold_top5": t5.tolist()}
 
 
+def calibration_rows(split: np.ndarray) -> np.ndarray:
+    """The rows temperatures and thresholds are fitted on: the other-session ones (val's), or every
+    row where fewer than two are (a slice without val)."""
+    other = split == "val"
+    return other if other.sum() >= 2 else np.ones(len(split), bool)
+
+
 def summarise(oof: np.ndarray, labels: np.ndarray, folds: Folds, split: np.ndarray,
               near: np.ndarray | None = None) -> dict[str, Any]:
     """Figures of one recipe from its out-of-fold logits (N, C), with the choices fitted on them.
@@ -477,7 +484,7 @@ def summarise(oof: np.ndarray, labels: np.ndarray, folds: Folds, split: np.ndarr
     from model.unknown import UnknownFlag
 
     other = split == "val"
-    cal = other if other.sum() >= 2 else np.ones(len(split), bool)
+    cal = calibration_rows(split)
     t = fit_temperature(oof[cal], labels[cal])
     top = softmax(oof, t).max(1)
     thr = flag_threshold(top[cal], OUT_OF_FOLD_QUANTILE)
@@ -494,7 +501,7 @@ def summarise(oof: np.ndarray, labels: np.ndarray, folds: Folds, split: np.ndarr
     return {**_fold_figures(oof, labels, folds),
             "other_session": topk_accuracy(oof[other], labels[other]) if other.any() else {},
             "other_session_per_fold_top1": per,
-            "calibrated_on": "other_session" if cal is other else "pooled",
+            "calibrated_on": "other_session" if np.array_equal(cal, other) else "pooled",
             "temperature": t, "unknown_threshold": thr, "known_flagged": float(np.mean(top < thr)), **flag}
 
 
@@ -710,7 +717,7 @@ def unsure_mirror_reading(plain: np.ndarray, temperature: float, mirrored: np.nd
     mixed reading (``summarise``), how many photos it reads twice, and its photo-by-photo count
     against the plain reading."""
     other = split == "val"
-    cal = other if other.sum() >= 2 else np.ones(len(split), bool)  # the rows ``summarise`` fits on
+    cal = calibration_rows(split)
     below = float(np.quantile(softmax(plain[cal], temperature).max(1), MIRROR_UNSURE_SHARE))
     twice = mirror_wanted(plain, temperature, below)
     mixed = np.where(twice[:, None], mirrored, plain)
