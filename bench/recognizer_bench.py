@@ -17,6 +17,11 @@ and is surer of than of a stall's; ``--mirror-share F`` moves its threshold to t
 the plain reading's top probability on them, so that F of them are read twice, the share the
 blocked folds measured on other sessions (``model cv --mirror``: 0.25).
 
+``--outside DIR`` also reads real photos of things outside the catalogue (every image under DIR,
+e.g. the Grocery Store Dataset's ``Packages`` folders, which ``../shared`` leaves out): the share the
+unknown flag takes and the AUROC against val, beside the synthetic packaged goods, which are far
+easier (the shipped model flags all of those).
+
 ``--default-int8-kernels`` also measures each model with onnxruntime's default
 int8 kernels, which saturate on x86 CPUs without VNNI (the stall uses exact
 ones there and only there, see ``ModelRunner``): the baseline that shows what
@@ -91,10 +96,10 @@ def _label(model: Path, exact: bool) -> str:
 
 
 def worker(model: Path, data: Path, ood_dir: Path, repeats: int, exact: bool,
-           mirror_share: float | None) -> dict[str, object]:
+           mirror_share: float | None, outside: Path | None = None) -> dict[str, object]:
     import numpy as np
 
-    from model.data import load_dataset
+    from model.data import images_under, load_dataset
     from model.metrics import auroc
     from model.recognizer import int8_kernels_may_saturate
 
@@ -119,6 +124,13 @@ def worker(model: Path, data: Path, ood_dir: Path, repeats: int, exact: bool,
     # AUROC of the score the flag thresholds (the top probability, plus the nearest exemplar where
     # the model's metadata says so)
     ood_m = np.array([rec.unknown_margin(r.top[0][1], r.embedding) for r in ood_res])
+    real: dict[str, object] = {}
+    if outside is not None:
+        out_res = [rec.recognize(p) for p in images_under(outside)]
+        out_m = np.array([rec.unknown_margin(r.top[0][1], r.embedding) for r in out_res])
+        real = {"outside_n": len(out_res),
+                "outside_flagged_unknown": round(float(np.mean([r.unknown for r in out_res])), 4),
+                "outside_auroc": round(auroc(-out_m, -np.array(known_m)), 4)}
     return {
         "model": _label(model, exact),
         "cpu_int8_may_saturate": int8_kernels_may_saturate(),
@@ -133,6 +145,7 @@ def worker(model: Path, data: Path, ood_dir: Path, repeats: int, exact: bool,
         "ood_n": len(ood),
         "ood_flagged_unknown": round(float(np.mean([r.unknown for r in ood_res])), 4),
         "ood_auroc": round(auroc(-ood_m, -np.array(known_m)), 4),
+        **real,
         "unknown_score": "probability+nearest" if rec.meta.unknown_flag else "probability",
         "latency_ms_p50": round(float(np.median(ms)), 2),
         "latency_ms_p90": round(float(np.quantile(ms, 0.9)), 2),
@@ -175,6 +188,8 @@ def main() -> int:
     ap.add_argument("--data", type=Path, default=DATA)
     ap.add_argument("--repeats", type=int, default=2, help="latency passes over val")
     ap.add_argument("--ood", type=int, default=200, help="synthetic packaged-goods photos")
+    ap.add_argument("--outside", type=Path, metavar="DIR",
+                    help="real photos of things outside the catalogue (every image under DIR)")
     ap.add_argument("--json", type=Path, help="also write the results here")
     ap.add_argument("--mirror-share", type=float, metavar="F",
                     help="a model reading its mirror when unsure: move its threshold so that F of "
@@ -187,8 +202,10 @@ def main() -> int:
     args = ap.parse_args()
     if args.worker:
         print(json.dumps(worker(args.worker, args.data, args.ood_dir, args.repeats, not args.inexact,
-                                args.mirror_share)))
+                                args.mirror_share, args.outside)))
         return 0
+    if args.outside is not None and not args.outside.is_dir():
+        ap.error(f"--outside {args.outside}: not a folder")
     from model.training.ood import write_packaged_goods
 
     results = []
@@ -204,7 +221,8 @@ def main() -> int:
             out = subprocess.run(
                 [sys.executable, __file__, "--worker", str(m), "--data", str(args.data),
                  "--ood-dir", tmp, "--repeats", str(args.repeats)] + (["--inexact"] if inexact else [])
-                + ([] if args.mirror_share is None else ["--mirror-share", str(args.mirror_share)]),
+                + ([] if args.mirror_share is None else ["--mirror-share", str(args.mirror_share)])
+                + ([] if args.outside is None else ["--outside", str(args.outside)]),
                 check=True, capture_output=True, text=True,
             )
             res = json.loads(out.stdout.strip().splitlines()[-1])

@@ -183,6 +183,8 @@ def cmd_cv(args: argparse.Namespace) -> int:
         raise ModelError(f"--crop {args.crop}: the fraction of a photo's shorter side kept, 0.2 to 1")
     if args.folds < 2:
         raise ModelError(f"--folds {args.folds}: cross-validation needs at least 2 folds")
+    if args.ood is not None and not Path(args.ood).is_dir():
+        raise ModelError(f"--ood {args.ood}: not a folder of photos outside the catalogue")
     if args.only_folds and not all(0 <= k < args.folds for k in args.only_folds):
         raise ModelError(f"--only-folds: fold numbers run from 0 to {args.folds - 1}")
     logging.getLogger("model").setLevel(logging.INFO)
@@ -194,7 +196,8 @@ def cmd_cv(args: argparse.Namespace) -> int:
                    student=args.student, kd_temperature=args.kd_temperature, kd_alpha=args.kd_alpha,
                    match=args.match, student_epochs=args.student_epochs, crop=args.crop,
                    final=Path(args.final) if args.final else None, wise=args.wise,
-                   mirror=args.mirror is not None, mirror_unsure=args.mirror == "unsure")
+                   mirror=args.mirror is not None, mirror_unsure=args.mirror == "unsure",
+                   ood=Path(args.ood) if args.ood else None)
     report = run_cv(cfg)
     summary: dict[str, Any] = {"report": str(cfg.run_dir / "cv-report.md")}
     for t in report["teachers"]:
@@ -363,6 +366,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg,
     v.add_argument("--crop", type=float, default=1.0, metavar="F",
                    help="each photo's centre square, F of its shorter side, before resizing and "
                         "augmenting (the model's input.crop, after the stall's plate region; 1: all)")
+    v.add_argument("--ood", metavar="DIR",
+                   help="photos of things outside the catalogue (packaged goods), read by each fold's "
+                        "network: the report gives the share its unknown flag takes, fitted as for "
+                        "produce, and the produce each costlier flag takes")
     v.add_argument("--batch", type=_positive, default=32)
     v.add_argument("--seed", type=int, default=0)
     v.add_argument("--threads", type=_positive, default=2)

@@ -99,7 +99,8 @@ def _read_grocery(root: Path) -> Dataset:
     return Dataset(root, classes, read_list("train.txt"), read_list("val.txt"))
 
 
-def _images_under(folder: Path) -> list[Path]:
+def images_under(folder: Path) -> list[Path]:
+    """Every image file under ``folder``, recursively, in name order."""
     return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
 
 
@@ -117,7 +118,7 @@ def _read_tree(root: Path, val_fraction: float, seed: int) -> Dataset:
                 Sample(p, idx[d.name])
                 for d in sorted(folder.iterdir())
                 if d.is_dir() and d.name in idx
-                for p in _images_under(d)
+                for p in images_under(d)
             ]
 
         return Dataset(root, classes, collect(split_dirs[0]), collect(split_dirs[1]))
@@ -126,7 +127,7 @@ def _read_tree(root: Path, val_fraction: float, seed: int) -> Dataset:
     train: list[Sample] = []
     val: list[Sample] = []
     for i, c in enumerate(classes):
-        paths = _images_under(root / c)
+        paths = images_under(root / c)
         rng.shuffle(paths)
         n_val = int(round(len(paths) * val_fraction)) if len(paths) > 1 else 0
         val += [Sample(p, i) for p in paths[:n_val]]

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from model.data import IMAGE_SUFFIXES, load_dataset
+from model.data import images_under, load_dataset
 from model.metrics import auroc, confusion_png
 from model.recognizer import Recognizer
 
@@ -80,7 +80,7 @@ def evaluate(
     }
     ood_rate = ood_auc = None
     if ood_dir is not None:
-        paths = sorted(p for p in Path(ood_dir).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        paths = images_under(Path(ood_dir))
         res = [rec.recognize(p) for p in paths]
         ood_scores = np.array([rec.unknown_margin(r.top[0][1], r.embedding) for r in res])
         ood_rate = float(np.mean([r.unknown for r in res])) if res else float("nan")

@@ -35,6 +35,7 @@ import json
 import logging
 import math
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -42,11 +43,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from model import ModelError
-from model.data import Dataset, load_dataset
+from model.data import Dataset, Sample, images_under, load_dataset
 from model.metrics import softmax, topk_accuracy
 from model.recognizer import mirror_average, mirror_wanted
 from model.training.folds import Folds, Pool, blocked_folds, pooled
-from model.unknown import OUT_OF_FOLD_QUANTILE, flag_threshold
+from model.unknown import OUT_OF_FOLD_QUANTILE, UnknownFlag, flag_threshold
 
 if TYPE_CHECKING:
     import torch
@@ -63,6 +64,10 @@ WISE_ALPHAS = (0.25, 0.5, 0.75)
 #: sure ones).  A cost, not a fit: below half, the photo in the middle of a stall's morning is still
 #: read once, and the mean cost of the mirror falls to a quarter of it.
 MIRROR_UNSURE_SHARE = 0.25
+#: The shares of other-session produce an unknown flag is fitted to take at which ``ood_figures``
+#: reads what it takes of photos outside the catalogue: the shipped one and two costlier ones (the
+#: issue's first measurement of packaged goods was at 7.1 % of produce).
+OOD_SHARES = (OUT_OF_FOLD_QUANTILE, 0.075, 0.10)
 
 
 @dataclass
@@ -121,6 +126,10 @@ class CvConfig:
     mirror: bool = False
     # ``--final`` ships the mirror read only for the unsure photos (``unsure_mirror_reading``)
     mirror_unsure: bool = False
+    # photos of things outside the catalogue (packaged goods): each fold network reads their centre
+    # view after each epoch, and the report gives the share of them its unknown flag takes, fitted
+    # as the produce figure is (``ood_figures``); what a fold learns is the same, so its folder is too
+    ood: Path | None = None
 
     def __post_init__(self) -> None:
         if self.mirror and self.wise:
@@ -268,7 +277,8 @@ def run_fold(net: RecognizerNet, acts: np.ndarray, feats: np.ndarray, labels: np
              seed: int, work: Path, soft: np.ndarray | None = None, stop: int | None = None,
              name: str | None = None, wise_alpha: float | None = None,
              matchers: list[RecognizerNet] | None = None,
-             mirrored: np.ndarray | None = None) -> dict[str, np.ndarray]:
+             mirrored: np.ndarray | None = None,
+             ood_acts: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """One fold (training rows ``tr``, held-out rows ``te``): linear head, then the last blocks
     fine-tuned; held-out logits after each epoch, and each held-out photo's cosine to the nearest
     of the fold's exemplars (``refit.exemplar_rows`` of its training part, as shipped), which the
@@ -283,6 +293,8 @@ def run_fold(net: RecognizerNet, acts: np.ndarray, feats: np.ndarray, labels: np
     tempered probabilities, averaged, are the soft labels instead of ``soft``.  ``mirrored``: the
     mirrored centre views' activations (``activation_cache(..., mirror=True)``); the held-out
     photos are also read with them after each epoch (``finetuned_mirror``, ``near_mirror``).
+    ``ood_acts``: the centre views' activations of photos outside the catalogue (``cfg.ood``), read
+    after each epoch too (``ood_finetuned``, ``ood_near``).
     """
     import torch
     import torch.nn.functional as F
@@ -315,6 +327,7 @@ def run_fold(net: RecognizerNet, acts: np.ndarray, feats: np.ndarray, labels: np
     ckpt = work / f"{name or f'fold-{k}'}.pt"
     per_epoch: list[np.ndarray] = []
     per_epoch_mirror: list[np.ndarray] = []
+    per_epoch_ood: list[np.ndarray] = []
     start = 0
     if ckpt.exists():
         state = torch.load(ckpt, weights_only=False)
@@ -322,9 +335,14 @@ def run_fold(net: RecognizerNet, acts: np.ndarray, feats: np.ndarray, labels: np
         opt.load_state_dict(state["opt"])
         per_epoch, start = list(state["per_epoch"]), state["epoch"]
         per_epoch_mirror = list(state.get("per_epoch_mirror", []))
+        per_epoch_ood = list(state.get("per_epoch_ood", []))
         if mirrored is not None and len(per_epoch_mirror) != len(per_epoch):
             raise ModelError(f"{ckpt}: saved before the mirrored reading was asked for; delete it to run "
                              "the fold again")
+        if ood_acts is not None and (len(per_epoch_ood) != len(per_epoch) or any(
+                len(o) != len(ood_acts) for o in per_epoch_ood)):
+            raise ModelError(f"{ckpt}: saved without these photos outside the catalogue (--ood); delete "
+                             "it to run the fold again")
         logger.info("fold %d: resuming after epoch %d", k, start)
     torch.manual_seed(seed + k)
     mixup = cfg.match if matchers is not None and cfg.match is not None else cfg.mixup
@@ -378,6 +396,8 @@ def run_fold(net: RecognizerNet, acts: np.ndarray, feats: np.ndarray, labels: np
             per_epoch.append(held)
             if mirrored is not None:
                 per_epoch_mirror.append(mirror_average(held, _rest_outputs(net, mirrored, te, n_frozen)[0]))
+            if ood_acts is not None:
+                per_epoch_ood.append(_rest_outputs(net, ood_acts, np.arange(len(ood_acts)), n_frozen)[0])
             acc = topk_accuracy(held, labels[te])
             logger.info("fold %d epoch %d/%d: loss %.3f, held-out top-1 %.3f top-5 %.3f (%.0f s)", k,
                         epoch + 1, cfg.epochs, loss_sum / len(tr), acc[1], acc[5], time.time() - t0)
@@ -385,7 +405,8 @@ def run_fold(net: RecognizerNet, acts: np.ndarray, feats: np.ndarray, labels: np
             logger.info("%s epoch %d/%d: loss %.3f (%.0f s)", name or f"fold {k}", epoch + 1, cfg.epochs,
                         loss_sum / len(tr), time.time() - t0)
         torch.save({"net": net.state_dict(), "opt": opt.state_dict(), "per_epoch": per_epoch,
-                    "per_epoch_mirror": per_epoch_mirror, "epoch": epoch + 1}, ckpt)
+                    "per_epoch_mirror": per_epoch_mirror, "per_epoch_ood": per_epoch_ood,
+                    "epoch": epoch + 1}, ckpt)
     if wise_alpha is not None:
         wise_blend(net, head_start, wise_alpha)
     with torch.no_grad():
@@ -406,6 +427,10 @@ def run_fold(net: RecognizerNet, acts: np.ndarray, feats: np.ndarray, labels: np
             out["near_mirror"] = nearest_cosine(
                 mirror_average(emb, _rest_outputs(net, mirrored, te, n_frozen)[1], normalise=True), bank
             ).astype(np.float32)
+        if ood_acts is not None:
+            out["ood_finetuned"] = np.stack(per_epoch_ood).astype(np.float32)
+            out["ood_near"] = nearest_cosine(
+                _rest_outputs(net, ood_acts, np.arange(len(ood_acts)), n_frozen)[1], bank).astype(np.float32)
         out["wise"], out["wise_near"] = _wise_outputs(net, head_start, acts, te, np.sort(ex), n_frozen)
     return out
 
@@ -481,7 +506,6 @@ def summarise(oof: np.ndarray, labels: np.ndarray, folds: Folds, split: np.ndarr
     fold's nearest exemplar; with it, the unknown flag (``model.unknown.UnknownFlag``) too.
     """
     from model.training.head import fit_temperature
-    from model.unknown import UnknownFlag
 
     other = split == "val"
     cal = calibration_rows(split)
@@ -526,25 +550,69 @@ def nested_epochs(fine: np.ndarray, labels: np.ndarray, folds: Folds, split: np.
             "other_session_top1": topk_accuracy(rows[other], labels[other])[1] if other.any() else None}
 
 
+def _crossfit_flags(oof: np.ndarray, labels: np.ndarray, near: np.ndarray, other: np.ndarray,
+                    folds: Folds,
+                    shares: tuple[float, ...]) -> Iterator[tuple[int, float, list[UnknownFlag]]]:
+    """Per fold with other-session rows: (fold, temperature, a flag per share), the temperature and
+    flags fitted on the *other* folds' other-session rows."""
+    from model.training.head import fit_temperature
+
+    for k in range(folds.k):
+        mine, rest = other & (folds.fold == k), other & (folds.fold != k)
+        if not mine.any() or rest.sum() < 2:
+            continue
+        t = fit_temperature(oof[rest], labels[rest])
+        top = softmax(oof[rest], t).max(1)
+        yield k, t, [UnknownFlag.fit(top, near[rest], share) for share in shares]
+
+
 def _crossfit_flagged(oof: np.ndarray, labels: np.ndarray, near: np.ndarray, other: np.ndarray,
                       folds: Folds) -> float | None:
     """The share of other-session produce the flag takes when it was fitted without it: per fold,
     temperature and flag fitted on the other folds' other-session rows, applied to this fold's.
     The shipped flag is fitted on all of those rows, so its own share (5 % by construction)
     says nothing; this one does."""
-    from model.training.head import fit_temperature
-    from model.unknown import UnknownFlag
-
     flagged, n = 0, 0
-    for k in range(folds.k):
-        mine, rest = other & (folds.fold == k), other & (folds.fold != k)
-        if not mine.any() or rest.sum() < 2:
-            continue
-        t = fit_temperature(oof[rest], labels[rest])
-        flag = UnknownFlag.fit(softmax(oof[rest], t).max(1), near[rest], OUT_OF_FOLD_QUANTILE)
+    for k, t, (flag,) in _crossfit_flags(oof, labels, near, other, folds, (OUT_OF_FOLD_QUANTILE,)):
+        mine = other & (folds.fold == k)
         flagged += int(np.sum(flag.unknown(softmax(oof[mine], t).max(1), near[mine])))
         n += int(mine.sum())
     return flagged / n if n else None
+
+
+def ood_figures(oof: np.ndarray, near: np.ndarray, ood_logits: np.ndarray, ood_near: np.ndarray,
+                labels: np.ndarray, folds: Folds, split: np.ndarray,
+                shares: tuple[float, ...] = OOD_SHARES) -> dict[str, Any]:
+    """What the unknown flag does to photos outside the catalogue (``cfg.ood``), fitted as the
+    produce figure is: per fold, temperature and flag fitted on the other folds' other-session rows
+    (``_crossfit_flags``), applied to this fold's other-session produce and to this fold network's
+    reading of every outside photo (``ood_logits`` (folds, M, C), ``ood_near`` (folds, M)).  At the
+    shipped share and at larger ones, what each takes of both; and the AUROC of the flag's score
+    between the two (outside photos against produce, each under its fold's flag)."""
+    from model.metrics import auroc
+
+    other = split == "val"
+    prod, outside = np.zeros(len(shares)), np.zeros(len(shares))
+    n_prod = n_out = 0
+    known: list[np.ndarray] = []
+    unknown: list[np.ndarray] = []
+    for k, t, flags in _crossfit_flags(oof, labels, near, other, folds, shares):
+        mine = other & (folds.fold == k)
+        p_top, o_top = softmax(oof[mine], t).max(1), softmax(ood_logits[k], t).max(1)
+        for i, flag in enumerate(flags):
+            prod[i] += np.sum(flag.unknown(p_top, near[mine]))
+            outside[i] += np.sum(flag.unknown(o_top, ood_near[k]))
+        known.append(flags[0].score(p_top, near[mine]))
+        unknown.append(flags[0].score(o_top, ood_near[k]))
+        n_prod, n_out = n_prod + int(mine.sum()), n_out + len(o_top)
+    if not n_prod:
+        return {}
+    return {"photos": int(ood_logits.shape[1]),
+            "at_share": [{"share": s, "produce_flagged": float(p / n_prod),
+                          "outside_flagged": float(o / n_out)}
+                         for s, p, o in zip(shares, prod, outside, strict=True)],
+            # high score = known: the outside photos are the positives of "unknown"
+            "auroc": float(auroc(-np.concatenate(unknown), -np.concatenate(known)))}
 
 
 def work_dir(cfg: CvConfig, spec: str, seed: int, student: bool = False) -> Path:
@@ -644,6 +712,7 @@ def teacher_cv(cfg: CvConfig, pool: Pool, folds: Folds, n_classes: int, spec: st
     to_run = [k for k in wanted if not (work / f"fold-{k}.npz").exists()]
     # the mirrored views are read only by folds still to run (a report of done folds needs none)
     mirrored = _mirrored(cfg, pool, base, spec, seed, n_frozen) if cfg.mirror and to_run else None
+    ood_acts = _ood_acts(cfg, base, spec, n_frozen) if cfg.ood is not None and to_run else None
     for k in to_run:
         out = work / f"fold-{k}.npz"
         base.load_state_dict(initial)
@@ -654,7 +723,8 @@ def teacher_cv(cfg: CvConfig, pool: Pool, folds: Folds, n_classes: int, spec: st
         matchers = (matching_teachers(cfg, teachers, n_classes, f"fold-{k}")
                     if teachers is not None and matched else None)
         res = run_fold(base, acts, feats, pool.labels, folds.training(k), folds.held_out(k), k, n_frozen,
-                       n_classes, cfg, seed, work, soft, matchers=matchers, mirrored=mirrored)
+                       n_classes, cfg, seed, work, soft, matchers=matchers, mirrored=mirrored,
+                       ood_acts=ood_acts)
         if teachers is None:  # a teacher's fold network, without its optimiser, before the fold
             # counts as done: a student matching its teachers on its own batches reads it
             torch.save(base.state_dict(), work / f"fold-{k}-net.pt")
@@ -671,8 +741,16 @@ def teacher_cv(cfg: CvConfig, pool: Pool, folds: Folds, n_classes: int, spec: st
     # the mirrored reading, where every fold kept it
     fine_m: np.ndarray | None = np.zeros_like(fine) if cfg.mirror else None
     near_m = np.zeros(n, np.float32)
+    # the photos outside the catalogue, as each fold's network read them, where every fold did
+    ood: list[tuple[np.ndarray, np.ndarray]] | None = [] if cfg.ood is not None else None
     for k in range(folds.k):
         with np.load(work / f"fold-{k}.npz") as z:
+            if ood is not None and "ood_near" in z:
+                ood.append((z["ood_finetuned"], z["ood_near"]))
+            elif ood is not None:
+                logger.warning("%s fold %d ran without the photos outside the catalogue (--ood): no "
+                               "figures of them", spec, k)
+                ood = None
             linear[z["held_out"]] = z["linear"]
             fine[:, z["held_out"]] = z["finetuned"]
             if near is not None and "near" in z:
@@ -689,6 +767,12 @@ def teacher_cv(cfg: CvConfig, pool: Pool, folds: Folds, n_classes: int, spec: st
     best = int(np.argmax(by_epoch))
     np.savez(work / "oof.npz", linear=linear, finetuned=fine[best], labels=pool.labels)
     plain = summarise(fine[best], pool.labels, folds, pool.split, near)
+    if ood is not None and near is not None:
+        if len({o[1].shape for o in ood}) > 1:
+            raise ModelError(f"{work}: the folds read different photos outside the catalogue; delete the "
+                             "fold-*.npz to read them again")
+        plain["ood"] = ood_figures(fine[best], near, np.stack([o[0][best] for o in ood]),
+                                   np.stack([o[1] for o in ood]), pool.labels, folds, pool.split)
     blends = _wise_oof(work, folds, n, n_classes)
     extra = ({"wise": wise_figures(blends[0], fine[-1], pool.labels, folds, pool.split, blends[1])}
              if blends is not None else {})
@@ -737,6 +821,26 @@ def _mirrored(cfg: CvConfig, pool: Pool, base: RecognizerNet, spec: str, seed: i
     backbone, size = parse_teacher(spec)
     return activation_cache(pool, base, backbone, n_frozen, size, cfg.views, seed, cfg.run_dir / "cache",
                             cfg.crop, mirror=True)
+
+
+def ood_pool(folder: Path) -> Pool:
+    """The photos under ``folder`` (things outside the catalogue) as a pool of their own."""
+    paths = images_under(folder)
+    if not paths:
+        raise ModelError(f"{folder}: no photos (jpg, png, bmp, webp) to read as outside the catalogue")
+    return Pool([Sample(p, -1) for p in paths], np.array(["outside"] * len(paths)),
+                np.full(len(paths), -1, np.int64))
+
+
+def _ood_acts(cfg: CvConfig, base: RecognizerNet, spec: str, n_frozen: int) -> np.ndarray:
+    """The centre views' activations of ``spec``'s frozen part for ``cfg.ood``'s photos (cached;
+    no augmented views, so one cache serves every seed)."""
+    from model.training.distill import parse_teacher
+
+    assert cfg.ood is not None
+    backbone, size = parse_teacher(spec)
+    return activation_cache(ood_pool(cfg.ood), base, backbone, n_frozen, size, 0, 0, cfg.run_dir / "cache",
+                            cfg.crop)
 
 
 def paired_counts(a: np.ndarray, b: np.ndarray, labels: np.ndarray, split: np.ndarray) -> dict[str, Any]:
@@ -891,7 +995,18 @@ def _fmt(s: dict[str, Any]) -> str:
                f"out-of-fold produce ({_pct(s.get('unknown_flag_flagged_other_session'))} of the "
                f"other-session blocks it was fitted on; "
                f"{_pct(s.get('unknown_flag_flagged_other_session_crossfit'))} of each fold's "
-               f"other-session blocks when fitted on the other folds)" if "unknown_flag" in s else ""))
+               f"other-session blocks when fitted on the other folds)" if "unknown_flag" in s else "")
+            + _outside(s.get("ood")))
+
+
+def _outside(o: dict[str, Any] | None) -> str:
+    if not o:
+        return ""
+    return (f"; of {o['photos']} photos outside the catalogue, each fold's network with its flag fitted "
+            "on the other folds takes " + ", ".join(
+                f"{_pct(a['outside_flagged'])} when fitted to take {a['share']:.1%} of produce "
+                f"({_pct(a['produce_flagged'])} taken)" for a in o["at_share"])
+            + f" (AUROC {o['auroc']:.3f})")
 
 
 def _pct(x: float | None) -> str:

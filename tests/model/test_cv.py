@@ -213,12 +213,70 @@ def test_student_learns_each_fold_from_that_folds_teacher(tmp_path: Path) -> Non
     (["--student-epochs", "9"], "give --student"),
     (["--mirror", "--wise", "--final", "x.onnx"], "--mirror with --wise"),
     (["--mirror", "unsure", "--wise", "--final", "x.onnx"], "--mirror with --wise"),
+    (["--ood", "/nonexistent/packaged"], "not a folder of photos outside the catalogue"),
 ])
 def test_cv_command_refuses_bad_input(dataset_root: Path, tmp_path: Path, args: list[str], message: str,
                                       capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["model", "cv", "--data", str(dataset_root), "--run-dir", str(tmp_path), *args]) != 0
     assert message in capsys.readouterr().err
     assert not (tmp_path / "cv-report.json").exists()
+
+
+def test_photos_outside_the_catalogue_are_flagged_as_the_produce_figure_is(
+        dataset_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        caplog: pytest.LogCaptureFixture) -> None:
+    """``--ood DIR``: each fold's network reads the photos of things outside the catalogue after
+    every epoch; the report gives the share of them its unknown flag takes, the flag fitted on the
+    other folds' other-session produce exactly as the produce figure's, at the shipped share and
+    at costlier ones."""
+    import torch
+
+    from model.data import load_dataset
+    from model.preprocess import read_photo, square_resize, to_tensor
+    from model.training.cv import OOD_SHARES
+    from model.training.network import RecognizerNet, build_trunk
+    from model.training.ood import write_packaged_goods
+
+    outside = tmp_path / "outside"
+    photos = write_packaged_goods(outside / "shelf", 12)
+    (outside / "notes.txt").write_text("not a photo")  # what is not a photo is not read
+    run = tmp_path / "run"
+    assert _cv(dataset_root, run) == 0  # folds run before: nothing read outside the catalogue
+    assert _cv(dataset_root, run, "--ood", str(outside)) == 0
+    assert "ran without the photos outside the catalogue" in caplog.text
+    assert "ood" not in json.loads((run / "cv-report.json").read_text())["teachers"][0]["finetuned"]
+    work = run / "efficientnet-lite0-64-s0"
+    for f in work.glob("fold-*.npz"):
+        f.unlink()
+    assert _cv(dataset_root, run, "--ood", str(outside)) == 0
+    t = json.loads((run / "cv-report.json").read_text())["teachers"][0]
+    o = t["finetuned"]["ood"]
+    assert o["photos"] == 12 and [a["share"] for a in o["at_share"]] == list(OOD_SHARES)
+    # at the shipped share the produce side is the cross-fitted figure the report already gives
+    assert o["at_share"][0]["produce_flagged"] == pytest.approx(
+        t["finetuned"]["unknown_flag_flagged_other_session_crossfit"])
+    for key in ("produce_flagged", "outside_flagged"):  # a costlier flag takes no less of either
+        taken = [a[key] for a in o["at_share"]]
+        assert taken == sorted(taken) and all(0 <= x <= 1 for x in taken)
+    assert 0 <= o["auroc"] <= 1
+    assert "photos outside the catalogue" in (run / "cv-report.md").read_text()
+    # what a fold recorded is its network's reading of the photo (float16 activations: near)
+    n_classes = len(load_dataset(dataset_root).classes)
+    with np.load(work / "fold-1.npz") as z:
+        assert z["ood_finetuned"].shape == (2, 12, n_classes) and z["ood_near"].shape == (12,)
+        recorded = z["ood_finetuned"][-1]
+    net = RecognizerNet(build_trunk("efficientnet-lite0", 64, pretrained=False), n_classes)
+    net.load_state_dict(torch.load(work / "fold-1-net.pt"))
+    with torch.no_grad():
+        logits = net.eval()(torch.from_numpy(to_tensor([square_resize(read_photo(photos[3], 64), 64)])))[0]
+    np.testing.assert_allclose(logits[0].numpy(), recorded[3], atol=0.05)
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for f in work.glob("fold-*.npz"):
+        f.unlink()
+    assert _cv(dataset_root, run, "--ood", str(empty)) != 0
+    assert "no photos" in capsys.readouterr().err
 
 
 def test_cv_command_names_the_mirror_readings_it_knows(dataset_root: Path, tmp_path: Path,
