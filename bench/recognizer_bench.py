@@ -19,8 +19,8 @@ blocked folds measured on other sessions (``model cv --mirror``: 0.25).
 
 ``--outside DIR`` also reads real photos of things outside the catalogue (every image under DIR,
 e.g. the Grocery Store Dataset's ``Packages`` folders, which ``../shared`` leaves out): the share the
-unknown flag takes and the AUROC against val, beside the synthetic packaged goods, which are far
-easier (the shipped model flags all of those).
+unknown flag takes and the AUROC against val (which the shipped model trained on: an upper bound),
+beside the synthetic packaged goods, which are far easier (the shipped model flags all of those).
 
 ``--default-int8-kernels`` also measures each model with onnxruntime's default
 int8 kernels, which saturate on x86 CPUs without VNNI (the stall uses exact
