@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from model import ModelError
-from model.data import Dataset, Sample, images_under, load_dataset
+from model.data import IMAGE_SUFFIXES, Dataset, Sample, images_under, load_dataset
 from model.metrics import softmax, topk_accuracy
 from model.recognizer import mirror_average, mirror_wanted
 from model.training.folds import Folds, Pool, blocked_folds, pooled
@@ -827,7 +827,8 @@ def ood_pool(folder: Path) -> Pool:
     """The photos under ``folder`` (things outside the catalogue) as a pool of their own."""
     paths = images_under(folder)
     if not paths:
-        raise ModelError(f"{folder}: no photos (jpg, png, bmp, webp) to read as outside the catalogue")
+        raise ModelError(f"{folder}: no photos ({', '.join(IMAGE_SUFFIXES)}) to read as outside the "
+                         "catalogue")
     return Pool([Sample(p, -1) for p in paths], np.array(["outside"] * len(paths)),
                 np.full(len(paths), -1, np.int64))
 
