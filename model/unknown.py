@@ -68,8 +68,12 @@ class UnknownFlag:
         return cls(flag.prob_mean, flag.prob_std, flag.near_mean, flag.near_std, threshold)
 
     def score(self, prob: Any, near: Any) -> Any:
-        """Higher is more surely known (arrays or floats)."""
-        return (prob - self.prob_mean) / self.prob_std + (near - self.near_mean) / self.near_std
+        """Higher is more surely known (arrays, or a float for floats).  In float64 whatever the
+        inputs' precision: the threshold is one of the fitting photos' scores, computed so, and a
+        float32 reading of that very photo could fall on either side of it."""
+        s = ((np.asarray(prob, np.float64) - self.prob_mean) / self.prob_std
+             + (np.asarray(near, np.float64) - self.near_mean) / self.near_std)
+        return s if s.ndim else float(s)
 
     def unknown(self, prob: Any, near: Any) -> Any:
         return self.score(prob, near) < self.threshold

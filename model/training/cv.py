@@ -68,6 +68,11 @@ MIRROR_UNSURE_SHARE = 0.25
 #: reads what it takes of photos outside the catalogue: the shipped one and two costlier ones (the
 #: issue's first measurement of packaged goods was at 7.1 % of produce).
 OOD_SHARES = (OUT_OF_FOLD_QUANTILE, 0.075, 0.10)
+#: The shares of the other-session produce the shipped flag may be fitted to take
+#: (``choose_flag_share``): up to the ceiling itself, down to 2 %, in steps of about half a photo
+#: of the ~197 other-session ones.  Fitted at the ceiling, the flag takes more than it of a fold it
+#: was not fitted on (the folds are whole sessions, not exchangeable with each other).
+FLAG_SHARES = tuple(round(0.02 + 0.0025 * i, 4) for i in range(13))
 
 
 @dataclass
@@ -516,12 +521,16 @@ def summarise(oof: np.ndarray, labels: np.ndarray, folds: Folds, split: np.ndarr
            for k in range(folds.k) if np.any(other & (folds.fold == k))]
     flag: dict[str, Any] = {}
     if near is not None:
-        fitted = UnknownFlag.fit(top[cal], near[cal], OUT_OF_FOLD_QUANTILE)
+        share = choose_flag_share(oof, labels, near, other, folds)
+        fitted = UnknownFlag.fit(top[cal], near[cal], share)
         flagged = fitted.unknown(top, near)
-        flag = {"unknown_flag": fitted.to_json(), "unknown_flag_flagged": float(np.mean(flagged)),
+        flag = {"unknown_flag": fitted.to_json(), "unknown_flag_share": share,
+                "unknown_flag_flagged": float(np.mean(flagged)),
                 "unknown_flag_flagged_other_session": float(np.mean(flagged[other])) if other.any() else None,
                 "unknown_flag_flagged_other_session_crossfit": _crossfit_flagged(oof, labels, near, other,
-                                                                                 folds)}
+                                                                                 folds),
+                "unknown_flag_flagged_other_session_nested":
+                    nested_flag(oof, labels, near, other, folds).get("produce_flagged")}
     return {**_fold_figures(oof, labels, folds),
             "other_session": topk_accuracy(oof[other], labels[other]) if other.any() else {},
             "other_session_per_fold_top1": per,
@@ -551,10 +560,12 @@ def nested_epochs(fine: np.ndarray, labels: np.ndarray, folds: Folds, split: np.
 
 
 def _crossfit_flags(oof: np.ndarray, labels: np.ndarray, near: np.ndarray, other: np.ndarray,
-                    folds: Folds,
-                    shares: tuple[float, ...]) -> Iterator[tuple[int, float, list[UnknownFlag]]]:
-    """Per fold with other-session rows: (fold, temperature, a flag per share), the temperature and
-    flags fitted on the *other* folds' other-session rows."""
+                    folds: Folds, shares: tuple[float, ...] | None
+                    ) -> Iterator[tuple[int, float, tuple[float, ...], list[UnknownFlag]]]:
+    """Per fold with other-session rows: (fold, temperature, shares, a flag per share), the
+    temperature and flags fitted on the *other* folds' other-session rows.  ``shares`` None: the
+    one share ``choose_flag_share`` picks on those other folds alone (nested: the choice never saw
+    the fold it is read on)."""
     from model.training.head import fit_temperature
 
     for k in range(folds.k):
@@ -563,21 +574,68 @@ def _crossfit_flags(oof: np.ndarray, labels: np.ndarray, near: np.ndarray, other
             continue
         t = fit_temperature(oof[rest], labels[rest])
         top = softmax(oof[rest], t).max(1)
-        yield k, t, [UnknownFlag.fit(top, near[rest], share) for share in shares]
+        used = shares if shares is not None else (choose_flag_share(oof, labels, near, rest, folds),)
+        yield k, t, used, [UnknownFlag.fit(top, near[rest], share) for share in used]
+
+
+def _crossfit_rates(oof: np.ndarray, labels: np.ndarray, near: np.ndarray, other: np.ndarray,
+                    folds: Folds, shares: tuple[float, ...]) -> np.ndarray | None:
+    """Per share, the share of other-session produce the flag takes when it was fitted without it:
+    per fold, temperature and flag fitted on the other folds' other-session rows, applied to this
+    fold's.  The shipped flag is fitted on all of those rows, so its own share says nothing; this
+    does.  None where no fold can be read so (too few other-session rows)."""
+    flagged, n = np.zeros(len(shares)), 0
+    for k, t, _, flags in _crossfit_flags(oof, labels, near, other, folds, shares):
+        mine = other & (folds.fold == k)
+        top = softmax(oof[mine], t).max(1)
+        flagged += [np.sum(flag.unknown(top, near[mine])) for flag in flags]
+        n += int(mine.sum())
+    return flagged / n if n else None
+
+
+def choose_flag_share(oof: np.ndarray, labels: np.ndarray, near: np.ndarray, other: np.ndarray,
+                      folds: Folds, ceiling: float = OUT_OF_FOLD_QUANTILE,
+                      shares: tuple[float, ...] = FLAG_SHARES) -> float:
+    """The share the unknown flag is fitted to take of ``other``'s rows: the largest of ``shares``
+    whose cross-fitted produce figure (``_crossfit_rates``) is at most ``ceiling``, the smallest
+    where none is, ``ceiling`` itself where there is nothing to cross-fit.  The figure only grows
+    with the share (the threshold is an order statistic), so the largest that keeps under the
+    ceiling flags the most of what the catalogue does not hold."""
+    rates = _crossfit_rates(oof, labels, near, other, folds, shares)
+    if rates is None:
+        return ceiling
+    under = [share for share, rate in zip(shares, rates, strict=True) if rate <= ceiling + 1e-9]
+    return max(under) if under else min(shares)
 
 
 def _crossfit_flagged(oof: np.ndarray, labels: np.ndarray, near: np.ndarray, other: np.ndarray,
                       folds: Folds) -> float | None:
-    """The share of other-session produce the flag takes when it was fitted without it: per fold,
-    temperature and flag fitted on the other folds' other-session rows, applied to this fold's.
-    The shipped flag is fitted on all of those rows, so its own share (5 % by construction)
-    says nothing; this one does."""
-    flagged, n = 0, 0
-    for k, t, (flag,) in _crossfit_flags(oof, labels, near, other, folds, (OUT_OF_FOLD_QUANTILE,)):
+    """``_crossfit_rates`` at the fixed ceiling share (the figure every run before the share was
+    chosen reported)."""
+    rates = _crossfit_rates(oof, labels, near, other, folds, (OUT_OF_FOLD_QUANTILE,))
+    return None if rates is None else float(rates[0])
+
+
+def nested_flag(oof: np.ndarray, labels: np.ndarray, near: np.ndarray, other: np.ndarray, folds: Folds,
+                ood: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, Any]:
+    """What the shipped flag's choice is worth on sessions it never saw: per fold, the share chosen
+    (``choose_flag_share``) on the other folds alone, temperature and flag fitted at it on their
+    other-session rows, applied to this fold's other-session produce and, with ``ood`` (logits
+    (folds, M, C), nearest cosines (folds, M)), to this fold network's reading of the photos
+    outside the catalogue.  Empty where no fold can be read so."""
+    shares, prod, outside, n_prod, n_out = [], 0, 0, 0, 0
+    for k, t, (share,), (flag,) in _crossfit_flags(oof, labels, near, other, folds, None):
         mine = other & (folds.fold == k)
-        flagged += int(np.sum(flag.unknown(softmax(oof[mine], t).max(1), near[mine])))
-        n += int(mine.sum())
-    return flagged / n if n else None
+        shares.append(share)
+        prod += int(np.sum(flag.unknown(softmax(oof[mine], t).max(1), near[mine])))
+        n_prod += int(mine.sum())
+        if ood is not None:
+            outside += int(np.sum(flag.unknown(softmax(ood[0][k], t).max(1), ood[1][k])))
+            n_out += ood[0].shape[1]
+    if not n_prod:
+        return {}
+    return {"shares_per_fold": shares, "produce_flagged": prod / n_prod,
+            **({"outside_flagged": outside / n_out} if ood is not None else {})}
 
 
 def ood_figures(oof: np.ndarray, near: np.ndarray, ood_logits: np.ndarray, ood_near: np.ndarray,
@@ -596,7 +654,7 @@ def ood_figures(oof: np.ndarray, near: np.ndarray, ood_logits: np.ndarray, ood_n
     n_prod = n_out = 0
     known: list[np.ndarray] = []
     unknown: list[np.ndarray] = []
-    for k, t, flags in _crossfit_flags(oof, labels, near, other, folds, shares):
+    for k, t, _, flags in _crossfit_flags(oof, labels, near, other, folds, shares):
         mine = other & (folds.fold == k)
         p_top, o_top = softmax(oof[mine], t).max(1), softmax(ood_logits[k], t).max(1)
         for i, flag in enumerate(flags):
@@ -608,6 +666,7 @@ def ood_figures(oof: np.ndarray, near: np.ndarray, ood_logits: np.ndarray, ood_n
     if not n_prod:
         return {}
     return {"photos": int(ood_logits.shape[1]),
+            "nested": nested_flag(oof, labels, near, other, folds, (ood_logits, ood_near)),
             "at_share": [{"share": s, "produce_flagged": float(p / n_prod),
                           "outside_flagged": float(o / n_out)}
                          for s, p, o in zip(shares, prod, outside, strict=True)],
@@ -994,17 +1053,24 @@ def _fmt(s: dict[str, Any]) -> str:
             + (f", unknown flag (probability + nearest exemplar) threshold "
                f"{s['unknown_flag']['threshold']:.3f} flags {s['unknown_flag_flagged']:.1%} of the "
                f"out-of-fold produce ({_pct(s.get('unknown_flag_flagged_other_session'))} of the "
-               f"other-session blocks it was fitted on; "
-               f"{_pct(s.get('unknown_flag_flagged_other_session_crossfit'))} of each fold's "
-               f"other-session blocks when fitted on the other folds)" if "unknown_flag" in s else "")
+               f"other-session blocks it was fitted on, to take {_pct(s.get('unknown_flag_share'))} "
+               f"of them; {_pct(s.get('unknown_flag_flagged_other_session_nested'))} of each fold's "
+               f"other-session blocks when its share and threshold were chosen on the other folds; "
+               f"{_pct(s.get('unknown_flag_flagged_other_session_crossfit'))} when fitted there to "
+               f"take {OUT_OF_FOLD_QUANTILE:.0%})" if "unknown_flag" in s else "")
             + _outside(s.get("ood")))
 
 
 def _outside(o: dict[str, Any] | None) -> str:
     if not o:
         return ""
+    nested = o.get("nested") or {}
     return (f"; of {o['photos']} photos outside the catalogue, each fold's network with its flag fitted "
-            "on the other folds takes " + ", ".join(
+            "on the other folds takes "
+            + (f"{_pct(nested.get('outside_flagged'))} when the share too was chosen there (shares "
+               f"{', '.join(f'{x:.2%}' for x in nested['shares_per_fold'])}; "
+               f"{_pct(nested['produce_flagged'])} of produce taken), " if nested else "")
+            + ", ".join(
                 f"{_pct(a['outside_flagged'])} when fitted to take {a['share']:.1%} of produce "
                 f"({_pct(a['produce_flagged'])} taken)" for a in o["at_share"])
             + f" (AUROC {o['auroc']:.3f})")
@@ -1205,7 +1271,11 @@ def ship(cfg: CvConfig, report: dict[str, Any], ds: Dataset, pool: Pool) -> dict
         "unknown": {"score": "max calibrated probability", "threshold": f["unknown_threshold"],
                     "nearest_exemplar": {**f["unknown_flag"], "score": (
                         "max calibrated probability + nearest exemplar cosine, each standardised on the "
-                        "out-of-fold outputs of the other-session photos")}},
+                        "out-of-fold outputs of the other-session photos"),
+                        # what it was fitted to take of them, and what the folds measured it to take of
+                        # sessions it never saw (None: folds run before the share was chosen)
+                        "share": f.get("unknown_flag_share"),
+                        "flagged_other_session_nested": f.get("unknown_flag_flagged_other_session_nested")}},
         "gallery": {"k": 3, "gain": 1.0, "bias": 0.0},
         "embedding_dim": EMBEDDING_DIMS[backbone],
         "embedding_space": f"{backbone}-{size}-{mode}-{key}-s{chosen['seed']}",

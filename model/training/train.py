@@ -703,7 +703,9 @@ def carried_to_int8(meta: dict[str, Any], fp32: Path, int8: Path, ds: Dataset, s
     moved = UnknownFlag(flag.prob_mean, flag.prob_std, flag.near_mean, flag.near_std,
                         flag.threshold + d_score)
     return {**meta, "unknown": {**meta["unknown"], "threshold": float(meta["unknown"]["threshold"]) + d_prob,
-                                "nearest_exemplar": {**moved.to_json(),
+                                # what the float model's flag says of itself (its score, share) kept
+                                "nearest_exemplar": {**meta["unknown"]["nearest_exemplar"],
+                                                     **moved.to_json(),
                                                      "score": meta["unknown"]["nearest_exemplar"]["score"]}},
             "int8_shift": {"top_probability": d_prob, "unknown_score": d_score, "photos": len(pick)}}
 

@@ -132,11 +132,16 @@ def test_cv_command_runs_fold_by_fold_and_resumes(dataset_root: Path, tmp_path: 
     meta = json.loads(fp32.with_suffix(".json").read_text())
     assert meta["temperature"] == st["finetuned"]["temperature"]
     assert meta["unknown"]["nearest_exemplar"]["near_mean"] == flag["near_mean"]
+    # the share it was fitted to take, as the folds chose it, and what they measured it to take
+    assert meta["unknown"]["nearest_exemplar"]["share"] == st["finetuned"]["unknown_flag_share"]
+    assert (meta["unknown"]["nearest_exemplar"]["flagged_other_session_nested"]
+            == st["finetuned"]["unknown_flag_flagged_other_session_nested"])
     assert meta["metrics"]["cross_validated"]["top1"] == st["finetuned"]["top1"]
     assert "val_top1" not in meta["metrics"]  # val was trained on: never quoted
     q = out
     qmeta = json.loads(q.with_suffix(".json").read_text())
     assert qmeta["int8_shift"]["photos"] > 0
+    assert qmeta["unknown"]["nearest_exemplar"]["share"] == meta["unknown"]["nearest_exemplar"]["share"]
     assert qmeta["unknown"]["nearest_exemplar"]["threshold"] == pytest.approx(
         flag["threshold"] + qmeta["int8_shift"]["unknown_score"])
     from model.recognizer import Recognizer
@@ -259,6 +264,13 @@ def test_photos_outside_the_catalogue_are_flagged_as_the_produce_figure_is(
         taken = [a[key] for a in o["at_share"]]
         assert taken == sorted(taken) and all(0 <= x <= 1 for x in taken)
     assert 0 <= o["auroc"] <= 1
+    # the share chosen per fold without it, and what that flag takes of both
+    from model.training.cv import FLAG_SHARES
+
+    picked = o["nested"]["shares_per_fold"]
+    assert len(picked) == 2 and set(picked) <= set(FLAG_SHARES)
+    assert o["nested"]["produce_flagged"] == t["finetuned"]["unknown_flag_flagged_other_session_nested"]
+    assert 0 <= o["nested"]["outside_flagged"] <= 1
     assert "photos outside the catalogue" in (run / "cv-report.md").read_text()
     # what a fold recorded is its network's reading of the photo (float16 activations: near)
     n_classes = len(load_dataset(dataset_root).classes)
@@ -557,6 +569,39 @@ def test_a_recipe_read_with_its_mirror_ships_the_reading_its_folds_measured(
     fp32.with_suffix(".json").write_text(json.dumps(meta))
     with pytest.raises(ModelFileError, match="input.mirror"):
         Recognizer.load(fp32)
+
+
+def test_the_flags_share_is_chosen_out_of_fold_and_measured_on_a_fold_the_choice_never_saw() -> None:
+    """Folds 1-4 hold the same 40 photos; fold 0 holds them too but far from every exemplar (a
+    session unlike the rest).  Every photo reads alike, so the flag's score orders them by that
+    distance.  Chosen on folds 1-4 alone, the ceiling itself is safe (they are exchangeable) and
+    that flag takes all of fold 0; chosen with fold 0 among them, no share keeps the cross-fitted
+    figure under the ceiling, so the smallest is taken, and it takes nothing of the others.  The
+    nested figure must show fold 0 lost, which no choice made without it could see."""
+    from model.training.cv import FLAG_SHARES, choose_flag_share, nested_flag
+    from model.training.folds import Folds
+
+    m, k = 40, 5
+    rng = np.random.default_rng(0)
+    near_one = rng.permutation(np.linspace(0.3, 0.9, m))
+    near = np.concatenate([near_one - 10, *[near_one] * (k - 1)]).astype(np.float32)
+    labels = np.tile(np.arange(m) % 3, k)
+    oof = np.tile(np.array([[2.0, 1.0, 0.0]], np.float32), (m * k, 1))
+    folds = Folds(fold=np.repeat(np.arange(k), m), block=np.repeat(np.arange(k), m), k=k)
+    other = np.ones(m * k, bool)
+    assert FLAG_SHARES[0] == 0.02 and FLAG_SHARES[-1] == 0.05
+    assert choose_flag_share(oof, labels, near, folds.fold != 0, folds) == 0.05
+    assert choose_flag_share(oof, labels, near, other, folds) == 0.02  # fold 0 is always a fifth
+    # the photos outside the catalogue: each fold's network reads fold 1's photos again
+    ood = (np.tile(oof[:m], (k, 1, 1)), np.tile(near_one.astype(np.float32), (k, 1)))
+    out = nested_flag(oof, labels, near, other, folds, ood)
+    assert out["shares_per_fold"] == [0.05, 0.02, 0.02, 0.02, 0.02]
+    assert out["produce_flagged"] == pytest.approx(m / (m * k))  # all of fold 0, none of the rest
+    # fold 0's flag (at 5 %, 8th of 160 scores) takes the farthest of the 40; the others' none
+    assert out["outside_flagged"] == pytest.approx(1 / (m * k))
+    # no other-session rows: the ceiling, and no figure rather than one read on pooled rows
+    assert choose_flag_share(oof, labels, near, np.zeros(m * k, bool), folds) == 0.05
+    assert nested_flag(oof, labels, near, np.zeros(m * k, bool), folds) == {}
 
 
 def test_the_ensembles_nested_figure_fits_its_members_without_the_fold_it_reads() -> None:

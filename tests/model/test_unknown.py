@@ -47,6 +47,20 @@ def test_the_threshold_flags_at_most_the_share_of_new_photos_like_the_known_ones
         flag_threshold(np.array([]), 0.05)
 
 
+def test_float32_readings_of_the_fitting_photos_fall_where_the_threshold_put_them() -> None:
+    """The threshold is the k-th fitting photo's score; a network's outputs are float32.  Scored in
+    float32, that very photo fell below its own score in about a quarter of random draws, and the
+    flag took one photo more than its order statistic says."""
+    k = int(np.floor((157 + 1) * 0.05 + 1e-9))
+    for seed in range(40):
+        rng = np.random.default_rng(seed)
+        prob = rng.uniform(0.2, 1.0, 157).astype(np.float32)
+        near = rng.uniform(0.3, 0.9, 157).astype(np.float32)
+        flag = UnknownFlag.fit(prob, near, 0.05)
+        assert int(flag.unknown(prob, near).sum()) == k - 1, seed
+        assert isinstance(flag.score(float(prob[0]), float(near[0])), float)  # one photo: a float
+
+
 def test_identical_known_photos_do_not_divide_by_zero() -> None:
     flag = UnknownFlag.fit(np.full(10, 0.8), np.full(10, 0.7))
     assert flag.prob_std == 1.0 and flag.near_std == 1.0 and math.isfinite(flag.threshold)
