@@ -1273,9 +1273,9 @@ def ship(cfg: CvConfig, report: dict[str, Any], ds: Dataset, pool: Pool) -> dict
                         "max calibrated probability + nearest exemplar cosine, each standardised on the "
                         "out-of-fold outputs of the other-session photos"),
                         # what it was fitted to take of them, and what the folds measured it to take of
-                        # sessions it never saw (None: folds run before the share was chosen)
-                        "share": f.get("unknown_flag_share"),
-                        "flagged_other_session_nested": f.get("unknown_flag_flagged_other_session_nested")}},
+                        # sessions it never saw (None: no other-session rows to measure it on)
+                        "share": f["unknown_flag_share"],
+                        "flagged_other_session_nested": f["unknown_flag_flagged_other_session_nested"]}},
         "gallery": {"k": 3, "gain": 1.0, "bias": 0.0},
         "embedding_dim": EMBEDDING_DIMS[backbone],
         "embedding_space": f"{backbone}-{size}-{mode}-{key}-s{chosen['seed']}",
