@@ -22,6 +22,9 @@
    (val's photos, each predicted by the fold network that held out its whole session).
 4. The out-of-fold ensemble of all teachers (tempered probabilities averaged)
    on the same folds.
+5. Teachers of one ``BACKBONE@SIZE``: their weight soup, each fold's networks
+   averaged weight by weight into one network of one teacher's cost, read on the
+   fold's held-out photos as a teacher is (``weight_soup``).
 
 The report gives per-fold and mean +- sd top-1/top-5, and the top-1 on the
 held-out val blocks alone (``other_session``: whole sessions of other
@@ -1002,6 +1005,73 @@ def nested_ensemble_top1(logits: list[np.ndarray], labels: np.ndarray, folds: Fo
     return right / n if n else None
 
 
+def soup_state(states: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """The networks' weights averaged name by name (floating tensors; counters kept from the first)."""
+    import torch
+
+    return {n: (torch.stack([s[n] for s in states]).mean(0) if states[0][n].is_floating_point()
+                else states[0][n]) for n in states[0]}
+
+
+def weight_soup(cfg: CvConfig, results: list[dict[str, Any]], pool: Pool, folds: Folds,
+                n_classes: int) -> dict[str, Any] | None:
+    """The teachers' fold networks averaged weight by weight into one network of one teacher's cost
+    (a uniform "model soup": Wortsman et al. 2022), read on each fold's held-out photos as a teacher
+    is: its logits, its cosine to the fold's exemplars under the soup, the unknown flag fitted on
+    those, and the photos outside the catalogue.  Teachers of one ``BACKBONE@SIZE`` only (the same
+    ImageNet start; other shapes cannot be averaged); ``None`` otherwise.  The fold networks kept
+    are each teacher's last epoch, not its chosen one, so a soup of one reads its teacher's last
+    epoch.  Against each teacher (its chosen epoch), photo by photo."""
+    import torch
+
+    from model.refit import exemplar_rows
+    from model.unknown import nearest_cosine
+
+    specs = {r["teacher"] for r in results}
+    if len(specs) != 1:
+        return None
+    spec = specs.pop()
+    works = [work_dir(cfg, spec, r["seed"]) for r in results]
+    lost = [str(w / f"fold-{k}-net.pt") for w in works for k in range(folds.k)
+            if not (w / f"fold-{k}-net.pt").exists()]
+    if lost:
+        logger.warning("no weight soup: fold networks not kept (folds run by older code): %s",
+                       ", ".join(lost))
+        return None
+    # the held-out photos are read from their centre view, the same in every teacher's cache
+    base, n_frozen, acts, _ = _prepared(cfg, pool, n_classes, spec, results[0]["seed"], works[0])
+    ood_acts = _ood_acts(cfg, base, spec, n_frozen) if cfg.ood is not None else None
+    labels = pool.labels
+    logits = np.zeros((len(pool), n_classes), np.float32)
+    near = np.zeros(len(pool), np.float32)
+    ood_logits, ood_near = [], []
+    for k in range(folds.k):
+        base.load_state_dict(soup_state([torch.load(w / f"fold-{k}-net.pt") for w in works]))
+        base.eval()
+        tr, te = folds.training(k), folds.held_out(k)
+        ex = np.sort(tr[exemplar_rows(labels[tr], range(n_classes))])
+        bank = _rest_outputs(base, acts, ex, n_frozen)[1]
+        logits[te], emb = _rest_outputs(base, acts, te, n_frozen)
+        near[te] = nearest_cosine(emb, bank)
+        if ood_acts is not None:
+            o_logits, o_emb = _rest_outputs(base, ood_acts, np.arange(len(ood_acts)), n_frozen)
+            ood_logits.append(o_logits)
+            ood_near.append(nearest_cosine(o_emb, bank))
+    out = {"teachers": [f"{r['teacher']}#{r['seed']}" for r in results],
+           **summarise(logits, labels, folds, pool.split, near)}
+    if ood_acts is not None:
+        out["ood"] = ood_figures(logits, near, np.stack(ood_logits), np.stack(ood_near), labels, folds,
+                                 pool.split)
+    paired = []
+    for w in works:
+        with np.load(w / "oof.npz") as z:
+            paired.append(paired_counts(logits, z["finetuned"], labels, pool.split))
+    out["paired_with_teachers"] = paired
+    np.savez(cfg.run_dir / f"soup-{'+'.join(w.name for w in works)}.npz", logits=logits, near=near,
+             labels=labels)
+    return out
+
+
 def run_cv(cfg: CvConfig) -> dict[str, Any]:
     """Cross-validate each teacher and their ensemble; ``cv-report.json`` and ``.md`` in the run folder."""
     import torch
@@ -1025,6 +1095,9 @@ def run_cv(cfg: CvConfig) -> dict[str, Any]:
     if len(done) > 1:
         report["ensemble"] = ensemble(cfg, done, pool, folds)
         report["linear_ensemble"] = ensemble(cfg, done, pool, folds, "linear")
+        soup = weight_soup(cfg, done, pool, folds, len(ds.classes))
+        if soup is not None:
+            report["soup"] = soup
     if cfg.student is not None:
         report["student"] = (
             teacher_cv(student_config(cfg), pool, folds, len(ds.classes), cfg.student, cfg.seed, done)
@@ -1147,6 +1220,13 @@ def render_cv_markdown(r: dict[str, Any]) -> str:
                      f"fitted without the fold read) {_pct(r['ensemble'].get('nested_other_session_top1'))}")
         lines.append(f"- the same trunks frozen, their linear heads' ensemble (what the shipped model was "
                      f"distilled from): {_fmt(r['linear_ensemble'])}")
+    if "soup" in r:
+        sp = r["soup"]
+        lines.append(f"- weight soup of {', '.join(sp['teachers'])} (each fold's networks averaged weight "
+                     f"by weight, one network of a teacher's cost): {_fmt(sp)}; photos only the soup gets "
+                     "right against only each teacher, other sessions: " + ", ".join(
+                         f"{p['other_session']['only_first']} against {p['other_session']['only_second']}"
+                         for p in sp["paired_with_teachers"]))
     st = r.get("student")
     if st:
         matched = c.get("match")

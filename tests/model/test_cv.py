@@ -670,3 +670,55 @@ def test_a_matched_student_learns_each_fold_from_that_folds_teacher_networks(
     capsys.readouterr()
     assert _cv(dataset_root, tmp_path, *args) != 0
     assert "fold-0-net.pt is missing" in capsys.readouterr().err
+
+
+def test_a_weight_soup_averages_the_teachers_fold_networks_and_is_read_as_a_teacher(
+        dataset_root: Path, tmp_path: Path) -> None:
+    """Teachers of one BACKBONE@SIZE: each fold's networks averaged weight by weight, read on the
+    fold's held-out photos with its own exemplars and flag.  A soup of one is its teacher's last
+    epoch; of two, neither teacher; of different shapes, none."""
+    import torch
+
+    from model.data import load_dataset
+    from model.training.cv import CvConfig, slice_dataset, soup_state, weight_soup
+    from model.training.folds import blocked_folds, pooled
+    from model.training.ood import write_packaged_goods
+
+    a = {"w": torch.tensor([1.0, 3.0]), "n": torch.tensor(4)}
+    b = {"w": torch.tensor([3.0, 5.0]), "n": torch.tensor(9)}
+    mean = soup_state([a, b])
+    assert torch.equal(mean["w"], torch.tensor([2.0, 4.0])) and int(mean["n"]) == 4  # counters: the first's
+
+    outside = tmp_path / "outside"
+    write_packaged_goods(outside, 6)
+    run = tmp_path / "run"
+    two = "efficientnet-lite0@64,efficientnet-lite0@64"
+    assert _cv(dataset_root, run, "--teachers", two, "--ood", str(outside)) == 0
+    report = json.loads((run / "cv-report.json").read_text())
+    sp = report["soup"]
+    assert sp["teachers"] == ["efficientnet-lite0@64#0", "efficientnet-lite0@64#1"]
+    assert 0 <= sp["top1"] <= sp["top5"] <= 1 and sp["unknown_flag"]["near_std"] > 0
+    assert sp["ood"]["photos"] == 6 and len(sp["paired_with_teachers"]) == 2
+    md = (run / "cv-report.md").read_text()
+    assert "weight soup of efficientnet-lite0@64#0, efficientnet-lite0@64#1" in md
+    works = [run / "efficientnet-lite0-64-s0", run / "efficientnet-lite0-64-s1"]
+    with np.load(run / f"soup-{works[0].name}+{works[1].name}.npz") as z:
+        soup2 = z["logits"]
+
+    ds = load_dataset(dataset_root)
+    cfg = CvConfig(data=dataset_root, run_dir=run, teachers=("efficientnet-lite0@64",), folds=2, epochs=2,
+                   views=0, max_images=60, threads=1)
+    pool = pooled(slice_dataset(ds, 60))  # the slice the command ran on
+    folds = blocked_folds(pool, 2)
+    one = weight_soup(cfg, report["teachers"][:1], pool, folds, len(ds.classes))
+    assert one is not None
+    with np.load(run / f"soup-{works[0].name}.npz") as z:
+        soup1 = z["logits"]
+    for k in range(2):
+        with np.load(works[0] / f"fold-{k}.npz") as z:
+            # the teacher's last epoch, as its fold recorded it (float16 activations both ways)
+            np.testing.assert_allclose(soup1[z["held_out"]], z["finetuned"][-1], atol=1e-4)
+            assert not np.allclose(soup2[z["held_out"]], z["finetuned"][-1], atol=1e-3)
+    # different shapes cannot be averaged: no soup, and no error
+    mixed = [dict(report["teachers"][0]), {**report["teachers"][1], "teacher": "efficientnet-lite1@64"}]
+    assert weight_soup(cfg, mixed, pool, folds, len(ds.classes)) is None
