@@ -307,7 +307,6 @@ def run_fold(net: RecognizerNet, acts: np.ndarray, feats: np.ndarray, labels: np
     import torch
     import torch.nn.functional as F
 
-    from model.refit import exemplar_rows
     from model.training.finetune import warmup_cosine
     from model.training.head import HeadConfig, head_logits, train_head
     from model.unknown import nearest_cosine
@@ -425,9 +424,8 @@ def run_fold(net: RecognizerNet, acts: np.ndarray, feats: np.ndarray, labels: np
                                 for i in range(0, len(acts), 16)])
     out = {"held_out": te, "linear": linear.astype(np.float32), "views": views.astype(np.float16)}
     if len(te):
-        ex = tr[exemplar_rows(labels[tr], range(n_classes))]
+        ex, bank = exemplar_bank(net, acts, labels, tr, n_classes, n_frozen)
         out["finetuned"] = np.stack(per_epoch).astype(np.float32)
-        bank = _rest_outputs(net, acts, np.sort(ex), n_frozen)[1]
         emb = _rest_outputs(net, acts, te, n_frozen)[1]
         out["near"] = nearest_cosine(emb, bank).astype(np.float32)
         if mirrored is not None:
@@ -439,8 +437,18 @@ def run_fold(net: RecognizerNet, acts: np.ndarray, feats: np.ndarray, labels: np
             out["ood_finetuned"] = np.stack(per_epoch_ood).astype(np.float32)
             out["ood_near"] = nearest_cosine(
                 _rest_outputs(net, ood_acts, np.arange(len(ood_acts)), n_frozen)[1], bank).astype(np.float32)
-        out["wise"], out["wise_near"] = _wise_outputs(net, head_start, acts, te, np.sort(ex), n_frozen)
+        out["wise"], out["wise_near"] = _wise_outputs(net, head_start, acts, te, ex, n_frozen)
     return out
+
+
+def exemplar_bank(net: RecognizerNet, acts: np.ndarray, labels: np.ndarray, tr: np.ndarray, n_classes: int,
+                  n_frozen: int) -> tuple[np.ndarray, np.ndarray]:
+    """A fold's exemplars (``refit.exemplar_rows`` of its training rows ``tr``, as shipped; sorted)
+    and their embeddings under ``net``: what a held-out photo's nearest cosine is read against."""
+    from model.refit import exemplar_rows
+
+    ex = np.sort(tr[exemplar_rows(labels[tr], range(n_classes))])
+    return ex, _rest_outputs(net, acts, ex, n_frozen)[1]
 
 
 def _set_params(net: RecognizerNet, weights: dict[str, torch.Tensor]) -> None:
@@ -1024,7 +1032,6 @@ def weight_soup(cfg: CvConfig, results: list[dict[str, Any]], pool: Pool, folds:
     epoch.  Against each teacher (its chosen epoch), photo by photo."""
     import torch
 
-    from model.refit import exemplar_rows
     from model.unknown import nearest_cosine
 
     specs = {r["teacher"] for r in results}
@@ -1049,8 +1056,7 @@ def weight_soup(cfg: CvConfig, results: list[dict[str, Any]], pool: Pool, folds:
         base.load_state_dict(soup_state([torch.load(w / f"fold-{k}-net.pt") for w in works]))
         base.eval()
         tr, te = folds.training(k), folds.held_out(k)
-        ex = np.sort(tr[exemplar_rows(labels[tr], range(n_classes))])
-        bank = _rest_outputs(base, acts, ex, n_frozen)[1]
+        bank = exemplar_bank(base, acts, labels, tr, n_classes, n_frozen)[1]
         logits[te], emb = _rest_outputs(base, acts, te, n_frozen)
         near[te] = nearest_cosine(emb, bank)
         if ood_acts is not None:
