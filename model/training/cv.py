@@ -428,6 +428,11 @@ def run_fold(net: RecognizerNet, acts: np.ndarray, feats: np.ndarray, labels: np
         out["finetuned"] = np.stack(per_epoch).astype(np.float32)
         emb = _rest_outputs(net, acts, te, n_frozen)[1]
         out["near"] = nearest_cosine(emb, bank).astype(np.float32)
+        # the unit embeddings themselves, of the held-out photos and of the training part the
+        # fold's network learnt from: other unknown-flag scores (``model.training.flags``) are
+        # read from them without running the fold again (10 MB a fold in float16)
+        out["embedding"] = emb.astype(np.float16)
+        out["train_embedding"] = _rest_outputs(net, acts, tr, n_frozen)[1].astype(np.float16)
         if mirrored is not None:
             out["finetuned_mirror"] = np.stack(per_epoch_mirror).astype(np.float32)
             out["near_mirror"] = nearest_cosine(
@@ -435,8 +440,9 @@ def run_fold(net: RecognizerNet, acts: np.ndarray, feats: np.ndarray, labels: np
             ).astype(np.float32)
         if ood_acts is not None:
             out["ood_finetuned"] = np.stack(per_epoch_ood).astype(np.float32)
-            out["ood_near"] = nearest_cosine(
-                _rest_outputs(net, ood_acts, np.arange(len(ood_acts)), n_frozen)[1], bank).astype(np.float32)
+            ood_emb = _rest_outputs(net, ood_acts, np.arange(len(ood_acts)), n_frozen)[1]
+            out["ood_near"] = nearest_cosine(ood_emb, bank).astype(np.float32)
+            out["ood_embedding"] = ood_emb.astype(np.float16)
         out["wise"], out["wise_near"] = _wise_outputs(net, head_start, acts, te, ex, n_frozen)
     return out
 

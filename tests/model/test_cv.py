@@ -277,11 +277,22 @@ def test_photos_outside_the_catalogue_are_flagged_as_the_produce_figure_is(
     with np.load(work / "fold-1.npz") as z:
         assert z["ood_finetuned"].shape == (2, 12, n_classes) and z["ood_near"].shape == (12,)
         recorded = z["ood_finetuned"][-1]
+        # the unit embeddings other flag scores are read from: held-out, training part, outside
+        emb, train_emb, ood_emb = (z[k].astype(np.float32) for k in
+                                   ("embedding", "train_embedding", "ood_embedding"))
+        assert len(emb) == len(z["held_out"]) == len(z["near"]) and ood_emb.shape == (12, emb.shape[1])
+        for e in (emb, train_emb, ood_emb):
+            np.testing.assert_allclose(np.linalg.norm(e, axis=1), 1, atol=2e-3)
+        # the exemplars are some of the training part: none lies nearer than its nearest photo
+        assert np.all(z["ood_near"] <= (ood_emb @ train_emb.T).max(1) + 2e-3)
+        assert np.all(z["near"] <= (emb @ train_emb.T).max(1) + 2e-3)
     net = RecognizerNet(build_trunk("efficientnet-lite0", 64, pretrained=False), n_classes)
     net.load_state_dict(torch.load(work / "fold-1-net.pt"))
     with torch.no_grad():
-        logits = net.eval()(torch.from_numpy(to_tensor([square_resize(read_photo(photos[3], 64), 64)])))[0]
+        logits, embedding = net.eval()(torch.from_numpy(to_tensor([square_resize(read_photo(photos[3], 64),
+                                                                                64)])))
     np.testing.assert_allclose(logits[0].numpy(), recorded[3], atol=0.05)
+    np.testing.assert_allclose(embedding[0].numpy(), ood_emb[3], atol=0.01)
 
     empty = tmp_path / "empty"
     empty.mkdir()
