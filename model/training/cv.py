@@ -849,6 +849,13 @@ def teacher_cv(cfg: CvConfig, pool: Pool, folds: Folds, n_classes: int, spec: st
                              "fold-*.npz to read them again")
         plain["ood"] = ood_figures(fine[best], near, np.stack([o[0][best] for o in ood]),
                                    np.stack([o[1] for o in ood]), pool.labels, folds, pool.split)
+    if near is not None:
+        from model.training.flags import flag_score_figures
+
+        ood_best = None if ood is None else np.stack([o[0][best] for o in ood])
+        scores = flag_score_figures(work, fine[best], ood_best, pool.labels, folds, pool.split)
+        if scores is not None:
+            plain["flag_scores"] = scores
     blends = _wise_oof(work, folds, n, n_classes)
     extra = ({"wise": wise_figures(blends[0], fine[-1], pool.labels, folds, pool.split, blends[1])}
              if blends is not None else {})
@@ -1143,7 +1150,16 @@ def _fmt(s: dict[str, Any]) -> str:
                f"other-session blocks when its share and threshold were chosen on the other folds; "
                f"{_pct(s.get('unknown_flag_flagged_other_session_crossfit'))} when fitted there to "
                f"take {OUT_OF_FOLD_QUANTILE:.0%})" if "unknown_flag" in s else "")
-            + _outside(s.get("ood")))
+            + _outside(s.get("ood")) + _flag_scores(s.get("flag_scores")))
+
+
+def _flag_scores(f: dict[str, Any] | None) -> str:
+    if not f:
+        return ""
+    return "; the flag with another score in place of the nearest exemplar's cosine (nested): " + ", ".join(
+        f"{name}: {_pct(x['unknown_flag_flagged_other_session_nested'])} of produce"
+        + (f", {_pct(x['outside_nested']['outside_flagged'])} outside (AUROC {x['auroc']:.3f})"
+           if "outside_nested" in x else "") for name, x in f.items())
 
 
 def _outside(o: dict[str, Any] | None) -> str:

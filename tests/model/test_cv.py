@@ -272,6 +272,18 @@ def test_photos_outside_the_catalogue_are_flagged_as_the_produce_figure_is(
     assert o["nested"]["produce_flagged"] == t["finetuned"]["unknown_flag_flagged_other_session_nested"]
     assert 0 <= o["nested"]["outside_flagged"] <= 1
     assert "photos outside the catalogue" in (run / "cv-report.md").read_text()
+    # the other flag scores, fitted by the same code: the nearest exemplar's is the flag above
+    from model.training.flags import SCORES
+
+    scores = t["finetuned"]["flag_scores"]
+    assert list(scores) == list(SCORES)
+    assert scores["nearest exemplar"]["outside_nested"] == o["nested"]
+    assert scores["nearest exemplar"]["auroc"] == pytest.approx(o["auroc"])
+    assert scores["nearest exemplar"]["unknown_flag_flagged_other_session_nested"] == pytest.approx(
+        t["finetuned"]["unknown_flag_flagged_other_session_nested"])
+    for x in scores.values():
+        assert 0 <= x["outside_nested"]["outside_flagged"] <= 1 and 0 <= x["auroc"] <= 1
+    assert "in place of the nearest exemplar's cosine" in (run / "cv-report.md").read_text()
     # what a fold recorded is its network's reading of the photo (float16 activations: near)
     n_classes = len(load_dataset(dataset_root).classes)
     with np.load(work / "fold-1.npz") as z:

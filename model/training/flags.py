@@ -1,0 +1,122 @@
+"""Unknown-flag scores read from where a photo's embedding lies among the training photos'.
+
+The shipped flag adds the calibrated top probability to the cosine to the nearest exemplar
+(``model.unknown``).  These read more of the fold network's embedding, at a cost the stall could
+pay (one product with a 1280 x 1280 matrix):
+
+- ``MD``: minus the Mahalanobis distance to the nearest label's mean, one covariance shared by
+  every label (Lee et al., "A simple unified framework for detecting out-of-distribution samples
+  and adversarial attacks", NeurIPS 2018);
+- ``RMD``: the same less the distance to one Gaussian of every training photo, minimum over labels
+  (Ren et al., "A simple fix to Mahalanobis distance for improving near-OOD detection", 2021).
+
+Fewer training photos (about 1,600 a fold) than embedding dimensions' worth of covariance: the
+covariances are shrunk by Ledoit-Wolf (scikit-learn), which chooses its own shrinkage.  Each score
+replaces the nearest-exemplar cosine in ``UnknownFlag`` and is fitted and measured by the same code
+(``model.training.cv.summarise``, ``ood_figures``): higher is more surely known.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from model.training.folds import Folds
+
+logger = logging.getLogger(__name__)
+
+#: the nearest-exemplar cosine the stall reads, then the candidates
+SCORES = ("nearest exemplar", "MD", "RMD")
+
+
+@dataclass(frozen=True)
+class Gaussians:
+    """Label means (C, d) with one shared precision, and one Gaussian of every training photo."""
+
+    means: np.ndarray
+    precision: np.ndarray
+    mean0: np.ndarray
+    precision0: np.ndarray
+
+
+def fit_gaussians(emb: np.ndarray, labels: np.ndarray) -> Gaussians:
+    """Fit on training embeddings ``emb`` (N, d) and their ``labels``; only the labels present get a
+    mean (a label with no photo has nothing to be near)."""
+    from sklearn.covariance import LedoitWolf
+
+    x = np.asarray(emb, np.float64)
+    present = np.unique(labels)
+    means = np.stack([x[labels == c].mean(0) for c in present])
+    within = x - means[np.searchsorted(present, labels)]
+    shared = LedoitWolf(assume_centered=True).fit(within)
+    whole = LedoitWolf().fit(x)
+    return Gaussians(means, shared.precision_, whole.location_, whole.precision_)
+
+
+def _squared(x: np.ndarray, means: np.ndarray, precision: np.ndarray) -> np.ndarray:
+    """(N, M) squared Mahalanobis distances of rows ``x`` to rows ``means`` under ``precision``."""
+    xp, mp = x @ precision, means @ precision
+    return (np.einsum("nd,nd->n", xp, x)[:, None] - 2 * xp @ means.T
+            + np.einsum("md,md->m", mp, means)[None, :])
+
+
+def md_score(emb: np.ndarray, g: Gaussians) -> np.ndarray:
+    return -_squared(np.asarray(emb, np.float64), g.means, g.precision).min(1)
+
+
+def rmd_score(emb: np.ndarray, g: Gaussians) -> np.ndarray:
+    x = np.asarray(emb, np.float64)
+    background = _squared(x, g.mean0[None, :], g.precision0)
+    return -(_squared(x, g.means, g.precision) - background).min(1)
+
+
+def fold_scores(work: Path, folds: Folds, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray | None] | None:
+    """Every score of every photo, read by the network of the fold that held it out: (scores
+    (len(SCORES), N), the photos outside the catalogue under each fold's network (len(SCORES),
+    folds, M) or None).  None where a fold ran before its embeddings were kept."""
+    n = len(labels)
+    held = np.zeros((len(SCORES), n))
+    outside: list[np.ndarray] | None = []
+    for k in range(folds.k):
+        with np.load(work / f"fold-{k}.npz") as z:
+            if "train_embedding" not in z:
+                logger.info("%s fold %d kept no embeddings: no other flag scores", work.name, k)
+                return None
+            g = fit_gaussians(z["train_embedding"], labels[folds.training(k)])
+            te = z["held_out"]
+            emb = z["embedding"]
+            held[:, te] = [z["near"], md_score(emb, g), rmd_score(emb, g)]
+            if outside is not None and "ood_embedding" in z:
+                o = z["ood_embedding"]
+                outside.append(np.stack([z["ood_near"], md_score(o, g), rmd_score(o, g)]))
+            else:
+                outside = None
+    return held, None if outside is None else np.stack(outside, 1)
+
+
+def flag_score_figures(work: Path, oof: np.ndarray, ood_logits: np.ndarray | None, labels: np.ndarray,
+                       folds: Folds, split: np.ndarray) -> dict[str, Any] | None:
+    """Per score, the unknown flag fitted and measured as the shipped one is: produce flagged
+    (fixed share, cross-fitted, nested) and, with the photos outside the catalogue (``ood_logits``
+    (folds, M, C), the chosen epoch's), what it takes of them nested and its AUROC."""
+    from model.training.cv import ood_figures, summarise
+
+    read = fold_scores(work, folds, labels)
+    if read is None:
+        return None
+    held, outside = read
+    out: dict[str, Any] = {}
+    for i, name in enumerate(SCORES):
+        s = summarise(oof, labels, folds, split, held[i].astype(np.float32))
+        fig = {k: s[k] for k in ("unknown_flag_flagged_other_session_crossfit",
+                                 "unknown_flag_flagged_other_session_nested")}
+        if outside is not None and ood_logits is not None:
+            o = ood_figures(oof, held[i].astype(np.float32), ood_logits, outside[i].astype(np.float32),
+                            labels, folds, split)
+            fig.update(outside_nested=o["nested"], auroc=o["auroc"])
+        out[name] = fig
+    return out
