@@ -45,7 +45,7 @@ from model.preprocess import (
     validate_roi,
 )
 from model.refit import REFIT_EPOCHS, REFIT_LR, REFIT_SCALE, Exemplars, TaughtHead, build_head, unit
-from model.unknown import UnknownFlag, nearest_cosine
+from model.unknown import Mahalanobis, UnknownFlag, nearest_cosine
 
 logger = logging.getLogger(__name__)
 
@@ -108,6 +108,10 @@ class ModelMeta:
     # ``mirror_temperature`` below ``mirror_below``; None: every photo
     mirror_below: float | None = None
     mirror_temperature: float = 1.0
+    # the same flag with the Mahalanobis nearness in place of the cosine (``unknown.mahalanobis``,
+    # its file beside the model): read in preference where present
+    mahalanobis_flag: UnknownFlag | None = None
+    mahalanobis_file: str | None = None
 
     @property
     def exact_int8(self) -> bool:
@@ -141,6 +145,7 @@ class ModelMeta:
                 raw=raw,
                 unknown_flag=(UnknownFlag.from_json(raw["unknown"]["nearest_exemplar"])
                               if "nearest_exemplar" in raw["unknown"] else None),
+                **_mahalanobis(raw["unknown"]),
                 crop=float(raw["input"].get("crop", 1.0)),
                 **_mirror_rule(raw["input"].get("mirror", False)),
             )
@@ -284,7 +289,7 @@ class Recognizer:
     def __init__(
         self, runner: ModelRunner, meta: ModelMeta, gallery: Gallery, top_k: int = 5,
         exemplars: Exemplars | None = None, background_refit: bool = True,
-        stale_while_refit: bool = False,
+        stale_while_refit: bool = False, mahalanobis: Mahalanobis | None = None,
     ) -> None:
         self.runner = runner
         self.meta = meta
@@ -295,6 +300,9 @@ class Recognizer:
         # what the unknown flag measures the nearness to: the catalogue's exemplars and the taught photos
         self._near_bank = (unit(exemplars.embeddings) if exemplars is not None and meta.unknown_flag
                            else None)
+        self.mahalanobis = mahalanobis if meta.mahalanobis_flag is not None else None
+        # the taught items' whitened means, of one gallery version: (version, (T, d))
+        self._taught_centres: tuple[int, np.ndarray] | None = None
         self._head: tuple[int, TaughtHead] | None = None
         self._head_lock = threading.Lock()
         self._kick = threading.Event()
@@ -342,8 +350,12 @@ class Recognizer:
         if meta.teach is not None:
             exemplars = Exemplars.read(onnx_path.with_name(meta.teach["exemplars"]), len(meta.labels),
                                        meta.embedding_dim, meta.embedding_space)
+        mahalanobis = None
+        if meta.mahalanobis_file is not None:
+            mahalanobis = Mahalanobis.read(onnx_path.with_name(meta.mahalanobis_file), len(meta.labels),
+                                           meta.embedding_dim, meta.embedding_space)
         gallery = Gallery(meta.embedding_space, meta.embedding_dim, gallery_dir)
-        return cls(runner, meta, gallery, top_k, exemplars, background_refit, stale_while_refit)
+        return cls(runner, meta, gallery, top_k, exemplars, background_refit, stale_while_refit, mahalanobis)
 
     @property
     def labels(self) -> list[str]:
@@ -486,12 +498,34 @@ class Recognizer:
     def unknown_margin(self, prob: float, emb: np.ndarray) -> float:
         """How far above the unknown threshold a photo scores (below 0: unknown), from its top
         probability ``prob`` and its embedding."""
+        q = unit(np.asarray(emb, np.float32).reshape(-1))
+        md, flag = self.mahalanobis, self.meta.mahalanobis_flag
+        if md is not None and flag is not None:
+            return float(flag.score(prob, float(md.score(q, self.taught_centres())[0])) - flag.threshold)
         flag = self.meta.unknown_flag
         if flag is None or self._near_bank is None:
             return prob - self.meta.unknown_threshold
-        q = unit(np.asarray(emb, np.float32).reshape(-1))
         near = max(float(nearest_cosine(q, self._near_bank)[0]), self.gallery.nearest(q))
         return float(flag.score(prob, near) - flag.threshold)
+
+    def taught_centres(self) -> np.ndarray | None:
+        """The Mahalanobis flag's whitened mean of each item the gallery holds (a taught item is
+        known, near its own photos as a catalogue label is near its mean); None while nothing is
+        taught.  Once per change of the gallery: one product with the whitening per label."""
+        if self.mahalanobis is None:
+            return None
+        last = self._taught_centres
+        if last is not None and last[0] == self.gallery.version:
+            return last[1]
+        emb, labels, version = self.gallery.snapshot()
+        if not labels:
+            centres = None
+        else:
+            names = np.asarray(labels)
+            means = np.stack([emb[names == lab].mean(0) for lab in dict.fromkeys(labels)])
+            centres = self.mahalanobis.whitened(means)
+        self._taught_centres = None if centres is None else (version, centres)
+        return centres
 
     # -- teaching --------------------------------------------------------------
     def teach(self, label: str, image: np.ndarray | str | Path, save: bool = True,
@@ -550,6 +584,14 @@ class Recognizer:
     def taught_under(self, tag: str) -> str | None:
         """The label taught under ``tag``, None if nothing is."""
         return self.gallery.tagged(tag)
+
+
+def _mahalanobis(unknown: dict[str, Any]) -> dict[str, Any]:
+    """``unknown.mahalanobis``: the flag's fields and ``file``, the whitening beside the model."""
+    if "mahalanobis" not in unknown:
+        return {}
+    raw = unknown["mahalanobis"]
+    return {"mahalanobis_flag": UnknownFlag.from_json(raw), "mahalanobis_file": str(raw["file"])}
 
 
 def _mirror_rule(value: object) -> dict[str, Any]:

@@ -50,7 +50,7 @@ from model.data import IMAGE_SUFFIXES, Dataset, Sample, images_under, load_datas
 from model.metrics import softmax, topk_accuracy
 from model.recognizer import mirror_average, mirror_wanted
 from model.training.folds import Folds, Pool, blocked_folds, pooled
-from model.unknown import OUT_OF_FOLD_QUANTILE, UnknownFlag, flag_threshold
+from model.unknown import MAHALANOBIS_SCORE, OUT_OF_FOLD_QUANTILE, UnknownFlag, flag_threshold
 
 if TYPE_CHECKING:
     import torch
@@ -1311,6 +1311,22 @@ def final_network(cfg: CvConfig, pool: Pool, n_classes: int, spec: str, seed: in
     return base.eval()
 
 
+def _shipped_mahalanobis(f: dict[str, Any]) -> dict[str, Any]:
+    """``unknown.mahalanobis`` of the metadata: the flag with the Mahalanobis nearness fitted on the
+    shipped recipe's out-of-fold scores (``flags.flag_score_figures``), the stall's flag wherever the
+    folds kept their embeddings (its rule and figures: docs/benchmarks.md).  The export adds the
+    file of the final network's means and precision.  Empty where the folds did not keep them, or
+    for a mirrored or blended reading, whose scores they do not hold."""
+    md = (f.get("flag_scores") or {}).get("MD")
+    if md is None or "unknown_flag" not in md:
+        return {}
+    return {"mahalanobis": {**md["unknown_flag"], "score": MAHALANOBIS_SCORE,
+                            "share": md["unknown_flag_share"],
+                            "flagged_other_session_nested": md["unknown_flag_flagged_other_session_nested"],
+                            **({"outside_flagged_nested": md["outside_nested"].get("outside_flagged")}
+                               if md.get("outside_nested") else {})}}
+
+
 def ship(cfg: CvConfig, report: dict[str, Any], ds: Dataset, pool: Pool) -> dict[str, Any]:
     """The model the stall runs: the cross-validated recipe trained on all of train + val, exported
     (float and int8) with the temperature and unknown flag fitted on its out-of-fold outputs."""
@@ -1383,7 +1399,8 @@ def ship(cfg: CvConfig, report: dict[str, Any], ds: Dataset, pool: Pool) -> dict
                         # what it was fitted to take of them, and what the folds measured it to take of
                         # sessions it never saw (None: no other-session rows to measure it on)
                         "share": f["unknown_flag_share"],
-                        "flagged_other_session_nested": f["unknown_flag_flagged_other_session_nested"]}},
+                        "flagged_other_session_nested": f["unknown_flag_flagged_other_session_nested"]},
+                    **_shipped_mahalanobis(f)},
         "gallery": {"k": 3, "gain": 1.0, "bias": 0.0},
         "embedding_dim": EMBEDDING_DIMS[backbone],
         "embedding_space": f"{backbone}-{size}-{mode}-{key}-s{chosen['seed']}",

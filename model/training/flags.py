@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from model.training.folds import Folds
+from model.unknown import Mahalanobis
 
 logger = logging.getLogger(__name__)
 
@@ -65,7 +66,8 @@ def _squared(x: np.ndarray, means: np.ndarray, precision: np.ndarray) -> np.ndar
 
 
 def md_score(emb: np.ndarray, g: Gaussians) -> np.ndarray:
-    return -_squared(np.asarray(emb, np.float64), g.means, g.precision).min(1)
+    """The stall's own arithmetic (``model.unknown.Mahalanobis``), in float64."""
+    return Mahalanobis.from_precision(g.precision, g.means, np.arange(len(g.means))).score(emb)
 
 
 def rmd_score(emb: np.ndarray, g: Gaussians) -> np.ndarray:
@@ -112,7 +114,9 @@ def flag_score_figures(work: Path, oof: np.ndarray, ood_logits: np.ndarray | Non
     out: dict[str, Any] = {}
     for i, name in enumerate(SCORES):
         s = summarise(oof, labels, folds, split, held[i].astype(np.float32))
-        fig = {k: s[k] for k in ("unknown_flag_flagged_other_session_crossfit",
+        # the flag fitted on every other-session photo's score, as the shipped one is (``ship``)
+        fig = {k: s[k] for k in ("unknown_flag", "unknown_flag_share",
+                                 "unknown_flag_flagged_other_session_crossfit",
                                  "unknown_flag_flagged_other_session_nested")}
         if outside is not None and ood_logits is not None:
             o = ood_figures(oof, held[i].astype(np.float32), ood_logits, outside[i].astype(np.float32),
@@ -120,3 +124,31 @@ def flag_score_figures(work: Path, oof: np.ndarray, ood_logits: np.ndarray | Non
             fig.update(outside_nested=o["nested"], auroc=o["auroc"])
         out[name] = fig
     return out
+
+
+def fit_mahalanobis(emb: np.ndarray, labels: np.ndarray, embedding_space: str) -> Mahalanobis:
+    """The stall's Mahalanobis nearness from every training photo's embedding under the shipped
+    network: label means and the shared Ledoit-Wolf precision, as each fold's were fitted."""
+    g = fit_gaussians(emb, labels)
+    return Mahalanobis.from_precision(g.precision, g.means, np.unique(labels), embedding_space)
+
+
+def write_mahalanobis(model: Path, photos: list[Any], n_classes: int, size: int, embedding_space: str,
+                      crop: float = 1.0, exact_int8: bool = True) -> dict[str, Any]:
+    """Embed every one of ``photos`` (``model.data.Sample``: train + val, what the network learnt
+    from) with ``model`` itself (int8 or float, as its exemplars are), fit, write
+    ``<model>.mahalanobis.npz`` and return what the metadata's ``unknown.mahalanobis`` names of it."""
+    from model.preprocess import preprocess, read_photo
+    from model.recognizer import ModelRunner
+
+    runner = ModelRunner(model, size, exact_int8=exact_int8)
+    emb = np.concatenate([runner.run(preprocess(read_photo(p.path, size, crop), size))[1] for p in photos])
+    labels = np.array([p.label for p in photos])
+    md = fit_mahalanobis(emb, labels, embedding_space)
+    path = model.with_name(model.stem + ".mahalanobis.npz")
+    digest = md.write(path)
+    logger.info("%s: %d label means over %d photos", path.name, len(md.means), len(photos))
+    if len(md.means) < n_classes:
+        logger.warning("%s: %d of %d labels have no photo to fit a mean on", path.name,
+                       n_classes - len(md.means), n_classes)
+    return {"file": path.name, "sha256": digest, "photos": len(photos)}

@@ -30,7 +30,7 @@ from model.data import Dataset, DatasetError, load_dataset
 from model.metrics import auroc, confusion_png, softmax, topk_accuracy
 from model.training.distill import DEFAULT_TEACHERS
 from model.training.head import HeadConfig, fit_temperature, head_logits, train_head
-from model.unknown import UNKNOWN_QUANTILE, UnknownFlag, flag_threshold, nearest_cosine
+from model.unknown import UNKNOWN_QUANTILE, Mahalanobis, UnknownFlag, flag_threshold, nearest_cosine
 
 logger = logging.getLogger(__name__)
 
@@ -685,6 +685,8 @@ def carried_to_int8(meta: dict[str, Any], fp32: Path, int8: Path, ds: Dataset, s
                                np.random.default_rng([int(meta.get("seed", 0)), i]), size))
              for i, p in enumerate(pick)]
     flag = UnknownFlag.from_json(meta["unknown"]["nearest_exemplar"])
+    md_flag = (UnknownFlag.from_json(meta["unknown"]["mahalanobis"]) if "mahalanobis" in meta["unknown"]
+               else None)
     temperature = float(meta["temperature"])
     scores = []
     for path in (fp32, int8):
@@ -695,19 +697,54 @@ def carried_to_int8(meta: dict[str, Any], fp32: Path, int8: Path, ds: Dataset, s
         ex = Exemplars.read(path.with_name(str(m["teach"]["exemplars"])), len(m["labels"]),
                             int(m["embedding_dim"]), str(m["embedding_space"]))
         prob = softmax(logits, temperature).max(1)
-        scores.append((prob, flag.score(prob, nearest_cosine(unit(emb), unit(ex.embeddings)))))
-    d_prob = float(np.median(scores[1][0] - scores[0][0]))
-    d_score = float(np.median(scores[1][1] - scores[0][1]))
-    logger.info("%s: int8 moves the top probability by %+.4f and the unknown score by %+.4f (median of %d)",
-                int8.name, d_prob, d_score, len(pick))
-    moved = UnknownFlag(flag.prob_mean, flag.prob_std, flag.near_mean, flag.near_std,
-                        flag.threshold + d_score)
-    return {**meta, "unknown": {**meta["unknown"], "threshold": float(meta["unknown"]["threshold"]) + d_prob,
-                                # what the float model's flag says of itself (its score, share) kept
-                                "nearest_exemplar": {**meta["unknown"]["nearest_exemplar"],
-                                                     **moved.to_json(),
-                                                     "score": meta["unknown"]["nearest_exemplar"]["score"]}},
-            "int8_shift": {"top_probability": d_prob, "unknown_score": d_score, "photos": len(pick)}}
+        read = [prob, flag.score(prob, nearest_cosine(unit(emb), unit(ex.embeddings)))]
+        if md_flag is not None:
+            # each copy against its own means and precision, as each has its own exemplars
+            md = Mahalanobis.read(path.with_name(str(m["unknown"]["mahalanobis"]["file"])), len(m["labels"]),
+                                  int(m["embedding_dim"]), str(m["embedding_space"]))
+            read.append(md_flag.score(prob, md.score(unit(emb))))
+        scores.append(read)
+    shifts = [float(np.median(b - a)) for a, b in zip(scores[0], scores[1], strict=True)]
+    d_prob, d_score = shifts[:2]
+    logger.info("%s: int8 moves the top probability by %+.4f and the unknown score by %+.4f%s (median of %d)",
+                int8.name, d_prob, d_score,
+                f", the Mahalanobis flag's by {shifts[2]:+.4f}" if md_flag is not None else "", len(pick))
+    unknown = {**meta["unknown"], "threshold": float(meta["unknown"]["threshold"]) + d_prob,
+               # what the float model's flag says of itself (its score, share) kept
+               "nearest_exemplar": {**meta["unknown"]["nearest_exemplar"],
+                                    **_moved(flag, d_score).to_json(),
+                                    "score": meta["unknown"]["nearest_exemplar"]["score"]}}
+    if md_flag is not None:
+        unknown["mahalanobis"] = {**meta["unknown"]["mahalanobis"], **_moved(md_flag, shifts[2]).to_json(),
+                                  "score": meta["unknown"]["mahalanobis"]["score"]}
+    return {**meta, "unknown": unknown,
+            "int8_shift": {"top_probability": d_prob, "unknown_score": d_score,
+                           **({"mahalanobis_score": shifts[2]} if md_flag is not None else {}),
+                           "photos": len(pick)}}
+
+
+def _moved(flag: UnknownFlag, shift: float) -> UnknownFlag:
+    return UnknownFlag(flag.prob_mean, flag.prob_std, flag.near_mean, flag.near_std, flag.threshold + shift)
+
+
+def _with_mahalanobis(meta: dict[str, Any], model: Path, ds: Dataset, size: int) -> dict[str, Any]:
+    """Where the flag was fitted out of fold with the Mahalanobis nearness (``model cv``), ``model``'s
+    own means and precision from every photo it learnt from, written beside it and named."""
+    if "mahalanobis" not in meta.get("unknown", {}):
+        return meta
+    from model.recognizer import int8_needs_exact_kernels
+    from model.training.flags import write_mahalanobis
+
+    space = str(meta["embedding_space"])
+    written = write_mahalanobis(model, [*ds.train, *ds.val], len(ds.classes), size, space, input_crop(meta),
+                                int8_needs_exact_kernels(meta))
+    return {**meta, "unknown": {**meta["unknown"],
+                                "mahalanobis": {**meta["unknown"]["mahalanobis"], **written}}}
+
+
+def _mahalanobis_file(model: Path, meta: dict[str, Any]) -> list[Path]:
+    md = meta.get("unknown", {}).get("mahalanobis", {})
+    return [model.with_name(str(md["file"]))] if "file" in md else []
 
 
 def export_checkpoint(checkpoint: Path, out: Path, int8: bool = False,
@@ -746,10 +783,11 @@ def export_checkpoint(checkpoint: Path, out: Path, int8: bool = False,
     space = str(meta["embedding_space"])
     if ds is not None:
         meta = {**meta, "teach": write_exemplars(out, ds, state["size"], space, protos, input_crop(meta))}
+        meta = _with_mahalanobis(meta, out, ds, state["size"])
         if not calibrated:
             # the float model keeps the temperature fitted in training; it only gains the unknown flag
             meta = calibrated_on_val(meta, out, ds, state["size"], recalibrate=False)
-        written.append(out.with_name(out.stem + ".exemplars.npz"))
+        written += [out.with_name(out.stem + ".exemplars.npz"), *_mahalanobis_file(out, meta)]
     write_metadata(out.with_suffix(".json"), meta, out)
     if int8 and ds is not None:
         calib = _calibration_batch(ds, state["size"], 64, int(meta.get("seed", 0)), input_crop(meta))
@@ -758,10 +796,12 @@ def export_checkpoint(checkpoint: Path, out: Path, int8: bool = False,
         quantize_int8(out, q, calib, bits)
         # read by ModelRunner: 7-bit weights cannot saturate the fast kernels, so they need no exact ones
         int8_meta = {"weight_bits": bits, "depthwise_weight_bits": 8}
-        qmeta = {**meta, "int8": int8_meta,
-                 "teach": write_exemplars(q, ds, state["size"], space, protos, input_crop(meta))}
+        qmeta = _with_mahalanobis({**meta, "int8": int8_meta,
+                                   "teach": write_exemplars(q, ds, state["size"], space, protos,
+                                                            input_crop(meta))}, q, ds, state["size"])
         qmeta = (carried_to_int8(qmeta, out, q, ds, state["size"]) if calibrated else
                  calibrated_on_val(qmeta, q, ds, state["size"], recalibrate=True))
         write_metadata(q.with_suffix(".json"), qmeta, q)
-        written += [q, q.with_suffix(".json"), q.with_name(q.stem + ".exemplars.npz")]
+        written += [q, q.with_suffix(".json"), q.with_name(q.stem + ".exemplars.npz"),
+                    *_mahalanobis_file(q, qmeta)]
     return written

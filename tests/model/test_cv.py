@@ -144,11 +144,25 @@ def test_cv_command_runs_fold_by_fold_and_resumes(dataset_root: Path, tmp_path: 
     assert qmeta["unknown"]["nearest_exemplar"]["share"] == meta["unknown"]["nearest_exemplar"]["share"]
     assert qmeta["unknown"]["nearest_exemplar"]["threshold"] == pytest.approx(
         flag["threshold"] + qmeta["int8_shift"]["unknown_score"])
+    # the Mahalanobis flag, fitted on the student's out-of-fold scores, ships beside it: each copy
+    # with its own means and precision of every photo it learnt from, the int8 threshold moved
+    md = st["finetuned"]["flag_scores"]["MD"]
+    assert meta["unknown"]["mahalanobis"]["near_mean"] == md["unknown_flag"]["near_mean"]
+    assert meta["unknown"]["mahalanobis"]["threshold"] == md["unknown_flag"]["threshold"]
+    assert meta["unknown"]["mahalanobis"]["share"] == md["unknown_flag_share"]
+    assert meta["unknown"]["mahalanobis"]["photos"] == report["photos"]["train"] + report["photos"]["val"]
+    assert qmeta["unknown"]["mahalanobis"]["threshold"] == pytest.approx(
+        md["unknown_flag"]["threshold"] + qmeta["int8_shift"]["mahalanobis_score"])
+    assert {meta["unknown"]["mahalanobis"]["file"], qmeta["unknown"]["mahalanobis"]["file"]} == {
+        "recognizer.fp32.mahalanobis.npz", "recognizer.mahalanobis.npz"}
+    assert str(out.with_name("recognizer.mahalanobis.npz")) in summary["final"]["files"]
     from model.recognizer import Recognizer
 
     photo = next((dataset_root / "train").rglob("*.jpg"))
-    for model in (fp32, q):  # both load and answer with the catalogue's labels
-        r = Recognizer.load(model, top_k=3).recognize(photo)
+    for model in (fp32, q):  # both load, flag by the Mahalanobis nearness, answer with the catalogue's labels
+        rec = Recognizer.load(model, top_k=3)
+        assert rec.mahalanobis is not None and rec.meta.mahalanobis_flag is not None
+        r = rec.recognize(photo)
         assert len(r.top) == 3 and {label for label, _ in r.top} <= set(meta["labels"])
     for name in ("efficientnet-lite0-64-s0", "student-efficientnet-lite0-64-s0"):
         assert (tmp_path / name / "final-net.pt").exists()

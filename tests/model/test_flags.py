@@ -45,3 +45,48 @@ def test_a_photo_away_from_every_label_scores_lower_than_the_labels_own() -> Non
     far = known.mean(0) + rng.normal(0, 12, size=(40, x.shape[1]))
     for score in (md_score, rmd_score):
         assert np.median(score(far, g)) < np.quantile(score(known, g), 0.05)
+
+
+def test_the_stalls_stored_nearness_reads_as_the_fitted_one() -> None:
+    """What the stall reads back (stored and scored in float32) orders photos as the float64 fit
+    does and moves no score by more than a ten-thousandth of the scores' spread, on
+    unit embeddings in many dimensions as the network's are."""
+    import tempfile
+    from pathlib import Path
+
+    from model.training.flags import fit_mahalanobis
+    from model.unknown import Mahalanobis
+
+    rng = np.random.default_rng(2)
+    d, c = 256, 10
+    centres = rng.normal(size=(c, d))
+    labels = np.repeat(np.arange(c), 40)
+    x = centres[labels] + rng.normal(0, 1.5, size=(len(labels), d)) * rng.uniform(0.2, 1.0, size=d)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    fitted = fit_mahalanobis(x[::2], labels[::2], "space")
+    q = x[1::2]
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "m.mahalanobis.npz"
+        fitted.write(path)
+        back = Mahalanobis.read(path, c, d, "space")
+    assert back.whiten.dtype == np.float32 and np.array_equal(back.labels, np.arange(c))
+    exact, stored = fitted.score(q), back.score(q.astype(np.float32))
+    assert np.max(np.abs(stored - exact)) < 1e-4 * exact.std()
+    assert np.array_equal(np.argsort(exact)[:20], np.argsort(stored)[:20])
+    # a taught centre: a photo's own mean is at distance zero
+    assert back.score(q[:1], back.whitened(q[:1]))[0] == pytest.approx(0, abs=1e-6)
+
+
+def test_a_singular_precision_still_measures_its_distances() -> None:
+    """A toy network's embeddings may barely vary: its precision can be singular to working
+    precision, where Cholesky fails; the distances are still (x - m)^T P (x - m)."""
+    from model.unknown import Mahalanobis
+
+    rng = np.random.default_rng(3)
+    a = rng.normal(size=(6, 3))
+    precision = a @ a.T  # rank 3 of 6
+    means = rng.normal(size=(2, 6))
+    md = Mahalanobis.from_precision(precision, means, np.arange(2))
+    q = rng.normal(size=(5, 6))
+    direct = np.array([min((v - m) @ precision @ (v - m) for m in means) for v in q])
+    np.testing.assert_allclose(md.score(q), -direct, rtol=1e-9, atol=1e-9)

@@ -507,3 +507,95 @@ def test_a_stall_recognising_during_a_refit_uses_the_last_head_instead_of_waitin
     # a one-shot command's recogniser keeps refitting before it answers
     one_shot = Recognizer.load(shipped_model, background_refit=False, stale_while_refit=True)
     assert not one_shot.stale_while_refit
+
+
+def _with_mahalanobis(shipped_model: Path, data: Path, folder: Path, per_label: int = 4) -> Path:
+    """The shipped model copied with a Mahalanobis flag: means and precision fitted on a few training
+    photos per label (``flags.write_mahalanobis``, what an export writes), the flag on val photos."""
+    from model.data import load_dataset
+    from model.metrics import softmax
+    from model.training.flags import write_mahalanobis
+    from model.unknown import MAHALANOBIS_SCORE, Mahalanobis, UnknownFlag
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for f in shipped_model.parent.glob(shipped_model.stem + ".*"):
+        shutil.copy(f, folder / f.name)
+    model = folder / shipped_model.name
+    meta = json.loads(model.with_suffix(".json").read_text())
+    ds = load_dataset(data)
+    photos = [s for c in range(len(ds.classes)) for s in [t for t in ds.train if t.label == c][:per_label]]
+    written = write_mahalanobis(model, photos, len(ds.classes), meta["input"]["size"],
+                                meta["embedding_space"])
+    md = Mahalanobis.read(folder / written["file"], len(meta["labels"]), meta["embedding_dim"],
+                          meta["embedding_space"])
+    rec = Recognizer.load(model)
+    val = [rec.embed(s.path) for s in ds.val[::4]]
+    prob = softmax(np.stack([lo for lo, _ in val]), meta["temperature"]).max(1)
+    flag = UnknownFlag.fit(prob, md.score(np.stack([e for _, e in val])), 0.05)
+    meta["unknown"]["mahalanobis"] = {**flag.to_json(), "score": MAHALANOBIS_SCORE, **written}
+    model.with_suffix(".json").write_text(json.dumps(meta))
+    return model
+
+
+def test_a_model_with_the_mahalanobis_flag_flags_by_it_and_knows_what_is_taught(
+        shipped_model: Path, real_dataset: Path, val_photos: list[tuple[Path, str]], tmp_path: Path) -> None:
+    """Where the metadata names a Mahalanobis flag the stall reads it in place of the nearest
+    exemplar: the margin is the flag's score of minus the squared distance to the nearest label's
+    mean (checked against the formula on the file's precision), a synthetic packaged good is
+    flagged, and once taught its own mean is near and it scores higher; forgotten, it is not."""
+    from model.training.ood import write_packaged_goods
+    from model.unknown import Mahalanobis
+
+    model = _with_mahalanobis(shipped_model, real_dataset, tmp_path / "m")
+    rec = Recognizer.load(model, gallery_dir=tmp_path / "g", background_refit=False)
+    flag, md = rec.meta.mahalanobis_flag, rec.mahalanobis
+    assert flag is not None and md is not None and rec.taught_centres() is None
+    back = Mahalanobis.read(model.with_name(model.stem + ".mahalanobis.npz"), 50, 1280,
+                            rec.meta.embedding_space)
+    precision = back.whiten.astype(np.float64) @ back.whiten.astype(np.float64).T
+    r = rec.recognize(val_photos[0][0])
+    e = r.embedding.astype(np.float64) / np.linalg.norm(r.embedding)
+    d = min(float((e - m) @ precision @ (e - m)) for m in back.means.astype(np.float64))
+    assert rec.unknown_margin(r.top[0][1], r.embedding) == pytest.approx(
+        flag.score(r.top[0][1], -d) - flag.threshold, rel=1e-4, abs=1e-4)
+    box = write_packaged_goods(tmp_path / "ood", n=3, seed=11)
+    before = [rec.unknown_margin(rec.recognize(p).top[0][1], rec.recognize(p).embedding) for p in box]
+    assert all(b < 0 for b in before) and all(rec.recognize(p).unknown for p in box)
+    rows = rec.teach("Juice-Carton", box[0])
+    centres = rec.taught_centres()
+    assert centres is not None and centres.shape == (1, 1280)
+    r = rec.recognize(box[0])
+    assert r.top[0][0] == "Juice-Carton" and rec.unknown_margin(r.top[0][1], r.embedding) > before[0]
+    rec.forget("Juice-Carton", rows)
+    assert rec.taught_centres() is None
+    # produce stays known: at most 2 of these 8 val photos flagged (the flag was fitted to take 5 %)
+    assert sum(rec.recognize(p).unknown for p, _ in val_photos) <= 2
+
+
+def test_a_missing_or_foreign_mahalanobis_file_is_named(shipped_model: Path, real_dataset: Path,
+                                                        tmp_path: Path) -> None:
+    from model.unknown import Mahalanobis
+
+    model = _with_mahalanobis(shipped_model, real_dataset, tmp_path / "m", per_label=2)
+    md = model.with_name(model.stem + ".mahalanobis.npz")
+    kept = md.read_bytes()
+    md.unlink()
+    with pytest.raises(ModelFileError, match=f"{md.name}: Mahalanobis flag missing"):
+        Recognizer.load(model)
+    md.write_bytes(b"PK\x03\x04 torn")
+    with pytest.raises(ModelFileError, match=f"{md.name}: Mahalanobis flag unreadable"):
+        Recognizer.load(model)
+    md.write_bytes(kept)
+    meta = json.loads(model.with_suffix(".json").read_text())
+    good = Mahalanobis.read(md, len(meta["labels"]), meta["embedding_dim"], meta["embedding_space"])
+    Mahalanobis(good.whiten, good.means, good.labels, "another-network").write(md)
+    with pytest.raises(ModelFileError, match=f"{md.name}: Mahalanobis flag of another-network, model is"):
+        Recognizer.load(model)
+    Mahalanobis(good.whiten[:, :9], good.means, good.labels, good.embedding_space).write(md)
+    with pytest.raises(ModelFileError, match="does not fit a model of 50 labels x 1280"):
+        Recognizer.load(model)
+    md.write_bytes(kept)
+    del meta["unknown"]["mahalanobis"]["file"]
+    model.with_suffix(".json").write_text(json.dumps(meta))
+    with pytest.raises(ModelFileError, match=f"{model.stem}.json: model metadata lacks or garbles"):
+        Recognizer.load(model)
