@@ -173,8 +173,7 @@ def test_missing_or_foreign_exemplars_are_named(shipped_model: Path, tmp_path: P
     import json
 
     stem = shipped_model.stem
-    for suffix in (".onnx", ".json", ".exemplars.npz"):
-        shutil.copy(shipped_model.with_name(stem + suffix), tmp_path)
+    _copied(shipped_model, tmp_path)
     m, ex = tmp_path / f"{stem}.onnx", tmp_path / f"{stem}.exemplars.npz"
     assert Recognizer.load(m).exemplars is not None
     ex.unlink()
@@ -231,11 +230,11 @@ def test_a_model_trained_on_centre_crops_reads_the_centre_of_the_plate(
         tmp_path: Path) -> None:
     """``input.crop`` in a model's metadata: the network reads the centre square of the plate
     region (recognition and teaching alike), what it was trained on."""
-    for f in (shipped_model, shipped_model.with_suffix(".json"),
-              shipped_model.with_name(shipped_model.stem + ".exemplars.npz")):
-        shutil.copy(f, tmp_path / f.name)
+    _copied(shipped_model, tmp_path)
     meta = json.loads((tmp_path / "recognizer.json").read_text())
-    meta["input"]["crop"] = 0.5
+    # half of the shipped model's own centre square: the photo framed at twice its size reads as
+    # the shipped model reads the photo
+    meta["input"]["crop"] = 0.5 * meta["input"].get("crop", 1.0)
     (tmp_path / "recognizer.json").write_text(json.dumps(meta))
     cropped = Recognizer.load(tmp_path / "recognizer.onnx")
     photo = cv2.imread(str(val_photos[0][0]))
@@ -392,12 +391,17 @@ def test_refit_runs_in_the_background_and_is_cached_beside_the_gallery(
 
 def test_the_unknown_flag_adds_the_nearest_exemplar(shipped_model: Path, val_photos: list[tuple[Path, str]],
                                                     tmp_path: Path) -> None:
-    """The shipped files flag by the top probability plus the nearest exemplar (model.unknown): a
-    synthetic packaged good is far from every exemplar and flagged; once taught, its own photo is
-    the nearest and it scores higher."""
+    """Without a Mahalanobis flag the files flag by the top probability plus the nearest exemplar
+    (model.unknown): a synthetic packaged good is far from every exemplar and flagged; once taught,
+    its own photo is the nearest and it scores higher."""
     from model.training.ood import write_packaged_goods
 
-    rec = Recognizer.load(shipped_model, gallery_dir=tmp_path / "g", background_refit=False)
+    model = _copied(shipped_model, tmp_path / "m")
+    meta = json.loads(model.with_suffix(".json").read_text())
+    meta["unknown"].pop("mahalanobis", None)
+    model.with_suffix(".json").write_text(json.dumps(meta))
+    rec = Recognizer.load(model, gallery_dir=tmp_path / "g", background_refit=False)
+    assert rec.mahalanobis is None
     assert rec.meta.unknown_flag is not None
     box = write_packaged_goods(tmp_path / "ood", n=3, seed=11)
     before = []
@@ -420,7 +424,8 @@ def test_without_the_nearest_exemplar_section_the_probability_alone_flags(
         shutil.copy(f, tmp_path / f.name)
     model = tmp_path / shipped_model.name
     meta = json.loads(model.with_suffix(".json").read_text())
-    old = {**meta, "unknown": {k: v for k, v in meta["unknown"].items() if k != "nearest_exemplar"}}
+    old = {**meta, "unknown": {k: v for k, v in meta["unknown"].items()
+                               if k not in ("nearest_exemplar", "mahalanobis")}}
     model.with_suffix(".json").write_text(json.dumps(old))
     rec = Recognizer.load(model)
     assert rec.meta.unknown_flag is None
@@ -441,8 +446,7 @@ def test_the_refit_takes_its_steps_from_the_model_file(shipped_model: Path,
                                                        tmp_path: Path) -> None:
     """The file's ``teach.epochs`` is what the stall refits with (it is what the file was measured with)."""
     stem = shipped_model.stem
-    for suffix in (".onnx", ".json", ".exemplars.npz"):
-        shutil.copy(shipped_model.with_name(stem + suffix), tmp_path)
+    _copied(shipped_model, tmp_path)
     m = tmp_path / f"{stem}.onnx"
     meta = json.loads(m.with_suffix(".json").read_text())
     meta["teach"]["epochs"] = 0
@@ -509,6 +513,13 @@ def test_a_stall_recognising_during_a_refit_uses_the_last_head_instead_of_waitin
     assert not one_shot.stale_while_refit
 
 
+def _copied(shipped_model: Path, folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for f in shipped_model.parent.glob(shipped_model.stem + ".*"):
+        shutil.copy(f, folder / f.name)
+    return folder / shipped_model.name
+
+
 def _with_mahalanobis(shipped_model: Path, data: Path, folder: Path, per_label: int = 4) -> Path:
     """The shipped model copied with a Mahalanobis flag: means and precision fitted on a few training
     photos per label (``flags.write_mahalanobis``, what an export writes), the flag on val photos."""
@@ -517,10 +528,7 @@ def _with_mahalanobis(shipped_model: Path, data: Path, folder: Path, per_label: 
     from model.training.flags import write_mahalanobis
     from model.unknown import MAHALANOBIS_SCORE, Mahalanobis, UnknownFlag
 
-    folder.mkdir(parents=True, exist_ok=True)
-    for f in shipped_model.parent.glob(shipped_model.stem + ".*"):
-        shutil.copy(f, folder / f.name)
-    model = folder / shipped_model.name
+    model = _copied(shipped_model, folder)
     meta = json.loads(model.with_suffix(".json").read_text())
     ds = load_dataset(data)
     photos = [s for c in range(len(ds.classes)) for s in [t for t in ds.train if t.label == c][:per_label]]
