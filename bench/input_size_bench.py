@@ -42,7 +42,7 @@ def size_free(model: Path, folder: Path) -> Path:
 
 def measure(model: Path, size: int, data: Path, runs: int) -> dict[str, object]:
     from model.data import load_dataset
-    from model.preprocess import decode_target, preprocess, read_image
+    from model.preprocess import preprocess, read_photo
     from model.recognizer import ModelMeta, ModelRunner
 
     meta = ModelMeta.read(model.with_suffix(".json"))
@@ -50,8 +50,7 @@ def measure(model: Path, size: int, data: Path, runs: int) -> dict[str, object]:
     with tempfile.TemporaryDirectory() as tmp:
         runner = ModelRunner(size_free(model, Path(tmp)), size, exact_int8=meta.exact_int8)
         # the model's own centre crop (its input.crop), read as the stall reads it, at each size
-        xs = [preprocess(read_image(s.path, decode_target(size, meta.crop)), size, crop=meta.crop)
-              for s in ds.val]
+        xs = [preprocess(read_photo(s.path, size, meta.crop), size) for s in ds.val]
         truth = np.array([meta.labels.index(ds.classes[s.label]) for s in ds.val])
         logits = np.concatenate([runner.run(x)[0] for x in xs]) / meta.temperature
         ms = []
