@@ -90,3 +90,21 @@ def test_a_singular_precision_still_measures_its_distances() -> None:
     q = rng.normal(size=(5, 6))
     direct = np.array([min((v - m) @ precision @ (v - m) for m in means) for v in q])
     np.testing.assert_allclose(md.score(q), -direct, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("spread", [1.0, 1e-6, 0.0], ids=["regular", "barely-varying", "constant"])
+def test_the_precision_is_scikit_learns_in_more_dimensions_than_photos(spread: float) -> None:
+    """Fewer photos than dimensions, as in a fold (about 1,600 photos of 1,280 numbers, here 120 of
+    200): the precision taken by a Cholesky factor is scikit-learn's ``pinvh`` one, and where the
+    embeddings barely vary or not at all (a toy network: no shrinkage, ``pinvh`` itself) the same too."""
+    rng = np.random.default_rng(4)
+    d = 200
+    x = 1 + spread * rng.normal(size=(120, d)) @ rng.normal(size=(d, d))
+    labels = np.repeat(np.arange(6), 20)
+    g = fit_gaussians(x, labels)
+    within = x - g.means[labels]
+    want = LedoitWolf(assume_centered=True).fit(within).precision_
+    whole = LedoitWolf().fit(x).precision_
+    np.testing.assert_allclose(g.precision, want, rtol=0, atol=1e-9 * np.abs(want).max())
+    np.testing.assert_allclose(g.precision0, whole, rtol=0, atol=1e-9 * np.abs(whole).max())
+    assert (np.abs(want).max() > 0) == (spread > 0)
