@@ -94,9 +94,10 @@ def test_a_singular_precision_still_measures_its_distances() -> None:
 
 @pytest.mark.parametrize("spread", [1.0, 1e-6, 0.0], ids=["regular", "barely-varying", "constant"])
 def test_the_precision_is_scikit_learns_in_more_dimensions_than_photos(spread: float) -> None:
-    """Fewer photos than dimensions, as in a fold (about 1,600 photos of 1,280 numbers, here 120 of
-    200): the precision taken by a Cholesky factor is scikit-learn's ``pinvh`` one, and where the
-    embeddings barely vary or not at all (a toy network: no shrinkage, ``pinvh`` itself) the same too."""
+    """More dimensions than photos, as in the tests' tiny folds (about 100 photos of 1,280 numbers;
+    here 120 of 200): the precision taken by a Cholesky factor is scikit-learn's ``pinvh`` one, where
+    the embeddings barely vary too, and where they do not vary at all (a toy network: no shrinkage,
+    ``pinvh`` itself) the same zero."""
     rng = np.random.default_rng(4)
     d = 200
     x = 1 + spread * rng.normal(size=(120, d)) @ rng.normal(size=(d, d))
