@@ -71,7 +71,7 @@ def _precision(lw: Any) -> np.ndarray:
 
     cov = lw.covariance_
     d = len(cov)
-    if float(lw.shrinkage_) >= 4 * d * d * np.finfo(np.float64).eps and np.trace(cov) > 0:
+    if float(lw.shrinkage_) >= 4 * d * d * np.finfo(np.float64).eps:  # a zero covariance fails Cholesky
         try:
             c = np.linalg.cholesky(cov)
         except np.linalg.LinAlgError:
