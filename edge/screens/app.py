@@ -102,7 +102,7 @@ async def invalid_body(_request: Request, exc: Exception) -> JSONResponse:
 
 
 def _answer(result: ActionResult | TareResult | CheckoutResult, hub: ScreenHub) -> JSONResponse:
-    hub.poke()
+    hub.show_now()
     return JSONResponse(result.model_dump(mode="json"), status_code=200 if result.ok else 409)
 
 
@@ -285,7 +285,7 @@ def create_app(stall: StallApp, hub: ScreenHub, stop: threading.Event) -> FastAP
         try:
             printer.queue.reprint(sale, printer.meta or ReceiptMeta(), printer)
         except EdgeError as exc:
-            hub.poke()
+            hub.show_now(counts=True)
             return _refused(f"打印失败，已排队补打 / printing failed, queued: {exc}", 503)
         return JSONResponse({"ok": True, "receipt_no": sale.receipt_no, "trace_code": sale.trace_code})
 
@@ -294,7 +294,7 @@ def create_app(stall: StallApp, hub: ScreenHub, stop: threading.Event) -> FastAP
         """Print every receipt waiting in the reprint queue (the printer is back)."""
         printer = stall.printer
         result = printer.retry_queue() if printer is not None else None
-        hub.poke()
+        hub.show_now(counts=True)
         if result is None:
             return _refused("没有打印机 / no printer configured")
         return JSONResponse({"ok": result.failed == 0, "printed": result.printed, "left": result.failed},
@@ -357,7 +357,7 @@ def create_app(stall: StallApp, hub: ScreenHub, stop: threading.Event) -> FastAP
         except Exception as exc:  # noqa: BLE001 - the model's own errors, said to the vendor
             return _refused(f"学习失败 / teaching failed: {exc}")
         _save_picture(hub.pictures_dir(), item.code, frame)
-        hub.poke()
+        hub.show_now()
         return JSONResponse({"ok": True, "code": item.code, "label": label})
 
     @app.post("/api/teach/forget", tags=["actions"], responses={
@@ -381,7 +381,7 @@ def create_app(stall: StallApp, hub: ScreenHub, stop: threading.Event) -> FastAP
         if not removed:
             return _refused(f"{item.name_zh} 没有学过的照片 / nothing taught for {item.name_en or item.code}")
         (hub.pictures_dir() / f"{item.code}.jpg").unlink(missing_ok=True)
-        hub.poke()
+        hub.show_now()
         return JSONResponse({"ok": True, "code": item.code, "label": label, "removed": removed})
 
     from edge.screens.orders import add_order_routes

@@ -126,6 +126,8 @@ class ScreenHub(Publisher):
         self._stop = stop
         self._poke = threading.Event()
         self._thread: threading.Thread | None = None
+        # an action's request thread and the hub's own both refresh (``show_now``)
+        self._refreshing = threading.Lock()
         self._stable_at_ms: float | None = None
         self._shown: tuple[object, ...] | None = None
         self._basket_since: float | None = None
@@ -156,6 +158,19 @@ class ScreenHub(Publisher):
     def poke(self) -> None:
         """Something changed (an action): publish now, not at the next poll."""
         self._poke.set()
+
+    def show_now(self, *, counts: bool = False) -> None:
+        """An action is done: publish its state before it is answered, so that a client's
+        ``GET /api/state`` after the answer shows the action (the hub's thread, poked, would
+        publish a moment later; a script reading the state at once read the basket before
+        its last line).  ``counts``: the action changed the reprint queue or the journal's
+        counts, read them again now rather than at most once a second."""
+        if counts:
+            self._slow_stale = True
+        try:
+            self.refresh()
+        except Exception:  # noqa: BLE001 - the action is done; its thread publishes later
+            logger.exception("screen state not refreshed after an action")
 
     def uploads_changed(self) -> None:
         """The outbox settled sales or the server came or went: read the upload queue again
@@ -203,6 +218,10 @@ class ScreenHub(Publisher):
     # -- the state -------------------------------------------------------------------------
     def refresh(self) -> bool:
         """Read the stall; publish when what the screens show changed.  True if it did."""
+        with self._refreshing:
+            return self._refresh()
+
+    def _refresh(self) -> bool:
         flow = self.stall.flow
         if flow is None:
             return False

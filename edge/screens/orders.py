@@ -55,7 +55,7 @@ def add_order_routes(app: FastAPI, stall: StallApp, hub: ScreenHub) -> None:
         return stall.orders
 
     def answer(result: DeskResult) -> JSONResponse:
-        hub.poke()
+        hub.show_now()
         status = 200 if result.ok else 503 if result.offline else 409
         return JSONResponse(result.model_dump(mode="json"), status_code=status)
 
@@ -90,7 +90,7 @@ def add_order_routes(app: FastAPI, stall: StallApp, hub: ScreenHub) -> None:
         # The server away: weighing goes on (the sale carries the order's id and settles it
         # when the outbox uploads it); only the shopper's "being weighed" waits.
         attached = flow.attach_order(order_id)
-        hub.poke()
+        hub.show_now()
         if not attached.ok:
             return _refused(attached.reason or "")
         return JSONResponse({"ok": True, "order_id": order_id, "server": result.ok})
@@ -102,7 +102,7 @@ def add_order_routes(app: FastAPI, stall: StallApp, hub: ScreenHub) -> None:
         if flow is None:
             return _refused(no_desk)
         result = flow.attach_order(None)
-        hub.poke()
+        hub.show_now()
         return JSONResponse(result.model_dump(mode="json"), status_code=200 if result.ok else 409)
 
     @app.post("/api/orders/{order_id}/picked-up", tags=["orders"], responses=refusals)

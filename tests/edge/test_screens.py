@@ -6,18 +6,22 @@ tapping /vendor while /customer, opened before, follows without a reload."""
 from __future__ import annotations
 
 import re
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from fastapi.testclient import TestClient
 from playwright.sync_api import Browser, Page, expect
 
 from edge.camera import ImageFolderCamera
 from edge.config import ScreensConfig, StallConfig
 from edge.demo_data import catalogue
 from edge.flow import FlowState
+from edge.screens.app import create_app
+from edge.screens.hub import ScreenHub
 from edge.stall import StallApp
 from tests.browser import chromium
 from tests.conftest import require_real_dataset
@@ -255,6 +259,25 @@ def test_actions_answer_their_result_and_malformed_bodies_422(manual: StallApp) 
         r = c.post("/api/reprint", json={})
         assert r.status_code == 200 and r.json()["receipt_no"] == 1
         assert len(list((manual.cfg.data_dir / "receipts").glob("*reprint1.bin"))) == 1
+
+
+def test_the_state_read_after_an_action_shows_it(manual: StallApp) -> None:
+    """An action is answered after the screens' state shows it: a script reading
+    ``GET /api/state`` right after the answer sees its line (the drills once read a basket
+    without its last line, the hub's thread not yet woken).  Here the hub's thread never
+    runs, so only the publish before the answer can show it."""
+    stop = threading.Event()
+    with TestClient(create_app(manual, ScreenHub(manual, stop=stop), stop)) as c:
+        assert c.get("/api/state").json() == {}  # nothing published yet
+        assert c.post("/api/pieces", json={"code": "2011", "quantity": 2}).status_code == 200
+        assert c.post("/api/pieces", json={"code": "2011", "quantity": 1}).status_code == 200
+        flow = c.get("/api/state").json()["flow"]
+        assert [(ln["plu"], ln["quantity"]) for ln in flow["basket"]] == [("2011", 2), ("2011", 1)]
+        assert flow["total_fen"] == 750
+        assert c.post("/api/void", json={"line_no": 2, "reason": "拿错了"}).status_code == 200
+        assert c.get("/api/state").json()["flow"]["total_fen"] == 500
+        assert c.post("/api/checkout").status_code == 200
+        assert c.get("/api/state").json()["flow"]["basket"] == []
 
 
 def test_teach_an_item_from_the_screen_then_make_the_stall_forget_it(
