@@ -17,12 +17,13 @@ setup:
 demo: setup-runtime
 	$(BIN)/wetmarket demo
 
-# Lint and type checks first (seconds), then the whole suite on two pytest-xdist workers, a test
-# file at a time each: many tests wait on servers, browsers and subprocesses, so two share two
+# Lint and type checks first (seconds), then the whole suite on three pytest-xdist workers, a test
+# file at a time each: many tests wait on servers, browsers and subprocesses, so three share two
 # cores; each worker's numeric libraries get a thread (tests/conftest.py) and its own PostgreSQL
-# database (tests/pg.py). Three workers were faster (12 min 37 s against 15 min 11 s, AMD EPYC,
-# 2 cores) but lost timing races in two of four clean-clone CI runs. TEST_WORKERS=0: one process.
-TEST_WORKERS ?= 2
+# database (tests/pg.py). Two workers took 15 min 11 s on an AMD EPYC's 2 cores, over the suite's
+# 15 minutes (three: 12 min 37 s); the two timing races that three workers once lost are mended
+# (docs/benchmarks.md, "The test suite's own time"). TEST_WORKERS=0: one process.
+TEST_WORKERS ?= 3
 test: lint
 	$(BIN)/python -m pytest -q $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
 

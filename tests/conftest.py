@@ -112,7 +112,7 @@ def postgres_url() -> Iterator[str]:
         if skip:
             pytest.skip(f"WETMARKET_SKIP_POSTGRES=1: {exc}")
         pytest.fail(f"{exc} (set WETMARKET_SKIP_POSTGRES=1 to skip these tests knowingly)")
-    worker = os.environ.get("PYTEST_XDIST_WORKER")  # `make test` runs the suite on two workers
+    worker = os.environ.get("PYTEST_XDIST_WORKER")  # `make test` runs the suite on three workers
     try:
         yield pg.worker_database(url, worker) if worker else url
     finally:
