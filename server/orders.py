@@ -34,7 +34,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from sqlalchemy import func, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, joinedload
 
 from edge import PricingError
 from edge.pricing import line_amount_fen
@@ -453,14 +453,26 @@ def to_json(order: db.Order, stall_name: str, tz: zoneinfo.ZoneInfo, *, online: 
     return out
 
 
+#: Orders read with their lines in the same statement.  On PostgreSQL each statement of a READ
+#: COMMITTED transaction reads what was committed when it began: lines loaded later, on first
+#: use, could be a later commit's (a stall's long poll once answered an order still "placed"
+#: whose lines were already accepted; its ETag changed, so it woke for a state never stored).
+WITH_LINES = joinedload(db.Order.lines)
+
+
+def read_order(session: Session, order_id: int) -> db.Order | None:
+    """One order with its lines, read together (``WITH_LINES``)."""
+    return session.get(db.Order, order_id, options=[WITH_LINES])
+
+
 def list_for_phone(session: Session, key: str, limit: int = 20) -> list[db.Order]:
-    return list(session.execute(select(db.Order).where(db.Order.phone_key == key)
-                                .order_by(db.Order.id.desc()).limit(limit)).scalars())
+    return list(session.scalars(select(db.Order).options(WITH_LINES).where(db.Order.phone_key == key)
+                                .order_by(db.Order.id.desc()).limit(limit)).unique())
 
 
 def open_for_stall(session: Session, stall_id: str) -> list[db.Order]:
-    return list(session.execute(select(db.Order).where(
-        db.Order.stall_id == stall_id, db.Order.state.in_(OPEN_STATES)).order_by(db.Order.id)).scalars())
+    return list(session.scalars(select(db.Order).options(WITH_LINES).where(
+        db.Order.stall_id == stall_id, db.Order.state.in_(OPEN_STATES)).order_by(db.Order.id)).unique())
 
 
 def stall_names(session: Session, ids: Iterable[str]) -> dict[str, str]:

@@ -25,10 +25,10 @@ def orders_page(request: Request, session: SessionDep, settings: SettingsDep, _:
                 state: Annotated[str | None, Query(max_length=16)] = None,
                 day: dt.date | None = None) -> Response:
     state = state if state in STATES else None
-    stmt = select(db.Order).order_by(db.Order.id.desc()).limit(300)
+    stmt = select(db.Order).options(orders.WITH_LINES).order_by(db.Order.id.desc()).limit(300)
     if state is not None:
         stmt = stmt.where(db.Order.state == state)
-    rows = list(session.execute(stmt).scalars())
+    rows = list(session.scalars(stmt).unique())
     names = orders.stall_names(session, [o.stall_id for o in rows])
     listed = [orders.to_json(o, names.get(o.stall_id, ""), settings.tz, for_stall=True) for o in rows]
     when = day or today(settings)

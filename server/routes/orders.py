@@ -451,7 +451,7 @@ def my_orders(request: Request, session: SessionDep, who: ShopperDep) -> list[Or
 
 @router.get("/api/v1/orders/{order_id}", response_model=OrderOut, responses=errors(401, 404))
 def my_order(order_id: OrderId, request: Request, session: SessionDep, who: ShopperDep) -> OrderOut:
-    order = session.get(db.Order, order_id)
+    order = orders.read_order(session, order_id)
     if order is None or order.phone_key != who.key:
         raise HTTPException(404, f"没有订单 {order_id} / no order {order_id}")
     return _out(session, request, order)

@@ -15,6 +15,7 @@ import httpx
 import pytest
 
 from edge.pricing import line_amount_fen
+from server import orders
 from server.app import create_app
 from server.settings import Settings
 from tests.conftest import LiveServer
@@ -184,6 +185,29 @@ def _resign(sim: StallSim, sale: dict[str, Any], *, extra_line: dict[str, Any]) 
     sale["signature"] = sign_sale(sale, sim.key)
     sim.prev = sale_digest(sale)
     return sale
+
+
+def test_an_order_is_read_with_its_lines_as_one_commit_left_them(server: LiveServer) -> None:
+    """A read of open orders takes each order's lines in the same statement: an accept committed
+    between the order's row and its lines once made a stall's long poll answer an order still
+    "placed" with its lines already accepted (PostgreSQL: each statement reads its own snapshot).
+    Here the accept commits after the read and before the lines are looked at."""
+    _, token = set_up_order_stall(server)
+    a = signed_in_shopper(server, PHONE_A)
+    r = a.post("/api/v1/orders", json={"stall_id": "S01", "slot_start": first_slot(a), "lines": [
+        {"plu": "1001", "est_weight_g": 1000}, {"plu": "3001", "quantity": 3}]})
+    assert r.status_code == 201, r.text
+    oid = r.json()["id"]
+    with server.app.state.sessionmaker() as reading:
+        (order,) = orders.open_for_stall(reading, "S01")
+        with server.client(token) as st:
+            assert st.post(f"/api/v1/stall/orders/{oid}/accept", json={"declined": [2]}).status_code == 200
+        assert (order.state, [ln.state for ln in order.lines]) == ("placed", ["pending", "pending"])
+    with server.app.state.sessionmaker() as reading:
+        (order,) = orders.open_for_stall(reading, "S01")
+        assert (order.state, [ln.state for ln in order.lines]) == ("accepted", ["accepted", "declined"])
+        mine = orders.list_for_phone(reading, order.phone_key)
+        assert [(o.id, len(o.lines)) for o in mine] == [(oid, 2)]
 
 
 def test_weighed_far_from_the_estimate_and_other_refusals(server: LiveServer) -> None:
