@@ -187,32 +187,38 @@ def after_scale_events(session: Session, stall_id: str,
 
 class Contacts:
     """When each stall last reached this process with its token (``server.auth.check_token``
-    notes it): a dict write per request; the periodic check moves it to ``stall_contact``."""
+    notes it): a dict write per request; the periodic check copies what changed to
+    ``stall_contact``.  Every contact stays here too (one time per stall): a stall must not
+    look offline while a round holds its contact and has not committed it yet (a shopper's
+    page said "stall offline" for that moment, and a stall's long poll woke for nothing)."""
 
     def __init__(self) -> None:
         self._seen: dict[str, dt.datetime] = {}
+        self._unstored: set[str] = set()
         self._lock = threading.Lock()
 
     def seen(self, stall_id: str, at: dt.datetime | None = None) -> None:
         with self._lock:
             self._seen[stall_id] = at or _now()
+            self._unstored.add(stall_id)
 
     def take(self) -> dict[str, dt.datetime]:
+        """The contacts not stored yet, to store now (``put_back`` them if that fails)."""
         with self._lock:
-            seen, self._seen = self._seen, {}
-        return seen
+            taken, self._unstored = self._unstored, set()
+            return {stall_id: self._seen[stall_id] for stall_id in taken}
 
     def peek(self) -> dict[str, dt.datetime]:
-        """The contacts not stored yet (a page shows the later of these and the stored)."""
+        """Every stall's last contact with this process (a page shows the later of these and
+        the stored, which other processes may have written)."""
         with self._lock:
             return dict(self._seen)
 
     def put_back(self, seen: dict[str, dt.datetime]) -> None:
-        """Keep what ``take`` gave when it could not be stored (a later contact wins)."""
+        """What ``take`` gave could not be stored: store it at the next round (the latest
+        contact of each, which is never older)."""
         with self._lock:
-            for stall_id, at in seen.items():
-                if stall_id not in self._seen or self._seen[stall_id] < at:
-                    self._seen[stall_id] = at
+            self._unstored.update(seen)
 
 
 def store_contacts(session: Session, seen: dict[str, dt.datetime]) -> None:

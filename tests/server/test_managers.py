@@ -8,6 +8,7 @@ import logging
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +18,7 @@ import httpx
 import pytest
 from sqlalchemy import insert, select
 
-from server import alerts, db, managers
+from server import alerts, db, managers, orders
 from server.app import create_app
 from server.auth import Actor
 from server.settings import Settings
@@ -362,6 +363,52 @@ def test_silence_counts_only_in_market_hours_and_today(db_url: str) -> None:
         with maker() as s:
             rows = s.execute(select(db.Alert.kind, db.Alert.stall_id)).all()
         assert rows == [("stall_silent", "S01")]
+    finally:
+        app.state.engine.dispose()
+
+
+def test_a_stall_stays_online_while_a_round_stores_its_contact(db_url: str) -> None:
+    """A round of checks takes the contacts noted since the last, then stores them: between
+    the two the stall was in neither, and read as offline (a shopper's order page said so; a
+    stall's long poll for its orders, whose answer carries that flag, woke with nothing new:
+    a CI run caught it).  Here the round is held by the write lock right after it took them."""
+    settings = Settings(db_url=db_url, admin_token=ADMIN)
+    app = create_app(settings)
+
+    class Noted(alerts.Contacts):
+        taken = threading.Event()
+
+        def take(self) -> dict[str, dt.datetime]:
+            out = super().take()
+            self.taken.set()
+            return out
+
+    def online() -> bool:
+        with maker() as s:
+            return orders.stall_online(s, contacts.peek(), ["S01"])["S01"]
+
+    try:
+        maker = app.state.sessionmaker
+        with maker.begin() as s:
+            s.add(db.Stall(stall_id="S01", name="S01", token_sha256="1" * 64,
+                           created_at=dt.datetime.now(dt.UTC)))
+        contacts, lock = Noted(), threading.Lock()
+        checker = alerts.Checker(settings, maker, contacts, lock)
+        assert not online()
+        contacts.seen("S01")
+        assert online()
+        with lock:
+            round_ = threading.Thread(target=checker.run_once)
+            round_.start()
+            assert contacts.taken.wait(10)
+            assert online()  # taken, not yet stored
+        round_.join(10)
+        with maker() as s:
+            assert s.get(db.StallContact, "S01") is not None
+        assert online()
+        assert contacts.take() == {}  # stored: nothing new to store
+        contacts.put_back({"S01": dt.datetime.now(dt.UTC)})  # a round that failed to store
+        assert set(contacts.take()) == {"S01"}
     finally:
         app.state.engine.dispose()
 
