@@ -68,6 +68,27 @@ ECHO_JS = """async (n) => {
   return out;
 }"""
 
+# A tap's answer as the vendor's page gets it: an item by the piece added, the basket discarded
+# (each answered with a JSON body), and the state read; fetch's own clock, from the call to the
+# body read.
+TAP_JS = """async ([n, code]) => {
+  const timed = async (path, body) => {
+    const t = performance.now();
+    const r = await fetch(path, body === undefined ? {} : {method: 'POST',
+      headers: {'Content-Type': 'application/json'}, body: JSON.stringify(body)});
+    await r.text();
+    if (!r.ok) throw new Error(path + ' ' + r.status);
+    return performance.now() - t;
+  };
+  const out = {tap: [], state: []};
+  for (let i = 0; i < n; i++) {
+    out.tap.push(await timed('/api/pieces', {code, quantity: 1}));
+    out.tap.push(await timed('/api/discard', {reason: 'bench'}));
+    out.state.push(await timed('/api/state'));
+  }
+  return out;
+}"""
+
 PAINT_JS = """(stable) => {
   const p = window.paints.find((x) => x.stable_at_ms === stable && x.amount_fen !== null);
   return p ? p.t - stable : null;
@@ -186,6 +207,8 @@ def main() -> int:
         heap_defaults()
     tmp = Path(tempfile.mkdtemp(prefix="wm-stall-bench-"))
     items = catalogue("S02", "20261202")
+    items.append({"plu": "2011", "name": "玉米", "name_en": "Sweet corn", "unit_price_fen": 250,
+                  "price_unit": "piece"})  # sold by the piece: the taps' item
     camera = camera_folder(tmp, [str(i["label"]) for i in items if i.get("label")])
     cfg = StallConfig(stall_id="S02", name="bench", data_dir=tmp / "S02", seed=3, catalogue=items,
                       camera={"source": str(camera), "auto_confirm": 1.0},
@@ -240,6 +263,7 @@ def main() -> int:
                 c.post("/api/discard", json={"reason": "bench"})
 
             echo_ms = page.evaluate(ECHO_JS, args.samples)
+            taps = vendor.evaluate(TAP_JS, [args.samples, "2011"])
 
             # The four guesses on the vendor's screen after stable.
             for i in range(args.samples):
@@ -309,6 +333,10 @@ def main() -> int:
         "stable_to_customer_paint_ms": summary(paint_ms),
         "baseline_sse_echo_round_trip_ms": summary(echo_ms),
         "ratio_p50_paint_vs_echo": round(statistics.median(paint_ms) / statistics.median(echo_ms), 1),
+        # the answer of a vendor's tap (an item by the piece, a discard) and of a state read, as
+        # the vendor's page's fetch times them; the echo's round trip above is the baseline
+        "tap_answer_on_vendor_page_ms": summary(taps["tap"]),
+        "state_read_on_vendor_page_ms": summary(taps["state"]),
         "guesses_on_vendor_screen_after_stable_ms": summary(guesses_ms) if guesses_ms else None,
         "guesses_skipped": skipped_guesses,
         "stall_idle_cpu_pct_of_one_core_camera_on": round(idle_cpu_pct, 1),

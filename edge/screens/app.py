@@ -431,8 +431,14 @@ class HttpThread:
         return f"http://{HOST}:{self.port}"
 
     def bind(self) -> socket.socket:
-        """Bound here, so that a port in use is an error of this call, not of a thread."""
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        """Bound here, so that a port in use is an error of this call, not of a thread.
+
+        The protocol is named: asyncio turns Nagle's algorithm off (TCP_NODELAY) only on
+        connections whose socket says IPPROTO_TCP, and an accepted connection takes the
+        listening socket's.  Left at 0, every answer on a kept-alive connection (the vendor
+        page's taps, its state) waited about 40 ms for the browser's delayed ACK: its
+        headers went out, its body waited behind them."""
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((HOST, self._port))

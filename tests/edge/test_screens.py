@@ -6,6 +6,7 @@ tapping /vendor while /customer, opened before, follows without a reload."""
 from __future__ import annotations
 
 import re
+import socket
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -278,6 +279,20 @@ def test_the_state_read_after_an_action_shows_it(manual: StallApp) -> None:
         assert c.get("/api/state").json()["flow"]["total_fen"] == 500
         assert c.post("/api/checkout").status_code == 200
         assert c.get("/api/state").json()["flow"]["basket"] == []
+
+
+def test_the_screens_answer_without_waiting_for_the_browsers_ack(manual: StallApp) -> None:
+    """The screens' connections send with Nagle's algorithm off: with it on, each answer on a
+    kept-alive connection sent its headers, then held its body until the browser acknowledged
+    them, which Linux delays by 40 ms (every tap and state read took 44 to 48 ms, against 0.5
+    to 2.5 ms; docs/benchmarks.md).  Read on the server's side of a browser-like connection."""
+    assert manual.screens is not None
+    with httpx.Client(base_url=manual.screens.url, timeout=5) as c:
+        assert c.get("/api/state").status_code == 200
+        server = manual.screens._http._server  # our uvicorn.Server: its open connections
+        assert server is not None
+        socks = [conn.transport.get_extra_info("socket") for conn in server.server_state.connections]
+        assert socks and all(s.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) for s in socks)
 
 
 def test_teach_an_item_from_the_screen_then_make_the_stall_forget_it(
