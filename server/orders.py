@@ -461,8 +461,10 @@ WITH_LINES = joinedload(db.Order.lines)
 
 
 def read_order(session: Session, order_id: int) -> db.Order | None:
-    """One order with its lines, read together (``WITH_LINES``)."""
-    return session.get(db.Order, order_id, options=[WITH_LINES])
+    """One order with its lines, read together (``WITH_LINES``), again if the session holds
+    it already (after a commit: the answer shows one state of the order, not the commit's
+    order with a later commit's lines)."""
+    return session.get(db.Order, order_id, options=[WITH_LINES], populate_existing=True)
 
 
 def list_for_phone(session: Session, key: str, limit: int = 20) -> list[db.Order]:
