@@ -9,8 +9,8 @@ Now an upload only says that it stored sales (``LiveFigures.stored``, a few micr
 and a thread of the process computes the figures and publishes them: at once when it was
 idle, so one sale reaches the screen as fast as before, and then at most once per
 ``min_interval`` however many uploads come in between (each event carries the whole
-figures, so the newest one is all a screen needs; its ``new`` counts every sale stored
-since the event before).  Nothing is computed while no screen is subscribed.
+figures, so the newest one is all a screen needs; its ``new`` counts the sales its figures
+show that the event before did not).  Nothing is computed while no screen is subscribed.
 
 With several server processes on one PostgreSQL database (``wetmarket server --workers``)
 a screen is connected to one of them: every group commit NOTIFYs ``SALES_CHANNEL`` with what it
@@ -52,6 +52,9 @@ class LiveFigures:
         self._stop = threading.Event()
         self._new = 0
         self._stall: str | None = None
+        #: The last event's figures while a screen listens: the next one's ``new`` is read
+        #: against them.
+        self._shown: dict[str, Any] | None = None
         self._threads: list[threading.Thread] = []
         #: Events published (tests and benchmarks read it).
         self.published = 0
@@ -92,15 +95,35 @@ class LiveFigures:
             with self._mutex:
                 new, stall, self._new = self._new, self._stall, 0
             if not self._broker.subscribers:
+                self._shown = None
                 continue
             started = time.monotonic()
             try:
-                self._broker.publish(self.figures(new, stall))
-                self.published += 1
+                event = self._counted(self.figures(new, stall))
+                if event is not None:
+                    self._broker.publish(event)
+                    self.published += 1
             except Exception:  # noqa: BLE001 - the screen misses one update, uploads go on
                 logger.exception("cannot compute the live figures")
             # Later uploads wait for the next round: at most one computation per interval.
             self._stop.wait(max(0.0, self._min_interval - (time.monotonic() - started)))
+
+    def _counted(self, event: dict[str, Any]) -> dict[str, Any] | None:
+        """``event`` with ``new`` the sales its figures show that the last event's did not (the
+        screen marks that many of the recent sales as new), or None when it shows nothing new.
+
+        Counted from the figures, not from the uploads told since the last event: a sale
+        committed between taking that count and reading the figures was in the figures and
+        counted in the next event, so the screen showed it unmarked, then marked it an event
+        later (and a test summing ``new`` read one short).  The uploads' count serves only
+        when no earlier event of the day was sent to a screen still listening."""
+        last, self._shown = self._shown, event
+        if last is None or last["today"]["day"] != event["today"]["day"]:
+            return event
+        new = event["today"]["sales"] - last["today"]["sales"]
+        if new <= 0 and event["today"] == last["today"] and event["recent"] == last["recent"]:
+            return None
+        return {**event, "new": max(0, new)}
 
     def noted(self, payload: str) -> None:
         """A notice on ``SALES_CHANNEL``: another server process stored sales."""
