@@ -34,7 +34,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from sqlalchemy import func, select
-from sqlalchemy.orm import Session, joinedload
+from sqlalchemy.orm import Session, joinedload, selectinload
 
 from edge import PricingError
 from edge.pricing import line_amount_fen
@@ -253,7 +253,9 @@ def place(session: Session, body: OrderIn, *, key: str, masked: str, tz: zoneinf
 # -- what the stall and the shopper do ------------------------------------------------------
 def _get(session: Session, order_id: int, *, stall_id: str | None = None,
          phone: str | None = None) -> db.Order:
-    order = session.get(db.Order, order_id, with_for_update=True)
+    # its lines read now, under the order's row lock that every change of them takes: the
+    # answer after the commit shows this change's lines, never a later commit's
+    order = session.get(db.Order, order_id, with_for_update=True, options=[selectinload(db.Order.lines)])
     if order is None or (stall_id is not None and order.stall_id != stall_id) or \
             (phone is not None and order.phone_key != phone):
         raise NotFound(f"没有订单 {order_id} / no order {order_id}")
@@ -461,10 +463,8 @@ WITH_LINES = joinedload(db.Order.lines)
 
 
 def read_order(session: Session, order_id: int) -> db.Order | None:
-    """One order with its lines, read together (``WITH_LINES``), again if the session holds
-    it already (after a commit: the answer shows one state of the order, not the commit's
-    order with a later commit's lines)."""
-    return session.get(db.Order, order_id, options=[WITH_LINES], populate_existing=True)
+    """One order with its lines, read together (``WITH_LINES``)."""
+    return session.get(db.Order, order_id, options=[WITH_LINES])
 
 
 def list_for_phone(session: Session, key: str, limit: int = 20) -> list[db.Order]:

@@ -265,11 +265,7 @@ class OnlineShare(BaseModel):
     share_pct: float | None
 
 
-def _out(session: SessionDep, request: Request, order: db.Order, *, for_stall: bool = False,
-         read: bool = True) -> OrderOut:
-    """The order as answered; ``read``: read it again with its lines (after a commit)."""
-    if read:
-        order = orders.read_order(session, order.id) or order
+def _out(session: SessionDep, request: Request, order: db.Order, *, for_stall: bool = False) -> OrderOut:
     names = orders.stall_names(session, [order.stall_id])
     online = orders.stall_online(session, request.app.state.contacts.peek(), [order.stall_id])
     return OrderOut(**orders.to_json(order, names.get(order.stall_id, ""), request.app.state.settings.tz,
@@ -458,7 +454,7 @@ def my_order(order_id: OrderId, request: Request, session: SessionDep, who: Shop
     order = orders.read_order(session, order_id)
     if order is None or order.phone_key != who.key:
         raise HTTPException(404, f"没有订单 {order_id} / no order {order_id}")
-    return _out(session, request, order, read=False)
+    return _out(session, request, order)
 
 
 @router.post("/api/v1/orders/{order_id}/cancel", response_model=OrderOut,
