@@ -167,6 +167,10 @@ class ScreenHub(Publisher):
         counts, read them again now rather than at most once a second."""
         if counts:
             self._slow_stale = True
+        # The action poked the hub's thread already (the flow's change callback): this refresh
+        # reads everything that poke announced, so the thread need not read it all again; a
+        # change after this line pokes anew.
+        self._poke.clear()
         try:
             self.refresh()
         except Exception:  # noqa: BLE001 - the action is done; its thread publishes later
