@@ -20,7 +20,7 @@ from sqlalchemy import orm
 
 from server import alerts, auth, partitions, sessions
 from server.checkpool import CheckPool, default_processes
-from server.db import init_db, make_engine
+from server.db import init_db, make_engine, snapshot_maker
 from server.events import MARKET_CHANNEL, Broker, PgListener, market_noted, watch_market_changes
 from server.groupcommit import GroupCommit
 from server.guard import document_refusals
@@ -66,8 +66,7 @@ def create_app(settings: Settings) -> FastAPI:
     # Statistics, the big screen's figures and the export may read a streaming replica: the
     # schema is the primary's (migrated above), so nothing is migrated there.
     read_engine = make_engine(settings.read_db_url) if settings.read_db_url else None
-    read_sessionmaker = (orm.sessionmaker(read_engine, expire_on_commit=False)
-                         if read_engine is not None else sessionmaker)
+    read_sessionmaker = snapshot_maker(read_engine or engine)
     admin_sha256, generated = auth.admin_token_sha256(sessionmaker, settings.admin_token)
     broker = Broker()
     postgres = engine.dialect.name == "postgresql"
@@ -98,7 +97,7 @@ def create_app(settings: Settings) -> FastAPI:
     writer = WriteProcess(settings, group_commit, mode=settings.write_process)
     check_pool = CheckPool(settings, default_processes() if settings.check_processes is None
                            else settings.check_processes)
-    live = LiveFigures(sessionmaker, settings, broker, origin=origin)
+    live = LiveFigures(snapshot_maker(engine), settings, broker, origin=origin)
     # Stalls found by their tokens, forgotten at every change of a stall in any process
     # (server.auth.StallTokens); on PostgreSQL trusted only while the listener listens.
     stall_tokens = auth.StallTokens(settings.stall_token_cache_s, trusting=not postgres)

@@ -592,6 +592,23 @@ def make_engine(db_url: str, *, writer: bool = False) -> Engine:
     return engine
 
 
+def snapshot_maker(engine: Engine) -> sessionmaker[Session]:
+    """Sessions for what only reads and shows several figures side by side (the big screen,
+    statistics, the export): every statement of a session's transaction reads one snapshot.
+
+    PostgreSQL's default, READ COMMITTED, gives each statement its own: a sale committed
+    between two statements of one read was in the second and not the first, so the big
+    screen's recent sales showed a sale that its count of today's sales did not.  REPEATABLE
+    READ gives the transaction one snapshot (and a transaction that only reads never fails on
+    it; a streaming replica allows it too); READ ONLY refuses a write by mistake.  Both are
+    attributes of the driver's connection, sent with the BEGIN: no round trip.  SQLite's
+    deferred transaction (``_sqlite_begin``) already reads one snapshot from its first read on
+    (WAL)."""
+    if engine.dialect.name == "postgresql":
+        engine = engine.execution_options(isolation_level="REPEATABLE READ", postgresql_readonly=True)
+    return sessionmaker(engine, expire_on_commit=False)
+
+
 #: server_meta key that says how this database stores times (absent: written by older code).
 TIME_STORAGE_KEY = "time_storage"
 TIME_STORAGE_UTC = "utc"

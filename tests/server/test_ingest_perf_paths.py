@@ -539,6 +539,43 @@ def test_a_sale_stored_while_the_figures_are_read_is_new_in_the_event_that_shows
         screen.close()
 
 
+@pytest.mark.parametrize("reader", ["live", "display"])
+def test_the_screens_figures_are_read_from_one_snapshot(server: LiveServer, reader: str) -> None:
+    """A sale committed while the big screen's figures are read is in all of them or in none:
+    on PostgreSQL (READ COMMITTED, each statement its own snapshot) the recent sales showed a
+    sale that today's count, read a statement earlier, did not."""
+    from server import display
+
+    sim = StallSim("S01")
+    token = register_stall(server, sim)
+    _upload(server, token, [sim.sale([("1001", "西红柿", 500, 300, "500g")])])
+    app = server.app
+    engine = app.state.sessionmaker.kw["bind"]
+    me, late = threading.get_ident(), []
+
+    def commit_another(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        # after the read's first statement (SQLite's BEGIN reads nothing: its snapshot is
+        # taken at the first read)
+        if threading.get_ident() == me and not late and statement.lstrip().upper().startswith("SELECT"):
+            late.append(_upload(server, token, [sim.sale([("1002", "黄瓜", 300, 250, "500g")])]))
+
+    def read() -> dict[str, Any]:
+        if reader == "live":
+            return dict(app.state.live.figures(0, None))
+        with app.state.read_sessionmaker() as session:
+            return dict(display.figures(session, "test", app.state.settings.tz))
+
+    event.listen(engine, "after_cursor_execute", commit_another)
+    try:
+        seen = read()
+    finally:
+        event.remove(engine, "after_cursor_execute", commit_another)
+    assert late, "the second sale was not committed during the read"
+    assert (seen["today"]["sales"], len(seen["recent"])) == (1, 1)
+    again = read()
+    assert (again["today"]["sales"], len(again["recent"])) == (2, 2)
+
+
 @pytest.mark.postgres
 def test_a_screen_on_another_server_process_sees_the_upload(postgres_url: str) -> None:
     """Two servers on one PostgreSQL database, as ``wetmarket server --workers 2`` runs them:
