@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 from fastapi.testclient import TestClient
-from playwright.sync_api import Browser, Page, expect
+from playwright.sync_api import Browser, Page, Route, expect
 
 from edge.camera import ImageFolderCamera
 from edge.config import ScreensConfig, StallConfig
@@ -223,6 +224,35 @@ def test_a_blocked_batch_is_refused_with_its_reason(manual: StallApp, browser: B
     expect(vendor.locator("#message")).to_have_class(re.compile(r"\bbad\b"))
     expect(vendor.locator("#message")).to_contain_text("农残快检不合格，禁止销售")
     assert manual.flow is not None and manual.flow.snapshot().basket == []
+
+
+def test_enter_picks_from_the_answer_to_what_was_typed(manual: StallApp, browser: Browser) -> None:
+    """A keypad or a code reader types a code and Enter faster than the search answers: Enter
+    picks the first match of the whole code, not of the prefix whose results are on screen (a
+    loaded run of the test above picked 西红柿, the first match of "2", for "2004")."""
+    assert manual.sim is not None
+    vendor = open_screen(browser, manual, "/vendor")
+    manual.sim.place(900)
+    expect(vendor.locator("#state")).to_have_attribute("data-state", "choosing")
+
+    def slow(route: Route) -> None:
+        time.sleep(0.4)  # a busy scale: each search answers a while after it is asked
+        route.continue_()
+
+    vendor.route("**/api/search?*", slow)
+    vendor.locator("body").press("2")
+    expect(vendor.locator("#results button.item").first).to_contain_text("西红柿")
+    vendor.keyboard.type("004")
+    vendor.keyboard.press("Enter")
+    expect(vendor.locator("#message")).to_contain_text("农残快检不合格，禁止销售")
+    assert manual.flow is not None and manual.flow.snapshot().basket == []
+    # Enter with the answer on screen picks at once; typing on after an Enter cancels its pick.
+    vendor.keyboard.press("Escape")
+    vendor.keyboard.type("2001")
+    expect(vendor.locator("#results button.item").first).to_contain_text("2001")
+    vendor.keyboard.press("Enter")
+    expect(vendor.locator("#message")).to_contain_text("西红柿")
+    assert [line.plu for line in manual.flow.snapshot().basket] == ["2001"]
 
 
 def test_actions_answer_their_result_and_malformed_bodies_422(manual: StallApp) -> None:

@@ -96,16 +96,37 @@
   // -- search and keypad ------------------------------------------------------------------
   let searchTimer = null;
   let searchSeq = 0;
-  function search() {
+  // The query the shown results answer. Enter (or OK) picks the first match of what was typed:
+  // typed fast, as a keypad or a code reader does, the results shown may still answer a shorter
+  // prefix ("2" lists 西红柿 first, "2004" is 茄子), so Enter then waits for its own answer.
+  let resultsFor = "";
+  let pickWhenAnswered = false;
+  function search(now = false) {
     clearTimeout(searchTimer);
-    searchTimer = setTimeout(async () => {
+    if (!now) pickWhenAnswered = false; // typed on: the Enter before was for another query
+    const run = async () => {
       const q = $("q").value.trim();
       const seq = ++searchSeq;
       const res = q ? await call("GET", "/api/search?q=" + encodeURIComponent(q)) : {ok: true, data: {items: []}};
       if (seq !== searchSeq) return; // an older answer
       results = res.ok ? res.data.items : [];
+      resultsFor = res.ok ? q : null;
       renderResults();
-    }, 60);
+      if (pickWhenAnswered && q === $("q").value.trim()) {
+        pickWhenAnswered = false;
+        if (results.length) pick(results[0]);
+      }
+    };
+    if (now) run(); else searchTimer = setTimeout(run, 60);
+  }
+
+  function pickFirst() {
+    if ($("q").value.trim() === resultsFor) {
+      if (results.length) pick(results[0]);
+      return;
+    }
+    pickWhenAnswered = true;
+    search(true);
   }
 
   function itemButton(item, extraClass) {
@@ -179,7 +200,7 @@
   function keypadOk() {
     if (!$("qty-panel").hidden) addPieces();
     else if (!$("price-panel").hidden) sendPrice();
-    else if (results.length) pick(results[0]);
+    else pickFirst();
   }
 
   $("keypad").addEventListener("click", (ev) => {
@@ -192,7 +213,7 @@
     else input.value += key;
     if (input === $("q")) search();
   });
-  $("q").addEventListener("input", search);
+  $("q").addEventListener("input", () => search());
   $("q").addEventListener("keydown", (ev) => {
     if (ev.key === "Enter") { ev.preventDefault(); keypadOk(); }
   });
