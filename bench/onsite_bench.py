@@ -97,6 +97,39 @@ def _embed(net: Any, crops: list[np.ndarray]) -> np.ndarray:
         return embed_batches(net.embed, crops)
 
 
+class FoldPhotos:
+    """One fold network's embeddings of the pool's photos, each computed once: a day is read
+    under several vendors (every ``measure`` call on the same folds), on the same photos, and
+    reading them again was most of a call's time."""
+
+    def __init__(self, net: Any, pool: Any, size: int, crop: float) -> None:
+        self.net, self._pool, self._size, self._crop = net, pool, size, crop
+        self._centre: dict[int, np.ndarray] = {}
+        self._views: dict[int, np.ndarray] = {}
+
+    def _read(self, i: int) -> np.ndarray:
+        return read_photo(self._pool.samples[i].path, self._size, self._crop)
+
+    def centre(self, rows: list[int]) -> np.ndarray:
+        """The centre view's embedding of each of ``rows``, in order."""
+        todo = [i for i in dict.fromkeys(rows) if i not in self._centre]
+        got = _embed(self.net, [square_resize(self._read(i), self._size) for i in todo])
+        self._centre.update(zip(todo, got, strict=True))
+        if not rows:
+            return np.zeros((0, self.net.embedding_dim), np.float32)
+        return np.stack([self._centre[i] for i in rows])
+
+    def views(self, i: int) -> np.ndarray:
+        """The embeddings of the views a tap teaches (``tta_views``) of row ``i``."""
+        if i not in self._views:
+            self._views[i] = _embed(self.net, tta_views(self._read(i), self._size))
+        return self._views[i]
+
+
+#: FoldPhotos by fold network file (with its time), slice and reading: kept for the process.
+_FOLD_PHOTOS: dict[tuple[Any, ...], FoldPhotos] = {}
+
+
 def _top(head: TaughtHead | None, protos: np.ndarray, emb: np.ndarray) -> int:
     if head is None:
         return int(np.argmax(emb @ protos.T))
@@ -205,28 +238,26 @@ class _Day:
         del self.labels[len(self.labels) - rows:]
         self._refit()
 
-def run_fold(net: Any, k: int, pool: Any, folds: Any, size: int, rng: np.random.Generator,
+def run_fold(photos: FoldPhotos, k: int, pool: Any, folds: Any, rng: np.random.Generator,
              temperature: float = 1.0, auto_confirm: float = 0.9, mistap: float = 0.0,
-             refit_epochs: int = REFIT_EPOCHS, crop: float = 1.0, voided: float = 0.0,
+             refit_epochs: int = REFIT_EPOCHS, voided: float = 0.0,
              slips: str = "neighbour") -> dict[str, Any]:
+    net = photos.net
     y = pool.labels
     names = [s.path.as_posix() for s in pool.samples]
     catalogue = [str(i) for i in range(int(y.max()) + 1)]
     protos = unit(net.prototypes.detach().numpy().astype(np.float32))
     tr, held = folds.training(k), folds.held_out(k)
     pick = [int(tr[i]) for i in exemplar_rows(y[tr], range(len(catalogue)))]
-    ex = Exemplars(protos, _embed(net, [square_resize(read_photo(pool.samples[i].path, size, crop), size)
-                                        for i in pick]), y[pick], "fold")
+    ex = Exemplars(protos, photos.centre(pick), y[pick], "fold")
     sessions: dict[int, list[int]] = {}
     for i in sorted((int(i) for i in held if pool.split[i] == "val"), key=lambda i: names[i]):
         sessions.setdefault(int(y[i]), []).append(i)
     order = day_order(sessions, rng)
-    images = {i: read_photo(pool.samples[i].path, size, crop) for i in order}
-    centre = dict(zip(order, _embed(net, [square_resize(images[i], size) for i in order]), strict=True))
-    views = {i: _embed(net, tta_views(images[i], size)) for i in order}
+    centre = dict(zip(order, photos.centre(order), strict=True))
+    views = {i: photos.views(i) for i in order}
     trained = [int(i) for i in held if pool.split[i] == "train"]
-    trained_emb = _embed(net, [square_resize(read_photo(pool.samples[i].path, size, crop), size)
-                               for i in trained])
+    trained_emb = photos.centre(trained)
     pairs = list(zip(trained_emb, trained, strict=True))
     cold_trained = sum(int(_top(None, protos, e) == y[i]) for e, i in pairs)
     cold_top = [_top(None, protos, centre[i]) for i in order]
@@ -302,10 +333,14 @@ def measure(run_dir: Path, data: Path, teacher: str = "efficientnet-lite0@224", 
     rows = []
     for k in range(folds):
         path = work / f"fold-{k}-net.pt"
-        net = RecognizerNet(build_trunk(backbone, size, pretrained=False), len(ds.classes))
-        net.load_state_dict(torch.load(path))
-        rows.append(run_fold(net.eval(), k, pool, cut, size, rng, temperature, auto_confirm, mistap,
-                             refit_epochs, crop, voided, slips))
+        key = (path.resolve(), path.stat().st_mtime_ns, data.resolve(), max_images, folds, size, crop)
+        photos = _FOLD_PHOTOS.get(key)
+        if photos is None:
+            net = RecognizerNet(build_trunk(backbone, size, pretrained=False), len(ds.classes))
+            net.load_state_dict(torch.load(path))
+            photos = _FOLD_PHOTOS[key] = FoldPhotos(net.eval(), pool, size, crop)
+        rows.append(run_fold(photos, k, pool, cut, rng, temperature, auto_confirm, mistap,
+                             refit_epochs, voided, slips))
         print(json.dumps({key: ({k: x for k, x in v.items() if k != "hits"} if isinstance(v, dict) else v)
                           for key, v in rows[-1].items() if key not in ("rows", "cold_top")}),
               file=sys.stderr, flush=True)
