@@ -18,6 +18,7 @@ replaces the nearest-exemplar cosine in ``UnknownFlag`` and is fitted and measur
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -108,20 +109,57 @@ def fold_scores(work: Path, folds: Folds, labels: np.ndarray) -> tuple[np.ndarra
     held = np.zeros((len(SCORES), n))
     outside: list[np.ndarray] | None = []
     for k in range(folds.k):
-        with np.load(work / f"fold-{k}.npz") as z:
-            if "train_embedding" not in z:
-                logger.info("%s fold %d kept no embeddings: no other flag scores", work.name, k)
-                return None
-            g = fit_gaussians(z["train_embedding"], labels[folds.training(k)])
-            te = z["held_out"]
-            emb = z["embedding"]
-            held[:, te] = [z["near"], md_score(emb, g), rmd_score(emb, g)]
-            if outside is not None and "ood_embedding" in z:
-                o = z["ood_embedding"]
-                outside.append(np.stack([z["ood_near"], md_score(o, g), rmd_score(o, g)]))
-            else:
-                outside = None
+        read = _fold_scores(work, k, labels[folds.training(k)])
+        if read is None:
+            return None
+        te, scores, ood = read
+        held[:, te] = scores
+        if outside is not None and ood is not None:
+            outside.append(ood)
+        else:
+            outside = None
     return held, None if outside is None else np.stack(outside, 1)
+
+
+def _fold_scores(work: Path, k: int, train_labels: np.ndarray
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None] | None:
+    """Fold ``k``'s held-out rows, their scores (len(SCORES), n) and the outside photos' (or None).
+
+    Kept beside the fold (``fold-K.flags.npz``) with the digest of the fold file they were read
+    from and of the training labels: every report of a run reads every fold's scores again (each
+    resumed run, each recipe added), and the two Ledoit-Wolf fits and their inverses were most of
+    a report's time."""
+    source = work / f"fold-{k}.npz"
+    with source.open("rb") as f:
+        digest = hashlib.file_digest(f, "sha256")
+    digest.update(np.ascontiguousarray(train_labels, np.int64).tobytes())
+    key = np.frombuffer(digest.digest(), np.uint8)
+    kept = work / f"fold-{k}.flags.npz"
+    try:
+        with np.load(kept) as c:
+            if np.array_equal(c["key"], key):
+                return c["held_out"], c["scores"], c.get("outside")
+    except (OSError, ValueError, KeyError, EOFError):
+        pass  # none yet, or written by other code: read again
+    with np.load(source) as z:
+        if "train_embedding" not in z:
+            logger.info("%s fold %d kept no embeddings: no other flag scores", work.name, k)
+            return None
+        g = fit_gaussians(z["train_embedding"], train_labels)
+        te = z["held_out"]
+        emb = z["embedding"]
+        scores = np.stack([z["near"], md_score(emb, g), rmd_score(emb, g)])
+        ood = None
+        if "ood_embedding" in z:
+            o = z["ood_embedding"]
+            ood = np.stack([z["ood_near"], md_score(o, g), rmd_score(o, g)])
+    arrays = {"key": key, "held_out": te, "scores": scores}
+    if ood is not None:
+        arrays["outside"] = ood
+    tmp = kept.with_suffix(".tmp.npz")
+    np.savez(tmp, **arrays)
+    tmp.replace(kept)
+    return te, scores, ood
 
 
 def flag_score_figures(work: Path, oof: np.ndarray, ood_logits: np.ndarray | None, labels: np.ndarray,

@@ -3,6 +3,8 @@ formulas, and on photos that lie away from every label."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from sklearn.covariance import LedoitWolf
@@ -109,3 +111,44 @@ def test_the_precision_is_scikit_learns_in_more_dimensions_than_photos(spread: f
     np.testing.assert_allclose(g.precision, want, rtol=0, atol=1e-9 * np.abs(want).max())
     np.testing.assert_allclose(g.precision0, whole, rtol=0, atol=1e-9 * np.abs(whole).max())
     assert (np.abs(want).max() > 0) == (spread > 0)
+
+
+def test_each_folds_scores_are_read_once_and_again_when_its_fold_changes(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every report of a cv run reads each fold's scores: they are kept beside the fold file they
+    came from, read back as computed, and computed again from a fold file written since."""
+    from model.training import flags
+    from model.training.folds import Folds
+
+    rng = np.random.default_rng(3)
+    x, labels = _clusters(rng, n=30)
+    fold = np.arange(len(labels)) % 2
+    folds = Folds(fold=fold, block=fold, k=2)
+
+    def write_fold(k: int, shift: float = 0.0) -> None:
+        tr, te = folds.training(k), folds.held_out(k)
+        np.savez(tmp_path / f"fold-{k}.npz", held_out=te, near=rng.random(len(te)),
+                 embedding=x[te] + shift, train_embedding=x[tr], ood_near=rng.random(5),
+                 ood_embedding=rng.normal(0, 9, size=(5, x.shape[1])))
+
+    for k in range(2):
+        write_fold(k)
+    fits: list[int] = []
+    fit = flags.fit_gaussians
+    monkeypatch.setattr(flags, "fit_gaussians", lambda e, y: fits.append(len(y)) or fit(e, y))
+    first = flags.fold_scores(tmp_path, folds, labels)
+    assert first is not None and len(fits) == 2
+    held, outside = first
+    assert outside is not None and outside.shape == (len(flags.SCORES), 2, 5)
+    with np.load(tmp_path / "fold-1.npz") as z:  # each photo scored by its own fold's fit
+        g = fit(z["train_embedding"], labels[folds.training(1)])
+        assert np.allclose(held[1, z["held_out"]], md_score(z["embedding"], g))
+    again = flags.fold_scores(tmp_path, folds, labels)
+    assert again is not None and len(fits) == 2  # nothing fitted again
+    assert np.array_equal(again[0], held) and np.array_equal(again[1], outside)
+    write_fold(0, shift=5.0)  # fold 0 run again: its scores read again, fold 1's kept
+    changed = flags.fold_scores(tmp_path, folds, labels)
+    assert changed is not None and len(fits) == 3
+    te0, te1 = folds.held_out(0), folds.held_out(1)
+    assert not np.allclose(changed[0][1, te0], held[1, te0])
+    assert np.array_equal(changed[0][:, te1], held[:, te1])
