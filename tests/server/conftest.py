@@ -31,13 +31,71 @@ def reset_postgres(url: str = POSTGRES_URL) -> None:
     engine.dispose()
 
 
-def new_db_url(request: pytest.FixtureRequest, kind: str, tmp_path: Any) -> str:
-    """An empty database of ``kind`` (``sqlite``, or ``postgresql...``: the machine's, emptied)."""
+#: Everything in ``public`` (tables, partitions, indexes, sequences, functions, triggers) and the
+#: migration it is at, as a fresh migration of this code leaves it, by database URL.
+_MIGRATED: dict[str, tuple[str, frozenset[tuple[str, str]]]] = {}
+
+_SCHEMA = text("""
+    SELECT c.relname, c.relkind::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+     WHERE n.nspname = 'public'
+    UNION ALL
+    SELECT p.proname, 'function' FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+     WHERE n.nspname = 'public'
+    UNION ALL
+    SELECT t.tgname, 'trigger' FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid
+      JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = 'public' AND NOT t.tgisinternal
+""")
+
+
+def schema_signature(conn: Any) -> tuple[str, frozenset[tuple[str, str]]] | None:
+    if conn.execute(text("SELECT to_regclass('public.alembic_version')")).scalar() is None:
+        return None
+    version = conn.execute(text("SELECT string_agg(version_num, ',') FROM alembic_version")).scalar()
+    return str(version), frozenset((str(name), str(kind)) for name, kind in conn.execute(_SCHEMA))
+
+
+def empty_postgres(url: str) -> None:
+    """The PostgreSQL database at ``url`` migrated to this code's schema, with no row in it.
+
+    Where the schema is exactly what a fresh migration left (nothing a test added, dropped or
+    migrated down) its tables are truncated: a third of a second less per test than dropping
+    the schema and migrating again, which happens otherwise (the first time, and after any
+    test that changed the schema)."""
+    from server import partitions
+    from server.migrate import upgrade
+
+    engine = create_engine(url.replace("postgresql://", "postgresql+psycopg://"))
+    try:
+        with engine.begin() as conn:
+            now = schema_signature(conn)
+            if now is not None and now == _MIGRATED.get(url):
+                tables = [name for name, kind in now[1] if kind in ("r", "p") and name != "alembic_version"]
+                conn.execute(text("TRUNCATE " + ", ".join(f'"{t}"' for t in sorted(tables))
+                                  + " RESTART IDENTITY CASCADE"))
+                return
+        reset_postgres(url)
+        upgrade(engine)
+        # this month's and the next partitions, as create_app makes them (the same day: none more)
+        partitions.ensure(engine, dt.datetime.now(Settings().tz).date())
+        with engine.begin() as conn:
+            fresh = schema_signature(conn)
+        assert fresh is not None
+        _MIGRATED[url] = fresh
+    finally:
+        engine.dispose()
+
+
+def new_db_url(request: pytest.FixtureRequest, kind: str, tmp_path: Any, *, schema: bool = True) -> str:
+    """An empty database of ``kind`` (``sqlite``: a new file; ``postgresql``: the machine's, with
+    no row in it, and with no table either where not ``schema``)."""
     if kind == "sqlite":
         return f"sqlite:///{tmp_path / 'market.db'}"
     # Asked for only here, so a run of SQLite tests alone starts no PostgreSQL server.
     url: str = request.getfixturevalue("postgres_url")
-    reset_postgres(url)
+    if schema:
+        empty_postgres(url)
+    else:
+        reset_postgres(url)
     return url
 
 

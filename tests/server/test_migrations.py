@@ -21,7 +21,22 @@ from server.app import create_app
 from server.migrate import alembic_config, current, head, include_name, upgrade
 from server.settings import Settings
 from tests.conftest import LiveServer
-from tests.server.conftest import ADMIN, SHANGHAI, StallSim
+from tests.server.conftest import (
+    ADMIN,
+    SHANGHAI,
+    StallSim,
+    empty_postgres,
+    new_db_url,
+    register_stall,
+    reset_postgres,
+    schema_signature,
+)
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def db_url(request: pytest.FixtureRequest, tmp_path) -> str:  # type: ignore[no-untyped-def]
+    """A database with no table at all: each test builds or migrates its own."""
+    return new_db_url(request, request.param, tmp_path, schema=False)
 
 
 def _engine(db_url: str) -> Engine:
@@ -194,3 +209,40 @@ def test_0004_adds_the_shared_items_and_goes_down_keeping_the_rest(db_url: str) 
             assert current(conn) == "0003"
     finally:
         engine.dispose()
+
+
+@pytest.mark.postgres
+def test_the_tests_emptied_database_is_a_freshly_migrated_one(postgres_url: str) -> None:
+    """``empty_postgres`` (what the ``db_url`` fixture gives every PostgreSQL test): no row left
+    and the schema a fresh migration builds, whether it truncated or had to migrate again."""
+
+    def schema() -> Any:
+        engine = _engine(postgres_url)
+        try:
+            with engine.connect() as conn:
+                return schema_signature(conn)
+        finally:
+            engine.dispose()
+
+    reset_postgres(postgres_url)
+    empty_postgres(postgres_url)
+    fresh = schema()
+    assert fresh is not None and ("sales", "p") in fresh[1]
+    app = create_app(Settings(db_url=postgres_url, admin_token=ADMIN))
+    with LiveServer(app) as srv:
+        sim = StallSim("S01")
+        register_stall(srv, sim)
+    app.state.engine.dispose()
+    engine = _engine(postgres_url)
+    with engine.begin() as conn:
+        assert conn.execute(text("SELECT count(*) FROM stalls")).scalar() == 1
+        conn.execute(text("CREATE TABLE stray (x int)"))  # a test that changed the schema
+    for _ in range(2):  # migrated again, then truncated
+        empty_postgres(postgres_url)
+        assert schema() == fresh
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT count(*) FROM stalls")).scalar() == 0
+            assert conn.execute(text("SELECT count(*) FROM server_meta")).scalar() == 0
+        with engine.begin() as conn:
+            conn.execute(text("INSERT INTO server_meta (key, value) VALUES ('k', 'v')"))
+    engine.dispose()
