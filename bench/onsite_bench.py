@@ -110,20 +110,26 @@ class FoldPhotos:
     def _read(self, i: int) -> np.ndarray:
         return read_photo(self._pool.samples[i].path, self._size, self._crop)
 
-    def centre(self, rows: list[int]) -> np.ndarray:
-        """The centre view's embedding of each of ``rows``, in order."""
+    def centre(self, rows: list[int], images: dict[int, np.ndarray] | None = None) -> np.ndarray:
+        """The centre view's embedding of each of ``rows``, in order (``images``: photos of
+        some of them already read)."""
+        have = images or {}
         todo = [i for i in dict.fromkeys(rows) if i not in self._centre]
-        got = _embed(self.net, [square_resize(self._read(i), self._size) for i in todo])
+        got = _embed(self.net, [square_resize(have[i] if i in have else self._read(i), self._size)
+                                for i in todo])
         self._centre.update(zip(todo, got, strict=True))
         if not rows:
             return np.zeros((0, self.net.embedding_dim), np.float32)
         return np.stack([self._centre[i] for i in rows])
 
-    def views(self, i: int) -> np.ndarray:
-        """The embeddings of the views a tap teaches (``tta_views``) of row ``i``."""
-        if i not in self._views:
-            self._views[i] = _embed(self.net, tta_views(self._read(i), self._size))
-        return self._views[i]
+    def day(self, rows: list[int]) -> tuple[np.ndarray, dict[int, np.ndarray]]:
+        """The centre embeddings of the day's photos ``rows`` and, by row, the embeddings of the
+        views a tap teaches (``tta_views``); each photo read from its file once."""
+        images = {i: self._read(i) for i in rows if i not in self._centre or i not in self._views}
+        for i, img in images.items():
+            if i not in self._views:
+                self._views[i] = _embed(self.net, tta_views(img, self._size))
+        return self.centre(rows, images), {i: self._views[i] for i in rows}
 
 
 #: FoldPhotos by fold network file (with its time), slice and reading: kept for the process.
@@ -254,8 +260,8 @@ def run_fold(photos: FoldPhotos, k: int, pool: Any, folds: Any, rng: np.random.G
     for i in sorted((int(i) for i in held if pool.split[i] == "val"), key=lambda i: names[i]):
         sessions.setdefault(int(y[i]), []).append(i)
     order = day_order(sessions, rng)
-    centre = dict(zip(order, photos.centre(order), strict=True))
-    views = {i: photos.views(i) for i in order}
+    day_centre, views = photos.day(order)
+    centre = dict(zip(order, day_centre, strict=True))
     trained = [int(i) for i in held if pool.split[i] == "train"]
     trained_emb = photos.centre(trained)
     pairs = list(zip(trained_emb, trained, strict=True))
