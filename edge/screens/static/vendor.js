@@ -101,23 +101,24 @@
   // prefix ("2" lists 西红柿 first, "2004" is 茄子), so Enter then waits for its own answer.
   let resultsFor = "";
   let pickWhenAnswered = false;
-  function search(now = false) {
+  async function runSearch() {
+    const q = $("q").value.trim();
+    const seq = ++searchSeq;
+    const res = q ? await call("GET", "/api/search?q=" + encodeURIComponent(q)) : {ok: true, data: {items: []}};
+    if (seq !== searchSeq) return; // an older answer
+    results = res.ok ? res.data.items : [];
+    resultsFor = res.ok ? q : null;
+    renderResults();
+    if (pickWhenAnswered && q === $("q").value.trim()) {
+      pickWhenAnswered = false;
+      if (results.length) pick(results[0]);
+    }
+  }
+
+  function search() {
     clearTimeout(searchTimer);
-    if (!now) pickWhenAnswered = false; // typed on: the Enter before was for another query
-    const run = async () => {
-      const q = $("q").value.trim();
-      const seq = ++searchSeq;
-      const res = q ? await call("GET", "/api/search?q=" + encodeURIComponent(q)) : {ok: true, data: {items: []}};
-      if (seq !== searchSeq) return; // an older answer
-      results = res.ok ? res.data.items : [];
-      resultsFor = res.ok ? q : null;
-      renderResults();
-      if (pickWhenAnswered && q === $("q").value.trim()) {
-        pickWhenAnswered = false;
-        if (results.length) pick(results[0]);
-      }
-    };
-    if (now) run(); else searchTimer = setTimeout(run, 60);
+    pickWhenAnswered = false; // typed on: the Enter before was for another query
+    searchTimer = setTimeout(runSearch, 60);
   }
 
   function pickFirst() {
@@ -125,8 +126,9 @@
       if (results.length) pick(results[0]);
       return;
     }
+    clearTimeout(searchTimer);
     pickWhenAnswered = true;
-    search(true);
+    runSearch();
   }
 
   function itemButton(item, extraClass) {
@@ -213,7 +215,7 @@
     else input.value += key;
     if (input === $("q")) search();
   });
-  $("q").addEventListener("input", () => search());
+  $("q").addEventListener("input", search);
   $("q").addEventListener("keydown", (ev) => {
     if (ev.key === "Enter") { ev.preventDefault(); keypadOk(); }
   });
